@@ -1,0 +1,74 @@
+#!/usr/bin/env bash
+# Rebuild every fixture the onnx/ tools own, from scratch, and check that the bytes are reproducible.
+#
+#   onnx/regenerate_fixtures.sh          rebuild into tests/fixtures/ and rewrite tests/fixtures/SHA256SUMS
+#   onnx/regenerate_fixtures.sh --check  rebuild into a temporary folder and compare with SHA256SUMS
+#                                        (tests/fixtures/ is not touched; exit status 1 on any difference)
+#
+# Owned outputs (tests/fixtures/rng/ and tests/fixtures/schedulers/ belong to other tools and are left alone):
+#   clip-vocab-full/  tokenizer_ids.json  tiny-sdxl/  tiny-sdxl-folded/  goldens/
+# The torch model is built in $SDXLRT_WORK (default ~/.cache/sdxlrt/work), outside the repository.
+#
+# Goldens come from torch CPU kernels, whose last bits depend on the CPU's vector ISA (see README.md), so
+# --check is only expected to pass bit for bit on x86-64 machines with AVX2 or AVX-512, like the one that made
+# the committed files. The ONNX, tokenizer and safetensors model bytes do not depend on the CPU.
+set -euo pipefail
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+fixtures="$(cd "$here/../tests/fixtures" && pwd)"
+owned=(clip-vocab-full tokenizer_ids.json tiny-sdxl tiny-sdxl-folded goldens)
+
+mode=write
+case "${1:-}" in
+    "") ;;
+    --check) mode=check ;;
+    *) echo "usage: $0 [--check]" >&2; exit 2 ;;
+esac
+
+py="$("$here/setup_venv.sh")"
+start=$(date +%s)
+if [ "$mode" = check ]; then
+    tmp="$(mktemp -d)"
+    trap 'rm -rf "$tmp"' EXIT
+    out="$tmp/fixtures"
+    work="$tmp/work"
+    mkdir -p "$out"
+else
+    out="$fixtures"
+    work="${SDXLRT_WORK:-$HOME/.cache/sdxlrt/work}"
+    for p in "${owned[@]}"; do rm -rf "${out:?}/$p"; done
+fi
+export SDXLRT_WORK="$work"
+model="$work/tiny-sdxl-diffusers"
+
+cd "$here"
+echo "== tokenizers" >&2
+"$py" make_tokenizer.py --fixtures "$out"
+echo "== torch tiny SDXL -> $model" >&2
+"$py" build_tiny.py --out "$model"
+echo "== ONNX export: tiny-sdxl (no constant folding, unet with external data)" >&2
+"$py" export_onnx.py "$model" "$out/tiny-sdxl" --external-data unet --check
+echo "== ONNX export: tiny-sdxl-folded (constant folding, int32 input_ids, no tokenizer.json)" >&2
+"$py" export_onnx.py "$model" "$out/tiny-sdxl-folded" --fold --int32-input-ids --no-tokenizer-json --check
+echo "== diffusers goldens" >&2
+"$py" goldens.py --model "$model" --out "$out/goldens"
+echo "== onnxruntime loop vs goldens" >&2
+"$py" goldens.py --out "$out/goldens" --verify "$out/tiny-sdxl" "$out/tiny-sdxl-folded"
+
+(cd "$out" && chmod -R a+rX "${owned[@]}")
+sums="$(mktemp)"
+(cd "$out" && find "${owned[@]}" -type f -print0 | LC_ALL=C sort -z | xargs -0 sha256sum) > "$sums"
+if [ "$mode" = check ]; then
+    if diff -u "$fixtures/SHA256SUMS" "$sums"; then
+        echo "OK: rebuilt fixtures are byte-identical to tests/fixtures/SHA256SUMS ($(wc -l < "$sums") files, $(( $(date +%s) - start )) s)"
+        rm -f "$sums"
+    else
+        rm -f "$sums"
+        echo "FAILED: rebuilt fixtures differ from tests/fixtures/SHA256SUMS" >&2
+        exit 1
+    fi
+else
+    mv "$sums" "$fixtures/SHA256SUMS"
+    chmod 644 "$fixtures/SHA256SUMS"
+    (cd "$fixtures" && sha256sum --quiet -c SHA256SUMS)
+    echo "wrote tests/fixtures/SHA256SUMS ($(wc -l < "$fixtures/SHA256SUMS") files, $(( $(date +%s) - start )) s)"
+fi

@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# Create the Python venv for the tools in onnx/ (if missing) and print its python path on stdout.
+#
+#   PY=$(onnx/setup_venv.sh)
+#
+# Location: $SDXLRT_ONNX_VENV, default ~/.cache/sdxlrt/venv-onnx. An existing venv is reused as is.
+# The PyPI torch wheel pulls ~4 GB of CUDA libraries (the tools run on CPU); to avoid that, point
+# PIP_EXTRA_INDEX_URL / PIP_INDEX_URL at a CPU-only torch wheel index before running this script.
+set -euo pipefail
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+venv="${SDXLRT_ONNX_VENV:-$HOME/.cache/sdxlrt/venv-onnx}"
+if [ ! -x "$venv/bin/python" ]; then
+    echo "creating venv $venv" >&2
+    python3 -m venv "$venv" >&2
+    "$venv/bin/python" -m pip install --upgrade pip >&2
+    "$venv/bin/python" -m pip install -r "$here/requirements.txt" >&2
+fi
+echo "$venv/bin/python"

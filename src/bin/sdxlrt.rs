@@ -1,0 +1,200 @@
+//! `sdxlrt` command line: generate images through the same C ABI .NET uses.
+//!
+//! ```text
+//! sdxlrt generate --prompt "a lighthouse at dusk" --seed 7 --steps 20 --out out/lighthouse.png
+//! ```
+//! Defaults to the tiny test model bundled in the source tree (`tests/fixtures/tiny-sdxl`).
+
+use std::ffi::{c_void, CStr, CString};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use indicatif::{ProgressBar, ProgressStyle};
+use sdxlrt::ffi::buffers::sdxl_string_free;
+use sdxlrt::ffi::engine::{sdxl_engine_create, sdxl_engine_free, sdxl_generate};
+use sdxlrt::ffi::progress::{sdxl_progress, sdxl_stage};
+use sdxlrt::ffi::status::sdxl_status;
+
+#[derive(Parser)]
+#[command(name = "sdxlrt", version, about = "Stable Diffusion XL on ONNX Runtime")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Generate an image from a prompt.
+    Generate(GenerateArgs),
+}
+
+#[derive(Parser)]
+struct GenerateArgs {
+    /// Folder holding model folders (ONNX layout).
+    #[arg(long, default_value_os_t = bundled_models_root())]
+    models_root: PathBuf,
+    /// Model folder name under --models-root.
+    #[arg(long, default_value = "tiny-sdxl")]
+    model: String,
+    /// The prompt.
+    #[arg(long)]
+    prompt: String,
+    /// Negative prompt (omit for none: SDXL then zeroes the negative conditioning).
+    #[arg(long)]
+    negative_prompt: Option<String>,
+    /// Seed (torch-compatible: the same seed gives diffusers' noise).
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Denoising steps.
+    #[arg(long, default_value_t = 30)]
+    steps: u32,
+    /// Classifier-free guidance scale.
+    #[arg(long, default_value_t = 5.0)]
+    guidance_scale: f32,
+    /// Width in pixels (default: the model's).
+    #[arg(long)]
+    width: Option<u32>,
+    /// Height in pixels (default: the model's).
+    #[arg(long)]
+    height: Option<u32>,
+    /// Scheduler (diffusers class name or A1111 name; default: the model's).
+    #[arg(long)]
+    scheduler: Option<String>,
+    /// Number of images.
+    #[arg(long, default_value_t = 1)]
+    batch: u32,
+    /// Output file (.png, .jpg or .webp).
+    #[arg(long)]
+    out: PathBuf,
+    /// Replace --out if it exists.
+    #[arg(long)]
+    overwrite: bool,
+    /// Path of libonnxruntime.so (else ORT_DYLIB_PATH, beside the library, the system).
+    #[arg(long)]
+    onnxruntime: Option<PathBuf>,
+}
+
+fn bundled_models_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
+}
+
+fn last_error() -> String {
+    // SAFETY: sdxl_last_error returns a valid NUL-terminated string owned by the library.
+    unsafe { CStr::from_ptr(sdxlrt::ffi::boundary::sdxl_last_error()) }.to_string_lossy().into_owned()
+}
+
+unsafe extern "C" fn on_progress(user_data: *mut c_void, p: *const sdxl_progress) -> i32 {
+    // SAFETY: user_data is the &ProgressBar passed below; p is valid during the callback.
+    let (bar, p) = unsafe { (&*(user_data as *const ProgressBar), &*p) };
+    let stage = match p.stage {
+        sdxl_stage::Loading => "loading",
+        sdxl_stage::TextEncoding => "text",
+        sdxl_stage::Denoising => "denoise",
+        sdxl_stage::Decoding => "decode",
+        sdxl_stage::Saving => "save",
+    };
+    bar.set_message(format!("{stage} image {}/{}", p.image_index + 1, p.batch_size));
+    if p.stage == sdxl_stage::Denoising {
+        bar.set_length(u64::from(p.total_steps));
+        bar.set_position(u64::from(p.step));
+    }
+    0
+}
+
+fn generate(args: GenerateArgs) -> Result<String, String> {
+    let format = match args.out.extension().and_then(|e| e.to_str()).map(str::to_ascii_lowercase).as_deref() {
+        Some("png") | None => "png",
+        Some("jpg") | Some("jpeg") => "jpeg",
+        Some("webp") => "webp",
+        Some(other) => return Err(format!("unknown output extension .{other}; use .png, .jpg or .webp")),
+    };
+    let mut options = serde_json::json!({ "models_root": args.models_root });
+    if let Some(p) = &args.onnxruntime {
+        options["onnxruntime_path"] = serde_json::json!(p);
+    }
+    let mut data = serde_json::json!({
+        "prompt": args.prompt,
+        "negative_prompt": args.negative_prompt,
+        "models": { "base": args.model },
+        "hyperparameters": { "num_inference_steps": args.steps, "guidance_scale": args.guidance_scale, "seed": args.seed },
+        "batch": { "size": args.batch },
+        "output": { "format": format, "save_path": args.out, "overwrite": args.overwrite, "return_image_data": false },
+    });
+    if args.width.is_some() || args.height.is_some() {
+        data["dimensions"] = serde_json::json!({ "width": args.width, "height": args.height });
+    }
+    if let Some(s) = &args.scheduler {
+        data["scheduler"] = serde_json::json!(s);
+    }
+    let request = serde_json::json!({ "message_type": "inference_request", "request_id": "cli", "data": data });
+
+    let options = CString::new(options.to_string()).map_err(|e| e.to_string())?;
+    let request = CString::new(request.to_string()).map_err(|e| e.to_string())?;
+    let mut engine = std::ptr::null_mut();
+    if sdxl_engine_create(options.as_ptr(), &mut engine) != sdxl_status::Ok {
+        return Err(last_error());
+    }
+    let bar = ProgressBar::new(u64::from(args.steps));
+    bar.set_style(
+        ProgressStyle::with_template("{msg:22} [{bar:30}] {pos}/{len} {elapsed_precise}")
+            .map_err(|e| e.to_string())?
+            .progress_chars("=> "),
+    );
+    let mut response = std::ptr::null_mut();
+    let status = sdxl_generate(
+        engine,
+        request.as_ptr(),
+        Some(on_progress),
+        &bar as *const ProgressBar as *mut c_void,
+        &mut response,
+    );
+    bar.finish_and_clear();
+    let text = if response.is_null() {
+        String::new()
+    } else {
+        // SAFETY: a non-null response is a NUL-terminated string we own until sdxl_string_free.
+        let s = unsafe { CStr::from_ptr(response) }.to_string_lossy().into_owned();
+        sdxl_string_free(response);
+        s
+    };
+    sdxl_engine_free(engine);
+    if status == sdxl_status::Ok {
+        Ok(text)
+    } else if text.is_empty() {
+        Err(last_error())
+    } else {
+        Err(text)
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Generate(args) => match generate(args) {
+            Ok(json) => {
+                let value: serde_json::Value = serde_json::from_str(&json).unwrap_or_default();
+                for img in value["data"]["generated_images"].as_array().into_iter().flatten() {
+                    println!("wrote {} (seed {})", img["image_path"].as_str().unwrap_or("?"), img["metadata"]["seed"]);
+                }
+                let m = &value["data"]["processing_metrics"];
+                println!(
+                    "total {:.2}s: text {:.2}s, denoise {:.2}s ({} UNet runs), decode {:.2}s",
+                    m["total_time"].as_f64().unwrap_or(0.0),
+                    m["text_encoding_time"].as_f64().unwrap_or(0.0),
+                    m["denoising_time"].as_f64().unwrap_or(0.0),
+                    m["unet_evaluations"],
+                    m["vae_decode_time"].as_f64().unwrap_or(0.0)
+                );
+                for w in value["warnings"].as_array().into_iter().flatten() {
+                    eprintln!("warning: {}", w.as_str().unwrap_or_default());
+                }
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("error: {e}");
+                ExitCode::FAILURE
+            }
+        },
+    }
+}

@@ -1,0 +1,79 @@
+//! Engine options: the JSON object given to `sdxl_engine_create`. Unknown keys are an error (they are ours, so a
+//! typo should not pass silently).
+
+use std::path::PathBuf;
+
+use serde::Deserialize;
+
+use crate::error::{Error, Result};
+use crate::protocol::normalize::RequestLimits;
+
+/// Parsed engine options. Every field is optional.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EngineOptions {
+    /// Folder whose sub-folders are models in the ONNX layout; request model names resolve only inside it.
+    pub models_root: Option<PathBuf>,
+    /// Model used when a request names none.
+    pub default_model: Option<String>,
+    /// Absolute path of `libonnxruntime.so*` (first in the search order).
+    pub onnxruntime_path: Option<PathBuf>,
+    /// Threads per operator for every session (default: ONNX Runtime's choice, one per physical core).
+    pub intra_op_threads: Option<usize>,
+    /// Largest request JSON in bytes (default 1 MiB).
+    pub max_request_bytes: Option<usize>,
+    /// Largest image width (default 4096).
+    pub max_width: Option<u32>,
+    /// Largest image height (default 4096).
+    pub max_height: Option<u32>,
+    /// Largest width × height (default 4096²).
+    pub max_pixels: Option<u64>,
+    /// Largest step count (default 500).
+    pub max_steps: Option<u32>,
+    /// Largest batch (default 16).
+    pub max_batch: Option<u32>,
+}
+
+impl EngineOptions {
+    /// Parse the options JSON; `None` or blank text gives the defaults.
+    pub fn from_json(text: Option<&str>) -> Result<Self> {
+        let Some(text) = text.filter(|t| !t.trim().is_empty()) else { return Ok(Self::default()) };
+        let value: serde_json::Value =
+            serde_json::from_str(text).map_err(|e| Error::InvalidJson(format!("engine options: {e}")))?;
+        let options: EngineOptions = serde_json::from_value(value)
+            .map_err(|e| Error::InvalidOption { field: "options".into(), message: e.to_string() })?;
+        if options.intra_op_threads == Some(0) {
+            return Err(Error::InvalidOption { field: "intra_op_threads".into(), message: "must be ≥ 1".into() });
+        }
+        if let Some(root) = &options.models_root {
+            if !root.is_dir() {
+                return Err(Error::InvalidOption {
+                    field: "models_root".into(),
+                    message: format!("{} is not a folder", root.display()),
+                });
+            }
+        }
+        if let Some(p) = &options.onnxruntime_path {
+            if !p.is_absolute() {
+                return Err(Error::InvalidOption {
+                    field: "onnxruntime_path".into(),
+                    message: format!("{} must be an absolute path", p.display()),
+                });
+            }
+        }
+        Ok(options)
+    }
+
+    /// The request limits these options set.
+    pub fn limits(&self) -> RequestLimits {
+        let d = RequestLimits::default();
+        RequestLimits {
+            max_json_bytes: self.max_request_bytes.unwrap_or(d.max_json_bytes),
+            max_width: self.max_width.unwrap_or(d.max_width),
+            max_height: self.max_height.unwrap_or(d.max_height),
+            max_pixels: self.max_pixels.unwrap_or(d.max_pixels),
+            max_steps: self.max_steps.unwrap_or(d.max_steps),
+            max_batch: self.max_batch.unwrap_or(d.max_batch),
+        }
+    }
+}

@@ -1,0 +1,158 @@
+//! The denoising loop: scale → UNet (CFG batch of 2) → guidance → scheduler step, with progress and cancellation
+//! checked at every UNet call. Mirrors the loop in diffusers' `StableDiffusionXLPipeline.__call__`.
+
+use ndarray::{concatenate, Array1, Array2, Array3, ArrayD, Axis, IxDyn};
+
+use super::{Progress, ProgressEvent, Stage};
+use crate::error::{Error, Result};
+use crate::rng::NoiseSource;
+use crate::runtime::tensor::{float_value, Elem};
+use crate::runtime::{CancelToken, ModelSession};
+use crate::schedulers::Scheduler;
+
+/// The UNet's conditioning for one batch, already in CFG order (`[uncond × B, cond × B]` when guided).
+#[derive(Debug, Clone)]
+pub struct UnetConditioning {
+    /// `encoder_hidden_states` `[N, 77, D]`.
+    pub encoder_hidden_states: Array3<f32>,
+    /// `text_embeds` `[N, P]`.
+    pub text_embeds: Array2<f32>,
+    /// `time_ids` `[N, 6]`.
+    pub time_ids: Array2<f32>,
+}
+
+/// What the loop needs besides latents.
+pub struct DenoiseContext<'a> {
+    /// The UNet graph.
+    pub unet: &'a ModelSession,
+    /// Classifier-free guidance scale; CFG runs only when `guided`.
+    pub guidance_scale: f32,
+    /// Whether the conditioning holds an uncond half.
+    pub guided: bool,
+    /// Cancellation.
+    pub cancel: &'a CancelToken,
+    /// Progress sink.
+    pub progress: &'a mut dyn Progress,
+    /// For progress reports.
+    pub request_id: &'a str,
+    /// First image index of this batch (progress reports).
+    pub image_index: u32,
+    /// Images in the request (progress reports).
+    pub batch_size: u32,
+    /// Request start (progress reports).
+    pub started: std::time::Instant,
+    /// Requested steps (progress reports count these, not UNet calls).
+    pub steps: u32,
+}
+
+/// Run every timestep of `scheduler` on `latents` (already multiplied by `init_noise_sigma`).
+/// Returns the final latents and the number of UNet evaluations.
+pub fn denoise(
+    mut latents: ArrayD<f32>,
+    cond: &UnetConditioning,
+    scheduler: &mut dyn Scheduler,
+    noise: &mut dyn NoiseSource,
+    ctx: &mut DenoiseContext<'_>,
+) -> Result<(ArrayD<f32>, u32)> {
+    let batch = latents.shape()[0];
+    let timesteps = scheduler.timesteps().to_vec();
+    let mut reported = 0;
+    for (i, &t) in timesteps.iter().enumerate() {
+        ctx.cancel.check()?;
+        let scaled = scheduler.scale_model_input(latents.view(), i);
+        let sample = if ctx.guided {
+            concatenate(Axis(0), &[scaled.view(), scaled.view()])
+                .map_err(|e| Error::Internal(format!("CFG batch: {e}")))?
+        } else {
+            scaled
+        };
+        let out = run_unet(ctx.unet, sample, t, cond, ctx.cancel)?;
+        let noise_pred = if ctx.guided {
+            let uncond = out.slice_axis(Axis(0), (0..batch).into());
+            let text = out.slice_axis(Axis(0), (batch..2 * batch).into());
+            let gs = ctx.guidance_scale;
+            // diffusers: noise_pred_uncond + guidance_scale * (noise_pred_text - noise_pred_uncond), in float32.
+            let mut pred = uncond.to_owned();
+            ndarray::Zip::from(&mut pred).and(&text).for_each(|u, &c| *u += gs * (c - *u));
+            pred
+        } else {
+            out
+        };
+        latents = scheduler.step(noise_pred.view(), i, latents.view(), noise)?;
+        ctx.progress.on_latents(ctx.image_index, Some(i), latents.view());
+        let done = scheduler.completed_steps(i);
+        if done != reported {
+            reported = done;
+            let event = ProgressEvent {
+                stage: Stage::Denoising,
+                step: done as u32,
+                total_steps: ctx.steps,
+                image_index: ctx.image_index,
+                batch_size: ctx.batch_size,
+                elapsed_seconds: ctx.started.elapsed().as_secs_f64(),
+                request_id: ctx.request_id,
+            };
+            if !ctx.progress.report(&event) {
+                ctx.cancel.cancel();
+                return Err(Error::Cancelled);
+            }
+        }
+    }
+    Ok((latents, timesteps.len() as u32))
+}
+
+/// The `timestep` input shaped and typed as the graph declares it: a scalar (optimum), `[1]`, or `[N]`.
+fn timestep_value(unet: &ModelSession, t: f32, n: usize) -> Result<ort::value::DynValue> {
+    let spec = unet.input("timestep")?;
+    let shape: Vec<usize> = match spec.shape.as_slice() {
+        [] => vec![],
+        [1] => vec![1],
+        [_] => vec![n],
+        other => {
+            return Err(Error::model_invalid(unet.path(), format!("unsupported timestep input shape {other:?}")));
+        }
+    };
+    let numel = shape.iter().product::<usize>().max(1);
+    match spec.elem {
+        Elem::F32 | Elem::F16 => {
+            let a = ArrayD::from_shape_vec(IxDyn(&shape), vec![t; numel])
+                .map_err(|e| Error::Internal(format!("timestep array: {e}")))?;
+            float_value(a, spec.elem, "unet", "timestep")
+        }
+        Elem::I64 => {
+            let a = ArrayD::from_shape_vec(IxDyn(&shape), vec![t.round() as i64; numel])
+                .map_err(|e| Error::Internal(format!("timestep array: {e}")))?;
+            crate::runtime::tensor::ids_value(a, Elem::I64, "unet", "timestep")
+        }
+        other => Err(Error::model_invalid(unet.path(), format!("unsupported timestep element type {other:?}"))),
+    }
+}
+
+fn run_unet(
+    unet: &ModelSession,
+    sample: ArrayD<f32>,
+    t: f32,
+    cond: &UnetConditioning,
+    cancel: &CancelToken,
+) -> Result<ArrayD<f32>> {
+    let n = sample.shape()[0];
+    let input = |name: &str, a: ArrayD<f32>| -> Result<(String, ort::value::DynValue)> {
+        let spec = unet.input(name)?;
+        Ok((name.to_string(), float_value(a, spec.elem, "unet", name)?))
+    };
+    let inputs = vec![
+        input("sample", sample)?,
+        ("timestep".to_string(), timestep_value(unet, t, n)?),
+        input("encoder_hidden_states", cond.encoder_hidden_states.clone().into_dyn())?,
+        input("text_embeds", cond.text_embeds.clone().into_dyn())?,
+        input("time_ids", cond.time_ids.clone().into_dyn())?,
+    ];
+    let mut out = unet.run(inputs, &["out_sample"], cancel)?;
+    Ok(out.remove(0))
+}
+
+/// SDXL micro-conditioning: `original_size + crops_coords_top_left + target_size` = `[h, w, 0, 0, h, w]`
+/// (diffusers' `_get_add_time_ids` with the defaults).
+pub fn time_ids(height: u32, width: u32) -> Array1<f32> {
+    Array1::from(vec![height as f32, width as f32, 0.0, 0.0, height as f32, width as f32])
+}

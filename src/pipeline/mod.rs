@@ -1,0 +1,333 @@
+//! SDXL text-to-image, as diffusers' `StableDiffusionXLPipeline` does it: prompts → both text encoders →
+//! conditioning → seeded noise → denoising loop → VAE decode → RGB8.
+//!
+//! Touches ONNX Runtime only through [`crate::runtime`].
+
+pub mod decode;
+pub mod denoise;
+pub mod model_dir;
+pub mod text;
+
+use std::time::Instant;
+
+use ndarray::{concatenate, Array2, Array3, ArrayD, Axis, IxDyn};
+
+use self::denoise::{denoise, time_ids, DenoiseContext, UnetConditioning};
+use self::model_dir::ModelDir;
+use self::text::{PromptEmbeds, TextEncoders};
+use crate::error::{Error, Result};
+use crate::image::RgbImage;
+use crate::protocol::params::GenerateParams;
+use crate::rng::{BatchGenerators, NoiseSource};
+use crate::runtime::{CancelToken, ModelSession, SessionConfig};
+use crate::schedulers;
+
+/// What a run is doing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stage {
+    /// Loading models.
+    Loading,
+    /// Tokenizing and encoding prompts.
+    TextEncoding,
+    /// Denoising.
+    Denoising,
+    /// VAE decode.
+    Decoding,
+    /// Encoding and writing outputs.
+    Saving,
+}
+
+/// One progress report.
+#[derive(Debug, Clone)]
+pub struct ProgressEvent<'a> {
+    /// Current stage.
+    pub stage: Stage,
+    /// Steps done in this stage.
+    pub step: u32,
+    /// Steps in this stage.
+    pub total_steps: u32,
+    /// Image of the batch (0-based).
+    pub image_index: u32,
+    /// Images in the request.
+    pub batch_size: u32,
+    /// Seconds since the request started.
+    pub elapsed_seconds: f64,
+    /// The request's id.
+    pub request_id: &'a str,
+}
+
+/// Receives progress; return false to cancel the run.
+pub trait Progress {
+    /// Called at each stage change and after every denoising step.
+    fn report(&mut self, event: &ProgressEvent<'_>) -> bool;
+
+    /// Sees the latents of the batch starting at `image_index`: `step` None for the initial latents (noise ×
+    /// `init_noise_sigma`), `Some(i)` after scheduler step `i` (one per UNet evaluation). For previews and parity
+    /// tests; the default ignores them.
+    fn on_latents(&mut self, image_index: u32, step: Option<usize>, latents: ndarray::ArrayViewD<'_, f32>) {
+        let _ = (image_index, step, latents);
+    }
+}
+
+/// A progress sink that ignores everything.
+pub struct NoProgress;
+
+impl Progress for NoProgress {
+    fn report(&mut self, _: &ProgressEvent<'_>) -> bool {
+        true
+    }
+}
+
+/// Per-request run state shared by the stages.
+pub struct RunContext<'a> {
+    /// Progress sink.
+    pub progress: &'a mut dyn Progress,
+    /// Cancellation.
+    pub cancel: &'a CancelToken,
+    /// When the request started.
+    pub started: Instant,
+}
+
+/// Seconds spent per stage, and UNet calls.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct StageTimings {
+    /// Tokenize + both text encoders.
+    pub text_encoding: f64,
+    /// The whole denoising loop(s).
+    pub denoising: f64,
+    /// VAE decode(s).
+    pub vae_decode: f64,
+    /// UNet evaluations (CFG batches count once).
+    pub unet_evaluations: u32,
+}
+
+/// Images and facts of one run.
+#[derive(Debug, Clone)]
+pub struct PipelineOutput {
+    /// One image per batch item, in order.
+    pub images: Vec<RgbImage>,
+    /// Timings.
+    pub timings: StageTimings,
+    /// The scheduler in force (`{"name", "options"}`).
+    pub scheduler: serde_json::Value,
+    /// Image size used.
+    pub width: u32,
+    /// Image size used.
+    pub height: u32,
+    /// Things the user should know (truncated prompts, defaults used).
+    pub warnings: Vec<String>,
+}
+
+/// A loaded SDXL base model.
+#[derive(Debug)]
+pub struct SdxlPipeline {
+    dir: ModelDir,
+    text: TextEncoders,
+    unet: ModelSession,
+    vae_decoder: ModelSession,
+}
+
+impl SdxlPipeline {
+    /// Load every graph of the model folder `root`.
+    pub fn load(env: &ort::environment::Environment, root: &std::path::Path, config: &SessionConfig) -> Result<Self> {
+        let dir = ModelDir::open(root)?;
+        let text = TextEncoders::load(env, &dir, config)?;
+        let unet = ModelSession::load(env, &dir.graph("unet"), "unet", config)?;
+        for name in ["sample", "timestep", "encoder_hidden_states", "text_embeds", "time_ids"] {
+            unet.input(name)?;
+        }
+        let vae_decoder = ModelSession::load(env, &dir.graph("vae_decoder"), "vae_decoder", config)?;
+        vae_decoder.input("latent_sample")?;
+        Ok(SdxlPipeline { dir, text, unet, vae_decoder })
+    }
+
+    /// The model folder's configs.
+    pub fn model_dir(&self) -> &ModelDir {
+        &self.dir
+    }
+
+    /// The text encoders (token ids and embeddings; used by parity tests).
+    pub fn text_encoders(&self) -> &TextEncoders {
+        &self.text
+    }
+
+    /// Check the size against this model and fill in the default.
+    fn image_size(&self, params: &GenerateParams) -> Result<(u32, u32)> {
+        let default = self.dir.default_image_size();
+        let (w, h) = (params.width.unwrap_or(default), params.height.unwrap_or(default));
+        let m = self.dir.size_multiple();
+        for (field, v) in [("data.dimensions.width", w), ("data.dimensions.height", h)] {
+            if v == 0 || v % m != 0 {
+                return Err(Error::field(
+                    field,
+                    format!("{v} is not a positive multiple of {m}, which this model's exported UNet needs"),
+                ));
+            }
+        }
+        Ok((w, h))
+    }
+
+    /// Encode the prompt and, when guided, the negative prompt (zeros when there is none and the model says
+    /// `force_zeros_for_empty_prompt`).
+    fn conditioning(
+        &self,
+        params: &GenerateParams,
+        guided: bool,
+        cancel: &CancelToken,
+        warnings: &mut Vec<String>,
+    ) -> Result<(PromptEmbeds, Option<PromptEmbeds>)> {
+        let ids = self.text.tokenize(&params.prompt)?;
+        if ids.truncated {
+            warnings.push("prompt is longer than 77 tokens and was truncated (as diffusers does)".into());
+        }
+        let cond = self.text.encode(&ids, cancel)?;
+        if !guided {
+            return Ok((cond, None));
+        }
+        let uncond = match &params.negative_prompt {
+            None if self.dir.force_zeros_for_empty_prompt => cond.zeros_like(),
+            negative => {
+                let ids = self.text.tokenize(negative.as_deref().unwrap_or(""))?;
+                if ids.truncated {
+                    warnings.push("negative_prompt is longer than 77 tokens and was truncated".into());
+                }
+                self.text.encode(&ids, cancel)?
+            }
+        };
+        Ok((cond, Some(uncond)))
+    }
+
+    /// Generate every image of `params`.
+    pub fn generate(&self, params: &GenerateParams, ctx: &mut RunContext<'_>) -> Result<PipelineOutput> {
+        let mut warnings = self.dir.warnings.clone();
+        let (width, height) = self.image_size(params)?;
+        let resolved = schedulers::resolve(
+            params.scheduler.as_ref().map(|s| s.name.as_str()),
+            params.scheduler.as_ref().map(|s| &s.overrides).unwrap_or(&serde_json::Map::new()),
+            &self.dir.scheduler,
+        )?;
+        // Build once up front so option errors come before any work.
+        resolved.build(params.steps as usize)?;
+        let guided = params.guidance_scale > 1.0;
+        let batch = params.batch_size;
+        let mut timings = StageTimings::default();
+
+        self.report(ctx, &params.request_id, Stage::TextEncoding, 0, 1, 0, batch)?;
+        let t0 = Instant::now();
+        let (cond, uncond) = self.conditioning(params, guided, ctx.cancel, &mut warnings)?;
+        timings.text_encoding = t0.elapsed().as_secs_f64();
+
+        let per_call = if params.batch_parallel { batch as usize } else { 1 };
+        let (lh, lw) = ((height / self.dir.vae_scale_factor) as usize, (width / self.dir.vae_scale_factor) as usize);
+        let unet_cond = unet_conditioning(&cond, uncond.as_ref(), per_call, height, width)?;
+        let mut images = Vec::with_capacity(batch as usize);
+        let mut first = 0usize;
+        while first < batch as usize {
+            let n = per_call.min(batch as usize - first);
+            let seed = params.seed.wrapping_add(first as u64);
+            let mut scheduler = resolved.build(params.steps as usize)?;
+            let mut noise = BatchGenerators::new(seed, n);
+            let shape = [n, 4, lh, lw];
+            let init = noise.randn(&shape);
+            let sigma = scheduler.init_noise_sigma();
+            let latents = ArrayD::from_shape_vec(IxDyn(&shape), init)
+                .map_err(|e| Error::Internal(format!("initial noise: {e}")))?
+                .mapv(|v| v * sigma);
+            ctx.progress.on_latents(first as u32, None, latents.view());
+            let cond_n = if n == per_call {
+                unet_cond.clone()
+            } else {
+                unet_conditioning(&cond, uncond.as_ref(), n, height, width)?
+            };
+            let t1 = Instant::now();
+            let mut dctx = DenoiseContext {
+                unet: &self.unet,
+                guidance_scale: params.guidance_scale,
+                guided,
+                cancel: ctx.cancel,
+                progress: &mut *ctx.progress,
+                request_id: &params.request_id,
+                image_index: first as u32,
+                batch_size: batch,
+                started: ctx.started,
+                steps: params.steps,
+            };
+            let (latents, evals) = denoise(latents, &cond_n, scheduler.as_mut(), &mut noise, &mut dctx)?;
+            timings.denoising += t1.elapsed().as_secs_f64();
+            timings.unet_evaluations += evals;
+
+            let t2 = Instant::now();
+            for i in 0..n {
+                self.report(ctx, &params.request_id, Stage::Decoding, i as u32, n as u32, (first + i) as u32, batch)?;
+                let latent = latents.slice_axis(Axis(0), (i..i + 1).into()).to_owned();
+                let seed_i = params.seed.wrapping_add((first + i) as u64);
+                images.push(decode::decode_one(
+                    &self.vae_decoder,
+                    latent,
+                    self.dir.vae_scaling_factor,
+                    seed_i,
+                    ctx.cancel,
+                )?);
+            }
+            timings.vae_decode += t2.elapsed().as_secs_f64();
+            first += n;
+        }
+        Ok(PipelineOutput { images, timings, scheduler: resolved.describe(), width, height, warnings })
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn report(
+        &self,
+        ctx: &mut RunContext<'_>,
+        request_id: &str,
+        stage: Stage,
+        step: u32,
+        total: u32,
+        image_index: u32,
+        batch: u32,
+    ) -> Result<()> {
+        ctx.cancel.check()?;
+        let event = ProgressEvent {
+            stage,
+            step,
+            total_steps: total,
+            image_index,
+            batch_size: batch,
+            elapsed_seconds: ctx.started.elapsed().as_secs_f64(),
+            request_id,
+        };
+        if ctx.progress.report(&event) {
+            Ok(())
+        } else {
+            ctx.cancel.cancel();
+            Err(Error::Cancelled)
+        }
+    }
+}
+
+/// The UNet's conditioning for `n` images: `[uncond × n, cond × n]` when guided, else `cond × n`
+/// (diffusers' `torch.cat([negative_prompt_embeds, prompt_embeds])` after `repeat` per image).
+pub fn unet_conditioning(
+    cond: &PromptEmbeds,
+    uncond: Option<&PromptEmbeds>,
+    n: usize,
+    height: u32,
+    width: u32,
+) -> Result<UnetConditioning> {
+    let halves: Vec<&PromptEmbeds> = uncond.into_iter().chain(std::iter::once(cond)).collect();
+    let mut embeds = Vec::new();
+    let mut pooled = Vec::new();
+    for p in &halves {
+        for _ in 0..n {
+            embeds.push(p.embeds.view());
+            pooled.push(p.pooled.view());
+        }
+    }
+    let join = |e: ndarray::ShapeError| Error::Internal(format!("conditioning batch: {e}"));
+    let encoder_hidden_states: Array3<f32> = concatenate(Axis(0), &embeds).map_err(join)?;
+    let text_embeds: Array2<f32> = concatenate(Axis(0), &pooled).map_err(join)?;
+    let ids = time_ids(height, width);
+    let rows = halves.len() * n;
+    let time_ids = Array2::from_shape_fn((rows, ids.len()), |(_, j)| ids[j]);
+    Ok(UnetConditioning { encoder_hidden_states, text_embeds, time_ids })
+}

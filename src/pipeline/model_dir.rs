@@ -1,0 +1,132 @@
+//! A model folder in the optimum/diffusers ONNX layout and the configs the pipeline needs from it, with diffusers'
+//! names and defaults (`model_index.json`, `scheduler/scheduler_config.json`, `unet/config.json`,
+//! `vae_decoder/config.json`).
+
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use crate::error::{Error, Result};
+use crate::schedulers::SchedulerConfig;
+
+/// What the pipeline reads from a model folder's JSON files.
+#[derive(Debug, Clone)]
+pub struct ModelDir {
+    /// The folder.
+    pub root: PathBuf,
+    /// `scheduler/scheduler_config.json`.
+    pub scheduler: SchedulerConfig,
+    /// `model_index.json` `force_zeros_for_empty_prompt` (diffusers default true): with no negative prompt, the
+    /// negative embeddings are zeros instead of the encoding of "".
+    pub force_zeros_for_empty_prompt: bool,
+    /// `unet/config.json` `sample_size` (latent pixels; 128 for SDXL → 1024 px images).
+    pub unet_sample_size: u32,
+    /// Number of UNet resolution levels (`len(block_out_channels)`): latent sizes must be multiples of
+    /// 2^(levels-1), because exported graphs bake in the upsample sizes.
+    pub unet_levels: u32,
+    /// `vae_decoder/config.json` `scaling_factor` (0.13025 for SDXL).
+    pub vae_scaling_factor: f32,
+    /// 2^(len(vae block_out_channels)-1): image pixels per latent pixel (8 for SDXL).
+    pub vae_scale_factor: u32,
+    /// Notes about defaults used for missing configs.
+    pub warnings: Vec<String>,
+}
+
+#[derive(Deserialize, Default)]
+struct ModelIndex {
+    force_zeros_for_empty_prompt: Option<bool>,
+    requires_aesthetics_score: Option<bool>,
+}
+
+#[derive(Deserialize, Default)]
+struct UnetConfig {
+    sample_size: Option<serde_json::Value>,
+    block_out_channels: Option<Vec<u32>>,
+}
+
+#[derive(Deserialize, Default)]
+struct VaeConfig {
+    scaling_factor: Option<f32>,
+    block_out_channels: Option<Vec<u32>>,
+}
+
+fn read_json<T: serde::de::DeserializeOwned + Default>(path: &Path, required: bool) -> Result<Option<T>> {
+    match std::fs::read_to_string(path) {
+        Ok(text) => {
+            serde_json::from_str(&text).map(Some).map_err(|e| Error::model_invalid(path, format!("invalid JSON: {e}")))
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound && !required => Ok(None),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            Err(Error::ModelNotFound { path: path.to_path_buf(), message: "required config file missing".into() })
+        }
+        Err(e) => Err(Error::model_invalid(path, format!("cannot read: {e}"))),
+    }
+}
+
+impl ModelDir {
+    /// Read the configs of the model folder `root`.
+    pub fn open(root: &Path) -> Result<Self> {
+        if !root.is_dir() {
+            return Err(Error::ModelNotFound { path: root.to_path_buf(), message: "model folder missing".into() });
+        }
+        let mut warnings = Vec::new();
+        let index: ModelIndex = read_json(&root.join("model_index.json"), false)?.unwrap_or_default();
+        if index.requires_aesthetics_score == Some(true) {
+            return Err(Error::model_invalid(
+                root,
+                "this is an SDXL refiner (requires_aesthetics_score); use it as data.models.refiner, not as a base model",
+            ));
+        }
+        let sched_path = root.join("scheduler/scheduler_config.json");
+        let sched_text = std::fs::read_to_string(&sched_path).map_err(|e| Error::ModelNotFound {
+            path: sched_path.clone(),
+            message: format!("scheduler config unreadable: {e}"),
+        })?;
+        let scheduler = SchedulerConfig::from_json(&sched_text)
+            .map_err(|e| Error::model_invalid(&sched_path, format!("invalid scheduler config: {e}")))?;
+
+        let unet: UnetConfig = read_json(&root.join("unet/config.json"), false)?.unwrap_or_else(|| {
+            warnings.push("unet/config.json missing: assuming SDXL's sample_size 128 and 3 levels".into());
+            UnetConfig::default()
+        });
+        let unet_sample_size = match &unet.sample_size {
+            Some(serde_json::Value::Number(n)) => n.as_u64().unwrap_or(128) as u32,
+            Some(serde_json::Value::Array(a)) => a.first().and_then(|v| v.as_u64()).unwrap_or(128) as u32,
+            _ => 128,
+        };
+        let unet_levels = unet.block_out_channels.as_ref().map_or(3, |b| b.len() as u32).max(1);
+
+        let vae: VaeConfig = read_json(&root.join("vae_decoder/config.json"), false)?.unwrap_or_else(|| {
+            warnings.push("vae_decoder/config.json missing: assuming SDXL's scaling_factor 0.13025".into());
+            VaeConfig { scaling_factor: Some(0.13025), block_out_channels: None }
+        });
+        let vae_scaling_factor = vae.scaling_factor.unwrap_or(0.18215);
+        let vae_levels = vae.block_out_channels.as_ref().map_or(4, |b| b.len() as u32).max(1);
+
+        Ok(ModelDir {
+            root: root.to_path_buf(),
+            scheduler,
+            force_zeros_for_empty_prompt: index.force_zeros_for_empty_prompt.unwrap_or(true),
+            unet_sample_size,
+            unet_levels,
+            vae_scaling_factor,
+            vae_scale_factor: 1 << (vae_levels - 1),
+            warnings,
+        })
+    }
+
+    /// Path of a component's graph, e.g. `unet/model.onnx`.
+    pub fn graph(&self, component: &str) -> PathBuf {
+        self.root.join(component).join("model.onnx")
+    }
+
+    /// Default image size (both sides) in pixels: `sample_size * vae_scale_factor`.
+    pub fn default_image_size(&self) -> u32 {
+        self.unet_sample_size * self.vae_scale_factor
+    }
+
+    /// Image sides must be multiples of this many pixels for the exported graphs.
+    pub fn size_multiple(&self) -> u32 {
+        self.vae_scale_factor << (self.unet_levels - 1)
+    }
+}

@@ -1,0 +1,121 @@
+//! Both CLIP tokenizers and text encoders, and SDXL's prompt conditioning as diffusers'
+//! `StableDiffusionXLPipeline.encode_prompt` builds it: the penultimate hidden states of both encoders concatenated
+//! on the last axis, and the pooled `text_embeds` of encoder 2.
+
+use ndarray::{concatenate, Array2, Array3, ArrayD, Axis, Ix2, Ix3};
+
+use super::model_dir::ModelDir;
+use crate::error::{Error, Result};
+use crate::runtime::tensor::ids_value;
+use crate::runtime::{CancelToken, ModelSession, SessionConfig};
+use crate::tokenizer::ClipTokenizer;
+
+/// One prompt's conditioning.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PromptEmbeds {
+    /// `[1, 77, D1 + D2]`.
+    pub embeds: Array3<f32>,
+    /// `[1, P]` (text_encoder_2's projection).
+    pub pooled: Array2<f32>,
+}
+
+impl PromptEmbeds {
+    /// All-zero conditioning of the same shape (diffusers' `force_zeros_for_empty_prompt`).
+    pub fn zeros_like(&self) -> Self {
+        PromptEmbeds { embeds: Array3::zeros(self.embeds.raw_dim()), pooled: Array2::zeros(self.pooled.raw_dim()) }
+    }
+}
+
+/// Token ids of one prompt for both tokenizers (for tests and diagnostics).
+#[derive(Debug, Clone, PartialEq)]
+pub struct PromptIds {
+    /// tokenizer/ ids, `[77]`.
+    pub ids_1: Vec<i64>,
+    /// tokenizer_2/ ids, `[77]`.
+    pub ids_2: Vec<i64>,
+    /// Whether either tokenizer dropped tokens past its 77-token window.
+    pub truncated: bool,
+}
+
+/// The two tokenizers and text encoders of an SDXL model.
+#[derive(Debug)]
+pub struct TextEncoders {
+    tokenizer_1: ClipTokenizer,
+    tokenizer_2: ClipTokenizer,
+    encoder_1: ModelSession,
+    encoder_2: ModelSession,
+    hidden_1: String,
+    hidden_2: String,
+}
+
+/// `hidden_states.{n-2}`: the penultimate layer's output (SDXL's `hidden_states[-2]`).
+fn penultimate_output(session: &ModelSession) -> Result<String> {
+    let count =
+        session.outputs().iter().filter_map(|o| o.name.strip_prefix("hidden_states.")?.parse::<usize>().ok()).max();
+    match count {
+        Some(last) if last >= 1 => Ok(format!("hidden_states.{}", last - 1)),
+        _ => Err(Error::model_invalid(
+            session.path(),
+            "text encoder exports no `hidden_states.N` outputs; re-export with output_hidden_states (onnx/export_onnx.py)",
+        )),
+    }
+}
+
+impl TextEncoders {
+    /// Load `tokenizer/`, `tokenizer_2/`, `text_encoder/` and `text_encoder_2/` of `dir`.
+    pub fn load(env: &ort::environment::Environment, dir: &ModelDir, config: &SessionConfig) -> Result<Self> {
+        let tokenizer_1 = ClipTokenizer::from_dir(&dir.root.join("tokenizer"))?;
+        let tokenizer_2 = ClipTokenizer::from_dir(&dir.root.join("tokenizer_2"))?;
+        let encoder_1 = ModelSession::load(env, &dir.graph("text_encoder"), "text_encoder", config)?;
+        let encoder_2 = ModelSession::load(env, &dir.graph("text_encoder_2"), "text_encoder_2", config)?;
+        let hidden_1 = penultimate_output(&encoder_1)?;
+        let hidden_2 = penultimate_output(&encoder_2)?;
+        if !encoder_2.has_output("text_embeds") {
+            return Err(Error::model_invalid(encoder_2.path(), "text_encoder_2 has no `text_embeds` output"));
+        }
+        encoder_1.input("input_ids")?;
+        encoder_2.input("input_ids")?;
+        Ok(TextEncoders { tokenizer_1, tokenizer_2, encoder_1, encoder_2, hidden_1, hidden_2 })
+    }
+
+    /// Token ids of `text` for both tokenizers (padded/truncated to their windows).
+    pub fn tokenize(&self, text: &str) -> Result<PromptIds> {
+        let a = self.tokenizer_1.encode(text)?;
+        let b = self.tokenizer_2.encode(text)?;
+        Ok(PromptIds { truncated: a.truncated || b.truncated, ids_1: a.ids, ids_2: b.ids })
+    }
+
+    /// Encode one prompt.
+    pub fn encode(&self, ids: &PromptIds, cancel: &CancelToken) -> Result<PromptEmbeds> {
+        let h1 = run_encoder(&self.encoder_1, &ids.ids_1, &[&self.hidden_1], cancel)?;
+        let mut out2 = run_encoder(&self.encoder_2, &ids.ids_2, &[&self.hidden_2, "text_embeds"], cancel)?;
+        let pooled = out2.pop().expect("two outputs requested");
+        let h2 = out2.pop().expect("two outputs requested");
+        let as3 = |a: ArrayD<f32>, s: &ModelSession| {
+            a.into_dimensionality::<Ix3>()
+                .map_err(|e| Error::model_invalid(s.path(), format!("hidden states are not [B, S, D]: {e}")))
+        };
+        let h1 = as3(h1.into_iter().next().expect("one output requested"), &self.encoder_1)?;
+        let h2 = as3(h2, &self.encoder_2)?;
+        if h1.shape()[1] != h2.shape()[1] {
+            return Err(Error::model_invalid(
+                self.encoder_2.path(),
+                format!("text encoders disagree on sequence length ({} vs {})", h1.shape()[1], h2.shape()[1]),
+            ));
+        }
+        let embeds = concatenate(Axis(2), &[h1.view(), h2.view()])
+            .map_err(|e| Error::Internal(format!("concatenating prompt embeddings: {e}")))?;
+        let pooled = pooled
+            .into_dimensionality::<Ix2>()
+            .map_err(|e| Error::model_invalid(self.encoder_2.path(), format!("text_embeds is not [B, P]: {e}")))?;
+        Ok(PromptEmbeds { embeds, pooled })
+    }
+}
+
+fn run_encoder(session: &ModelSession, ids: &[i64], wanted: &[&str], cancel: &CancelToken) -> Result<Vec<ArrayD<f32>>> {
+    let spec = session.input("input_ids")?;
+    let array = ArrayD::from_shape_vec(vec![1, ids.len()], ids.to_vec())
+        .map_err(|e| Error::Internal(format!("token id array: {e}")))?;
+    let value = ids_value(array, spec.elem, "text encoder", "input_ids")?;
+    session.run(vec![("input_ids".to_string(), value)], wanted, cancel)
+}

@@ -1,0 +1,9 @@
+//! The JSON protocol our callers already speak (the seed's request and response shapes).
+//!
+//! Plain data: no ONNX Runtime, no engine. `wire` mirrors the JSON as sent, `normalize` turns it into the
+//! validated [`params::GenerateParams`], `response` builds the reply.
+
+pub mod normalize;
+pub mod params;
+pub mod response;
+pub mod wire;

@@ -1,0 +1,872 @@
+//! Turns request JSON into the validated [`GenerateParams`]: parse, decode the wire shape, resolve defaults and
+//! legacy fields, check every value, and refuse features this version does not implement.
+//!
+//! Every error names the field's JSON path and the values it accepts. Warnings (unknown fields, settings that
+//! have no effect) go back to the caller in the response; they never fail a request.
+//!
+//! Defaults, where the request leaves a field out or sends null: 50 steps and guidance 5.0 (diffusers'
+//! `StableDiffusionXLPipeline.__call__`), a random seed, strength 0.8, the model's own size and scheduler, one
+//! image, PNG at quality 95, image data returned when there is no `save_path`, no timeout.
+
+use std::collections::hash_map::RandomState;
+use std::hash::{BuildHasher, Hasher};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use serde_json::Value;
+
+use crate::error::{Error, Result};
+use crate::protocol::params::{GenerateParams, ImageFormat, OutputParams, SchedulerChoice};
+use crate::protocol::wire::{describe, WireData, WireRequest, WireScheduler};
+
+/// Accepted `message_type` values.
+pub const MESSAGE_TYPES: [&str; 2] = ["inference_request", "enhanced_inference_request"];
+/// Accepted `data.worker_type` values. Both are served by the same engine.
+pub const WORKER_TYPES: [&str; 2] = ["sdxl_worker", "enhanced_sdxl_worker"];
+/// Default `data.hyperparameters.num_inference_steps` (diffusers' default).
+pub const DEFAULT_STEPS: u32 = 50;
+/// Default `data.hyperparameters.guidance_scale` (diffusers' SDXL default).
+pub const DEFAULT_GUIDANCE_SCALE: f32 = 5.0;
+/// Largest accepted `guidance_scale`.
+pub const MAX_GUIDANCE_SCALE: f64 = 100.0;
+/// Default `data.hyperparameters.strength` (the seed's C# default).
+pub const DEFAULT_STRENGTH: f32 = 0.8;
+/// Default `data.output.quality`.
+pub const DEFAULT_QUALITY: u8 = 95;
+/// Random seeds are drawn from `0..RANDOM_SEED_BOUND` (2^32), so every caller's integer type can hold them.
+pub const RANDOM_SEED_BOUND: u64 = 1 << 32;
+
+/// Upper bounds on what a request may ask for. They protect the process, not the model: the engine may refuse
+/// sizes its model cannot do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RequestLimits {
+    /// Largest accepted request text in bytes. Default 1 MiB.
+    pub max_json_bytes: usize,
+    /// Largest `width` in pixels. Default 4096.
+    pub max_width: u32,
+    /// Largest `height` in pixels. Default 4096.
+    pub max_height: u32,
+    /// Largest `width * height`. Default 4096 * 4096.
+    pub max_pixels: u64,
+    /// Largest `num_inference_steps`. Default 500.
+    pub max_steps: u32,
+    /// Largest `batch.size`. Default 16.
+    pub max_batch: u32,
+}
+
+impl Default for RequestLimits {
+    fn default() -> Self {
+        RequestLimits {
+            max_json_bytes: 1 << 20,
+            max_width: 4096,
+            max_height: 4096,
+            max_pixels: 4096 * 4096,
+            max_steps: 500,
+            max_batch: 16,
+        }
+    }
+}
+
+impl RequestLimits {
+    /// Checks a final image size against the limits (multiples of 8, maxima, pixel count).
+    ///
+    /// [`parse_request`] calls it when the request gives both sides; the engine should call it again once it
+    /// has filled a missing side from the model's default.
+    pub fn check_size(&self, width: u32, height: u32) -> Result<()> {
+        check_side("data.dimensions.width", width.into(), self.max_width)?;
+        check_side("data.dimensions.height", height.into(), self.max_height)?;
+        let pixels = u64::from(width) * u64::from(height);
+        if pixels > self.max_pixels {
+            return Err(Error::field(
+                "data.dimensions",
+                format!("{width}x{height} is {pixels} pixels; at most {} are allowed", self.max_pixels),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// A validated request and the warnings met on the way.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ParsedRequest {
+    /// What to generate.
+    pub params: GenerateParams,
+    /// Things the caller should know but that do not stop the request (e.g. `ignored unknown field data.foo`).
+    pub warnings: Vec<String>,
+}
+
+/// Parses, decodes and validates one request (envelope or bare `data` object).
+pub fn parse_request(json: &str, limits: &RequestLimits) -> Result<ParsedRequest> {
+    if json.len() > limits.max_json_bytes {
+        return Err(Error::InvalidJson(format!(
+            "the request is {} bytes; at most {} are accepted",
+            json.len(),
+            limits.max_json_bytes
+        )));
+    }
+    // serde_json's message ends with "at line L column C".
+    let value: Value = serde_json::from_str(json).map_err(|e| Error::InvalidJson(e.to_string()))?;
+    let mut warnings = Vec::new();
+    let wire = WireRequest::from_value(&value, &mut warnings)?;
+    let params = normalize(&wire, limits, &mut warnings)?;
+    Ok(ParsedRequest { params, warnings })
+}
+
+/// Validates a decoded request and resolves its defaults, legacy fields and random seed.
+pub fn normalize(wire: &WireRequest, limits: &RequestLimits, warnings: &mut Vec<String>) -> Result<GenerateParams> {
+    if let Some(mt) = &wire.message_type {
+        if !MESSAGE_TYPES.contains(&mt.as_str()) {
+            return Err(Error::field("message_type", format!("must be {}, got {mt:?}", one_of(&MESSAGE_TYPES))));
+        }
+    }
+    let d = &wire.data;
+    if let Some(wt) = &d.worker_type {
+        if !WORKER_TYPES.contains(&wt.as_str()) {
+            return Err(Error::field("data.worker_type", format!("must be {}, got {wt:?}", one_of(&WORKER_TYPES))));
+        }
+    }
+
+    let prompt = match &d.prompt {
+        Some(p) if !p.trim().is_empty() => p.clone(),
+        Some(_) => return Err(Error::field("data.prompt", "must not be empty")),
+        None => return Err(Error::field("data.prompt", "missing: a request needs a non-empty prompt")),
+    };
+
+    reject_unsupported(d)?;
+    let model = resolve_model(d)?;
+
+    let h = d.hyperparameters.clone().unwrap_or_default();
+    let steps = merge(
+        "data.num_inference_steps",
+        d.num_inference_steps,
+        "data.hyperparameters.num_inference_steps",
+        h.num_inference_steps,
+    )?;
+    let steps = match steps {
+        None => DEFAULT_STEPS,
+        Some(s) if s >= 1 && s <= i64::from(limits.max_steps) => s as u32,
+        Some(s) => {
+            return Err(Error::field(
+                "data.hyperparameters.num_inference_steps",
+                format!("must be an integer from 1 to {}, got {s}", limits.max_steps),
+            ))
+        }
+    };
+
+    let guidance =
+        merge("data.guidance_scale", d.guidance_scale, "data.hyperparameters.guidance_scale", h.guidance_scale)?;
+    let guidance_scale = match guidance {
+        None => DEFAULT_GUIDANCE_SCALE,
+        Some(g) if g.is_finite() && (0.0..=MAX_GUIDANCE_SCALE).contains(&g) => g as f32,
+        Some(g) => {
+            return Err(Error::field(
+                "data.hyperparameters.guidance_scale",
+                format!("must be a number from 0 to {MAX_GUIDANCE_SCALE} (CFG runs above 1), got {g}"),
+            ))
+        }
+    };
+
+    let seed = merge("data.seed", d.seed, "data.hyperparameters.seed", h.seed)?;
+    let seed = match seed {
+        None | Some(-1) => random_seed(),
+        Some(s) => u64::try_from(s).map_err(|_| {
+            Error::field(
+                "data.hyperparameters.seed",
+                format!("must be -1 or null (random) or an integer from 0 to {}, got {s}", u64::MAX),
+            )
+        })?,
+    };
+
+    let strength = merge("data.strength", d.strength, "data.hyperparameters.strength", h.strength)?;
+    let strength = match strength {
+        None => DEFAULT_STRENGTH,
+        Some(s) if (0.0..=1.0).contains(&s) => s as f32,
+        Some(s) => {
+            return Err(Error::field("data.hyperparameters.strength", format!("must be a number from 0 to 1, got {s}")))
+        }
+    };
+
+    let dims = d.dimensions.clone().unwrap_or_default();
+    let width = merge("data.width", d.width, "data.dimensions.width", dims.width)?
+        .map(|w| check_side("data.dimensions.width", w, limits.max_width))
+        .transpose()?;
+    let height = merge("data.height", d.height, "data.dimensions.height", dims.height)?
+        .map(|h| check_side("data.dimensions.height", h, limits.max_height))
+        .transpose()?;
+    if let (Some(w), Some(h)) = (width, height) {
+        limits.check_size(w, h)?;
+    }
+
+    let scheduler = d.scheduler.as_ref().map(scheduler_choice).transpose()?;
+
+    let batch = d.batch.clone().unwrap_or_default();
+    let batch_size = match batch.size {
+        None => 1,
+        Some(n) if n >= 1 && n <= i64::from(limits.max_batch) => n as u32,
+        Some(n) => {
+            return Err(Error::field(
+                "data.batch.size",
+                format!("must be an integer from 1 to {}, got {n}", limits.max_batch),
+            ))
+        }
+    };
+    let batch_parallel = batch.parallel.unwrap_or(false);
+
+    let output = output_params(d, warnings)?;
+
+    let metadata = d.metadata.clone().unwrap_or_default();
+    let timeout_secs = match metadata.timeout {
+        None => None,
+        Some(t) if t.is_finite() && t > 0.0 => Some(t),
+        Some(t) => {
+            return Err(Error::field("data.metadata.timeout", format!("must be a positive number of seconds, got {t}")))
+        }
+    };
+
+    let envelope_id = wire.request_id.clone().filter(|s| !s.is_empty());
+    let data_id = metadata.request_id.filter(|s| !s.is_empty());
+    let request_id = match (envelope_id, data_id) {
+        (Some(e), Some(m)) => {
+            if e != m {
+                warnings.push(format!(
+                    "request_id {e:?} and data.metadata.request_id {m:?} differ; using request_id {e:?}"
+                ));
+            }
+            e
+        }
+        (Some(id), None) | (None, Some(id)) => id,
+        (None, None) => format!("req-{:016x}", random_u64()),
+    };
+
+    Ok(GenerateParams {
+        request_id,
+        prompt,
+        negative_prompt: d.negative_prompt.clone(),
+        model,
+        steps,
+        guidance_scale,
+        seed,
+        strength,
+        width,
+        height,
+        scheduler,
+        batch_size,
+        batch_parallel,
+        output,
+        timeout_secs,
+    })
+}
+
+/// A random seed in `0..2^32` from a non-deterministic source (per-process random hash keys, the clock and a
+/// counter). Used for missing, null and -1 seeds; the chosen seed is reported back in the response.
+pub fn random_seed() -> u64 {
+    random_u64() % RANDOM_SEED_BOUND
+}
+
+/// 64 unpredictable bits: std's randomly keyed SipHash over the clock and a process-wide counter. Not for
+/// cryptography; good for seeds and ids.
+fn random_u64() -> u64 {
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let mut hasher = RandomState::new().build_hasher();
+    let nanos = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
+    hasher.write_u128(nanos);
+    hasher.write_u64(COUNTER.fetch_add(1, Ordering::Relaxed));
+    hasher.finish()
+}
+
+/// Refuses the seed's features that this version does not implement, naming the field.
+fn reject_unsupported(d: &WireData) -> Result<()> {
+    if let Some(lora) = &d.lora {
+        if lora.enabled == Some(true) || lora.models.as_ref().is_some_and(|m| !m.is_empty()) {
+            return Err(Error::unsupported(
+                "data.lora",
+                "LoRA adapters are not implemented yet; send lora.enabled false with no models (or omit lora)",
+            ));
+        }
+    }
+    if let Some(cn) = &d.controlnet {
+        if feature_requested(cn, "data.controlnet")? {
+            return Err(Error::unsupported(
+                "data.controlnet",
+                "ControlNet is not implemented yet; send controlnet.enabled false (or omit controlnet)",
+            ));
+        }
+    }
+    if let Some(models) = &d.models {
+        if models.refiner.as_ref().is_some_and(|r| !r.is_empty()) {
+            return Err(Error::unsupported(
+                "data.models.refiner",
+                "the SDXL refiner stage is not implemented yet; leave models.refiner null or empty",
+            ));
+        }
+        if models.vae.as_ref().is_some_and(|v| !v.is_empty()) {
+            return Err(Error::unsupported(
+                "data.models.vae",
+                "custom VAEs are not implemented yet; leave models.vae null or empty to use the model's own VAE",
+            ));
+        }
+    }
+    if let Some(upscale) = d.output.as_ref().and_then(|o| o.upscale.as_ref()) {
+        if feature_requested(upscale, "data.output.upscale")? {
+            return Err(Error::unsupported(
+                "data.output.upscale",
+                "upscaling is not implemented yet; send upscale.enabled false (or omit upscale)",
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Whether an opaque feature block (`controlnet`, `upscale`) asks for its feature: `enabled: true`, any
+/// non-empty array inside it (a list of models or units), or, without an `enabled` key, any non-empty setting.
+/// `true`/`false` alone are read as `enabled`; an array is a list of units.
+fn feature_requested(value: &Value, path: &str) -> Result<bool> {
+    match value {
+        Value::Bool(b) => Ok(*b),
+        Value::Array(items) => Ok(items.iter().any(|v| !is_empty(v))),
+        Value::Object(map) => {
+            let enabled = match map.get("enabled") {
+                None | Some(Value::Null) => None,
+                Some(Value::Bool(b)) => Some(*b),
+                Some(other) => {
+                    return Err(Error::field(
+                        format!("{path}.enabled"),
+                        format!("expected true or false, got {}", describe(other)),
+                    ))
+                }
+            };
+            let has_list = map.values().any(|v| matches!(v, Value::Array(a) if a.iter().any(|x| !is_empty(x))));
+            let settings = map.iter().filter(|(k, _)| k.as_str() != "enabled").any(|(_, v)| !is_empty(v));
+            Ok(match enabled {
+                Some(true) => true,
+                Some(false) => has_list,
+                None => settings,
+            })
+        }
+        other => Err(Error::field(
+            path,
+            format!("expected an object such as {{\"enabled\": false}}, got {}", describe(other)),
+        )),
+    }
+}
+
+/// null, `""`, `[]`, `{}` and containers of only those.
+fn is_empty(v: &Value) -> bool {
+    match v {
+        Value::Null => true,
+        Value::String(s) => s.is_empty(),
+        Value::Array(a) => a.iter().all(is_empty),
+        Value::Object(o) => o.values().all(is_empty),
+        Value::Bool(_) | Value::Number(_) => false,
+    }
+}
+
+/// `models.base`, else legacy `model_name`; both given must agree. Empty names read as absent (the seed's C#
+/// treats an empty model string as "none").
+fn resolve_model(d: &WireData) -> Result<Option<String>> {
+    let base = d.models.as_ref().and_then(|m| m.base.clone()).filter(|s| !s.is_empty());
+    let legacy = d.model_name.clone().filter(|s| !s.is_empty());
+    match (base, legacy) {
+        (Some(b), Some(l)) if b != l => Err(Error::field(
+            "data.models.base",
+            format!("{b:?} differs from data.model_name {l:?}; give one of them, or the same name in both"),
+        )),
+        (Some(name), _) | (None, Some(name)) => Ok(Some(name)),
+        (None, None) => Ok(None),
+    }
+}
+
+/// Merges a legacy flat field with its nested twin: either may be given; both must then agree.
+fn merge<T: PartialEq + std::fmt::Debug>(
+    flat_path: &str,
+    flat: Option<T>,
+    nested_path: &str,
+    nested: Option<T>,
+) -> Result<Option<T>> {
+    match (flat, nested) {
+        (Some(f), Some(n)) if f != n => Err(Error::field(
+            flat_path,
+            format!("{f:?} conflicts with {nested_path} = {n:?}; give one of them, or the same value in both"),
+        )),
+        (_, Some(v)) | (Some(v), None) => Ok(Some(v)),
+        (None, None) => Ok(None),
+    }
+}
+
+/// A width or height: a positive multiple of 8 no larger than `max`.
+fn check_side(path: &str, v: i64, max: u32) -> Result<u32> {
+    if v > 0 && v % 8 == 0 && v <= i64::from(max) {
+        Ok(v as u32)
+    } else {
+        Err(Error::field(path, format!("must be a positive multiple of 8 no larger than {max}, got {v}")))
+    }
+}
+
+fn scheduler_choice(s: &WireScheduler) -> Result<SchedulerChoice> {
+    let (name, overrides) = match s {
+        WireScheduler::Name(name) => (name.clone(), Default::default()),
+        WireScheduler::Object(o) => (o.name.clone(), o.overrides.clone()),
+    };
+    if name.trim().is_empty() {
+        return Err(Error::field(
+            "data.scheduler",
+            "the scheduler name must not be empty; omit scheduler (or send null) for the model's own scheduler",
+        ));
+    }
+    Ok(SchedulerChoice { name, overrides })
+}
+
+fn output_params(d: &WireData, warnings: &mut Vec<String>) -> Result<OutputParams> {
+    let o = d.output.clone().unwrap_or_default();
+    let format = match o.format.as_deref().map(str::to_ascii_lowercase).as_deref() {
+        None | Some("png") => ImageFormat::Png,
+        Some("jpeg" | "jpg") => ImageFormat::Jpeg,
+        Some("webp") => ImageFormat::Webp,
+        Some(_) => {
+            return Err(Error::field(
+                "data.output.format",
+                format!("must be one of png, jpeg, jpg, webp (any case), got {:?}", o.format.unwrap_or_default()),
+            ))
+        }
+    };
+    let quality = match o.quality {
+        None => DEFAULT_QUALITY,
+        Some(q @ 1..=100) => q as u8,
+        Some(q) => {
+            return Err(Error::field("data.output.quality", format!("must be an integer from 1 to 100, got {q}")))
+        }
+    };
+    if format == ImageFormat::Webp && o.quality.is_some() {
+        warnings.push("data.output.quality has no effect with webp: the WebP encoder is lossless".to_owned());
+    }
+    let save_path = match o.save_path {
+        None => None,
+        Some(p) if p.is_empty() => {
+            return Err(Error::field(
+                "data.output.save_path",
+                "must not be empty; omit it (or send null) to get the image back as image_data only",
+            ))
+        }
+        Some(p) => Some(PathBuf::from(p)),
+    };
+    let return_image_data = o.return_image_data.unwrap_or(save_path.is_none());
+    if !return_image_data && save_path.is_none() {
+        return Err(Error::field(
+            "data.output.return_image_data",
+            "false without data.output.save_path would return no image; set a save_path or return_image_data true",
+        ));
+    }
+    Ok(OutputParams { format, quality, save_path, overwrite: o.overwrite.unwrap_or(false), return_image_data })
+}
+
+/// `"a", "b" or "c"`.
+fn one_of(values: &[&str]) -> String {
+    let quoted: Vec<String> = values.iter().map(|v| format!("{v:?}")).collect();
+    match quoted.split_last() {
+        Some((last, rest)) if !rest.is_empty() => format!("{} or {last}", rest.join(", ")),
+        _ => quoted.join(""),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    /// What the seed's C# `TransformEnhancedSDXLRequest` sends for a plain text-to-image request, serialized the
+    /// way System.Text.Json writes an anonymous object: every property present, absent values as null, doubles
+    /// with no fraction as integers (7.0 -> 7).
+    const SEED_REQUEST: &str = r#"{
+      "message_type": "inference_request",
+      "request_id": "5b0f3c1e-9a77-4a53-8d0e-2f6a1c9e4b21",
+      "data": {
+        "worker_type": "sdxl_worker",
+        "prompt": "a lighthouse on a cliff at dusk, oil painting",
+        "negative_prompt": null,
+        "model_name": "cyberrealisticPony_v125",
+        "hyperparameters": {"num_inference_steps": 30, "guidance_scale": 7, "seed": 12345, "strength": 0.8},
+        "dimensions": {"width": 1024, "height": 768},
+        "scheduler": "DPMSolverMultistepScheduler",
+        "models": {"base": "cyberrealisticPony_v125", "refiner": null, "vae": null},
+        "lora": {"enabled": false, "models": []},
+        "controlnet": {"enabled": false, "models": []},
+        "output": {
+          "format": "png", "quality": 95, "save_path": null,
+          "upscale": {"enabled": false, "factor": 2, "model": null}
+        },
+        "batch": {"size": 1, "parallel": false},
+        "metadata": {
+          "request_id": "5b0f3c1e-9a77-4a53-8d0e-2f6a1c9e4b21",
+          "priority": "normal",
+          "timeout": 300,
+          "tags": ["enhanced_sdxl", "c_sharp_service"]
+        }
+      }
+    }"#;
+
+    fn parse(json: &str) -> Result<ParsedRequest> {
+        parse_request(json, &RequestLimits::default())
+    }
+
+    fn parse_value(v: Value) -> Result<ParsedRequest> {
+        parse(&v.to_string())
+    }
+
+    /// The seed request with `data` edited by `f`.
+    fn seed_with(f: impl FnOnce(&mut serde_json::Map<String, Value>)) -> Value {
+        let mut v: Value = serde_json::from_str(SEED_REQUEST).unwrap();
+        f(v["data"].as_object_mut().unwrap());
+        v
+    }
+
+    fn minimal(extra: Value) -> Value {
+        let mut v = json!({"prompt": "a cat"});
+        v.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
+        v
+    }
+
+    fn invalid_field(r: Result<ParsedRequest>) -> (String, String) {
+        match r {
+            Err(Error::InvalidField { field, message }) => (field, message),
+            other => panic!("expected InvalidField, got {other:?}"),
+        }
+    }
+
+    fn unsupported_field(r: Result<ParsedRequest>) -> String {
+        match r {
+            Err(Error::Unsupported { field, .. }) => field,
+            other => panic!("expected Unsupported, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn seed_transformer_output_round_trips() {
+        let p = parse(SEED_REQUEST).unwrap();
+        assert!(p.warnings.is_empty(), "{:?}", p.warnings);
+        let expected = GenerateParams {
+            request_id: "5b0f3c1e-9a77-4a53-8d0e-2f6a1c9e4b21".into(),
+            prompt: "a lighthouse on a cliff at dusk, oil painting".into(),
+            negative_prompt: None,
+            model: Some("cyberrealisticPony_v125".into()),
+            steps: 30,
+            guidance_scale: 7.0,
+            seed: 12345,
+            strength: 0.8,
+            width: Some(1024),
+            height: Some(768),
+            scheduler: Some(SchedulerChoice {
+                name: "DPMSolverMultistepScheduler".into(),
+                overrides: Default::default(),
+            }),
+            batch_size: 1,
+            batch_parallel: false,
+            output: OutputParams {
+                format: ImageFormat::Png,
+                quality: 95,
+                save_path: None,
+                overwrite: false,
+                return_image_data: true,
+            },
+            timeout_secs: Some(300.0),
+        };
+        assert_eq!(p.params, expected);
+
+        // Decoding, serializing and decoding again gives the same request.
+        let mut w = Vec::new();
+        let wire = WireRequest::from_value(&serde_json::from_str(SEED_REQUEST).unwrap(), &mut w).unwrap();
+        let again = parse(&serde_json::to_string(&wire).unwrap()).unwrap();
+        assert_eq!(again.params, expected);
+    }
+
+    #[test]
+    fn enhanced_message_and_worker_types_are_accepted() {
+        let mut v = seed_with(|d| {
+            d.insert("worker_type".into(), json!("enhanced_sdxl_worker"));
+        });
+        v["message_type"] = json!("enhanced_inference_request");
+        let p = parse_value(v).unwrap();
+        assert!(p.warnings.is_empty(), "{:?}", p.warnings);
+        assert_eq!(p.params.steps, 30);
+    }
+
+    #[test]
+    fn bare_data_form_uses_defaults() {
+        let p = parse(r#"{"prompt": "a cat"}"#).unwrap();
+        assert!(p.warnings.is_empty());
+        let q = &p.params;
+        assert_eq!((q.steps, q.guidance_scale, q.strength), (DEFAULT_STEPS, DEFAULT_GUIDANCE_SCALE, DEFAULT_STRENGTH));
+        assert_eq!((q.width, q.height, q.model.as_deref(), q.scheduler.as_ref()), (None, None, None, None));
+        assert_eq!((q.batch_size, q.batch_parallel, q.timeout_secs), (1, false, None));
+        assert_eq!(q.output.format, ImageFormat::Png);
+        assert_eq!((q.output.quality, q.output.overwrite, q.output.return_image_data), (95, false, true));
+        assert!(q.seed < RANDOM_SEED_BOUND);
+        assert!(q.request_id.starts_with("req-") && q.request_id.len() == 20, "{}", q.request_id);
+
+        // The bare form may carry the envelope's request_id.
+        let p = parse(r#"{"prompt": "a cat", "request_id": "r7", "message_type": "inference_request"}"#).unwrap();
+        assert_eq!(p.params.request_id, "r7");
+        assert!(p.warnings.is_empty());
+    }
+
+    #[test]
+    fn legacy_flat_fields() {
+        let p = parse_value(json!({"data": {
+            "prompt": "x", "model_name": "old_model", "guidance_scale": 6.5, "num_inference_steps": 12,
+            "seed": 7, "strength": 0.3, "width": 640, "height": 512
+        }}))
+        .unwrap();
+        let q = p.params;
+        assert!(p.warnings.is_empty(), "{:?}", p.warnings);
+        assert_eq!(q.model.as_deref(), Some("old_model"));
+        assert_eq!((q.guidance_scale, q.steps, q.seed, q.strength), (6.5, 12, 7, 0.3));
+        assert_eq!((q.width, q.height), (Some(640), Some(512)));
+
+        // Flat and nested twins may both be given when they agree; models.base wins over an empty model_name.
+        let p = parse_value(minimal(json!({"guidance_scale": 7.0, "hyperparameters": {"guidance_scale": 7},
+            "models": {"base": "m"}, "model_name": ""})))
+        .unwrap();
+        assert_eq!((p.params.guidance_scale, p.params.model.as_deref()), (7.0, Some("m")));
+    }
+
+    #[test]
+    fn conflicting_twins_are_errors() {
+        let cases = [
+            (json!({"model_name": "a", "models": {"base": "b"}}), "data.models.base"),
+            (json!({"guidance_scale": 5, "hyperparameters": {"guidance_scale": 6}}), "data.guidance_scale"),
+            (json!({"seed": 1, "hyperparameters": {"seed": 2}}), "data.seed"),
+            (json!({"width": 512, "dimensions": {"width": 1024}}), "data.width"),
+            (
+                json!({"num_inference_steps": 5, "hyperparameters": {"num_inference_steps": 6}}),
+                "data.num_inference_steps",
+            ),
+        ];
+        for (extra, path) in cases {
+            assert_eq!(invalid_field(parse_value(minimal(extra.clone()))).0, path, "for {extra}");
+        }
+    }
+
+    #[test]
+    fn invalid_json_reports_line_and_column() {
+        let err = parse("{\n  \"prompt\": \"x\",\n  oops\n}").unwrap_err();
+        let Error::InvalidJson(msg) = &err else { panic!("{err:?}") };
+        assert!(msg.contains("line 3 column 3"), "{msg}");
+        assert_eq!(err.code().as_str(), "invalid_json");
+        assert!(matches!(parse("[]"), Err(Error::InvalidJson(_))));
+        assert!(matches!(parse(""), Err(Error::InvalidJson(_))));
+        let limits = RequestLimits { max_json_bytes: 10, ..Default::default() };
+        assert!(matches!(parse_request(r#"{"prompt": "a cat"}"#, &limits), Err(Error::InvalidJson(_))));
+    }
+
+    #[test]
+    fn every_validation_error_names_its_field() {
+        let l = RequestLimits::default();
+        let cases: Vec<(Value, &str, &str)> = vec![
+            (json!({"message_type": "do_it", "data": {"prompt": "x"}}), "message_type", "enhanced_inference_request"),
+            (json!({"prompt": "x", "worker_type": "gpu_worker"}), "data.worker_type", "enhanced_sdxl_worker"),
+            (json!({"negative_prompt": "y"}), "data.prompt", "missing"),
+            (json!({"prompt": null}), "data.prompt", "missing"),
+            (json!({"prompt": "  "}), "data.prompt", "empty"),
+            (json!({"data": {"prompt": "x", "dimensions": {"width": "abc"}}}), "data.dimensions.width", "integer"),
+            (
+                minimal(json!({"hyperparameters": {"num_inference_steps": 0}})),
+                "data.hyperparameters.num_inference_steps",
+                "1 to 500",
+            ),
+            (
+                minimal(json!({"hyperparameters": {"num_inference_steps": 501}})),
+                "data.hyperparameters.num_inference_steps",
+                "1 to 500",
+            ),
+            (
+                minimal(json!({"hyperparameters": {"guidance_scale": -0.5}})),
+                "data.hyperparameters.guidance_scale",
+                "0 to 100",
+            ),
+            (
+                minimal(json!({"hyperparameters": {"guidance_scale": 100.5}})),
+                "data.hyperparameters.guidance_scale",
+                "0 to 100",
+            ),
+            (minimal(json!({"hyperparameters": {"seed": -2}})), "data.hyperparameters.seed", "18446744073709551615"),
+            (minimal(json!({"hyperparameters": {"seed": "42"}})), "data.hyperparameters.seed", "integer"),
+            (minimal(json!({"hyperparameters": {"strength": 1.5}})), "data.hyperparameters.strength", "0 to 1"),
+            (minimal(json!({"hyperparameters": {"strength": -0.1}})), "data.hyperparameters.strength", "0 to 1"),
+            (minimal(json!({"dimensions": {"width": 1001}})), "data.dimensions.width", "multiple of 8"),
+            (minimal(json!({"dimensions": {"width": 0}})), "data.dimensions.width", "multiple of 8"),
+            (minimal(json!({"dimensions": {"height": -8}})), "data.dimensions.height", "multiple of 8"),
+            (minimal(json!({"dimensions": {"height": 4104}})), "data.dimensions.height", "4096"),
+            (minimal(json!({"batch": {"size": 0}})), "data.batch.size", "1 to 16"),
+            (minimal(json!({"batch": {"size": 17}})), "data.batch.size", "1 to 16"),
+            (minimal(json!({"output": {"format": "gif"}})), "data.output.format", "png, jpeg, jpg, webp"),
+            (minimal(json!({"output": {"format": ""}})), "data.output.format", "png, jpeg, jpg, webp"),
+            (minimal(json!({"output": {"quality": 0}})), "data.output.quality", "1 to 100"),
+            (minimal(json!({"output": {"quality": 101}})), "data.output.quality", "1 to 100"),
+            (minimal(json!({"output": {"save_path": ""}})), "data.output.save_path", "empty"),
+            (minimal(json!({"output": {"return_image_data": false}})), "data.output.return_image_data", "save_path"),
+            (minimal(json!({"metadata": {"timeout": 0}})), "data.metadata.timeout", "positive"),
+            (minimal(json!({"metadata": {"timeout": -3.5}})), "data.metadata.timeout", "positive"),
+            (minimal(json!({"scheduler": ""})), "data.scheduler", "empty"),
+            (minimal(json!({"scheduler": 5})), "data.scheduler", "string"),
+            (minimal(json!({"scheduler": {"name": 5}})), "data.scheduler.name", "string"),
+            (minimal(json!({"controlnet": {"enabled": "yes"}})), "data.controlnet.enabled", "true or false"),
+            (minimal(json!({"controlnet": "canny"})), "data.controlnet", "object"),
+        ];
+        for (value, path, hint) in cases {
+            let (field, message) = invalid_field(parse_value(value.clone()));
+            assert_eq!(field, path, "for {value}");
+            assert!(message.contains(hint), "{path}: {message:?} should mention {hint:?}");
+            assert_eq!(Error::field(&field, &message).code().as_str(), "invalid_request");
+        }
+
+        // Pixel count: both sides fine alone, too many together.
+        let small = RequestLimits { max_pixels: 512 * 512, ..l };
+        let r = parse_request(r#"{"prompt": "x", "dimensions": {"width": 1024, "height": 512}}"#, &small);
+        assert_eq!(invalid_field(r).0, "data.dimensions");
+        assert!(small.check_size(512, 512).is_ok());
+        assert!(small.check_size(520, 512).is_err());
+    }
+
+    #[test]
+    fn limits_bounds_are_inclusive() {
+        let p = parse_value(minimal(json!({
+            "hyperparameters": {"num_inference_steps": 500, "guidance_scale": 100, "strength": 1, "seed": u64::MAX},
+            "dimensions": {"width": 4096, "height": 4096}, "batch": {"size": 16},
+            "output": {"quality": 1, "format": "JPG"}
+        })))
+        .unwrap()
+        .params;
+        assert_eq!((p.steps, p.guidance_scale, p.strength, p.seed), (500, 100.0, 1.0, u64::MAX));
+        assert_eq!((p.width, p.height, p.batch_size), (Some(4096), Some(4096), 16));
+        assert_eq!((p.output.format, p.output.quality), (ImageFormat::Jpeg, 1));
+        let p = parse_value(minimal(json!({"hyperparameters": {"guidance_scale": 0, "strength": 0, "seed": 0}})))
+            .unwrap()
+            .params;
+        assert_eq!((p.guidance_scale, p.strength, p.seed), (0.0, 0.0, 0));
+    }
+
+    #[test]
+    fn unsupported_features_name_their_field() {
+        let cases = [
+            (json!({"lora": {"enabled": true, "models": []}}), "data.lora"),
+            (json!({"lora": {"enabled": false, "models": [{"name": "detail", "weight": 0.8}]}}), "data.lora"),
+            (json!({"lora": {"models": [{"name": "detail", "weight": 0.8}]}}), "data.lora"),
+            (json!({"controlnet": {"enabled": true}}), "data.controlnet"),
+            (json!({"controlnet": {"type": "canny", "control_image": "abc"}}), "data.controlnet"),
+            (json!({"controlnet": {"enabled": false, "models": [{"type": "canny"}]}}), "data.controlnet"),
+            (json!({"controlnet": [{"type": "canny"}]}), "data.controlnet"),
+            (json!({"controlnet": true}), "data.controlnet"),
+            (json!({"models": {"base": "m", "refiner": "sdxl_refiner"}}), "data.models.refiner"),
+            (json!({"models": {"base": "m", "vae": "sdxl_vae_fp16"}}), "data.models.vae"),
+            (json!({"output": {"upscale": {"enabled": true, "factor": 2}}}), "data.output.upscale"),
+            (json!({"output": {"upscale": {"factor": 2}}}), "data.output.upscale"),
+        ];
+        for (extra, path) in cases {
+            let r = parse_value(minimal(extra.clone()));
+            assert!(matches!(&r, Err(e) if e.code().as_str() == "unsupported"), "for {extra}: {r:?}");
+            assert_eq!(unsupported_field(r), path, "for {extra}");
+        }
+        // Disabled or empty blocks are fine.
+        for extra in [
+            json!({"lora": {"enabled": false, "models": []}}),
+            json!({"lora": {}}),
+            json!({"controlnet": {}}),
+            json!({"controlnet": []}),
+            json!({"controlnet": false}),
+            json!({"controlnet": {"enabled": false, "conditioning_scale": 1.0, "models": []}}),
+            json!({"controlnet": {"models": [], "type": null}}),
+            json!({"models": {"refiner": "", "vae": ""}}),
+            json!({"output": {"upscale": {"enabled": false, "factor": 4, "model": "RealESRGAN"}}}),
+            json!({"output": {"upscale": {}}}),
+        ] {
+            parse_value(minimal(extra.clone())).unwrap_or_else(|e| panic!("{extra}: {e}"));
+        }
+    }
+
+    #[test]
+    fn negative_prompt_null_vs_empty() {
+        let p = |v: Value| parse_value(v).unwrap().params.negative_prompt;
+        assert_eq!(p(json!({"prompt": "x"})), None);
+        assert_eq!(p(json!({"prompt": "x", "negative_prompt": null})), None);
+        assert_eq!(p(json!({"prompt": "x", "negative_prompt": ""})), Some(String::new()));
+        assert_eq!(p(json!({"prompt": "x", "negative_prompt": "blurry"})), Some("blurry".into()));
+    }
+
+    #[test]
+    fn random_seed_resolution() {
+        for seed in [json!(null), json!(-1), json!(-1.0)] {
+            let seeds: Vec<u64> = (0..8)
+                .map(|_| parse_value(minimal(json!({"hyperparameters": {"seed": seed}}))).unwrap().params.seed)
+                .collect();
+            assert!(seeds.iter().all(|&s| s < RANDOM_SEED_BOUND), "{seeds:?}");
+            let mut unique = seeds.clone();
+            unique.sort_unstable();
+            unique.dedup();
+            // Eight draws from 2^32 values: a repeat means the source is not random.
+            assert_eq!(unique.len(), seeds.len(), "{seeds:?}");
+        }
+        assert_eq!(parse_value(minimal(json!({"seed": 42.0}))).unwrap().params.seed, 42);
+        let a = parse(r#"{"prompt": "x"}"#).unwrap().params.request_id;
+        let b = parse(r#"{"prompt": "x"}"#).unwrap().params.request_id;
+        assert_ne!(a, b);
+    }
+
+    #[test]
+    fn request_id_sources() {
+        let id = |v: Value| parse_value(v).unwrap();
+        assert_eq!(id(json!({"request_id": "env", "data": {"prompt": "x"}})).params.request_id, "env");
+        assert_eq!(id(json!({"data": {"prompt": "x", "metadata": {"request_id": "meta"}}})).params.request_id, "meta");
+        let p = id(json!({"request_id": "env", "data": {"prompt": "x", "metadata": {"request_id": "meta"}}}));
+        assert_eq!(p.params.request_id, "env");
+        assert_eq!(p.warnings.len(), 1, "{:?}", p.warnings);
+        assert!(id(json!({"request_id": "", "data": {"prompt": "x"}})).params.request_id.starts_with("req-"));
+    }
+
+    #[test]
+    fn output_settings() {
+        let p = parse_value(minimal(json!({"output": {"save_path": "out/a.png", "overwrite": true}}))).unwrap().params;
+        assert_eq!(p.output.save_path, Some(PathBuf::from("out/a.png")));
+        assert!(p.output.overwrite);
+        assert!(!p.output.return_image_data, "with a save_path, image data is opt-in");
+        let p = parse_value(minimal(json!({"output": {"save_path": "a.png", "return_image_data": true}}))).unwrap();
+        assert!(p.params.output.return_image_data);
+        let p = parse_value(minimal(json!({"output": {"format": "WebP", "quality": 80}}))).unwrap();
+        assert_eq!(p.params.output.format, ImageFormat::Webp);
+        assert_eq!(p.warnings, ["data.output.quality has no effect with webp: the WebP encoder is lossless"]);
+        assert!(parse_value(minimal(json!({"output": {"format": "webp"}}))).unwrap().warnings.is_empty());
+        assert_eq!(
+            parse_value(minimal(json!({"output": {"format": "Jpeg"}}))).unwrap().params.output.format,
+            ImageFormat::Jpeg
+        );
+    }
+
+    #[test]
+    fn scheduler_choice_carries_overrides_unvalidated() {
+        let p = parse_value(minimal(json!({"scheduler": {"type": "DPM++ 2M Karras", "use_karras_sigmas": true,
+            "solver_order": 2, "final_sigmas_type": null}})))
+        .unwrap()
+        .params;
+        let s = p.scheduler.unwrap();
+        assert_eq!(s.name, "DPM++ 2M Karras");
+        assert_eq!(Value::Object(s.overrides), json!({"use_karras_sigmas": true, "solver_order": 2}));
+        let s = parse_value(minimal(json!({"scheduler": "NoSuchScheduler"}))).unwrap().params.scheduler.unwrap();
+        assert_eq!((s.name.as_str(), s.overrides.len()), ("NoSuchScheduler", 0));
+    }
+
+    #[test]
+    fn unknown_keys_warn_but_do_not_fail() {
+        let v = seed_with(|d| {
+            d.insert("style".into(), json!("cinematic"));
+            d["hyperparameters"]["clip_skip"] = json!(2);
+        });
+        let mut w = parse_value(v).unwrap().warnings;
+        w.sort();
+        assert_eq!(w, ["ignored unknown field data.hyperparameters.clip_skip", "ignored unknown field data.style"]);
+    }
+
+    #[test]
+    fn one_of_lists_values() {
+        assert_eq!(one_of(&["a", "b", "c"]), r#""a", "b" or "c""#);
+        assert_eq!(one_of(&["a"]), r#""a""#);
+    }
+}

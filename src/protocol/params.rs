@@ -1,0 +1,91 @@
+//! `GenerateParams`: the validated request the engine accepts. Built only by
+//! [`crate::protocol::normalize::parse_request`]; the pipeline never sees wire types.
+
+use std::path::PathBuf;
+
+/// A validated image-generation request.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GenerateParams {
+    /// The caller's id (envelope `request_id`, else `data.metadata.request_id`, else generated).
+    pub request_id: String,
+    /// Positive prompt for both text encoders.
+    pub prompt: String,
+    /// Negative prompt. `None` (absent or JSON null) means "no negative prompt": SDXL zeroes the negative
+    /// embeddings then (diffusers' `force_zeros_for_empty_prompt`). `Some("")` is encoded like any text.
+    pub negative_prompt: Option<String>,
+    /// Base model name: a folder under the engine's `models_root` (`data.models.base`, legacy `data.model_name`).
+    /// `None` means the engine's default model.
+    pub model: Option<String>,
+    /// Denoising steps (`data.hyperparameters.num_inference_steps`), ≥ 1. Default 50 (diffusers).
+    pub steps: u32,
+    /// Classifier-free guidance scale (`data.hyperparameters.guidance_scale`, legacy flat `data.guidance_scale`).
+    /// CFG runs when it is > 1, as in diffusers. Default 5.0.
+    pub guidance_scale: f32,
+    /// Seed of the first image; image `i` of a batch uses `seed + i`. Resolved here: a missing, null or -1 seed
+    /// becomes a random one, reported back in the response metadata.
+    pub seed: u64,
+    /// img2img strength (`data.hyperparameters.strength`) in [0, 1]. Only image-to-image modes use it.
+    pub strength: f32,
+    /// Image width in pixels (`data.dimensions.width`): a positive multiple of 8, or `None` for the model default.
+    pub width: Option<u32>,
+    /// Image height in pixels (`data.dimensions.height`): a positive multiple of 8, or `None` for the model default.
+    pub height: Option<u32>,
+    /// Scheduler request (`data.scheduler`), resolved against the model's `scheduler_config.json` by
+    /// [`crate::schedulers`]. `None` means the model's own scheduler.
+    pub scheduler: Option<SchedulerChoice>,
+    /// Number of images (`data.batch.size`), 1..=limit. Default 1.
+    pub batch_size: u32,
+    /// Run the batch through the UNet as one tensor (`data.batch.parallel`) instead of one image at a time.
+    /// Both give the same images; parallel needs more memory.
+    pub batch_parallel: bool,
+    /// How to return the images.
+    pub output: OutputParams,
+    /// Cancel the request after this many seconds (`data.metadata.timeout`); `None` = no deadline.
+    pub timeout_secs: Option<f64>,
+}
+
+/// A scheduler named in the request, with optional diffusers config overrides.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SchedulerChoice {
+    /// The name as the user typed it: a diffusers class name or an A1111/ComfyUI name.
+    pub name: String,
+    /// Overrides of the model's `scheduler_config.json` keys (e.g. `use_karras_sigmas`), diffusers names.
+    pub overrides: serde_json::Map<String, serde_json::Value>,
+}
+
+/// Encoded image formats.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ImageFormat {
+    /// Lossless PNG (the default).
+    Png,
+    /// JPEG at `OutputParams::quality`.
+    Jpeg,
+    /// Lossless WebP (the encoder has no lossy mode; `quality` does not apply).
+    Webp,
+}
+
+impl ImageFormat {
+    /// The lower-case name used in JSON and as the file extension.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ImageFormat::Png => "png",
+            ImageFormat::Jpeg => "jpeg",
+            ImageFormat::Webp => "webp",
+        }
+    }
+}
+
+/// Output settings (`data.output`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct OutputParams {
+    /// Encoding (`format`): png (default), jpeg/jpg, webp.
+    pub format: ImageFormat,
+    /// JPEG quality 1..=100 (`quality`), default 95.
+    pub quality: u8,
+    /// Where to write the image (`save_path`). With a batch > 1, image `i` > 0 goes to `<stem>_<i>.<ext>`.
+    pub save_path: Option<PathBuf>,
+    /// Replace an existing file at `save_path` (`overwrite`), default false: an existing file is an error.
+    pub overwrite: bool,
+    /// Put base64 image bytes in `image_data` (`return_image_data`). Default: true when there is no `save_path`.
+    pub return_image_data: bool,
+}

@@ -1,0 +1,363 @@
+//! The reply JSON: the seed's `EnhancedResponseTransformer` shape plus a machine-readable `error_code`.
+//!
+//! ```json
+//! {"request_id": "r1", "success": true,
+//!  "data": {"generated_images": [{"image_path": null, "image_data": "iVBOR...", "format": "png",
+//!                                 "width": 1024, "height": 1024,
+//!                                 "metadata": {"seed": 42, "steps": 30, "guidance_scale": 7.0,
+//!                                              "scheduler": "EulerDiscreteScheduler",
+//!                                              "model_info": {"base_model": "sdxl", "refiner_model": null,
+//!                                                             "vae_model": null}}}],
+//!           "processing_metrics": {"total_time": 12.5, ...}},
+//!  "warnings": [], "error": null, "error_code": null}
+//! ```
+//!
+//! On failure `data` is null, `error` is the message and `error_code` one of [`crate::ErrorCode::as_str`]
+//! (a cancelled run is `"cancelled"`). Metrics that cannot be measured are null, never a made-up number.
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+use crate::error::Error;
+
+/// One reply to one request.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Response {
+    /// The request's id; null only when a failed request carried none we could read.
+    pub request_id: Option<String>,
+    /// Whether images were produced.
+    pub success: bool,
+    /// The images and metrics; null on failure.
+    pub data: Option<ResponseData>,
+    /// Non-fatal notes (unknown fields, settings without effect), also on failure.
+    pub warnings: Vec<String>,
+    /// The error message on failure, else null.
+    pub error: Option<String>,
+    /// The stable error kind on failure (`invalid_request`, `cancelled`, ...), else null.
+    pub error_code: Option<String>,
+}
+
+/// `data` of a successful reply.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ResponseData {
+    /// One entry per image, in batch order.
+    pub generated_images: Vec<GeneratedImage>,
+    /// Timings and device facts for the whole request.
+    pub processing_metrics: ProcessingMetrics,
+}
+
+/// One generated image.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct GeneratedImage {
+    /// Where the image was written, or null when it was not saved.
+    pub image_path: Option<String>,
+    /// Base64 of the encoded file, or null when the request did not ask for it.
+    pub image_data: Option<String>,
+    /// Encoding: `png`, `jpeg` or `webp`.
+    pub format: String,
+    /// Width in pixels.
+    pub width: u32,
+    /// Height in pixels.
+    pub height: u32,
+    /// How the image was made.
+    pub metadata: ImageMetadata,
+}
+
+/// `metadata` of one image: enough to reproduce it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ImageMetadata {
+    /// The seed this image used (the request's resolved seed + its batch index).
+    pub seed: u64,
+    /// Denoising steps.
+    pub steps: u32,
+    /// Guidance scale.
+    pub guidance_scale: f32,
+    /// The diffusers class name of the scheduler that ran.
+    pub scheduler: String,
+    /// The scheduler config keys that differ from the model's `scheduler_config.json`, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scheduler_options: Option<Map<String, Value>>,
+    /// The models used.
+    pub model_info: ModelInfo,
+}
+
+/// `model_info` of one image.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+pub struct ModelInfo {
+    /// The base model's name.
+    pub base_model: Option<String>,
+    /// The refiner's name (always null until the refiner exists).
+    pub refiner_model: Option<String>,
+    /// The custom VAE's name (null: the model's own VAE).
+    pub vae_model: Option<String>,
+}
+
+/// `processing_metrics`: seconds unless noted. One set per request, summed over the batch.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+pub struct ProcessingMetrics {
+    /// From receiving the request to the reply, parsing and model loading included.
+    pub total_time: f64,
+    /// Text encoding + denoising + VAE decode.
+    pub inference_time: f64,
+    /// Both text encoders, positive and negative prompts.
+    pub text_encoding_time: f64,
+    /// The whole denoising loop.
+    pub denoising_time: f64,
+    /// `denoising_time` divided by the number of steps run.
+    pub denoising_step_avg: f64,
+    /// The VAE decoder.
+    pub vae_decode_time: f64,
+    /// Image encoding, base64 and file writing.
+    pub encode_save_time: f64,
+    /// UNet runs (a CFG batch of 2 counts once; a batch run one image at a time counts per image).
+    pub unet_evaluations: u32,
+    /// Denoising steps per image.
+    pub steps: u32,
+    /// The execution provider and device, e.g. `CPU` or `CUDA:0 (NVIDIA H100)`.
+    pub device_name: String,
+    /// Device memory in use after the run, in bytes; null where the provider cannot tell.
+    pub device_memory_used: Option<u64>,
+    /// Peak device memory during the run, in bytes; null where the provider cannot tell.
+    pub peak_memory: Option<u64>,
+}
+
+impl Response {
+    /// A successful reply.
+    pub fn success(
+        request_id: impl Into<String>,
+        images: Vec<GeneratedImage>,
+        metrics: ProcessingMetrics,
+        warnings: Vec<String>,
+    ) -> Self {
+        Response {
+            request_id: Some(request_id.into()),
+            success: true,
+            data: Some(ResponseData { generated_images: images, processing_metrics: metrics }),
+            warnings,
+            error: None,
+            error_code: None,
+        }
+    }
+
+    /// A failed reply: `error` is `err`'s message, `error_code` its [`crate::ErrorCode`] name.
+    pub fn failure(request_id: Option<&str>, err: &Error, warnings: Vec<String>) -> Self {
+        Response {
+            request_id: request_id.map(str::to_owned),
+            success: false,
+            data: None,
+            warnings,
+            error: Some(err.to_string()),
+            error_code: Some(err.code().as_str().to_owned()),
+        }
+    }
+
+    /// The reply as compact JSON. Infallible: these types always serialize (non-finite floats become null);
+    /// should serde_json still fail, a minimal `internal` failure reply is returned instead of panicking.
+    pub fn to_json(&self) -> String {
+        match serde_json::to_string(self) {
+            Ok(json) => json,
+            Err(e) => {
+                let fallback = Response::failure(
+                    self.request_id.as_deref(),
+                    &Error::Internal(format!("cannot serialize the response: {e}")),
+                    Vec::new(),
+                );
+                serde_json::to_string(&fallback).unwrap_or_else(|_| LAST_RESORT_JSON.to_owned())
+            }
+        }
+    }
+
+    /// Best effort: the `request_id` of a request that failed to parse or validate, so its failure reply can
+    /// still carry it. Looks at the envelope's `request_id`, then `data.metadata.request_id` (or
+    /// `metadata.request_id` in the bare form); for text that is not JSON, at the first `"request_id": "..."`.
+    /// Empty ids and ids over 256 bytes are not returned.
+    pub fn request_id_hint(json: &str) -> Option<String> {
+        const MAX_PARSE_BYTES: usize = 16 << 20;
+        let usable = |s: &str| !s.is_empty() && s.len() <= 256;
+        if json.len() <= MAX_PARSE_BYTES {
+            if let Ok(value) = serde_json::from_str::<Value>(json) {
+                let candidates = [
+                    value.get("request_id"),
+                    value.get("data").and_then(|d| d.get("metadata")).and_then(|m| m.get("request_id")),
+                    value.get("metadata").and_then(|m| m.get("request_id")),
+                ];
+                return candidates
+                    .into_iter()
+                    .flatten()
+                    .filter_map(Value::as_str)
+                    .find(|s| usable(s))
+                    .map(str::to_owned);
+            }
+        }
+        scan_request_id(json).filter(|s| usable(s))
+    }
+}
+
+/// The reply when even the fallback reply cannot be serialized (never seen; kept so `to_json` cannot panic).
+const LAST_RESORT_JSON: &str = concat!(
+    r#"{"request_id":null,"success":false,"data":null,"warnings":[],"#,
+    r#""error":"internal error: cannot serialize the response","error_code":"internal"}"#
+);
+
+/// Finds the first `"request_id"` key followed by `:` and a string literal in text that need not be valid JSON.
+fn scan_request_id(text: &str) -> Option<String> {
+    const KEY: &str = "\"request_id\"";
+    let mut rest = text;
+    while let Some(pos) = rest.find(KEY) {
+        rest = &rest[pos + KEY.len()..];
+        let Some(after_colon) = rest.trim_start().strip_prefix(':') else { continue };
+        let literal = after_colon.trim_start();
+        if !literal.starts_with('"') {
+            continue;
+        }
+        // The literal ends at the first quote not escaped by a backslash.
+        let bytes = literal.as_bytes();
+        let mut i = 1;
+        while i < bytes.len() {
+            match bytes[i] {
+                b'\\' => i += 2,
+                b'"' => break,
+                _ => i += 1,
+            }
+        }
+        if i < bytes.len() {
+            if let Ok(s) = serde_json::from_str::<String>(&literal[..=i]) {
+                return Some(s);
+            }
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn image() -> GeneratedImage {
+        GeneratedImage {
+            image_path: Some("out/a.png".into()),
+            image_data: None,
+            format: "png".into(),
+            width: 1024,
+            height: 768,
+            metadata: ImageMetadata {
+                seed: u64::MAX,
+                steps: 30,
+                guidance_scale: 7.5,
+                scheduler: "EulerDiscreteScheduler".into(),
+                scheduler_options: None,
+                model_info: ModelInfo { base_model: Some("sdxl".into()), ..Default::default() },
+            },
+        }
+    }
+
+    fn keys(v: &Value) -> Vec<&str> {
+        let mut k: Vec<&str> = v.as_object().unwrap().keys().map(String::as_str).collect();
+        k.sort_unstable();
+        k
+    }
+
+    #[test]
+    fn success_json_shape() {
+        let metrics = ProcessingMetrics {
+            total_time: 2.5,
+            steps: 30,
+            unet_evaluations: 30,
+            device_name: "CPU".into(),
+            peak_memory: Some(123),
+            ..Default::default()
+        };
+        let r = Response::success("r1", vec![image()], metrics, vec!["w".into()]);
+        let v: Value = serde_json::from_str(&r.to_json()).unwrap();
+        assert_eq!(keys(&v), ["data", "error", "error_code", "request_id", "success", "warnings"]);
+        assert_eq!((v["request_id"].as_str(), v["success"].as_bool()), (Some("r1"), Some(true)));
+        assert!(v["error"].is_null() && v["error_code"].is_null());
+        assert_eq!(v["warnings"], serde_json::json!(["w"]));
+        assert_eq!(keys(&v["data"]), ["generated_images", "processing_metrics"]);
+        let img = &v["data"]["generated_images"][0];
+        assert_eq!(keys(img), ["format", "height", "image_data", "image_path", "metadata", "width"]);
+        assert!(img["image_data"].is_null());
+        assert_eq!(keys(&img["metadata"]), ["guidance_scale", "model_info", "scheduler", "seed", "steps"]);
+        assert_eq!(img["metadata"]["seed"].as_u64(), Some(u64::MAX));
+        assert_eq!(img["metadata"]["guidance_scale"].as_f64(), Some(7.5));
+        assert_eq!(keys(&img["metadata"]["model_info"]), ["base_model", "refiner_model", "vae_model"]);
+        let m = &v["data"]["processing_metrics"];
+        assert_eq!(
+            keys(m),
+            [
+                "denoising_step_avg",
+                "denoising_time",
+                "device_memory_used",
+                "device_name",
+                "encode_save_time",
+                "inference_time",
+                "peak_memory",
+                "steps",
+                "text_encoding_time",
+                "total_time",
+                "unet_evaluations",
+                "vae_decode_time",
+            ]
+        );
+        assert!(m["device_memory_used"].is_null());
+        assert_eq!((m["peak_memory"].as_u64(), m["total_time"].as_f64()), (Some(123), Some(2.5)));
+        // The types read back what they wrote.
+        assert_eq!(serde_json::from_str::<Response>(&r.to_json()).unwrap(), r);
+    }
+
+    #[test]
+    fn scheduler_options_appear_when_set() {
+        let mut img = image();
+        img.metadata.scheduler_options =
+            Some(serde_json::json!({"use_karras_sigmas": true}).as_object().unwrap().clone());
+        let v = serde_json::to_value(&img).unwrap();
+        assert_eq!(v["metadata"]["scheduler_options"]["use_karras_sigmas"], true);
+    }
+
+    #[test]
+    fn failure_json_shape() {
+        let err = Error::field("data.dimensions.width", "must be a positive multiple of 8, got 7");
+        let r = Response::failure(Some("r2"), &err, vec!["ignored unknown field data.x".into()]);
+        let v: Value = serde_json::from_str(&r.to_json()).unwrap();
+        assert_eq!(keys(&v), ["data", "error", "error_code", "request_id", "success", "warnings"]);
+        assert_eq!(v["success"], false);
+        assert!(v["data"].is_null());
+        assert_eq!(v["error_code"], "invalid_request");
+        assert_eq!(v["error"], err.to_string());
+        assert!(v["error"].as_str().unwrap().contains("data.dimensions.width"));
+
+        let v: Value = serde_json::from_str(&Response::failure(None, &Error::Cancelled, vec![]).to_json()).unwrap();
+        assert!(v["request_id"].is_null());
+        assert_eq!((v["error_code"].as_str(), v["error"].as_str()), (Some("cancelled"), Some("cancelled")));
+    }
+
+    #[test]
+    fn last_resort_reply_is_a_failure_reply() {
+        let r: Response = serde_json::from_str(LAST_RESORT_JSON).unwrap();
+        assert_eq!(r, Response::failure(None, &Error::Internal("cannot serialize the response".into()), vec![]));
+    }
+
+    #[test]
+    fn non_finite_metrics_serialize_as_null() {
+        let metrics = ProcessingMetrics { denoising_step_avg: f64::NAN, ..Default::default() };
+        let v: Value = serde_json::from_str(&Response::success("r", vec![], metrics, vec![]).to_json()).unwrap();
+        assert!(v["data"]["processing_metrics"]["denoising_step_avg"].is_null());
+    }
+
+    #[test]
+    fn request_id_hint_from_valid_and_broken_requests() {
+        let hint = Response::request_id_hint;
+        assert_eq!(hint(r#"{"request_id": "env", "data": {"prompt": 5}}"#).as_deref(), Some("env"));
+        assert_eq!(hint(r#"{"data": {"metadata": {"request_id": "meta"}}}"#).as_deref(), Some("meta"));
+        assert_eq!(hint(r#"{"request_id": null, "metadata": {"request_id": "bare"}}"#).as_deref(), Some("bare"));
+        assert_eq!(hint(r#"{"request_id": 5}"#), None);
+        assert_eq!(hint(r#"{"prompt": "x"}"#), None);
+        // Not JSON: the first "request_id": "..." wins, escapes decoded.
+        assert_eq!(hint(r#"{"request_id" : "a\"b", "data": {"prompt": }"#).as_deref(), Some("a\"b"));
+        assert_eq!(hint(r#"{"request_id": 7, "x": {"request_id": "second"}, oops"#).as_deref(), Some("second"));
+        assert_eq!(hint(r#"{"request_id": "unterminated"#), None);
+        assert_eq!(hint(r#"{"prompt": "say \"request_id\": \"no\"", "#), None);
+        assert_eq!(hint("garbage"), None);
+        assert_eq!(hint(&format!(r#"{{"request_id": "{}"}}"#, "x".repeat(300))), None);
+    }
+}

@@ -1,0 +1,774 @@
+//! Serde mirrors of the request JSON exactly as our callers send it: the seed's C# `TransformEnhancedSDXLRequest`
+//! output, the bare `data` object, and the legacy flat fields. Nothing here is validated beyond JSON types;
+//! [`crate::protocol::normalize`] turns a [`WireRequest`] into [`crate::protocol::params::GenerateParams`].
+//!
+//! Decoding walks a [`serde_json::Value`] by hand instead of using `#[derive(Deserialize)]`, for three reasons
+//! the callers force on us:
+//! - a wrong type must name its JSON path (`data.dimensions.width`), which serde's derive cannot report;
+//! - unknown keys become warnings (`ignored unknown field data.foo`) at every level, never failures;
+//! - C# serializers write explicit `null` for every absent optional, and write `7.0` for some integers and `7`
+//!   for some doubles, so `null` reads as "absent" and integral numbers are accepted in either spelling.
+//!
+//! The types still derive [`Serialize`], so a Rust caller (the CLI, tests) can build a request and send it.
+//!
+//! # Accepted shapes
+//!
+//! - Envelope: `{"message_type": "inference_request" | "enhanced_inference_request", "request_id": "...",
+//!   "data": {...}}` — any top-level object with a `data` key.
+//! - Bare: the `data` object itself (a top-level object without a `data` key). It may carry the envelope's
+//!   `message_type` and `request_id` beside its own fields.
+//!
+//! Error and warning paths always name fields as in the envelope form (`data.prompt`), whichever form was sent.
+//!
+//! # Legacy flat fields
+//!
+//! Besides the nested fields, `data` may carry `model_name` (the seed sends it next to `models.base`),
+//! `guidance_scale` (the seed's legacy flat hyperparameter) and, tolerated the same way, `num_inference_steps`,
+//! `seed`, `strength`, `width` and `height`. When a flat field and its nested twin are both given they must agree.
+//!
+//! # Opaque feature blocks
+//!
+//! `data.controlnet` and `data.output.upscale` have no fixed shape in the seed (`TransformControlNetConfig`,
+//! `TransformUpscaleConfig`), and neither feature exists yet, so they are kept as raw JSON; their inner keys do
+//! not produce unknown-field warnings.
+
+use serde::Serialize;
+use serde_json::{Map, Value};
+
+use crate::error::{Error, Result};
+
+/// Which of the two accepted top-level shapes a request used.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum RequestForm {
+    /// `{"message_type", "request_id", "data": {...}}`.
+    #[default]
+    Envelope,
+    /// The `data` object alone.
+    Bare,
+}
+
+/// A request as sent: the envelope and its `data`. Serializes as the envelope form.
+#[derive(Debug, Clone, PartialEq, Default, Serialize)]
+pub struct WireRequest {
+    /// Which shape the JSON had (not serialized: serialization always writes the envelope).
+    #[serde(skip)]
+    pub form: RequestForm,
+    /// `message_type`: `inference_request` or `enhanced_inference_request`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub message_type: Option<String>,
+    /// Envelope `request_id`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub request_id: Option<String>,
+    /// The request proper.
+    pub data: WireData,
+}
+
+/// The `data` object (the seed's `TransformEnhancedSDXLRequest` output), legacy flat fields included.
+#[derive(Debug, Clone, PartialEq, Default, Serialize)]
+pub struct WireData {
+    /// `worker_type`: `sdxl_worker` or `enhanced_sdxl_worker`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub worker_type: Option<String>,
+    /// `prompt`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub prompt: Option<String>,
+    /// `negative_prompt`: `null` and absent both read as `None`; `""` stays `Some("")`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub negative_prompt: Option<String>,
+    /// Legacy `model_name` (the seed sends it together with `models.base`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub model_name: Option<String>,
+    /// `models`: base, refiner and VAE names.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub models: Option<WireModels>,
+    /// `hyperparameters`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub hyperparameters: Option<WireHyperparameters>,
+    /// `dimensions`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dimensions: Option<WireDimensions>,
+    /// `scheduler`: a name, or an object with a name and config overrides.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub scheduler: Option<WireScheduler>,
+    /// `lora`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub lora: Option<WireLora>,
+    /// `controlnet`, kept as raw JSON (see the module docs). Never `Some(Value::Null)`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub controlnet: Option<Value>,
+    /// `output`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub output: Option<WireOutput>,
+    /// `batch`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub batch: Option<WireBatch>,
+    /// `metadata`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub metadata: Option<WireMetadata>,
+    /// Legacy flat `guidance_scale`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub guidance_scale: Option<f64>,
+    /// Tolerated flat `num_inference_steps`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub num_inference_steps: Option<i64>,
+    /// Tolerated flat `seed`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub seed: Option<i128>,
+    /// Tolerated flat `strength`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub strength: Option<f64>,
+    /// Tolerated flat `width`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub width: Option<i64>,
+    /// Tolerated flat `height`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub height: Option<i64>,
+}
+
+/// `data.models`.
+#[derive(Debug, Clone, PartialEq, Default, Serialize)]
+pub struct WireModels {
+    /// `base`: the model folder name.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub base: Option<String>,
+    /// `refiner`: an SDXL refiner model name.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub refiner: Option<String>,
+    /// `vae`: a custom VAE name.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub vae: Option<String>,
+}
+
+/// `data.hyperparameters`.
+#[derive(Debug, Clone, PartialEq, Default, Serialize)]
+pub struct WireHyperparameters {
+    /// `num_inference_steps`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub num_inference_steps: Option<i64>,
+    /// `guidance_scale`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub guidance_scale: Option<f64>,
+    /// `seed`: any JSON integer from -2^63 to 2^64-1 (range is checked by normalize).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub seed: Option<i128>,
+    /// `strength`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub strength: Option<f64>,
+}
+
+/// `data.dimensions`.
+#[derive(Debug, Clone, PartialEq, Default, Serialize)]
+pub struct WireDimensions {
+    /// `width` in pixels.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub width: Option<i64>,
+    /// `height` in pixels.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub height: Option<i64>,
+}
+
+/// `data.scheduler`: `"EulerDiscreteScheduler"` or `{"type": "...", "use_karras_sigmas": true, ...}`.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(untagged)]
+pub enum WireScheduler {
+    /// A bare name.
+    Name(String),
+    /// An object: `type` (or `name`) plus diffusers config overrides.
+    Object(WireSchedulerObject),
+}
+
+/// The object form of `data.scheduler`.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct WireSchedulerObject {
+    /// The `type` (or `name`) key.
+    #[serde(rename = "type")]
+    pub name: String,
+    /// Every other key with a non-null value: diffusers `scheduler_config.json` overrides, unvalidated.
+    #[serde(flatten)]
+    pub overrides: Map<String, Value>,
+}
+
+/// `data.lora`.
+#[derive(Debug, Clone, PartialEq, Default, Serialize)]
+pub struct WireLora {
+    /// `enabled`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub enabled: Option<bool>,
+    /// `models`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub models: Option<Vec<WireLoraModel>>,
+}
+
+/// One entry of `data.lora.models`.
+#[derive(Debug, Clone, PartialEq, Default, Serialize)]
+pub struct WireLoraModel {
+    /// `name`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// `weight`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub weight: Option<f64>,
+}
+
+/// `data.output`.
+#[derive(Debug, Clone, PartialEq, Default, Serialize)]
+pub struct WireOutput {
+    /// `format`: png, jpeg, jpg or webp, any case.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub format: Option<String>,
+    /// `quality`: JPEG quality.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub quality: Option<i64>,
+    /// `save_path`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub save_path: Option<String>,
+    /// `upscale`, kept as raw JSON (see the module docs). Never `Some(Value::Null)`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub upscale: Option<Value>,
+    /// `overwrite`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub overwrite: Option<bool>,
+    /// `return_image_data`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub return_image_data: Option<bool>,
+}
+
+/// `data.batch`.
+#[derive(Debug, Clone, PartialEq, Default, Serialize)]
+pub struct WireBatch {
+    /// `size`: number of images.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub size: Option<i64>,
+    /// `parallel`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub parallel: Option<bool>,
+}
+
+/// `data.metadata`.
+#[derive(Debug, Clone, PartialEq, Default, Serialize)]
+pub struct WireMetadata {
+    /// `request_id`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub request_id: Option<String>,
+    /// `priority` (accepted, unused: requests run in call order).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub priority: Option<String>,
+    /// `timeout` in seconds.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<f64>,
+    /// `tags` (accepted, unused).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tags: Option<Vec<String>>,
+}
+
+/// Keys of the envelope.
+const ENVELOPE_KEYS: &[&str] = &["message_type", "request_id", "data"];
+/// Keys of `data`, legacy flat fields included.
+const DATA_KEYS: &[&str] = &[
+    "worker_type",
+    "prompt",
+    "negative_prompt",
+    "model_name",
+    "models",
+    "hyperparameters",
+    "dimensions",
+    "scheduler",
+    "lora",
+    "controlnet",
+    "output",
+    "batch",
+    "metadata",
+    "guidance_scale",
+    "num_inference_steps",
+    "seed",
+    "strength",
+    "width",
+    "height",
+];
+
+impl WireRequest {
+    /// Decodes a request from parsed JSON. Type errors name the field's JSON path; unknown keys are appended to
+    /// `warnings` as `ignored unknown field <path>`.
+    pub fn from_value(value: &Value, warnings: &mut Vec<String>) -> Result<Self> {
+        let Value::Object(top) = value else {
+            return Err(Error::InvalidJson(format!(
+                "a request must be a JSON object (the envelope or its data object), got {}",
+                describe(value)
+            )));
+        };
+        let top = Obj { map: top, path: String::new() };
+        let message_type = top.string("message_type")?;
+        let request_id = top.string("request_id")?;
+        if top.map.contains_key("data") {
+            let data = match top.child("data")? {
+                Some(data) => WireData::decode(&data, warnings)?,
+                None => return Err(Error::field("data", "missing: the envelope must carry the request in `data`")),
+            };
+            top.warn_unknown(ENVELOPE_KEYS, warnings);
+            Ok(WireRequest { form: RequestForm::Envelope, message_type, request_id, data })
+        } else {
+            // The bare form: the paths still read `data.<field>`, as in the envelope form.
+            let data_obj = Obj { map: top.map, path: "data".to_owned() };
+            let data = WireData::decode_with_extra(&data_obj, &["message_type", "request_id"], warnings)?;
+            Ok(WireRequest { form: RequestForm::Bare, message_type, request_id, data })
+        }
+    }
+}
+
+impl WireData {
+    fn decode(obj: &Obj<'_>, warnings: &mut Vec<String>) -> Result<Self> {
+        Self::decode_with_extra(obj, &[], warnings)
+    }
+
+    /// Decodes `data`; `extra_keys` are keys a caller has already consumed (the bare form's envelope keys).
+    fn decode_with_extra(obj: &Obj<'_>, extra_keys: &[&str], warnings: &mut Vec<String>) -> Result<Self> {
+        let data = WireData {
+            worker_type: obj.string("worker_type")?,
+            prompt: obj.string("prompt")?,
+            negative_prompt: obj.string("negative_prompt")?,
+            model_name: obj.string("model_name")?,
+            models: obj.child("models")?.map(|o| WireModels::decode(&o, warnings)).transpose()?,
+            hyperparameters: obj
+                .child("hyperparameters")?
+                .map(|o| WireHyperparameters::decode(&o, warnings))
+                .transpose()?,
+            dimensions: obj.child("dimensions")?.map(|o| WireDimensions::decode(&o, warnings)).transpose()?,
+            scheduler: obj.get("scheduler").map(|v| WireScheduler::decode(v, &obj.path_of("scheduler"))).transpose()?,
+            lora: obj.child("lora")?.map(|o| WireLora::decode(&o, warnings)).transpose()?,
+            controlnet: obj.get("controlnet").cloned(),
+            output: obj.child("output")?.map(|o| WireOutput::decode(&o, warnings)).transpose()?,
+            batch: obj.child("batch")?.map(|o| WireBatch::decode(&o, warnings)).transpose()?,
+            metadata: obj.child("metadata")?.map(|o| WireMetadata::decode(&o, warnings)).transpose()?,
+            guidance_scale: obj.float("guidance_scale")?,
+            num_inference_steps: obj.int("num_inference_steps")?,
+            seed: obj.big_int("seed")?,
+            strength: obj.float("strength")?,
+            width: obj.int("width")?,
+            height: obj.int("height")?,
+        };
+        let known: Vec<&str> = DATA_KEYS.iter().chain(extra_keys).copied().collect();
+        obj.warn_unknown(&known, warnings);
+        Ok(data)
+    }
+}
+
+impl WireModels {
+    fn decode(obj: &Obj<'_>, warnings: &mut Vec<String>) -> Result<Self> {
+        let models = WireModels { base: obj.string("base")?, refiner: obj.string("refiner")?, vae: obj.string("vae")? };
+        obj.warn_unknown(&["base", "refiner", "vae"], warnings);
+        Ok(models)
+    }
+}
+
+impl WireHyperparameters {
+    fn decode(obj: &Obj<'_>, warnings: &mut Vec<String>) -> Result<Self> {
+        let h = WireHyperparameters {
+            num_inference_steps: obj.int("num_inference_steps")?,
+            guidance_scale: obj.float("guidance_scale")?,
+            seed: obj.big_int("seed")?,
+            strength: obj.float("strength")?,
+        };
+        obj.warn_unknown(&["num_inference_steps", "guidance_scale", "seed", "strength"], warnings);
+        Ok(h)
+    }
+}
+
+impl WireDimensions {
+    fn decode(obj: &Obj<'_>, warnings: &mut Vec<String>) -> Result<Self> {
+        let d = WireDimensions { width: obj.int("width")?, height: obj.int("height")? };
+        obj.warn_unknown(&["width", "height"], warnings);
+        Ok(d)
+    }
+}
+
+impl WireScheduler {
+    /// The scheduler name, whichever form was sent.
+    pub fn name(&self) -> &str {
+        match self {
+            WireScheduler::Name(name) => name,
+            WireScheduler::Object(o) => &o.name,
+        }
+    }
+
+    fn decode(value: &Value, path: &str) -> Result<Self> {
+        match value {
+            Value::String(name) => Ok(WireScheduler::Name(name.clone())),
+            Value::Object(map) => {
+                let obj = Obj { map, path: path.to_owned() };
+                let name = match (obj.string("type")?, obj.string("name")?) {
+                    (Some(t), Some(n)) if t != n => {
+                        return Err(Error::field(
+                            path,
+                            format!("has both `type` ({t:?}) and `name` ({n:?}); give the scheduler name once"),
+                        ))
+                    }
+                    (Some(name), _) | (None, Some(name)) => name,
+                    (None, None) => {
+                        return Err(Error::field(
+                            obj.path_of("type"),
+                            "missing: a scheduler object needs a string `type` (or `name`), e.g. \
+                             {\"type\": \"EulerDiscreteScheduler\", \"use_karras_sigmas\": true}",
+                        ))
+                    }
+                };
+                // Everything else is a config override; null means "not set", like every other optional.
+                let overrides = map
+                    .iter()
+                    .filter(|(k, v)| k.as_str() != "type" && k.as_str() != "name" && !v.is_null())
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect();
+                Ok(WireScheduler::Object(WireSchedulerObject { name, overrides }))
+            }
+            other => Err(type_error(path, "a scheduler name (string) or an object with a string `type`", other)),
+        }
+    }
+}
+
+impl WireLora {
+    fn decode(obj: &Obj<'_>, warnings: &mut Vec<String>) -> Result<Self> {
+        let models = match obj.get("models") {
+            None => None,
+            Some(Value::Array(items)) => {
+                let base = obj.path_of("models");
+                let mut models = Vec::with_capacity(items.len());
+                for (i, item) in items.iter().enumerate() {
+                    let path = format!("{base}[{i}]");
+                    let Value::Object(map) = item else {
+                        return Err(type_error(&path, "an object {\"name\", \"weight\"}", item));
+                    };
+                    let m = Obj { map, path };
+                    models.push(WireLoraModel { name: m.string("name")?, weight: m.float("weight")? });
+                    m.warn_unknown(&["name", "weight"], warnings);
+                }
+                Some(models)
+            }
+            Some(other) => return Err(type_error(&obj.path_of("models"), "an array", other)),
+        };
+        let lora = WireLora { enabled: obj.boolean("enabled")?, models };
+        obj.warn_unknown(&["enabled", "models"], warnings);
+        Ok(lora)
+    }
+}
+
+impl WireOutput {
+    fn decode(obj: &Obj<'_>, warnings: &mut Vec<String>) -> Result<Self> {
+        let output = WireOutput {
+            format: obj.string("format")?,
+            quality: obj.int("quality")?,
+            save_path: obj.string("save_path")?,
+            upscale: obj.get("upscale").cloned(),
+            overwrite: obj.boolean("overwrite")?,
+            return_image_data: obj.boolean("return_image_data")?,
+        };
+        obj.warn_unknown(&["format", "quality", "save_path", "upscale", "overwrite", "return_image_data"], warnings);
+        Ok(output)
+    }
+}
+
+impl WireBatch {
+    fn decode(obj: &Obj<'_>, warnings: &mut Vec<String>) -> Result<Self> {
+        let batch = WireBatch { size: obj.int("size")?, parallel: obj.boolean("parallel")? };
+        obj.warn_unknown(&["size", "parallel"], warnings);
+        Ok(batch)
+    }
+}
+
+impl WireMetadata {
+    fn decode(obj: &Obj<'_>, warnings: &mut Vec<String>) -> Result<Self> {
+        let tags = match obj.get("tags") {
+            None => None,
+            Some(Value::Array(items)) => {
+                let base = obj.path_of("tags");
+                let tags = items
+                    .iter()
+                    .enumerate()
+                    .map(|(i, v)| match v {
+                        Value::String(s) => Ok(s.clone()),
+                        other => Err(type_error(&format!("{base}[{i}]"), "a string", other)),
+                    })
+                    .collect::<Result<Vec<_>>>()?;
+                Some(tags)
+            }
+            Some(other) => return Err(type_error(&obj.path_of("tags"), "an array of strings", other)),
+        };
+        let metadata = WireMetadata {
+            request_id: obj.string("request_id")?,
+            priority: obj.string("priority")?,
+            timeout: obj.float("timeout")?,
+            tags,
+        };
+        obj.warn_unknown(&["request_id", "priority", "timeout", "tags"], warnings);
+        Ok(metadata)
+    }
+}
+
+/// A JSON object being decoded, with its path for messages.
+struct Obj<'a> {
+    map: &'a Map<String, Value>,
+    /// Path of this object (`""` for the top level).
+    path: String,
+}
+
+impl<'a> Obj<'a> {
+    /// The path of `key` inside this object.
+    fn path_of(&self, key: &str) -> String {
+        if self.path.is_empty() {
+            key.to_owned()
+        } else {
+            format!("{}.{key}", self.path)
+        }
+    }
+
+    /// The value of `key`; JSON null reads as absent.
+    fn get(&self, key: &str) -> Option<&'a Value> {
+        self.map.get(key).filter(|v| !v.is_null())
+    }
+
+    fn child(&self, key: &str) -> Result<Option<Obj<'a>>> {
+        match self.get(key) {
+            None => Ok(None),
+            Some(Value::Object(map)) => Ok(Some(Obj { map, path: self.path_of(key) })),
+            Some(other) => Err(type_error(&self.path_of(key), "an object", other)),
+        }
+    }
+
+    fn string(&self, key: &str) -> Result<Option<String>> {
+        match self.get(key) {
+            None => Ok(None),
+            Some(Value::String(s)) => Ok(Some(s.clone())),
+            Some(other) => Err(type_error(&self.path_of(key), "a string", other)),
+        }
+    }
+
+    fn boolean(&self, key: &str) -> Result<Option<bool>> {
+        match self.get(key) {
+            None => Ok(None),
+            Some(Value::Bool(b)) => Ok(Some(*b)),
+            Some(other) => Err(type_error(&self.path_of(key), "true or false", other)),
+        }
+    }
+
+    fn float(&self, key: &str) -> Result<Option<f64>> {
+        match self.get(key) {
+            None => Ok(None),
+            Some(Value::Number(n)) => match n.as_f64() {
+                Some(f) => Ok(Some(f)),
+                None => Err(Error::field(self.path_of(key), format!("number {n} is out of range"))),
+            },
+            Some(other) => Err(type_error(&self.path_of(key), "a number", other)),
+        }
+    }
+
+    /// An integer in i64 range; integral floats (`7.0`) are accepted.
+    fn int(&self, key: &str) -> Result<Option<i64>> {
+        let Some(v) = self.big_int(key)? else { return Ok(None) };
+        i64::try_from(v).map(Some).map_err(|_| Error::field(self.path_of(key), format!("{v} is out of range")))
+    }
+
+    /// An integer from -2^63 to 2^64-1; integral floats (`7.0`) are accepted.
+    fn big_int(&self, key: &str) -> Result<Option<i128>> {
+        match self.get(key) {
+            None => Ok(None),
+            Some(value @ Value::Number(n)) => {
+                if let Some(i) = n.as_i64() {
+                    Ok(Some(i.into()))
+                } else if let Some(u) = n.as_u64() {
+                    Ok(Some(u.into()))
+                } else {
+                    match n.as_f64() {
+                        // 2^64 is exact in f64; every finite integral float in [-2^63, 2^64) converts exactly.
+                        Some(f) if f.fract() == 0.0 && f >= -(2f64.powi(63)) && f < 2f64.powi(64) => {
+                            Ok(Some(f as i128))
+                        }
+                        Some(f) if f.fract() == 0.0 => {
+                            Err(Error::field(self.path_of(key), format!("{n} is out of range")))
+                        }
+                        _ => Err(type_error(&self.path_of(key), "an integer", value)),
+                    }
+                }
+            }
+            Some(other) => Err(type_error(&self.path_of(key), "an integer", other)),
+        }
+    }
+
+    /// Appends `ignored unknown field <path>` for every key not in `known`.
+    fn warn_unknown(&self, known: &[&str], warnings: &mut Vec<String>) {
+        for key in self.map.keys().filter(|k| !known.contains(&k.as_str())) {
+            warnings.push(format!("ignored unknown field {}", self.path_of(key)));
+        }
+    }
+}
+
+/// `invalid value for <path>: expected <expected>, got <what>`.
+fn type_error(path: &str, expected: &str, got: &Value) -> Error {
+    Error::field(path, format!("expected {expected}, got {}", describe(got)))
+}
+
+/// A short description of a JSON value for error messages (long strings are cut).
+pub(crate) fn describe(value: &Value) -> String {
+    match value {
+        Value::Null => "null".to_owned(),
+        Value::Bool(b) => format!("{b}"),
+        Value::Number(n) => format!("number {n}"),
+        Value::String(s) => {
+            const MAX: usize = 40;
+            if s.chars().count() > MAX {
+                let head: String = s.chars().take(MAX).collect();
+                format!("string {head:?}...")
+            } else {
+                format!("string {s:?}")
+            }
+        }
+        Value::Array(_) => "an array".to_owned(),
+        Value::Object(_) => "an object".to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn decode(v: Value) -> (Result<WireRequest>, Vec<String>) {
+        let mut warnings = Vec::new();
+        let r = WireRequest::from_value(&v, &mut warnings);
+        (r, warnings)
+    }
+
+    fn field_of(err: Error) -> String {
+        match err {
+            Error::InvalidField { field, .. } => field,
+            other => panic!("expected InvalidField, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn envelope_and_bare_forms_decode_the_same_data() {
+        let data = json!({"prompt": "a cat", "dimensions": {"width": 512, "height": 768}});
+        let (env, w1) = decode(json!({"message_type": "inference_request", "request_id": "r1", "data": data}));
+        let (bare, w2) = decode(data);
+        let (env, bare) = (env.unwrap(), bare.unwrap());
+        assert!(w1.is_empty() && w2.is_empty(), "{w1:?} {w2:?}");
+        assert_eq!(env.form, RequestForm::Envelope);
+        assert_eq!(bare.form, RequestForm::Bare);
+        assert_eq!(env.request_id.as_deref(), Some("r1"));
+        assert_eq!(env.data, bare.data);
+        assert_eq!(env.data.dimensions, Some(WireDimensions { width: Some(512), height: Some(768) }));
+    }
+
+    #[test]
+    fn nulls_read_as_absent_and_integral_floats_as_integers() {
+        let (r, w) = decode(json!({"data": {
+            "prompt": "x", "negative_prompt": null, "models": null, "lora": null, "controlnet": null,
+            "hyperparameters": {"num_inference_steps": 30.0, "seed": null, "guidance_scale": 7},
+            "output": {"upscale": null, "quality": 90.0}
+        }}));
+        let d = r.unwrap().data;
+        assert!(w.is_empty(), "{w:?}");
+        assert_eq!(d.negative_prompt, None);
+        assert_eq!(d.models, None);
+        assert_eq!(d.lora, None);
+        assert_eq!(d.controlnet, None);
+        let h = d.hyperparameters.unwrap();
+        assert_eq!((h.num_inference_steps, h.seed, h.guidance_scale), (Some(30), None, Some(7.0)));
+        let o = d.output.unwrap();
+        assert_eq!((o.upscale, o.quality), (None, Some(90)));
+    }
+
+    #[test]
+    fn seed_spans_minus_2_63_to_2_64_minus_1() {
+        let (r, _) = decode(json!({"prompt": "x", "hyperparameters": {"seed": u64::MAX}}));
+        assert_eq!(r.unwrap().data.hyperparameters.unwrap().seed, Some(u64::MAX as i128));
+        let (r, _) = decode(json!({"prompt": "x", "seed": -1}));
+        assert_eq!(r.unwrap().data.seed, Some(-1));
+        let (r, _) = decode(serde_json::from_str(r#"{"prompt": "x", "seed": 1e30}"#).unwrap());
+        assert_eq!(field_of(r.unwrap_err()), "data.seed");
+    }
+
+    #[test]
+    fn wrong_types_name_their_path() {
+        let cases = [
+            (json!({"prompt": 5}), "data.prompt"),
+            (json!({"data": {"dimensions": {"width": "abc"}}}), "data.dimensions.width"),
+            (json!({"data": {"dimensions": {"width": 512.5}}}), "data.dimensions.width"),
+            (json!({"data": {"dimensions": 5}}), "data.dimensions"),
+            (json!({"data": {"hyperparameters": {"guidance_scale": "7"}}}), "data.hyperparameters.guidance_scale"),
+            (json!({"data": {"output": {"overwrite": "yes"}}}), "data.output.overwrite"),
+            (json!({"data": {"lora": {"models": [{"name": 3}]}}}), "data.lora.models[0].name"),
+            (json!({"data": {"lora": {"models": [5]}}}), "data.lora.models[0]"),
+            (json!({"data": {"lora": {"models": {}}}}), "data.lora.models"),
+            (json!({"data": {"metadata": {"tags": ["a", 1]}}}), "data.metadata.tags[1]"),
+            (json!({"data": {"scheduler": 3}}), "data.scheduler"),
+            (json!({"data": {"scheduler": {"use_karras_sigmas": true}}}), "data.scheduler.type"),
+            (json!({"data": {"scheduler": {"type": "A", "name": "B"}}}), "data.scheduler"),
+            (json!({"data": {"batch": {"size": 1e20}}}), "data.batch.size"),
+            (json!({"message_type": 1, "data": {}}), "message_type"),
+            (json!({"data": 5}), "data"),
+            (json!({"data": null}), "data"),
+        ];
+        for (value, path) in cases {
+            let (r, _) = decode(value.clone());
+            assert_eq!(field_of(r.unwrap_err()), path, "for {value}");
+        }
+    }
+
+    #[test]
+    fn non_object_top_level_is_invalid_json() {
+        let (r, _) = decode(json!([1, 2]));
+        assert!(matches!(r, Err(Error::InvalidJson(_))));
+    }
+
+    #[test]
+    fn unknown_keys_become_warnings_with_paths() {
+        let (r, mut w) = decode(json!({"extra": 1, "data": {
+            "prompt": "x", "foo": 1, "models": {"bar": 2}, "lora": {"models": [{"name": "a", "baz": 1}]},
+            "controlnet": {"anything": "goes"}, "output": {"upscale": {"factor": 2}, "qux": 1}
+        }}));
+        r.unwrap();
+        w.sort();
+        assert_eq!(
+            w,
+            [
+                "ignored unknown field data.foo",
+                "ignored unknown field data.lora.models[0].baz",
+                "ignored unknown field data.models.bar",
+                "ignored unknown field data.output.qux",
+                "ignored unknown field extra",
+            ]
+        );
+        let (r, w) = decode(json!({"prompt": "x", "message_type": "inference_request", "request_id": "r", "z": 0}));
+        let r = r.unwrap();
+        assert_eq!(r.message_type.as_deref(), Some("inference_request"));
+        assert_eq!(r.request_id.as_deref(), Some("r"));
+        assert_eq!(w, ["ignored unknown field data.z"]);
+    }
+
+    #[test]
+    fn scheduler_forms() {
+        let (r, _) = decode(json!({"prompt": "x", "scheduler": "EulerDiscreteScheduler"}));
+        assert_eq!(r.unwrap().data.scheduler, Some(WireScheduler::Name("EulerDiscreteScheduler".into())));
+        let (r, _) =
+            decode(json!({"prompt": "x", "scheduler": {"name": "DPM++ 2M", "use_karras_sigmas": true, "x": null}}));
+        let s = r.unwrap().data.scheduler.unwrap();
+        assert_eq!(s.name(), "DPM++ 2M");
+        let WireScheduler::Object(o) = s else { panic!("object form expected") };
+        assert_eq!(Value::Object(o.overrides), json!({"use_karras_sigmas": true}));
+    }
+
+    #[test]
+    fn serialization_round_trips() {
+        let v = json!({"message_type": "inference_request", "request_id": "r", "data": {
+            "prompt": "x", "negative_prompt": "", "models": {"base": "m"},
+            "hyperparameters": {"num_inference_steps": 20, "guidance_scale": 6.5, "seed": u64::MAX},
+            "scheduler": {"type": "EulerDiscreteScheduler", "timestep_spacing": "trailing"},
+            "lora": {"enabled": false, "models": []}, "controlnet": {"enabled": false},
+            "output": {"format": "png", "upscale": {"enabled": false}}, "batch": {"size": 2},
+            "metadata": {"tags": ["a"], "timeout": 10.5}
+        }});
+        let (r, w) = decode(v.clone());
+        let r = r.unwrap();
+        assert!(w.is_empty());
+        let back = serde_json::to_value(&r).unwrap();
+        assert_eq!(back, v);
+    }
+}

@@ -1,0 +1,10 @@
+//! A thin layer over `ort`: sessions with checked inputs and outputs, tensor conversions, cancellation.
+//!
+//! Nothing above this module names `ort` types.
+
+pub mod cancel;
+pub mod session;
+pub mod tensor;
+
+pub use cancel::CancelToken;
+pub use session::{ModelSession, SessionConfig};

@@ -1,0 +1,46 @@
+//! The `sdxlrt` command line (it calls the C ABI) and its failure when ONNX Runtime cannot load.
+
+use std::process::Command;
+
+fn cli() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_sdxlrt"))
+}
+
+#[test]
+fn generate_writes_an_image_with_the_bundled_model() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("demo.png");
+    let run = cli()
+        .args(["generate", "--prompt", "a lighthouse", "--seed", "3", "--steps", "3", "--out"])
+        .arg(&out)
+        .output()
+        .unwrap();
+    assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
+    let img = image::open(&out).unwrap();
+    assert_eq!((img.width(), img.height()), (64, 64));
+    assert!(String::from_utf8_lossy(&run.stdout).contains("seed 3"));
+    // Running again without --overwrite refuses to replace the file.
+    let again = cli().args(["generate", "--prompt", "x", "--steps", "1", "--out"]).arg(&out).output().unwrap();
+    assert!(!again.status.success());
+    assert!(String::from_utf8_lossy(&again.stderr).contains("already exists"));
+}
+
+#[test]
+fn a_missing_or_wrong_onnx_runtime_is_a_clear_error_not_a_crash() {
+    let dir = tempfile::tempdir().unwrap();
+    let not_a_lib = dir.path().join("libonnxruntime.so.1.31.1");
+    std::fs::write(&not_a_lib, b"not an ELF file").unwrap();
+    for lib in [not_a_lib.clone(), dir.path().join("missing.so")] {
+        let run = cli()
+            .env_remove("ORT_DYLIB_PATH")
+            .args(["generate", "--prompt", "x", "--steps", "1", "--onnxruntime"])
+            .arg(&lib)
+            .arg("--out")
+            .arg(dir.path().join("o.png"))
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&run.stderr);
+        assert_eq!(run.status.code(), Some(1), "clean exit, not a signal: {stderr}");
+        assert!(stderr.contains("ONNX Runtime unavailable"), "{stderr}");
+    }
+}

@@ -1,0 +1,15 @@
+//! The one integration-test binary (ripgrep's layout): each module is one concern.
+
+// Helpers: fixture paths, goldens, assert_close!, safe wrappers around the C ABI.
+#[macro_use]
+mod util;
+// The C ABI: every status code, NULL and bad pointers, bad UTF-8, panics, cancellation, raw image buffers.
+mod abi;
+// Parity with diffusers on the tiny model: token ids, embeddings, noise, per-step latents, final images.
+mod parity;
+// The committed C header matches the Rust sources.
+mod header;
+// The command-line tool and the demo path.
+mod cli;
+// Many threads on one engine.
+mod concurrency;

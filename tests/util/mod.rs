@@ -1,0 +1,247 @@
+//! Test helpers: fixture paths, goldens, `assert_close!`, and safe wrappers around the C ABI calls.
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::ffi::{c_char, c_void, CStr, CString};
+use std::path::PathBuf;
+
+use sdxlrt::ffi::boundary::sdxl_last_error;
+use sdxlrt::ffi::buffers::{sdxl_image_batch, sdxl_image_batch_free, sdxl_string_free};
+use sdxlrt::ffi::engine::{sdxl_engine_create, sdxl_engine_free, sdxl_generate, sdxl_generate_images};
+use sdxlrt::ffi::handles::sdxl_engine;
+use sdxlrt::ffi::progress::sdxl_progress_cb;
+use sdxlrt::ffi::status::sdxl_status;
+
+/// `tests/fixtures`.
+pub fn fixtures() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
+}
+
+/// Engine options for the bundled fixtures (ONNX Runtime from ORT_DYLIB_PATH, as scripts/test.sh sets it).
+pub fn options_json() -> String {
+    serde_json::json!({ "models_root": fixtures(), "intra_op_threads": 1 }).to_string()
+}
+
+/// The calling thread's last error text.
+pub fn last_error() -> String {
+    unsafe { CStr::from_ptr(sdxl_last_error()) }.to_string_lossy().into_owned()
+}
+
+/// An engine created and freed through the ABI.
+pub struct AbiEngine(pub *mut sdxl_engine);
+
+unsafe impl Send for AbiEngine {}
+unsafe impl Sync for AbiEngine {}
+
+/// A reply: the status, the parsed JSON (Null when none was written) and the last error text.
+#[derive(Debug)]
+pub struct Reply {
+    pub status: sdxl_status,
+    pub json: serde_json::Value,
+    pub error: String,
+}
+
+impl AbiEngine {
+    /// `sdxl_engine_create` with `options` (None → NULL).
+    pub fn create(options: Option<&str>) -> Result<Self, (sdxl_status, String)> {
+        let opts = options.map(|o| CString::new(o).unwrap());
+        let mut engine = std::ptr::null_mut();
+        let status = sdxl_engine_create(opts.as_ref().map_or(std::ptr::null(), |o| o.as_ptr()), &mut engine);
+        if status == sdxl_status::Ok {
+            assert!(!engine.is_null());
+            Ok(AbiEngine(engine))
+        } else {
+            assert!(engine.is_null(), "engine_out must stay untouched on failure");
+            Err((status, last_error()))
+        }
+    }
+
+    /// The bundled-fixture engine.
+    pub fn fixtures() -> Self {
+        Self::create(Some(&options_json())).unwrap_or_else(|e| panic!("engine_create failed: {e:?}"))
+    }
+
+    /// `sdxl_generate` with an optional progress callback.
+    pub fn generate_with(&self, request: &str, cb: sdxl_progress_cb, user_data: *mut c_void) -> Reply {
+        let req = CString::new(request).unwrap();
+        let mut out: *mut c_char = std::ptr::null_mut();
+        let status = sdxl_generate(self.0, req.as_ptr(), cb, user_data, &mut out);
+        Reply { status, json: take_string(out), error: last_error() }
+    }
+
+    /// `sdxl_generate` without progress.
+    pub fn generate(&self, request: &str) -> Reply {
+        self.generate_with(request, None, std::ptr::null_mut())
+    }
+
+    /// `sdxl_generate_images`: the reply and the raw images (width, height, stride, seed, pixels).
+    pub fn generate_images(&self, request: &str) -> (Reply, Vec<RawImage>) {
+        let req = CString::new(request).unwrap();
+        let mut out: *mut c_char = std::ptr::null_mut();
+        let mut batch: *mut sdxl_image_batch = std::ptr::null_mut();
+        let status = sdxl_generate_images(self.0, req.as_ptr(), None, std::ptr::null_mut(), &mut out, &mut batch);
+        let error = last_error();
+        let mut images = Vec::new();
+        if !batch.is_null() {
+            let b = unsafe { &*batch };
+            for i in 0..b.count {
+                let img = unsafe { &*b.images.add(i) };
+                let data = unsafe { std::slice::from_raw_parts(img.data, (img.stride * img.height) as usize) };
+                images.push(RawImage {
+                    width: img.width,
+                    height: img.height,
+                    stride: img.stride,
+                    seed: img.seed,
+                    data: data.to_vec(),
+                });
+            }
+            sdxl_image_batch_free(batch);
+        }
+        (Reply { status, json: take_string(out), error }, images)
+    }
+}
+
+impl Drop for AbiEngine {
+    fn drop(&mut self) {
+        sdxl_engine_free(self.0);
+    }
+}
+
+/// One image copied out of an `sdxl_image_batch`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RawImage {
+    pub width: u32,
+    pub height: u32,
+    pub stride: u32,
+    pub seed: u64,
+    pub data: Vec<u8>,
+}
+
+/// Parse and free a string returned by the library.
+pub fn take_string(s: *mut c_char) -> serde_json::Value {
+    if s.is_null() {
+        return serde_json::Value::Null;
+    }
+    let text = unsafe { CStr::from_ptr(s) }.to_string_lossy().into_owned();
+    sdxl_string_free(s);
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("response is not JSON ({e}): {text}"))
+}
+
+/// A tensor from a golden file, as f32/i64/u8 data plus its shape.
+#[derive(Debug, Clone)]
+pub struct Tensor {
+    pub shape: Vec<usize>,
+    pub f32: Vec<f32>,
+    pub i64: Vec<i64>,
+    pub u8: Vec<u8>,
+}
+
+/// A golden case written by onnx/goldens.py.
+pub struct Golden {
+    pub name: String,
+    pub meta: HashMap<String, String>,
+    pub tensors: HashMap<String, Tensor>,
+}
+
+impl Golden {
+    /// Load `tests/fixtures/goldens/<name>.safetensors`.
+    pub fn load(name: &str) -> Self {
+        let path = fixtures().join("goldens").join(format!("{name}.safetensors"));
+        let bytes = std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes).unwrap();
+        let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+        let mut tensors = HashMap::new();
+        for (key, view) in st.tensors() {
+            let data = view.data();
+            let mut t = Tensor { shape: view.shape().to_vec(), f32: vec![], i64: vec![], u8: vec![] };
+            match view.dtype() {
+                safetensors::Dtype::F32 => {
+                    t.f32 = data.chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect()
+                }
+                safetensors::Dtype::I64 => {
+                    t.i64 = data.chunks_exact(8).map(|c| i64::from_le_bytes(c.try_into().unwrap())).collect()
+                }
+                safetensors::Dtype::U8 => t.u8 = data.to_vec(),
+                other => panic!("unexpected dtype {other:?} for {key}"),
+            }
+            tensors.insert(key, t);
+        }
+        Golden { name: name.into(), meta: meta.metadata().clone().unwrap_or_default(), tensors }
+    }
+
+    /// A tensor by name (panics with the list of names when absent).
+    pub fn t(&self, key: &str) -> &Tensor {
+        self.tensors.get(key).unwrap_or_else(|| {
+            let mut keys: Vec<_> = self.tensors.keys().collect();
+            keys.sort();
+            panic!("golden {} has no tensor {key}; it has {keys:?}", self.name)
+        })
+    }
+
+    /// A metadata value parsed as T.
+    pub fn meta<T: std::str::FromStr>(&self, key: &str) -> T
+    where
+        T::Err: std::fmt::Debug,
+    {
+        self.meta[key].parse().unwrap()
+    }
+
+    /// The request JSON that reproduces this case.
+    pub fn request(&self, model: &str, parallel: bool) -> String {
+        let mut data = serde_json::json!({
+            "prompt": self.meta["prompt"],
+            "models": { "base": model },
+            "hyperparameters": {
+                "num_inference_steps": self.meta::<u32>("steps"),
+                "guidance_scale": self.meta::<f32>("guidance_scale"),
+                "seed": self.meta::<u64>("seed"),
+            },
+            "dimensions": { "width": self.meta::<u32>("width"), "height": self.meta::<u32>("height") },
+            "batch": { "size": self.meta::<u32>("batch_size"), "parallel": parallel },
+            "output": { "format": "png", "return_image_data": true },
+        });
+        if let Some(neg) = self.meta.get("negative_prompt") {
+            data["negative_prompt"] = serde_json::json!(neg);
+        }
+        serde_json::json!({ "message_type": "inference_request", "request_id": self.name, "data": data }).to_string()
+    }
+}
+
+/// Compare two float slices: every |got - want| ≤ atol + rtol·|want|. On failure, name the worst element.
+pub fn check_close(got: &[f32], want: &[f32], atol: f32, rtol: f32, what: &str) -> Result<f32, String> {
+    if got.len() != want.len() {
+        return Err(format!("{what}: length {} != {}", got.len(), want.len()));
+    }
+    let mut worst = (0usize, 0f32, 0f32);
+    let mut max_abs = 0f32;
+    for (i, (&g, &w)) in got.iter().zip(want).enumerate() {
+        let d = (g - w).abs();
+        if !(d.is_finite() || g == w) {
+            return Err(format!("{what}: non-finite at {i}: got {g}, want {w}"));
+        }
+        let excess = d - (atol + rtol * w.abs());
+        if excess > worst.1 || (i == 0 && excess > 0.0) {
+            worst = (i, excess, d);
+        }
+        max_abs = max_abs.max(d);
+    }
+    if worst.1 > 0.0 {
+        let i = worst.0;
+        return Err(format!(
+            "{what}: element {i}: got {}, want {} (|diff| {:.3e} > atol {atol:.1e} + rtol {rtol:.1e}·|want|); max |diff| {max_abs:.3e}",
+            got[i], want[i], worst.2
+        ));
+    }
+    Ok(max_abs)
+}
+
+/// `check_close` that panics with its message.
+#[macro_export]
+macro_rules! assert_close {
+    ($got:expr, $want:expr, $atol:expr, $rtol:expr, $($what:tt)+) => {
+        match $crate::util::check_close(&$got, &$want, $atol, $rtol, &format!($($what)+)) {
+            Ok(max) => max,
+            Err(msg) => panic!("{msg}"),
+        }
+    };
+}
