@@ -13,3 +13,5 @@ mod header;
 mod cli;
 // Many threads on one engine.
 mod concurrency;
+// Engine runtime: management messages, model cache, metrics, output_root.
+mod engine;

@@ -1,28 +1,38 @@
-//! The engine: process-level state behind one `sdxl_engine*` — the ONNX Runtime, loaded pipelines, running
-//! requests — and the request path parse → pipeline → outputs → response.
+//! The engine: process-level state behind one `sdxl_engine*` — the ONNX Runtime, the pipeline cache, running
+//! requests — and the request path: parse → (management | pipeline) → outputs → response.
 
+pub mod cache;
 pub mod cancel;
+pub mod manage;
+pub mod memory;
 pub mod options;
 pub mod ort_env;
+pub mod outputs;
 pub mod paths;
+pub mod slots;
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use base64::Engine as _;
-use parking_lot::Mutex;
+use serde_json::json;
 
+use self::cache::{PipelineCache, PipelineKey};
 use self::cancel::CancelRegistry;
+use self::manage::Command;
+use self::memory::PeakTracker;
 use self::options::EngineOptions;
 use self::ort_env::OrtRuntime;
+use self::slots::Slots;
 use crate::error::{Error, Result};
-use crate::image::{write_atomic, RgbImage};
-use crate::pipeline::{PipelineOutput, Progress, ProgressEvent, RunContext, SdxlPipeline, Stage};
+use crate::image::RgbImage;
+use crate::pipeline::{Progress, ProgressEvent, RunContext, SdxlPipeline, Stage};
 use crate::protocol::normalize::{parse_request, RequestLimits};
 use crate::protocol::params::GenerateParams;
 use crate::protocol::response::{GeneratedImage, ImageMetadata, ModelInfo, ProcessingMetrics, Response};
-use crate::runtime::SessionConfig;
+use crate::runtime::{CancelToken, SessionConfig};
+
+/// The execution provider every session uses in this build.
+pub const EXECUTION_PROVIDER: &str = "CPUExecutionProvider";
 
 /// One engine: create once, generate from many threads.
 #[derive(Debug)]
@@ -31,8 +41,8 @@ pub struct Engine {
     limits: RequestLimits,
     runtime: &'static OrtRuntime,
     sessions: SessionConfig,
-    pipelines: Mutex<HashMap<std::path::PathBuf, Arc<SdxlPipeline>>>,
-    load_lock: Mutex<()>,
+    cache: PipelineCache,
+    slots: Slots,
     cancels: CancelRegistry,
     warnings: Vec<String>,
 }
@@ -55,6 +65,22 @@ impl Outcome {
     }
 }
 
+/// Wraps the caller's progress to sample memory at every report.
+struct Sampling<'a> {
+    inner: &'a mut dyn Progress,
+    peak: &'a PeakTracker,
+}
+
+impl Progress for Sampling<'_> {
+    fn report(&mut self, event: &ProgressEvent<'_>) -> bool {
+        self.peak.sample();
+        self.inner.report(event)
+    }
+    fn on_latents(&mut self, image_index: u32, step: Option<usize>, latents: ndarray::ArrayViewD<'_, f32>) {
+        self.inner.on_latents(image_index, step, latents);
+    }
+}
+
 impl Engine {
     /// Create an engine from its options JSON (`None`: defaults). Loads ONNX Runtime.
     pub fn new(options_json: Option<&str>) -> Result<Self> {
@@ -63,10 +89,10 @@ impl Engine {
         Ok(Engine {
             limits: options.limits(),
             sessions: SessionConfig { intra_op_threads: options.intra_op_threads },
+            cache: PipelineCache::new(options.max_cached_models.unwrap_or(3), options.memory_threshold.unwrap_or(0.8)),
+            slots: Slots::new(options.max_concurrent_runs.unwrap_or(1)),
             options,
             runtime,
-            pipelines: Mutex::new(HashMap::new()),
-            load_lock: Mutex::new(()),
             cancels: CancelRegistry::default(),
             warnings: warning.into_iter().collect(),
         })
@@ -77,21 +103,29 @@ impl Engine {
         self.runtime
     }
 
+    /// The pipeline cache (for status and tests).
+    pub fn cache(&self) -> &PipelineCache {
+        &self.cache
+    }
+
     /// Cancel a running (or soon-starting) request.
     pub fn cancel(&self, request_id: &str) {
         self.cancels.cancel(request_id);
     }
 
-    /// Run one request given as JSON. Never panics on bad input; every failure becomes a reply with `error_code`.
+    /// Run one request or management message given as JSON. Never panics on bad input; every failure becomes a
+    /// reply with `error_code`.
     pub fn generate(&self, request_json: &str, progress: &mut dyn Progress, want_pixels: bool) -> Outcome {
+        match manage::parse(request_json) {
+            Ok(Some((id, command))) => return self.manage(&id, command),
+            Ok(None) => {}
+            Err(e) => return failure(Response::request_id_hint(request_json).as_deref(), e, Vec::new()),
+        }
         let started = Instant::now();
         let mut warnings = self.warnings.clone();
         let parsed = match parse_request(request_json, &self.limits) {
             Ok(p) => p,
-            Err(e) => {
-                let id = Response::request_id_hint(request_json);
-                return failure(id.as_deref(), e, warnings);
-            }
+            Err(e) => return failure(Response::request_id_hint(request_json).as_deref(), e, warnings),
         };
         warnings.extend(parsed.warnings);
         let params = parsed.params;
@@ -115,23 +149,31 @@ impl Engine {
         &self,
         params: &GenerateParams,
         progress: &mut dyn Progress,
-        cancel: &crate::runtime::CancelToken,
+        cancel: &CancelToken,
         started: Instant,
         warnings: &mut Vec<String>,
     ) -> Result<(Response, Vec<RgbImage>)> {
         cancel.check()?;
+        let peak = PeakTracker::default();
+        peak.sample();
+        let save_path = match &params.output.save_path {
+            Some(p) => Some(outputs::resolve_save_path(p, self.options.output_root.as_deref())?),
+            None => None,
+        };
         let model_name =
             params.model.clone().or_else(|| self.options.default_model.clone()).ok_or_else(|| {
                 Error::field("data.models.base", "no model named and the engine has no default_model")
             })?;
-        let pipeline = self.pipeline(&model_name, params, progress, started)?;
-        let mut ctx = RunContext { progress, cancel, started };
+        let mut progress = Sampling { inner: progress, peak: &peak };
+        let _slot = self.slots.acquire(cancel)?;
+        let pipeline = self.pipeline(&model_name, params, &mut progress, started, warnings)?;
+        let mut ctx = RunContext { progress: &mut progress, cancel, started };
         let out = pipeline.generate(params, &mut ctx)?;
         warnings.extend(out.warnings.iter().cloned());
         self.limits.check_size(out.width, out.height)?;
 
         let t_save = Instant::now();
-        check_outputs_free(params, out.images.len())?;
+        outputs::check_outputs_free(save_path.as_deref(), params.output.overwrite, out.images.len())?;
         let total = out.images.len() as u32;
         let mut generated = Vec::with_capacity(out.images.len());
         for (i, image) in out.images.iter().enumerate() {
@@ -145,13 +187,37 @@ impl Engine {
                 elapsed_seconds: started.elapsed().as_secs_f64(),
                 request_id: &params.request_id,
             };
-            if !ctx.progress.report(&event) {
+            if !progress.report(&event) {
                 cancel.cancel();
                 return Err(Error::Cancelled);
             }
-            generated.push(self.output_image(params, &out, image, i, &model_name)?);
+            let (image_path, image_data) = outputs::emit(image, i, &params.output, save_path.as_deref())?;
+            generated.push(GeneratedImage {
+                image_path,
+                image_data,
+                format: params.output.format.as_str().into(),
+                width: image.width,
+                height: image.height,
+                metadata: ImageMetadata {
+                    seed: image.seed,
+                    steps: params.steps,
+                    guidance_scale: params.guidance_scale,
+                    scheduler: out.scheduler.get("name").and_then(|v| v.as_str()).unwrap_or("unknown").to_string(),
+                    scheduler_options: out
+                        .scheduler
+                        .get("options")
+                        .and_then(|v| v.as_object())
+                        .filter(|m| !m.is_empty())
+                        .cloned(),
+                    model_info: ModelInfo {
+                        base_model: Some(model_name.clone()),
+                        refiner_model: None,
+                        vae_model: None,
+                    },
+                },
+            });
         }
-        let encode_save_time = t_save.elapsed().as_secs_f64();
+        peak.sample();
         let t = &out.timings;
         let metrics = ProcessingMetrics {
             total_time: started.elapsed().as_secs_f64(),
@@ -160,81 +226,27 @@ impl Engine {
             denoising_time: t.denoising,
             denoising_step_avg: t.denoising / f64::from(params.steps.max(1) * params.batch_size.max(1)),
             vae_decode_time: t.vae_decode,
-            encode_save_time,
+            encode_save_time: t_save.elapsed().as_secs_f64(),
             unet_evaluations: t.unet_evaluations,
             steps: params.steps,
             device_name: "CPU".into(),
-            device_memory_used: None,
-            peak_memory: None,
+            device_memory_used: memory::process_rss(),
+            peak_memory: peak.peak(),
         };
-        let images = out.images;
-        Ok((Response::success(params.request_id.clone(), generated, metrics, std::mem::take(warnings)), images))
+        Ok((Response::success(params.request_id.clone(), generated, metrics, std::mem::take(warnings)), out.images))
     }
 
-    fn output_image(
-        &self,
-        params: &GenerateParams,
-        out: &PipelineOutput,
-        image: &RgbImage,
-        index: usize,
-        model_name: &str,
-    ) -> Result<GeneratedImage> {
-        let o = &params.output;
-        let needs_bytes = o.save_path.is_some() || o.return_image_data;
-        let bytes = if needs_bytes { Some(image.encode(o.format, o.quality)?) } else { None };
-        let mut image_path = None;
-        if let (Some(path), Some(bytes)) = (&o.save_path, &bytes) {
-            let path = batch_path(path, index);
-            write_atomic(&path, bytes, o.overwrite)?;
-            image_path = Some(path.to_string_lossy().into_owned());
-        }
-        let image_data = match (&bytes, o.return_image_data) {
-            (Some(b), true) => Some(base64::engine::general_purpose::STANDARD.encode(b)),
-            _ => None,
-        };
-        let sched = &out.scheduler;
-        Ok(GeneratedImage {
-            image_path,
-            image_data,
-            format: o.format.as_str().into(),
-            width: image.width,
-            height: image.height,
-            metadata: ImageMetadata {
-                seed: image.seed,
-                steps: params.steps,
-                guidance_scale: params.guidance_scale,
-                scheduler: sched.get("name").and_then(|v| v.as_str()).unwrap_or("unknown").to_string(),
-                scheduler_options: sched.get("options").and_then(|v| v.as_object()).filter(|m| !m.is_empty()).cloned(),
-                model_info: ModelInfo {
-                    base_model: Some(model_name.to_string()),
-                    refiner_model: None,
-                    vae_model: None,
-                },
-            },
-        })
-    }
-
-    /// The loaded pipeline for `name`, loading it (once, even under concurrent requests) if needed.
+    /// The loaded pipeline for `name`, loading it (once, even under concurrent requests) on a miss.
     fn pipeline(
         &self,
         name: &str,
         params: &GenerateParams,
         progress: &mut dyn Progress,
         started: Instant,
+        warnings: &mut Vec<String>,
     ) -> Result<Arc<SdxlPipeline>> {
-        let root = self.options.models_root.as_ref().ok_or_else(|| Error::InvalidOption {
-            field: "models_root".into(),
-            message: "the engine was created without models_root, so no model can be loaded".into(),
-        })?;
         let field = if params.model.is_some() { "data.models.base" } else { "default_model" };
-        let folder = paths::model_folder(root, name, field)?;
-        if let Some(p) = self.pipelines.lock().get(&folder) {
-            return Ok(p.clone());
-        }
-        let _loading = self.load_lock.lock();
-        if let Some(p) = self.pipelines.lock().get(&folder) {
-            return Ok(p.clone());
-        }
+        let key = self.key(name, field)?;
         let event = ProgressEvent {
             stage: Stage::Loading,
             step: 0,
@@ -247,36 +259,76 @@ impl Engine {
         if !progress.report(&event) {
             return Err(Error::Cancelled);
         }
-        let pipeline = Arc::new(SdxlPipeline::load(&self.runtime.env, &folder, &self.sessions)?);
-        self.pipelines.lock().insert(folder, pipeline.clone());
+        let (pipeline, outcome) =
+            self.cache.get_or_load(&key, || SdxlPipeline::load(&self.runtime.env, &key.folder, &self.sessions))?;
+        warnings.extend(outcome.evicted.iter().map(|m| format!("unloaded model {m} to make room")));
         Ok(pipeline)
     }
-}
 
-/// `save_path` for image `index` of a batch: the path itself for the first, `<stem>_<index>.<ext>` after.
-fn batch_path(path: &std::path::Path, index: usize) -> std::path::PathBuf {
-    if index == 0 {
-        return path.to_path_buf();
+    fn key(&self, name: &str, field: &str) -> Result<PipelineKey> {
+        let root = self.options.models_root.as_ref().ok_or_else(|| Error::InvalidOption {
+            field: "models_root".into(),
+            message: "the engine was created without models_root, so no model can be loaded".into(),
+        })?;
+        let folder = paths::model_folder(root, name, field)?;
+        Ok(PipelineKey { folder, name: name.to_string(), variant: String::new() })
     }
-    let stem = path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
-    let name = match path.extension() {
-        Some(ext) => format!("{stem}_{index}.{}", ext.to_string_lossy()),
-        None => format!("{stem}_{index}"),
-    };
-    path.with_file_name(name)
-}
 
-/// Refuse up front when any file of the batch exists and overwriting is off, so no batch is left half-written.
-fn check_outputs_free(params: &GenerateParams, count: usize) -> Result<()> {
-    if let (Some(path), false) = (&params.output.save_path, params.output.overwrite) {
-        for i in 0..count {
-            let p = batch_path(path, i);
-            if p.exists() {
-                return Err(Error::OutputExists(p));
+    fn manage(&self, id: &str, command: Command) -> Outcome {
+        let result = match command {
+            Command::Status => Ok(self.status()),
+            Command::Preload(name) => self.key(&name, "data.model_name").and_then(|key| {
+                let (_, outcome) = self
+                    .cache
+                    .get_or_load(&key, || SdxlPipeline::load(&self.runtime.env, &key.folder, &self.sessions))?;
+                Ok(json!({ "model": name, "load_seconds": outcome.load_seconds, "evicted": outcome.evicted,
+                           "loaded_models": self.cache.loaded() }))
+            }),
+            Command::Unload(name) => {
+                let before = memory::process_rss();
+                let unloaded = self.cache.unload(&name);
+                Ok(json!({ "model": name, "unloaded": unloaded, "process_rss_before": before,
+                           "process_rss_after": memory::process_rss(), "loaded_models": self.cache.loaded() }))
             }
+        };
+        match result {
+            Ok(data) => Outcome { response_json: manage::reply(id, data, Vec::new()), error: None, images: Vec::new() },
+            Err(e) => failure(Some(id), e, Vec::new()),
         }
     }
-    Ok(())
+
+    /// The `status` reply's data.
+    pub fn status(&self) -> serde_json::Value {
+        let (total, available) = memory::system_memory().map_or((None, None), |(t, a)| (Some(t), Some(a)));
+        json!({
+            "version": env!("CARGO_PKG_VERSION"),
+            "device_name": "CPU",
+            "execution_provider": EXECUTION_PROVIDER,
+            "onnxruntime": {
+                "version": self.runtime.version,
+                "library_path": self.runtime.library_path,
+                "found_by": self.runtime.found_by,
+            },
+            "memory": {
+                "process_rss": memory::process_rss(),
+                "process_peak_rss": memory::process_peak_rss(),
+                "system_total": total,
+                "system_available": available,
+                "device_total": null,
+                "device_free": null,
+            },
+            "loaded_models": self.cache.loaded(),
+            "models_root": self.options.models_root,
+            "limits": {
+                "max_request_bytes": self.limits.max_json_bytes,
+                "max_width": self.limits.max_width,
+                "max_height": self.limits.max_height,
+                "max_pixels": self.limits.max_pixels,
+                "max_steps": self.limits.max_steps,
+                "max_batch": self.limits.max_batch,
+            },
+        })
+    }
 }
 
 fn failure(request_id: Option<&str>, error: Error, warnings: Vec<String>) -> Outcome {

@@ -32,6 +32,14 @@ pub struct EngineOptions {
     pub max_steps: Option<u32>,
     /// Largest batch (default 16).
     pub max_batch: Option<u32>,
+    /// Pipelines kept loaded (default 3, as the seed's ModelManager); least recently used evicted first.
+    pub max_cached_models: Option<usize>,
+    /// System memory use (0..1) above which idle models are evicted before another loads (default 0.8).
+    pub memory_threshold: Option<f64>,
+    /// Requests that run their pipeline at once; others queue (default 1: one CPU run already uses every core).
+    pub max_concurrent_runs: Option<usize>,
+    /// When set, `save_path` must lie inside this folder (relative paths resolve under it).
+    pub output_root: Option<PathBuf>,
 }
 
 impl EngineOptions {
@@ -44,6 +52,28 @@ impl EngineOptions {
             .map_err(|e| Error::InvalidOption { field: "options".into(), message: e.to_string() })?;
         if options.intra_op_threads == Some(0) {
             return Err(Error::InvalidOption { field: "intra_op_threads".into(), message: "must be ≥ 1".into() });
+        }
+        if options.max_cached_models == Some(0) {
+            return Err(Error::InvalidOption { field: "max_cached_models".into(), message: "must be ≥ 1".into() });
+        }
+        if options.max_concurrent_runs == Some(0) {
+            return Err(Error::InvalidOption { field: "max_concurrent_runs".into(), message: "must be ≥ 1".into() });
+        }
+        if let Some(t) = options.memory_threshold {
+            if !(t > 0.0 && t <= 1.0) {
+                return Err(Error::InvalidOption {
+                    field: "memory_threshold".into(),
+                    message: format!("{t} is not in (0, 1]"),
+                });
+            }
+        }
+        if let Some(root) = &options.output_root {
+            if !root.is_dir() {
+                return Err(Error::InvalidOption {
+                    field: "output_root".into(),
+                    message: format!("{} is not a folder", root.display()),
+                });
+            }
         }
         if let Some(root) = &options.models_root {
             if !root.is_dir() {

@@ -48,7 +48,7 @@ pub fn runtime(requested: Option<&Path>) -> Result<(&'static OrtRuntime, Option<
     for (candidate, found_by) in candidates(requested) {
         match load(&candidate) {
             Ok(env) => {
-                let version = ort_version();
+                let version = ort_version(&candidate);
                 let rt = RUNTIME.get_or_init(|| OrtRuntime { env, library_path: candidate, found_by, version });
                 return Ok((rt, None));
             }
@@ -106,12 +106,34 @@ fn load(path: &Path) -> std::result::Result<ort::environment::Environment, Strin
     builder.with_name("sdxlrt").with_telemetry(false).build().map_err(|e| e.to_string())
 }
 
-fn ort_version() -> String {
-    // Only called after a successful load.
-    let info = ort::info();
-    info.split(',')
-        .find_map(|part| part.trim().strip_prefix("git-branch=rel-").map(str::to_string))
-        .unwrap_or_else(|| info.to_string())
+/// `OrtGetApiBase()->GetVersionString()` of the library already loaded from `path` (e.g. "1.31.1").
+fn ort_version(path: &Path) -> String {
+    #[repr(C)]
+    struct OrtApiBase {
+        get_api: unsafe extern "C" fn(u32) -> *const libc::c_void,
+        get_version_string: unsafe extern "C" fn() -> *const libc::c_char,
+    }
+    let fallback = || ort::info().to_string();
+    let Ok(cpath) = std::ffi::CString::new(path.as_os_str().as_bytes()) else { return fallback() };
+    // SAFETY: RTLD_NOLOAD only returns a handle to the library ort already loaded (bumping its refcount, which
+    // dlclose drops again); the symbol is ONNX Runtime's documented entry point with this signature.
+    unsafe {
+        let handle = libc::dlopen(cpath.as_ptr(), libc::RTLD_NOW | libc::RTLD_NOLOAD);
+        if handle.is_null() {
+            return fallback();
+        }
+        let sym = libc::dlsym(handle, c"OrtGetApiBase".as_ptr());
+        let version = if sym.is_null() {
+            None
+        } else {
+            let get_base: unsafe extern "C" fn() -> *const OrtApiBase = std::mem::transmute(sym);
+            let base = get_base();
+            (!base.is_null())
+                .then(|| std::ffi::CStr::from_ptr(((*base).get_version_string)()).to_string_lossy().into_owned())
+        };
+        libc::dlclose(handle);
+        version.unwrap_or_else(fallback)
+    }
 }
 
 fn same_file(a: &Path, b: &Path) -> bool {

@@ -1,0 +1,172 @@
+//! Loaded pipelines (the seed's ModelManager): at most `max_cached_models`, least-recently-used evicted first, and
+//! evicted early when system memory use passes `memory_threshold` before another model loads. A pipeline in use by
+//! a running request is never evicted under it (running requests hold their own reference; eviction skips them).
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Instant;
+
+use parking_lot::Mutex;
+
+use super::memory;
+use crate::error::Result;
+use crate::pipeline::SdxlPipeline;
+
+/// What identifies one loaded pipeline: the model folder plus anything that changes its weights (LoRA set).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct PipelineKey {
+    /// The model folder (canonical path).
+    pub folder: PathBuf,
+    /// The model name as requested.
+    pub name: String,
+    /// A signature of weight changes (empty for the plain model).
+    pub variant: String,
+}
+
+#[derive(Debug)]
+struct Entry {
+    key: PipelineKey,
+    pipeline: Arc<SdxlPipeline>,
+    last_used: Instant,
+    load_seconds: f64,
+}
+
+/// One row of `status`.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct LoadedModel {
+    /// Model name.
+    pub name: String,
+    /// Model folder.
+    pub path: String,
+    /// Weight-change signature (LoRA set), empty for the plain model.
+    pub variant: String,
+    /// Whether a running request uses it.
+    pub in_use: bool,
+    /// Seconds since a request last used it.
+    pub idle_seconds: f64,
+    /// Seconds it took to load.
+    pub load_seconds: f64,
+}
+
+/// The cache.
+#[derive(Debug)]
+pub struct PipelineCache {
+    entries: Mutex<Vec<Entry>>,
+    load_lock: Mutex<()>,
+    max_models: usize,
+    memory_threshold: f64,
+}
+
+/// How a `get_or_load` went.
+#[derive(Debug, Clone, Default)]
+pub struct CacheOutcome {
+    /// Seconds spent loading (0 on a hit).
+    pub load_seconds: f64,
+    /// Models evicted to make room.
+    pub evicted: Vec<String>,
+}
+
+impl PipelineCache {
+    /// A cache holding at most `max_models` pipelines, evicting early above `memory_threshold` (0..1) system
+    /// memory use.
+    pub fn new(max_models: usize, memory_threshold: f64) -> Self {
+        PipelineCache {
+            entries: Mutex::new(Vec::new()),
+            load_lock: Mutex::new(()),
+            max_models: max_models.max(1),
+            memory_threshold,
+        }
+    }
+
+    fn hit(&self, key: &PipelineKey) -> Option<Arc<SdxlPipeline>> {
+        let mut entries = self.entries.lock();
+        let e = entries.iter_mut().find(|e| &e.key == key)?;
+        e.last_used = Instant::now();
+        Some(e.pipeline.clone())
+    }
+
+    /// The pipeline for `key`, loading it with `load` (once, even under concurrent requests) on a miss.
+    pub fn get_or_load(
+        &self,
+        key: &PipelineKey,
+        load: impl FnOnce() -> Result<SdxlPipeline>,
+    ) -> Result<(Arc<SdxlPipeline>, CacheOutcome)> {
+        if let Some(p) = self.hit(key) {
+            return Ok((p, CacheOutcome::default()));
+        }
+        let _loading = self.load_lock.lock();
+        if let Some(p) = self.hit(key) {
+            return Ok((p, CacheOutcome::default()));
+        }
+        let mut outcome = CacheOutcome { evicted: self.make_room(), ..Default::default() };
+        let started = Instant::now();
+        let pipeline = Arc::new(load()?);
+        outcome.load_seconds = started.elapsed().as_secs_f64();
+        self.entries.lock().push(Entry {
+            key: key.clone(),
+            pipeline: pipeline.clone(),
+            last_used: Instant::now(),
+            load_seconds: outcome.load_seconds,
+        });
+        Ok((pipeline, outcome))
+    }
+
+    /// Evict least-recently-used idle pipelines while the cache is full or memory use is above the threshold.
+    fn make_room(&self) -> Vec<String> {
+        let mut evicted = Vec::new();
+        loop {
+            let mut entries = self.entries.lock();
+            let full = entries.len() >= self.max_models;
+            let pressed = memory::system_memory_use().is_some_and(|u| u > self.memory_threshold);
+            if !(full || pressed) {
+                break;
+            }
+            let victim = entries
+                .iter()
+                .enumerate()
+                .filter(|(_, e)| Arc::strong_count(&e.pipeline) == 1)
+                .min_by_key(|(_, e)| e.last_used)
+                .map(|(i, _)| i);
+            match victim {
+                Some(i) => {
+                    let e = entries.remove(i);
+                    drop(entries);
+                    evicted.push(e.key.name.clone());
+                    drop(e);
+                }
+                None => break,
+            }
+        }
+        evicted
+    }
+
+    /// Drop every cached pipeline of model `name` (all LoRA variants). Running requests finish on their own
+    /// reference; the sessions are released when the last one ends. Returns how many were dropped.
+    pub fn unload(&self, name: &str) -> usize {
+        let removed: Vec<Entry> = {
+            let mut entries = self.entries.lock();
+            let (gone, kept) = std::mem::take(&mut *entries).into_iter().partition(|e| e.key.name == name);
+            *entries = kept;
+            gone
+        };
+        removed.len()
+    }
+
+    /// What is loaded, most recently used first.
+    pub fn loaded(&self) -> Vec<LoadedModel> {
+        let entries = self.entries.lock();
+        let mut rows: Vec<_> = entries
+            .iter()
+            .map(|e| LoadedModel {
+                name: e.key.name.clone(),
+                path: e.key.folder.to_string_lossy().into_owned(),
+                variant: e.key.variant.clone(),
+                in_use: Arc::strong_count(&e.pipeline) > 1,
+                idle_seconds: e.last_used.elapsed().as_secs_f64(),
+                load_seconds: e.load_seconds,
+            })
+            .collect();
+        rows.sort_by(|a, b| a.idle_seconds.total_cmp(&b.idle_seconds));
+        rows
+    }
+}

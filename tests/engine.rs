@@ -1,0 +1,144 @@
+//! Engine runtime: management messages, the model cache (LRU, in-use protection, unload releases sessions),
+//! metrics, and output_root confinement.
+
+use std::sync::Arc;
+
+use sdxlrt::engine::cache::PipelineKey;
+use sdxlrt::engine::Engine;
+use sdxlrt::ffi::status::sdxl_status;
+use sdxlrt::pipeline::SdxlPipeline;
+use sdxlrt::runtime::SessionConfig;
+
+use crate::util::{fixtures, AbiEngine};
+
+fn gen(model: &str, extra: serde_json::Value) -> String {
+    let mut v = serde_json::json!({
+        "request_id": "e1",
+        "data": {
+            "prompt": "a tree", "models": {"base": model},
+            "hyperparameters": {"num_inference_steps": 2, "guidance_scale": 5.0, "seed": 3},
+            "output": {"format": "png"},
+        }
+    });
+    if let serde_json::Value::Object(m) = extra {
+        for (k, val) in m {
+            v["data"][k] = val;
+        }
+    }
+    v.to_string()
+}
+
+#[test]
+fn status_reports_runtime_device_memory_and_loaded_models() {
+    let engine = AbiEngine::fixtures();
+    let reply = engine.generate(r#"{"message_type": "status", "request_id": "s1"}"#);
+    assert_eq!(reply.status, sdxl_status::Ok, "{}", reply.json);
+    let d = &reply.json["data"];
+    assert_eq!(reply.json["request_id"], "s1");
+    assert_eq!(d["execution_provider"], "CPUExecutionProvider");
+    assert!(d["onnxruntime"]["library_path"].as_str().unwrap().contains("libonnxruntime"));
+    assert!(d["onnxruntime"]["version"].as_str().unwrap().starts_with("1."), "{}", d["onnxruntime"]);
+    assert!(d["memory"]["process_rss"].as_u64().unwrap() > 1 << 20);
+    assert!(d["memory"]["device_free"].is_null(), "no made-up GPU numbers on CPU");
+    assert_eq!(d["loaded_models"].as_array().unwrap().len(), 0);
+}
+
+#[test]
+fn preload_and_unload_manage_the_cache() {
+    let engine = AbiEngine::fixtures();
+    let reply =
+        engine.generate(r#"{"message_type": "preload_model", "request_id": "p", "data": {"model_name": "tiny-sdxl"}}"#);
+    assert_eq!(reply.status, sdxl_status::Ok, "{}", reply.json);
+    assert_eq!(reply.json["data"]["loaded_models"][0]["name"], "tiny-sdxl");
+    let reply =
+        engine.generate(r#"{"message_type": "unload_model", "request_id": "u", "data": {"model_name": "tiny-sdxl"}}"#);
+    assert_eq!(reply.json["data"]["unloaded"], 1);
+    assert_eq!(reply.json["data"]["loaded_models"].as_array().unwrap().len(), 0);
+    // A generation after unloading reloads the model.
+    assert_eq!(engine.generate(&gen("tiny-sdxl", serde_json::json!({}))).status, sdxl_status::Ok);
+    let reply = engine.generate(r#"{"message_type": "preload_model", "request_id": "p", "data": {}}"#);
+    assert_eq!(reply.status, sdxl_status::InvalidRequest);
+    assert!(reply.error.contains("data.model_name"));
+    let reply = engine.generate(r#"{"message_type": "preload_model", "data": {"model_name": "nope"}}"#);
+    assert_eq!(reply.status, sdxl_status::ModelNotFound);
+}
+
+#[test]
+fn least_recently_used_models_are_evicted_past_max_cached_models() {
+    let opts = serde_json::json!({"models_root": fixtures(), "max_cached_models": 1}).to_string();
+    let engine = AbiEngine::create(Some(&opts)).unwrap();
+    assert_eq!(engine.generate(&gen("tiny-sdxl", serde_json::json!({}))).status, sdxl_status::Ok);
+    let reply = engine.generate(&gen("tiny-sdxl-folded", serde_json::json!({})));
+    assert_eq!(reply.status, sdxl_status::Ok);
+    assert!(reply.json["warnings"].to_string().contains("unloaded model tiny-sdxl"), "{}", reply.json);
+    let status = engine.generate(r#"{"message_type": "status"}"#);
+    let names: Vec<_> =
+        status.json["data"]["loaded_models"].as_array().unwrap().iter().map(|m| m["name"].clone()).collect();
+    assert_eq!(names, vec!["tiny-sdxl-folded"]);
+}
+
+#[test]
+fn a_model_in_use_is_never_evicted_and_unloading_releases_sessions() {
+    let opts = serde_json::json!({"models_root": fixtures(), "max_cached_models": 1}).to_string();
+    let engine = Engine::new(Some(&opts)).unwrap();
+    let key = |name: &str| PipelineKey {
+        folder: fixtures().join(name).canonicalize().unwrap(),
+        name: name.into(),
+        variant: String::new(),
+    };
+    let load =
+        |name: &str| SdxlPipeline::load(&engine.runtime().env, &fixtures().join(name), &SessionConfig::default());
+    let (held, _) = engine.cache().get_or_load(&key("tiny-sdxl"), || load("tiny-sdxl")).unwrap();
+    let (_, outcome) = engine.cache().get_or_load(&key("tiny-sdxl-folded"), || load("tiny-sdxl-folded")).unwrap();
+    assert!(outcome.evicted.is_empty(), "the model in use stayed");
+    let loaded = engine.cache().loaded();
+    assert_eq!(loaded.len(), 2);
+    assert!(loaded.iter().any(|m| m.name == "tiny-sdxl" && m.in_use));
+    let weak = Arc::downgrade(&held);
+    drop(held);
+    assert_eq!(engine.cache().unload("tiny-sdxl"), 1);
+    assert!(weak.upgrade().is_none(), "unloading dropped the sessions");
+}
+
+#[test]
+fn metrics_are_measured_not_invented() {
+    let engine = AbiEngine::fixtures();
+    let reply = engine.generate(&gen("tiny-sdxl", serde_json::json!({})));
+    let m = &reply.json["data"]["processing_metrics"];
+    assert_eq!(m["unet_evaluations"], 2);
+    assert_eq!(m["steps"], 2);
+    assert!(m["device_memory_used"].as_u64().unwrap() > 1 << 20);
+    assert!(m["peak_memory"].as_u64().unwrap() >= m["device_memory_used"].as_u64().unwrap() / 2);
+    let total = m["total_time"].as_f64().unwrap();
+    let parts = m["text_encoding_time"].as_f64().unwrap()
+        + m["denoising_time"].as_f64().unwrap()
+        + m["vae_decode_time"].as_f64().unwrap()
+        + m["encode_save_time"].as_f64().unwrap();
+    assert!(parts > 0.0 && parts <= total, "stages {parts} within total {total}");
+}
+
+#[test]
+fn save_path_is_confined_to_output_root() {
+    let out = tempfile::tempdir().unwrap();
+    let opts = serde_json::json!({"models_root": fixtures(), "output_root": out.path()}).to_string();
+    let engine = AbiEngine::create(Some(&opts)).unwrap();
+    let reply = engine.generate(&gen("tiny-sdxl", serde_json::json!({"output": {"save_path": "sub/a.png"}})));
+    assert_eq!(reply.status, sdxl_status::Ok, "{}", reply.json);
+    assert!(out.path().join("sub/a.png").is_file());
+    for bad in ["../escape.png", "/tmp/sdxlrt-escape.png"] {
+        let reply = engine.generate(&gen("tiny-sdxl", serde_json::json!({"output": {"save_path": bad}})));
+        assert_eq!(reply.status, sdxl_status::InvalidRequest, "{bad}: {}", reply.json);
+        assert!(reply.error.contains("data.output.save_path"));
+    }
+    assert!(!std::path::Path::new("/tmp/sdxlrt-escape.png").exists());
+}
+
+#[test]
+fn model_names_cannot_escape_models_root() {
+    let engine = AbiEngine::fixtures();
+    let outside = tempfile::tempdir().unwrap();
+    for name in ["../fixtures/tiny-sdxl", "/etc", outside.path().to_str().unwrap()] {
+        let reply = engine.generate(&gen(name, serde_json::json!({})));
+        assert_eq!(reply.status, sdxl_status::InvalidRequest, "{name}: {}", reply.json);
+    }
+}
