@@ -7,6 +7,7 @@
 #
 # Owned outputs (tests/fixtures/rng/ and tests/fixtures/schedulers/ belong to other tools and are left alone):
 #   clip-vocab-full/  tokenizer_ids.json  tiny-sdxl/  tiny-sdxl-folded/  goldens/
+# (goldens/ holds goldens.py's cases and scheduler_pipeline_goldens.py's sched_*.safetensors)
 # The torch model is built in $SDXLRT_WORK (default ~/.cache/sdxlrt/work), outside the repository.
 #
 # Goldens come from torch CPU kernels, whose last bits depend on the CPU's vector ISA (see README.md), so
@@ -53,6 +54,10 @@ echo "== diffusers goldens" >&2
 "$py" goldens.py --model "$model" --out "$out/goldens"
 echo "== onnxruntime loop vs goldens" >&2
 "$py" goldens.py --out "$out/goldens" --verify "$out/tiny-sdxl" "$out/tiny-sdxl-folded"
+echo "== diffusers goldens per scheduler (goldens/sched_*.safetensors)" >&2
+"$py" scheduler_pipeline_goldens.py --model "$model" --out "$out/goldens"
+echo "== onnxruntime loop vs scheduler goldens" >&2
+"$py" scheduler_pipeline_goldens.py --out "$out/goldens" --verify "$out/tiny-sdxl"
 
 (cd "$out" && chmod -R a+rX "${owned[@]}")
 sums="$(mktemp)"

@@ -437,7 +437,8 @@ fn output_params(d: &WireData, warnings: &mut Vec<String>) -> Result<OutputParam
             return Err(Error::field("data.output.quality", format!("must be an integer from 1 to 100, got {q}")))
         }
     };
-    if format == ImageFormat::Webp && o.quality.is_some() {
+    // The C# transformer always sends the default 95; only a deliberate other quality is worth a warning.
+    if format == ImageFormat::Webp && o.quality.is_some_and(|q| q != i64::from(DEFAULT_QUALITY)) {
         warnings.push("data.output.quality has no effect with webp: the WebP encoder is lossless".to_owned());
     }
     let save_path = match o.save_path {
@@ -834,6 +835,8 @@ mod tests {
         assert_eq!(p.params.output.format, ImageFormat::Webp);
         assert_eq!(p.warnings, ["data.output.quality has no effect with webp: the WebP encoder is lossless"]);
         assert!(parse_value(minimal(json!({"output": {"format": "webp"}}))).unwrap().warnings.is_empty());
+        let p = parse_value(minimal(json!({"output": {"format": "webp", "quality": 95}}))).unwrap();
+        assert!(p.warnings.is_empty(), "the seed's default quality is not worth a warning");
         assert_eq!(
             parse_value(minimal(json!({"output": {"format": "Jpeg"}}))).unwrap().params.output.format,
             ImageFormat::Jpeg
