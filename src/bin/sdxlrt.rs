@@ -179,8 +179,9 @@ fn main() -> ExitCode {
                 }
                 let m = &value["data"]["processing_metrics"];
                 println!(
-                    "total {:.2}s: text {:.2}s, denoise {:.2}s ({} UNet runs), decode {:.2}s",
+                    "total {:.2}s: model load {:.2}s, text {:.2}s, denoise {:.2}s ({} UNet runs), decode {:.2}s",
                     m["total_time"].as_f64().unwrap_or(0.0),
+                    m["model_load_time"].as_f64().unwrap_or(0.0),
                     m["text_encoding_time"].as_f64().unwrap_or(0.0),
                     m["denoising_time"].as_f64().unwrap_or(0.0),
                     m["unet_evaluations"],

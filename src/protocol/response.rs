@@ -79,6 +79,24 @@ pub struct ImageMetadata {
     pub scheduler_options: Option<Map<String, Value>>,
     /// The models used.
     pub model_info: ModelInfo,
+    /// The LoRAs merged into the weights, in request order; absent when there are none.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub loras: Vec<LoraInfo>,
+}
+
+/// One entry of `metadata.loras`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LoraInfo {
+    /// The name as requested.
+    pub name: String,
+    /// The requested weight.
+    pub weight: f32,
+    /// The UNet weight, when the request gave one different from `weight`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unet_weight: Option<f32>,
+    /// The text-encoder weight, when the request gave one different from `weight`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub text_encoder_weight: Option<f32>,
 }
 
 /// `model_info` of one image.
@@ -99,6 +117,9 @@ pub struct ProcessingMetrics {
     pub total_time: f64,
     /// Text encoding + denoising + VAE decode.
     pub inference_time: f64,
+    /// Loading the model's sessions for this request (0 when it was already loaded).
+    #[serde(default)]
+    pub model_load_time: f64,
     /// Both text encoders, positive and negative prompts.
     pub text_encoding_time: f64,
     /// The whole denoising loop.
@@ -247,6 +268,7 @@ mod tests {
                 scheduler: "EulerDiscreteScheduler".into(),
                 scheduler_options: None,
                 model_info: ModelInfo { base_model: Some("sdxl".into()), ..Default::default() },
+                loras: Vec::new(),
             },
         }
     }
@@ -291,6 +313,7 @@ mod tests {
                 "device_name",
                 "encode_save_time",
                 "inference_time",
+                "model_load_time",
                 "peak_memory",
                 "steps",
                 "text_encoding_time",
