@@ -23,41 +23,6 @@
 #include <stdint.h>
 
 /**
- * Default `data.hyperparameters.num_inference_steps` (diffusers' default).
- */
-#define DEFAULT_STEPS 50
-
-/**
- * Default `data.hyperparameters.guidance_scale` (diffusers' SDXL default).
- */
-#define DEFAULT_GUIDANCE_SCALE 5.0
-
-/**
- * Largest accepted `guidance_scale`.
- */
-#define MAX_GUIDANCE_SCALE 100.0
-
-/**
- * Default `data.hyperparameters.strength` (the seed's C# default).
- */
-#define DEFAULT_STRENGTH 0.8
-
-/**
- * Default `data.output.quality`.
- */
-#define DEFAULT_QUALITY 95
-
-/**
- * Random seeds are drawn from `0..RANDOM_SEED_BOUND` (2^32), so every caller's integer type can hold them.
- */
-#define RANDOM_SEED_BOUND (1 << 32)
-
-/**
- * The context length of every CLIP text encoder (its position-embedding table has 77 rows).
- */
-#define CLIP_MAX_LENGTH 77
-
-/**
  * Result of an sdxlrt ABI call. `SDXL_STATUS_OK` is 0; details of any other value are in `sdxl_last_error()`.
  */
 enum sdxl_status
@@ -180,6 +145,11 @@ typedef uint32_t sdxl_stage;
 #endif // __cplusplus
 
 /**
+ * The model part a LoRA module patches.
+ */
+typedef struct Component Component;
+
+/**
  * The diffusers scheduler classes sdxlrt knows by name (the Karras-compatible schedulers SD/SDXL UIs offer).
  */
 typedef struct SchedulerClass SchedulerClass;
@@ -272,13 +242,6 @@ typedef struct sdxl_progress {
  * Return 0 to continue, non-zero to cancel the run (it stops within one step and reports `SDXL_STATUS_CANCELLED`).
  */
 typedef int32_t (*sdxl_progress_cb)(void *user_data, const struct sdxl_progress *progress);
-
-/**
- * Every status, for tests and bindings generators.
- */
-#define sdxl_status_ALL { sdxl_status_Ok, sdxl_status_NullArgument, sdxl_status_InvalidUtf8, sdxl_status_InvalidHandle, sdxl_status_Panic, sdxl_status_InvalidJson, sdxl_status_InvalidRequest, sdxl_status_Unsupported, sdxl_status_Cancelled, sdxl_status_InvalidOption, sdxl_status_ModelNotFound, sdxl_status_ModelInvalid, sdxl_status_RuntimeUnavailable, sdxl_status_InferenceFailed, sdxl_status_OutputFailed, sdxl_status_OutputExists, sdxl_status_Internal, }
-
-
 
 #ifdef __cplusplus
 extern "C" {

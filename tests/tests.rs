@@ -9,6 +9,8 @@ mod abi;
 mod parity;
 // The committed C header matches the Rust sources.
 mod header;
+// A C program built against the header and the shared library.
+mod c_host;
 // The command-line tool and the demo path.
 mod cli;
 // Many threads on one engine.

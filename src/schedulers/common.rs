@@ -375,6 +375,301 @@ pub(crate) fn exponential_sigmas(sigma_min: f64, sigma_max: f64, n: usize) -> Ve
     np_linspace(sigma_max.ln(), sigma_min.ln(), n).into_iter().map(f64::exp).collect()
 }
 
+// --- k-diffusion family helpers ---
+// Shared by the EulerAncestral, LMS, Heun, KDPM2 and KDPM2Ancestral ports (schedulers-k); DDIM uses the step checks.
+
+/// What one k-diffusion-family class (EulerAncestral, LMS, Heun, KDPM2, KDPM2Ancestral) reads from a config, and its
+/// diffusers 0.42.1 `__init__` defaults. Keys a class does not take are ignored, as `from_config` ignores them.
+pub(crate) struct KClassSpec {
+    /// The diffusers class name, for error messages.
+    pub class: &'static str,
+    /// Default `beta_start`.
+    pub beta_start: f64,
+    /// Default `beta_end`.
+    pub beta_end: f64,
+    /// Accepts `beta_schedule = "exp"` (`betas_for_alpha_bar(alpha_transform_type="exp")`; Heun only).
+    pub exp_schedule: bool,
+    /// Reads `use_karras_sigmas` / `use_exponential_sigmas` / `use_beta_sigmas`.
+    pub sigma_conversions: bool,
+    /// Reads `rescale_betas_zero_snr`.
+    pub zero_snr: bool,
+    /// `step` implements `prediction_type = "sample"` (diffusers raises NotImplementedError otherwise).
+    pub sample_prediction: bool,
+}
+
+/// The validated options shared by the k-diffusion family, diffusers defaults applied.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct KSigmaConfig {
+    /// `num_train_timesteps`.
+    pub num_train_timesteps: usize,
+    /// The training betas.
+    pub betas: BetaSchedule,
+    /// `prediction_type`.
+    pub prediction_type: PredictionType,
+    /// `timestep_spacing`.
+    pub spacing: TimestepSpacing,
+    /// `steps_offset`.
+    pub steps_offset: usize,
+    /// Karras / exponential sigmas.
+    pub conversion: SigmaConversion,
+    /// `rescale_betas_zero_snr`.
+    pub rescale_betas_zero_snr: bool,
+}
+
+impl KSigmaConfig {
+    /// Reads the keys `spec` says the class takes, applies its defaults, and rejects what diffusers rejects (or what
+    /// sdxlrt cannot reproduce exactly: beta sigmas need scipy's `beta.ppf`).
+    pub(crate) fn parse(c: &super::SchedulerConfig, spec: &KClassSpec) -> Result<Self> {
+        let num_train_timesteps = c.num_train_timesteps.unwrap_or(1000);
+        if num_train_timesteps < 2 {
+            return Err(Error::field(option_field("num_train_timesteps"), "must be at least 2"));
+        }
+        let schedule = c.beta_schedule.as_deref().unwrap_or("linear");
+        let betas = if spec.exp_schedule && schedule == "exp" && c.trained_betas.is_none() {
+            BetaSchedule::Trained(exp_alpha_bar_betas(num_train_timesteps))
+        } else {
+            parse_betas(
+                c.trained_betas.as_deref(),
+                schedule,
+                c.beta_start.unwrap_or(spec.beta_start),
+                c.beta_end.unwrap_or(spec.beta_end),
+                num_train_timesteps,
+            )?
+        };
+        let prediction = c.prediction_type.as_deref().unwrap_or("epsilon");
+        let prediction_type = parse_prediction_type(prediction)?;
+        // These classes compare against "sample" only; the legacy "original_sample" raises in their `step`.
+        if prediction == "original_sample" || (prediction_type == PredictionType::Sample && !spec.sample_prediction) {
+            return Err(Error::field(
+                option_field("prediction_type"),
+                format!("{} supports only epsilon and v_prediction in diffusers, not `{prediction}`", spec.class),
+            ));
+        }
+        let spacing = parse_spacing(c.timestep_spacing.as_deref().unwrap_or("linspace"))?;
+        let conversion = if spec.sigma_conversions { parse_sigma_conversion(c)? } else { SigmaConversion::None };
+        Ok(KSigmaConfig {
+            num_train_timesteps,
+            betas,
+            prediction_type,
+            spacing,
+            steps_offset: c.steps_offset.unwrap_or(0),
+            conversion,
+            rescale_betas_zero_snr: spec.zero_snr && c.rescale_betas_zero_snr.unwrap_or(false),
+        })
+    }
+
+    /// The training tables (`__init__`).
+    pub(crate) fn tables(&self) -> TrainingTables {
+        TrainingTables::new(&self.betas, self.num_train_timesteps, self.rescale_betas_zero_snr)
+    }
+
+    /// Ports the grid part every k-diffusion `set_timesteps` shares: spaced timesteps, `np.interp` sigmas, then the
+    /// optional Karras/exponential conversion (from the interpolated end points; these classes have no
+    /// `sigma_min`/`sigma_max` config) with `_sigma_to_t` timesteps, rounded when `round_converted` (KDPM2's
+    /// Karras branch). Returns float64 timesteps and the `n` sigmas before the final 0 is appended.
+    pub(crate) fn grid(&self, tables: &TrainingTables, n: usize, round_karras: bool) -> Result<(Vec<f64>, Vec<f64>)> {
+        if n == 0 {
+            return Err(Error::field("data.steps", "must be at least 1"));
+        }
+        let mut timesteps: Vec<f64> = spaced_timesteps(self.spacing, self.num_train_timesteps, n, self.steps_offset)
+            .into_iter()
+            .map(f64::from)
+            .collect();
+        let table: Vec<f64> = tables.sigmas.iter().map(|&s| s as f64).collect();
+        let mut sigmas = np_interp_index(&timesteps, &table);
+        if self.conversion != SigmaConversion::None {
+            let (lo, hi) = match (sigmas.last(), sigmas.first()) {
+                (Some(&lo), Some(&hi)) => (lo, hi),
+                _ => return Err(Error::Internal("empty sigma grid".into())),
+            };
+            sigmas = match self.conversion {
+                SigmaConversion::Karras => karras_sigmas(lo, hi, n),
+                _ => exponential_sigmas(lo, hi, n),
+            };
+            timesteps = sigmas.iter().map(|&s| sigma_to_t(s, &tables.log_sigmas)).collect();
+            if round_karras && self.conversion == SigmaConversion::Karras {
+                timesteps.iter_mut().for_each(|t| *t = t.round_ties_even());
+            }
+        }
+        Ok((timesteps, sigmas))
+    }
+}
+
+/// Parses `use_karras_sigmas` / `use_exponential_sigmas` / `use_beta_sigmas` (at most one; beta sigmas need scipy's
+/// `beta.ppf`, which sdxlrt does not reproduce exactly: [`Error::Unsupported`]).
+pub(crate) fn parse_sigma_conversion(c: &super::SchedulerConfig) -> Result<SigmaConversion> {
+    let karras = c.use_karras_sigmas.unwrap_or(false);
+    let exponential = c.use_exponential_sigmas.unwrap_or(false);
+    let beta = c.use_beta_sigmas.unwrap_or(false);
+    if [karras, exponential, beta].iter().filter(|&&b| b).count() > 1 {
+        return Err(Error::field(
+            option_field("use_karras_sigmas"),
+            "only one of use_beta_sigmas, use_exponential_sigmas, use_karras_sigmas can be true",
+        ));
+    }
+    if beta {
+        return Err(Error::unsupported(
+            option_field("use_beta_sigmas"),
+            "beta sigmas need scipy's beta.ppf, which sdxlrt does not reproduce exactly yet",
+        ));
+    }
+    Ok(if karras {
+        SigmaConversion::Karras
+    } else if exponential {
+        SigmaConversion::Exponential
+    } else {
+        SigmaConversion::None
+    })
+}
+
+/// Ports `betas_for_alpha_bar(n, alpha_transform_type="exp")`: `ᾱ(t) = exp(-12 t)`, Python floats, capped at 0.999.
+pub(crate) fn exp_alpha_bar_betas(num_train_timesteps: usize) -> Vec<f64> {
+    let alpha_bar = |t: f64| (t * -12.0).exp();
+    let n = num_train_timesteps as f64;
+    (0..num_train_timesteps)
+        .map(|i| {
+            let (t1, t2) = (i as f64 / n, (i + 1) as f64 / n);
+            (1.0 - alpha_bar(t2) / alpha_bar(t1)).min(0.999)
+        })
+        .collect()
+}
+
+/// `init_noise_sigma` of the sigma schedulers: `sigmas.max()` for linspace/trailing spacing, else
+/// `(max² + 1) ** 0.5` (float32, NaN-propagating like `torch.max`).
+pub(crate) fn k_init_noise_sigma(sigmas: &[f32], spacing: TimestepSpacing) -> f32 {
+    let max =
+        sigmas
+            .iter()
+            .copied()
+            .fold(f32::NEG_INFINITY, |m, s| if s.is_nan() || m.is_nan() { f32::NAN } else { m.max(s) });
+    match spacing {
+        TimestepSpacing::Linspace | TimestepSpacing::Trailing => max,
+        TimestepSpacing::Leading => (max * max + 1.0).sqrt(),
+    }
+}
+
+/// Ports `_sigma_to_t` as KDPM2/KDPM2Ancestral call it on their interpolated sigmas: a float32 torch scalar against
+/// the float32 torch `log_sigmas`, so every operation is float32 (unlike [`sigma_to_t`], which is numpy float64).
+pub(crate) fn sigma_to_t_f32(sigma: f32, log_sigmas: &[f32]) -> f32 {
+    // np.maximum(sigma, 1e-10) keeps float32 (NEP 50); NaN propagates.
+    let clamped = if sigma.is_nan() { sigma } else { sigma.max(1e-10f32) };
+    let log_sigma = ln_f32(clamped);
+    let low_idx = log_sigmas.iter().rposition(|&ls| log_sigma - ls >= 0.0).unwrap_or(0);
+    let low_idx = low_idx.min(log_sigmas.len().saturating_sub(2));
+    let high_idx = low_idx + 1;
+    let (low, high) = (log_sigmas[low_idx], log_sigmas[high_idx]);
+    let w = (low - log_sigma) / (low - high);
+    let w = if w.is_nan() { w } else { w.clamp(0.0, 1.0) };
+    (1.0 - w) * low_idx as f32 + w * high_idx as f32
+}
+
+/// `torch.lerp(start, end, weight)` for float32 (ATen `lerp`: `start + w (end - start)` for `|w| < 0.5`, else
+/// `end - (end - start)(1 - w)`, evaluated as one FMA like the vectorized kernel).
+pub(crate) fn torch_lerp_f32(start: f32, end: f32, weight: f32) -> f32 {
+    if weight.abs() < 0.5 {
+        weight.mul_add(end - start, start)
+    } else {
+        (weight - 1.0).mul_add(end - start, end)
+    }
+}
+
+/// Repeats the inner entries of a per-step table the way the two-evaluation schedulers interleave it:
+/// `cat([x[:1], x[1:].repeat_interleave(2), x[-1:]])` (`keep_last`) or `cat([x[:1], x[1:].repeat_interleave(2)])`.
+pub(crate) fn interleave_repeat<T: Copy>(x: &[T], keep_last: bool) -> Vec<T> {
+    let mut out = Vec::with_capacity(2 * x.len() + 1);
+    if let Some(&first) = x.first() {
+        out.push(first);
+    }
+    for &v in x.iter().skip(1) {
+        out.push(v);
+        out.push(v);
+    }
+    if keep_last {
+        if let Some(&last) = x.last() {
+            out.push(last);
+        }
+    }
+    out
+}
+
+/// Checks a `step` call: `index` in range and not before `begin_index`, equal shapes. Errors are
+/// [`Error::Internal`] (pipeline bugs, never user input).
+pub(crate) fn check_step_call(
+    class: &str,
+    index: usize,
+    len: usize,
+    begin_index: Option<usize>,
+    model_output: &[usize],
+    sample: &[usize],
+) -> Result<()> {
+    if index >= len {
+        return Err(Error::Internal(format!("{class}: step index {index} out of range for {len} timesteps")));
+    }
+    if let Some(begin) = begin_index {
+        if index < begin {
+            return Err(Error::Internal(format!("{class}: step index {index} is before begin_index {begin}")));
+        }
+    }
+    if model_output != sample {
+        return Err(Error::Internal(format!(
+            "{class}: model output shape {model_output:?} differs from sample shape {sample:?}"
+        )));
+    }
+    Ok(())
+}
+
+/// `randn_tensor(shape, generator=…)` through the request's noise source, checking the count.
+pub(crate) fn draw_noise(noise: &mut dyn crate::rng::NoiseSource, shape: &[usize]) -> Result<Vec<f32>> {
+    let want: usize = shape.iter().product();
+    let eps = noise.randn(shape);
+    if eps.len() != want {
+        return Err(Error::Internal(format!("noise source returned {} values for {want} elements", eps.len())));
+    }
+    Ok(eps)
+}
+
+/// `sample / (σ² + 1) ** 0.5` (float32): `scale_model_input` of the sigma schedulers.
+pub(crate) fn k_scale_input(sample: ndarray::ArrayViewD<'_, f32>, sigma: f32) -> ndarray::ArrayD<f32> {
+    let denom = (sigma * sigma + 1.0).sqrt();
+    sample.mapv(|x| x / denom)
+}
+
+/// Step 1 of the sigma schedulers: the predicted original sample x₀ from the model output at noise level `sigma`
+/// (`epsilon`: `x − σ ε`; `v_prediction`: `v · (−σ / (σ² + 1)^½) + x / (σ² + 1)`; `sample`: the output), float32.
+pub(crate) fn k_pred_original(
+    prediction_type: PredictionType,
+    sigma: f32,
+    model_output: ndarray::ArrayViewD<'_, f32>,
+    sample: ndarray::ArrayViewD<'_, f32>,
+) -> ndarray::ArrayD<f32> {
+    match prediction_type {
+        PredictionType::Epsilon => {
+            let mut p = sample.to_owned();
+            ndarray::Zip::from(&mut p).and(&model_output).for_each(|p, &m| *p -= sigma * m);
+            p
+        }
+        PredictionType::VPrediction => {
+            let c_out = -sigma / (sigma * sigma + 1.0).sqrt();
+            let c_skip_div = sigma * sigma + 1.0;
+            let mut p = model_output.to_owned();
+            ndarray::Zip::from(&mut p).and(&sample).for_each(|p, &x| *p = *p * c_out + x / c_skip_div);
+            p
+        }
+        PredictionType::Sample => model_output.to_owned(),
+    }
+}
+
+/// `completed_steps` of the two-evaluation schedulers (Heun, KDPM2, KDPM2Ancestral), whose `timesteps` are
+/// `[t0, t1, t1', …]` (`2n − 1` entries): a step completes after every second evaluation, and the last evaluation
+/// (a lone first-order step) completes the last step — the evaluations after which diffusers' progress bar ticks.
+pub(crate) fn two_eval_completed_steps(index: usize, num_evaluations: usize) -> usize {
+    if index + 1 >= num_evaluations {
+        num_evaluations.div_ceil(2)
+    } else {
+        index.div_ceil(2)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

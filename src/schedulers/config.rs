@@ -156,6 +156,10 @@ pub struct SchedulerConfig {
     /// Euler `step()` argument `s_noise`. Default 1.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub s_noise: Option<f64>,
+    /// DDIM `step()` argument `eta` (the pipelines' `eta`, the weight of the noise in DDIM's formula (16); not a
+    /// diffusers config key, a request option here). Default 0.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub eta: Option<f64>,
 
     /// Keys no supported scheduler class knows (for example PNDM's `skip_prk_steps`), kept to be reported.
     #[serde(flatten)]

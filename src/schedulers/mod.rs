@@ -22,21 +22,41 @@
 //! where it uses torch tensors; see `common.rs`), and each step runs in float32 op by op like torch. Parity with
 //! diffusers is tested against goldens written by `onnx/scheduler_goldens.py` (`tests/fixtures/schedulers/`).
 //!
-//! Implemented: `EulerDiscreteScheduler`. The other nine classes are known by name (so requests get a clear
-//! "not implemented yet") and slot in as one file each behind the same [`Scheduler`] trait.
+//! One file per class behind the same [`Scheduler`] trait; [`SchedulerClass::is_implemented`] says which of the ten
+//! are implemented (the others are known by name, so requests get a clear "not implemented yet"). Goldens:
+//! `onnx/scheduler_goldens.py` (Euler) and `onnx/scheduler_goldens_k.py` (Euler a, DDIM, LMS, Heun, KDPM2, KDPM2 a).
+//! The DPM-Solver family (DPM++ multistep/singlestep, UniPC) has `onnx/scheduler_goldens_dpm.py`.
 
 mod common;
 mod config;
+mod ddim;
+mod dpmsolver_multistep;
+mod dpmsolver_singlestep;
 mod euler;
+mod euler_ancestral;
+mod heun;
+mod kdpm2;
+mod kdpm2_ancestral;
+mod lms;
 mod names;
 #[cfg(test)]
 mod testutil;
+mod unipc;
 
 use ndarray::{ArrayD, ArrayViewD};
 
 pub use config::SchedulerConfig;
+pub use ddim::DdimScheduler;
+pub use dpmsolver_multistep::DpmSolverMultistepScheduler;
+pub use dpmsolver_singlestep::DpmSolverSinglestepScheduler;
 pub use euler::EulerDiscreteScheduler;
+pub use euler_ancestral::EulerAncestralDiscreteScheduler;
+pub use heun::HeunDiscreteScheduler;
+pub use kdpm2::Kdpm2DiscreteScheduler;
+pub use kdpm2_ancestral::Kdpm2AncestralDiscreteScheduler;
+pub use lms::LmsDiscreteScheduler;
 pub use names::{resolve, ResolvedScheduler, SchedulerClass};
+pub use unipc::UniPcMultistepScheduler;
 
 use crate::error::Result;
 use crate::rng::NoiseSource;

@@ -8,6 +8,7 @@
 use serde_json::{Map, Value};
 
 use super::common::option_field;
+use super::{dpmsolver_multistep, dpmsolver_singlestep, unipc};
 use super::{euler, Scheduler, SchedulerConfig};
 use crate::error::{Error, Result};
 
@@ -74,7 +75,19 @@ impl SchedulerClass {
 
     /// Whether this version of sdxlrt implements the class.
     pub fn is_implemented(self) -> bool {
-        matches!(self, SchedulerClass::EulerDiscrete)
+        matches!(
+            self,
+            SchedulerClass::EulerDiscrete
+                | SchedulerClass::EulerAncestralDiscrete
+                | SchedulerClass::Ddim
+                | SchedulerClass::Kdpm2Discrete
+                | SchedulerClass::Kdpm2AncestralDiscrete
+                | SchedulerClass::HeunDiscrete
+                | SchedulerClass::LmsDiscrete
+                | SchedulerClass::DpmSolverMultistep
+                | SchedulerClass::DpmSolverSinglestep
+                | SchedulerClass::UniPcMultistep
+        )
     }
 
     /// The option keys a request may override for this class (its diffusers `__init__` arguments, plus step
@@ -82,148 +95,15 @@ impl SchedulerClass {
     pub fn accepted_keys(self) -> &'static [&'static str] {
         match self {
             SchedulerClass::EulerDiscrete => euler::KEYS,
-            SchedulerClass::EulerAncestralDiscrete => &[
-                "num_train_timesteps",
-                "beta_start",
-                "beta_end",
-                "beta_schedule",
-                "trained_betas",
-                "prediction_type",
-                "timestep_spacing",
-                "steps_offset",
-                "rescale_betas_zero_snr",
-            ],
-            SchedulerClass::DpmSolverMultistep => &[
-                "num_train_timesteps",
-                "beta_start",
-                "beta_end",
-                "beta_schedule",
-                "trained_betas",
-                "solver_order",
-                "prediction_type",
-                "thresholding",
-                "dynamic_thresholding_ratio",
-                "sample_max_value",
-                "algorithm_type",
-                "solver_type",
-                "lower_order_final",
-                "euler_at_final",
-                "use_karras_sigmas",
-                "use_exponential_sigmas",
-                "use_beta_sigmas",
-                "use_lu_lambdas",
-                "use_flow_sigmas",
-                "flow_shift",
-                "final_sigmas_type",
-                "lambda_min_clipped",
-                "variance_type",
-                "timestep_spacing",
-                "steps_offset",
-                "rescale_betas_zero_snr",
-                "use_dynamic_shifting",
-                "time_shift_type",
-            ],
-            SchedulerClass::DpmSolverSinglestep => &[
-                "num_train_timesteps",
-                "beta_start",
-                "beta_end",
-                "beta_schedule",
-                "trained_betas",
-                "solver_order",
-                "prediction_type",
-                "thresholding",
-                "dynamic_thresholding_ratio",
-                "sample_max_value",
-                "algorithm_type",
-                "solver_type",
-                "lower_order_final",
-                "use_karras_sigmas",
-                "use_exponential_sigmas",
-                "use_beta_sigmas",
-                "use_flow_sigmas",
-                "flow_shift",
-                "final_sigmas_type",
-                "lambda_min_clipped",
-                "variance_type",
-                "use_dynamic_shifting",
-                "time_shift_type",
-            ],
-            SchedulerClass::Ddim => &[
-                "num_train_timesteps",
-                "beta_start",
-                "beta_end",
-                "beta_schedule",
-                "trained_betas",
-                "clip_sample",
-                "set_alpha_to_one",
-                "steps_offset",
-                "prediction_type",
-                "thresholding",
-                "dynamic_thresholding_ratio",
-                "clip_sample_range",
-                "sample_max_value",
-                "timestep_spacing",
-                "rescale_betas_zero_snr",
-            ],
-            SchedulerClass::Kdpm2Discrete | SchedulerClass::Kdpm2AncestralDiscrete | SchedulerClass::LmsDiscrete => &[
-                "num_train_timesteps",
-                "beta_start",
-                "beta_end",
-                "beta_schedule",
-                "trained_betas",
-                "use_karras_sigmas",
-                "use_exponential_sigmas",
-                "use_beta_sigmas",
-                "prediction_type",
-                "timestep_spacing",
-                "steps_offset",
-            ],
-            SchedulerClass::HeunDiscrete => &[
-                "num_train_timesteps",
-                "beta_start",
-                "beta_end",
-                "beta_schedule",
-                "trained_betas",
-                "prediction_type",
-                "use_karras_sigmas",
-                "use_exponential_sigmas",
-                "use_beta_sigmas",
-                "clip_sample",
-                "clip_sample_range",
-                "timestep_spacing",
-                "steps_offset",
-            ],
-            SchedulerClass::UniPcMultistep => &[
-                "num_train_timesteps",
-                "beta_start",
-                "beta_end",
-                "beta_schedule",
-                "trained_betas",
-                "solver_order",
-                "prediction_type",
-                "thresholding",
-                "dynamic_thresholding_ratio",
-                "sample_max_value",
-                "predict_x0",
-                "solver_type",
-                "lower_order_final",
-                "disable_corrector",
-                "solver_p",
-                "use_karras_sigmas",
-                "use_exponential_sigmas",
-                "use_beta_sigmas",
-                "use_flow_sigmas",
-                "flow_shift",
-                "timestep_spacing",
-                "steps_offset",
-                "final_sigmas_type",
-                "rescale_betas_zero_snr",
-                "use_dynamic_shifting",
-                "time_shift_type",
-                "sigma_min",
-                "sigma_max",
-                "shift_terminal",
-            ],
+            SchedulerClass::EulerAncestralDiscrete => super::euler_ancestral::KEYS,
+            SchedulerClass::DpmSolverMultistep => dpmsolver_multistep::KEYS,
+            SchedulerClass::DpmSolverSinglestep => dpmsolver_singlestep::KEYS,
+            SchedulerClass::Ddim => super::ddim::KEYS,
+            SchedulerClass::Kdpm2Discrete => super::kdpm2::KEYS,
+            SchedulerClass::Kdpm2AncestralDiscrete => super::kdpm2_ancestral::KEYS,
+            SchedulerClass::LmsDiscrete => super::lms::KEYS,
+            SchedulerClass::HeunDiscrete => super::heun::KEYS,
+            SchedulerClass::UniPcMultistep => unipc::KEYS,
         }
     }
 
@@ -232,8 +112,14 @@ impl SchedulerClass {
     fn defaults(self) -> Map<String, Value> {
         match self {
             SchedulerClass::EulerDiscrete => euler::defaults(),
-            // Filled in with each class's implementation; until then such classes cannot be resolved.
-            _ => Map::new(),
+            SchedulerClass::EulerAncestralDiscrete => super::euler_ancestral::defaults(),
+            SchedulerClass::Ddim => super::ddim::defaults(),
+            SchedulerClass::Kdpm2Discrete | SchedulerClass::Kdpm2AncestralDiscrete => super::kdpm2::defaults(),
+            SchedulerClass::HeunDiscrete => super::heun::defaults(),
+            SchedulerClass::LmsDiscrete => super::lms::defaults(),
+            SchedulerClass::DpmSolverMultistep => dpmsolver_multistep::defaults(),
+            SchedulerClass::DpmSolverSinglestep => dpmsolver_singlestep::defaults(),
+            SchedulerClass::UniPcMultistep => unipc::defaults(),
         }
     }
 }
@@ -337,6 +223,24 @@ pub struct ResolvedScheduler {
 enum Validated {
     /// `EulerDiscreteScheduler`.
     Euler(euler::EulerConfig),
+    /// `EulerAncestralDiscreteScheduler`.
+    EulerAncestral(super::euler_ancestral::EulerAncestralConfig),
+    /// `DDIMScheduler`.
+    Ddim(super::ddim::DdimConfig),
+    /// `KDPM2DiscreteScheduler`.
+    Kdpm2(super::kdpm2::Kdpm2Config),
+    /// `KDPM2AncestralDiscreteScheduler`.
+    Kdpm2Ancestral(super::kdpm2_ancestral::Kdpm2AncestralConfig),
+    /// `HeunDiscreteScheduler`.
+    Heun(super::heun::HeunConfig),
+    /// `LMSDiscreteScheduler`.
+    Lms(super::lms::LmsConfig),
+    /// `DPMSolverMultistepScheduler`.
+    DpmMultistep(dpmsolver_multistep::DpmMultistepConfig),
+    /// `DPMSolverSinglestepScheduler`.
+    DpmSinglestep(dpmsolver_singlestep::DpmSinglestepConfig),
+    /// `UniPCMultistepScheduler`.
+    UniPc(unipc::UniPcConfig),
 }
 
 impl ResolvedScheduler {
@@ -347,6 +251,15 @@ impl ResolvedScheduler {
     pub fn build(&self, num_inference_steps: usize) -> Result<Box<dyn Scheduler>> {
         match &self.validated {
             Validated::Euler(c) => Ok(Box::new(c.build(num_inference_steps)?)),
+            Validated::EulerAncestral(c) => Ok(Box::new(c.build(num_inference_steps)?)),
+            Validated::Ddim(c) => Ok(Box::new(c.build(num_inference_steps)?)),
+            Validated::Kdpm2(c) => Ok(Box::new(c.build(num_inference_steps)?)),
+            Validated::Kdpm2Ancestral(c) => Ok(Box::new(c.build(num_inference_steps)?)),
+            Validated::Heun(c) => Ok(Box::new(c.build(num_inference_steps)?)),
+            Validated::Lms(c) => Ok(Box::new(c.build(num_inference_steps)?)),
+            Validated::DpmMultistep(c) => Ok(Box::new(c.build(num_inference_steps)?)),
+            Validated::DpmSinglestep(c) => Ok(Box::new(c.build(num_inference_steps)?)),
+            Validated::UniPc(c) => Ok(Box::new(c.build(num_inference_steps)?)),
         }
     }
 
@@ -425,6 +338,17 @@ pub fn resolve(
     let accepted = class.accepted_keys();
     let mut merged = model.to_map();
     for (key, value) in choice.options {
+        // "Euler a Karras": the schedule suffix names an option the class does not have in diffusers.
+        if !accepted.contains(&key) {
+            return Err(Error::field(
+                "data.scheduler",
+                format!(
+                    "{} does not support `{key}` (implied by the name `{}`)",
+                    class.class_name(),
+                    name.unwrap_or("")
+                ),
+            ));
+        }
         merged.insert(key.to_string(), value);
     }
     for (key, value) in overrides {
@@ -447,9 +371,23 @@ pub fn resolve(
         .map_err(|e| Error::Internal(format!("merged scheduler config does not deserialize: {e}")))?;
     let validated = match class {
         SchedulerClass::EulerDiscrete => Validated::Euler(euler::EulerConfig::new(&config)?),
-        other => {
-            return Err(Error::Internal(format!("{} is marked implemented but has no builder", other.class_name())))
+        SchedulerClass::EulerAncestralDiscrete => {
+            Validated::EulerAncestral(super::euler_ancestral::EulerAncestralConfig::new(&config)?)
         }
+        SchedulerClass::Ddim => Validated::Ddim(super::ddim::DdimConfig::new(&config)?),
+        SchedulerClass::Kdpm2Discrete => Validated::Kdpm2(super::kdpm2::Kdpm2Config::new(&config)?),
+        SchedulerClass::Kdpm2AncestralDiscrete => {
+            Validated::Kdpm2Ancestral(super::kdpm2_ancestral::Kdpm2AncestralConfig::new(&config)?)
+        }
+        SchedulerClass::HeunDiscrete => Validated::Heun(super::heun::HeunConfig::new(&config)?),
+        SchedulerClass::LmsDiscrete => Validated::Lms(super::lms::LmsConfig::new(&config)?),
+        SchedulerClass::DpmSolverMultistep => {
+            Validated::DpmMultistep(dpmsolver_multistep::DpmMultistepConfig::new(&config)?)
+        }
+        SchedulerClass::DpmSolverSinglestep => {
+            Validated::DpmSinglestep(dpmsolver_singlestep::DpmSinglestepConfig::new(&config)?)
+        }
+        SchedulerClass::UniPcMultistep => Validated::UniPc(unipc::UniPcConfig::new(&config)?),
     };
     Ok(ResolvedScheduler { class_name: class.class_name(), config, class, validated })
 }
@@ -539,8 +477,15 @@ mod tests {
             ("UniPC", "UniPCMultistepScheduler"),
             ("UniPCMultistepScheduler", "UniPCMultistepScheduler"),
         ];
+        // Implemented classes resolve to themselves; the rest are "not implemented yet", not unknown.
         for (name, class) in names {
-            let err = resolve(Some(name), &Map::new(), &sdxl()).expect_err(name);
+            let implemented = SchedulerClass::from_class_name(class).is_some_and(SchedulerClass::is_implemented);
+            let result = resolve(Some(name), &Map::new(), &sdxl());
+            if implemented {
+                assert_eq!(result.expect(name).class_name, class, "{name}");
+                continue;
+            }
+            let err = result.expect_err(name);
             assert_eq!(err.code(), ErrorCode::Unsupported, "{name}: {err}");
             assert_eq!(field_of(&err), "data.scheduler");
             let msg = err.to_string();
