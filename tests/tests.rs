@@ -17,3 +17,5 @@ mod cli;
 mod concurrency;
 // Engine runtime: management messages, model cache, metrics, output_root.
 mod engine;
+// Scheduler choice through the ABI: names, step counting, no reloads.
+mod schedulers;
