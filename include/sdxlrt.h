@@ -22,6 +22,10 @@
 #include <stddef.h>
 #include <stdint.h>
 
+/** An engine. Create with sdxl_engine_create, free with sdxl_engine_free; usable from many threads at once. */
+typedef struct sdxl_engine sdxl_engine;
+
+
 /**
  * Result of an sdxlrt ABI call. `SDXL_STATUS_OK` is 0; details of any other value are in `sdxl_last_error()`.
  */
@@ -143,21 +147,6 @@ typedef enum sdxl_stage sdxl_stage;
 typedef uint32_t sdxl_stage;
 #endif // __STDC_VERSION__ >= 202311L
 #endif // __cplusplus
-
-/**
- * The model part a LoRA module patches.
- */
-typedef struct Component Component;
-
-/**
- * The diffusers scheduler classes sdxlrt knows by name (the Karras-compatible schedulers SD/SDXL UIs offer).
- */
-typedef struct SchedulerClass SchedulerClass;
-
-/**
- * An engine, opaque to C. Create with `sdxl_engine_create`, free with `sdxl_engine_free`.
- */
-typedef struct sdxl_engine sdxl_engine;
 
 /**
  * One image as tightly described raw pixels: RGB, 8 bits per channel, rows top to bottom.

@@ -1,0 +1,512 @@
+// End-to-end tests of the C# binding on the tiny SDXL fixture (tests/fixtures/tiny-sdxl), run on mono and on the
+// .NET 8 runtime by scripts/csharp_test.sh. Environment: SDXLRT_FIXTURES (tests/fixtures) and SDXLRT_TEST_DATA
+// (the cfg_neg golden's image_u8 as raw bytes plus its metadata, written by tools/golden_to_raw.py).
+using System;
+using System.Collections.Generic;
+using System.IO;
+using System.Threading;
+using System.Threading.Tasks;
+
+namespace SdxlRt.Tests
+{
+    public static class Program
+    {
+        public static int Main(string[] args)
+        {
+            Console.WriteLine("runtime: " + RuntimeName() + ", sdxlrt " + SdxlEngine.NativeVersion);
+            return MiniTest.Run(typeof(Program).Assembly, args.Length > 0 ? args[0] : null);
+        }
+
+        private static string RuntimeName()
+        {
+            return Type.GetType("Mono.Runtime") != null ? "mono " + Environment.Version : ".NET " + Environment.Version;
+        }
+    }
+
+    /// <summary>A synchronous IProgress (System.Progress posts to the thread pool and may reorder reports).</summary>
+    public sealed class SyncProgress : IProgress<GenerationProgress>
+    {
+        private readonly Action<GenerationProgress> onReport;
+
+        public SyncProgress(Action<GenerationProgress> onReport)
+        {
+            this.onReport = onReport;
+        }
+
+        public void Report(GenerationProgress value)
+        {
+            onReport(value);
+        }
+    }
+
+    internal static class Fixture
+    {
+        private static readonly Lazy<SdxlEngine> Shared = new Lazy<SdxlEngine>(() => new SdxlEngine(Options()));
+
+        public static SdxlEngine Engine
+        {
+            get { return Shared.Value; }
+        }
+
+        public static string Fixtures
+        {
+            get { return Env("SDXLRT_FIXTURES"); }
+        }
+
+        public static SdxlEngineOptions Options()
+        {
+            return new SdxlEngineOptions { ModelsRoot = Fixtures, IntraOpThreads = 1 };
+        }
+
+        public static string Env(string name)
+        {
+            string v = Environment.GetEnvironmentVariable(name);
+            if (string.IsNullOrEmpty(v))
+            {
+                throw new InvalidOperationException(name + " is not set (run scripts/csharp_test.sh)");
+            }
+            return v;
+        }
+
+        /// <summary>The golden's metadata (key=value lines).</summary>
+        public static Dictionary<string, string> GoldenMeta(string name)
+        {
+            var meta = new Dictionary<string, string>();
+            foreach (string line in File.ReadAllLines(Path.Combine(Env("SDXLRT_TEST_DATA"), name + ".meta")))
+            {
+                int eq = line.IndexOf('=');
+                if (eq > 0)
+                {
+                    meta[line.Substring(0, eq)] = line.Substring(eq + 1);
+                }
+            }
+            return meta;
+        }
+
+        public static byte[] GoldenPixels(string name)
+        {
+            return File.ReadAllBytes(Path.Combine(Env("SDXLRT_TEST_DATA"), name + ".image_u8"));
+        }
+
+        /// <summary>A small request for the tiny model.</summary>
+        public static EnhancedSDXLRequest Small(long seed, int steps = 3)
+        {
+            var r = new EnhancedSDXLRequest();
+            r.Conditioning.Prompt = "a red cube on a table";
+            r.Model.Base = "tiny-sdxl";
+            r.Scheduler.Steps = steps;
+            r.Scheduler.GuidanceScale = 5.0;
+            r.Hyperparameters.Seed = seed;
+            r.Hyperparameters.Width = 64;
+            r.Hyperparameters.Height = 64;
+            return r;
+        }
+
+        /// <summary>The cfg_neg golden's request, built with the seed's object model.</summary>
+        public static EnhancedSDXLRequest CfgNeg()
+        {
+            Dictionary<string, string> m = GoldenMeta("cfg_neg");
+            var r = new EnhancedSDXLRequest();
+            r.Conditioning.Prompt = m["prompt"];
+            r.Conditioning.NegativePrompt = m["negative_prompt"];
+            r.Model.Base = "tiny-sdxl";
+            r.Scheduler.Steps = int.Parse(m["steps"]);
+            r.Scheduler.GuidanceScale = double.Parse(m["guidance_scale"], System.Globalization.CultureInfo.InvariantCulture);
+            r.Hyperparameters.Seed = long.Parse(m["seed"]);
+            r.Hyperparameters.Width = int.Parse(m["width"]);
+            r.Hyperparameters.Height = int.Parse(m["height"]);
+            r.Hyperparameters.BatchSize = int.Parse(m["batch_size"]);
+            return r;
+        }
+
+        public static void SamePixels(byte[] want, byte[] got, string what)
+        {
+            Assert.Equal(want.Length, got.Length, what + ": byte count");
+            for (int i = 0; i < want.Length; i++)
+            {
+                if (want[i] != got[i])
+                {
+                    throw new AssertionException(what + ": first difference at byte " + i + ": expected " + want[i] + ", got " + got[i]);
+                }
+            }
+        }
+    }
+
+    public static class TransformerTests
+    {
+        /// <summary>src/protocol/normalize.rs SEED_REQUEST, compact: what the seed's C# transformer sends.</summary>
+        private const string SeedRequestJson =
+            "{\"message_type\":\"inference_request\",\"request_id\":\"5b0f3c1e-9a77-4a53-8d0e-2f6a1c9e4b21\",\"data\":{" +
+            "\"worker_type\":\"sdxl_worker\",\"prompt\":\"a lighthouse on a cliff at dusk, oil painting\"," +
+            "\"negative_prompt\":null,\"model_name\":\"cyberrealisticPony_v125\"," +
+            "\"hyperparameters\":{\"num_inference_steps\":30,\"guidance_scale\":7,\"seed\":12345,\"strength\":0.8}," +
+            "\"dimensions\":{\"width\":1024,\"height\":768},\"scheduler\":\"DPMSolverMultistepScheduler\"," +
+            "\"models\":{\"base\":\"cyberrealisticPony_v125\",\"refiner\":null,\"vae\":null}," +
+            "\"lora\":{\"enabled\":false,\"models\":[]},\"controlnet\":{\"enabled\":false,\"models\":[]}," +
+            "\"output\":{\"format\":\"png\",\"quality\":95,\"save_path\":null," +
+            "\"upscale\":{\"enabled\":false,\"factor\":2,\"model\":null}}," +
+            "\"batch\":{\"size\":1,\"parallel\":false}," +
+            "\"metadata\":{\"request_id\":\"5b0f3c1e-9a77-4a53-8d0e-2f6a1c9e4b21\",\"priority\":\"normal\",\"timeout\":300," +
+            "\"tags\":[\"enhanced_sdxl\",\"c_sharp_service\"]}}}";
+
+        [Test]
+        public static void transformer_writes_exactly_the_seed_request()
+        {
+            var r = new EnhancedSDXLRequest();
+            r.Conditioning.Prompt = "a lighthouse on a cliff at dusk, oil painting";
+            r.Model.Base = "cyberrealisticPony_v125";
+            r.Scheduler.Type = "DPMSolverMultistepScheduler";
+            r.Scheduler.Steps = 30;
+            r.Scheduler.GuidanceScale = 7.0;
+            r.Hyperparameters.Seed = 12345;
+            r.Hyperparameters.Width = 1024;
+            r.Hyperparameters.Height = 768;
+            r.Output.Format = "PNG";
+            string json = new EnhancedRequestTransformer().ToJson(r, "5b0f3c1e-9a77-4a53-8d0e-2f6a1c9e4b21");
+            Assert.Equal(SeedRequestJson, json, "transformer JSON");
+        }
+
+        [Test]
+        public static void transformer_routes_features_and_names_loras_from_paths()
+        {
+            var r = new EnhancedSDXLRequest();
+            r.Conditioning.Prompt = "p";
+            r.Conditioning.LoRAs.Add(new LoRAConfiguration { ModelPath = "/models/loras/detail_v2.safetensors", Weight = 0.8 });
+            r.Conditioning.LoRAs.Add(new LoRAConfiguration { ModelPath = "C:\\loras\\style.ckpt", Weight = 0.5 });
+            r.Conditioning.LoRAs.Add(new LoRAConfiguration { ModelPath = "test_lora", Weight = 1.25 });
+            r.Model.Base = "m";
+            r.Model.Refiner = "ref";
+            r.Hyperparameters.Strength = 0.35;
+            r.Hyperparameters.BatchSize = 2;
+            r.Output.Format = "JPEG";
+            r.Output.Quality = 80;
+            r.Output.SavePath = "/tmp/out/a.jpg";
+            r.Output.ReturnImageData = true;
+            r.PostProcessing = new PostProcessingConfiguration { Upscale = new UpscaleConfiguration { Enabled = true, Factor = 4, Model = "RealESRGAN" } };
+            r.Conditioning.ControlNets.Add(new ControlNetConfiguration { Type = "canny", ControlImage = "edges.png", ConditioningScale = 0.5 });
+            string json = new EnhancedRequestTransformer().ToJson(r, "id-1");
+            string expected =
+                "{\"message_type\":\"inference_request\",\"request_id\":\"id-1\",\"data\":{" +
+                "\"worker_type\":\"enhanced_sdxl_worker\",\"prompt\":\"p\",\"negative_prompt\":null,\"model_name\":\"m\"," +
+                "\"hyperparameters\":{\"num_inference_steps\":null,\"guidance_scale\":null,\"seed\":null,\"strength\":0.35}," +
+                "\"dimensions\":{\"width\":null,\"height\":null},\"scheduler\":null," +
+                "\"models\":{\"base\":\"m\",\"refiner\":\"ref\",\"vae\":null}," +
+                "\"lora\":{\"enabled\":true,\"models\":[{\"name\":\"detail_v2\",\"weight\":0.8},{\"name\":\"style\",\"weight\":0.5}," +
+                "{\"name\":\"test_lora\",\"weight\":1.25}]}," +
+                "\"controlnet\":{\"enabled\":true,\"models\":[{\"type\":\"canny\",\"model_path\":null,\"control_image\":\"edges.png\"," +
+                "\"conditioning_scale\":0.5}]}," +
+                "\"output\":{\"format\":\"jpeg\",\"quality\":80,\"save_path\":\"/tmp/out/a.jpg\"," +
+                "\"upscale\":{\"enabled\":true,\"factor\":4,\"model\":\"RealESRGAN\"},\"return_image_data\":true}," +
+                "\"batch\":{\"size\":2,\"parallel\":false}," +
+                "\"metadata\":{\"request_id\":\"id-1\",\"priority\":\"normal\",\"timeout\":300," +
+                "\"tags\":[\"enhanced_sdxl\",\"c_sharp_service\"]}}}";
+            Assert.Equal(expected, json, "transformer JSON with every feature");
+            var t = new EnhancedRequestTransformer();
+            Assert.Equal("sdxl_worker", t.DetermineWorkerType(new EnhancedSDXLRequest()), "plain request worker");
+            Assert.Equal("x.y", t.ExtractLoRAName("dir/x.y"), "unknown extension kept");
+            Assert.Equal(null, t.MapSchedulerType("  "), "blank scheduler");
+        }
+
+        [Test]
+        public static void solidus_unescape_keeps_escaped_backslashes()
+        {
+            Assert.Equal("{\"a\":\"/x\\\\/y\\\"/\"}", Json.UnescapeSolidus("{\"a\":\"\\/x\\\\\\/y\\\"\\/\"}"), "unescape");
+            var r = new EnhancedSDXLRequest();
+            r.Conditioning.Prompt = "back\\slash / and \"quote\" \u00e9\u2713";
+            string json = new EnhancedRequestTransformer().ToJson(r, "x");
+            var back = Json.Deserialize<InferenceRequestMessage>(json);
+            Assert.Equal(r.Conditioning.Prompt, back.Data.Prompt, "prompt round trip");
+        }
+
+        [Test]
+        public static void response_json_reads_into_the_seed_response()
+        {
+            string json = "{\"request_id\":\"r1\",\"success\":true,\"data\":{\"generated_images\":[{\"image_path\":null," +
+                "\"image_data\":\"iVBO\",\"format\":\"png\",\"width\":64,\"height\":32,\"metadata\":{\"seed\":18446744073709551615," +
+                "\"steps\":30,\"guidance_scale\":7.5,\"scheduler\":\"EulerDiscreteScheduler\",\"scheduler_options\":{\"x\":1}," +
+                "\"model_info\":{\"base_model\":\"sdxl\",\"refiner_model\":null,\"vae_model\":null}}}]," +
+                "\"processing_metrics\":{\"total_time\":2.5,\"inference_time\":2.0,\"text_encoding_time\":0.1," +
+                "\"denoising_time\":1.5,\"denoising_step_avg\":null,\"vae_decode_time\":0.3,\"encode_save_time\":0.1," +
+                "\"unet_evaluations\":30,\"steps\":30,\"device_name\":\"CPU\",\"device_memory_used\":null,\"peak_memory\":123}}," +
+                "\"warnings\":[\"w\"],\"error\":null,\"error_code\":null}";
+            EnhancedSDXLResponse r = EnhancedSDXLResponse.FromJson(json);
+            Assert.True(r.Success && r.RequestId == "r1" && r.Error == null, "top level");
+            Assert.Equal(1, r.GeneratedImages.Count, "images");
+            GeneratedImage g = r.GeneratedImages[0];
+            Assert.Equal(ulong.MaxValue, g.Metadata.Seed, "seed");
+            Assert.Equal(7.5, g.Metadata.GuidanceScale, "guidance");
+            Assert.Equal("sdxl", g.Metadata.ModelInfo.BaseModel, "base model");
+            Assert.Equal(32, g.Height, "height");
+            Assert.Equal(null, r.ProcessingMetrics.DenoisingStepAvg, "null metric");
+            Assert.Equal((ulong?)123, r.ProcessingMetrics.PeakMemory, "peak");
+            Assert.Equal("w", r.Warnings[0], "warnings");
+        }
+    }
+
+    public static class EngineTests
+    {
+        [Test]
+        public static void generated_pixels_equal_the_rust_parity_golden()
+        {
+            EnhancedSDXLResponse r = Fixture.Engine.GenerateImagesAsync(Fixture.CfgNeg()).GetAwaiter().GetResult();
+            Assert.True(r.Success, "success");
+            Assert.Equal(1, r.GeneratedImages.Count, "images");
+            GeneratedImage img = r.GeneratedImages[0];
+            Assert.True(img.Pixels != null, "raw pixels returned");
+            Assert.Equal(64, img.Pixels.Width, "width");
+            Assert.Equal(64 * 3, img.Pixels.Stride, "stride");
+            Assert.Equal(0UL, img.Pixels.Seed, "seed");
+            Assert.Equal(0UL, img.Metadata.Seed, "metadata seed");
+            Fixture.SamePixels(Fixture.GoldenPixels("cfg_neg"), img.Pixels.Data, "cfg_neg image_u8");
+            Assert.True(!string.IsNullOrEmpty(img.ImageData), "PNG data returned (no save_path)");
+            byte[] png = Convert.FromBase64String(img.ImageData);
+            Assert.True(png.Length > 8 && png[1] == (byte)'P' && png[2] == (byte)'N' && png[3] == (byte)'G', "PNG signature");
+            Assert.True(r.ProcessingMetrics != null && r.ProcessingMetrics.Steps == 5, "metrics");
+        }
+
+        [Test]
+        public static void generate_enhanced_returns_the_seed_response_without_raw_pixels()
+        {
+            var req = Fixture.Small(7);
+            req.RequestId = "csharp-enhanced-1";
+            EnhancedSDXLResponse r = Fixture.Engine.GenerateEnhancedAsync(req).GetAwaiter().GetResult();
+            Assert.True(r.Success, "success");
+            Assert.Equal("csharp-enhanced-1", r.RequestId, "request id echoed");
+            Assert.Equal(7UL, r.GeneratedImages[0].Metadata.Seed, "seed");
+            Assert.Equal("tiny-sdxl", r.GeneratedImages[0].Metadata.ModelInfo.BaseModel, "model");
+            Assert.True(r.GeneratedImages[0].Pixels == null, "no raw pixels on this path");
+            Assert.True(r.GeneratedImages[0].ImageData != null, "base64 image");
+        }
+
+        [Test]
+        public static void progress_reports_arrive_in_order()
+        {
+            var events = new List<GenerationProgress>();
+            int callerThread = -1;
+            var req = Fixture.Small(3, 4);
+            EnhancedSDXLResponse r = Fixture.Engine.GenerateEnhancedAsync(req, new SyncProgress(p =>
+            {
+                events.Add(p);
+                callerThread = Thread.CurrentThread.ManagedThreadId;
+                // The native callback must survive collections during the call.
+                GC.Collect();
+                GC.WaitForPendingFinalizers();
+            })).GetAwaiter().GetResult();
+            Assert.True(r.Success, "success");
+            Assert.True(events.Count >= 4, "at least one report per step, got " + events.Count);
+            var denoise = new List<int>();
+            for (int i = 0; i < events.Count; i++)
+            {
+                GenerationProgress p = events[i];
+                Assert.Equal(r.RequestId, p.RequestId, "request id in report " + i);
+                if (i > 0)
+                {
+                    Assert.True(p.Stage >= events[i - 1].Stage, "stages never go back: " + events[i - 1] + " then " + p);
+                    Assert.True(p.ElapsedSeconds >= events[i - 1].ElapsedSeconds, "elapsed time grows");
+                }
+                if (p.Stage == SdxlStage.Denoising)
+                {
+                    Assert.Equal(4, p.TotalSteps, "total steps");
+                    denoise.Add(p.Step);
+                }
+            }
+            Assert.Equal("1,2,3,4", string.Join(",", denoise), "denoising steps");
+            Assert.True(events[events.Count - 1].Stage >= SdxlStage.Decoding, "last report is decoding or saving");
+            Assert.True(callerThread != Thread.CurrentThread.ManagedThreadId, "reports come from the generating thread");
+        }
+
+        [Test]
+        public static void cancellation_mid_run_ends_the_task_cancelled()
+        {
+            var cts = new CancellationTokenSource();
+            var midRun = new ManualResetEventSlim();
+            int lastStep = 0;
+            const int steps = 400;
+            Task<EnhancedSDXLResponse> task = Fixture.Engine.GenerateEnhancedAsync(Fixture.Small(11, steps), new SyncProgress(p =>
+            {
+                if (p.Stage == SdxlStage.Denoising)
+                {
+                    lastStep = p.Step;
+                    if (p.Step == 2)
+                    {
+                        midRun.Set();
+                    }
+                }
+            }), cts.Token);
+            Assert.True(midRun.Wait(TimeSpan.FromSeconds(60)), "denoising started");
+            cts.Cancel(); // from this thread: sdxl_cancel by request id
+            Assert.Throws<OperationCanceledException>(() => task.GetAwaiter().GetResult(), "awaiting a cancelled run");
+            Assert.True(task.IsCanceled, "task status is Canceled, got " + task.Status);
+            Assert.True(lastStep < steps, "stopped early, at step " + lastStep);
+
+            var pre = new CancellationTokenSource();
+            pre.Cancel();
+            Task<EnhancedSDXLResponse> never = Fixture.Engine.GenerateEnhancedAsync(Fixture.Small(1), null, pre.Token);
+            Assert.True(never.IsCanceled, "an already-cancelled token gives a cancelled task");
+
+            // The engine still works.
+            Assert.True(Fixture.Engine.GenerateEnhancedAsync(Fixture.Small(12, 2)).GetAwaiter().GetResult().Success, "next run");
+        }
+
+        [Test]
+        public static void cancel_by_request_id_from_another_thread()
+        {
+            var midRun = new ManualResetEventSlim();
+            var req = Fixture.Small(13, 400);
+            req.RequestId = "cancel-me";
+            Task<EnhancedSDXLResponse> task = Fixture.Engine.GenerateEnhancedAsync(req, new SyncProgress(p =>
+            {
+                if (p.Stage == SdxlStage.Denoising && p.Step == 1)
+                {
+                    midRun.Set();
+                }
+            }));
+            Assert.True(midRun.Wait(TimeSpan.FromSeconds(60)), "denoising started");
+            Fixture.Engine.Cancel("cancel-me");
+            Assert.Throws<OperationCanceledException>(() => task.GetAwaiter().GetResult(), "cancelled by id");
+            Assert.True(task.IsCanceled, "task status is Canceled, got " + task.Status);
+        }
+
+        [Test]
+        public static void bad_requests_raise_sdxl_exceptions_and_the_engine_keeps_working()
+        {
+            var bad = Fixture.Small(1);
+            bad.Hyperparameters.Width = 60;
+            var e = Assert.Throws<SdxlValidationException>(() => Fixture.Engine.GenerateEnhancedAsync(bad).GetAwaiter().GetResult(), "width 60");
+            Assert.Equal(SdxlStatus.InvalidRequest, e.Code, "code");
+            Assert.Equal("invalid_request", e.CodeName, "code name");
+            Assert.True(e.Message.Contains("data.dimensions.width"), "message names the field: " + e.Message);
+            Assert.True(e.Response != null && !e.Response.Success && e.Response.ErrorCode == "invalid_request", "failure reply attached");
+
+            var empty = Fixture.Small(1);
+            empty.Conditioning.Prompt = "";
+            Assert.Equal(SdxlStatus.InvalidRequest, Assert.Throws<SdxlException>(() => Fixture.Engine.GenerateEnhancedAsync(empty).GetAwaiter().GetResult(), "empty prompt").Code, "empty prompt code");
+
+            var controlNet = Fixture.Small(1);
+            controlNet.Conditioning.ControlNets.Add(new ControlNetConfiguration { Type = "canny", ControlImage = "edges.png" });
+            var unsupported = Assert.Throws<SdxlValidationException>(() => Fixture.Engine.GenerateEnhancedAsync(controlNet).GetAwaiter().GetResult(), "controlnet");
+            Assert.Equal(SdxlStatus.Unsupported, unsupported.Code, "controlnet code");
+            Assert.True(unsupported.Message.Contains("data.controlnet"), "message names the field: " + unsupported.Message);
+
+            var missing = Fixture.Small(1);
+            missing.Model.Base = "no-such-model";
+            Assert.Equal(SdxlStatus.ModelNotFound, Assert.Throws<SdxlModelNotFoundException>(() => Fixture.Engine.GenerateEnhancedAsync(missing).GetAwaiter().GetResult(), "missing model").Code, "missing model code");
+
+            var json = Assert.Throws<SdxlValidationException>(() => Fixture.Engine.GenerateJsonAsync("{not json").GetAwaiter().GetResult(), "broken JSON");
+            Assert.Equal(SdxlStatus.InvalidJson, json.Code, "broken JSON code");
+
+            Assert.True(Fixture.Engine.GenerateEnhancedAsync(Fixture.Small(2, 2)).GetAwaiter().GetResult().Success, "engine still works");
+            string reply = Fixture.Engine.GenerateJsonAsync("{\"prompt\":\"x\",\"models\":{\"base\":\"tiny-sdxl\"},\"hyperparameters\":{\"num_inference_steps\":1,\"seed\":5}," +
+                "\"dimensions\":{\"width\":64,\"height\":64},\"oops\":1}").GetAwaiter().GetResult();
+            EnhancedSDXLResponse parsed = EnhancedSDXLResponse.FromJson(reply);
+            Assert.True(parsed.Success && parsed.Warnings.Contains("ignored unknown field data.oops"), "bare JSON request with a warning: " + reply);
+        }
+
+        [Test]
+        public static void exception_in_a_progress_callback_is_rethrown_after_the_native_call()
+        {
+            int reports = 0;
+            Task<EnhancedSDXLResponse> task = Fixture.Engine.GenerateEnhancedAsync(Fixture.Small(4, 50), new SyncProgress(p =>
+            {
+                reports++;
+                if (p.Stage == SdxlStage.Denoising)
+                {
+                    throw new InvalidTimeZoneException("boom from progress");
+                }
+            }));
+            var e = Assert.Throws<InvalidTimeZoneException>(() => task.GetAwaiter().GetResult(), "callback exception");
+            Assert.Equal("boom from progress", e.Message, "message");
+            Assert.True(task.IsFaulted, "task faulted");
+            Assert.True(Fixture.Engine.GenerateEnhancedAsync(Fixture.Small(5, 2)).GetAwaiter().GetResult().Success, "engine still works");
+        }
+
+        [Test]
+        public static void four_concurrent_calls_on_one_engine()
+        {
+            var tasks = new List<Task<EnhancedSDXLResponse>>();
+            for (int i = 0; i < 4; i++)
+            {
+                EnhancedSDXLRequest r = i == 0 ? Fixture.CfgNeg() : Fixture.Small(100 + i, 3);
+                tasks.Add(Fixture.Engine.GenerateImagesAsync(r));
+            }
+            Task.WaitAll(tasks.ToArray());
+            for (int i = 0; i < 4; i++)
+            {
+                Assert.True(tasks[i].Result.Success, "call " + i);
+            }
+            Fixture.SamePixels(Fixture.GoldenPixels("cfg_neg"), tasks[0].Result.GeneratedImages[0].Pixels.Data, "cfg_neg under concurrency");
+            // Each concurrent image equals the same request run alone.
+            for (int i = 1; i < 4; i++)
+            {
+                byte[] alone = Fixture.Engine.GenerateImagesAsync(Fixture.Small(100 + i, 3)).GetAwaiter().GetResult().GeneratedImages[0].Pixels.Data;
+                Fixture.SamePixels(alone, tasks[i].Result.GeneratedImages[0].Pixels.Data, "seed " + (100 + i) + " concurrent vs alone");
+            }
+        }
+
+        [Test]
+        public static void dispose_twice_is_harmless_and_use_after_dispose_throws()
+        {
+            int before = SdxlEngine.LiveEngines;
+            var engine = new SdxlEngine(Fixture.Options());
+            Assert.Equal(before + 1, SdxlEngine.LiveEngines, "live engines after create");
+            Assert.True(engine.GenerateEnhancedAsync(Fixture.Small(8, 1)).GetAwaiter().GetResult().Success, "works");
+            engine.Dispose();
+            engine.Dispose();
+            Assert.Equal(before, SdxlEngine.LiveEngines, "released once");
+            Assert.Throws<ObjectDisposedException>(() => engine.GenerateEnhancedAsync(Fixture.Small(8, 1)).GetAwaiter().GetResult(), "use after dispose");
+            Assert.Throws<ObjectDisposedException>(() => engine.Cancel("x"), "cancel after dispose");
+        }
+
+        [Test]
+        public static void dispose_during_a_run_lets_the_run_finish()
+        {
+            var engine = new SdxlEngine(Fixture.Options());
+            var started = new ManualResetEventSlim();
+            Task<EnhancedSDXLResponse> task = engine.GenerateEnhancedAsync(Fixture.Small(9, 20), new SyncProgress(p =>
+            {
+                if (p.Stage == SdxlStage.Denoising)
+                {
+                    started.Set();
+                }
+            }));
+            Assert.True(started.Wait(TimeSpan.FromSeconds(60)), "started");
+            engine.Dispose();
+            Assert.True(task.GetAwaiter().GetResult().Success, "the run in flight completes");
+        }
+
+        [Test]
+        public static void invalid_options_and_panics_map_to_codes()
+        {
+            var opts = Fixture.Options();
+            opts.ModelsRoot = Path.Combine(Fixture.Fixtures, "does-not-exist");
+            var e = Assert.Throws<SdxlValidationException>(() => new SdxlEngine(opts), "bad models_root");
+            Assert.Equal(SdxlStatus.InvalidOption, e.Code, "code");
+            Assert.True(e.Message.Contains("models_root"), "message names the option: " + e.Message);
+
+            Assert.Equal(SdxlStatus.Panic, NativeMethods.sdxl_debug_panic(), "panic boundary");
+            Assert.True(Interop.LastError().Contains("sdxl_debug_panic"), "panic message: " + Interop.LastError());
+            Assert.Equal("model_not_found", Interop.StatusName(SdxlStatus.ModelNotFound), "status name");
+        }
+
+        [Test]
+        public static void onnxruntime_is_found_beside_libsdxlrt_or_in_its_package()
+        {
+            if (!string.IsNullOrEmpty(Environment.GetEnvironmentVariable("ORT_DYLIB_PATH")))
+            {
+                Assert.Equal(null, Fixture.Engine.OnnxRuntimePath, "ORT_DYLIB_PATH set: left to the library");
+                return;
+            }
+            string dir = NativeLocator.LoadedLibraryDirectory();
+            Assert.True(dir != null, "libsdxlrt.so found in /proc/self/maps");
+            string expectLib = Environment.GetEnvironmentVariable("SDXLRT_EXPECT_LIB_DIR");
+            if (!string.IsNullOrEmpty(expectLib))
+            {
+                Assert.Equal(Path.GetFullPath(expectLib).TrimEnd('/'), dir, "libsdxlrt.so loaded from the package's runtimes/linux-x64/native");
+            }
+            string expectOrt = Environment.GetEnvironmentVariable("SDXLRT_EXPECT_ORT_DIR");
+            string ort = Fixture.Engine.OnnxRuntimePath;
+            Assert.True(ort != null, "an ONNX Runtime library was found");
+            Assert.Equal(string.IsNullOrEmpty(expectOrt) ? dir : Path.GetFullPath(expectOrt).TrimEnd('/'), Path.GetDirectoryName(ort), "ONNX Runtime folder");
+        }
+    }
+}

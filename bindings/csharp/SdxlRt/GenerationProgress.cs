@@ -1,0 +1,40 @@
+// One progress report, copied out of the native sdxl_progress struct.
+namespace SdxlRt
+{
+    /// <summary>
+    /// What a generation is doing. Reports arrive in order, synchronously, on the thread running the native call;
+    /// an <see cref="System.IProgress{T}"/> that posts elsewhere (System.Progress&lt;T&gt;) may reorder them.
+    /// </summary>
+    public sealed class GenerationProgress
+    {
+        /// <summary>The stage: loading, text encoding, denoising, decoding, saving.</summary>
+        public SdxlStage Stage { get; internal set; }
+
+        /// <summary>Steps completed in this stage (denoising: 1..TotalSteps).</summary>
+        public int Step { get; internal set; }
+
+        /// <summary>Steps in this stage (denoising: the requested steps).</summary>
+        public int TotalSteps { get; internal set; }
+
+        /// <summary>Which image of the batch (0-based).</summary>
+        public int ImageIndex { get; internal set; }
+
+        /// <summary>Images in the request.</summary>
+        public int BatchSize { get; internal set; }
+
+        /// <summary>Seconds since the request started.</summary>
+        public double ElapsedSeconds { get; internal set; }
+
+        /// <summary>The request's id.</summary>
+        public string RequestId { get; internal set; }
+
+        /// <inheritdoc />
+        public override string ToString()
+        {
+            return string.Format(
+                System.Globalization.CultureInfo.InvariantCulture,
+                "{0} {1}/{2} (image {3}/{4}, {5:0.000}s)",
+                Stage, Step, TotalSteps, ImageIndex + 1, BatchSize, ElapsedSeconds);
+        }
+    }
+}

@@ -1,0 +1,169 @@
+// The seed's request object model (EnhancedSDXLRequest and its parts), as .NET callers already write it.
+// EnhancedRequestTransformer turns it into the JSON the engine reads.
+using System.Collections.Generic;
+
+namespace SdxlRt
+{
+    /// <summary>One image-generation request, in the seed service's shape.</summary>
+    public class EnhancedSDXLRequest
+    {
+        /// <summary>Prompts, LoRAs and ControlNets.</summary>
+        public ConditioningConfiguration Conditioning { get; set; } = new ConditioningConfiguration();
+
+        /// <summary>Which models to use.</summary>
+        public SDXLModelConfiguration Model { get; set; } = new SDXLModelConfiguration();
+
+        /// <summary>Scheduler, steps and guidance.</summary>
+        public SchedulerConfiguration Scheduler { get; set; } = new SchedulerConfiguration();
+
+        /// <summary>Seed, strength, size and batch.</summary>
+        public HyperparameterConfiguration Hyperparameters { get; set; } = new HyperparameterConfiguration();
+
+        /// <summary>Output format and where to save.</summary>
+        public OutputConfiguration Output { get; set; } = new OutputConfiguration();
+
+        /// <summary>Post-processing (upscaling); null for none.</summary>
+        public PostProcessingConfiguration PostProcessing { get; set; }
+
+        /// <summary>
+        /// The request id (used for cancellation and echoed in the reply). Not part of the seed's object: the seed
+        /// passes it to the transformer. Null: <see cref="SdxlEngine"/> makes a new GUID.
+        /// </summary>
+        public string RequestId { get; set; }
+
+        /// <summary>
+        /// The request's time limit in seconds (the seed always sends 300; sdxlrt cancels a run that takes longer).
+        /// </summary>
+        public int TimeoutSeconds { get; set; } = 300;
+    }
+
+    /// <summary>What to draw.</summary>
+    public class ConditioningConfiguration
+    {
+        /// <summary>The prompt (required).</summary>
+        public string Prompt { get; set; }
+
+        /// <summary>The negative prompt; null for none.</summary>
+        public string NegativePrompt { get; set; }
+
+        /// <summary>LoRA adapters (sdxlrt refuses a non-empty list until LoRA support lands: SdxlStatus.Unsupported).</summary>
+        public List<LoRAConfiguration> LoRAs { get; set; } = new List<LoRAConfiguration>();
+
+        /// <summary>ControlNets (sdxlrt refuses a non-empty list until ControlNet support lands: SdxlStatus.Unsupported).</summary>
+        public List<ControlNetConfiguration> ControlNets { get; set; } = new List<ControlNetConfiguration>();
+    }
+
+    /// <summary>One LoRA adapter.</summary>
+    public class LoRAConfiguration
+    {
+        /// <summary>The adapter's path or name; the request carries its file name without the model extension.</summary>
+        public string ModelPath { get; set; }
+
+        /// <summary>The adapter's weight.</summary>
+        public double Weight { get; set; } = 1.0;
+    }
+
+    /// <summary>One ControlNet unit.</summary>
+    public class ControlNetConfiguration
+    {
+        /// <summary>The ControlNet type, e.g. <c>canny</c>.</summary>
+        public string Type { get; set; }
+
+        /// <summary>The ControlNet model's path or name.</summary>
+        public string ModelPath { get; set; }
+
+        /// <summary>The control image (a path, or base64 data).</summary>
+        public string ControlImage { get; set; }
+
+        /// <summary>The conditioning scale.</summary>
+        public double ConditioningScale { get; set; } = 1.0;
+    }
+
+    /// <summary>The model suite.</summary>
+    public class SDXLModelConfiguration
+    {
+        /// <summary>The base model: a folder name under the engine's <c>models_root</c>; null for the default model.</summary>
+        public string Base { get; set; }
+
+        /// <summary>The refiner model; null for none (sdxlrt refuses a refiner until it is supported).</summary>
+        public string Refiner { get; set; }
+
+        /// <summary>A custom VAE; null for the model's own (sdxlrt refuses a custom VAE until it is supported).</summary>
+        public string Vae { get; set; }
+    }
+
+    /// <summary>The sampler.</summary>
+    public class SchedulerConfiguration
+    {
+        /// <summary>
+        /// A diffusers scheduler class name (<c>EulerDiscreteScheduler</c>) or a UI name (<c>DPM++ 2M Karras</c>);
+        /// null for the model's own scheduler.
+        /// </summary>
+        public string Type { get; set; }
+
+        /// <summary>Denoising steps; null for the default (50).</summary>
+        public int? Steps { get; set; }
+
+        /// <summary>Classifier-free guidance scale; null for the default (5.0).</summary>
+        public double? GuidanceScale { get; set; }
+    }
+
+    /// <summary>Seed, strength, size and batch.</summary>
+    public class HyperparameterConfiguration
+    {
+        /// <summary>The seed (image i of a batch uses Seed + i); null for a random seed (reported in the reply).</summary>
+        public long? Seed { get; set; }
+
+        /// <summary>img2img strength; null sends the seed's default 0.8.</summary>
+        public double? Strength { get; set; }
+
+        /// <summary>Width in pixels (a multiple of 8); null for the model's default.</summary>
+        public int? Width { get; set; }
+
+        /// <summary>Height in pixels (a multiple of 8); null for the model's default.</summary>
+        public int? Height { get; set; }
+
+        /// <summary>Images to generate; null sends 1.</summary>
+        public int? BatchSize { get; set; }
+    }
+
+    /// <summary>How to return the images.</summary>
+    public class OutputConfiguration
+    {
+        /// <summary><c>png</c> (null), <c>jpeg</c>, <c>jpg</c> or <c>webp</c>, any case.</summary>
+        public string Format { get; set; }
+
+        /// <summary>JPEG quality 1..100; null sends 95.</summary>
+        public int? Quality { get; set; }
+
+        /// <summary>Where to write the image (batch images get an index suffix); null to only return it as data.</summary>
+        public string SavePath { get; set; }
+
+        /// <summary>Whether to return base64 image data; null for the engine's default (only when there is no SavePath).
+        /// Not in the seed's JSON: sent only when set.</summary>
+        public bool? ReturnImageData { get; set; }
+
+        /// <summary>Whether an existing file at SavePath may be replaced; null for no. Sent only when set.</summary>
+        public bool? Overwrite { get; set; }
+    }
+
+    /// <summary>Post-processing steps.</summary>
+    public class PostProcessingConfiguration
+    {
+        /// <summary>Upscaling; null for none (sdxlrt refuses enabled upscaling until it is supported).</summary>
+        public UpscaleConfiguration Upscale { get; set; }
+    }
+
+    /// <summary>Upscaling settings.</summary>
+    public class UpscaleConfiguration
+    {
+        /// <summary>Whether to upscale.</summary>
+        public bool Enabled { get; set; }
+
+        /// <summary>The scale factor.</summary>
+        public int Factor { get; set; } = 2;
+
+        /// <summary>The upscaler model; null for the default.</summary>
+        public string Model { get; set; }
+    }
+}

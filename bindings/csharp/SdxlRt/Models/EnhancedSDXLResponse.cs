@@ -1,0 +1,295 @@
+// The reply: the seed's EnhancedSDXLResponse (Success, GeneratedImages, ProcessingMetrics, Warnings, Error) read
+// from the engine's JSON, plus raw pixels when the request went through the raw-pixels path.
+using System.Collections.Generic;
+using System.Runtime.Serialization;
+
+namespace SdxlRt
+{
+    /// <summary>The result of one request.</summary>
+    public class EnhancedSDXLResponse
+    {
+        /// <summary>The request's id.</summary>
+        public string RequestId { get; set; }
+
+        /// <summary>Whether images were produced.</summary>
+        public bool Success { get; set; }
+
+        /// <summary>One entry per image, in batch order (empty on failure).</summary>
+        public List<GeneratedImage> GeneratedImages { get; set; } = new List<GeneratedImage>();
+
+        /// <summary>Timings and device facts; null on failure.</summary>
+        public ProcessingMetrics ProcessingMetrics { get; set; }
+
+        /// <summary>Non-fatal notes (unknown fields, settings without effect).</summary>
+        public List<string> Warnings { get; set; } = new List<string>();
+
+        /// <summary>The error message on failure, else null.</summary>
+        public string Error { get; set; }
+
+        /// <summary>The stable error kind on failure (<c>invalid_request</c>, <c>cancelled</c>, ...), else null.</summary>
+        public string ErrorCode { get; set; }
+
+        /// <summary>The JSON this response was read from.</summary>
+        public string RawJson { get; set; }
+
+        /// <summary>Reads the engine's reply JSON.</summary>
+        public static EnhancedSDXLResponse FromJson(string json)
+        {
+            ResponseContract w = Json.Deserialize<ResponseContract>(json);
+            var r = new EnhancedSDXLResponse
+            {
+                RequestId = w.RequestId,
+                Success = w.Success,
+                Error = w.Error,
+                ErrorCode = w.ErrorCode,
+                RawJson = json,
+            };
+            if (w.Warnings != null)
+            {
+                r.Warnings.AddRange(w.Warnings);
+            }
+            if (w.Data != null)
+            {
+                if (w.Data.GeneratedImages != null)
+                {
+                    foreach (GeneratedImageContract g in w.Data.GeneratedImages)
+                    {
+                        r.GeneratedImages.Add(GeneratedImage.From(g));
+                    }
+                }
+                if (w.Data.ProcessingMetrics != null)
+                {
+                    r.ProcessingMetrics = ProcessingMetrics.From(w.Data.ProcessingMetrics);
+                }
+            }
+            return r;
+        }
+    }
+
+    /// <summary>One generated image.</summary>
+    public class GeneratedImage
+    {
+        /// <summary>Where the image was written, or null when it was not saved.</summary>
+        public string ImagePath { get; set; }
+
+        /// <summary>Base64 of the encoded file, or null when not requested.</summary>
+        public string ImageData { get; set; }
+
+        /// <summary>Encoding: png, jpeg or webp.</summary>
+        public string Format { get; set; }
+
+        /// <summary>Width in pixels.</summary>
+        public int Width { get; set; }
+
+        /// <summary>Height in pixels.</summary>
+        public int Height { get; set; }
+
+        /// <summary>How the image was made.</summary>
+        public ImageMetadata Metadata { get; set; }
+
+        /// <summary>The raw RGB8 pixels (raw-pixels path only: <see cref="SdxlEngine.GenerateImagesAsync"/>); else null.</summary>
+        public RawImage Pixels { get; set; }
+
+        internal static GeneratedImage From(GeneratedImageContract g)
+        {
+            var img = new GeneratedImage
+            {
+                ImagePath = g.ImagePath,
+                ImageData = g.ImageData,
+                Format = g.Format,
+                Width = g.Width,
+                Height = g.Height,
+            };
+            if (g.Metadata != null)
+            {
+                ModelInfoContract mi = g.Metadata.ModelInfo ?? new ModelInfoContract();
+                img.Metadata = new ImageMetadata
+                {
+                    Seed = g.Metadata.Seed,
+                    Steps = g.Metadata.Steps,
+                    GuidanceScale = g.Metadata.GuidanceScale,
+                    Scheduler = g.Metadata.Scheduler,
+                    ModelInfo = new ModelInfo { BaseModel = mi.BaseModel, RefinerModel = mi.RefinerModel, VaeModel = mi.VaeModel },
+                };
+            }
+            return img;
+        }
+    }
+
+    /// <summary>Enough to reproduce an image.</summary>
+    public class ImageMetadata
+    {
+        /// <summary>The seed this image used.</summary>
+        public ulong Seed { get; set; }
+
+        /// <summary>Denoising steps.</summary>
+        public int Steps { get; set; }
+
+        /// <summary>Guidance scale.</summary>
+        public double GuidanceScale { get; set; }
+
+        /// <summary>The diffusers class name of the scheduler that ran.</summary>
+        public string Scheduler { get; set; }
+
+        /// <summary>The models used.</summary>
+        public ModelInfo ModelInfo { get; set; }
+    }
+
+    /// <summary>The models an image used.</summary>
+    public class ModelInfo
+    {
+        /// <summary>The base model's name.</summary>
+        public string BaseModel { get; set; }
+
+        /// <summary>The refiner's name, or null.</summary>
+        public string RefinerModel { get; set; }
+
+        /// <summary>The custom VAE's name, or null (the model's own VAE).</summary>
+        public string VaeModel { get; set; }
+    }
+
+    /// <summary>Timings (seconds) and device facts for a whole request; null where the engine could not measure.</summary>
+    public class ProcessingMetrics
+    {
+        /// <summary>From receiving the request to the reply.</summary>
+        public double? TotalTime { get; set; }
+
+        /// <summary>Text encoding + denoising + VAE decode.</summary>
+        public double? InferenceTime { get; set; }
+
+        /// <summary>Both text encoders.</summary>
+        public double? TextEncodingTime { get; set; }
+
+        /// <summary>The denoising loop.</summary>
+        public double? DenoisingTime { get; set; }
+
+        /// <summary>Denoising time per step.</summary>
+        public double? DenoisingStepAvg { get; set; }
+
+        /// <summary>The VAE decoder.</summary>
+        public double? VaeDecodeTime { get; set; }
+
+        /// <summary>Image encoding and writing.</summary>
+        public double? EncodeSaveTime { get; set; }
+
+        /// <summary>UNet runs.</summary>
+        public int UnetEvaluations { get; set; }
+
+        /// <summary>Denoising steps per image.</summary>
+        public int Steps { get; set; }
+
+        /// <summary>The execution provider and device, e.g. CPU.</summary>
+        public string DeviceName { get; set; }
+
+        /// <summary>Device memory in use after the run, in bytes; null where unknown.</summary>
+        public ulong? DeviceMemoryUsed { get; set; }
+
+        /// <summary>Peak device memory, in bytes; null where unknown.</summary>
+        public ulong? PeakMemory { get; set; }
+
+        internal static ProcessingMetrics From(ProcessingMetricsContract m)
+        {
+            return new ProcessingMetrics
+            {
+                TotalTime = m.TotalTime,
+                InferenceTime = m.InferenceTime,
+                TextEncodingTime = m.TextEncodingTime,
+                DenoisingTime = m.DenoisingTime,
+                DenoisingStepAvg = m.DenoisingStepAvg,
+                VaeDecodeTime = m.VaeDecodeTime,
+                EncodeSaveTime = m.EncodeSaveTime,
+                UnetEvaluations = m.UnetEvaluations,
+                Steps = m.Steps,
+                DeviceName = m.DeviceName,
+                DeviceMemoryUsed = m.DeviceMemoryUsed,
+                PeakMemory = m.PeakMemory,
+            };
+        }
+    }
+
+    /// <summary>One image as raw pixels: RGB, 8 bits per channel, rows top to bottom, <see cref="Stride"/> bytes apart.</summary>
+    public sealed class RawImage
+    {
+        /// <summary>Width in pixels.</summary>
+        public int Width { get; internal set; }
+
+        /// <summary>Height in pixels.</summary>
+        public int Height { get; internal set; }
+
+        /// <summary>Bytes from one row to the next.</summary>
+        public int Stride { get; internal set; }
+
+        /// <summary>Channels per pixel (3).</summary>
+        public int Channels { get; internal set; }
+
+        /// <summary>The seed that produced the image.</summary>
+        public ulong Seed { get; internal set; }
+
+        /// <summary>Stride × Height bytes.</summary>
+        public byte[] Data { get; internal set; }
+    }
+
+    [DataContract]
+    internal sealed class ResponseContract
+    {
+        [DataMember(Name = "request_id")] public string RequestId;
+        [DataMember(Name = "success")] public bool Success;
+        [DataMember(Name = "data")] public ResponseDataContract Data;
+        [DataMember(Name = "warnings")] public List<string> Warnings;
+        [DataMember(Name = "error")] public string Error;
+        [DataMember(Name = "error_code")] public string ErrorCode;
+    }
+
+    [DataContract]
+    internal sealed class ResponseDataContract
+    {
+        [DataMember(Name = "generated_images")] public List<GeneratedImageContract> GeneratedImages;
+        [DataMember(Name = "processing_metrics")] public ProcessingMetricsContract ProcessingMetrics;
+    }
+
+    [DataContract]
+    internal sealed class GeneratedImageContract
+    {
+        [DataMember(Name = "image_path")] public string ImagePath;
+        [DataMember(Name = "image_data")] public string ImageData;
+        [DataMember(Name = "format")] public string Format;
+        [DataMember(Name = "width")] public int Width;
+        [DataMember(Name = "height")] public int Height;
+        [DataMember(Name = "metadata")] public ImageMetadataContract Metadata;
+    }
+
+    [DataContract]
+    internal sealed class ImageMetadataContract
+    {
+        [DataMember(Name = "seed")] public ulong Seed;
+        [DataMember(Name = "steps")] public int Steps;
+        [DataMember(Name = "guidance_scale")] public double GuidanceScale;
+        [DataMember(Name = "scheduler")] public string Scheduler;
+        [DataMember(Name = "model_info")] public ModelInfoContract ModelInfo;
+    }
+
+    [DataContract]
+    internal sealed class ModelInfoContract
+    {
+        [DataMember(Name = "base_model")] public string BaseModel;
+        [DataMember(Name = "refiner_model")] public string RefinerModel;
+        [DataMember(Name = "vae_model")] public string VaeModel;
+    }
+
+    [DataContract]
+    internal sealed class ProcessingMetricsContract
+    {
+        [DataMember(Name = "total_time")] public double? TotalTime;
+        [DataMember(Name = "inference_time")] public double? InferenceTime;
+        [DataMember(Name = "text_encoding_time")] public double? TextEncodingTime;
+        [DataMember(Name = "denoising_time")] public double? DenoisingTime;
+        [DataMember(Name = "denoising_step_avg")] public double? DenoisingStepAvg;
+        [DataMember(Name = "vae_decode_time")] public double? VaeDecodeTime;
+        [DataMember(Name = "encode_save_time")] public double? EncodeSaveTime;
+        [DataMember(Name = "unet_evaluations")] public int UnetEvaluations;
+        [DataMember(Name = "steps")] public int Steps;
+        [DataMember(Name = "device_name")] public string DeviceName;
+        [DataMember(Name = "device_memory_used")] public ulong? DeviceMemoryUsed;
+        [DataMember(Name = "peak_memory")] public ulong? PeakMemory;
+    }
+}
