@@ -15,6 +15,8 @@ mod c_host;
 mod cli;
 // Many threads on one engine.
 mod concurrency;
+// 8 threads × 50 mixed requests, memory bound, a panic inside a stage.
+mod load;
 // Engine runtime: management messages, model cache, metrics, output_root.
 mod engine;
 // Scheduler choice through the ABI: names, step counting, no reloads.

@@ -135,7 +135,17 @@ impl Engine {
         if let Some(secs) = params.timeout_secs {
             registration.token.set_deadline(started + Duration::from_secs_f64(secs));
         }
-        let result = self.run(&params, progress, &registration.token, started, &mut warnings);
+        // Defense in depth below the ABI's own boundary: a panic in a pipeline stage becomes this request's
+        // error reply (with its request_id), and the engine stays usable.
+        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            self.run(&params, progress, &registration.token, started, &mut warnings)
+        }))
+        .unwrap_or_else(|payload| {
+            Err(Error::Internal(format!(
+                "a pipeline stage panicked: {}",
+                crate::ffi::boundary::panic_message(&*payload)
+            )))
+        });
         drop(registration);
         match result {
             Ok((response, images)) => Outcome {
