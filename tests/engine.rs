@@ -134,6 +134,23 @@ fn save_path_is_confined_to_output_root() {
 }
 
 #[test]
+fn a_symlink_inside_models_root_cannot_lead_outside_it() {
+    let root = tempfile::tempdir().unwrap();
+    let outside = tempfile::tempdir().unwrap();
+    std::os::unix::fs::symlink(fixtures().join("tiny-sdxl"), outside.path().join("m")).unwrap();
+    std::os::unix::fs::symlink(outside.path().join("m"), root.path().join("escape")).unwrap();
+    // A symlink to a folder inside the root is fine.
+    std::fs::create_dir(root.path().join("real")).unwrap();
+    std::os::unix::fs::symlink(root.path().join("real"), root.path().join("alias")).unwrap();
+    let engine = AbiEngine::create(Some(&serde_json::json!({"models_root": root.path()}).to_string())).unwrap();
+    let reply = engine.generate(&gen("escape", serde_json::json!({})));
+    assert_eq!(reply.status, sdxl_status::InvalidRequest, "{}", reply.json);
+    assert!(reply.error.contains("outside models_root"), "{}", reply.error);
+    let reply = engine.generate(&gen("alias", serde_json::json!({})));
+    assert_eq!(reply.status, sdxl_status::ModelNotFound, "an empty folder inside the root: {}", reply.json);
+}
+
+#[test]
 fn model_names_cannot_escape_models_root() {
     let engine = AbiEngine::fixtures();
     let outside = tempfile::tempdir().unwrap();
