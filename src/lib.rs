@@ -19,6 +19,7 @@ pub mod engine;
 pub mod error;
 pub mod ffi;
 pub mod image;
+pub mod lora;
 pub mod pipeline;
 pub mod protocol;
 pub mod rng;

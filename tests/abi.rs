@@ -171,7 +171,6 @@ fn invalid_fields_are_named_with_allowed_values() {
 fn features_not_built_yet_are_errors_naming_the_field() {
     let engine = AbiEngine::fixtures();
     let cases = [
-        (serde_json::json!({"lora": {"enabled": true, "models": [{"name": "x", "weight": 0.8}]}}), "data.lora"),
         (serde_json::json!({"models": {"refiner": "ref"}}), "data.models.refiner"),
         (serde_json::json!({"models": {"vae": "v"}}), "data.models.vae"),
         (serde_json::json!({"output": {"upscale": {"enabled": true}}}), "data.output.upscale"),
@@ -180,6 +179,9 @@ fn features_not_built_yet_are_errors_naming_the_field() {
         let reply = engine.generate(&request(extra.clone()));
         assert_failure(&reply, sdxl_status::Unsupported, "unsupported", needle);
     }
+    // LoRA is built (tests/lora.rs); an unknown LoRA name is an invalid request naming its field.
+    let reply = engine.generate(&request(serde_json::json!({"lora": {"models": [{"name": "x", "weight": 0.8}]}})));
+    assert_failure(&reply, sdxl_status::InvalidRequest, "invalid_request", "data.lora.models[0].name");
 }
 
 #[test]

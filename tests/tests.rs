@@ -21,3 +21,5 @@ mod load;
 mod engine;
 // Scheduler choice through the ABI: names, step counting, no reloads.
 mod schedulers;
+// LoRA merged at load time: parity with diffusers fuse_lora (kohya, PEFT, two LoRAs, folded export), errors.
+mod lora;

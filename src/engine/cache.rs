@@ -152,6 +152,17 @@ impl PipelineCache {
         removed.len()
     }
 
+    /// A loaded pipeline of the model folder `folder` (the plain model first, else any LoRA variant): a new LoRA
+    /// variant shares the sessions of the graphs its LoRAs leave unchanged.
+    pub fn find_folder(&self, folder: &std::path::Path) -> Option<Arc<SdxlPipeline>> {
+        let entries = self.entries.lock();
+        entries
+            .iter()
+            .filter(|e| e.key.folder == folder)
+            .min_by_key(|e| !e.key.variant.is_empty())
+            .map(|e| e.pipeline.clone())
+    }
+
     /// What is loaded, most recently used first.
     pub fn loaded(&self) -> Vec<LoadedModel> {
         let entries = self.entries.lock();

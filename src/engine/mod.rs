@@ -45,6 +45,7 @@ pub struct Engine {
     slots: Slots,
     cancels: CancelRegistry,
     warnings: Vec<String>,
+    lora_files: crate::lora::LoraFileCache,
 }
 
 /// The result of one `generate` call.
@@ -95,6 +96,7 @@ impl Engine {
             runtime,
             cancels: CancelRegistry::default(),
             warnings: warning.into_iter().collect(),
+            lora_files: Default::default(),
         })
     }
 
@@ -224,7 +226,7 @@ impl Engine {
                         refiner_model: None,
                         vae_model: None,
                     },
-                    loras: Vec::new(),
+                    loras: out.loras.iter().map(Into::into).collect(),
                 },
             });
         }
@@ -258,7 +260,18 @@ impl Engine {
         warnings: &mut Vec<String>,
     ) -> Result<(Arc<SdxlPipeline>, f64)> {
         let field = if params.model.is_some() { "data.models.base" } else { "default_model" };
-        let key = self.key(name, field)?;
+        let mut key = self.key(name, field)?;
+        // LoRAs: files under models_root/loras, parsed once per (size, mtime); the cache key gets their hashes
+        // and weights, and a new LoRA variant shares the unchanged graphs of a loaded variant of the same model.
+        let loras = match &self.options.models_root {
+            Some(root) if !params.loras.is_empty() => {
+                crate::lora::LoraSet::load(crate::lora::specs_from_requests(root, &params.loras)?, &self.lora_files)?
+            }
+            _ => crate::lora::LoraSet::empty(),
+        };
+        if !loras.is_empty() {
+            key.variant = format!("lora:{:016x}", loras.cache_key());
+        }
         let event = ProgressEvent {
             stage: Stage::Loading,
             step: 0,
@@ -271,8 +284,10 @@ impl Engine {
         if !progress.report(&event) {
             return Err(Error::Cancelled);
         }
-        let (pipeline, outcome) =
-            self.cache.get_or_load(&key, || SdxlPipeline::load(&self.runtime.env, &key.folder, &self.sessions))?;
+        let (pipeline, outcome) = self.cache.get_or_load(&key, || {
+            let reuse = if loras.is_empty() { None } else { self.cache.find_folder(&key.folder) };
+            SdxlPipeline::load_with_loras(&self.runtime.env, &key.folder, &self.sessions, &loras, reuse.as_deref())
+        })?;
         warnings.extend(outcome.evicted.iter().map(|m| format!("unloaded model {m} to make room")));
         Ok((pipeline, outcome.load_seconds))
     }

@@ -8,6 +8,7 @@ pub mod denoise;
 pub mod model_dir;
 pub mod text;
 
+use std::sync::Arc;
 use std::time::Instant;
 
 use ndarray::{concatenate, Array2, Array3, ArrayD, Axis, IxDyn};
@@ -17,8 +18,11 @@ use self::model_dir::ModelDir;
 use self::text::{PromptEmbeds, TextEncoders};
 use crate::error::{Error, Result};
 use crate::image::RgbImage;
+use crate::lora::formats::Component;
+use crate::lora::{AppliedLora, LoraReport, LoraSet};
 use crate::protocol::params::GenerateParams;
 use crate::rng::{BatchGenerators, NoiseSource};
+use crate::runtime::onnx_proto::OnnxModel;
 use crate::runtime::{CancelToken, ModelSession, SessionConfig};
 use crate::schedulers;
 
@@ -114,31 +118,113 @@ pub struct PipelineOutput {
     pub width: u32,
     /// Image size used.
     pub height: u32,
-    /// Things the user should know (truncated prompts, defaults used).
+    /// Things the user should know (truncated prompts, defaults used, skipped LoRA tensors).
     pub warnings: Vec<String>,
+    /// The LoRAs merged into the weights, in request order.
+    pub loras: Vec<AppliedLora>,
 }
 
-/// A loaded SDXL base model.
+/// A loaded SDXL base model, with the LoRAs (if any) merged into its weights.
 #[derive(Debug)]
 pub struct SdxlPipeline {
     dir: ModelDir,
     text: TextEncoders,
-    unet: ModelSession,
-    vae_decoder: ModelSession,
+    unet: Arc<ModelSession>,
+    vae_decoder: Arc<ModelSession>,
+    /// [`crate::lora::GraphPlan::key`] of text_encoder, text_encoder_2 and unet (0: base weights).
+    graph_keys: [u64; 3],
+    lora: LoraReport,
+}
+
+fn key_slot(component: Component) -> usize {
+    match component {
+        Component::TextEncoder => 0,
+        Component::TextEncoder2 => 1,
+        Component::Unet => 2,
+    }
 }
 
 impl SdxlPipeline {
-    /// Load every graph of the model folder `root`.
+    /// Load every graph of the model folder `root`, with no LoRA.
     pub fn load(env: &ort::environment::Environment, root: &std::path::Path, config: &SessionConfig) -> Result<Self> {
+        Self::load_with_loras(env, root, config, &LoraSet::empty(), None)
+    }
+
+    /// Load the model folder `root` with `loras` merged into the UNet and text-encoder weights.
+    ///
+    /// `reuse` is a pipeline already loaded from the same folder: every graph whose merged weights would be the
+    /// same (the VAE always; a text encoder no LoRA of either set touches; equal file hashes and weights) shares
+    /// its session instead of being loaded again. With an empty set this is a plain load: no graph is parsed.
+    pub fn load_with_loras(
+        env: &ort::environment::Environment,
+        root: &std::path::Path,
+        config: &SessionConfig,
+        loras: &LoraSet,
+        reuse: Option<&SdxlPipeline>,
+    ) -> Result<Self> {
         let dir = ModelDir::open(root)?;
-        let text = TextEncoders::load(env, &dir, config)?;
-        let unet = ModelSession::load(env, &dir.graph("unet"), "unet", config)?;
+        let reuse = reuse.filter(|r| r.dir.root == dir.root);
+        let mut matched = vec![(0usize, 0usize); loras.loras().len()];
+        let mut graph_keys = [0u64; 3];
+        let mut sessions: Vec<Arc<ModelSession>> = Vec::with_capacity(3);
+        for component in Component::ALL {
+            let stage = component.folder();
+            let path = dir.graph(stage);
+            let previous = reuse.map(|r| (r.session(component), r.graph_keys[key_slot(component)]));
+            let (session, key) = if !loras.touches(component) {
+                match previous {
+                    Some((s, 0)) => (s, 0),
+                    _ => (Arc::new(ModelSession::load(env, &path, stage, config)?), 0),
+                }
+            } else {
+                let model = OnnxModel::read(&path)?;
+                let plan = loras.plan_graph(model, component, previous.as_ref().map(|p| p.1))?;
+                for (m, p) in matched.iter_mut().zip(&plan.matched) {
+                    m.0 += p.0;
+                    m.1 += p.1;
+                }
+                match (previous, plan.overrides) {
+                    (Some((s, k)), _) if k == plan.key => (s, k),
+                    (_, Some(o)) => (Arc::new(ModelSession::load_with_overrides(env, stage, config, o)?), plan.key),
+                    (_, None) => (Arc::new(ModelSession::load(env, &path, stage, config)?), 0),
+                }
+            };
+            graph_keys[key_slot(component)] = key;
+            sessions.push(session);
+        }
+        let lora = loras.report(&matched)?;
+        let unet = sessions.pop().expect("three graphs");
+        let encoder_2 = sessions.pop().expect("three graphs");
+        let encoder_1 = sessions.pop().expect("three graphs");
+        let text = TextEncoders::from_sessions(&dir, encoder_1, encoder_2)?;
         for name in ["sample", "timestep", "encoder_hidden_states", "text_embeds", "time_ids"] {
             unet.input(name)?;
         }
-        let vae_decoder = ModelSession::load(env, &dir.graph("vae_decoder"), "vae_decoder", config)?;
+        let vae_decoder = match reuse {
+            Some(r) => r.vae_decoder.clone(),
+            None => Arc::new(ModelSession::load(env, &dir.graph("vae_decoder"), "vae_decoder", config)?),
+        };
         vae_decoder.input("latent_sample")?;
-        Ok(SdxlPipeline { dir, text, unet, vae_decoder })
+        Ok(SdxlPipeline { dir, text, unet, vae_decoder, graph_keys, lora })
+    }
+
+    /// The session of a LoRA-patchable graph.
+    fn session(&self, component: Component) -> Arc<ModelSession> {
+        match component {
+            Component::TextEncoder => self.text.sessions().0.clone(),
+            Component::TextEncoder2 => self.text.sessions().1.clone(),
+            Component::Unet => self.unet.clone(),
+        }
+    }
+
+    /// The LoRAs merged into this pipeline and the warnings about them.
+    pub fn lora_report(&self) -> &LoraReport {
+        &self.lora
+    }
+
+    /// True when this pipeline and `other` share the session of `component`'s graph (LoRA session reuse).
+    pub fn shares_graph(&self, other: &SdxlPipeline, component: Component) -> bool {
+        Arc::ptr_eq(&self.session(component), &other.session(component))
     }
 
     /// The model folder's configs.
@@ -200,6 +286,7 @@ impl SdxlPipeline {
     /// Generate every image of `params`.
     pub fn generate(&self, params: &GenerateParams, ctx: &mut RunContext<'_>) -> Result<PipelineOutput> {
         let mut warnings = self.dir.warnings.clone();
+        warnings.extend(self.lora.warnings.iter().cloned());
         let (width, height) = self.image_size(params)?;
         let resolved = schedulers::resolve(
             params.scheduler.as_ref().map(|s| s.name.as_str()),
@@ -272,7 +359,15 @@ impl SdxlPipeline {
             timings.vae_decode += t2.elapsed().as_secs_f64();
             first += n;
         }
-        Ok(PipelineOutput { images, timings, scheduler: resolved.describe(), width, height, warnings })
+        Ok(PipelineOutput {
+            images,
+            timings,
+            scheduler: resolved.describe(),
+            width,
+            height,
+            warnings,
+            loras: self.lora.applied.clone(),
+        })
     }
 
     #[allow(clippy::too_many_arguments)]

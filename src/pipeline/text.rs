@@ -2,6 +2,8 @@
 //! `StableDiffusionXLPipeline.encode_prompt` builds it: the penultimate hidden states of both encoders concatenated
 //! on the last axis, and the pooled `text_embeds` of encoder 2.
 
+use std::sync::Arc;
+
 use ndarray::{concatenate, Array2, Array3, ArrayD, Axis, Ix2, Ix3};
 
 use super::model_dir::ModelDir;
@@ -42,8 +44,8 @@ pub struct PromptIds {
 pub struct TextEncoders {
     tokenizer_1: ClipTokenizer,
     tokenizer_2: ClipTokenizer,
-    encoder_1: ModelSession,
-    encoder_2: ModelSession,
+    encoder_1: Arc<ModelSession>,
+    encoder_2: Arc<ModelSession>,
     hidden_1: String,
     hidden_2: String,
 }
@@ -64,10 +66,16 @@ fn penultimate_output(session: &ModelSession) -> Result<String> {
 impl TextEncoders {
     /// Load `tokenizer/`, `tokenizer_2/`, `text_encoder/` and `text_encoder_2/` of `dir`.
     pub fn load(env: &ort::environment::Environment, dir: &ModelDir, config: &SessionConfig) -> Result<Self> {
-        let tokenizer_1 = ClipTokenizer::from_dir(&dir.root.join("tokenizer"))?;
-        let tokenizer_2 = ClipTokenizer::from_dir(&dir.root.join("tokenizer_2"))?;
         let encoder_1 = ModelSession::load(env, &dir.graph("text_encoder"), "text_encoder", config)?;
         let encoder_2 = ModelSession::load(env, &dir.graph("text_encoder_2"), "text_encoder_2", config)?;
+        Self::from_sessions(dir, Arc::new(encoder_1), Arc::new(encoder_2))
+    }
+
+    /// The tokenizers of `dir` with already loaded encoder sessions (shared between pipelines whose LoRAs leave
+    /// an encoder unchanged).
+    pub fn from_sessions(dir: &ModelDir, encoder_1: Arc<ModelSession>, encoder_2: Arc<ModelSession>) -> Result<Self> {
+        let tokenizer_1 = ClipTokenizer::from_dir(&dir.root.join("tokenizer"))?;
+        let tokenizer_2 = ClipTokenizer::from_dir(&dir.root.join("tokenizer_2"))?;
         let hidden_1 = penultimate_output(&encoder_1)?;
         let hidden_2 = penultimate_output(&encoder_2)?;
         if !encoder_2.has_output("text_embeds") {
@@ -76,6 +84,11 @@ impl TextEncoders {
         encoder_1.input("input_ids")?;
         encoder_2.input("input_ids")?;
         Ok(TextEncoders { tokenizer_1, tokenizer_2, encoder_1, encoder_2, hidden_1, hidden_2 })
+    }
+
+    /// The two encoder sessions.
+    pub fn sessions(&self) -> (&Arc<ModelSession>, &Arc<ModelSession>) {
+        (&self.encoder_1, &self.encoder_2)
     }
 
     /// Token ids of `text` for both tokenizers (padded/truncated to their windows).

@@ -17,7 +17,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use serde_json::Value;
 
 use crate::error::{Error, Result};
-use crate::protocol::params::{GenerateParams, ImageFormat, OutputParams, SchedulerChoice};
+use crate::protocol::params::{GenerateParams, ImageFormat, LoraRequest, OutputParams, SchedulerChoice};
 use crate::protocol::wire::{describe, WireData, WireRequest, WireScheduler};
 
 /// Accepted `message_type` values.
@@ -135,6 +135,7 @@ pub fn normalize(wire: &WireRequest, limits: &RequestLimits, warnings: &mut Vec<
 
     reject_unsupported(d)?;
     let model = resolve_model(d)?;
+    let loras = lora_requests(d, warnings)?;
 
     let h = d.hyperparameters.clone().unwrap_or_default();
     let steps = merge(
@@ -255,7 +256,52 @@ pub fn normalize(wire: &WireRequest, limits: &RequestLimits, warnings: &mut Vec<
         batch_parallel,
         output,
         timeout_secs,
+        loras,
     })
+}
+
+/// Largest accepted absolute LoRA weight. Real use stays within ±2; the bound only catches typos (e.g. 80 for 0.8).
+pub const MAX_LORA_WEIGHT: f64 = 20.0;
+
+/// `data.lora`: the models to merge, unless `enabled` is false (then they are ignored with a warning). Weights
+/// default to 1.0; `unet_weight` / `text_encoder_weight` override it per part.
+fn lora_requests(d: &WireData, warnings: &mut Vec<String>) -> Result<Vec<LoraRequest>> {
+    let Some(lora) = &d.lora else { return Ok(Vec::new()) };
+    let models = lora.models.clone().unwrap_or_default();
+    if lora.enabled == Some(false) {
+        if !models.is_empty() {
+            warnings.push(format!("data.lora.enabled is false: {} LoRA model(s) ignored", models.len()));
+        }
+        return Ok(Vec::new());
+    }
+    let mut out = Vec::with_capacity(models.len());
+    for (i, m) in models.iter().enumerate() {
+        let path = format!("data.lora.models[{i}]");
+        let name = match &m.name {
+            Some(n) if !n.trim().is_empty() => n.clone(),
+            _ => return Err(Error::field(format!("{path}.name"), "missing: each LoRA needs a file name")),
+        };
+        let check = |key: &str, v: Option<f64>| -> Result<Option<f32>> {
+            match v {
+                None => Ok(None),
+                Some(w) if w.is_finite() && w.abs() <= MAX_LORA_WEIGHT => Ok(Some(w as f32)),
+                Some(w) => Err(Error::field(
+                    format!("{path}.{key}"),
+                    format!("must be a number from -{MAX_LORA_WEIGHT} to {MAX_LORA_WEIGHT}, got {w}"),
+                )),
+            }
+        };
+        out.push(LoraRequest {
+            name,
+            weight: check("weight", m.weight)?.unwrap_or(1.0),
+            unet_weight: check("unet_weight", m.unet_weight)?,
+            text_encoder_weight: check("text_encoder_weight", m.text_encoder_weight)?,
+        });
+    }
+    if lora.enabled == Some(true) && out.is_empty() {
+        warnings.push("data.lora.enabled is true but data.lora.models is empty: no LoRA applied".into());
+    }
+    Ok(out)
 }
 
 /// A random seed in `0..2^32` from a non-deterministic source (per-process random hash keys, the clock and a
@@ -277,14 +323,6 @@ fn random_u64() -> u64 {
 
 /// Refuses the seed's features that this version does not implement, naming the field.
 fn reject_unsupported(d: &WireData) -> Result<()> {
-    if let Some(lora) = &d.lora {
-        if lora.enabled == Some(true) || lora.models.as_ref().is_some_and(|m| !m.is_empty()) {
-            return Err(Error::unsupported(
-                "data.lora",
-                "LoRA adapters are not implemented yet; send lora.enabled false with no models (or omit lora)",
-            ));
-        }
-    }
     if let Some(cn) = &d.controlnet {
         if feature_requested(cn, "data.controlnet")? {
             return Err(Error::unsupported(
@@ -570,6 +608,7 @@ mod tests {
                 return_image_data: true,
             },
             timeout_secs: Some(300.0),
+            loras: Vec::new(),
         };
         assert_eq!(p.params, expected);
 
@@ -749,9 +788,6 @@ mod tests {
     #[test]
     fn unsupported_features_name_their_field() {
         let cases = [
-            (json!({"lora": {"enabled": true, "models": []}}), "data.lora"),
-            (json!({"lora": {"enabled": false, "models": [{"name": "detail", "weight": 0.8}]}}), "data.lora"),
-            (json!({"lora": {"models": [{"name": "detail", "weight": 0.8}]}}), "data.lora"),
             (json!({"controlnet": {"enabled": true}}), "data.controlnet"),
             (json!({"controlnet": {"type": "canny", "control_image": "abc"}}), "data.controlnet"),
             (json!({"controlnet": {"enabled": false, "models": [{"type": "canny"}]}}), "data.controlnet"),
@@ -771,6 +807,7 @@ mod tests {
         for extra in [
             json!({"lora": {"enabled": false, "models": []}}),
             json!({"lora": {}}),
+            json!({"lora": {"enabled": true, "models": []}}),
             json!({"controlnet": {}}),
             json!({"controlnet": []}),
             json!({"controlnet": false}),
@@ -781,6 +818,52 @@ mod tests {
             json!({"output": {"upscale": {}}}),
         ] {
             parse_value(minimal(extra.clone())).unwrap_or_else(|e| panic!("{extra}: {e}"));
+        }
+    }
+
+    #[test]
+    fn lora_requests_are_validated() {
+        let p = parse_value(minimal(json!({"lora": {"enabled": true, "models": [
+            {"name": "detail", "weight": 0.8},
+            {"name": "styles/ink.safetensors"},
+            {"name": "x", "weight": -0.3, "unet_weight": 0.5, "text_encoder_weight": 0}
+        ]}})))
+        .unwrap();
+        assert!(p.warnings.is_empty(), "{:?}", p.warnings);
+        let want = vec![
+            LoraRequest { name: "detail".into(), weight: 0.8, unet_weight: None, text_encoder_weight: None },
+            LoraRequest {
+                name: "styles/ink.safetensors".into(),
+                weight: 1.0,
+                unet_weight: None,
+                text_encoder_weight: None,
+            },
+            LoraRequest { name: "x".into(), weight: -0.3, unet_weight: Some(0.5), text_encoder_weight: Some(0.0) },
+        ];
+        assert_eq!(p.params.loras, want);
+        // enabled absent: models apply; enabled false: ignored with a warning.
+        let p = parse_value(minimal(json!({"lora": {"models": [{"name": "detail"}]}}))).unwrap();
+        assert_eq!(p.params.loras.len(), 1);
+        let p = parse_value(minimal(json!({"lora": {"enabled": false, "models": [{"name": "detail"}]}}))).unwrap();
+        assert!(p.params.loras.is_empty());
+        assert_eq!(p.warnings, ["data.lora.enabled is false: 1 LoRA model(s) ignored"]);
+        let p = parse_value(minimal(json!({"lora": {"enabled": true, "models": []}}))).unwrap();
+        assert_eq!(p.warnings.len(), 1);
+        let cases = [
+            (json!({"models": [{"weight": 1}]}), "data.lora.models[0].name", "missing"),
+            (json!({"models": [{"name": "a"}, {"name": " "}]}), "data.lora.models[1].name", "missing"),
+            (json!({"models": [{"name": "a", "weight": 21}]}), "data.lora.models[0].weight", "-20 to 20"),
+            (json!({"models": [{"name": "a", "unet_weight": -25}]}), "data.lora.models[0].unet_weight", "-20 to 20"),
+            (
+                json!({"models": [{"name": "a", "text_encoder_weight": "x"}]}),
+                "data.lora.models[0].text_encoder_weight",
+                "number",
+            ),
+        ];
+        for (lora, path, hint) in cases {
+            let (field, message) = invalid_field(parse_value(minimal(json!({ "lora": lora }))));
+            assert_eq!(field, path, "for {lora}");
+            assert!(message.contains(hint), "{path}: {message}");
         }
     }
 

@@ -42,6 +42,22 @@ pub struct GenerateParams {
     pub output: OutputParams,
     /// Cancel the request after this many seconds (`data.metadata.timeout`); `None` = no deadline.
     pub timeout_secs: Option<f64>,
+    /// LoRAs to merge into the weights (`data.lora.models`, when `data.lora.enabled` is not false), in order.
+    pub loras: Vec<LoraRequest>,
+}
+
+/// One validated `data.lora.models[i]` entry. The engine resolves `name` to a file (see [`crate::lora`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct LoraRequest {
+    /// `name`: a file name under `<models_root>/loras/` (`.safetensors` added when there is no extension) or an
+    /// absolute path inside `models_root`.
+    pub name: String,
+    /// `weight` (default 1.0): the strength for every part the LoRA patches.
+    pub weight: f32,
+    /// `unet_weight`: overrides `weight` for the UNet.
+    pub unet_weight: Option<f32>,
+    /// `text_encoder_weight`: overrides `weight` for both text encoders.
+    pub text_encoder_weight: Option<f32>,
 }
 
 /// A scheduler named in the request, with optional diffusers config overrides.

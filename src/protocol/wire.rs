@@ -208,6 +208,12 @@ pub struct WireLoraModel {
     /// `weight`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub weight: Option<f64>,
+    /// `unet_weight`: the weight for the UNet only (A1111's `<lora:name:te:unet>`); default `weight`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub unet_weight: Option<f64>,
+    /// `text_encoder_weight`: the weight for both text encoders only; default `weight`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub text_encoder_weight: Option<f64>,
 }
 
 /// `data.output`.
@@ -437,8 +443,13 @@ impl WireLora {
                         return Err(type_error(&path, "an object {\"name\", \"weight\"}", item));
                     };
                     let m = Obj { map, path };
-                    models.push(WireLoraModel { name: m.string("name")?, weight: m.float("weight")? });
-                    m.warn_unknown(&["name", "weight"], warnings);
+                    models.push(WireLoraModel {
+                        name: m.string("name")?,
+                        weight: m.float("weight")?,
+                        unet_weight: m.float("unet_weight")?,
+                        text_encoder_weight: m.float("text_encoder_weight")?,
+                    });
+                    m.warn_unknown(&["name", "weight", "unet_weight", "text_encoder_weight"], warnings);
                 }
                 Some(models)
             }

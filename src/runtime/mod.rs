@@ -3,8 +3,9 @@
 //! Nothing above this module names `ort` types.
 
 pub mod cancel;
+pub mod onnx_proto;
 pub mod session;
 pub mod tensor;
 
 pub use cancel::CancelToken;
-pub use session::{ModelSession, SessionConfig};
+pub use session::{ModelSession, SessionConfig, WeightOverrides};

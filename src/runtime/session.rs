@@ -1,15 +1,17 @@
 //! `ModelSession`: one ONNX graph, its declared inputs and outputs, and a mutex around the `ort` session
 //! (`run` needs `&mut` in ort rc.15; concurrent requests take turns per graph).
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use ndarray::ArrayD;
-use ort::session::builder::GraphOptimizationLevel;
+use ort::session::builder::{GraphOptimizationLevel, SessionBuilder};
 use ort::session::Session;
-use ort::value::{DynValue, ValueType};
+use ort::value::{DynValue, Tensor, ValueType};
 use parking_lot::Mutex;
 
 use super::cancel::CancelToken;
+use super::onnx_proto::{self, OnnxModel};
 use super::tensor::{to_f32, Elem};
 use crate::error::{Error, Result};
 
@@ -41,6 +43,37 @@ pub struct ModelSession {
     session: Mutex<Session>,
 }
 
+/// A parsed model and replacement values for some of its initializers, for
+/// [`ModelSession::load_with_overrides`].
+#[derive(Debug)]
+pub struct WeightOverrides {
+    /// The model as read from disk.
+    pub model: OnnxModel,
+    /// Initializer index → little-endian bytes in that initializer's element type and shape.
+    pub values: HashMap<usize, Vec<u8>>,
+    /// Largest in-memory model (bytes) to build by inlining external-data replacements; the rest go through
+    /// `AddExternalInitializers`. [`DEFAULT_MAX_INLINE_BYTES`] stays clear of protobuf's 2 GiB limit.
+    pub max_inline_bytes: u64,
+}
+
+/// Default [`WeightOverrides::max_inline_bytes`]: 1.75 GiB.
+pub const DEFAULT_MAX_INLINE_BYTES: u64 = 7 << 28;
+
+fn builder(
+    env: &ort::environment::Environment,
+    path: &Path,
+    stage: &'static str,
+    config: &SessionConfig,
+) -> Result<SessionBuilder> {
+    let invalid = |e: ort::Error| Error::model_invalid(path, format!("ONNX Runtime cannot load the {stage}: {e}"));
+    let mut builder = Session::builder(env).map_err(invalid)?;
+    builder = builder.with_optimization_level(GraphOptimizationLevel::All).map_err(|e| invalid(e.into()))?;
+    if let Some(n) = config.intra_op_threads {
+        builder = builder.with_intra_threads(n).map_err(|e| invalid(e.into()))?;
+    }
+    Ok(builder)
+}
+
 fn specs(outlets: &[ort::value::Outlet]) -> Vec<IoSpec> {
     outlets
         .iter()
@@ -66,19 +99,102 @@ impl ModelSession {
             return Err(Error::ModelNotFound { path: path.to_path_buf(), message: format!("{stage} graph missing") });
         }
         let invalid = |e: ort::Error| Error::model_invalid(path, format!("ONNX Runtime cannot load the {stage}: {e}"));
-        let mut builder = Session::builder(env).map_err(invalid)?;
-        builder = builder.with_optimization_level(GraphOptimizationLevel::All).map_err(|e| invalid(e.into()))?;
-        if let Some(n) = config.intra_op_threads {
-            builder = builder.with_intra_threads(n).map_err(|e| invalid(e.into()))?;
-        }
+        let mut builder = builder(env, path, stage, config)?;
         let session = builder.commit_from_file(path).map_err(invalid)?;
-        Ok(ModelSession {
+        Ok(Self::wrap(stage, path, session))
+    }
+
+    /// Load `overrides.model` with some initializers replaced (merged LoRA weights), without touching the files.
+    ///
+    /// How the new values reach ONNX Runtime, chosen so that no optimization or execution provider can drop them:
+    /// - initializers stored inline get their `raw_data` replaced in an in-memory copy of the model, which is
+    ///   then loaded from memory, with the model's folder as the base for its remaining external data
+    ///   (`session.model_external_initializers_file_folder_path`). ORT sees an ordinary model: constant folding
+    ///   of a `Transpose` over the weight (our no-fold exports), prepacking and device placement all start from
+    ///   the new values.
+    /// - initializers stored as external data are written inline into that copy too while the serialized model
+    ///   stays under `overrides.max_inline_bytes` (protobuf refuses messages over 2 GiB); past it they go through
+    ///   `AddExternalInitializers`, which ORT injects before optimization and checks by name, shape and type.
+    ///
+    /// `AddInitializer` is never used: ORT silently ignores it when an optimizer rewrites the weight, and for
+    /// host values on a CUDA device. With no overrides this is [`ModelSession::load`].
+    pub fn load_with_overrides(
+        env: &ort::environment::Environment,
+        stage: &'static str,
+        config: &SessionConfig,
+        overrides: WeightOverrides,
+    ) -> Result<Self> {
+        let WeightOverrides { model, values, max_inline_bytes } = overrides;
+        let path = model.path().to_path_buf();
+        if values.is_empty() {
+            drop(model);
+            return Self::load(env, &path, stage, config);
+        }
+        let mut inline = HashMap::new();
+        let mut external = Vec::new();
+        let mut size = model.bytes().len() as u64;
+        let mut keys: Vec<usize> = values.keys().copied().collect();
+        keys.sort_unstable();
+        let mut values = values;
+        for i in keys {
+            let bytes = values.remove(&i).expect("key from the map");
+            let t = model.initializers.get(i).ok_or_else(|| Error::Internal(format!("no initializer {i}")))?;
+            let elem = onnx_proto::float_elem_size(t.data_type).unwrap_or(0);
+            if elem == 0 || bytes.len() != t.numel() * elem {
+                return Err(Error::Internal(format!(
+                    "override for `{}` has {} bytes; the initializer needs {} elements of type {}",
+                    t.name,
+                    bytes.len(),
+                    t.numel(),
+                    t.data_type
+                )));
+            }
+            if t.is_external() && size + bytes.len() as u64 + 1024 > max_inline_bytes {
+                external.push((i, bytes));
+            } else {
+                size += bytes.len() as u64 + t.name.len() as u64 + 32;
+                inline.insert(i, bytes);
+            }
+        }
+        let patched = model.patched(&inline)?;
+        drop(inline);
+        let invalid = |e: ort::Error| Error::model_invalid(&path, format!("ONNX Runtime cannot load the {stage}: {e}"));
+        let folder = path.parent().unwrap_or(Path::new(".")).to_string_lossy().into_owned();
+        let mut builder = builder(env, &path, stage, config)?
+            .with_config_entry("session.model_external_initializers_file_folder_path", folder)
+            .map_err(|e| invalid(e.into()))?;
+        for (i, bytes) in external {
+            let t = &model.initializers[i];
+            let dims: Vec<usize> = t.dims.iter().map(|&d| d.max(0) as usize).collect();
+            let floats = onnx_proto::decode_floats(&bytes, t.data_type);
+            drop(bytes);
+            let value = match t.data_type {
+                onnx_proto::DT_FLOAT16 => {
+                    Tensor::from_array((dims, floats.into_iter().map(half::f16::from_f32).collect::<Vec<_>>()))
+                        .map(|v| v.into_dyn())
+                }
+                onnx_proto::DT_BFLOAT16 => {
+                    Tensor::from_array((dims, floats.into_iter().map(half::bf16::from_f32).collect::<Vec<_>>()))
+                        .map(|v| v.into_dyn())
+                }
+                _ => Tensor::from_array((dims, floats)).map(|v| v.into_dyn()),
+            }
+            .map_err(invalid)?;
+            builder = builder.with_external_initializer(&t.name, value).map_err(|e| invalid(e.into()))?;
+        }
+        drop(model);
+        let session = builder.commit_from_memory(&patched).map_err(invalid)?;
+        Ok(Self::wrap(stage, &path, session))
+    }
+
+    fn wrap(stage: &'static str, path: &Path, session: Session) -> Self {
+        ModelSession {
             stage,
             path: path.to_path_buf(),
             inputs: specs(session.inputs()),
             outputs: specs(session.outputs()),
             session: Mutex::new(session),
-        })
+        }
     }
 
     /// The file this graph was loaded from.

@@ -1,0 +1,401 @@
+//! LoRA merged at load time vs diffusers' `load_lora_weights` + `fuse_lora` (goldens from onnx/make_lora.py):
+//! kohya (SGM names, LoCon convs, alpha) and PEFT files with the same factors, two LoRAs at 0.7 / -0.3, separate
+//! UNet / text-encoder weights, the constant-folded export; weight 0 is bit-identical to no LoRA; both ways an
+//! override reaches ONNX Runtime change the output; every error path.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use sdxlrt::engine::Engine;
+use sdxlrt::lora::formats::Component;
+use sdxlrt::lora::{LoraFileCache, LoraSet, LoraSpec};
+use sdxlrt::pipeline::{Progress, ProgressEvent, SdxlPipeline};
+use sdxlrt::runtime::onnx_proto::OnnxModel;
+use sdxlrt::runtime::{CancelToken, ModelSession, SessionConfig};
+use serde_json::{json, Value};
+
+use crate::util::{fixtures, options_json, Golden};
+
+#[derive(Default)]
+struct Capture {
+    steps: BTreeMap<usize, Vec<f32>>,
+}
+
+impl Progress for Capture {
+    fn report(&mut self, _: &ProgressEvent<'_>) -> bool {
+        true
+    }
+    fn on_latents(&mut self, _image: u32, step: Option<usize>, latents: ndarray::ArrayViewD<'_, f32>) {
+        if let Some(i) = step {
+            self.steps.insert(i, latents.iter().copied().collect());
+        }
+    }
+}
+
+fn engine() -> Engine {
+    Engine::new(Some(&options_json())).expect("engine")
+}
+
+/// The golden's request for `model` with its `loras` metadata as `data.lora.models`.
+fn request(g: &Golden, model: &str) -> (String, Value) {
+    let loras: Vec<Value> = serde_json::from_str(&g.meta["loras"]).unwrap();
+    let models: Vec<Value> = loras
+        .iter()
+        .map(|l| {
+            let mut m = json!({"name": l["file"], "weight": l["weight"]});
+            for k in ["unet_weight", "text_encoder_weight"] {
+                if let Some(v) = l.get(k) {
+                    m[k] = v.clone();
+                }
+            }
+            m
+        })
+        .collect();
+    let mut req: Value = serde_json::from_str(&g.request(model, true)).unwrap();
+    req["data"]["lora"] = json!({"enabled": true, "models": models});
+    (req.to_string(), Value::Array(models))
+}
+
+/// Run one LoRA golden through the engine; check every step's latents and the image. Returns the response.
+fn check_case(engine: &Engine, model: &str, case: &str) -> Value {
+    let g = Golden::load(case);
+    let (req, models) = request(&g, model);
+    let mut capture = Capture::default();
+    let outcome = engine.generate(&req, &mut capture, true);
+    assert!(outcome.error.is_none(), "{case}: {:?}\n{}", outcome.error, outcome.response_json);
+    let steps: usize = g.meta("steps");
+    let mut worst = 0f32;
+    for i in 0..steps {
+        let got = &capture.steps[&i];
+        worst = worst.max(assert_close!(
+            got,
+            g.t(&format!("latents_step_{i}")).f32,
+            1e-4,
+            1e-5,
+            "{case} ({model}): latents after step {i}"
+        ));
+    }
+    let want = &g.t("image_u8").u8;
+    let got = &outcome.images[0].data;
+    let image_worst = got.iter().zip(want).map(|(a, b)| (*a as i16 - *b as i16).abs()).max().unwrap();
+    assert!(image_worst <= 1, "{case} ({model}): image differs from diffusers by {image_worst}/255");
+    eprintln!("{case} ({model}): max |latents - diffusers| {worst:.2e}, image {image_worst}/255");
+    let resp: Value = serde_json::from_str(&outcome.response_json).unwrap();
+    // The metadata lists the LoRAs as requested.
+    let listed = &resp["data"]["generated_images"][0]["metadata"]["loras"];
+    let names: Vec<&str> = listed.as_array().unwrap().iter().map(|l| l["name"].as_str().unwrap()).collect();
+    let want_names: Vec<&str> = models.as_array().unwrap().iter().map(|m| m["name"].as_str().unwrap()).collect();
+    assert_eq!(names, want_names, "{case}");
+    resp
+}
+
+#[test]
+fn kohya_and_peft_files_match_diffusers_fuse_lora() {
+    let engine = engine();
+    let resp = check_case(&engine, "tiny-sdxl", "lora_kohya");
+    assert_eq!(resp["data"]["generated_images"][0]["metadata"]["loras"], json!([{"name": "kohya_a", "weight": 1.0}]));
+    assert!(resp["warnings"].as_array().unwrap().is_empty(), "{}", resp["warnings"]);
+    check_case(&engine, "tiny-sdxl", "lora_peft");
+}
+
+#[test]
+fn two_loras_and_split_weights_match_diffusers() {
+    let engine = engine();
+    check_case(&engine, "tiny-sdxl", "lora_two");
+    let resp = check_case(&engine, "tiny-sdxl", "lora_split");
+    assert_eq!(
+        resp["data"]["generated_images"][0]["metadata"]["loras"],
+        json!([{"name": "kohya_a", "weight": 1.0, "unet_weight": 0.5, "text_encoder_weight": 1.5}])
+    );
+}
+
+#[test]
+fn folded_export_with_the_same_lora_matches_diffusers() {
+    let engine = engine();
+    check_case(&engine, "tiny-sdxl-folded", "lora_kohya");
+    check_case(&engine, "tiny-sdxl-folded", "lora_two");
+}
+
+#[test]
+fn the_lora_goldens_differ_from_the_base_model() {
+    // Guards the tests above: a dropped override would have to move the image by this much to pass.
+    let engine = engine();
+    let g = Golden::load("lora_kohya");
+    let outcome = engine.generate(&g.request("tiny-sdxl", true), &mut Capture::default(), true);
+    let diff = outcome.images[0].data.iter().zip(&g.t("image_u8").u8).map(|(a, b)| (*a as i16 - *b as i16).abs()).max();
+    assert!(diff.unwrap() > 40, "the LoRA changes the image by only {diff:?}/255");
+}
+
+#[test]
+fn weight_zero_is_bit_identical_to_no_lora() {
+    let engine = engine();
+    let g = Golden::load("lora_kohya");
+    let base = engine.generate(&g.request("tiny-sdxl", true), &mut Capture::default(), true);
+    let mut req: Value = serde_json::from_str(&g.request("tiny-sdxl", true)).unwrap();
+    req["data"]["lora"] = json!({"models": [{"name": "kohya_a", "weight": 0.0}, {"name": "peft_b", "weight": 0}]});
+    let zero = engine.generate(&req.to_string(), &mut Capture::default(), true);
+    assert!(zero.error.is_none(), "{}", zero.response_json);
+    assert_eq!(base.images[0].data, zero.images[0].data);
+}
+
+fn spec(name: &str, weight: f32) -> LoraSpec {
+    LoraSpec {
+        name: name.into(),
+        path: fixtures().join("loras").join(format!("{name}.safetensors")),
+        field: "data.lora.models[0].name".into(),
+        weight,
+        unet_weight: weight,
+        text_encoder_weight: weight,
+    }
+}
+
+#[test]
+fn changing_the_lora_set_rebuilds_only_the_graphs_it_touches() {
+    let engine = engine();
+    let env = &engine.runtime().env;
+    let config = SessionConfig { intra_op_threads: Some(1) };
+    let root = fixtures().join("tiny-sdxl");
+    let cache = LoraFileCache::default();
+    let base = SdxlPipeline::load(env, &root, &config).unwrap();
+    // peft_b patches the UNet and text_encoder_2 only.
+    let b = LoraSet::load(vec![spec("peft_b", 0.5)], &cache).unwrap();
+    let with_b = SdxlPipeline::load_with_loras(env, &root, &config, &b, Some(&base)).unwrap();
+    assert!(with_b.shares_graph(&base, Component::TextEncoder));
+    assert!(!with_b.shares_graph(&base, Component::TextEncoder2));
+    assert!(!with_b.shares_graph(&base, Component::Unet));
+    // The same set again shares everything; a different weight rebuilds the touched graphs.
+    let again = SdxlPipeline::load_with_loras(env, &root, &config, &b, Some(&with_b)).unwrap();
+    for c in Component::ALL {
+        assert!(again.shares_graph(&with_b, c), "{c:?}");
+    }
+    let b2 = LoraSet::load(vec![spec("peft_b", 0.25)], &cache).unwrap();
+    let other = SdxlPipeline::load_with_loras(env, &root, &config, &b2, Some(&with_b)).unwrap();
+    assert!(!other.shares_graph(&with_b, Component::Unet));
+    assert!(other.shares_graph(&with_b, Component::TextEncoder));
+    // Weight 0 gives the base sessions themselves.
+    let zero = LoraSet::load(vec![spec("kohya_a", 0.0)], &cache).unwrap();
+    let z = SdxlPipeline::load_with_loras(env, &root, &config, &zero, Some(&base)).unwrap();
+    for c in Component::ALL {
+        assert!(z.shares_graph(&base, c), "{c:?}");
+    }
+    assert!(b.cache_key() != b2.cache_key() && b.cache_key() != 0 && LoraSet::empty().cache_key() == 0);
+}
+
+/// Run the tiny UNet once on fixed inputs.
+fn unet_out(session: &ModelSession) -> Vec<f32> {
+    use sdxlrt::runtime::tensor::float_value;
+    let arr = |shape: &[usize], seed: f32| {
+        let n: usize = shape.iter().product();
+        ndarray::ArrayD::from_shape_vec(shape.to_vec(), (0..n).map(|i| (i as f32 * 0.37 + seed).sin()).collect())
+            .unwrap()
+    };
+    let f = sdxlrt::runtime::tensor::Elem::F32;
+    let inputs = vec![
+        ("sample".to_string(), float_value(arr(&[1, 4, 8, 8], 0.1), f, "unet", "sample").unwrap()),
+        ("timestep".to_string(), float_value(arr(&[], 0.5).mapv(|_| 500.0), f, "unet", "timestep").unwrap()),
+        ("encoder_hidden_states".to_string(), float_value(arr(&[1, 77, 64], 0.2), f, "unet", "ehs").unwrap()),
+        ("text_embeds".to_string(), float_value(arr(&[1, 32], 0.3), f, "unet", "te").unwrap()),
+        ("time_ids".to_string(), float_value(arr(&[1, 6], 0.4).mapv(|_| 64.0), f, "unet", "ti").unwrap()),
+    ];
+    session.run(inputs, &["out_sample"], &CancelToken::new()).unwrap().remove(0).iter().copied().collect()
+}
+
+#[test]
+fn both_override_routes_reach_onnx_runtime() {
+    // External-data initializers are inlined into the in-memory model (default) or, past the size limit, passed
+    // as AddExternalInitializers. Both must give the same output, different from the base model's.
+    let engine = engine();
+    let env = &engine.runtime().env;
+    let config = SessionConfig { intra_op_threads: Some(1) };
+    let set = LoraSet::load(vec![spec("kohya_a", 1.0)], &LoraFileCache::default()).unwrap();
+    let path = fixtures().join("tiny-sdxl/unet/model.onnx");
+    let base = unet_out(&ModelSession::load(env, &path, "unet", &config).unwrap());
+    let mut outs = Vec::new();
+    for limit in [u64::MAX, 0] {
+        let plan = set.plan_graph(OnnxModel::read(&path).unwrap(), Component::Unet, None).unwrap();
+        let mut o = plan.overrides.unwrap();
+        let external = o.values.keys().filter(|&&i| o.model.initializers[i].is_external()).count();
+        assert!(external > 50, "the LoRA patches {external} external-data weights");
+        o.max_inline_bytes = limit;
+        outs.push(unet_out(&ModelSession::load_with_overrides(env, "unet", &config, o).unwrap()));
+    }
+    let change = base.iter().zip(&outs[0]).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+    assert!(change > 1e-2, "the LoRA changed the UNet output by only {change}");
+    assert_close!(outs[1], outs[0], 1e-5, 1e-5, "AddExternalInitializers vs inlined");
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// error paths and warnings
+
+/// A models_root in a temp folder: copies of tiny-sdxl and the fixture LoRAs, plus the given files in `loras/`.
+fn temp_root(files: &[(&str, Vec<u8>)]) -> tempfile::TempDir {
+    fn copy(from: &Path, to: &Path) {
+        std::fs::create_dir_all(to).unwrap();
+        for e in std::fs::read_dir(from).unwrap() {
+            let e = e.unwrap();
+            let dst = to.join(e.file_name());
+            if e.file_type().unwrap().is_dir() {
+                copy(&e.path(), &dst);
+            } else {
+                std::fs::copy(e.path(), dst).unwrap();
+            }
+        }
+    }
+    let dir = tempfile::tempdir().unwrap();
+    copy(&fixtures().join("tiny-sdxl"), &dir.path().join("tiny-sdxl"));
+    copy(&fixtures().join("loras"), &dir.path().join("loras"));
+    for (name, bytes) in files {
+        std::fs::write(dir.path().join("loras").join(name), bytes).unwrap();
+    }
+    dir
+}
+
+fn safetensors_file(tensors: &[(&str, Vec<usize>, Vec<f32>)]) -> Vec<u8> {
+    let bytes: Vec<(String, Vec<usize>, Vec<u8>)> = tensors
+        .iter()
+        .map(|(k, s, d)| (k.to_string(), s.clone(), d.iter().flat_map(|v| v.to_le_bytes()).collect()))
+        .collect();
+    let views: Vec<(String, safetensors::tensor::TensorView<'_>)> = bytes
+        .iter()
+        .map(|(k, s, b)| {
+            (k.clone(), safetensors::tensor::TensorView::new(safetensors::Dtype::F32, s.clone(), b).unwrap())
+        })
+        .collect();
+    safetensors::tensor::serialize(views, None).unwrap()
+}
+
+fn generate(root: &Path, loras: Value) -> Value {
+    let engine = Engine::new(Some(&json!({"models_root": root, "intra_op_threads": 1}).to_string())).unwrap();
+    let req = json!({"prompt": "a cat", "models": {"base": "tiny-sdxl"}, "dimensions": {"width": 64, "height": 64},
+                     "hyperparameters": {"num_inference_steps": 1, "seed": 1}, "lora": {"models": loras}});
+    let outcome = engine.generate(&req.to_string(), &mut Capture::default(), false);
+    serde_json::from_str(&outcome.response_json).unwrap()
+}
+
+fn expect_error(resp: &Value, code: &str, needles: &[&str]) {
+    assert_eq!(resp["error_code"], code, "{resp}");
+    let msg = resp["error"].as_str().unwrap();
+    for n in needles {
+        assert!(msg.contains(n), "error {msg:?} should mention {n:?}");
+    }
+}
+
+const Q: &str = "unet.down_blocks.1.attentions.0.transformer_blocks.0.attn1.to_q";
+
+#[test]
+fn missing_escaping_and_outside_files_are_errors_naming_the_field() {
+    let outside = tempfile::NamedTempFile::new().unwrap();
+    let dir = temp_root(&[]);
+    let root = dir.path();
+    let cases = [
+        (json!([{"name": "nope"}]), "data.lora.models[0].name", "does not exist"),
+        (json!([{"name": "kohya_a"}, {"name": "../tiny-sdxl/model_index.json"}]), "data.lora.models[1].name", ".."),
+        (json!([{"name": outside.path()}]), "data.lora.models[0].name", "outside models_root"),
+    ];
+    for (loras, field, hint) in cases {
+        let resp = generate(root, loras);
+        expect_error(&resp, "invalid_request", &[field, hint]);
+    }
+}
+
+#[test]
+fn corrupt_unmatched_and_misshapen_files_are_clear_errors() {
+    let good = std::fs::read(fixtures().join("loras/peft_b.safetensors")).unwrap();
+    let truncated = good[..good.len() - 1000].to_vec();
+    let sd15 = safetensors_file(&[
+        ("lora_unet_foo_bar.lora_down.weight", vec![2, 8], vec![0.1; 16]),
+        ("lora_unet_foo_bar.lora_up.weight", vec![8, 2], vec![0.1; 16]),
+    ]);
+    let misshapen = safetensors_file(&[
+        (&format!("{Q}.lora_A.weight"), vec![2, 32], vec![0.1; 64]),
+        (&format!("{Q}.lora_B.weight"), vec![16, 2], vec![0.1; 32]),
+    ]);
+    let dir = temp_root(&[
+        ("truncated.safetensors", truncated),
+        ("garbage.safetensors", b"definitely not safetensors".to_vec()),
+        ("sd15.safetensors", sd15),
+        ("misshapen.safetensors", misshapen),
+    ]);
+    let root = dir.path();
+    expect_error(&generate(root, json!([{"name": "truncated"}])), "model_invalid", &["truncated.safetensors"]);
+    expect_error(&generate(root, json!([{"name": "garbage"}])), "model_invalid", &["garbage.safetensors"]);
+    expect_error(
+        &generate(root, json!([{"name": "kohya_a"}, {"name": "sd15"}])),
+        "invalid_request",
+        &["data.lora.models[1].name", "no tensor", "sd15.safetensors"],
+    );
+    expect_error(
+        &generate(root, json!([{"name": "misshapen"}])),
+        "model_invalid",
+        &["misshapen.safetensors", "attn1.to_q"],
+    );
+}
+
+#[test]
+fn unmatched_keys_become_warnings_with_counts() {
+    let mut tensors = vec![
+        (format!("{Q}.lora_A.weight"), vec![2, 32], vec![0.05f32; 64]),
+        (format!("{Q}.lora_B.weight"), vec![32, 2], vec![0.05f32; 64]),
+        ("unet.down_blocks.7.attentions.0.proj_in.lora_A.weight".to_string(), vec![2, 32], vec![0.1f32; 64]),
+        ("unet.down_blocks.7.attentions.0.proj_in.lora_B.weight".to_string(), vec![32, 2], vec![0.1f32; 64]),
+        ("some_trainer_state".to_string(), vec![1], vec![1.0f32]),
+    ];
+    tensors.push((format!("{Q}.alpha"), vec![], vec![2.0]));
+    let refs: Vec<(&str, Vec<usize>, Vec<f32>)> =
+        tensors.iter().map(|(k, s, d)| (k.as_str(), s.clone(), d.clone())).collect();
+    let dir = temp_root(&[("partial.safetensors", safetensors_file(&refs))]);
+    let resp = generate(dir.path(), json!([{"name": "partial", "weight": 0.5}]));
+    assert_eq!(resp["success"], true, "{resp}");
+    let w: Vec<&str> = resp["warnings"].as_array().unwrap().iter().map(|v| v.as_str().unwrap()).collect();
+    assert!(w.iter().any(|w| w.contains("LoRA `partial`: applied 3 of 6 tensors, skipped 3")), "{w:?}");
+    assert_eq!(resp["data"]["generated_images"][0]["metadata"]["loras"], json!([{"name": "partial", "weight": 0.5}]));
+}
+
+#[test]
+fn lora_files_resolve_by_name_path_and_absolute_path() {
+    let root = fixtures();
+    let field = "f";
+    let want = fixtures().join("loras/peft_b.safetensors").canonicalize().unwrap();
+    for name in ["peft_b", "peft_b.safetensors", want.to_str().unwrap()] {
+        assert_eq!(sdxlrt::lora::resolve_path(&root, name, field).unwrap(), want, "{name}");
+    }
+    let _ = PathBuf::new();
+}
+
+#[test]
+fn sessions_are_cached_by_file_content_and_weights() {
+    let dir = temp_root(&[]);
+    let root = dir.path();
+    let loras = root.join("loras");
+    std::fs::copy(loras.join("peft_b.safetensors"), loras.join("mine.safetensors")).unwrap();
+    let engine = Engine::new(Some(&json!({"models_root": root, "intra_op_threads": 1}).to_string())).unwrap();
+    let run = |prompt: &str, weight: f32, scheduler: &str| {
+        let req = json!({"prompt": prompt, "models": {"base": "tiny-sdxl"}, "scheduler": scheduler,
+                         "dimensions": {"width": 64, "height": 64},
+                         "hyperparameters": {"num_inference_steps": 2, "seed": 3},
+                         "lora": {"models": [{"name": "mine", "weight": weight}]}});
+        let out = engine.generate(&req.to_string(), &mut Capture::default(), true);
+        assert!(out.error.is_none(), "{}", out.response_json);
+        out.images[0].data.clone()
+    };
+    let variants = || {
+        let mut v: Vec<String> = engine.cache().loaded().into_iter().map(|m| m.variant).collect();
+        v.sort();
+        v
+    };
+    let first = run("a cat", 0.8, "EulerDiscreteScheduler");
+    assert_eq!(variants().len(), 1);
+    // Another prompt or scheduler: the same sessions.
+    run("a dog", 0.8, "EulerDiscreteScheduler");
+    run("a dog", 0.8, "Euler");
+    assert_eq!(variants().len(), 1);
+    // Another weight: a new variant.
+    run("a cat", 0.4, "EulerDiscreteScheduler");
+    assert_eq!(variants().len(), 2);
+    // Same name and weight, new content: a new variant and a different image.
+    std::fs::copy(loras.join("kohya_a.safetensors"), loras.join("mine.safetensors")).unwrap();
+    let changed = run("a cat", 0.8, "EulerDiscreteScheduler");
+    let v = variants();
+    assert_eq!(v.len(), 3, "{v:?}");
+    assert_ne!(first, changed);
+}
