@@ -6,8 +6,8 @@
 #                                        (tests/fixtures/ is not touched; exit status 1 on any difference)
 #
 # Owned outputs (tests/fixtures/rng/ and tests/fixtures/schedulers/ belong to other tools and are left alone):
-#   clip-vocab-full/  tokenizer_ids.json  tiny-sdxl/  tiny-sdxl-folded/  goldens/
-# (goldens/ holds goldens.py's cases and scheduler_pipeline_goldens.py's sched_*.safetensors)
+#   clip-vocab-full/  tokenizer_ids.json  tiny-sdxl/  tiny-sdxl-folded/  goldens/  loras/
+# (goldens/ holds goldens.py's cases, scheduler_pipeline_goldens.py's sched_*.safetensors and make_lora.py's lora_*)
 # The torch model is built in $SDXLRT_WORK (default ~/.cache/sdxlrt/work), outside the repository.
 #
 # Goldens come from torch CPU kernels, whose last bits depend on the CPU's vector ISA (see README.md), so
@@ -16,7 +16,7 @@
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 fixtures="$(cd "$here/../tests/fixtures" && pwd)"
-owned=(clip-vocab-full tokenizer_ids.json tiny-sdxl tiny-sdxl-folded goldens)
+owned=(clip-vocab-full tokenizer_ids.json tiny-sdxl tiny-sdxl-folded goldens loras)
 
 mode=write
 case "${1:-}" in
@@ -58,6 +58,8 @@ echo "== diffusers goldens per scheduler (goldens/sched_*.safetensors)" >&2
 "$py" scheduler_pipeline_goldens.py --model "$model" --out "$out/goldens"
 echo "== onnxruntime loop vs scheduler goldens" >&2
 "$py" scheduler_pipeline_goldens.py --out "$out/goldens" --verify "$out/tiny-sdxl"
+echo "== LoRA fixtures (loras/) and diffusers fuse_lora goldens (goldens/lora_*.safetensors)" >&2
+"$py" make_lora.py --model "$model" --out "$out"
 
 (cd "$out" && chmod -R a+rX "${owned[@]}")
 sums="$(mktemp)"
