@@ -159,3 +159,32 @@ fn model_names_cannot_escape_models_root() {
         assert_eq!(reply.status, sdxl_status::InvalidRequest, "{name}: {}", reply.json);
     }
 }
+
+#[test]
+fn cuda_without_a_cuda_runtime_is_a_clear_error_or_an_announced_fallback() {
+    // The CPU wheel of ONNX Runtime has no CUDA execution provider.
+    let opts = |extra: serde_json::Value| {
+        let mut o = serde_json::json!({"models_root": fixtures()});
+        for (k, v) in extra.as_object().unwrap() {
+            o[k] = v.clone();
+        }
+        o.to_string()
+    };
+    match AbiEngine::create(Some(&opts(serde_json::json!({"device": "cuda"})))) {
+        Ok(_) => panic!("device cuda was accepted by a CPU-only ONNX Runtime"),
+        Err((status, msg)) => {
+            assert_eq!(status, sdxl_status::RuntimeUnavailable);
+            assert!(msg.contains("CUDA execution provider") && msg.contains("onnxruntime-gpu"), "{msg}");
+        }
+    }
+    let (status, msg) = AbiEngine::create(Some(&opts(serde_json::json!({"device": "gpu"})))).err().unwrap();
+    assert_eq!(status, sdxl_status::InvalidOption, "{msg}");
+    let engine =
+        AbiEngine::create(Some(&opts(serde_json::json!({"device": "cuda:1", "allow_cpu_fallback": true})))).unwrap();
+    let reply = engine.generate(&gen("tiny-sdxl", serde_json::json!({})));
+    assert_eq!(reply.status, sdxl_status::Ok);
+    assert!(reply.json["warnings"].to_string().contains("running on CPU"), "the fallback is announced: {}", reply.json);
+    assert_eq!(reply.json["data"]["processing_metrics"]["device_name"], "CPU");
+    let status = engine.generate(r#"{"message_type": "status"}"#);
+    assert_eq!(status.json["data"]["execution_provider"], "CPUExecutionProvider");
+}

@@ -153,7 +153,7 @@ fn spec(name: &str, weight: f32) -> LoraSpec {
 fn changing_the_lora_set_rebuilds_only_the_graphs_it_touches() {
     let engine = engine();
     let env = &engine.runtime().env;
-    let config = SessionConfig { intra_op_threads: Some(1) };
+    let config = SessionConfig { intra_op_threads: Some(1), ..Default::default() };
     let root = fixtures().join("tiny-sdxl");
     let cache = LoraFileCache::default();
     let base = SdxlPipeline::load(env, &root, &config).unwrap();
@@ -206,7 +206,7 @@ fn both_override_routes_reach_onnx_runtime() {
     // as AddExternalInitializers. Both must give the same output, different from the base model's.
     let engine = engine();
     let env = &engine.runtime().env;
-    let config = SessionConfig { intra_op_threads: Some(1) };
+    let config = SessionConfig { intra_op_threads: Some(1), ..Default::default() };
     let set = LoraSet::load(vec![spec("kohya_a", 1.0)], &LoraFileCache::default()).unwrap();
     let path = fixtures().join("tiny-sdxl/unet/model.onnx");
     let base = unet_out(&ModelSession::load(env, &path, "unet", &config).unwrap());

@@ -29,10 +29,7 @@ use crate::pipeline::{Progress, ProgressEvent, RunContext, SdxlPipeline, Stage};
 use crate::protocol::normalize::{parse_request, RequestLimits};
 use crate::protocol::params::GenerateParams;
 use crate::protocol::response::{GeneratedImage, ImageMetadata, ModelInfo, ProcessingMetrics, Response};
-use crate::runtime::{CancelToken, SessionConfig};
-
-/// The execution provider every session uses in this build.
-pub const EXECUTION_PROVIDER: &str = "CPUExecutionProvider";
+use crate::runtime::{CancelToken, Device, SessionConfig};
 
 /// One engine: create once, generate from many threads.
 #[derive(Debug)]
@@ -87,15 +84,17 @@ impl Engine {
     pub fn new(options_json: Option<&str>) -> Result<Self> {
         let options = EngineOptions::from_json(options_json)?;
         let (runtime, warning) = ort_env::runtime(options.onnxruntime_path.as_deref())?;
+        let mut warnings: Vec<String> = warning.into_iter().collect();
+        let device = choose_device(&options, runtime, &mut warnings)?;
         Ok(Engine {
             limits: options.limits(),
-            sessions: SessionConfig { intra_op_threads: options.intra_op_threads },
+            sessions: SessionConfig { intra_op_threads: options.intra_op_threads, device },
             cache: PipelineCache::new(options.max_cached_models.unwrap_or(3), options.memory_threshold.unwrap_or(0.8)),
             slots: Slots::new(options.max_concurrent_runs.unwrap_or(1)),
             options,
             runtime,
             cancels: CancelRegistry::default(),
-            warnings: warning.into_iter().collect(),
+            warnings,
             lora_files: Default::default(),
         })
     }
@@ -243,7 +242,7 @@ impl Engine {
             encode_save_time: t_save.elapsed().as_secs_f64(),
             unet_evaluations: t.unet_evaluations,
             steps: params.steps,
-            device_name: "CPU".into(),
+            device_name: self.sessions.device.name(),
             device_memory_used: memory::process_rss(),
             peak_memory: peak.peak(),
         };
@@ -329,8 +328,8 @@ impl Engine {
         let (total, available) = memory::system_memory().map_or((None, None), |(t, a)| (Some(t), Some(a)));
         json!({
             "version": env!("CARGO_PKG_VERSION"),
-            "device_name": "CPU",
-            "execution_provider": EXECUTION_PROVIDER,
+            "device_name": self.sessions.device.name(),
+            "execution_provider": self.sessions.device.execution_provider(),
             "onnxruntime": {
                 "version": self.runtime.version,
                 "library_path": self.runtime.library_path,
@@ -355,6 +354,32 @@ impl Engine {
                 "max_batch": self.limits.max_batch,
             },
         })
+    }
+}
+
+/// The device the options ask for, checked against what the loaded ONNX Runtime can do. CUDA without a CUDA
+/// execution provider is an error naming the library, unless `allow_cpu_fallback` turns it into a warning.
+fn choose_device(options: &EngineOptions, runtime: &OrtRuntime, warnings: &mut Vec<String>) -> Result<Device> {
+    let device = options.device.as_deref().and_then(Device::parse).unwrap_or_default();
+    if device == Device::Cpu {
+        return Ok(device);
+    }
+    use ort::ep::ExecutionProvider as _;
+    let available = ort::ep::CUDA::is_available().unwrap_or(false);
+    if available {
+        return Ok(device);
+    }
+    let problem = format!(
+        "device {} needs ONNX Runtime's CUDA execution provider, and {} has none (install the onnxruntime-gpu \
+         1.31.1 build and point onnxruntime_path at it)",
+        device.name(),
+        runtime.library_path.display()
+    );
+    if options.allow_cpu_fallback == Some(true) {
+        warnings.push(format!("{problem}; running on CPU because allow_cpu_fallback is set"));
+        Ok(Device::Cpu)
+    } else {
+        Err(Error::RuntimeUnavailable(problem))
     }
 }
 

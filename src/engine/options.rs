@@ -40,6 +40,11 @@ pub struct EngineOptions {
     pub max_concurrent_runs: Option<usize>,
     /// When set, `save_path` must lie inside this folder (relative paths resolve under it).
     pub output_root: Option<PathBuf>,
+    /// Where graphs run: `cpu` (default), `cuda` or `cuda:N`. CUDA is registered with `error_on_failure`.
+    pub device: Option<String>,
+    /// With `device` cuda: run on CPU (with a warning) when this ONNX Runtime has no CUDA execution provider,
+    /// instead of failing. Default false: never a silent fallback.
+    pub allow_cpu_fallback: Option<bool>,
 }
 
 impl EngineOptions {
@@ -64,6 +69,14 @@ impl EngineOptions {
                 return Err(Error::InvalidOption {
                     field: "memory_threshold".into(),
                     message: format!("{t} is not in (0, 1]"),
+                });
+            }
+        }
+        if let Some(d) = &options.device {
+            if crate::runtime::Device::parse(d).is_none() {
+                return Err(Error::InvalidOption {
+                    field: "device".into(),
+                    message: format!("{d:?} is not one of cpu, cuda, cuda:N"),
                 });
             }
         }

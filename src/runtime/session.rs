@@ -15,11 +15,51 @@ use super::onnx_proto::{self, OnnxModel};
 use super::tensor::{to_f32, Elem};
 use crate::error::{Error, Result};
 
+/// Where graphs run.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Device {
+    /// ONNX Runtime's CPU execution provider.
+    #[default]
+    Cpu,
+    /// The CUDA execution provider on this device id, registered with `error_on_failure` (ort would otherwise
+    /// fall back to CPU silently).
+    Cuda(i32),
+}
+
+impl Device {
+    /// Parse the engine option: `cpu`, `cuda`, `cuda:N`.
+    pub fn parse(text: &str) -> Option<Device> {
+        match text.trim().to_ascii_lowercase().as_str() {
+            "cpu" => Some(Device::Cpu),
+            "cuda" => Some(Device::Cuda(0)),
+            other => other.strip_prefix("cuda:")?.parse().ok().filter(|n| *n >= 0).map(Device::Cuda),
+        }
+    }
+
+    /// The execution provider's ONNX Runtime name.
+    pub fn execution_provider(self) -> &'static str {
+        match self {
+            Device::Cpu => "CPUExecutionProvider",
+            Device::Cuda(_) => "CUDAExecutionProvider",
+        }
+    }
+
+    /// A short device name for status and metrics: `CPU`, `CUDA:0`.
+    pub fn name(self) -> String {
+        match self {
+            Device::Cpu => "CPU".into(),
+            Device::Cuda(n) => format!("CUDA:{n}"),
+        }
+    }
+}
+
 /// Session settings shared by every graph of an engine.
 #[derive(Debug, Clone, Default)]
 pub struct SessionConfig {
     /// Threads inside one operator; `None` lets ONNX Runtime pick (one per physical core).
     pub intra_op_threads: Option<usize>,
+    /// The execution provider.
+    pub device: Device,
 }
 
 /// A declared input or output.
@@ -70,6 +110,12 @@ fn builder(
     builder = builder.with_optimization_level(GraphOptimizationLevel::All).map_err(|e| invalid(e.into()))?;
     if let Some(n) = config.intra_op_threads {
         builder = builder.with_intra_threads(n).map_err(|e| invalid(e.into()))?;
+    }
+    if let Device::Cuda(id) = config.device {
+        let cuda = ort::ep::CUDA::default().with_device_id(id).build().error_on_failure();
+        builder = builder.with_execution_providers([cuda]).map_err(|e| {
+            Error::RuntimeUnavailable(format!("the CUDA execution provider (device {id}) failed for the {stage}: {e}"))
+        })?;
     }
     Ok(builder)
 }
@@ -256,7 +302,7 @@ impl ModelSession {
                         None => Err(Error::Inference { stage: self.stage, message: format!("no output `{name}`") }),
                     })
                     .collect::<Result<Vec<_>>>(),
-                Err(e) => Err(Error::Inference { stage: self.stage, message: e.to_string() }),
+                Err(e) => Err(Error::Inference { stage: self.stage, message: explain(e.to_string()) }),
             };
             extracted
         };
@@ -265,5 +311,41 @@ impl ModelSession {
             Err(_) if cancel.is_cancelled() => Err(Error::Cancelled),
             other => other,
         }
+    }
+}
+
+/// Add what a user can do to ONNX Runtime's out-of-memory messages.
+fn explain(message: String) -> String {
+    let lower = message.to_ascii_lowercase();
+    if lower.contains("failed to allocate") || lower.contains("bad_alloc") || lower.contains("out of memory") {
+        format!(
+            "out of memory: {message} (use a smaller width/height or batch, or unload other models with \
+             `unload_model`)"
+        )
+    } else {
+        message
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn devices_parse_from_engine_options() {
+        assert_eq!(Device::parse("cpu"), Some(Device::Cpu));
+        assert_eq!(Device::parse("CUDA"), Some(Device::Cuda(0)));
+        assert_eq!(Device::parse("cuda:3"), Some(Device::Cuda(3)));
+        assert_eq!(Device::parse("cuda:-1"), None);
+        assert_eq!(Device::parse("tpu"), None);
+        assert_eq!(Device::Cuda(1).name(), "CUDA:1");
+    }
+
+    #[test]
+    fn out_of_memory_errors_say_what_to_do() {
+        assert!(
+            explain("Failed to allocate memory for requested buffer of size 123".into()).starts_with("out of memory")
+        );
+        assert_eq!(explain("Concat: mismatched dims".into()), "Concat: mismatched dims");
     }
 }
