@@ -176,7 +176,7 @@ impl Engine {
                 Error::field("data.models.base", "no model named and the engine has no default_model")
             })?;
         let mut progress = Sampling { inner: progress, peak: &peak };
-        let _slot = self.slots.acquire(cancel)?;
+        let _slot = self.slots.acquire(params.priority, cancel)?;
         let (pipeline, model_load_time) = self.pipeline(&model_name, params, &mut progress, started, warnings)?;
         let mut ctx = RunContext { progress: &mut progress, cancel, started };
         let out = pipeline.generate(params, &mut ctx)?;

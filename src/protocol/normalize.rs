@@ -17,7 +17,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use serde_json::Value;
 
 use crate::error::{Error, Result};
-use crate::protocol::params::{GenerateParams, ImageFormat, LoraRequest, OutputParams, SchedulerChoice};
+use crate::protocol::params::{GenerateParams, ImageFormat, LoraRequest, OutputParams, Priority, SchedulerChoice};
 use crate::protocol::wire::{describe, WireData, WireRequest, WireScheduler};
 
 /// Accepted `message_type` values.
@@ -225,6 +225,15 @@ pub fn normalize(wire: &WireRequest, limits: &RequestLimits, warnings: &mut Vec<
         }
     };
 
+    let priority = match metadata.priority.as_deref().map(str::to_ascii_lowercase).as_deref() {
+        None | Some("normal") => Priority::Normal,
+        Some("low") => Priority::Low,
+        Some("high") => Priority::High,
+        Some(other) => {
+            return Err(Error::field("data.metadata.priority", format!("must be low, normal or high, got {other:?}")))
+        }
+    };
+
     let envelope_id = wire.request_id.clone().filter(|s| !s.is_empty());
     let data_id = metadata.request_id.filter(|s| !s.is_empty());
     let request_id = match (envelope_id, data_id) {
@@ -256,6 +265,7 @@ pub fn normalize(wire: &WireRequest, limits: &RequestLimits, warnings: &mut Vec<
         batch_parallel,
         output,
         timeout_secs,
+        priority,
         loras,
     })
 }
@@ -608,6 +618,7 @@ mod tests {
                 return_image_data: true,
             },
             timeout_secs: Some(300.0),
+            priority: Priority::Normal,
             loras: Vec::new(),
         };
         assert_eq!(p.params, expected);
@@ -746,6 +757,7 @@ mod tests {
             (minimal(json!({"output": {"return_image_data": false}})), "data.output.return_image_data", "save_path"),
             (minimal(json!({"metadata": {"timeout": 0}})), "data.metadata.timeout", "positive"),
             (minimal(json!({"metadata": {"timeout": -3.5}})), "data.metadata.timeout", "positive"),
+            (minimal(json!({"metadata": {"priority": "urgent"}})), "data.metadata.priority", "low, normal or high"),
             (minimal(json!({"scheduler": ""})), "data.scheduler", "empty"),
             (minimal(json!({"scheduler": 5})), "data.scheduler", "string"),
             (minimal(json!({"scheduler": {"name": 5}})), "data.scheduler.name", "string"),

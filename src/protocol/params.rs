@@ -42,6 +42,8 @@ pub struct GenerateParams {
     pub output: OutputParams,
     /// Cancel the request after this many seconds (`data.metadata.timeout`); `None` = no deadline.
     pub timeout_secs: Option<f64>,
+    /// Queue order when requests wait for a run slot (`data.metadata.priority`): higher first, then arrival order.
+    pub priority: Priority,
     /// LoRAs to merge into the weights (`data.lora.models`, when `data.lora.enabled` is not false), in order.
     pub loras: Vec<LoraRequest>,
 }
@@ -58,6 +60,18 @@ pub struct LoraRequest {
     pub unet_weight: Option<f32>,
     /// `text_encoder_weight`: overrides `weight` for both text encoders.
     pub text_encoder_weight: Option<f32>,
+}
+
+/// `data.metadata.priority`: `low`, `normal` (default) or `high`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Priority {
+    /// Runs after waiting normal and high requests.
+    Low,
+    /// The default.
+    #[default]
+    Normal,
+    /// Runs before waiting normal and low requests.
+    High,
 }
 
 /// A scheduler named in the request, with optional diffusers config overrides.

@@ -256,7 +256,7 @@ pub struct WireMetadata {
     /// `request_id`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub request_id: Option<String>,
-    /// `priority` (accepted, unused: requests run in call order).
+    /// `priority`: `low`, `normal` or `high`; orders requests waiting for a run slot.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub priority: Option<String>,
     /// `timeout` in seconds.

@@ -105,6 +105,83 @@ pub(crate) fn parse_spacing(value: &str) -> Result<TimestepSpacing> {
     )
 }
 
+/// A `json!({...})` object literal as a map (the class `defaults()` tables).
+pub(crate) fn json_object(v: serde_json::Value) -> serde_json::Map<String, serde_json::Value> {
+    match v {
+        serde_json::Value::Object(m) => m,
+        _ => serde_json::Map::new(),
+    }
+}
+
+/// Rejects a zero step count (every `set_timesteps`).
+pub(crate) fn check_steps(num_inference_steps: usize) -> Result<usize> {
+    if num_inference_steps == 0 {
+        return Err(Error::field("data.steps", "must be at least 1"));
+    }
+    Ok(num_inference_steps)
+}
+
+/// The training part of every class's `__init__`: `num_train_timesteps` (at least 2) and the betas from
+/// `trained_betas` / `beta_schedule` / `beta_start` / `beta_end`, with the class's default `beta_start`/`beta_end`.
+/// `exp_schedule`: the class also accepts `beta_schedule = "exp"` (`betas_for_alpha_bar(alpha_transform_type="exp")`,
+/// Heun only).
+pub(crate) fn parse_training(
+    c: &super::SchedulerConfig,
+    beta_start: f64,
+    beta_end: f64,
+    exp_schedule: bool,
+) -> Result<(usize, BetaSchedule)> {
+    let num_train_timesteps = c.num_train_timesteps.unwrap_or(1000);
+    if num_train_timesteps < 2 {
+        return Err(Error::field(option_field("num_train_timesteps"), "must be at least 2"));
+    }
+    let schedule = c.beta_schedule.as_deref().unwrap_or("linear");
+    let betas = if exp_schedule && schedule == "exp" && c.trained_betas.is_none() {
+        BetaSchedule::Trained(exp_alpha_bar_betas(num_train_timesteps))
+    } else {
+        parse_betas(
+            c.trained_betas.as_deref(),
+            schedule,
+            c.beta_start.unwrap_or(beta_start),
+            c.beta_end.unwrap_or(beta_end),
+            num_train_timesteps,
+        )?
+    };
+    Ok((num_train_timesteps, betas))
+}
+
+/// Checks the optional `sigma_min` / `sigma_max` overrides of the Karras/exponential conversions (positive, finite).
+pub(crate) fn check_sigma_bounds(c: &super::SchedulerConfig) -> Result<()> {
+    for (key, value) in [("sigma_min", c.sigma_min), ("sigma_max", c.sigma_max)] {
+        if let Some(v) = value {
+            if !(v.is_finite() && v > 0.0) {
+                return Err(Error::field(option_field(key), format!("{v} is not a positive finite number")));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Parses `final_sigmas_type` (default `zero`).
+pub(crate) fn parse_final_sigmas(c: &super::SchedulerConfig) -> Result<FinalSigmas> {
+    parse_choice(
+        "final_sigmas_type",
+        c.final_sigmas_type.as_deref().unwrap_or("zero"),
+        &[("zero", FinalSigmas::Zero), ("sigma_min", FinalSigmas::SigmaMin)],
+    )
+}
+
+impl FinalSigmas {
+    /// The sigma appended after the last step: 0, or the first training sigma `((1 - ᾱ[0]) / ᾱ[0]) ** 0.5` as a
+    /// float32 tensor.
+    pub(crate) fn value(self, tables: &TrainingTables) -> f32 {
+        match self {
+            FinalSigmas::SigmaMin => tables.sigmas[0],
+            FinalSigmas::Zero => 0.0,
+        }
+    }
+}
+
 /// Builds the beta schedule from `trained_betas`, `beta_schedule`, `beta_start` and `beta_end`.
 pub(crate) fn parse_betas(
     trained: Option<&[f64]>,
@@ -266,6 +343,13 @@ impl TrainingTables {
         let log_sigmas = sigmas.iter().map(|&s| ln_f32(s)).collect();
         TrainingTables { alphas_cumprod, sigmas, log_sigmas }
     }
+
+    /// `np.interp(timesteps, np.arange(0, len(sigmas)), sigmas)`: the training sigmas (as float64) at fractional
+    /// timesteps.
+    pub(crate) fn interp_sigmas(&self, timesteps: &[f64]) -> Vec<f64> {
+        let table: Vec<f64> = self.sigmas.iter().map(|&s| s as f64).collect();
+        np_interp_index(timesteps, &table)
+    }
 }
 
 /// Correctly rounded float32 natural log (computed in f64, rounded once).
@@ -309,7 +393,7 @@ pub(crate) fn spaced_timesteps(
 
 /// `np.arange(start, stop, -step)` for float64 with `step > 0` (numpy: `len = ceil((stop - start) / -step)`,
 /// values `start + i * -step`).
-fn np_arange_desc(start: f64, stop: f64, step: f64) -> Vec<f64> {
+pub(crate) fn np_arange_desc(start: f64, stop: f64, step: f64) -> Vec<f64> {
     let len = ((stop - start) / -step).ceil();
     let len = if len > 0.0 { len as usize } else { 0 };
     // numpy fills arange by repeated addition of delta = (start + step) - start from the first two values.
@@ -375,6 +459,30 @@ pub(crate) fn exponential_sigmas(sigma_min: f64, sigma_max: f64, n: usize) -> Ve
     np_linspace(sigma_max.ln(), sigma_min.ln(), n).into_iter().map(f64::exp).collect()
 }
 
+/// The Karras or exponential schedule of `n` sigmas from `sigma_max` down to `sigma_min` (`conversion` is not
+/// [`SigmaConversion::None`]; that case is the exponential one, never reached by callers).
+pub(crate) fn convert_sigmas(conversion: SigmaConversion, sigma_min: f64, sigma_max: f64, n: usize) -> Vec<f64> {
+    match conversion {
+        SigmaConversion::Karras => karras_sigmas(sigma_min, sigma_max, n),
+        _ => exponential_sigmas(sigma_min, sigma_max, n),
+    }
+}
+
+/// `np.array([self._sigma_to_t(s, log_sigmas) for s in sigmas])`, optionally `.round()`ed.
+pub(crate) fn sigmas_to_timesteps(sigmas: &[f64], log_sigmas: &[f32], round: bool) -> Vec<f64> {
+    sigmas
+        .iter()
+        .map(|&s| {
+            let t = sigma_to_t(s, log_sigmas);
+            if round {
+                t.round_ties_even()
+            } else {
+                t
+            }
+        })
+        .collect()
+}
+
 // --- k-diffusion family helpers ---
 // Shared by the EulerAncestral, LMS, Heun, KDPM2 and KDPM2Ancestral ports (schedulers-k); DDIM uses the step checks.
 
@@ -395,6 +503,42 @@ pub(crate) struct KClassSpec {
     pub zero_snr: bool,
     /// `step` implements `prediction_type = "sample"` (diffusers raises NotImplementedError otherwise).
     pub sample_prediction: bool,
+}
+
+/// The `__init__` arguments LMS, KDPM2 and KDPM2Ancestral share (diffusers' order); Euler a and Heun list theirs.
+pub(crate) const K_SIGMA_KEYS: &[&str] = &[
+    "num_train_timesteps",
+    "beta_start",
+    "beta_end",
+    "beta_schedule",
+    "trained_betas",
+    "use_karras_sigmas",
+    "use_exponential_sigmas",
+    "use_beta_sigmas",
+    "prediction_type",
+    "timestep_spacing",
+    "steps_offset",
+];
+
+impl KClassSpec {
+    /// diffusers' `__init__` defaults of the class's keys: the shared ones (with the class's `beta_start` and
+    /// `beta_end`), the sigma-conversion flags when it reads them and `rescale_betas_zero_snr` when it has it.
+    pub(crate) fn defaults(&self) -> serde_json::Map<String, serde_json::Value> {
+        let mut m = json_object(serde_json::json!({
+            "num_train_timesteps": 1000, "beta_start": self.beta_start, "beta_end": self.beta_end,
+            "beta_schedule": "linear", "trained_betas": null, "prediction_type": "epsilon",
+            "timestep_spacing": "linspace", "steps_offset": 0
+        }));
+        if self.sigma_conversions {
+            for key in ["use_karras_sigmas", "use_exponential_sigmas", "use_beta_sigmas"] {
+                m.insert(key.into(), false.into());
+            }
+        }
+        if self.zero_snr {
+            m.insert("rescale_betas_zero_snr".into(), false.into());
+        }
+        m
+    }
 }
 
 /// The validated options shared by the k-diffusion family, diffusers defaults applied.
@@ -420,22 +564,7 @@ impl KSigmaConfig {
     /// Reads the keys `spec` says the class takes, applies its defaults, and rejects what diffusers rejects (or what
     /// sdxlrt cannot reproduce exactly: beta sigmas need scipy's `beta.ppf`).
     pub(crate) fn parse(c: &super::SchedulerConfig, spec: &KClassSpec) -> Result<Self> {
-        let num_train_timesteps = c.num_train_timesteps.unwrap_or(1000);
-        if num_train_timesteps < 2 {
-            return Err(Error::field(option_field("num_train_timesteps"), "must be at least 2"));
-        }
-        let schedule = c.beta_schedule.as_deref().unwrap_or("linear");
-        let betas = if spec.exp_schedule && schedule == "exp" && c.trained_betas.is_none() {
-            BetaSchedule::Trained(exp_alpha_bar_betas(num_train_timesteps))
-        } else {
-            parse_betas(
-                c.trained_betas.as_deref(),
-                schedule,
-                c.beta_start.unwrap_or(spec.beta_start),
-                c.beta_end.unwrap_or(spec.beta_end),
-                num_train_timesteps,
-            )?
-        };
+        let (num_train_timesteps, betas) = parse_training(c, spec.beta_start, spec.beta_end, spec.exp_schedule)?;
         let prediction = c.prediction_type.as_deref().unwrap_or("epsilon");
         let prediction_type = parse_prediction_type(prediction)?;
         // These classes compare against "sample" only; the legacy "original_sample" raises in their `step`.
@@ -458,41 +587,42 @@ impl KSigmaConfig {
         })
     }
 
-    /// The training tables (`__init__`).
-    pub(crate) fn tables(&self) -> TrainingTables {
-        TrainingTables::new(&self.betas, self.num_train_timesteps, self.rescale_betas_zero_snr)
-    }
-
-    /// Ports the grid part every k-diffusion `set_timesteps` shares: spaced timesteps, `np.interp` sigmas, then the
-    /// optional Karras/exponential conversion (from the interpolated end points; these classes have no
-    /// `sigma_min`/`sigma_max` config) with `_sigma_to_t` timesteps, rounded when `round_converted` (KDPM2's
-    /// Karras branch). Returns float64 timesteps and the `n` sigmas before the final 0 is appended.
-    pub(crate) fn grid(&self, tables: &TrainingTables, n: usize, round_karras: bool) -> Result<(Vec<f64>, Vec<f64>)> {
-        if n == 0 {
-            return Err(Error::field("data.steps", "must be at least 1"));
-        }
+    /// Ports `__init__` (the training tables) and the grid part every k-diffusion `set_timesteps` shares: spaced
+    /// timesteps, `np.interp` sigmas, then the optional Karras/exponential conversion (from the interpolated end
+    /// points; these classes have no `sigma_min`/`sigma_max` config) with `_sigma_to_t` timesteps, rounded when
+    /// `round_karras` (KDPM2's Karras branch). The timesteps and sigmas are float32, and the final sigma 0 is
+    /// appended (`np.concatenate([sigmas, [0.0]]).astype(np.float32)`).
+    pub(crate) fn grid(&self, n: usize, round_karras: bool) -> Result<KGrid> {
+        let n = check_steps(n)?;
+        let tables = TrainingTables::new(&self.betas, self.num_train_timesteps, self.rescale_betas_zero_snr);
         let mut timesteps: Vec<f64> = spaced_timesteps(self.spacing, self.num_train_timesteps, n, self.steps_offset)
             .into_iter()
             .map(f64::from)
             .collect();
-        let table: Vec<f64> = tables.sigmas.iter().map(|&s| s as f64).collect();
-        let mut sigmas = np_interp_index(&timesteps, &table);
+        let mut sigmas = tables.interp_sigmas(&timesteps);
         if self.conversion != SigmaConversion::None {
             let (lo, hi) = match (sigmas.last(), sigmas.first()) {
                 (Some(&lo), Some(&hi)) => (lo, hi),
                 _ => return Err(Error::Internal("empty sigma grid".into())),
             };
-            sigmas = match self.conversion {
-                SigmaConversion::Karras => karras_sigmas(lo, hi, n),
-                _ => exponential_sigmas(lo, hi, n),
-            };
-            timesteps = sigmas.iter().map(|&s| sigma_to_t(s, &tables.log_sigmas)).collect();
-            if round_karras && self.conversion == SigmaConversion::Karras {
-                timesteps.iter_mut().for_each(|t| *t = t.round_ties_even());
-            }
+            sigmas = convert_sigmas(self.conversion, lo, hi, n);
+            let round = round_karras && self.conversion == SigmaConversion::Karras;
+            timesteps = sigmas_to_timesteps(&sigmas, &tables.log_sigmas, round);
         }
-        Ok((timesteps, sigmas))
+        let mut sigmas: Vec<f32> = sigmas.into_iter().map(|s| s as f32).collect();
+        sigmas.push(0.0);
+        Ok(KGrid { tables, timesteps: timesteps.into_iter().map(|t| t as f32).collect(), sigmas })
     }
+}
+
+/// What [`KSigmaConfig::grid`] builds.
+pub(crate) struct KGrid {
+    /// The training tables.
+    pub tables: TrainingTables,
+    /// The `n` inference timesteps (float32).
+    pub timesteps: Vec<f32>,
+    /// The `n` inference sigmas plus the final 0 (float32).
+    pub sigmas: Vec<f32>,
 }
 
 /// Parses `use_karras_sigmas` / `use_exponential_sigmas` / `use_beta_sigmas` (at most one; beta sigmas need scipy's
@@ -592,6 +722,84 @@ pub(crate) fn interleave_repeat<T: Copy>(x: &[T], keep_last: bool) -> Vec<T> {
     out
 }
 
+/// The inference grid of a sigma scheduler (Euler, Euler a, LMS, Heun, KDPM2, KDPM2 a): what `set_timesteps` leaves
+/// (`timesteps`, `sigmas`, `init_noise_sigma`) and what `set_begin_index` sets. The two-evaluation classes keep
+/// diffusers' interleaved tables here (`2n − 1` timesteps; `2n` sigmas for Heun, `2n + 2` for KDPM2).
+#[derive(Debug, Clone)]
+pub(crate) struct SigmaGrid {
+    /// One entry per UNet evaluation (float32).
+    pub timesteps: Vec<f32>,
+    /// The noise levels (float32), ending with the final sigma.
+    pub sigmas: Vec<f32>,
+    /// `init_noise_sigma` (see [`k_init_noise_sigma`]).
+    pub init_noise_sigma: f32,
+    /// `set_begin_index` (img2img).
+    pub begin_index: Option<usize>,
+}
+
+impl SigmaGrid {
+    /// The grid with `init_noise_sigma` computed from `sigmas` for `spacing`.
+    pub(crate) fn new(timesteps: Vec<f32>, sigmas: Vec<f32>, spacing: TimestepSpacing) -> Self {
+        let init_noise_sigma = k_init_noise_sigma(&sigmas, spacing);
+        SigmaGrid { timesteps, sigmas, init_noise_sigma, begin_index: None }
+    }
+
+    /// [`check_step_call`] for this grid.
+    pub(crate) fn check_step(&self, class: &str, index: usize, model_output: &[usize], sample: &[usize]) -> Result<()> {
+        check_step_call(class, index, self.timesteps.len(), self.begin_index, model_output, sample)
+    }
+}
+
+/// The [`super::Scheduler`] methods every sigma scheduler implements the same way from its `grid` ([`SigmaGrid`])
+/// field. `1`: one evaluation per step, input scaled by `(σ² + 1)^½` (Euler, Euler a, LMS); `2`: two evaluations per
+/// step (Heun, KDPM2, KDPM2 a, which scale their inputs themselves).
+macro_rules! sigma_grid_methods {
+    (@grid) => {
+        fn timesteps(&self) -> &[f32] {
+            &self.grid.timesteps
+        }
+
+        fn sigmas(&self) -> &[f32] {
+            &self.grid.sigmas
+        }
+
+        fn init_noise_sigma(&self) -> f32 {
+            self.grid.init_noise_sigma
+        }
+
+        fn set_begin_index(&mut self, begin_index: usize) {
+            self.grid.begin_index = Some(begin_index);
+        }
+    };
+    (1) => {
+        sigma_grid_methods!(@grid);
+
+        fn order(&self) -> usize {
+            1
+        }
+
+        fn scale_model_input(&mut self, sample: ndarray::ArrayViewD<'_, f32>, index: usize) -> ndarray::ArrayD<f32> {
+            super::common::k_scale_input(sample, self.grid.sigmas[index])
+        }
+
+        fn completed_steps(&self, index: usize) -> usize {
+            index + 1
+        }
+    };
+    (2) => {
+        sigma_grid_methods!(@grid);
+
+        fn order(&self) -> usize {
+            2
+        }
+
+        fn completed_steps(&self, index: usize) -> usize {
+            super::common::two_eval_completed_steps(index, self.grid.timesteps.len())
+        }
+    };
+}
+pub(crate) use sigma_grid_methods;
+
 /// Checks a `step` call: `index` in range and not before `begin_index`, equal shapes. Errors are
 /// [`Error::Internal`] (pipeline bugs, never user input).
 pub(crate) fn check_step_call(
@@ -628,6 +836,46 @@ pub(crate) fn draw_noise(noise: &mut dyn crate::rng::NoiseSource, shape: &[usize
     Ok(eps)
 }
 
+/// `noise = randn_tensor(shape, generator=…); prev_sample = prev_sample + noise * scale` (the ancestral noise of
+/// Euler a, KDPM2 a and DDIM with `eta > 0`), float32.
+pub(crate) fn add_scaled_noise(
+    prev: &mut ndarray::ArrayD<f32>,
+    noise: &mut dyn crate::rng::NoiseSource,
+    scale: f32,
+) -> Result<()> {
+    let eps = draw_noise(noise, prev.shape())?;
+    // `prev` is a fresh standard-layout array, so its iteration order is the noise's row-major order.
+    prev.iter_mut().zip(eps).for_each(|(x, e)| *x += e * scale);
+    Ok(())
+}
+
+/// "Convert to an ODE derivative": `(sample − x₀) / σ` (float32).
+pub(crate) fn k_derivative(
+    sample: ndarray::ArrayViewD<'_, f32>,
+    pred_original: &ndarray::ArrayD<f32>,
+    sigma: f32,
+) -> ndarray::ArrayD<f32> {
+    let mut derivative = sample.to_owned();
+    ndarray::Zip::from(&mut derivative).and(pred_original).for_each(|d, &x0| *d = (*d - x0) / sigma);
+    derivative
+}
+
+/// Step 2 of the sigma schedulers: "Convert to an ODE derivative" `(sample − x₀) / σ` and take the Euler step
+/// `base + derivative · dt` (`base` is the sample itself, or the sample saved at a two-evaluation step's start).
+pub(crate) fn k_euler_update(
+    mut base: ndarray::ArrayD<f32>,
+    sample: ndarray::ArrayViewD<'_, f32>,
+    pred_original: &ndarray::ArrayD<f32>,
+    sigma: f32,
+    dt: f32,
+) -> ndarray::ArrayD<f32> {
+    ndarray::Zip::from(&mut base).and(&sample).and(pred_original).for_each(|x, &s, &x0| {
+        let derivative = (s - x0) / sigma;
+        *x += derivative * dt;
+    });
+    base
+}
+
 /// `sample / (σ² + 1) ** 0.5` (float32): `scale_model_input` of the sigma schedulers.
 pub(crate) fn k_scale_input(sample: ndarray::ArrayViewD<'_, f32>, sigma: f32) -> ndarray::ArrayD<f32> {
     let denom = (sigma * sigma + 1.0).sqrt();
@@ -642,10 +890,22 @@ pub(crate) fn k_pred_original(
     model_output: ndarray::ArrayViewD<'_, f32>,
     sample: ndarray::ArrayViewD<'_, f32>,
 ) -> ndarray::ArrayD<f32> {
+    k_pred_original_churned(prediction_type, sigma, sigma, model_output, sample)
+}
+
+/// [`k_pred_original`] as `EulerDiscreteScheduler.step` writes it with churn: `epsilon` uses the raised noise level
+/// `sigma_hat` (`x − σ̂ ε`), `v_prediction` the grid's `sigma`.
+pub(crate) fn k_pred_original_churned(
+    prediction_type: PredictionType,
+    sigma_hat: f32,
+    sigma: f32,
+    model_output: ndarray::ArrayViewD<'_, f32>,
+    sample: ndarray::ArrayViewD<'_, f32>,
+) -> ndarray::ArrayD<f32> {
     match prediction_type {
         PredictionType::Epsilon => {
             let mut p = sample.to_owned();
-            ndarray::Zip::from(&mut p).and(&model_output).for_each(|p, &m| *p -= sigma * m);
+            ndarray::Zip::from(&mut p).and(&model_output).for_each(|p, &m| *p -= sigma_hat * m);
             p
         }
         PredictionType::VPrediction => {

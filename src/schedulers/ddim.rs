@@ -10,8 +10,8 @@
 use ndarray::{ArrayD, ArrayViewD, Axis, Zip};
 
 use super::common::{
-    betas_f32, check_step_call, draw_noise, option_field, parse_betas, parse_prediction_type, parse_spacing,
-    rescale_zero_terminal_snr, torch_cumprod_f32, BetaSchedule, PredictionType, TimestepSpacing,
+    add_scaled_noise, betas_f32, check_step_call, check_steps, option_field, parse_prediction_type, parse_spacing,
+    parse_training, rescale_zero_terminal_snr, torch_cumprod_f32, BetaSchedule, PredictionType, TimestepSpacing,
 };
 use super::{Scheduler, SchedulerConfig};
 use crate::error::{Error, Result};
@@ -39,17 +39,13 @@ pub(crate) const KEYS: &[&str] = &[
 
 /// diffusers' defaults for [`KEYS`].
 pub(crate) fn defaults() -> serde_json::Map<String, serde_json::Value> {
-    let v = serde_json::json!({
+    super::common::json_object(serde_json::json!({
         "num_train_timesteps": 1000, "beta_start": 0.0001, "beta_end": 0.02, "beta_schedule": "linear",
         "trained_betas": null, "clip_sample": true, "set_alpha_to_one": true, "steps_offset": 0,
         "prediction_type": "epsilon", "thresholding": false, "dynamic_thresholding_ratio": 0.995,
         "clip_sample_range": 1.0, "sample_max_value": 1.0, "timestep_spacing": "leading",
         "rescale_betas_zero_snr": false, "eta": 0.0
-    });
-    match v {
-        serde_json::Value::Object(m) => m,
-        _ => serde_json::Map::new(),
-    }
+    }))
 }
 
 const CLASS: &str = "DDIMScheduler";
@@ -82,17 +78,7 @@ pub(crate) struct DdimConfig {
 impl DdimConfig {
     /// Applies diffusers' class defaults to `c` and rejects what diffusers rejects.
     pub(crate) fn new(c: &SchedulerConfig) -> Result<Self> {
-        let num_train_timesteps = c.num_train_timesteps.unwrap_or(1000);
-        if num_train_timesteps < 2 {
-            return Err(Error::field(option_field("num_train_timesteps"), "must be at least 2"));
-        }
-        let betas = parse_betas(
-            c.trained_betas.as_deref(),
-            c.beta_schedule.as_deref().unwrap_or("linear"),
-            c.beta_start.unwrap_or(0.0001),
-            c.beta_end.unwrap_or(0.02),
-            num_train_timesteps,
-        )?;
+        let (num_train_timesteps, betas) = parse_training(c, 0.0001, 0.02, false)?;
         let prediction = c.prediction_type.as_deref().unwrap_or("epsilon");
         let prediction_type = parse_prediction_type(prediction)?;
         if prediction == "original_sample" {
@@ -143,10 +129,7 @@ impl DdimConfig {
     /// leaves the training range (`steps_offset` too large).
     pub(crate) fn build(&self, num_inference_steps: usize) -> Result<DdimScheduler> {
         let t_max = self.num_train_timesteps;
-        let n = num_inference_steps;
-        if n == 0 {
-            return Err(Error::field("data.steps", "must be at least 1"));
-        }
+        let n = check_steps(num_inference_steps)?;
         if n > t_max {
             return Err(Error::field(
                 "data.steps",
@@ -339,9 +322,7 @@ impl Scheduler for DdimScheduler {
         Zip::from(&mut prev).and(&pred_epsilon).for_each(|x0, &e| *x0 = sqrt_a_prev * *x0 + dir_coeff * e);
 
         if c.eta > 0.0 {
-            let eps = draw_noise(noise, model_output.shape())?;
-            // `prev` iterates in logical (row-major) order, the noise's order.
-            prev.iter_mut().zip(eps).for_each(|(x, e)| *x += std_dev_t * e);
+            add_scaled_noise(&mut prev, noise, std_dev_t)?;
         }
         Ok(prev)
     }
@@ -360,24 +341,23 @@ mod tests {
     use ndarray::{ArrayD, IxDyn, Zip};
     use serde_json::{json, Map, Value};
 
-    use super::super::euler_ancestral::k_goldens::{self, check_over_config, dummy_noise_deter, sum_mean};
-    use super::super::testutil::{dummy_model, dummy_sample_deter, ScriptedNoise, SDXL_JSON};
+    use super::super::testutil::{
+        assert_sum_mean, check_goldens, dummy_model, dummy_noise_deter, dummy_sample_deter, merged, sum_mean, sweep,
+        ScriptedNoise, K_RULES, SDXL_JSON,
+    };
     use super::super::{resolve, SchedulerConfig};
     use super::*;
     use crate::error::ErrorCode;
     use crate::rng::TorchGenerator;
 
     /// diffusers `DDIMSchedulerTest.get_scheduler_config`.
+    fn base() -> Value {
+        json!({"num_train_timesteps": 1000, "beta_start": 0.0001, "beta_end": 0.02, "beta_schedule": "linear",
+               "clip_sample": true})
+    }
+
     fn test_config(extra: Value) -> Map<String, Value> {
-        let mut m = json!({"num_train_timesteps": 1000, "beta_start": 0.0001, "beta_end": 0.02,
-                           "beta_schedule": "linear", "clip_sample": true})
-        .as_object()
-        .cloned()
-        .expect("object");
-        if let Value::Object(e) = extra {
-            m.extend(e);
-        }
-        m
+        merged(base(), extra)
     }
 
     fn ddim(overrides: &Map<String, Value>, steps: usize) -> DdimScheduler {
@@ -407,7 +387,7 @@ mod tests {
 
     #[test]
     fn matches_diffusers_goldens_for_every_option_set() {
-        let r = k_goldens::check_class(CLASS);
+        let r = check_goldens("k_family", Some(CLASS), &K_RULES);
         assert!(r.runs >= 18, "{r:?}");
     }
 
@@ -420,13 +400,9 @@ mod tests {
             (json!({"set_alpha_to_one": false, "beta_start": 0.01}), 149.0784, 0.1941),
         ];
         for (extra, want_sum, want_mean) in cases {
-            let (sum, mean) = full_loop(extra.clone(), None);
-            assert!((sum - want_sum).abs() < 1e-2, "{extra}: sum {sum}");
-            assert!((mean - want_mean).abs() < 1e-3, "{extra}: mean {mean}");
+            assert_sum_mean(&extra.to_string(), full_loop(extra.clone(), None), (want_sum, want_mean), 1e-3);
         }
-        let (sum, mean) = full_loop(json!({}), Some(8));
-        assert!((sum - 354.5418).abs() < 1e-2, "with noise: sum {sum}");
-        assert!((mean - 0.4616).abs() < 1e-3, "with noise: mean {mean}");
+        assert_sum_mean("with noise", full_loop(json!({}), Some(8)), (354.5418, 0.4616), 1e-3);
     }
 
     /// diffusers `test_variance`.
@@ -461,16 +437,12 @@ mod tests {
 
     #[test]
     fn check_over_configs() {
-        for n in [100, 500, 1000] {
-            check_over_config(CLASS, &test_config(json!({"num_train_timesteps": n})));
-        }
-        for offset in [0, 1] {
-            check_over_config(CLASS, &test_config(json!({"steps_offset": offset})));
-        }
+        let mut configs: Vec<Value> = [100, 500, 1000].iter().map(|n| json!({"num_train_timesteps": n})).collect();
+        configs.extend([0, 1].map(|offset| json!({"steps_offset": offset})));
         for (start, end) in [(0.0001, 0.002), (0.001, 0.02), (0.01, 0.2)] {
-            check_over_config(CLASS, &test_config(json!({"beta_start": start, "beta_end": end})));
+            configs.push(json!({"beta_start": start, "beta_end": end}));
         }
-        for extra in [
+        configs.extend([
             json!({"beta_schedule": "linear"}),
             json!({"beta_schedule": "squaredcos_cap_v2"}),
             json!({"prediction_type": "epsilon"}),
@@ -484,17 +456,13 @@ mod tests {
             json!({"rescale_betas_zero_snr": false}),
             json!({"thresholding": false}),
             json!({"eta": 0.5}),
-        ] {
-            check_over_config(CLASS, &test_config(extra));
-        }
+        ]);
         for threshold in [0.5, 1.0, 2.0] {
             for p in ["epsilon", "v_prediction"] {
-                check_over_config(
-                    CLASS,
-                    &test_config(json!({"thresholding": true, "prediction_type": p, "sample_max_value": threshold})),
-                );
+                configs.push(json!({"thresholding": true, "prediction_type": p, "sample_max_value": threshold}));
             }
         }
+        assert_eq!(sweep(CLASS, &base(), &configs, &[10], 0.1), configs.len());
     }
 
     #[test]

@@ -6,15 +6,15 @@
 //! 0.42.1: `__init__` (checks), `get_order_list`, `set_timesteps` (linspace grid only: this class has no
 //! `timestep_spacing`, `steps_offset` or `rescale_betas_zero_snr`), `convert_model_output`,
 //! `singlestep_dpm_solver_{second,third}_order_update` and `step` (the `order_list`, the base `self.sample` taken at
-//! each group's first-order evaluation). Shared pieces live in `dpmsolver_multistep.rs`.
+//! each group's first-order evaluation). Shared pieces live in `dpm_family.rs`.
 
 use ndarray::{ArrayD, ArrayViewD};
 
-use super::common::{exp_f32, option_field, parse_choice, FinalSigmas, SigmaConversion, TrainingTables};
-use super::dpmsolver_multistep::{
-    alpha_sigma_t, check_final_sigmas, check_steps, check_variance_type, clipped_index, draw_noise, first_order_update,
-    lambda, lincomb, linspace_timesteps, need_noise, parse_solver_type, second_order_update, sigmas_to_timesteps, zip2,
-    Algorithm, FamilyOptions, Grid, SolverType,
+use super::common::{check_steps, exp_f32, option_field, FinalSigmas, TimestepSpacing};
+use super::dpm_family::{
+    check_variance_type, clipped_index, draw_noise, first_order_update, grid_scheduler_methods, lincomb, need_noise,
+    parse_algorithm, parse_lambda_min_clipped, parse_solver_type, second_order_update, spaced_timesteps, zip2,
+    Algorithm, FamilyOptions, Grid, History, SolverType,
 };
 use super::{Scheduler, SchedulerConfig};
 use crate::error::{Error, Result};
@@ -49,7 +49,7 @@ pub(crate) const KEYS: &[&str] = &[
 
 /// diffusers' defaults for [`KEYS`].
 pub(crate) fn defaults() -> serde_json::Map<String, serde_json::Value> {
-    let v = serde_json::json!({
+    super::common::json_object(serde_json::json!({
         "num_train_timesteps": 1000, "beta_start": 0.0001, "beta_end": 0.02, "beta_schedule": "linear",
         "trained_betas": null, "solver_order": 2, "prediction_type": "epsilon", "thresholding": false,
         "dynamic_thresholding_ratio": 0.995, "sample_max_value": 1.0, "algorithm_type": "dpmsolver++",
@@ -57,11 +57,7 @@ pub(crate) fn defaults() -> serde_json::Map<String, serde_json::Value> {
         "use_exponential_sigmas": false, "use_beta_sigmas": false, "use_flow_sigmas": false, "flow_shift": 1.0,
         "final_sigmas_type": "zero", "lambda_min_clipped": "-Infinity", "variance_type": null,
         "use_dynamic_shifting": false, "time_shift_type": "exponential"
-    });
-    match v {
-        serde_json::Value::Object(m) => m,
-        _ => serde_json::Map::new(),
-    }
+    }))
 }
 
 /// Validated `DPMSolverSinglestepScheduler` options, diffusers defaults applied.
@@ -81,18 +77,7 @@ impl DpmSinglestepConfig {
     pub(crate) fn new(c: &SchedulerConfig) -> Result<Self> {
         const CLASS: &str = "DPMSolverSinglestepScheduler";
         let family = FamilyOptions::new(c, CLASS, false)?;
-        let raw_algorithm = c.algorithm_type.as_deref().unwrap_or("dpmsolver++");
-        let algorithm = parse_choice(
-            "algorithm_type",
-            raw_algorithm,
-            &[
-                ("dpmsolver", Algorithm::DpmSolver),
-                ("dpmsolver++", Algorithm::DpmSolverPp),
-                ("sde-dpmsolver++", Algorithm::SdeDpmSolverPp),
-                ("deis", Algorithm::DpmSolverPp),
-            ],
-        )?;
-        check_final_sigmas(raw_algorithm, family.final_sigmas)?;
+        let algorithm = parse_algorithm(c, family.final_sigmas, false)?;
         check_variance_type(c)?;
         if algorithm == Algorithm::DpmSolver && family.thresholding.is_some() {
             // convert_model_output indexes `self.alpha_t[timestep]` with timestep=None there, which fails.
@@ -102,13 +87,7 @@ impl DpmSinglestepConfig {
                  `dpmsolver++`",
             ));
         }
-        let lambda_min_clipped = c.lambda_min_clipped.unwrap_or(f64::NEG_INFINITY);
-        if lambda_min_clipped.is_nan() || lambda_min_clipped == f64::INFINITY {
-            return Err(Error::field(
-                option_field("lambda_min_clipped"),
-                format!("{lambda_min_clipped} is not a finite number or -Infinity"),
-            ));
-        }
+        let lambda_min_clipped = parse_lambda_min_clipped(c)?;
         Ok(DpmSinglestepConfig {
             family,
             algorithm,
@@ -169,21 +148,12 @@ impl DpmSinglestepConfig {
     pub(crate) fn build(&self, num_inference_steps: usize) -> Result<DpmSolverSinglestepScheduler> {
         let n = check_steps(num_inference_steps)?;
         let f = &self.family;
-        let tables = TrainingTables::new(&f.betas, f.num_train_timesteps, false);
+        let tables = f.tables();
         let clipped_idx = clipped_index(&tables.alphas_cumprod, self.lambda_min_clipped);
-        let mut timesteps = linspace_timesteps(f.num_train_timesteps.saturating_sub(clipped_idx), n);
-        let sigmas: Vec<f64> = if f.conversion != SigmaConversion::None {
-            let sigmas = f.converted_sigmas(&tables, n);
-            timesteps = sigmas_to_timesteps(&sigmas, &tables.log_sigmas, f.conversion == SigmaConversion::Karras);
-            sigmas
-        } else {
-            let table: Vec<f64> = tables.sigmas.iter().map(|&s| s as f64).collect();
-            super::common::np_interp_index(&timesteps, &table)
-        };
-        let sigma_last = match f.final_sigmas {
-            FinalSigmas::SigmaMin => tables.sigmas[0],
-            FinalSigmas::Zero => 0.0,
-        };
+        let last_timestep = f.num_train_timesteps.saturating_sub(clipped_idx);
+        let timesteps = spaced_timesteps(TimestepSpacing::Linspace, f.num_train_timesteps, last_timestep, n, 0);
+        let (timesteps, sigmas) = f.timesteps_and_sigmas(&tables, timesteps, n, true);
+        let sigma_last = f.final_sigmas.value(&tables);
         let grid = Grid::new(timesteps, sigmas, sigma_last, "DPMSolverSinglestepScheduler")?;
         let order_list = self.order_list(n);
         if order_list.len() != grid.timesteps.len() {
@@ -197,7 +167,7 @@ impl DpmSinglestepConfig {
             config: self.clone(),
             grid,
             order_list,
-            model_outputs: vec![None; f.solver_order],
+            model_outputs: History::new(f.solver_order),
             base_sample: None,
         })
     }
@@ -210,33 +180,19 @@ pub struct DpmSolverSinglestepScheduler {
     grid: Grid,
     /// `self.order_list`: the order of the update after each evaluation.
     order_list: Vec<usize>,
-    /// `self.model_outputs`, oldest first.
-    model_outputs: Vec<Option<ArrayD<f32>>>,
+    /// `self.model_outputs`.
+    model_outputs: History,
     /// `self.sample`: the base sample of the current singlestep group.
     base_sample: Option<ArrayD<f32>>,
 }
 
 impl DpmSolverSinglestepScheduler {
-    fn point(&self, i: usize) -> (f32, f32, f32) {
-        let (alpha, sigma) = alpha_sigma_t(self.grid.sigmas[i]);
-        (alpha, sigma, lambda(alpha, sigma))
-    }
-
-    /// `model_outputs[-k]`.
-    fn history(&self, k: usize) -> Result<&ArrayD<f32>> {
-        let len = self.model_outputs.len();
-        self.model_outputs
-            .get(len.wrapping_sub(k))
-            .and_then(Option::as_ref)
-            .ok_or_else(|| Error::Internal(format!("DPM-Solver history model_outputs[-{k}] is missing")))
-    }
-
     /// Ports `singlestep_dpm_solver_second_order_update` for evaluation `i` from the group's base sample.
     fn second_order(&self, i: usize, sample: &ArrayD<f32>, noise: Option<&ArrayD<f32>>) -> Result<ArrayD<f32>> {
-        let (alpha_t, sigma_t, lambda_t) = self.point(i + 1);
-        let (_, _, lambda_s0) = self.point(i);
-        let (alpha_s1, sigma_s1, lambda_s1) = self.point(i - 1);
-        let (m0, m1) = (self.history(1)?, self.history(2)?);
+        let (alpha_t, sigma_t, lambda_t) = self.grid.point(i + 1);
+        let (_, _, lambda_s0) = self.grid.point(i);
+        let (alpha_s1, sigma_s1, lambda_s1) = self.grid.point(i - 1);
+        let (m0, m1) = (self.model_outputs.get(1)?, self.model_outputs.get(2)?);
         let (h, h_0) = (lambda_t - lambda_s1, lambda_s0 - lambda_s1);
         let r0 = h_0 / h;
         // D0, D1 = m1, (1.0 / r0) * (m0 - m1)
@@ -255,11 +211,11 @@ impl DpmSolverSinglestepScheduler {
 
     /// Ports `singlestep_dpm_solver_third_order_update` for evaluation `i` from the group's base sample.
     fn third_order(&self, i: usize, sample: &ArrayD<f32>, noise: Option<&ArrayD<f32>>) -> Result<ArrayD<f32>> {
-        let (alpha_t, sigma_t, lambda_t) = self.point(i + 1);
-        let (_, _, lambda_s0) = self.point(i);
-        let (_, _, lambda_s1) = self.point(i - 1);
-        let (alpha_s2, sigma_s2, lambda_s2) = self.point(i - 2);
-        let (m0, m1, m2) = (self.history(1)?, self.history(2)?, self.history(3)?);
+        let (alpha_t, sigma_t, lambda_t) = self.grid.point(i + 1);
+        let (_, _, lambda_s0) = self.grid.point(i);
+        let (_, _, lambda_s1) = self.grid.point(i - 1);
+        let (alpha_s2, sigma_s2, lambda_s2) = self.grid.point(i - 2);
+        let (m0, m1, m2) = (self.model_outputs.get(1)?, self.model_outputs.get(2)?, self.model_outputs.get(3)?);
         let (h, h_0, h_1) = (lambda_t - lambda_s2, lambda_s0 - lambda_s2, lambda_s1 - lambda_s2);
         let (r0, r1) = (h_0 / h, h_1 / h);
         let d0 = m2;
@@ -329,26 +285,7 @@ impl DpmSolverSinglestepScheduler {
 }
 
 impl Scheduler for DpmSolverSinglestepScheduler {
-    fn timesteps(&self) -> &[f32] {
-        &self.grid.timesteps
-    }
-
-    fn sigmas(&self) -> &[f32] {
-        &self.grid.sigmas
-    }
-
-    fn init_noise_sigma(&self) -> f32 {
-        1.0
-    }
-
-    fn order(&self) -> usize {
-        1
-    }
-
-    /// The identity.
-    fn scale_model_input(&mut self, sample: ArrayViewD<'_, f32>, _index: usize) -> ArrayD<f32> {
-        sample.to_owned()
-    }
+    grid_scheduler_methods!();
 
     /// Ports `DPMSolverSinglestepScheduler.step`.
     fn step(
@@ -363,15 +300,12 @@ impl Scheduler for DpmSolverSinglestepScheduler {
         let sample = sample.to_owned();
         let converted =
             c.family.convert_model_output(c.algorithm.predicts_x0(), &model_output, &sample, self.grid.sigmas[index]);
-        self.model_outputs.rotate_left(1);
-        if let Some(last) = self.model_outputs.last_mut() {
-            *last = Some(converted);
-        }
+        self.model_outputs.push(converted);
         let noise = if c.algorithm.is_sde() { Some(draw_noise(noise, sample.shape())?) } else { None };
 
         // order = self.order_list[step_index]; lowered while model_outputs[-order] is None (e.g. after begin_index).
         let mut order = self.order_list[index];
-        while order > 1 && self.model_outputs[self.model_outputs.len() - order].is_none() {
+        while order > 1 && !self.model_outputs.has(order) {
             order -= 1;
         }
         if order == 1 {
@@ -383,14 +317,14 @@ impl Scheduler for DpmSolverSinglestepScheduler {
             .ok_or_else(|| Error::Internal("DPMSolverSinglestepScheduler: no base sample".into()))?;
         let prev = match order {
             1 => {
-                let (alpha_t, sigma_t, lambda_t) = self.point(index + 1);
-                let (alpha_s, sigma_s, lambda_s) = self.point(index);
+                let (alpha_t, sigma_t, lambda_t) = self.grid.point(index + 1);
+                let (alpha_s, sigma_s, lambda_s) = self.grid.point(index);
                 first_order_update(
                     c.algorithm,
                     (alpha_t, sigma_t),
                     (alpha_s, sigma_s),
                     lambda_t - lambda_s,
-                    self.history(1)?,
+                    self.model_outputs.get(1)?,
                     base,
                     noise.as_ref(),
                 )
@@ -401,22 +335,15 @@ impl Scheduler for DpmSolverSinglestepScheduler {
         self.grid.advance(index);
         Ok(prev)
     }
-
-    fn set_begin_index(&mut self, begin_index: usize) {
-        self.grid.begin_index = Some(begin_index);
-    }
-
-    fn completed_steps(&self, index: usize) -> usize {
-        index + 1
-    }
 }
 
 #[cfg(test)]
 mod tests {
     use serde_json::{json, Map, Value};
 
-    use super::super::dpmsolver_multistep::tests::{check_class_goldens, check_unit_loops, sweep, test_base};
-    use super::super::testutil::SDXL_JSON;
+    use super::super::testutil::{
+        check_dpm_unit_loops, check_goldens, dpm_test_base, solver_configs, sweep, DPM_RULES, SDXL_JSON,
+    };
     use super::super::{resolve, SchedulerConfig};
     use super::*;
     use crate::error::ErrorCode;
@@ -428,38 +355,23 @@ mod tests {
 
     #[test]
     fn dpm_singlestep_matches_diffusers_goldens_for_every_option_set() {
-        assert!(check_class_goldens("DPMSolverSinglestepScheduler") >= 25);
+        assert!(check_goldens("dpm_family", Some("DPMSolverSinglestepScheduler"), &DPM_RULES).runs >= 25);
     }
 
     #[test]
     fn dpm_singlestep_full_loops_match_diffusers_unit_tests() {
         // tests/schedulers/test_scheduler_dpm_single.py: full_loop no noise / v_prediction, full_uneven_loop (starts
         // at timesteps[3]), values recomputed with diffusers 0.42.1.
-        assert_eq!(check_unit_loops("single_"), 3);
+        assert_eq!(check_dpm_unit_loops("single_"), 3);
     }
 
     #[test]
     fn dpm_singlestep_check_over_configs() {
         const S: &str = "DPMSolverSinglestepScheduler";
-        let base = test_base();
-        let mut configs: Vec<Value> =
-            [25, 50, 100, 999, 1000].iter().map(|n| json!({"num_train_timesteps": n})).collect();
-        for order in [1, 2, 3] {
-            for solver_type in ["midpoint", "heun"] {
-                for prediction_type in ["epsilon", "sample", "v_prediction"] {
-                    for algorithm in ["dpmsolver", "dpmsolver++", "sde-dpmsolver++"] {
-                        configs.push(json!({"solver_order": order, "solver_type": solver_type,
-                            "prediction_type": prediction_type, "algorithm_type": algorithm,
-                            "final_sigmas_type": "sigma_min"}));
-                    }
-                    for threshold in [0.5, 1.0, 2.0] {
-                        configs.push(json!({"thresholding": true, "prediction_type": prediction_type,
-                            "sample_max_value": threshold, "algorithm_type": "dpmsolver++", "solver_order": order,
-                            "solver_type": solver_type}));
-                    }
-                }
-            }
-        }
+        let base = dpm_test_base();
+        let algorithms = ["dpmsolver", "dpmsolver++", "sde-dpmsolver++"]
+            .map(|a| json!({"algorithm_type": a, "final_sigmas_type": "sigma_min"}));
+        let mut configs = solver_configs(&["midpoint", "heun"], &algorithms, &json!({"algorithm_type": "dpmsolver++"}));
         for extra in [
             json!({"lower_order_final": true}),
             json!({"lower_order_final": false}),
@@ -472,8 +384,8 @@ mod tests {
         ] {
             configs.push(extra);
         }
-        assert!(sweep(S, &base, &configs, &[10, 11]) > 100);
-        assert_eq!(sweep(S, &base, &[json!({})], &[1, 2, 3, 5, 10, 50, 100, 999]), 8);
+        assert!(sweep(S, &base, &configs, &[10, 11], 1.0) > 100);
+        assert_eq!(sweep(S, &base, &[json!({})], &[1, 2, 3, 5, 10, 50, 100, 999], 1.0), 8);
     }
 
     #[test]

@@ -10,8 +10,8 @@
 use ndarray::{ArrayD, ArrayViewD, Zip};
 
 use super::common::{
-    check_step_call, interleave_repeat, k_init_noise_sigma, k_pred_original, k_scale_input, two_eval_completed_steps,
-    KClassSpec, KSigmaConfig,
+    interleave_repeat, k_derivative, k_pred_original, k_scale_input, sigma_grid_methods, KClassSpec, KSigmaConfig,
+    SigmaGrid,
 };
 use super::{Scheduler, SchedulerConfig};
 use crate::error::{Error, Result};
@@ -36,16 +36,10 @@ pub(crate) const KEYS: &[&str] = &[
 
 /// diffusers' defaults for [`KEYS`].
 pub(crate) fn defaults() -> serde_json::Map<String, serde_json::Value> {
-    let v = serde_json::json!({
-        "num_train_timesteps": 1000, "beta_start": 0.00085, "beta_end": 0.012, "beta_schedule": "linear",
-        "trained_betas": null, "prediction_type": "epsilon", "use_karras_sigmas": false,
-        "use_exponential_sigmas": false, "use_beta_sigmas": false, "clip_sample": false, "clip_sample_range": 1.0,
-        "timestep_spacing": "linspace", "steps_offset": 0
-    });
-    match v {
-        serde_json::Value::Object(m) => m,
-        _ => serde_json::Map::new(),
-    }
+    let mut m = SPEC.defaults();
+    m.insert("clip_sample".into(), false.into());
+    m.insert("clip_sample_range".into(), 1.0.into());
+    m
 }
 
 const SPEC: KClassSpec = KClassSpec {
@@ -83,25 +77,18 @@ impl HeunConfig {
 
     /// `HeunDiscreteScheduler(**config).set_timesteps(num_inference_steps)`.
     pub(crate) fn build(&self, num_inference_steps: usize) -> Result<HeunDiscreteScheduler> {
-        let tables = self.k.tables();
-        let (timesteps, sigmas) = self.k.grid(&tables, num_inference_steps, false)?;
-        let mut sigmas: Vec<f32> = sigmas.into_iter().map(|s| s as f32).collect();
-        sigmas.push(0.0);
+        let grid = self.k.grid(num_inference_steps, false)?;
+        let sigmas = grid.sigmas;
         // self.sigmas = cat([sigmas[:1], sigmas[1:-1].repeat_interleave(2), sigmas[-1:]])
         let mut interleaved = interleave_repeat(&sigmas[..sigmas.len() - 1], false);
         interleaved.push(0.0);
         // timesteps = cat([timesteps[:1], timesteps[1:].repeat_interleave(2)]) (float64 → float32)
-        let timesteps: Vec<f32> = timesteps.into_iter().map(|t| t as f32).collect();
-        let timesteps = interleave_repeat(&timesteps, false);
-        let init_noise_sigma = k_init_noise_sigma(&interleaved, self.k.spacing);
+        let timesteps = interleave_repeat(&grid.timesteps, false);
         Ok(HeunDiscreteScheduler {
             config: self.clone(),
-            timesteps,
-            sigmas: interleaved,
-            init_noise_sigma,
+            grid: SigmaGrid::new(timesteps, interleaved, self.k.spacing),
             num_inference_steps,
             first_order: None,
-            begin_index: None,
         })
     }
 }
@@ -118,13 +105,10 @@ struct Predictor {
 #[derive(Debug, Clone)]
 pub struct HeunDiscreteScheduler {
     config: HeunConfig,
-    timesteps: Vec<f32>,
-    sigmas: Vec<f32>,
-    init_noise_sigma: f32,
+    grid: SigmaGrid,
     num_inference_steps: usize,
     /// `Some` between the predictor and the corrector evaluation (`state_in_first_order` is `dt is None`).
     first_order: Option<Predictor>,
-    begin_index: Option<usize>,
 }
 
 impl HeunDiscreteScheduler {
@@ -135,25 +119,10 @@ impl HeunDiscreteScheduler {
 }
 
 impl Scheduler for HeunDiscreteScheduler {
-    fn timesteps(&self) -> &[f32] {
-        &self.timesteps
-    }
-
-    /// diffusers' interleaved `sigmas` (`2n` entries).
-    fn sigmas(&self) -> &[f32] {
-        &self.sigmas
-    }
-
-    fn init_noise_sigma(&self) -> f32 {
-        self.init_noise_sigma
-    }
-
-    fn order(&self) -> usize {
-        2
-    }
+    sigma_grid_methods!(2);
 
     fn scale_model_input(&mut self, sample: ArrayViewD<'_, f32>, index: usize) -> ArrayD<f32> {
-        k_scale_input(sample, self.sigmas[index])
+        k_scale_input(sample, self.grid.sigmas[index])
     }
 
     fn step(
@@ -163,22 +132,15 @@ impl Scheduler for HeunDiscreteScheduler {
         sample: ArrayViewD<'_, f32>,
         _noise: &mut dyn NoiseSource,
     ) -> Result<ArrayD<f32>> {
-        check_step_call(
-            SPEC.class,
-            index,
-            self.timesteps.len(),
-            self.begin_index,
-            model_output.shape(),
-            sample.shape(),
-        )?;
+        self.grid.check_step(SPEC.class, index, model_output.shape(), sample.shape())?;
         let first_order = self.first_order.is_none();
         if !first_order && index == 0 {
             return Err(Error::Internal("HeunDiscreteScheduler: corrector evaluation at index 0".into()));
         }
         let (sigma, sigma_next) = if first_order {
-            (self.sigmas[index], self.sigmas[index + 1])
+            (self.grid.sigmas[index], self.grid.sigmas[index + 1])
         } else {
-            (self.sigmas[index - 1], self.sigmas[index])
+            (self.grid.sigmas[index - 1], self.grid.sigmas[index])
         };
         // gamma = 0: sigma_hat = sigma * (gamma + 1) = sigma.
         let sigma_hat = sigma;
@@ -195,8 +157,7 @@ impl Scheduler for HeunDiscreteScheduler {
         match self.first_order.take() {
             None => {
                 // 2. Convert to an ODE derivative for 1st order
-                let mut derivative = sample.to_owned();
-                Zip::from(&mut derivative).and(&pred_original).for_each(|d, &x0| *d = (*d - x0) / sigma_hat);
+                let derivative = k_derivative(sample.view(), &pred_original, sigma_hat);
                 let dt = sigma_next - sigma_hat;
                 let mut prev = sample.to_owned();
                 Zip::from(&mut prev).and(&derivative).for_each(|x, &d| *x += d * dt);
@@ -220,96 +181,64 @@ impl Scheduler for HeunDiscreteScheduler {
             }
         }
     }
-
-    fn set_begin_index(&mut self, begin_index: usize) {
-        self.begin_index = Some(begin_index);
-    }
-
-    fn completed_steps(&self, index: usize) -> usize {
-        two_eval_completed_steps(index, self.timesteps.len())
-    }
 }
 
 #[cfg(test)]
 mod tests {
-    use serde_json::{json, Map};
+    use serde_json::json;
 
-    use super::super::euler_ancestral::k_goldens::{self, check_over_config, full_loop, test_config};
-    use super::super::testutil::SDXL_JSON;
-    use super::super::{resolve, SchedulerConfig};
-    use crate::error::ErrorCode;
+    use super::super::testutil::{
+        assert_sum_mean, check_goldens, check_k_over_configs, check_k_request_errors, check_two_evaluations, full_loop,
+        k_test_config, K_RULES,
+    };
 
     const CLASS: &str = "HeunDiscreteScheduler";
 
     #[test]
     fn matches_diffusers_goldens_for_every_option_set() {
-        let r = k_goldens::check_class(CLASS);
+        let r = check_goldens("k_family", Some(CLASS), &K_RULES);
         assert!(r.runs >= 14, "{r:?}");
     }
 
     #[test]
     fn check_over_configs() {
-        for n in [10, 50, 100, 1000] {
-            check_over_config(CLASS, &test_config(json!({"num_train_timesteps": n})));
-        }
-        for (start, end) in [(0.00001, 0.0002), (0.0001, 0.002), (0.001, 0.02)] {
-            check_over_config(CLASS, &test_config(json!({"beta_start": start, "beta_end": end})));
-        }
-        for extra in [
-            json!({"beta_schedule": "linear"}),
-            json!({"beta_schedule": "scaled_linear"}),
-            json!({"prediction_type": "epsilon"}),
-            json!({"prediction_type": "v_prediction"}),
-            json!({"use_karras_sigmas": true}),
-            json!({"use_exponential_sigmas": true}),
-            json!({"timestep_spacing": "leading", "steps_offset": 1}),
-            json!({"timestep_spacing": "trailing"}),
-            json!({"prediction_type": "sample"}),
-            json!({"clip_sample": true, "clip_sample_range": 0.5}),
-            json!({"beta_schedule": "exp"}),
-        ] {
-            check_over_config(CLASS, &test_config(extra));
-        }
+        check_k_over_configs(
+            CLASS,
+            &[
+                json!({"use_karras_sigmas": true}),
+                json!({"use_exponential_sigmas": true}),
+                json!({"prediction_type": "sample"}),
+                json!({"clip_sample": true, "clip_sample_range": 0.5}),
+                json!({"beta_schedule": "exp"}),
+            ],
+        );
     }
 
     /// Two UNet evaluations per step: `2n − 1` timesteps, progress in requested steps.
     #[test]
     fn two_evaluations_per_step_and_progress_in_requested_steps() {
-        let model = SchedulerConfig::from_json(SDXL_JSON).expect("parses");
-        let r = resolve(Some("Heun"), &Map::new(), &model).expect("resolves");
-        assert_eq!(r.class_name, CLASS);
-        let s = r.build(5).expect("builds");
-        assert_eq!((s.order(), s.timesteps().len()), (2, 9));
-        let progress: Vec<usize> = (0..9).map(|i| s.completed_steps(i)).collect();
-        assert_eq!(progress, vec![0, 1, 1, 2, 2, 3, 3, 4, 5]);
-        let one = r.build(1).expect("builds");
-        assert_eq!((one.timesteps().len(), one.completed_steps(0)), (1, 1));
-        assert!(r.build(0).is_err());
+        check_two_evaluations("Heun", CLASS);
     }
 
     #[test]
     fn unsupported_options_are_request_errors() {
-        let model = SchedulerConfig::from_json(SDXL_JSON).expect("parses");
-        let err = resolve(Some(CLASS), &test_config(json!({"use_beta_sigmas": true})), &model).expect_err("beta");
-        assert_eq!(err.code(), ErrorCode::Unsupported);
-        let err = resolve(Some(CLASS), &test_config(json!({"rescale_betas_zero_snr": true})), &model).expect_err("snr");
-        assert_eq!(err.code(), ErrorCode::InvalidRequest);
-        let err =
-            resolve(Some(CLASS), &test_config(json!({"prediction_type": "original_sample"})), &model).expect_err("os");
-        assert_eq!(err.code(), ErrorCode::InvalidRequest);
+        check_k_request_errors(CLASS, true);
     }
 
     #[test]
     fn full_loops_match_diffusers() {
         let cases = [
-            (json!({}), 0.1233, 0.0002),
-            (json!({"prediction_type": "v_prediction"}), 4.6934e-07, 6.1112e-10),
-            (json!({"use_karras_sigmas": true}), 0.00015, 1.9869554535034695e-07),
+            (json!({}), (0.1233, 0.0002)),
+            (json!({"prediction_type": "v_prediction"}), (4.6934e-07, 6.1112e-10)),
+            (json!({"use_karras_sigmas": true}), (0.00015, 1.9869554535034695e-07)),
         ];
-        for (extra, want_sum, want_mean) in cases {
-            let (sum, mean) = full_loop(CLASS, &test_config(extra.clone()), None, None);
-            assert!((sum - want_sum).abs() < 1e-2, "{extra}: sum {sum}");
-            assert!((mean - want_mean).abs() < 1e-3, "{extra}: mean {mean}");
+        for (extra, want) in cases {
+            assert_sum_mean(
+                &extra.to_string(),
+                full_loop(CLASS, &k_test_config(extra.clone()), None, None),
+                want,
+                1e-3,
+            );
         }
     }
 }

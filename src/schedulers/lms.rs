@@ -12,37 +12,19 @@ use std::collections::VecDeque;
 
 use ndarray::{ArrayD, ArrayViewD, Zip};
 
-use super::common::{check_step_call, k_init_noise_sigma, k_pred_original, k_scale_input, KClassSpec, KSigmaConfig};
+use super::common::{
+    k_derivative, k_pred_original, sigma_grid_methods, KClassSpec, KSigmaConfig, SigmaGrid, K_SIGMA_KEYS,
+};
 use super::{Scheduler, SchedulerConfig};
 use crate::error::Result;
 use crate::rng::NoiseSource;
 
 /// The options `LMSDiscreteScheduler` accepts: its diffusers `__init__` arguments.
-pub(crate) const KEYS: &[&str] = &[
-    "num_train_timesteps",
-    "beta_start",
-    "beta_end",
-    "beta_schedule",
-    "trained_betas",
-    "use_karras_sigmas",
-    "use_exponential_sigmas",
-    "use_beta_sigmas",
-    "prediction_type",
-    "timestep_spacing",
-    "steps_offset",
-];
+pub(crate) const KEYS: &[&str] = K_SIGMA_KEYS;
 
 /// diffusers' defaults for [`KEYS`].
 pub(crate) fn defaults() -> serde_json::Map<String, serde_json::Value> {
-    let v = serde_json::json!({
-        "num_train_timesteps": 1000, "beta_start": 0.0001, "beta_end": 0.02, "beta_schedule": "linear",
-        "trained_betas": null, "use_karras_sigmas": false, "use_exponential_sigmas": false,
-        "use_beta_sigmas": false, "prediction_type": "epsilon", "timestep_spacing": "linspace", "steps_offset": 0
-    });
-    match v {
-        serde_json::Value::Object(m) => m,
-        _ => serde_json::Map::new(),
-    }
+    SPEC.defaults()
 }
 
 const SPEC: KClassSpec = KClassSpec {
@@ -72,18 +54,11 @@ impl LmsConfig {
 
     /// `LMSDiscreteScheduler(**config).set_timesteps(num_inference_steps)`.
     pub(crate) fn build(&self, num_inference_steps: usize) -> Result<LmsDiscreteScheduler> {
-        let tables = self.k.tables();
-        let (timesteps, sigmas) = self.k.grid(&tables, num_inference_steps, false)?;
-        let mut sigmas: Vec<f32> = sigmas.into_iter().map(|s| s as f32).collect();
-        sigmas.push(0.0);
-        let init_noise_sigma = k_init_noise_sigma(&sigmas, self.k.spacing);
+        let grid = self.k.grid(num_inference_steps, false)?;
         Ok(LmsDiscreteScheduler {
             config: self.clone(),
-            timesteps: timesteps.into_iter().map(|t| t as f32).collect(),
-            sigmas,
-            init_noise_sigma,
+            grid: SigmaGrid::new(grid.timesteps, grid.sigmas, self.k.spacing),
             derivatives: VecDeque::with_capacity(LMS_ORDER + 1),
-            begin_index: None,
         })
     }
 }
@@ -92,19 +67,16 @@ impl LmsConfig {
 #[derive(Debug, Clone)]
 pub struct LmsDiscreteScheduler {
     config: LmsConfig,
-    timesteps: Vec<f32>,
-    sigmas: Vec<f32>,
-    init_noise_sigma: f32,
+    grid: SigmaGrid,
     /// `self.derivatives`, oldest first.
     derivatives: VecDeque<ArrayD<f32>>,
-    begin_index: Option<usize>,
 }
 
 impl LmsDiscreteScheduler {
     /// Ports `get_lms_coefficient(order, t, current_order)`: `∫_{σ_t}^{σ_{t+1}} Π_{k≠j} (τ − σ_{t−k}) / (σ_{t−j} −
     /// σ_{t−k}) dτ`, the integrand in float32 (diffusers' `tau - self.sigmas[t - k]` is a float32 tensor op).
     fn lms_coefficient(&self, order: usize, t: usize, current_order: usize) -> f64 {
-        let s = &self.sigmas;
+        let s = &self.grid.sigmas;
         let integrand = |tau: f64| -> f64 {
             if order <= 1 {
                 // The product over no factors stays the Python float 1.0.
@@ -126,25 +98,7 @@ impl LmsDiscreteScheduler {
 }
 
 impl Scheduler for LmsDiscreteScheduler {
-    fn timesteps(&self) -> &[f32] {
-        &self.timesteps
-    }
-
-    fn sigmas(&self) -> &[f32] {
-        &self.sigmas
-    }
-
-    fn init_noise_sigma(&self) -> f32 {
-        self.init_noise_sigma
-    }
-
-    fn order(&self) -> usize {
-        1
-    }
-
-    fn scale_model_input(&mut self, sample: ArrayViewD<'_, f32>, index: usize) -> ArrayD<f32> {
-        k_scale_input(sample, self.sigmas[index])
-    }
+    sigma_grid_methods!(1);
 
     fn step(
         &mut self,
@@ -153,22 +107,14 @@ impl Scheduler for LmsDiscreteScheduler {
         sample: ArrayViewD<'_, f32>,
         _noise: &mut dyn NoiseSource,
     ) -> Result<ArrayD<f32>> {
-        check_step_call(
-            SPEC.class,
-            index,
-            self.timesteps.len(),
-            self.begin_index,
-            model_output.shape(),
-            sample.shape(),
-        )?;
-        let sigma = self.sigmas[index];
+        self.grid.check_step(SPEC.class, index, model_output.shape(), sample.shape())?;
+        let sigma = self.grid.sigmas[index];
 
         // 1. compute predicted original sample (x_0) from sigma-scaled predicted noise
         let pred_original = k_pred_original(self.config.k.prediction_type, sigma, model_output.view(), sample.view());
 
         // 2. Convert to an ODE derivative and keep the last `order` of them.
-        let mut derivative = sample.to_owned();
-        Zip::from(&mut derivative).and(&pred_original).for_each(|d, &x0| *d = (*d - x0) / sigma);
+        let derivative = k_derivative(sample.view(), &pred_original, sigma);
         self.derivatives.push_back(derivative);
         if self.derivatives.len() > LMS_ORDER {
             self.derivatives.pop_front();
@@ -197,14 +143,6 @@ impl Scheduler for LmsDiscreteScheduler {
             Zip::from(&mut prev).and(&acc).for_each(|x, &a| *x += a);
         }
         Ok(prev)
-    }
-
-    fn set_begin_index(&mut self, begin_index: usize) {
-        self.begin_index = Some(begin_index);
-    }
-
-    fn completed_steps(&self, index: usize) -> usize {
-        index + 1
     }
 }
 
@@ -338,52 +276,46 @@ fn quad(f: impl Fn(f64) -> f64, a: f64, b: f64, epsabs: f64, epsrel: f64) -> f64
 mod tests {
     use serde_json::json;
 
-    use super::super::euler_ancestral::k_goldens::{self, check_over_config, full_loop, test_config};
+    use super::super::testutil::{
+        assert_sum_mean, check_goldens, check_k_over_configs, full_loop, k_test_config, K_RULES,
+    };
     use super::*;
 
     const CLASS: &str = "LMSDiscreteScheduler";
 
     #[test]
     fn matches_diffusers_goldens_for_every_option_set() {
-        let r = k_goldens::check_class(CLASS);
+        let r = check_goldens("k_family", Some(CLASS), &K_RULES);
         assert!(r.runs >= 14, "{r:?}");
     }
 
     #[test]
     fn full_loops_match_diffusers() {
         let cases = [
-            (json!({}), 1006.388, 1.31),
-            (json!({"prediction_type": "v_prediction"}), 0.0017, 2.2676e-06),
-            (json!({"use_karras_sigmas": true}), 3812.9927, 4.9648),
+            (json!({}), (1006.388, 1.31)),
+            (json!({"prediction_type": "v_prediction"}), (0.0017, 2.2676e-06)),
+            (json!({"use_karras_sigmas": true}), (3812.9927, 4.9648)),
         ];
-        for (extra, want_sum, want_mean) in cases {
-            let (sum, mean) = full_loop(CLASS, &test_config(extra.clone()), None, None);
-            assert!((sum - want_sum).abs() < 1e-2, "{extra}: sum {sum}");
-            assert!((mean - want_mean).abs() < 1e-3, "{extra}: mean {mean}");
+        for (extra, want) in cases {
+            assert_sum_mean(
+                &extra.to_string(),
+                full_loop(CLASS, &k_test_config(extra.clone()), None, None),
+                want,
+                1e-3,
+            );
         }
     }
 
     #[test]
     fn check_over_configs() {
-        for n in [10, 50, 100, 1000] {
-            check_over_config(CLASS, &test_config(json!({"num_train_timesteps": n})));
-        }
-        for (start, end) in [(0.00001, 0.0002), (0.0001, 0.002), (0.001, 0.02)] {
-            check_over_config(CLASS, &test_config(json!({"beta_start": start, "beta_end": end})));
-        }
-        for extra in [
-            json!({"beta_schedule": "linear"}),
-            json!({"beta_schedule": "scaled_linear"}),
-            json!({"prediction_type": "epsilon"}),
-            json!({"prediction_type": "v_prediction"}),
-            json!({"prediction_type": "sample"}),
-            json!({"use_karras_sigmas": true}),
-            json!({"use_exponential_sigmas": true}),
-            json!({"timestep_spacing": "leading", "steps_offset": 1}),
-            json!({"timestep_spacing": "trailing"}),
-        ] {
-            check_over_config(CLASS, &test_config(extra));
-        }
+        check_k_over_configs(
+            CLASS,
+            &[
+                json!({"prediction_type": "sample"}),
+                json!({"use_karras_sigmas": true}),
+                json!({"use_exponential_sigmas": true}),
+            ],
+        );
     }
 
     #[test]
@@ -403,11 +335,12 @@ mod tests {
     fn coefficients_match_the_lagrange_integrals() {
         // Step 3 (order 4) on the SDXL-like grid: the coefficients of a 4-point Adams–Bashforth rule in σ; their sum
         // is the interval length σ_{t+1} − σ_t (the Lagrange basis sums to 1).
-        let r = super::super::resolve(Some(CLASS), &test_config(json!({})), &super::super::SchedulerConfig::default())
-            .expect("resolves");
+        let r =
+            super::super::resolve(Some(CLASS), &k_test_config(json!({})), &super::super::SchedulerConfig::default())
+                .expect("resolves");
         let s = LmsConfig::new(&r.config).expect("validates").build(10).expect("builds");
         let sum: f64 = (0..4).map(|j| s.lms_coefficient(4, 5, j)).sum();
-        let len = f64::from(s.sigmas[6]) - f64::from(s.sigmas[5]);
+        let len = f64::from(s.grid.sigmas[6]) - f64::from(s.grid.sigmas[5]);
         assert!(((sum - len) / len).abs() < 1e-6, "{sum} vs {len}");
     }
 }

@@ -26,10 +26,16 @@
 //! are implemented (the others are known by name, so requests get a clear "not implemented yet"). Goldens:
 //! `onnx/scheduler_goldens.py` (Euler) and `onnx/scheduler_goldens_k.py` (Euler a, DDIM, LMS, Heun, KDPM2, KDPM2 a).
 //! The DPM-Solver family (DPM++ multistep/singlestep, UniPC) has `onnx/scheduler_goldens_dpm.py`.
+//!
+//! Shared code lives once: `common.rs` (training tables, spacing, `np.interp`, Karras/exponential sigmas,
+//! `_sigma_to_t`, option parsing and the sigma schedulers' grid and step pieces), `dpm_family.rs` (the DPM-Solver/UniPC
+//! options, grids, `convert_model_output`, updates and history) and, for tests, `testutil.rs` (golden loading and the
+//! golden runner, diffusers' dummy model/sample, scripted noise, the unit-test loops and config sweeps).
 
 mod common;
 mod config;
 mod ddim;
+mod dpm_family;
 mod dpmsolver_multistep;
 mod dpmsolver_singlestep;
 mod euler;

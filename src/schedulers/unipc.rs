@@ -6,17 +6,14 @@
 //! converted schedule), `convert_model_output`, `multistep_uni_p_bh_update` (UniP predictor),
 //! `multistep_uni_c_bh_update` (UniC corrector, applied to the incoming sample with the previous step's order and
 //! model outputs) and `step`. The small linear systems (`torch.linalg.solve`) are solved by LU with partial pivoting
-//! in float32, as LAPACK's `sgesv` does. Shared DPM-family pieces live in `dpmsolver_multistep.rs`.
+//! in float32, as LAPACK's `sgesv` does. Shared DPM-family pieces live in `dpm_family.rs`.
 
 use ndarray::{ArrayD, ArrayViewD, Zip};
 
 use super::common::{
-    option_field, parse_choice, parse_spacing, FinalSigmas, SigmaConversion, TimestepSpacing, TrainingTables,
+    check_steps, option_field, parse_choice, parse_spacing, FinalSigmas, SigmaConversion, TimestepSpacing,
 };
-use super::dpmsolver_multistep::{
-    alpha_sigma_t, check_steps, lambda, linspace_timesteps, np_arange_desc, sigmas_to_timesteps, zip2, FamilyOptions,
-    Grid,
-};
+use super::dpm_family::{grid_scheduler_methods, spaced_timesteps, zip2, FamilyOptions, Grid, History};
 use super::{Scheduler, SchedulerConfig};
 use crate::error::{Error, Result};
 use crate::rng::NoiseSource;
@@ -56,7 +53,7 @@ pub(crate) const KEYS: &[&str] = &[
 
 /// diffusers' defaults for [`KEYS`].
 pub(crate) fn defaults() -> serde_json::Map<String, serde_json::Value> {
-    let v = serde_json::json!({
+    super::common::json_object(serde_json::json!({
         "num_train_timesteps": 1000, "beta_start": 0.0001, "beta_end": 0.02, "beta_schedule": "linear",
         "trained_betas": null, "solver_order": 2, "prediction_type": "epsilon", "thresholding": false,
         "dynamic_thresholding_ratio": 0.995, "sample_max_value": 1.0, "predict_x0": true, "solver_type": "bh2",
@@ -65,11 +62,7 @@ pub(crate) fn defaults() -> serde_json::Map<String, serde_json::Value> {
         "timestep_spacing": "linspace", "steps_offset": 0, "final_sigmas_type": "zero",
         "rescale_betas_zero_snr": false, "use_dynamic_shifting": false, "time_shift_type": "exponential",
         "sigma_min": null, "sigma_max": null, "shift_terminal": null
-    });
-    match v {
-        serde_json::Value::Object(m) => m,
-        _ => serde_json::Map::new(),
-    }
+    }))
 }
 
 /// UniPC's `solver_type`: the B(h) of the paper.
@@ -159,42 +152,22 @@ impl UniPcConfig {
     pub(crate) fn build(&self, num_inference_steps: usize) -> Result<UniPcMultistepScheduler> {
         let n = check_steps(num_inference_steps)?;
         let f = &self.family;
-        let tables = TrainingTables::new(&f.betas, f.num_train_timesteps, f.rescale_betas_zero_snr);
+        let tables = f.tables();
         let t_count = f.num_train_timesteps;
-        let timesteps: Vec<f64> = match self.spacing {
-            TimestepSpacing::Linspace => linspace_timesteps(t_count, n),
-            TimestepSpacing::Leading => {
-                let step_ratio = t_count / (n + 1);
-                (1..=n).rev().map(|i| (i * step_ratio + self.steps_offset) as f64).collect()
+        let timesteps = spaced_timesteps(self.spacing, t_count, t_count, n, self.steps_offset);
+        let (timesteps, sigmas) = f.timesteps_and_sigmas(&tables, timesteps, n, true);
+        let sigma_last = match f.final_sigmas {
+            // Karras/exponential: sigma_last = sigmas[-1] of the converted schedule.
+            FinalSigmas::SigmaMin if f.conversion != SigmaConversion::None => {
+                sigmas.last().copied().unwrap_or(0.0) as f32
             }
-            TimestepSpacing::Trailing => np_arange_desc(t_count as f64, t_count as f64 / n as f64)
-                .into_iter()
-                .map(|v| v.round_ties_even() - 1.0)
-                .collect(),
-        };
-        let (timesteps, sigmas, sigma_last) = if f.conversion != SigmaConversion::None {
-            let sigmas = f.converted_sigmas(&tables, n);
-            let timesteps = sigmas_to_timesteps(&sigmas, &tables.log_sigmas, f.conversion == SigmaConversion::Karras);
-            let last = match f.final_sigmas {
-                // sigma_last = sigmas[-1] of the converted schedule.
-                FinalSigmas::SigmaMin => sigmas.last().copied().unwrap_or(0.0) as f32,
-                FinalSigmas::Zero => 0.0,
-            };
-            (timesteps, sigmas, last)
-        } else {
-            let table: Vec<f64> = tables.sigmas.iter().map(|&s| s as f64).collect();
-            let sigmas = super::common::np_interp_index(&timesteps, &table);
-            let last = match f.final_sigmas {
-                FinalSigmas::SigmaMin => tables.sigmas[0],
-                FinalSigmas::Zero => 0.0,
-            };
-            (timesteps, sigmas, last)
+            other => other.value(&tables),
         };
         let grid = Grid::new(timesteps, sigmas, sigma_last, "UniPCMultistepScheduler")?;
         Ok(UniPcMultistepScheduler {
             config: self.clone(),
             grid,
-            model_outputs: vec![None; f.solver_order],
+            model_outputs: History::new(f.solver_order),
             lower_order_nums: 0,
             last_sample: None,
             this_order: 1,
@@ -207,8 +180,8 @@ impl UniPcConfig {
 pub struct UniPcMultistepScheduler {
     config: UniPcConfig,
     grid: Grid,
-    /// `self.model_outputs` (converted), oldest first.
-    model_outputs: Vec<Option<ArrayD<f32>>>,
+    /// `self.model_outputs` (converted).
+    model_outputs: History,
     /// `self.lower_order_nums`.
     lower_order_nums: usize,
     /// `self.last_sample`: the sample the previous predictor started from (the corrector's x).
@@ -227,20 +200,6 @@ struct Coefficients {
 }
 
 impl UniPcMultistepScheduler {
-    fn point(&self, i: usize) -> (f32, f32, f32) {
-        let (alpha, sigma) = alpha_sigma_t(self.grid.sigmas[i]);
-        (alpha, sigma, lambda(alpha, sigma))
-    }
-
-    /// `model_outputs[-k]`.
-    fn history(&self, k: usize) -> Result<&ArrayD<f32>> {
-        let len = self.model_outputs.len();
-        self.model_outputs
-            .get(len.wrapping_sub(k))
-            .and_then(Option::as_ref)
-            .ok_or_else(|| Error::Internal(format!("UniPC history model_outputs[-{k}] is missing")))
-    }
-
     /// The shared coefficient part of both updates (float32 0-dim tensor arithmetic).
     fn coefficients(&self, h: f32, mut rks: Vec<f32>, order: usize) -> Coefficients {
         rks.push(1.0);
@@ -266,15 +225,15 @@ impl UniPcMultistepScheduler {
 
     /// Ports `multistep_uni_p_bh_update` (UniP, the predictor) for step `i` from `x`.
     fn predictor(&self, i: usize, x: &ArrayD<f32>, order: usize) -> Result<ArrayD<f32>> {
-        let (alpha_t, sigma_t, lambda_t) = self.point(i + 1);
-        let (alpha_s0, sigma_s0, lambda_s0) = self.point(i);
+        let (alpha_t, sigma_t, lambda_t) = self.grid.point(i + 1);
+        let (alpha_s0, sigma_s0, lambda_s0) = self.grid.point(i);
         let h = lambda_t - lambda_s0;
-        let m0 = self.history(1)?;
+        let m0 = self.model_outputs.get(1)?;
         let mut rks = Vec::new();
         let mut d1s = Vec::new();
         for k in 1..order {
-            let (_, _, lambda_si) = self.point(i - k);
-            let mi = self.history(k + 1)?;
+            let (_, _, lambda_si) = self.grid.point(i - k);
+            let mi = self.model_outputs.get(k + 1)?;
             let rk = (lambda_si - lambda_s0) / h;
             rks.push(rk);
             d1s.push(zip2(mi, m0, |a, b| (a - b) / rk));
@@ -311,15 +270,15 @@ impl UniPcMultistepScheduler {
         let order = self.this_order;
         let x =
             self.last_sample.as_ref().ok_or_else(|| Error::Internal("UniPC corrector without last sample".into()))?;
-        let (alpha_t, sigma_t, lambda_t) = self.point(i);
-        let (alpha_s0, sigma_s0, lambda_s0) = self.point(i - 1);
+        let (alpha_t, sigma_t, lambda_t) = self.grid.point(i);
+        let (alpha_s0, sigma_s0, lambda_s0) = self.grid.point(i - 1);
         let h = lambda_t - lambda_s0;
-        let m0 = self.history(1)?;
+        let m0 = self.model_outputs.get(1)?;
         let mut rks = Vec::new();
         let mut d1s = Vec::new();
         for k in 1..order {
-            let (_, _, lambda_si) = self.point(i - (k + 1));
-            let mi = self.history(k + 1)?;
+            let (_, _, lambda_si) = self.grid.point(i - (k + 1));
+            let mi = self.model_outputs.get(k + 1)?;
             let rk = (lambda_si - lambda_s0) / h;
             rks.push(rk);
             d1s.push(zip2(mi, m0, |a, b| (a - b) / rk));
@@ -349,26 +308,7 @@ impl UniPcMultistepScheduler {
 }
 
 impl Scheduler for UniPcMultistepScheduler {
-    fn timesteps(&self) -> &[f32] {
-        &self.grid.timesteps
-    }
-
-    fn sigmas(&self) -> &[f32] {
-        &self.grid.sigmas
-    }
-
-    fn init_noise_sigma(&self) -> f32 {
-        1.0
-    }
-
-    fn order(&self) -> usize {
-        1
-    }
-
-    /// The identity.
-    fn scale_model_input(&mut self, sample: ArrayViewD<'_, f32>, _index: usize) -> ArrayD<f32> {
-        sample.to_owned()
-    }
+    grid_scheduler_methods!();
 
     /// Ports `UniPCMultistepScheduler.step` (deterministic: the noise source is never used).
     fn step(
@@ -391,10 +331,7 @@ impl Scheduler for UniPcMultistepScheduler {
         if use_corrector {
             sample = self.corrector(index, &converted)?;
         }
-        self.model_outputs.rotate_left(1);
-        if let Some(last) = self.model_outputs.last_mut() {
-            *last = Some(converted);
-        }
+        self.model_outputs.push(converted);
         let order = self.config.family.solver_order;
         let this_order =
             if self.config.lower_order_final { order.min(self.grid.timesteps.len() - index) } else { order };
@@ -407,14 +344,6 @@ impl Scheduler for UniPcMultistepScheduler {
         }
         self.grid.advance(index);
         Ok(prev)
-    }
-
-    fn set_begin_index(&mut self, begin_index: usize) {
-        self.grid.begin_index = Some(begin_index);
-    }
-
-    fn completed_steps(&self, index: usize) -> usize {
-        index + 1
     }
 }
 
@@ -489,46 +418,33 @@ fn solve_f32(mut a: Vec<Vec<f32>>, mut b: Vec<f32>) -> Option<Vec<f32>> {
 mod tests {
     use serde_json::{json, Map, Value};
 
-    use super::super::dpmsolver_multistep::tests::{check_class_goldens, check_unit_loops, sweep, test_base};
-    use super::super::testutil::SDXL_JSON;
+    use super::super::testutil::{
+        check_dpm_unit_loops, check_goldens, dpm_test_base, solver_configs, sweep, DPM_RULES, SDXL_JSON,
+    };
     use super::super::{resolve, SchedulerConfig};
     use super::*;
     use crate::error::ErrorCode;
 
     #[test]
     fn unipc_matches_diffusers_goldens_for_every_option_set() {
-        assert!(check_class_goldens("UniPCMultistepScheduler") >= 25);
+        assert!(check_goldens("dpm_family", Some("UniPCMultistepScheduler"), &DPM_RULES).runs >= 25);
     }
 
     #[test]
     fn unipc_full_loops_match_diffusers_unit_tests() {
         // tests/schedulers/test_scheduler_unipc.py: full_loop no noise / Karras / v_prediction / Karras +
         // v_prediction, full_loop_with_noise (add_noise, then t_start = 8); values recomputed with diffusers 0.42.1.
-        assert_eq!(check_unit_loops("unipc_"), 5);
+        assert_eq!(check_dpm_unit_loops("unipc_"), 5);
     }
 
     #[test]
     fn unipc_check_over_configs() {
         const U: &str = "UniPCMultistepScheduler";
         // diffusers' UniPC test config uses final_sigmas_type="sigma_min".
-        let mut base = test_base();
+        let mut base = dpm_test_base();
         base["final_sigmas_type"] = json!("sigma_min");
-        let mut configs: Vec<Value> =
-            [25, 50, 100, 999, 1000].iter().map(|n| json!({"num_train_timesteps": n})).collect();
-        for order in [1, 2, 3] {
-            for solver_type in ["bh1", "bh2"] {
-                for prediction_type in ["epsilon", "sample", "v_prediction"] {
-                    for predict_x0 in [true, false] {
-                        configs.push(json!({"solver_order": order, "solver_type": solver_type,
-                            "prediction_type": prediction_type, "predict_x0": predict_x0}));
-                    }
-                    for threshold in [0.5, 1.0, 2.0] {
-                        configs.push(json!({"thresholding": true, "prediction_type": prediction_type,
-                            "sample_max_value": threshold, "solver_order": order, "solver_type": solver_type}));
-                    }
-                }
-            }
-        }
+        let variants = [true, false].map(|predict_x0| json!({"predict_x0": predict_x0}));
+        let mut configs = solver_configs(&["bh1", "bh2"], &variants, &json!({}));
         for extra in [
             json!({"lower_order_final": true}),
             json!({"lower_order_final": false}),
@@ -543,8 +459,8 @@ mod tests {
         ] {
             configs.push(extra);
         }
-        assert!(sweep(U, &base, &configs, &[10]) > 100);
-        assert_eq!(sweep(U, &base, &[json!({})], &[1, 2, 3, 5, 10, 50, 100, 999]), 8);
+        assert!(sweep(U, &base, &configs, &[10], 1.0) > 100);
+        assert_eq!(sweep(U, &base, &[json!({})], &[1, 2, 3, 5, 10, 50, 100, 999], 1.0), 8);
     }
 
     #[test]
