@@ -70,21 +70,7 @@ pub extern "C" fn sdxl_generate(
     user_data: *mut c_void,
     response_out: *mut *mut c_char,
 ) -> sdxl_status {
-    ffi_boundary! {
-        clear_last_error();
-        let engine = try_arg!(handles::clone(engine));
-        let request = try_arg!(unsafe { str_arg(request_json, "request_json") });
-        let response_out = try_arg!(out_arg(response_out, "response_out"));
-        let mut progress = CallbackProgress::new(progress_cb, user_data);
-        let outcome = engine.generate(request, &mut progress, false);
-        let status = outcome.status();
-        if let Some(e) = &outcome.error {
-            set_last_error(&e.to_string());
-        }
-        // SAFETY: checked non-null; the caller provides a writable pointer.
-        unsafe { *response_out = string_to_c(outcome.response_json) };
-        status
-    }
+    generate_into(engine, request_json, progress_cb, user_data, response_out, None)
 }
 
 /// Like [`sdxl_generate`], and also return the images as raw RGB8 pixels (no PNG/base64 round trip).
@@ -103,22 +89,39 @@ pub extern "C" fn sdxl_generate_images(
     response_out: *mut *mut c_char,
     images_out: *mut *mut sdxl_image_batch,
 ) -> sdxl_status {
+    generate_into(engine, request_json, progress_cb, user_data, response_out, Some(images_out))
+}
+
+/// The body of both generate calls; `images_out` is `Some` for the raw-pixels variant (and then must be non-NULL).
+fn generate_into(
+    engine: *const sdxl_engine,
+    request_json: *const c_char,
+    progress_cb: sdxl_progress_cb,
+    user_data: *mut c_void,
+    response_out: *mut *mut c_char,
+    images_out: Option<*mut *mut sdxl_image_batch>,
+) -> sdxl_status {
     ffi_boundary! {
         clear_last_error();
         let engine = try_arg!(handles::clone(engine));
         let request = try_arg!(unsafe { str_arg(request_json, "request_json") });
         let response_out = try_arg!(out_arg(response_out, "response_out"));
-        let images_out = try_arg!(out_arg(images_out, "images_out"));
+        let images_out = match images_out {
+            Some(ptr) => Some(try_arg!(out_arg(ptr, "images_out"))),
+            None => None,
+        };
         let mut progress = CallbackProgress::new(progress_cb, user_data);
-        let outcome = engine.generate(request, &mut progress, true);
+        let outcome = engine.generate(request, &mut progress, images_out.is_some());
         let status = outcome.status();
         if let Some(e) = &outcome.error {
             set_last_error(&e.to_string());
         }
-        let batch = if outcome.error.is_none() { batch_to_c(outcome.images) } else { std::ptr::null_mut() };
-        // SAFETY: both checked non-null; the caller provides writable pointers.
+        // SAFETY: both out-pointers were checked non-null; the caller provides writable pointers.
         unsafe {
-            *images_out = batch;
+            if let Some(images_out) = images_out {
+                *images_out =
+                    if outcome.error.is_none() { batch_to_c(outcome.images) } else { std::ptr::null_mut() };
+            }
             *response_out = string_to_c(outcome.response_json);
         }
         status
