@@ -229,6 +229,7 @@ fn bad_engine_options_are_refused() {
         ("{\"models_rot\": \"x\"}", sdxl_status::InvalidOption, "models_rot"),
         ("{\"models_root\": \"/no/such/folder\"}", sdxl_status::InvalidOption, "models_root"),
         ("{\"intra_op_threads\": 0}", sdxl_status::InvalidOption, "intra_op_threads"),
+        ("{\"cpu_memory_arena\": \"some\"}", sdxl_status::InvalidOption, "unet_only"),
         ("{\"onnxruntime_path\": \"relative/lib.so\"}", sdxl_status::InvalidOption, "absolute"),
         ("[1,", sdxl_status::InvalidJson, "options"),
     ] {

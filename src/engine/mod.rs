@@ -29,7 +29,7 @@ use crate::pipeline::{Progress, ProgressEvent, RunContext, SdxlPipeline, Stage};
 use crate::protocol::normalize::{parse_request, RequestLimits};
 use crate::protocol::params::GenerateParams;
 use crate::protocol::response::{GeneratedImage, ImageMetadata, ModelInfo, ProcessingMetrics, Response};
-use crate::runtime::{CancelToken, Device, SessionConfig};
+use crate::runtime::{ArenaPolicy, CancelToken, Device, SessionConfig};
 
 /// One engine: create once, generate from many threads.
 #[derive(Debug)]
@@ -88,7 +88,11 @@ impl Engine {
         let device = choose_device(&options, runtime, &mut warnings)?;
         Ok(Engine {
             limits: options.limits(),
-            sessions: SessionConfig { intra_op_threads: options.intra_op_threads, device },
+            sessions: SessionConfig {
+                intra_op_threads: options.intra_op_threads,
+                device,
+                cpu_arena: options.cpu_memory_arena.as_deref().and_then(ArenaPolicy::parse).unwrap_or_default(),
+            },
             cache: PipelineCache::new(options.max_cached_models.unwrap_or(3), options.memory_threshold.unwrap_or(0.8)),
             slots: Slots::new(options.max_concurrent_runs.unwrap_or(1)),
             options,

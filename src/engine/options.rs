@@ -42,6 +42,9 @@ pub struct EngineOptions {
     pub output_root: Option<PathBuf>,
     /// Where graphs run: `cpu` (default), `cuda` or `cuda:N`. CUDA is registered with `error_on_failure`.
     pub device: Option<String>,
+    /// Which graphs keep ONNX Runtime's CPU memory arena: `unet_only` (default: the VAE decode, the memory peak,
+    /// gives its memory back), `all` (ONNX Runtime's default), `none`.
+    pub cpu_memory_arena: Option<String>,
     /// With `device` cuda: run on CPU (with a warning) when this ONNX Runtime has no CUDA execution provider,
     /// instead of failing. Default false: never a silent fallback.
     pub allow_cpu_fallback: Option<bool>,
@@ -69,6 +72,14 @@ impl EngineOptions {
                 return Err(Error::InvalidOption {
                     field: "memory_threshold".into(),
                     message: format!("{t} is not in (0, 1]"),
+                });
+            }
+        }
+        if let Some(a) = &options.cpu_memory_arena {
+            if crate::runtime::ArenaPolicy::parse(a).is_none() {
+                return Err(Error::InvalidOption {
+                    field: "cpu_memory_arena".into(),
+                    message: format!("{a:?} is not one of unet_only, all, none"),
                 });
             }
         }

@@ -8,4 +8,4 @@ pub mod session;
 pub mod tensor;
 
 pub use cancel::CancelToken;
-pub use session::{Device, ModelSession, SessionConfig, WeightOverrides};
+pub use session::{ArenaPolicy, Device, ModelSession, SessionConfig, WeightOverrides};

@@ -53,6 +53,41 @@ impl Device {
     }
 }
 
+/// Which graphs use ONNX Runtime's CPU memory arena (engine option `cpu_memory_arena`).
+///
+/// The arena keeps freed blocks for reuse: fast for the UNet, which runs every step with the same shapes, but it
+/// holds on to the VAE decoder's large activations (the peak of a run) for as long as the session lives.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum ArenaPolicy {
+    /// The UNet only (default): the other graphs run once per image and give their memory back.
+    #[default]
+    UnetOnly,
+    /// Every graph (ONNX Runtime's default).
+    All,
+    /// No graph.
+    None,
+}
+
+impl ArenaPolicy {
+    /// Parse the engine option: `unet_only`, `all`, `none`.
+    pub fn parse(text: &str) -> Option<ArenaPolicy> {
+        match text {
+            "unet_only" => Some(ArenaPolicy::UnetOnly),
+            "all" => Some(ArenaPolicy::All),
+            "none" => Some(ArenaPolicy::None),
+            _ => None,
+        }
+    }
+
+    fn uses_arena(self, stage: &str) -> bool {
+        match self {
+            ArenaPolicy::UnetOnly => stage == "unet",
+            ArenaPolicy::All => true,
+            ArenaPolicy::None => false,
+        }
+    }
+}
+
 /// Session settings shared by every graph of an engine.
 #[derive(Debug, Clone, Default)]
 pub struct SessionConfig {
@@ -60,6 +95,8 @@ pub struct SessionConfig {
     pub intra_op_threads: Option<usize>,
     /// The execution provider.
     pub device: Device,
+    /// Which graphs use the CPU memory arena (CPU device only).
+    pub cpu_arena: ArenaPolicy,
 }
 
 /// A declared input or output.
@@ -110,6 +147,10 @@ fn builder(
     builder = builder.with_optimization_level(GraphOptimizationLevel::All).map_err(|e| invalid(e.into()))?;
     if let Some(n) = config.intra_op_threads {
         builder = builder.with_intra_threads(n).map_err(|e| invalid(e.into()))?;
+    }
+    if config.device == Device::Cpu && !config.cpu_arena.uses_arena(stage) {
+        let cpu = ort::ep::CPU::default().with_arena_allocator(false).build().error_on_failure();
+        builder = builder.with_execution_providers([cpu]).map_err(|e| invalid(e.into()))?;
     }
     if let Device::Cuda(id) = config.device {
         let cuda = ort::ep::CUDA::default().with_device_id(id).build().error_on_failure();
