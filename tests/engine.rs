@@ -188,3 +188,13 @@ fn cuda_without_a_cuda_runtime_is_a_clear_error_or_an_announced_fallback() {
     let status = engine.generate(r#"{"message_type": "status"}"#);
     assert_eq!(status.json["data"]["execution_provider"], "CPUExecutionProvider");
 }
+
+#[test]
+fn the_model_default_size_is_checked_against_the_limits_before_any_work() {
+    // The tiny model's default is 64×64; a 32-pixel limit refuses it when the request names no size.
+    let opts = serde_json::json!({"models_root": fixtures(), "max_width": 32}).to_string();
+    let engine = AbiEngine::create(Some(&opts)).unwrap();
+    let reply = engine.generate(&gen("tiny-sdxl", serde_json::json!({})));
+    assert_eq!(reply.status, sdxl_status::InvalidRequest, "{}", reply.json);
+    assert!(reply.error.contains("data.dimensions.width"), "{}", reply.error);
+}

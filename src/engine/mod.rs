@@ -182,10 +182,12 @@ impl Engine {
         let mut progress = Sampling { inner: progress, peak: &peak };
         let _slot = self.slots.acquire(params.priority, cancel)?;
         let (pipeline, model_load_time) = self.pipeline(&model_name, params, &mut progress, started, warnings)?;
+        // The request may leave the size to the model: check the limits on the size it will get, before any work.
+        let (width, height) = pipeline.image_size(params)?;
+        self.limits.check_size(width, height)?;
         let mut ctx = RunContext { progress: &mut progress, cancel, started };
         let out = pipeline.generate(params, &mut ctx)?;
         warnings.extend(out.warnings.iter().cloned());
-        self.limits.check_size(out.width, out.height)?;
 
         let t_save = Instant::now();
         outputs::check_outputs_free(save_path.as_deref(), params.output.overwrite, out.images.len())?;

@@ -237,8 +237,9 @@ impl SdxlPipeline {
         &self.text
     }
 
-    /// Check the size against this model and fill in the default.
-    fn image_size(&self, params: &GenerateParams) -> Result<(u32, u32)> {
+    /// The image size a request gets on this model: its width/height, or the model's default, checked against
+    /// what the exported UNet can do.
+    pub fn image_size(&self, params: &GenerateParams) -> Result<(u32, u32)> {
         let default = self.dir.default_image_size();
         let (w, h) = (params.width.unwrap_or(default), params.height.unwrap_or(default));
         let m = self.dir.size_multiple();
