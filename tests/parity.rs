@@ -259,3 +259,24 @@ fn every_scheduler_matches_diffusers_end_to_end() {
     }
     assert!(failures.is_empty(), "{} scheduler(s) differ from diffusers:\n{}", failures.len(), failures.join("\n"));
 }
+
+/// An fp16 export (onnx/export_onnx.py --fp16: float16 graphs and I/O, float32 timestep) runs through the same
+/// pipeline: inputs are converted to float16 and outputs back. float16 weights cannot match float32 diffusers to
+/// 1e-4, so this checks the conversion path at fp16's precision: the same image within a few levels.
+#[test]
+fn an_fp16_export_runs_and_stays_close_to_the_fp32_golden() {
+    let engine = engine();
+    let g = Golden::load("cfg_neg");
+    let mut capture = Capture::default();
+    let outcome = engine.generate(&g.request("tiny-sdxl-fp16", true), &mut capture, true);
+    assert!(outcome.error.is_none(), "{:?}", outcome.error);
+    let steps: usize = g.meta("steps");
+    let last = &capture.steps[&(0, steps - 1)];
+    let want = &g.t(&format!("latents_step_{}", steps - 1)).f32;
+    let max = last.iter().zip(want).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+    assert!(max < 0.05, "fp16 final latents differ from fp32 diffusers by {max}");
+    let got: Vec<u8> = outcome.images.iter().flat_map(|im| im.data.iter().copied()).collect();
+    let worst = got.iter().zip(&g.t("image_u8").u8).map(|(a, b)| (*a as i16 - *b as i16).abs()).max().unwrap();
+    assert!(worst <= 3, "fp16 image differs from the fp32 golden by {worst}/255");
+    eprintln!("fp16 export vs fp32 diffusers: final latents max |diff| {max:.2e}, image {worst}/255");
+}
