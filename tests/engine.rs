@@ -198,3 +198,31 @@ fn the_model_default_size_is_checked_against_the_limits_before_any_work() {
     assert_eq!(reply.status, sdxl_status::InvalidRequest, "{}", reply.json);
     assert!(reply.error.contains("data.dimensions.width"), "{}", reply.error);
 }
+
+#[test]
+fn optimized_graph_cache_gives_the_same_images_and_repairs_damaged_entries() {
+    let cache = tempfile::tempdir().unwrap();
+    let req = gen("tiny-sdxl", serde_json::json!({}));
+    let plain = AbiEngine::fixtures().generate_images(&req).1;
+    let opts = serde_json::json!({"models_root": fixtures(), "optimized_model_cache": cache.path()}).to_string();
+    // First engine: optimizes and fills the cache.
+    let first = AbiEngine::create(Some(&opts)).unwrap().generate_images(&req);
+    assert_eq!(first.0.status, sdxl_status::Ok, "{}", first.0.json);
+    let mut entries: Vec<String> = std::fs::read_dir(cache.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    entries.sort();
+    let stages: Vec<&str> = entries.iter().map(|e| e.rsplit_once('-').unwrap().0).collect();
+    assert_eq!(stages, ["text_encoder", "text_encoder_2", "unet", "vae_decoder"], "{entries:?}");
+    // Second engine: loads the optimized graphs with optimizations off; same pixels as without the cache.
+    let second = AbiEngine::create(Some(&opts)).unwrap().generate_images(&req);
+    assert_eq!(second.1, plain, "cached optimized graphs give the same image");
+    assert_eq!(first.1, plain);
+    // A damaged entry is dropped and rebuilt.
+    let unet = cache.path().join(entries.iter().find(|e| e.starts_with("unet-")).unwrap());
+    std::fs::write(unet.join("model.onnx"), b"garbage").unwrap();
+    let third = AbiEngine::create(Some(&opts)).unwrap().generate_images(&req);
+    assert_eq!(third.1, plain);
+    assert!(std::fs::metadata(unet.join("model.onnx")).unwrap().len() > 1000, "entry rebuilt");
+}

@@ -29,6 +29,7 @@ use crate::pipeline::{Progress, ProgressEvent, RunContext, SdxlPipeline, Stage};
 use crate::protocol::normalize::{parse_request, RequestLimits};
 use crate::protocol::params::GenerateParams;
 use crate::protocol::response::{GeneratedImage, ImageMetadata, ModelInfo, ProcessingMetrics, Response};
+use crate::runtime::optimized_cache::OptimizedCache;
 use crate::runtime::{ArenaPolicy, CancelToken, Device, SessionConfig};
 
 /// One engine: create once, generate from many threads.
@@ -92,6 +93,10 @@ impl Engine {
                 intra_op_threads: options.intra_op_threads,
                 device,
                 cpu_arena: options.cpu_memory_arena.as_deref().and_then(ArenaPolicy::parse).unwrap_or_default(),
+                optimized_cache: match &options.optimized_model_cache {
+                    Some(dir) => Some(OptimizedCache::new(dir, &runtime.version)?),
+                    None => None,
+                },
             },
             cache: PipelineCache::new(options.max_cached_models.unwrap_or(3), options.memory_threshold.unwrap_or(0.8)),
             slots: Slots::new(options.max_concurrent_runs.unwrap_or(1)),

@@ -45,6 +45,9 @@ pub struct EngineOptions {
     /// Which graphs keep ONNX Runtime's CPU memory arena: `unet_only` (default: the VAE decode, the memory peak,
     /// gives its memory back), `all` (ONNX Runtime's default), `none`.
     pub cpu_memory_arena: Option<String>,
+    /// A folder for ONNX Runtime-optimized graphs of this machine (created if missing): later loads of the same
+    /// model skip graph optimization. Off by default; never ship its files (they are CPU-specific).
+    pub optimized_model_cache: Option<PathBuf>,
     /// With `device` cuda: run on CPU (with a warning) when this ONNX Runtime has no CUDA execution provider,
     /// instead of failing. Default false: never a silent fallback.
     pub allow_cpu_fallback: Option<bool>,

@@ -4,6 +4,7 @@
 
 pub mod cancel;
 pub mod onnx_proto;
+pub mod optimized_cache;
 pub mod session;
 pub mod tensor;
 

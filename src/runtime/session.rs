@@ -12,6 +12,7 @@ use parking_lot::Mutex;
 
 use super::cancel::CancelToken;
 use super::onnx_proto::{self, OnnxModel};
+use super::optimized_cache::OptimizedCache;
 use super::tensor::{to_f32, Elem};
 use crate::error::{Error, Result};
 
@@ -97,6 +98,8 @@ pub struct SessionConfig {
     pub device: Device,
     /// Which graphs use the CPU memory arena (CPU device only).
     pub cpu_arena: ArenaPolicy,
+    /// Where optimized graphs are cached (CPU device, graphs loaded from files); `None` optimizes at every load.
+    pub optimized_cache: Option<OptimizedCache>,
 }
 
 /// A declared input or output.
@@ -186,9 +189,52 @@ impl ModelSession {
             return Err(Error::ModelNotFound { path: path.to_path_buf(), message: format!("{stage} graph missing") });
         }
         let invalid = |e: ort::Error| Error::model_invalid(path, format!("ONNX Runtime cannot load the {stage}: {e}"));
+        if let (Some(cache), Device::Cpu) = (&config.optimized_cache, config.device) {
+            return Self::load_cached(env, path, stage, config, cache);
+        }
         let mut builder = builder(env, path, stage, config)?;
         let session = builder.commit_from_file(path).map_err(invalid)?;
         Ok(Self::wrap(stage, path, session))
+    }
+
+    /// [`ModelSession::load`] through the optimized-graph cache: load the cached graph with optimizations off, or
+    /// optimize the original once and save the result for the next load.
+    fn load_cached(
+        env: &ort::environment::Environment,
+        path: &Path,
+        stage: &'static str,
+        config: &SessionConfig,
+        cache: &OptimizedCache,
+    ) -> Result<Self> {
+        let invalid = |e: ort::Error| Error::model_invalid(path, format!("ONNX Runtime cannot load the {stage}: {e}"));
+        let entry = cache.entry(path, stage);
+        let cached = entry.join("model.onnx");
+        if cached.is_file() {
+            let loaded = builder(env, path, stage, config)
+                .and_then(|b| b.with_optimization_level(GraphOptimizationLevel::Disable).map_err(|e| invalid(e.into())))
+                .and_then(|mut b| b.commit_from_file(&cached).map_err(invalid));
+            match loaded {
+                Ok(session) => return Ok(Self::wrap(stage, path, session)),
+                // A damaged or foreign entry: drop it and optimize again.
+                Err(_) => drop(std::fs::remove_dir_all(&entry)),
+            }
+        }
+        let tmp = cache.temp_folder()?;
+        let mut b = builder(env, path, stage, config)?
+            .with_optimized_model_path(tmp.join("model.onnx"))
+            .and_then(|b| {
+                b.with_config_entry("session.optimized_model_external_initializers_file_name", "model.onnx_data")
+            })
+            .and_then(|b| {
+                b.with_config_entry("session.optimized_model_external_initializers_min_size_in_bytes", "1024")
+            })
+            .map_err(|e| invalid(e.into()))?;
+        let session = b.commit_from_file(path).map_err(invalid);
+        // Publish the entry only when the session was built; losing a race to another engine is fine.
+        if session.is_err() || std::fs::rename(&tmp, &entry).is_err() {
+            let _ = std::fs::remove_dir_all(&tmp);
+        }
+        Ok(Self::wrap(stage, path, session?))
     }
 
     /// Load `overrides.model` with some initializers replaced (merged LoRA weights), without touching the files.
