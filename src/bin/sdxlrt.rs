@@ -73,6 +73,9 @@ struct GenerateArgs {
     /// Path of libonnxruntime.so (else ORT_DYLIB_PATH, beside the library, the system).
     #[arg(long)]
     onnxruntime: Option<PathBuf>,
+    /// Keep ONNX Runtime-optimized graphs in this folder so later runs load faster.
+    #[arg(long)]
+    optimized_cache: Option<PathBuf>,
 }
 
 fn bundled_models_root() -> PathBuf {
@@ -112,6 +115,9 @@ fn generate(args: GenerateArgs) -> Result<String, String> {
     let mut options = serde_json::json!({ "models_root": args.models_root });
     if let Some(p) = &args.onnxruntime {
         options["onnxruntime_path"] = serde_json::json!(p);
+    }
+    if let Some(p) = &args.optimized_cache {
+        options["optimized_model_cache"] = serde_json::json!(p);
     }
     let mut data = serde_json::json!({
         "prompt": args.prompt,
