@@ -136,6 +136,7 @@ fn check_case(engine: &Engine, model: &str, case: &str, parallel: bool) {
     let want_initial: Vec<f32> = g.t("init_noise").f32.iter().map(|&v| v * init_sigma).collect();
     assert_close!(initial, want_initial, 1e-6, 1e-6, "{case}: initial latents");
     let steps: usize = g.meta("steps");
+    let mut worst_latents = 0f32;
     for i in 0..steps {
         let mut got = Vec::new();
         for (&(_, step), v) in capture.steps.iter().filter(|((_, s), _)| *s == i) {
@@ -143,19 +144,21 @@ fn check_case(engine: &Engine, model: &str, case: &str, parallel: bool) {
             got.extend_from_slice(v);
         }
         assert_eq!(got.len(), per_image * batch, "{case}: latents after step {i}");
-        assert_close!(
+        let max = assert_close!(
             got,
             g.t(&format!("latents_step_{i}")).f32,
             1e-4,
             1e-5,
             "{case} ({model}): latents after step {i}"
         );
+        worst_latents = worst_latents.max(max);
     }
     let want = &g.t("image_u8").u8;
     let got: Vec<u8> = outcome.images.iter().flat_map(|im| im.data.iter().copied()).collect();
     assert_eq!(got.len(), want.len(), "{case}: image size");
     let worst = got.iter().zip(want).map(|(a, b)| (*a as i16 - *b as i16).abs()).max().unwrap();
     assert!(worst <= 1, "{case} ({model}): image differs from diffusers by {worst}/255");
+    eprintln!("parity {case} ({model}): latents max |diff| {worst_latents:.2e} over {steps} steps, image {worst}/255");
 }
 
 #[test]
