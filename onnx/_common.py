@@ -1,7 +1,8 @@
 """Shared helpers for the sdxlrt fixture and export tools.
 
-Paths, deterministic file writing, the CLIP byte-level BPE vocabulary builder and the CLIP tokenizer folder
-writer. Everything here is plain Python (no torch import), so `make_tokenizer.py` stays fast.
+Paths, the SDXL scheduler config, deterministic file writing, the CLIP byte-level BPE vocabulary builder, the CLIP
+tokenizer folder writer, and the pieces the diffusers golden writers share (goldens.py, scheduler_pipeline_goldens.py,
+make_lora.py). Nothing here imports torch at module level (only inside functions), so `make_tokenizer.py` stays fast.
 """
 
 from __future__ import annotations
@@ -23,6 +24,25 @@ MAX_LENGTH = 77
 V1000_MERGES = 486
 # Number of merges CLIP uses (49408 - 256 - 256 - 2), i.e. lines 1..48894 of bpe_simple_vocab_16e6.txt.
 FULL_MERGES = 49152 - 256 - 2
+
+# The real SDXL base 1.0 scheduler/scheduler_config.json without `_class_name`/`_diffusers_version` (keys a
+# scheduler class does not know are dropped by diffusers). build_tiny.py's model and scheduler_goldens.py use it.
+SDXL_SCHEDULER_CONFIG = {
+    "beta_end": 0.012,
+    "beta_schedule": "scaled_linear",
+    "beta_start": 0.00085,
+    "clip_sample": False,
+    "interpolation_type": "linear",
+    "num_train_timesteps": 1000,
+    "prediction_type": "epsilon",
+    "sample_max_value": 1.0,
+    "set_alpha_to_one": False,
+    "skip_prk_steps": True,
+    "steps_offset": 1,
+    "timestep_spacing": "leading",
+    "trained_betas": None,
+    "use_karras_sigmas": False,
+}
 
 LONG_PROMPT = (
     "a highly detailed oil painting of an old lighthouse standing on a rocky cliff above a stormy sea at dusk, "
@@ -201,3 +221,102 @@ def write_safetensors(path: Path, tensors: dict, metadata: dict[str, str] | None
     text = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
     text += b" " * (-len(text) % 8)
     write_bytes_if_changed(path, len(text).to_bytes(8, "little") + text + b"".join(blobs))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# diffusers pipeline goldens (goldens.py, scheduler_pipeline_goldens.py); torch and diffusers are imported lazily.
+
+
+def load_pipeline(model: Path):
+    """StableDiffusionXLPipeline from the torch tiny model: fp32, no watermark, no progress bar, torch on 1 thread
+    (the same reduction order on every run)."""
+    import torch
+    from diffusers import StableDiffusionXLPipeline
+
+    torch.set_num_threads(1)
+    pipe = StableDiffusionXLPipeline.from_pretrained(str(model), torch_dtype=torch.float32, add_watermarker=False)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def run_pipeline(pipe, init_noise, **call_kwargs):
+    """Run `pipe(**call_kwargs, output_type="np")` and record the latents after every loop iteration.
+
+    Checks that the pipeline's initial latents (prepare_latents) are `init_noise * scheduler.init_noise_sigma`.
+    Returns (the numpy image, the list of latents, one per loop iteration).
+    """
+    import torch
+
+    orig_prepare = pipe.prepare_latents
+    prepared = []
+
+    def prepare_latents(*args, **kwargs):
+        out = orig_prepare(*args, **kwargs)
+        prepared.append(out)
+        return out
+
+    pipe.prepare_latents = prepare_latents
+    steps: list = []
+
+    def on_step_end(_pipe, i, _t, kwargs):
+        assert i == len(steps)
+        steps.append(kwargs["latents"].clone())
+        return kwargs
+
+    try:
+        with torch.no_grad():
+            image = pipe(
+                **call_kwargs,
+                output_type="np",
+                callback_on_step_end=on_step_end,
+                callback_on_step_end_tensor_inputs=["latents"],
+            ).images
+    finally:
+        del pipe.prepare_latents
+    assert torch.equal(prepared[0], init_noise * pipe.scheduler.init_noise_sigma)
+    return image, steps
+
+
+def check_safetensors(path: Path, tensors: dict, meta: dict) -> None:
+    """Read a written golden back with the safetensors library and compare it with what was written."""
+    import torch
+    from safetensors import safe_open
+
+    with safe_open(str(path), "pt") as f:
+        assert f.metadata() == meta and set(f.keys()) == set(tensors)
+        for k, v in tensors.items():
+            got = f.get_tensor(k)
+            assert got.dtype == v.dtype and got.shape == v.shape and torch.equal(got, v), k
+
+
+def write_golden(path: Path, tensors: dict, meta: dict) -> None:
+    """Write one golden (torch tensors + string metadata) with write_safetensors and read it back."""
+    write_safetensors(path, {k: v.numpy() for k, v in tensors.items()}, meta)
+    check_safetensors(path, tensors, meta)
+
+
+def report_diffs(report: dict, folder: Path, case: str, diffs: dict, width: int) -> None:
+    """Record a verify case's {name: max |ORT - golden|} under (folder name, case) and print it as one line."""
+    report[(folder.name, case)] = diffs
+    print(f"{folder.name:18s} {case:{width}s} " + " ".join(f"{k}={v:.2g}" for k, v in diffs.items()), flush=True)
+
+
+def goldens_main(doc: str, known_cases, write, verify) -> None:
+    """Command line of the golden writers: `write(model, out, cases)`, or with --verify `verify(dirs, out, cases)`."""
+    import argparse
+    import sys
+
+    ap = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", type=Path, default=TINY_DIFFUSERS, help="torch tiny SDXL (diffusers folder)")
+    ap.add_argument("--out", type=Path, default=FIXTURES / "goldens")
+    ap.add_argument("--verify", type=Path, nargs="+", metavar="ONNX_DIR", help="check ONNX folders against goldens")
+    ap.add_argument("--cases", default=",".join(known_cases))
+    args = ap.parse_args()
+    cases = [s for s in args.cases.split(",") if s]
+    for s in cases:
+        if s not in known_cases:
+            sys.exit(f"unknown case {s!r}; known: {', '.join(known_cases)}")
+    if args.verify:
+        verify(args.verify, args.out, cases)
+    else:
+        write(args.model, args.out, cases)

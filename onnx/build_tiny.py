@@ -31,23 +31,8 @@ from pathlib import Path
 
 import _common as c
 
-# The real SDXL base 1.0 scheduler_config.json (keys EulerDiscreteScheduler does not know are dropped by diffusers).
-SDXL_SCHEDULER_CONFIG = {
-    "beta_end": 0.012,
-    "beta_schedule": "scaled_linear",
-    "beta_start": 0.00085,
-    "clip_sample": False,
-    "interpolation_type": "linear",
-    "num_train_timesteps": 1000,
-    "prediction_type": "epsilon",
-    "sample_max_value": 1.0,
-    "set_alpha_to_one": False,
-    "skip_prk_steps": True,
-    "steps_offset": 1,
-    "timestep_spacing": "leading",
-    "trained_betas": None,
-    "use_karras_sigmas": False,
-}
+# The real SDXL base 1.0 scheduler config (_common.py); build_bench.py reads it as build_tiny.SDXL_SCHEDULER_CONFIG.
+SDXL_SCHEDULER_CONFIG = c.SDXL_SCHEDULER_CONFIG
 
 PERTURB_SEED = 1234
 PERTURB_STD = 0.02

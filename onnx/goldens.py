@@ -31,8 +31,6 @@ Usage: python goldens.py [--model DIR] [--out DIR]
 
 from __future__ import annotations
 
-import argparse
-import sys
 from pathlib import Path
 
 import _common as c
@@ -138,41 +136,22 @@ def run_case(pipe, name: str) -> tuple[dict, dict]:
     # the raw initial noise: the pipeline's first draw from the generator(s) (prepare_latents -> randn_tensor)
     shape = (B, 4, H // pipe.vae_scale_factor, W // pipe.vae_scale_factor)
     t["init_noise"] = randn_tensor(shape, generator=generators(p["seed"], B), dtype=torch.float32)
-    orig_prepare = pipe.prepare_latents
-    prepared = []
-
-    def prepare_latents(*args, **kwargs):
-        out = orig_prepare(*args, **kwargs)
-        prepared.append(out)
-        return out
-
-    pipe.prepare_latents = prepare_latents
-    steps: list[torch.Tensor] = []
-
-    def on_step_end(_pipe, i, _t, kwargs):
-        steps.append(kwargs["latents"].clone())
-        return kwargs
-
     try:
-        with torch.no_grad():
-            image = pipe(
-                prompt=p["prompt"],
-                negative_prompt=p["negative_prompt"],
-                guidance_scale=p["guidance_scale"],
-                num_inference_steps=p["steps"],
-                width=W,
-                height=H,
-                num_images_per_prompt=B,
-                generator=generators(p["seed"], B),
-                output_type="np",
-                callback_on_step_end=on_step_end,
-                callback_on_step_end_tensor_inputs=["latents"],
-            ).images
+        image, steps = c.run_pipeline(
+            pipe,
+            t["init_noise"],
+            prompt=p["prompt"],
+            negative_prompt=p["negative_prompt"],
+            guidance_scale=p["guidance_scale"],
+            num_inference_steps=p["steps"],
+            width=W,
+            height=H,
+            num_images_per_prompt=B,
+            generator=generators(p["seed"], B),
+        )
     finally:
-        del pipe.prepare_latents
         for h in hooks:
             h.remove()
-    assert torch.equal(prepared[0], t["init_noise"] * pipe.scheduler.init_noise_sigma)
 
     time_ids = unet_calls[0]["time_ids"]
     assert time_ids.shape[0] == (2 * B if cfg else B) and bool((time_ids == time_ids[:1]).all())
@@ -201,32 +180,14 @@ def run_case(pipe, name: str) -> tuple[dict, dict]:
     return tensors, meta
 
 
-def check_safetensors(path: Path, tensors: dict, meta: dict) -> None:
-    """Read a written golden back with the safetensors library."""
-    import torch
-    from safetensors import safe_open
-
-    with safe_open(str(path), "pt") as f:
-        assert f.metadata() == meta and set(f.keys()) == set(tensors)
-        for k, v in tensors.items():
-            got = f.get_tensor(k)
-            assert got.dtype == v.dtype and torch.equal(got, v), k
-
-
-def write_goldens(model: Path, out: Path) -> None:
-    import torch
-    from diffusers import StableDiffusionXLPipeline
+def write_goldens(model: Path, out: Path, cases: list[str]) -> None:
     from PIL import Image
 
-    torch.set_num_threads(1)  # the same reduction order on every run
-    pipe = StableDiffusionXLPipeline.from_pretrained(str(model), torch_dtype=torch.float32, add_watermarker=False)
-    pipe.set_progress_bar_config(disable=True)
+    pipe = c.load_pipeline(model)
     out.mkdir(parents=True, exist_ok=True)
-    for name in CASES:
+    for name in cases:
         tensors, meta = run_case(pipe, name)
-        path = out / f"{name}.safetensors"
-        c.write_safetensors(path, {k: v.numpy() for k, v in tensors.items()}, meta)
-        check_safetensors(path, tensors, meta)
+        c.write_golden(out / f"{name}.safetensors", tensors, meta)
         if name == "cfg_neg":
             Image.fromarray(tensors["image_u8"][0].numpy()).save(str(out / "cfg_neg.png"), optimize=False)
         shown = sorted(k for k in tensors if not k.startswith("latents_step_"))
@@ -266,10 +227,13 @@ class OrtSdxl:
         n = sum(1 for k in outs if k.startswith("hidden_states."))
         return ids, outs[f"hidden_states.{n - 2}"], outs
 
-    def run(self, p: dict, init_noise):
-        """Returns {name: array} comparable with the golden tensors."""
+    def condition(self, p: dict, B: int) -> tuple[dict, tuple]:
+        """Encode the prompts of case parameters `p` for a batch of B images.
+
+        Returns ({name: array} of the token ids, embeddings and add_time_ids, comparable with the golden tensors),
+        and the UNet's (encoder_hidden_states, text_embeds, time_ids) inputs (negative half first with CFG).
+        """
         import numpy as np
-        import torch
 
         cfg = p["guidance_scale"] > 1.0
         r = {}
@@ -288,7 +252,6 @@ class OrtSdxl:
                 r["negative_input_ids"], r["negative_input_ids_2"] = nid1, nid2
                 r["negative_prompt_embeds"] = np.concatenate([nh1, nh2], axis=-1)
                 r["negative_pooled_prompt_embeds"] = no2["text_embeds"]
-        B = init_noise.shape[0]
         H, W = p["height"], p["width"]
         time_ids = np.array([[H, W, 0, 0, H, W]], dtype=np.float32)
         r["add_time_ids"] = time_ids
@@ -299,6 +262,15 @@ class OrtSdxl:
             tid = np.repeat(time_ids, 2 * B, axis=0)
         else:
             ehs, te, tid = rep(r["prompt_embeds"]), rep(r["pooled_prompt_embeds"]), np.repeat(time_ids, B, axis=0)
+        return r, (ehs, te, tid)
+
+    def run(self, p: dict, init_noise):
+        """Returns {name: array} comparable with the golden tensors."""
+        import numpy as np
+        import torch
+
+        cfg = p["guidance_scale"] > 1.0
+        r, (ehs, te, tid) = self.condition(p, init_noise.shape[0])
         sched = self.sched
         sched.set_timesteps(p["steps"])
         r["timesteps"] = sched.timesteps.numpy().astype(np.float32)
@@ -306,25 +278,36 @@ class OrtSdxl:
         latents = torch.from_numpy(init_noise) * sched.init_noise_sigma
         for i, t in enumerate(sched.timesteps):
             x = torch.cat([latents] * 2) if cfg else latents
-            x = sched.scale_model_input(x, t)
-            feeds = {
-                "sample": x.numpy().astype(np.float32),
-                "timestep": np.array(float(t), dtype=np.float32),
-                "encoder_hidden_states": ehs,
-                "text_embeds": te,
-                "time_ids": tid,
-            }
-            eps = torch.from_numpy(self.sess["unet"].run(None, feeds)[0])
+            eps = self.unet(sched.scale_model_input(x, t), t, ehs, te, tid)
             if cfg:
                 e_u, e_c = eps.chunk(2)
                 eps = e_u + p["guidance_scale"] * (e_c - e_u)
             latents = sched.step(eps, t, latents, return_dict=False)[0]
             r[f"latents_step_{i}"] = latents.numpy()
+        r["image"], r["image_u8"] = self.decode(latents)
+        return r
+
+    def unet(self, x, t, ehs, te, tid):
+        """One UNet evaluation: the noise prediction (torch) for the scaled latents x at timestep t."""
+        import numpy as np
+        import torch
+
+        feeds = {
+            "sample": x.numpy().astype(np.float32),
+            "timestep": np.array(float(t), dtype=np.float32),
+            "encoder_hidden_states": ehs,
+            "text_embeds": te,
+            "time_ids": tid,
+        }
+        return torch.from_numpy(self.sess["unet"].run(None, feeds)[0])
+
+    def decode(self, latents):
+        """VAE decode like the pipeline's output_type "np": (image in [0,1] NHWC, (image * 255).round() as uint8)."""
+        import numpy as np
+
         img = self.sess["vae_decoder"].run(None, {"latent_sample": (latents / self.scaling).numpy()})[0]
         img = np.clip(img / 2 + 0.5, 0, 1).transpose(0, 2, 3, 1)
-        r["image"] = img
-        r["image_u8"] = (img * 255).round().astype(np.uint8)
-        return r
+        return img, (img * 255).round().astype(np.uint8)
 
 
 def verify(folders: list[Path], goldens: Path, cases: list[str]) -> dict:
@@ -356,26 +339,12 @@ def verify(folders: list[Path], goldens: Path, cases: list[str]) -> dict:
                 "timesteps": diffs["timesteps"],
                 "sigmas": diffs["sigmas"],
             }
-            report[(folder.name, name)] = line
-            print(f"{folder.name:18s} {name:13s} " + " ".join(f"{k}={v:.2g}" for k, v in line.items()), flush=True)
+            c.report_diffs(report, folder, name, line, 13)
     return report
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model", type=Path, default=c.TINY_DIFFUSERS, help="torch tiny SDXL (diffusers folder)")
-    ap.add_argument("--out", type=Path, default=c.FIXTURES / "goldens")
-    ap.add_argument("--verify", type=Path, nargs="+", metavar="ONNX_DIR", help="check ONNX folders against goldens")
-    ap.add_argument("--cases", default=",".join(CASES))
-    args = ap.parse_args()
-    cases = [s for s in args.cases.split(",") if s]
-    for s in cases:
-        if s not in CASES:
-            sys.exit(f"unknown case {s!r}")
-    if args.verify:
-        verify(args.verify, args.out, cases)
-    else:
-        write_goldens(args.model, args.out)
+    c.goldens_main(__doc__, list(CASES), write_goldens, verify)
 
 
 if __name__ == "__main__":

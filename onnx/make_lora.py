@@ -166,13 +166,10 @@ def build_loras(pipe, out_dir: Path) -> None:
 
 def write_goldens(model: Path, fixtures: Path) -> None:
     import torch
-    from diffusers import StableDiffusionXLPipeline
 
-    torch.set_num_threads(1)
     lora_dir = fixtures / "loras"
     for case, loras in CASES.items():
-        pipe = StableDiffusionXLPipeline.from_pretrained(str(model), torch_dtype=torch.float32, add_watermarker=False)
-        pipe.set_progress_bar_config(disable=True)
+        pipe = c.load_pipeline(model)
         base = {k: v.clone() for k, v in pipe.unet.state_dict().items()}
         names, weights = [], []
         for i, l in enumerate(loras):
@@ -191,9 +188,7 @@ def write_goldens(model: Path, fixtures: Path) -> None:
         goldens.CASES[case] = BASE_CASE
         tensors, meta = goldens.run_case(pipe, case)
         meta["loras"] = json.dumps(loras)
-        path = fixtures / "goldens" / f"{case}.safetensors"
-        c.write_safetensors(path, {k: v.numpy() for k, v in tensors.items()}, meta)
-        goldens.check_safetensors(path, tensors, meta)
+        c.write_golden(fixtures / "goldens" / f"{case}.safetensors", tensors, meta)
         print(f"{case}: {changed} UNet tensors changed; image mean {float(tensors['image'].mean()):.4f}", flush=True)
 
 

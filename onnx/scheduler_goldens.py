@@ -23,34 +23,18 @@ same bytes.
 
 import json
 import os
-import sys
 
-import diffusers
 import numpy as np
-import torch
 from diffusers import EulerDiscreteScheduler
-from safetensors.numpy import save_file
 
-OUT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests", "fixtures", "schedulers")
+import _common as c
+import _scheduler_goldens as sg
 
 # stabilityai/stable-diffusion-xl-base-1.0, scheduler/scheduler_config.json
 SDXL_CONFIG = {
     "_class_name": "EulerDiscreteScheduler",
     "_diffusers_version": "0.19.0.dev0",
-    "beta_end": 0.012,
-    "beta_schedule": "scaled_linear",
-    "beta_start": 0.00085,
-    "clip_sample": False,
-    "interpolation_type": "linear",
-    "num_train_timesteps": 1000,
-    "prediction_type": "epsilon",
-    "sample_max_value": 1.0,
-    "set_alpha_to_one": False,
-    "skip_prk_steps": True,
-    "steps_offset": 1,
-    "timestep_spacing": "leading",
-    "trained_betas": None,
-    "use_karras_sigmas": False,
+    **c.SDXL_SCHEDULER_CONFIG,
 }
 
 STEP_ARGS = ("s_churn", "s_tmin", "s_tmax", "s_noise")
@@ -84,49 +68,17 @@ TABLES = [
 ]
 
 
-def model(x, t):
-    return x * t / (t + 1) + 0.05
-
-
 def main():
-    torch.set_num_threads(1)
-    os.makedirs(OUT, exist_ok=True)
+    base_noise = sg.start()
     tensors = {}
     runs_meta = []
-    base_noise = torch.randn((1, 4, 4, 4), generator=torch.Generator("cpu").manual_seed(0))
     for name, options, step_counts in RUNS:
-        config_overrides = {k: v for k, v in options.items() if k not in STEP_ARGS}
-        step_args = {k: v for k, v in options.items() if k in STEP_ARGS}
+        config_overrides, step_args = sg.split_options(options, STEP_ARGS)
         for steps in step_counts:
             run = f"{name}_{steps}"
-            sched = EulerDiscreteScheduler.from_config(SDXL_CONFIG, **config_overrides)
-            sched.set_timesteps(steps)
-            sample = base_noise * sched.init_noise_sigma
-            gen = torch.Generator("cpu").manual_seed(1234)
-            scaled_all, prev_all, noise_all, drawn = [], [], [], []
-            tensors[f"{run}/sample0"] = sample.numpy().reshape(-1).copy()
-            for t in sched.timesteps:
-                x = sched.scale_model_input(sample, t)
-                out = model(x, t)
-                peek = torch.Generator("cpu")
-                peek.set_state(gen.get_state())
-                noise = torch.randn(out.shape, generator=peek)
-                state_before = gen.get_state().clone()
-                sample = sched.step(out, t, sample, generator=gen, **step_args).prev_sample
-                did_draw = not torch.equal(state_before, gen.get_state())
-                drawn.append(did_draw)
-                if did_draw:
-                    noise_all.append(noise.numpy().reshape(-1))
-                scaled_all.append(x.numpy().reshape(-1))
-                prev_all.append(sample.numpy().reshape(-1))
-            tensors[f"{run}/timesteps"] = sched.timesteps.numpy().astype(np.float32)
-            tensors[f"{run}/sigmas"] = sched.sigmas.numpy().astype(np.float32)
-            tensors[f"{run}/init_noise_sigma"] = np.array([float(sched.init_noise_sigma)], dtype=np.float32)
-            tensors[f"{run}/scaled"] = np.stack(scaled_all).astype(np.float32)
-            tensors[f"{run}/prev"] = np.stack(prev_all).astype(np.float32)
-            if noise_all:
-                tensors[f"{run}/noise"] = np.stack(noise_all).astype(np.float32)
-            runs_meta.append({"run": run, "options": options, "steps": steps, "noise_drawn": drawn})
+            sched = sg.new_scheduler(EulerDiscreteScheduler, SDXL_CONFIG, config_overrides, steps)
+            arrays, drawn = sg.drive(sched, base_noise, step_args)
+            sg.add_run(tensors, runs_meta, run, arrays, drawn, options=options, steps=steps)
 
     # Training tables (float32, as torch builds them) to pin torch.linspace / torch.cumprod emulation bit for bit.
     for name, options in TABLES:
@@ -135,32 +87,15 @@ def main():
         tensors[f"tables/{name}/alphas_cumprod"] = sched.alphas_cumprod.numpy().astype(np.float32)
     tables_meta = [{"name": name, "options": options} for name, options in TABLES]
 
-    tensors = {k: np.ascontiguousarray(v) for k, v in sorted(tensors.items())}
-    save_file(tensors, os.path.join(OUT, "euler.safetensors"))
-    os.chmod(os.path.join(OUT, "euler.safetensors"), 0o644)
     meta = {
-        "generator": "onnx/scheduler_goldens.py",
-        "diffusers": diffusers.__version__,
-        "torch": torch.__version__,
-        "numpy": np.__version__,
-        "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(),
         "scheduler": "EulerDiscreteScheduler",
-        "model_config": "sdxl_scheduler_config.json",
-        "sample_shape": [1, 4, 4, 4],
-        "sample_seed": 0,
-        "noise_seed": 1234,
         "stand_in_model": "x * t / (t + 1) + 0.05 (float32), x = scale_model_input(sample, t)",
-        "runs": runs_meta,
         "tables": tables_meta,
     }
-    with open(os.path.join(OUT, "euler.json"), "w") as f:
-        json.dump(meta, f, indent=1, sort_keys=True)
-        f.write("\n")
-    with open(os.path.join(OUT, "sdxl_scheduler_config.json"), "w") as f:
+    sg.write_outputs(__file__, "euler", tensors, runs_meta, meta)
+    with open(os.path.join(sg.OUT, sg.MODEL_CONFIG), "w") as f:
         json.dump(SDXL_CONFIG, f, indent=2, sort_keys=True)
         f.write("\n")
-    size = os.path.getsize(os.path.join(OUT, "euler.safetensors"))
-    print(f"wrote {len(runs_meta)} runs, {len(tensors)} tensors, euler.safetensors {size} bytes", file=sys.stderr)
 
 
 if __name__ == "__main__":

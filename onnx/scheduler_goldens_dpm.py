@@ -19,18 +19,13 @@ seed 0, SDE noise comes from seed 1234. Re-running produces the same bytes. The 
 onnx/scheduler_goldens.py writes (sdxl_scheduler_config.json).
 """
 
-import json
-import os
 import sys
 
-import diffusers
 import numpy as np
 import torch
 from diffusers import DPMSolverMultistepScheduler, DPMSolverSinglestepScheduler, UniPCMultistepScheduler
-from safetensors.numpy import save_file
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-OUT = os.path.join(HERE, "..", "tests", "fixtures", "schedulers")
+import _scheduler_goldens as sg
 
 CLASSES = {
     "DPMSolverMultistepScheduler": DPMSolverMultistepScheduler,
@@ -117,10 +112,6 @@ RUNS = [
 ]
 
 
-def model(x, t):
-    return x * t / (t + 1) + 0.05
-
-
 def dummy_sample_deter():
     # diffusers tests/schedulers/test_schedulers.py SchedulerCommonTest.dummy_sample_deter
     num_elems = 4 * 3 * 8 * 8
@@ -176,51 +167,25 @@ UNIT_LOOPS = [
 
 
 def main():
-    torch.set_num_threads(1)
-    os.makedirs(OUT, exist_ok=True)
-    with open(os.path.join(OUT, "sdxl_scheduler_config.json")) as f:
-        sdxl_config = json.load(f)
+    base_noise = sg.start()
+    sdxl_config = sg.load_model_config()
     tensors = {}
     runs_meta = []
-    base_noise = torch.randn((1, 4, 4, 4), generator=torch.Generator("cpu").manual_seed(0))
     for name, cls_name, options, step_counts in RUNS:
         cls = CLASSES[cls_name]
         for steps in step_counts:
             run = f"{name}_{steps}"
-            sched = cls.from_config(sdxl_config, **options)
-            sched.set_timesteps(steps)
+            sched = sg.new_scheduler(cls, sdxl_config, options, steps)
             # Step by index like the Rust API (diffusers' img2img path); without it, a repeated first timestep makes
             # index_for_timestep start at the second occurrence.
             sched.set_begin_index(0)
-            sample = base_noise * sched.init_noise_sigma
-            gen = torch.Generator("cpu").manual_seed(1234)
-            prev_all, noise_all, drawn = [], [], []
-            tensors[f"{run}/sample0"] = sample.numpy().reshape(-1).copy()
-            for t in sched.timesteps:
-                x = sched.scale_model_input(sample, t)
-                assert torch.equal(x, sample), f"{run}: scale_model_input is not the identity"
-                out = model(x, t)
-                peek = torch.Generator("cpu")
-                peek.set_state(gen.get_state())
-                noise = torch.randn(out.shape, generator=peek)
-                state_before = gen.get_state().clone()
-                step_kwargs = {} if cls is UniPCMultistepScheduler else {"generator": gen}
-                sample = sched.step(out, t, sample, **step_kwargs).prev_sample
-                did_draw = not torch.equal(state_before, gen.get_state())
-                drawn.append(did_draw)
-                if did_draw:
-                    noise_all.append(noise.numpy().reshape(-1))
-                prev_all.append(sample.numpy().reshape(-1))
-            prev = np.stack(prev_all).astype(np.float32)
-            assert np.isfinite(prev).all(), f"{run}: diffusers produced non-finite values"
-            tensors[f"{run}/timesteps"] = sched.timesteps.numpy().astype(np.float32)
-            tensors[f"{run}/sigmas"] = sched.sigmas.numpy().astype(np.float32)
-            tensors[f"{run}/init_noise_sigma"] = np.array([float(sched.init_noise_sigma)], dtype=np.float32)
-            tensors[f"{run}/prev"] = prev
-            if noise_all:
-                tensors[f"{run}/noise"] = np.stack(noise_all).astype(np.float32)
-            runs_meta.append({"run": run, "class": cls_name, "options": options, "steps": steps,
-                              "noise_drawn": drawn})
+            arrays, drawn = sg.drive(sched, base_noise, {})
+            # scale_model_input is the identity for these classes: every step's input is the previous output.
+            scaled = arrays.pop("scaled")
+            inputs = np.concatenate([arrays["sample0"][None], arrays["prev"][:-1]])
+            assert np.array_equal(scaled, inputs), f"{run}: scale_model_input is not the identity"
+            assert np.isfinite(arrays["prev"]).all(), f"{run}: diffusers produced non-finite values"
+            sg.add_run(tensors, runs_meta, run, arrays, drawn, options=options, steps=steps, **{"class": cls_name})
 
     loops = {}
     for name, cls_name, config, kwargs in UNIT_LOOPS:
@@ -229,29 +194,11 @@ def main():
         config = {k: ("-Infinity" if v == -float("inf") else v) for k, v in config.items()}
         loops[name] = {"class": cls_name, "config": config, **kwargs, **result}
 
-    tensors = {k: np.ascontiguousarray(v) for k, v in sorted(tensors.items())}
-    path = os.path.join(OUT, "dpm_family.safetensors")
-    save_file(tensors, path)
-    os.chmod(path, 0o644)
     meta = {
-        "generator": "onnx/scheduler_goldens_dpm.py",
-        "diffusers": diffusers.__version__,
-        "torch": torch.__version__,
-        "numpy": np.__version__,
-        "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(),
-        "model_config": "sdxl_scheduler_config.json",
-        "sample_shape": [1, 4, 4, 4],
-        "sample_seed": 0,
-        "noise_seed": 1234,
         "stand_in_model": "x * t / (t + 1) + 0.05 (float32), x = scale_model_input(sample, t)",
-        "runs": runs_meta,
         "unit_loops": loops,
     }
-    with open(os.path.join(OUT, "dpm_family.json"), "w") as f:
-        json.dump(meta, f, indent=1, sort_keys=True, allow_nan=False)
-        f.write("\n")
-    size = os.path.getsize(path)
-    print(f"wrote {len(runs_meta)} runs, {len(tensors)} tensors, dpm_family.safetensors {size} bytes", file=sys.stderr)
+    sg.write_outputs(__file__, "dpm_family", tensors, runs_meta, meta)
     for name, v in loops.items():
         print(f"  {name}: sum {v['sum']:.4f} mean {v['mean']:.4f}", file=sys.stderr)
 

@@ -21,14 +21,6 @@ argument. Deterministic: re-running produces the same bytes. The SDXL model conf
 onnx/scheduler_goldens.py writes (sdxl_scheduler_config.json).
 """
 
-import inspect
-import json
-import os
-import sys
-
-import diffusers
-import numpy as np
-import torch
 from diffusers import (
     DDIMScheduler,
     EulerAncestralDiscreteScheduler,
@@ -37,9 +29,8 @@ from diffusers import (
     KDPM2DiscreteScheduler,
     LMSDiscreteScheduler,
 )
-from safetensors.numpy import save_file
 
-OUT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests", "fixtures", "schedulers")
+import _scheduler_goldens as sg
 
 CLASSES = {
     "EulerAncestralDiscreteScheduler": EulerAncestralDiscreteScheduler,
@@ -118,82 +109,22 @@ RUNS = [
 ]
 
 
-def model(x, t):
-    t = t.to(torch.float32)
-    return x * t / (t + 1) + 0.05
-
-
 def main():
-    torch.set_num_threads(1)
-    with open(os.path.join(OUT, "sdxl_scheduler_config.json")) as f:
-        sdxl_config = json.load(f)
+    base_noise = sg.start()
+    sdxl_config = sg.load_model_config()
     tensors = {}
     runs_meta = []
-    base_noise = torch.randn((1, 4, 4, 4), generator=torch.Generator("cpu").manual_seed(0))
     for class_name, name, options, step_counts in RUNS:
         cls = CLASSES[class_name]
-        config_overrides = {k: v for k, v in options.items() if k not in STEP_ARGS}
-        step_args = {k: v for k, v in options.items() if k in STEP_ARGS}
+        config_overrides, step_args = sg.split_options(options, STEP_ARGS)
         for steps in step_counts:
             run = f"{SHORT[class_name]}/{name}_{steps}"
-            sched = cls.from_config(sdxl_config, **config_overrides)
-            sched.set_timesteps(steps)
-            timesteps = sched.timesteps.clone()
-            sample = base_noise * sched.init_noise_sigma
-            gen = torch.Generator("cpu").manual_seed(1234)
-            scaled_all, prev_all, noise_all, drawn = [], [], [], []
-            tensors[f"{run}/sample0"] = sample.numpy().reshape(-1).copy()
-            for t in timesteps:
-                x = sched.scale_model_input(sample, t)
-                out = model(x, t)
-                peek = torch.Generator("cpu")
-                peek.set_state(gen.get_state())
-                noise = torch.randn(out.shape, generator=peek)
-                state_before = gen.get_state().clone()
-                kwargs = dict(step_args)
-                if "generator" in inspect.signature(sched.step).parameters:
-                    kwargs["generator"] = gen
-                sample = sched.step(out, t, sample, **kwargs).prev_sample
-                did_draw = not torch.equal(state_before, gen.get_state())
-                drawn.append(did_draw)
-                if did_draw:
-                    noise_all.append(noise.numpy().reshape(-1))
-                scaled_all.append(x.numpy().reshape(-1))
-                prev_all.append(sample.numpy().reshape(-1))
-            tensors[f"{run}/timesteps"] = timesteps.numpy().astype(np.float32)
-            if class_name != "DDIMScheduler":
-                tensors[f"{run}/sigmas"] = sched.sigmas.numpy().astype(np.float32)
-            tensors[f"{run}/init_noise_sigma"] = np.array([float(sched.init_noise_sigma)], dtype=np.float32)
-            tensors[f"{run}/scaled"] = np.stack(scaled_all).astype(np.float32)
-            tensors[f"{run}/prev"] = np.stack(prev_all).astype(np.float32)
-            if noise_all:
-                tensors[f"{run}/noise"] = np.stack(noise_all).astype(np.float32)
-            runs_meta.append(
-                {"run": run, "class": class_name, "options": options, "steps": steps, "noise_drawn": drawn}
-            )
+            sched = sg.new_scheduler(cls, sdxl_config, config_overrides, steps)
+            arrays, drawn = sg.drive(sched, base_noise, step_args, with_sigmas=class_name != "DDIMScheduler")
+            sg.add_run(tensors, runs_meta, run, arrays, drawn, options=options, steps=steps, **{"class": class_name})
 
-    tensors = {k: np.ascontiguousarray(v) for k, v in sorted(tensors.items())}
-    path = os.path.join(OUT, "k_family.safetensors")
-    save_file(tensors, path)
-    os.chmod(path, 0o644)
-    meta = {
-        "generator": "onnx/scheduler_goldens_k.py",
-        "diffusers": diffusers.__version__,
-        "torch": torch.__version__,
-        "numpy": np.__version__,
-        "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(),
-        "model_config": "sdxl_scheduler_config.json",
-        "sample_shape": [1, 4, 4, 4],
-        "sample_seed": 0,
-        "noise_seed": 1234,
-        "stand_in_model": "x * t / (t + 1) + 0.05 (float32, t as float32), x = scale_model_input(sample, t)",
-        "runs": runs_meta,
-    }
-    with open(os.path.join(OUT, "k_family.json"), "w") as f:
-        json.dump(meta, f, indent=1, sort_keys=True)
-        f.write("\n")
-    size = os.path.getsize(path)
-    print(f"wrote {len(runs_meta)} runs, {len(tensors)} tensors, k_family.safetensors {size} bytes", file=sys.stderr)
+    stand_in = "x * t / (t + 1) + 0.05 (float32, t as float32), x = scale_model_input(sample, t)"
+    sg.write_outputs(__file__, "k_family", tensors, runs_meta, {"stand_in_model": stand_in})
 
 
 if __name__ == "__main__":

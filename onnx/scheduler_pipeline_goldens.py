@@ -31,9 +31,7 @@ Usage: python scheduler_pipeline_goldens.py [--model DIR] [--out DIR] [--cases d
 
 from __future__ import annotations
 
-import argparse
 import json
-import sys
 from pathlib import Path
 
 import _common as c
@@ -91,47 +89,27 @@ def run_case(pipe, base_config, name: str) -> tuple[dict, dict]:
     shape = (BATCH, 4, HEIGHT // pipe.vae_scale_factor, WIDTH // pipe.vae_scale_factor)
     t["init_noise"] = randn_tensor(shape, generator=torch.Generator("cpu").manual_seed(SEED), dtype=torch.float32)
 
-    orig_prepare = pipe.prepare_latents
-    prepared = []
-
-    def prepare_latents(*args, **kwargs):
-        out = orig_prepare(*args, **kwargs)
-        prepared.append(out)
-        return out
-
-    pipe.prepare_latents = prepare_latents
     unet_timesteps: list[float] = []
     hook = pipe.unet.register_forward_pre_hook(
         lambda mod, args, kwargs: unet_timesteps.append(float(args[1] if len(args) > 1 else kwargs["timestep"])),
         with_kwargs=True,
     )
-    steps: list[torch.Tensor] = []
-
-    def on_step_end(_pipe, i, _t, kwargs):
-        assert i == len(steps)
-        steps.append(kwargs["latents"].clone())
-        return kwargs
-
     try:
-        with torch.no_grad():
-            image = pipe(
-                prompt=PROMPT,
-                negative_prompt=NEGATIVE,
-                guidance_scale=GUIDANCE,
-                num_inference_steps=STEPS,
-                width=WIDTH,
-                height=HEIGHT,
-                num_images_per_prompt=BATCH,
-                generator=torch.Generator("cpu").manual_seed(SEED),
-                output_type="np",
-                callback_on_step_end=on_step_end,
-                callback_on_step_end_tensor_inputs=["latents"],
-            ).images
+        image, steps = c.run_pipeline(
+            pipe,
+            t["init_noise"],
+            prompt=PROMPT,
+            negative_prompt=NEGATIVE,
+            guidance_scale=GUIDANCE,
+            num_inference_steps=STEPS,
+            width=WIDTH,
+            height=HEIGHT,
+            num_images_per_prompt=BATCH,
+            generator=torch.Generator("cpu").manual_seed(SEED),
+        )
     finally:
-        del pipe.prepare_latents
         hook.remove()
     sched = pipe.scheduler
-    assert torch.equal(prepared[0], t["init_noise"] * sched.init_noise_sigma)
 
     t["timesteps"] = sched.timesteps.to(torch.float32).clone()
     if hasattr(sched, "sigmas"):
@@ -161,32 +139,14 @@ def run_case(pipe, base_config, name: str) -> tuple[dict, dict]:
     return tensors, meta
 
 
-def check_safetensors(path: Path, tensors: dict, meta: dict) -> None:
-    """Read a written golden back with the safetensors library and compare it with what was written."""
-    import torch
-    from safetensors import safe_open
-
-    with safe_open(str(path), "pt") as f:
-        assert f.metadata() == meta and set(f.keys()) == set(tensors)
-        for k, v in tensors.items():
-            got = f.get_tensor(k)
-            assert got.dtype == v.dtype and got.shape == v.shape and torch.equal(got, v), k
-
-
 def write_goldens(model: Path, out: Path, cases: list[str]) -> None:
-    import torch
-    from diffusers import StableDiffusionXLPipeline
-
-    torch.set_num_threads(1)  # the same reduction order on every run
-    pipe = StableDiffusionXLPipeline.from_pretrained(str(model), torch_dtype=torch.float32, add_watermarker=False)
-    pipe.set_progress_bar_config(disable=True)
+    pipe = c.load_pipeline(model)
     base_config = pipe.scheduler.config
     out.mkdir(parents=True, exist_ok=True)
     for name in cases:
         tensors, meta = run_case(pipe, base_config, name)
         path = out / f"sched_{name}.safetensors"
-        c.write_safetensors(path, {k: v.numpy() for k, v in tensors.items()}, meta)
-        check_safetensors(path, tensors, meta)
+        c.write_golden(path, tensors, meta)
         sig = tensors.get("sigmas")
         print(
             f"sched_{name}: {meta['scheduler']} {meta['scheduler_options']} loop_iterations={meta['loop_iterations']}"
@@ -213,13 +173,8 @@ def verify(folders: list[Path], goldens: Path, cases: list[str]) -> dict:
     for folder in folders:
         ort_pipe = OrtSdxl(folder)
         base_config = ort_pipe.sched.config
-        _, h1, _ = ort_pipe.encode(ort_pipe.tok, ort_pipe.sess["text_encoder"], PROMPT)
-        _, h2, o2 = ort_pipe.encode(ort_pipe.tok2, ort_pipe.sess["text_encoder_2"], PROMPT)
-        _, nh1, _ = ort_pipe.encode(ort_pipe.tok, ort_pipe.sess["text_encoder"], NEGATIVE)
-        _, nh2, no2 = ort_pipe.encode(ort_pipe.tok2, ort_pipe.sess["text_encoder_2"], NEGATIVE)
-        ehs = np.concatenate([np.concatenate([nh1, nh2], -1), np.concatenate([h1, h2], -1)])
-        te = np.concatenate([no2["text_embeds"], o2["text_embeds"]])
-        tid = np.repeat(np.array([[HEIGHT, WIDTH, 0, 0, HEIGHT, WIDTH]], dtype=np.float32), 2, axis=0)
+        p = dict(prompt=PROMPT, negative_prompt=NEGATIVE, guidance_scale=GUIDANCE, width=WIDTH, height=HEIGHT)
+        _, (ehs, te, tid) = ort_pipe.condition(p, BATCH)
         for name in cases:
             g = load_file(str(goldens / f"sched_{name}.safetensors"))
             sched = make_scheduler(base_config, name)
@@ -237,42 +192,20 @@ def verify(folders: list[Path], goldens: Path, cases: list[str]) -> dict:
             lat_diff = 0.0
             for i, t in enumerate(sched.timesteps):
                 x = sched.scale_model_input(torch.cat([latents] * 2), t)
-                feeds = {
-                    "sample": x.numpy().astype(np.float32),
-                    "timestep": np.array(float(t), dtype=np.float32),
-                    "encoder_hidden_states": ehs,
-                    "text_embeds": te,
-                    "time_ids": tid,
-                }
-                e_u, e_c = torch.from_numpy(ort_pipe.sess["unet"].run(None, feeds)[0]).chunk(2)
+                e_u, e_c = ort_pipe.unet(x, t, ehs, te, tid).chunk(2)
                 eps = e_u + GUIDANCE * (e_c - e_u)
                 latents = sched.step(eps, t, latents, **step_kw, return_dict=False)[0]
                 lat_diff = max(lat_diff, float(np.abs(latents.numpy() - g[f"latents_step_{i}"]).max()))
             assert i + 1 == sum(1 for k in g if k.startswith("latents_step_"))
-            img = ort_pipe.sess["vae_decoder"].run(None, {"latent_sample": (latents / ort_pipe.scaling).numpy()})[0]
-            img_u8 = (np.clip(img / 2 + 0.5, 0, 1).transpose(0, 2, 3, 1) * 255).round().astype(np.uint8)
+            _, img_u8 = ort_pipe.decode(latents)
             diffs["latents"] = lat_diff
             diffs["image_u8"] = int(np.abs(img_u8.astype(np.int32) - g["image_u8"].astype(np.int32)).max())
-            report[(folder.name, name)] = diffs
-            print(f"{folder.name:18s} {name:20s} " + " ".join(f"{k}={v:.2g}" for k, v in diffs.items()), flush=True)
+            c.report_diffs(report, folder, name, diffs, 20)
     return report
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model", type=Path, default=c.TINY_DIFFUSERS, help="torch tiny SDXL (diffusers folder)")
-    ap.add_argument("--out", type=Path, default=c.FIXTURES / "goldens")
-    ap.add_argument("--verify", type=Path, nargs="+", metavar="ONNX_DIR", help="check ONNX folders against goldens")
-    ap.add_argument("--cases", default=",".join(SCHEDULER_CASES))
-    args = ap.parse_args()
-    cases = [s for s in args.cases.split(",") if s]
-    for s in cases:
-        if s not in SCHEDULER_CASES:
-            sys.exit(f"unknown case {s!r}; known: {', '.join(SCHEDULER_CASES)}")
-    if args.verify:
-        verify(args.verify, args.out, cases)
-    else:
-        write_goldens(args.model, args.out, cases)
+    c.goldens_main(__doc__, list(SCHEDULER_CASES), write_goldens, verify)
 
 
 if __name__ == "__main__":
