@@ -220,15 +220,16 @@ impl ModelSession {
             }
         }
         let tmp = cache.temp_folder()?;
+        let saving = [
+            ("session.optimized_model_external_initializers_file_name", "model.onnx_data"),
+            ("session.optimized_model_external_initializers_min_size_in_bytes", "1024"),
+        ];
         let mut b = builder(env, path, stage, config)?
             .with_optimized_model_path(tmp.join("model.onnx"))
-            .and_then(|b| {
-                b.with_config_entry("session.optimized_model_external_initializers_file_name", "model.onnx_data")
-            })
-            .and_then(|b| {
-                b.with_config_entry("session.optimized_model_external_initializers_min_size_in_bytes", "1024")
-            })
             .map_err(|e| invalid(e.into()))?;
+        for (key, value) in saving {
+            b = b.with_config_entry(key, value).map_err(|e| invalid(e.into()))?;
+        }
         let session = b.commit_from_file(path).map_err(invalid);
         // Publish the entry only when the session was built; losing a race to another engine is fine.
         if session.is_err() || std::fs::rename(&tmp, &entry).is_err() {
