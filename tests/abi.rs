@@ -230,6 +230,7 @@ fn bad_engine_options_are_refused() {
         ("{\"models_root\": \"/no/such/folder\"}", sdxl_status::InvalidOption, "models_root"),
         ("{\"intra_op_threads\": 0}", sdxl_status::InvalidOption, "intra_op_threads"),
         ("{\"cpu_memory_arena\": \"some\"}", sdxl_status::InvalidOption, "unet_only"),
+        ("{\"max_steps\": 0}", sdxl_status::InvalidOption, "max_steps"),
         ("{\"onnxruntime_path\": \"relative/lib.so\"}", sdxl_status::InvalidOption, "absolute"),
         ("[1,", sdxl_status::InvalidJson, "options"),
     ] {

@@ -61,6 +61,21 @@ impl EngineOptions {
             serde_json::from_str(text).map_err(|e| Error::InvalidJson(format!("engine options: {e}")))?;
         let options: EngineOptions = serde_json::from_value(value)
             .map_err(|e| Error::InvalidOption { field: "options".into(), message: e.to_string() })?;
+        for (field, value) in [
+            ("max_steps", options.max_steps.map(u64::from)),
+            ("max_batch", options.max_batch.map(u64::from)),
+            ("max_width", options.max_width.map(u64::from)),
+            ("max_height", options.max_height.map(u64::from)),
+            ("max_pixels", options.max_pixels),
+            ("max_request_bytes", options.max_request_bytes.map(|b| b as u64)),
+        ] {
+            if value == Some(0) {
+                return Err(Error::InvalidOption {
+                    field: field.into(),
+                    message: "must be ≥ 1 (0 would refuse every request)".into(),
+                });
+            }
+        }
         if options.intra_op_threads == Some(0) {
             return Err(Error::InvalidOption { field: "intra_op_threads".into(), message: "must be ≥ 1".into() });
         }

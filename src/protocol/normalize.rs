@@ -144,16 +144,24 @@ pub fn normalize(wire: &WireRequest, limits: &RequestLimits, warnings: &mut Vec<
         "data.hyperparameters.num_inference_steps",
         h.num_inference_steps,
     )?;
-    let steps = match steps {
-        None => DEFAULT_STEPS,
-        Some(s) if s >= 1 && s <= i64::from(limits.max_steps) => s as u32,
-        Some(s) => {
-            return Err(Error::field(
+    let steps =
+        match steps {
+            None if DEFAULT_STEPS <= limits.max_steps => DEFAULT_STEPS,
+            None => return Err(Error::field(
                 "data.hyperparameters.num_inference_steps",
-                format!("must be an integer from 1 to {}, got {s}", limits.max_steps),
-            ))
-        }
-    };
+                format!(
+                    "the default of {DEFAULT_STEPS} steps is over this engine's limit of {}; give num_inference_steps",
+                    limits.max_steps
+                ),
+            )),
+            Some(s) if s >= 1 && s <= i64::from(limits.max_steps) => s as u32,
+            Some(s) => {
+                return Err(Error::field(
+                    "data.hyperparameters.num_inference_steps",
+                    format!("must be an integer from 1 to {}, got {s}", limits.max_steps),
+                ))
+            }
+        };
 
     let guidance =
         merge("data.guidance_scale", d.guidance_scale, "data.hyperparameters.guidance_scale", h.guidance_scale)?;
@@ -573,6 +581,16 @@ mod tests {
         let mut v = json!({"prompt": "a cat"});
         v.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
         v
+    }
+
+    #[test]
+    fn the_default_step_count_obeys_the_engine_limit() {
+        let limits = RequestLimits { max_steps: 2, ..Default::default() };
+        let (field, message) = invalid_field(parse_request(r#"{"prompt": "x"}"#, &limits));
+        assert_eq!(field, "data.hyperparameters.num_inference_steps");
+        assert!(message.contains("limit of 2"), "{message}");
+        let ok = parse_request(r#"{"prompt": "x", "hyperparameters": {"num_inference_steps": 2}}"#, &limits);
+        assert_eq!(ok.unwrap().params.steps, 2);
     }
 
     fn invalid_field(r: Result<ParsedRequest>) -> (String, String) {
