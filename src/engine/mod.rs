@@ -363,6 +363,7 @@ impl Engine {
                 "max_pixels": self.limits.max_pixels,
                 "max_steps": self.limits.max_steps,
                 "max_batch": self.limits.max_batch,
+                "max_loras": self.limits.max_loras,
             },
         })
     }

@@ -32,6 +32,8 @@ pub struct EngineOptions {
     pub max_steps: Option<u32>,
     /// Largest batch (default 16).
     pub max_batch: Option<u32>,
+    /// Most LoRA models per request (default 8).
+    pub max_loras: Option<u32>,
     /// Pipelines kept loaded (default 3, as the seed's ModelManager); least recently used evicted first.
     pub max_cached_models: Option<usize>,
     /// System memory use (0..1) above which idle models are evicted before another loads (default 0.8).
@@ -146,6 +148,7 @@ impl EngineOptions {
             max_pixels: self.max_pixels.unwrap_or(d.max_pixels),
             max_steps: self.max_steps.unwrap_or(d.max_steps),
             max_batch: self.max_batch.unwrap_or(d.max_batch),
+            max_loras: self.max_loras.unwrap_or(d.max_loras),
         }
     }
 }

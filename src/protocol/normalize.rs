@@ -53,6 +53,8 @@ pub struct RequestLimits {
     pub max_steps: u32,
     /// Largest `batch.size`. Default 16.
     pub max_batch: u32,
+    /// Most LoRA models in one request. Default 8.
+    pub max_loras: u32,
 }
 
 impl Default for RequestLimits {
@@ -64,6 +66,7 @@ impl Default for RequestLimits {
             max_pixels: 4096 * 4096,
             max_steps: 500,
             max_batch: 16,
+            max_loras: 8,
         }
     }
 }
@@ -136,6 +139,12 @@ pub fn normalize(wire: &WireRequest, limits: &RequestLimits, warnings: &mut Vec<
     reject_unsupported(d)?;
     let model = resolve_model(d)?;
     let loras = lora_requests(d, warnings)?;
+    if loras.len() > limits.max_loras as usize {
+        return Err(Error::field(
+            "data.lora.models",
+            format!("{} LoRA models; at most {} are allowed per request", loras.len(), limits.max_loras),
+        ));
+    }
 
     let h = d.hyperparameters.clone().unwrap_or_default();
     let steps = merge(
@@ -144,24 +153,25 @@ pub fn normalize(wire: &WireRequest, limits: &RequestLimits, warnings: &mut Vec<
         "data.hyperparameters.num_inference_steps",
         h.num_inference_steps,
     )?;
-    let steps =
-        match steps {
-            None if DEFAULT_STEPS <= limits.max_steps => DEFAULT_STEPS,
-            None => return Err(Error::field(
+    let steps = match steps {
+        None if DEFAULT_STEPS <= limits.max_steps => DEFAULT_STEPS,
+        None => {
+            return Err(Error::field(
                 "data.hyperparameters.num_inference_steps",
                 format!(
                     "the default of {DEFAULT_STEPS} steps is over this engine's limit of {}; give num_inference_steps",
                     limits.max_steps
                 ),
-            )),
-            Some(s) if s >= 1 && s <= i64::from(limits.max_steps) => s as u32,
-            Some(s) => {
-                return Err(Error::field(
-                    "data.hyperparameters.num_inference_steps",
-                    format!("must be an integer from 1 to {}, got {s}", limits.max_steps),
-                ))
-            }
-        };
+            ))
+        }
+        Some(s) if s >= 1 && s <= i64::from(limits.max_steps) => s as u32,
+        Some(s) => {
+            return Err(Error::field(
+                "data.hyperparameters.num_inference_steps",
+                format!("must be an integer from 1 to {}, got {s}", limits.max_steps),
+            ))
+        }
+    };
 
     let guidance =
         merge("data.guidance_scale", d.guidance_scale, "data.hyperparameters.guidance_scale", h.guidance_scale)?;
@@ -591,6 +601,15 @@ mod tests {
         assert!(message.contains("limit of 2"), "{message}");
         let ok = parse_request(r#"{"prompt": "x", "hyperparameters": {"num_inference_steps": 2}}"#, &limits);
         assert_eq!(ok.unwrap().params.steps, 2);
+    }
+
+    #[test]
+    fn too_many_loras_are_refused() {
+        let limits = RequestLimits { max_loras: 1, ..Default::default() };
+        let two = r#"{"prompt": "x", "lora": {"enabled": true, "models": [{"name": "a"}, {"name": "b"}]}}"#;
+        let (field, message) = invalid_field(parse_request(two, &limits));
+        assert_eq!(field, "data.lora.models");
+        assert!(message.contains("at most 1"), "{message}");
     }
 
     fn invalid_field(r: Result<ParsedRequest>) -> (String, String) {
