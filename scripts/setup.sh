@@ -9,7 +9,7 @@ DEPS="$PWD/.deps"
 ORT_LIB="$DEPS/onnxruntime/onnxruntime/capi/libonnxruntime.so.$ORT_VERSION"
 if [ ! -f "$ORT_LIB" ]; then
     echo "setup: installing onnxruntime==$ORT_VERSION into .deps/onnxruntime" >&2
-    python3 -m pip install --quiet --disable-pip-version-check --no-deps --target "$DEPS/onnxruntime" \
+    python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore --no-deps --target "$DEPS/onnxruntime" \
         "onnxruntime==$ORT_VERSION" >&2
 fi
 if ! command -v cc >/dev/null 2>&1; then
