@@ -22,8 +22,7 @@
 //! where it uses torch tensors; see `common.rs`), and each step runs in float32 op by op like torch. Parity with
 //! diffusers is tested against goldens written by `onnx/scheduler_goldens.py` (`tests/fixtures/schedulers/`).
 //!
-//! One file per class behind the same [`Scheduler`] trait; [`SchedulerClass::is_implemented`] says which of the ten
-//! are implemented (the others are known by name, so requests get a clear "not implemented yet"). Goldens:
+//! One file per class behind the same [`Scheduler`] trait, all ten implemented. Goldens:
 //! `onnx/scheduler_goldens.py` (Euler) and `onnx/scheduler_goldens_k.py` (Euler a, DDIM, LMS, Heun, KDPM2, KDPM2 a).
 //! The DPM-Solver family (DPM++ multistep/singlestep, UniPC) has `onnx/scheduler_goldens_dpm.py`.
 //!

@@ -73,23 +73,6 @@ impl SchedulerClass {
         Self::ALL.into_iter().find(|c| c.class_name() == name)
     }
 
-    /// Whether this version of sdxlrt implements the class.
-    pub fn is_implemented(self) -> bool {
-        matches!(
-            self,
-            SchedulerClass::EulerDiscrete
-                | SchedulerClass::EulerAncestralDiscrete
-                | SchedulerClass::Ddim
-                | SchedulerClass::Kdpm2Discrete
-                | SchedulerClass::Kdpm2AncestralDiscrete
-                | SchedulerClass::HeunDiscrete
-                | SchedulerClass::LmsDiscrete
-                | SchedulerClass::DpmSolverMultistep
-                | SchedulerClass::DpmSolverSinglestep
-                | SchedulerClass::UniPcMultistep
-        )
-    }
-
     /// The option keys a request may override for this class (its diffusers `__init__` arguments, plus step
     /// arguments exposed as options), in diffusers' order.
     pub fn accepted_keys(self) -> &'static [&'static str] {
@@ -200,9 +183,9 @@ fn accepted_names() -> String {
     )
 }
 
-/// The implemented classes, for "not implemented yet" messages.
+/// Every class, for error messages.
 fn available() -> String {
-    SchedulerClass::ALL.iter().filter(|c| c.is_implemented()).map(|c| c.class_name()).collect::<Vec<_>>().join(", ")
+    SchedulerClass::ALL.iter().map(|c| c.class_name()).collect::<Vec<_>>().join(", ")
 }
 
 /// A scheduler choice resolved against the model: which class, and the merged configuration in force.
@@ -295,8 +278,7 @@ fn json_equal(a: &Value, b: &Value) -> bool {
 /// karras", …); `None` uses the model's `_class_name`. The configuration is merged like diffusers'
 /// `from_config(model_config, **options)`: the model's JSON, then the options the name implies, then `overrides`.
 ///
-/// Errors: unknown name → [`Error::InvalidField`] `data.scheduler` listing the accepted names; a known class not
-/// implemented yet → [`Error::Unsupported`] `data.scheduler`; an override key the class does not take or a value of
+/// Errors: unknown name → [`Error::InvalidField`] `data.scheduler` listing the accepted names; an override key the class does not take or a value of
 /// the wrong type or range → [`Error::InvalidField`] `data.scheduler.<key>`; options diffusers cannot honour
 /// exactly here → [`Error::Unsupported`].
 pub fn resolve(
@@ -328,12 +310,6 @@ pub fn resolve(
         }
     };
     let class = choice.class;
-    if !class.is_implemented() {
-        return Err(Error::unsupported(
-            "data.scheduler",
-            format!("{} is not implemented yet; available: {}", class.class_name(), available()),
-        ));
-    }
 
     let accepted = class.accepted_keys();
     let mut merged = model.to_map();
@@ -461,7 +437,7 @@ mod tests {
     }
 
     #[test]
-    fn other_known_schedulers_are_unsupported_not_unknown() {
+    fn a1111_and_comfyui_names_resolve_to_their_diffusers_class() {
         let names = [
             ("Euler a", "EulerAncestralDiscreteScheduler"),
             ("DPM++ 2M", "DPMSolverMultistepScheduler"),
@@ -477,22 +453,8 @@ mod tests {
             ("UniPC", "UniPCMultistepScheduler"),
             ("UniPCMultistepScheduler", "UniPCMultistepScheduler"),
         ];
-        // Implemented classes resolve to themselves; the rest are "not implemented yet", not unknown.
         for (name, class) in names {
-            let implemented = SchedulerClass::from_class_name(class).is_some_and(SchedulerClass::is_implemented);
-            let result = resolve(Some(name), &Map::new(), &sdxl());
-            if implemented {
-                assert_eq!(result.expect(name).class_name, class, "{name}");
-                continue;
-            }
-            let err = result.expect_err(name);
-            assert_eq!(err.code(), ErrorCode::Unsupported, "{name}: {err}");
-            assert_eq!(field_of(&err), "data.scheduler");
-            let msg = err.to_string();
-            assert!(
-                msg.contains(&format!("{class} is not implemented yet; available: EulerDiscreteScheduler")),
-                "{msg}"
-            );
+            assert_eq!(resolve(Some(name), &Map::new(), &sdxl()).expect(name).class_name, class, "{name}");
         }
     }
 
