@@ -382,6 +382,18 @@ fn raw_image_batches_describe_their_pixels_and_free_once() {
 }
 
 #[test]
+fn raw_pixels_need_no_png_and_plain_generate_needs_some_output() {
+    let engine = AbiEngine::fixtures();
+    let req = request(serde_json::json!({"output": {"return_image_data": false}}));
+    let reply = engine.generate(&req);
+    assert_failure(&reply, sdxl_status::InvalidRequest, "invalid_request", "sdxl_generate_images");
+    let (reply, images) = engine.generate_images(&req);
+    assert_eq!(reply.status, sdxl_status::Ok, "{}", reply.json);
+    assert_eq!(images.len(), 1);
+    assert!(reply.json["data"]["generated_images"][0]["image_data"].is_null(), "no PNG encoded");
+}
+
+#[test]
 fn seeds_resolve_like_diffusers_and_random_seeds_are_reported() {
     let engine = AbiEngine::fixtures();
     let a = engine.generate_images(&request(serde_json::json!({"hyperparameters": {"seed": -1}})));

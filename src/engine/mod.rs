@@ -139,6 +139,14 @@ impl Engine {
         };
         warnings.extend(parsed.warnings);
         let params = parsed.params;
+        if !want_pixels && params.output.save_path.is_none() && !params.output.return_image_data {
+            let e = Error::field(
+                "data.output.return_image_data",
+                "false without data.output.save_path would return no image; set a save_path, return_image_data \
+                 true, or call sdxl_generate_images for raw pixels",
+            );
+            return failure(Some(&params.request_id), e, warnings);
+        }
         let registration = self.cancels.register(&params.request_id);
         if let Some(secs) = params.timeout_secs {
             registration.token.set_deadline(started + Duration::from_secs_f64(secs));

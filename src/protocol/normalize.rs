@@ -518,12 +518,7 @@ fn output_params(d: &WireData, warnings: &mut Vec<String>) -> Result<OutputParam
         Some(p) => Some(PathBuf::from(p)),
     };
     let return_image_data = o.return_image_data.unwrap_or(save_path.is_none());
-    if !return_image_data && save_path.is_none() {
-        return Err(Error::field(
-            "data.output.return_image_data",
-            "false without data.output.save_path would return no image; set a save_path or return_image_data true",
-        ));
-    }
+    // `false` without a save_path is only useful with raw pixels (`sdxl_generate_images`); the engine checks that.
     Ok(OutputParams { format, quality, save_path, overwrite: o.overwrite.unwrap_or(false), return_image_data })
 }
 
@@ -791,7 +786,6 @@ mod tests {
             (minimal(json!({"output": {"quality": 0}})), "data.output.quality", "1 to 100"),
             (minimal(json!({"output": {"quality": 101}})), "data.output.quality", "1 to 100"),
             (minimal(json!({"output": {"save_path": ""}})), "data.output.save_path", "empty"),
-            (minimal(json!({"output": {"return_image_data": false}})), "data.output.return_image_data", "save_path"),
             (minimal(json!({"metadata": {"timeout": 0}})), "data.metadata.timeout", "positive"),
             (minimal(json!({"metadata": {"timeout": -3.5}})), "data.metadata.timeout", "positive"),
             (minimal(json!({"metadata": {"priority": "urgent"}})), "data.metadata.priority", "low, normal or high"),
