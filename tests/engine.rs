@@ -190,6 +190,20 @@ fn cuda_without_a_cuda_runtime_is_a_clear_error_or_an_announced_fallback() {
 }
 
 #[test]
+fn cuda_settings_are_checked_and_refused_without_a_cuda_device() {
+    let create = |o: serde_json::Value| AbiEngine::create(Some(&o.to_string())).err().expect("refused");
+    let (status, msg) = create(serde_json::json!({"cuda": {"conv_algo_search": "heuristic"}}));
+    assert_eq!(status, sdxl_status::InvalidOption);
+    assert!(msg.contains("cuda") && msg.contains("device"), "{msg}");
+    let (status, msg) = create(serde_json::json!({"device": "cuda", "cuda": {"conv_algo_search": "fastest"}}));
+    assert_eq!(status, sdxl_status::InvalidOption);
+    assert!(msg.contains("cuda.conv_algo_search"), "{msg}");
+    let (status, msg) = create(serde_json::json!({"device": "cuda", "cuda": {"graphs": true}}));
+    assert_eq!(status, sdxl_status::InvalidOption);
+    assert!(msg.contains("graphs"), "{msg}");
+}
+
+#[test]
 fn the_model_default_size_is_checked_against_the_limits_before_any_work() {
     // The tiny model's default is 64×64; a 32-pixel limit refuses it when the request names no size.
     let opts = serde_json::json!({"models_root": fixtures(), "max_width": 32}).to_string();

@@ -97,6 +97,7 @@ impl Engine {
                     Some(dir) => Some(OptimizedCache::new(dir, &runtime.version)?),
                     None => None,
                 },
+                cuda: options.cuda.clone().unwrap_or_default(),
             },
             cache: PipelineCache::new(options.max_cached_models.unwrap_or(3), options.memory_threshold.unwrap_or(0.8)),
             slots: Slots::new(options.max_concurrent_runs.unwrap_or(1)),

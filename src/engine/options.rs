@@ -50,6 +50,9 @@ pub struct EngineOptions {
     /// A folder for ONNX Runtime-optimized graphs of this machine (created if missing): later loads of the same
     /// model skip graph optimization. Off by default; never ship its files (they are CPU-specific).
     pub optimized_model_cache: Option<PathBuf>,
+    /// CUDA execution provider settings (`conv_algo_search`, `conv_max_workspace`, `arena_extend_strategy`,
+    /// `memory_limit_mb`, `prefer_nhwc`); only with `device` cuda.
+    pub cuda: Option<crate::runtime::CudaOptions>,
     /// With `device` cuda: run on CPU (with a warning) when this ONNX Runtime has no CUDA execution provider,
     /// instead of failing. Default false: never a silent fallback.
     pub allow_cpu_fallback: Option<bool>,
@@ -110,6 +113,20 @@ impl EngineOptions {
                     message: format!("{d:?} is not one of cpu, cuda, cuda:N"),
                 });
             }
+        }
+        if let Some(cuda) = &options.cuda {
+            let on_cuda = options
+                .device
+                .as_deref()
+                .and_then(crate::runtime::Device::parse)
+                .is_some_and(|d| d != crate::runtime::Device::Cpu);
+            if !on_cuda {
+                return Err(Error::InvalidOption {
+                    field: "cuda".into(),
+                    message: "CUDA settings need `device` \"cuda\" or \"cuda:N\"".into(),
+                });
+            }
+            cuda.validate()?;
         }
         if let Some(root) = &options.output_root {
             if !root.is_dir() {

@@ -7,7 +7,7 @@ use super::{Progress, ProgressEvent, Stage};
 use crate::error::{Error, Result};
 use crate::rng::NoiseSource;
 use crate::runtime::tensor::{float_value, Elem};
-use crate::runtime::{CancelToken, ModelSession};
+use crate::runtime::{BoundGraph, CancelToken, ModelSession};
 use crate::schedulers::Scheduler;
 
 /// The UNet's conditioning for one batch, already in CFG order (`[uncond × B, cond × B]` when guided).
@@ -56,6 +56,7 @@ pub fn denoise(
 ) -> Result<(ArrayD<f32>, u32)> {
     let batch = latents.shape()[0];
     let timesteps = scheduler.timesteps().to_vec();
+    let mut unet = bind_unet(ctx.unet, cond)?;
     let mut reported = 0;
     for (i, &t) in timesteps.iter().enumerate() {
         ctx.cancel.check()?;
@@ -66,7 +67,13 @@ pub fn denoise(
         } else {
             scaled
         };
-        let out = run_unet(ctx.unet, sample, t, cond, ctx.cancel)?;
+        let n = sample.shape()[0];
+        let spec = ctx.unet.input("sample")?;
+        let changing = vec![
+            ("sample".to_string(), float_value(sample, spec.elem, "unet", "sample")?),
+            ("timestep".to_string(), timestep_value(ctx.unet, t, n)?),
+        ];
+        let out = unet.run(changing, ctx.cancel)?;
         let noise_pred = if ctx.guided {
             let uncond = out.slice_axis(Axis(0), (0..batch).into());
             let text = out.slice_axis(Axis(0), (batch..2 * batch).into());
@@ -128,27 +135,18 @@ fn timestep_value(unet: &ModelSession, t: f32, n: usize) -> Result<ort::value::D
     }
 }
 
-fn run_unet(
-    unet: &ModelSession,
-    sample: ArrayD<f32>,
-    t: f32,
-    cond: &UnetConditioning,
-    cancel: &CancelToken,
-) -> Result<ArrayD<f32>> {
-    let n = sample.shape()[0];
+/// The UNet with the conditioning bound once for the whole loop (copied to the device once on CUDA).
+fn bind_unet<'s>(unet: &'s ModelSession, cond: &UnetConditioning) -> Result<BoundGraph<'s>> {
     let input = |name: &str, a: ArrayD<f32>| -> Result<(String, ort::value::DynValue)> {
         let spec = unet.input(name)?;
         Ok((name.to_string(), float_value(a, spec.elem, "unet", name)?))
     };
-    let inputs = vec![
-        input("sample", sample)?,
-        ("timestep".to_string(), timestep_value(unet, t, n)?),
+    let fixed = vec![
         input("encoder_hidden_states", cond.encoder_hidden_states.clone().into_dyn())?,
         input("text_embeds", cond.text_embeds.clone().into_dyn())?,
         input("time_ids", cond.time_ids.clone().into_dyn())?,
     ];
-    let mut out = unet.run(inputs, &["out_sample"], cancel)?;
-    Ok(out.remove(0))
+    unet.bind(fixed, "out_sample")
 }
 
 /// SDXL micro-conditioning: `original_size + crops_coords_top_left + target_size` = `[h, w, 0, 0, h, w]`

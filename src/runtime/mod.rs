@@ -2,11 +2,15 @@
 //!
 //! Nothing above this module names `ort` types.
 
+pub mod binding;
 pub mod cancel;
+pub mod cuda;
 pub mod onnx_proto;
 pub mod optimized_cache;
 pub mod session;
 pub mod tensor;
 
+pub use binding::BoundGraph;
 pub use cancel::CancelToken;
+pub use cuda::CudaOptions;
 pub use session::{ArenaPolicy, Device, ModelSession, SessionConfig, WeightOverrides};

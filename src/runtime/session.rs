@@ -11,6 +11,7 @@ use ort::value::{DynValue, Tensor, ValueType};
 use parking_lot::Mutex;
 
 use super::cancel::CancelToken;
+use super::cuda::CudaOptions;
 use super::onnx_proto::{self, OnnxModel};
 use super::optimized_cache::OptimizedCache;
 use super::tensor::{to_f32, Elem};
@@ -100,6 +101,8 @@ pub struct SessionConfig {
     pub cpu_arena: ArenaPolicy,
     /// Where optimized graphs are cached (CPU device, graphs loaded from files); `None` optimizes at every load.
     pub optimized_cache: Option<OptimizedCache>,
+    /// CUDA execution provider settings (CUDA device only).
+    pub cuda: CudaOptions,
 }
 
 /// A declared input or output.
@@ -156,7 +159,7 @@ fn builder(
         builder = builder.with_execution_providers([cpu]).map_err(|e| invalid(e.into()))?;
     }
     if let Device::Cuda(id) = config.device {
-        let cuda = ort::ep::CUDA::default().with_device_id(id).build().error_on_failure();
+        let cuda = config.cuda.provider(id)?;
         builder = builder.with_execution_providers([cuda]).map_err(|e| {
             Error::RuntimeUnavailable(format!("the CUDA execution provider (device {id}) failed for the {stage}: {e}"))
         })?;
@@ -359,6 +362,25 @@ impl ModelSession {
         self.outputs.iter().any(|o| o.name == name)
     }
 
+    /// A model error listing the outputs the graph has, unless it has `name`.
+    pub(super) fn check_output(&self, name: &str) -> Result<()> {
+        if self.has_output(name) {
+            return Ok(());
+        }
+        let have: Vec<_> = self.outputs.iter().map(|o| o.name.as_str()).collect();
+        Err(Error::model_invalid(&self.path, format!("{} has no output `{name}` (outputs: {have:?})", self.stage)))
+    }
+
+    /// The graph's name in errors (`unet`, `vae_decoder`, ...).
+    pub fn stage(&self) -> &'static str {
+        self.stage
+    }
+
+    /// Call `f` with the `ort` session locked (one run at a time per graph).
+    pub(super) fn with_session<T>(&self, f: impl FnOnce(&mut Session) -> T) -> T {
+        f(&mut self.session.lock())
+    }
+
     /// Run the graph and return the `wanted` outputs as f32 arrays, in that order.
     ///
     /// A cancel during the call terminates it and gives `Error::Cancelled`.
@@ -370,13 +392,7 @@ impl ModelSession {
     ) -> Result<Vec<ArrayD<f32>>> {
         cancel.check()?;
         for name in wanted {
-            if !self.has_output(name) {
-                let have: Vec<_> = self.outputs.iter().map(|o| o.name.as_str()).collect();
-                return Err(Error::model_invalid(
-                    &self.path,
-                    format!("{} has no output `{name}` (outputs: {have:?})", self.stage),
-                ));
-            }
+            self.check_output(name)?;
         }
         let opts = cancel.begin_run(self.stage)?;
         let result = {
@@ -403,7 +419,7 @@ impl ModelSession {
 }
 
 /// Add what a user can do to ONNX Runtime's out-of-memory messages.
-fn explain(message: String) -> String {
+pub(super) fn explain(message: String) -> String {
     let lower = message.to_ascii_lowercase();
     if lower.contains("failed to allocate") || lower.contains("bad_alloc") || lower.contains("out of memory") {
         format!(
