@@ -95,6 +95,7 @@ SDXL_UNET_CONFIG = {
     "use_linear_projection": True,
 }
 BENCH_CHANGES = {"block_out_channels": [160, 320, 640], "transformer_layers_per_block": [1, 1, 2]}
+FULL_VOCAB = 49408
 
 # stabilityai/stable-diffusion-xl-base-1.0 vae/config.json (unchanged)
 SDXL_VAE_CONFIG = {
@@ -113,8 +114,11 @@ SDXL_VAE_CONFIG = {
 }
 
 
-def clip_config(hidden: int, heads: int, intermediate: int, act: str, projection: int):
-    """Real CLIP-L / OpenCLIP bigG widths, 2 layers, the v1000 vocabulary and SDXL's legacy ids (eos_token_id 2)."""
+def clip_config(
+    hidden: int, heads: int, intermediate: int, act: str, projection: int, layers: int = 2, vocab: int = 1000
+):
+    """Real CLIP-L / OpenCLIP bigG widths and SDXL's legacy ids (eos_token_id 2); the bench model keeps 2 layers and
+    the v1000 vocabulary, the full-size model (bench/gpu) the real depth and vocabulary."""
     from transformers import CLIPTextConfig
 
     return CLIPTextConfig(
@@ -125,28 +129,32 @@ def clip_config(hidden: int, heads: int, intermediate: int, act: str, projection
         intermediate_size=intermediate,
         layer_norm_eps=1e-05,
         num_attention_heads=heads,
-        num_hidden_layers=2,
+        num_hidden_layers=layers,
         max_position_embeddings=c.MAX_LENGTH,
-        vocab_size=1000,
+        vocab_size=vocab,
         hidden_act=act,
         projection_dim=projection,
     )
 
 
-def build_pipeline():
+def build_pipeline(full: bool = False, tokenizer_dirs: tuple[Path, Path] | None = None):
+    """The bench model, or with `full` the real SDXL base architecture at full size (UNet 2.57 B parameters, CLIP-L
+    with 12 layers, bigG with 32, the full CLIP vocabulary of `tokenizer_dirs`), random weights."""
     import torch
     from diffusers import AutoencoderKL, EulerDiscreteScheduler, StableDiffusionXLPipeline, UNet2DConditionModel
     from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
-    unet_config = {**SDXL_UNET_CONFIG, **BENCH_CHANGES}
+    unet_config = SDXL_UNET_CONFIG if full else {**SDXL_UNET_CONFIG, **BENCH_CHANGES}
+    depth = (12, 32) if full else (2, 2)
+    vocab = FULL_VOCAB if full else 1000
     torch.manual_seed(0)
     unet = UNet2DConditionModel.from_config(unet_config)
     torch.manual_seed(0)
     vae = AutoencoderKL.from_config(SDXL_VAE_CONFIG)
     torch.manual_seed(0)
-    text_encoder = CLIPTextModel(clip_config(768, 12, 3072, "quick_gelu", 768))
+    text_encoder = CLIPTextModel(clip_config(768, 12, 3072, "quick_gelu", 768, depth[0], vocab))
     torch.manual_seed(1)  # a different seed, so the two encoders do not share weights
-    text_encoder_2 = CLIPTextModelWithProjection(clip_config(1280, 20, 5120, "gelu", 1280))
+    text_encoder_2 = CLIPTextModelWithProjection(clip_config(1280, 20, 5120, "gelu", 1280, depth[1], vocab))
 
     gen = torch.Generator("cpu").manual_seed(build_tiny.PERTURB_SEED)
     models = {"unet": unet, "vae": vae, "text_encoder": text_encoder, "text_encoder_2": text_encoder_2}
@@ -158,8 +166,10 @@ def build_pipeline():
         vae=vae,
         text_encoder=text_encoder,
         text_encoder_2=text_encoder_2,
-        tokenizer=CLIPTokenizer.from_pretrained(str(FIXTURE / "tokenizer")),
-        tokenizer_2=CLIPTokenizer.from_pretrained(str(FIXTURE / "tokenizer_2")),
+        tokenizer=CLIPTokenizer.from_pretrained(str(tokenizer_dirs[0] if tokenizer_dirs else FIXTURE / "tokenizer")),
+        tokenizer_2=CLIPTokenizer.from_pretrained(
+            str(tokenizer_dirs[1] if tokenizer_dirs else FIXTURE / "tokenizer_2")
+        ),
         unet=unet,
         scheduler=EulerDiscreteScheduler.from_config(build_tiny.SDXL_SCHEDULER_CONFIG),
         force_zeros_for_empty_prompt=True,

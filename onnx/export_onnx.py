@@ -331,8 +331,8 @@ def topological_sort(graph) -> None:
     graph.node.extend(nodes)
 
 
-def export_graph(spec: Spec, out_file: Path, fold: bool, external: bool | None, fp16: bool = False) -> None:
-    """Trace `spec` with the TorchScript exporter, post-process and save it. external=None: auto (> 2 GB)."""
+def trace_graph(spec: Spec, fold: bool):
+    """Trace `spec` with the TorchScript exporter; returns the float32 ModelProto with diffusers' names."""
     import onnx
     import torch
 
@@ -357,7 +357,57 @@ def export_graph(spec: Spec, out_file: Path, fold: bool, external: bool | None, 
         model = onnx.load(str(tmp_file), load_external_data=True)
     if spec.rename is not None:
         rename_initializers(model, spec.rename)
+    return model
+
+
+def trace_unet_for_fusion(unet):
+    """The UNet traced the way onnxruntime's fusions expect it, as onnxruntime's own stable-diffusion demo exports
+    it: constant folding (weights as initializers, not behind Transpose/Unsqueeze nodes) and diffusers' classic
+    attention processor instead of scaled_dot_product_attention (whose trace no attention fusion matches)."""
+    from diffusers.models.attention_processor import AttnProcessor
+
+    saved = unet.attn_processors
+    unet.set_attn_processor(AttnProcessor())
+    try:
+        return trace_graph(unet_spec(unet), fold=True)
+    finally:
+        unet.set_attn_processor(saved)
+
+
+def ort_optimize_unet(model, fp16: bool):
+    """onnxruntime's stable-diffusion UNet fusions, as its optimize_pipeline.py applies them (before fp16
+    conversion): fused multi-head attention (packed QKV/KV in fp16), GroupNorm(+SiLU) in NHWC, BiasSplitGelu,
+    BiasAdd; then the fp16 conversion through onnxruntime's OnnxModel, whose symbolic shape inference knows the fused
+    (com.microsoft) operators. `timestep` stays float32 as in every fp16 export here.
+
+    The fused graph runs only on the CUDA execution provider (GroupNorm, BiasSplitGelu and BiasAdd have no CPU
+    kernels), and packed QKV weights are new initializers, so LoRA keys no longer find their targets in it.
+    """
+    from onnxruntime.transformers.fusion_options import FusionOptions
+    from onnxruntime.transformers.optimizer import optimize_by_fusion
+
+    options = FusionOptions("unet")
+    options.enable_packed_kv = fp16 and options.enable_packed_kv
+    options.enable_packed_qkv = fp16 and options.enable_packed_qkv
+    optimized = optimize_by_fusion(model, model_type="unet", num_heads=0, hidden_size=0, optimization_options=options)
+    print(f"    onnxruntime fusions: {optimized.get_fused_operator_statistics()}", flush=True)
+    fused = optimized.model
+    if not any(o.domain == "com.microsoft" for o in fused.opset_import):
+        fused.opset_import.add(domain="com.microsoft", version=1)
     if fp16:
+        keep = [i.name for i in fused.graph.input if i.name == "timestep"]
+        optimized.convert_float_to_float16(keep_io_types=keep)
+        topological_sort(optimized.model.graph)
+    return optimized.model
+
+
+def finish_graph(model, out_file: Path, external: bool | None, fp16: bool = False, ort_optimize: bool = False):
+    """Optionally fuse (UNet) and convert to float16, then save. external=None: auto (> 2 GB). Consumes `model`."""
+    import onnx
+
+    if ort_optimize:
+        model = ort_optimize_unet(model, fp16)
+    elif fp16:
         model = to_fp16(model)
     strip_noise(model)
     if external is None:
@@ -367,6 +417,11 @@ def export_graph(spec: Spec, out_file: Path, fold: bool, external: bool | None, 
     save_onnx(model, out_file, external)
     if external:
         onnx.checker.check_model(str(out_file))
+
+
+def export_graph(spec: Spec, out_file: Path, fold: bool, external: bool | None, fp16: bool = False) -> None:
+    """Trace `spec`, post-process and save it. external=None: auto (> 2 GB)."""
+    finish_graph(trace_graph(spec, fold), out_file, external, fp16)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -477,6 +532,7 @@ def export(
     local_files_only: bool = False,
     vae_fp32: bool = False,
     pipe=None,
+    ort_optimize: bool = False,
 ) -> dict[str, float]:
     """Export `src` into `out`. Returns {component: max |ORT - torch|} when `check`."""
     import torch
@@ -507,7 +563,10 @@ def export(
         out_file = out / component / "model.onnx"
         ext = True if component in external else None
         half = fp16 and not (vae_fp32 and component.startswith("vae"))
-        export_graph(spec, out_file, fold, ext, half)
+        if ort_optimize and component == "unet":
+            finish_graph(trace_unet_for_fusion(pipe.unet), out_file, ext, half, ort_optimize=True)
+        else:
+            export_graph(spec, out_file, fold, ext, half)
         write_component_config(pipe, component, src if src.is_dir() else None, out)
         if check:
             results[component] = check_graph(spec, out_file)
@@ -556,6 +615,12 @@ def main() -> None:
     ap.add_argument("--config", help="single-file input only: diffusers folder (or repo id) with the pipeline configs")
     ap.add_argument("--local-files-only", action="store_true", help="single-file input only: never download configs")
     ap.add_argument("--check", action="store_true", help="compare each graph with torch in onnxruntime")
+    ap.add_argument(
+        "--ort-optimize",
+        action="store_true",
+        help="trace the UNet for onnxruntime's stable-diffusion fusions (constant folding, classic attention) and "
+        "fuse it: CUDA execution provider only; LoRA keys do not reach packed QKV weights",
+    )
     args = ap.parse_args()
 
     external = {s for s in args.external_data.split(",") if s}
@@ -582,6 +647,7 @@ def main() -> None:
         config=args.config,
         local_files_only=args.local_files_only,
         vae_fp32=args.vae_fp32,
+        ort_optimize=args.ort_optimize,
     )
 
 
