@@ -409,6 +409,11 @@ def summarize(res: dict, contenders: list[str]) -> dict:
         n[f"{c}_wall_over_stage_sum"] = med(own)
         line = (f"{c} wall / its own stage sum (text+denoise+decode from processing_metrics): median {med(own):.4f} "
                 f"(raw {', '.join(f'{x:.4f}' for x in own)})")
+        if all(r["stages"].get("onnxruntime") for r in rs):
+            exact = [r["wall_s"] / r["stages"]["onnxruntime"] for r in rs]
+            n[f"{c}_wall_over_ort_run_sum"] = med(exact)
+            line += (f"; {c} wall / its own ORT run time (processing_metrics.onnxruntime_time): median "
+                     f"{med(exact):.4f} (raw {', '.join(f'{x:.4f}' for x in exact)})")
         if "optimum" in contenders:
             ort_sums = [sum(v for k, v in r["stages"].items()) for r in res["runs"]["optimum"]]
             n[f"{c}_wall_over_optimum_ort_sum"] = med([r["wall_s"] for r in rs]) / med(ort_sums)

@@ -193,6 +193,7 @@ class Sdxlrt:
                 "inference": m["inference_time"],
                 "total_reported": m["total_time"],
                 "model_load": m["model_load_time"],
+                "onnxruntime": m.get("onnxruntime_time"),
             },
             "unet_evaluations": m["unet_evaluations"],
             "peak_memory_reported": m.get("peak_memory"),

@@ -115,6 +115,10 @@ fn metrics_are_measured_not_invented() {
         + m["vae_decode_time"].as_f64().unwrap()
         + m["encode_save_time"].as_f64().unwrap();
     assert!(parts > 0.0 && parts <= total, "stages {parts} within total {total}");
+    // Time inside ONNX Runtime: part of the inference stages (4 text-encoder calls, 2 UNet calls, 1 VAE call).
+    let ort = m["onnxruntime_time"].as_f64().unwrap();
+    let inference = m["inference_time"].as_f64().unwrap();
+    assert!(ort > 0.0 && ort <= inference, "onnxruntime_time {ort} within inference {inference}");
 }
 
 #[test]

@@ -260,6 +260,7 @@ impl Engine {
             denoising_step_avg: t.denoising / f64::from(params.steps.max(1) * params.batch_size.max(1)),
             vae_decode_time: t.vae_decode,
             encode_save_time: t_save.elapsed().as_secs_f64(),
+            onnxruntime_time: cancel.onnxruntime_seconds(),
             unet_evaluations: t.unet_evaluations,
             steps: params.steps,
             device_name: self.sessions.device.name(),

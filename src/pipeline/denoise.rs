@@ -73,7 +73,7 @@ pub fn denoise(
             ("sample".to_string(), float_value(sample, spec.elem, "unet", "sample")?),
             ("timestep".to_string(), timestep_value(ctx.unet, t, n)?),
         ];
-        let out = unet.run(changing, ctx.cancel)?;
+        let out = unet.run(changing, i + 1 == timesteps.len(), ctx.cancel)?;
         let noise_pred = if ctx.guided {
             let uncond = out.slice_axis(Axis(0), (0..batch).into());
             let text = out.slice_axis(Axis(0), (batch..2 * batch).into());

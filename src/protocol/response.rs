@@ -130,6 +130,10 @@ pub struct ProcessingMetrics {
     pub vae_decode_time: f64,
     /// Image encoding, base64 and file writing.
     pub encode_save_time: f64,
+    /// Time inside ONNX Runtime graph calls (every graph, the whole batch); `total_time` minus this is what
+    /// sdxlrt itself spent (parsing, tokenizing, scheduler math, copies, encoding, waiting for a run slot).
+    #[serde(default)]
+    pub onnxruntime_time: f64,
     /// UNet runs (a CFG batch of 2 counts once; a batch run one image at a time counts per image).
     pub unet_evaluations: u32,
     /// Denoising steps per image.
@@ -314,6 +318,7 @@ mod tests {
                 "encode_save_time",
                 "inference_time",
                 "model_load_time",
+                "onnxruntime_time",
                 "peak_memory",
                 "steps",
                 "text_encoding_time",

@@ -5,7 +5,7 @@
 //! CUDA, ORT copies them to the device at bind time and every later run reuses the device copy. Per run only the
 //! changing inputs (latents, timestep) are bound; the output comes back to host memory, where the guidance and the
 //! scheduler step run. On the CPU execution provider binding is a plain reference, so both devices share this path
-//! (and every CPU parity test exercises it).
+//! (and every CPU parity test exercises it). The last run of a loop releases the graph's arena.
 
 use ndarray::ArrayD;
 use ort::memory::{AllocationDevice, AllocatorType, MemoryInfo, MemoryType};
@@ -51,10 +51,12 @@ impl ModelSession {
 }
 
 impl BoundGraph<'_> {
-    /// Bind `changing` inputs (replacing their previous values), run, and return the output as f32.
+    /// Bind `changing` inputs (replacing their previous values), run, and return the output as f32. With `last`,
+    /// the graph's memory arena gives its free memory back after the call, so the activations of a loop do not
+    /// stay reserved through the stages after it (the VAE decode is the memory peak of a run).
     ///
     /// A cancel during the call terminates it and gives `Error::Cancelled`.
-    pub fn run(&mut self, changing: Vec<(String, DynValue)>, cancel: &CancelToken) -> Result<ArrayD<f32>> {
+    pub fn run(&mut self, changing: Vec<(String, DynValue)>, last: bool, cancel: &CancelToken) -> Result<ArrayD<f32>> {
         let stage = self.graph.stage();
         cancel.check()?;
         for (name, value) in &changing {
@@ -64,7 +66,7 @@ impl BoundGraph<'_> {
                 message: format!("cannot bind input `{name}`: {}", explain(e.to_string())),
             })?;
         }
-        let opts = cancel.begin_run(stage)?;
+        let opts = cancel.begin_run(stage, self.graph.arenas().filter(|_| last))?;
         let binding = &self.binding;
         let output = self.output.as_str();
         let result = self.graph.with_session(|session| match session.run_binding_with_options(binding, &opts) {

@@ -1,7 +1,8 @@
 //! Cancellation of one request: a flag checked between steps, an optional deadline, and the ONNX Runtime
-//! `RunOptions` of the graph call in flight, terminated so a long UNet or VAE call stops too.
+//! `RunOptions` of the graph call in flight, terminated so a long UNet or VAE call stops too. The token brackets
+//! every graph call of its request, so it also adds up the time spent inside ONNX Runtime.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -14,7 +15,8 @@ use crate::error::{Error, Result};
 pub struct CancelToken {
     cancelled: AtomicBool,
     deadline: Mutex<Option<Instant>>,
-    in_flight: Mutex<Option<Arc<ort::session::RunOptions>>>,
+    in_flight: Mutex<Option<(Arc<ort::session::RunOptions>, Instant)>>,
+    run_nanos: AtomicU64,
 }
 
 impl std::fmt::Debug for CancelToken {
@@ -37,7 +39,7 @@ impl CancelToken {
     /// Cancel now: sets the flag and terminates the graph call in flight, if any.
     pub fn cancel(&self) {
         self.cancelled.store(true, Ordering::SeqCst);
-        if let Some(opts) = self.in_flight.lock().as_ref() {
+        if let Some((opts, _)) = self.in_flight.lock().as_ref() {
             // Best effort: if terminate fails the flag still stops the run at the next step.
             let _ = opts.terminate();
         }
@@ -64,12 +66,26 @@ impl CancelToken {
         }
     }
 
-    /// Run options for the next graph call, registered so `cancel` can terminate it.
-    pub(crate) fn begin_run(&self, stage: &'static str) -> Result<Arc<ort::session::RunOptions>> {
-        let opts = ort::session::RunOptions::new()
-            .map_err(|e| Error::Inference { stage, message: format!("cannot create run options: {e}") })?;
+    /// Seconds spent inside ONNX Runtime graph calls of this request so far.
+    pub fn onnxruntime_seconds(&self) -> f64 {
+        self.run_nanos.load(Ordering::Relaxed) as f64 * 1e-9
+    }
+
+    /// Run options for the next graph call, registered so `cancel` can terminate it. `release_arenas` (ORT's
+    /// `memory.enable_memory_arena_shrinkage` syntax, e.g. `cpu:0` or `gpu:0`) gives the named arenas' free memory
+    /// back once the call ends.
+    pub(crate) fn begin_run(
+        &self,
+        stage: &'static str,
+        release_arenas: Option<&str>,
+    ) -> Result<Arc<ort::session::RunOptions>> {
+        let fail = |e: ort::Error| Error::Inference { stage, message: format!("cannot create run options: {e}") };
+        let mut opts = ort::session::RunOptions::new().map_err(fail)?;
+        if let Some(arenas) = release_arenas {
+            opts.set("memory.enable_memory_arena_shrinkage", arenas).map_err(fail)?;
+        }
         let opts = Arc::new(opts);
-        *self.in_flight.lock() = Some(opts.clone());
+        *self.in_flight.lock() = Some((opts.clone(), Instant::now()));
         // Close the race with a cancel that landed between the check and the registration.
         if self.cancelled.load(Ordering::SeqCst) {
             let _ = opts.terminate();
@@ -79,6 +95,8 @@ impl CancelToken {
 
     /// The graph call finished.
     pub(crate) fn end_run(&self) {
-        *self.in_flight.lock() = None;
+        if let Some((_, started)) = self.in_flight.lock().take() {
+            self.run_nanos.fetch_add(started.elapsed().as_nanos() as u64, Ordering::Relaxed);
+        }
     }
 }

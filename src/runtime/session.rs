@@ -120,6 +120,8 @@ pub struct IoSpec {
 #[derive(Debug)]
 pub struct ModelSession {
     stage: &'static str,
+    /// The memory arenas this graph allocates from, in `memory.enable_memory_arena_shrinkage` syntax.
+    arenas: Option<String>,
     path: PathBuf,
     inputs: Vec<IoSpec>,
     outputs: Vec<IoSpec>,
@@ -197,7 +199,7 @@ impl ModelSession {
         }
         let mut builder = builder(env, path, stage, config)?;
         let session = builder.commit_from_file(path).map_err(invalid)?;
-        Ok(Self::wrap(stage, path, session))
+        Ok(Self::wrap(stage, path, session, config))
     }
 
     /// [`ModelSession::load`] through the optimized-graph cache: load the cached graph with optimizations off, or
@@ -217,7 +219,7 @@ impl ModelSession {
                 .and_then(|b| b.with_optimization_level(GraphOptimizationLevel::Disable).map_err(|e| invalid(e.into())))
                 .and_then(|mut b| b.commit_from_file(&cached).map_err(invalid));
             match loaded {
-                Ok(session) => return Ok(Self::wrap(stage, path, session)),
+                Ok(session) => return Ok(Self::wrap(stage, path, session, config)),
                 // A damaged or foreign entry: drop it and optimize again.
                 Err(_) => drop(std::fs::remove_dir_all(&entry)),
             }
@@ -238,7 +240,7 @@ impl ModelSession {
         if session.is_err() || std::fs::rename(&tmp, &entry).is_err() {
             let _ = std::fs::remove_dir_all(&tmp);
         }
-        Ok(Self::wrap(stage, path, session?))
+        Ok(Self::wrap(stage, path, session?, config))
     }
 
     /// Load `overrides.model` with some initializers replaced (merged LoRA weights), without touching the files.
@@ -321,11 +323,16 @@ impl ModelSession {
         }
         drop(model);
         let session = builder.commit_from_memory(&patched).map_err(invalid)?;
-        Ok(Self::wrap(stage, &path, session))
+        Ok(Self::wrap(stage, &path, session, config))
     }
 
-    fn wrap(stage: &'static str, path: &Path, session: Session) -> Self {
+    fn wrap(stage: &'static str, path: &Path, session: Session, config: &SessionConfig) -> Self {
+        let arenas = match config.device {
+            Device::Cpu => config.cpu_arena.uses_arena(stage).then(|| "cpu:0".to_string()),
+            Device::Cuda(id) => Some(format!("gpu:{id}")),
+        };
         ModelSession {
+            arenas,
             stage,
             path: path.to_path_buf(),
             inputs: specs(session.inputs()),
@@ -371,6 +378,11 @@ impl ModelSession {
         Err(Error::model_invalid(&self.path, format!("{} has no output `{name}` (outputs: {have:?})", self.stage)))
     }
 
+    /// The memory arenas this graph allocates from (`cpu:0`, `gpu:N`), if any.
+    pub(super) fn arenas(&self) -> Option<&str> {
+        self.arenas.as_deref()
+    }
+
     /// The graph's name in errors (`unet`, `vae_decoder`, ...).
     pub fn stage(&self) -> &'static str {
         self.stage
@@ -394,7 +406,7 @@ impl ModelSession {
         for name in wanted {
             self.check_output(name)?;
         }
-        let opts = cancel.begin_run(self.stage)?;
+        let opts = cancel.begin_run(self.stage, None)?;
         let result = {
             let mut session = self.session.lock();
             let outputs = session.run_with_options(inputs, &*opts);

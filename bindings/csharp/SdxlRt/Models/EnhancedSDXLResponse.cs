@@ -172,6 +172,12 @@ namespace SdxlRt
         /// <summary>Image encoding and writing.</summary>
         public double? EncodeSaveTime { get; set; }
 
+        /// <summary>Loading the model for this request (0 when it was already loaded).</summary>
+        public double? ModelLoadTime { get; set; }
+
+        /// <summary>Time inside ONNX Runtime graph calls; TotalTime minus this is sdxlrt's own share.</summary>
+        public double? OnnxRuntimeTime { get; set; }
+
         /// <summary>UNet runs.</summary>
         public int UnetEvaluations { get; set; }
 
@@ -198,6 +204,8 @@ namespace SdxlRt
                 DenoisingStepAvg = m.DenoisingStepAvg,
                 VaeDecodeTime = m.VaeDecodeTime,
                 EncodeSaveTime = m.EncodeSaveTime,
+                ModelLoadTime = m.ModelLoadTime,
+                OnnxRuntimeTime = m.OnnxRuntimeTime,
                 UnetEvaluations = m.UnetEvaluations,
                 Steps = m.Steps,
                 DeviceName = m.DeviceName,
@@ -286,6 +294,8 @@ namespace SdxlRt
         [DataMember(Name = "denoising_step_avg")] public double? DenoisingStepAvg;
         [DataMember(Name = "vae_decode_time")] public double? VaeDecodeTime;
         [DataMember(Name = "encode_save_time")] public double? EncodeSaveTime;
+        [DataMember(Name = "model_load_time")] public double? ModelLoadTime;
+        [DataMember(Name = "onnxruntime_time")] public double? OnnxRuntimeTime;
         [DataMember(Name = "unet_evaluations")] public int UnetEvaluations;
         [DataMember(Name = "steps")] public int Steps;
         [DataMember(Name = "device_name")] public string DeviceName;
