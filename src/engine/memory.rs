@@ -1,5 +1,10 @@
 //! Real memory readings on Linux: this process's resident set and the system's total and available memory
-//! (`/proc`). `None` where a reading is not available — never a made-up number.
+//! (`/proc`), and a GPU's memory through NVML (`libnvidia-ml.so.1`, loaded at run time if the driver has it).
+//! `None` where a reading is not available — never a made-up number.
+
+use once_cell::sync::Lazy;
+
+use crate::runtime::Device;
 
 /// Resident set size of this process in bytes (`/proc/self/statm`).
 pub fn process_rss() -> Option<u64> {
@@ -41,17 +46,89 @@ fn page_size() -> u64 {
     }
 }
 
-/// Tracks the largest RSS seen during one request (sampled at stage boundaries and every step).
-#[derive(Debug, Default)]
+/// `(total, used)` memory of GPU `index` in bytes, as NVML reports it for the whole device (every process). NVML
+/// numbers GPUs in PCI order, as CUDA does unless `CUDA_VISIBLE_DEVICES` or `CUDA_DEVICE_ORDER` reorder them.
+pub fn gpu_memory(index: u32) -> Option<(u64, u64)> {
+    let nvml = NVML.as_ref()?;
+    let mut device: *mut libc::c_void = std::ptr::null_mut();
+    let mut memory = NvmlMemory { total: 0, free: 0, used: 0 };
+    // SAFETY: the functions were resolved from NVML with these C signatures (nvml.h: nvmlDeviceGetHandleByIndex_v2,
+    // nvmlDeviceGetMemoryInfo with nvmlMemory_t {total, free, used}); the out-pointers are valid for the call.
+    unsafe {
+        if (nvml.handle_by_index)(index, &mut device) != 0 || (nvml.memory_info)(device, &mut memory) != 0 {
+            return None;
+        }
+    }
+    Some((memory.total, memory.used))
+}
+
+/// The memory a request's device uses now: this process's RSS on CPU, the GPU's used memory on CUDA.
+pub fn device_memory_used(device: Device) -> Option<u64> {
+    match device {
+        Device::Cpu => process_rss(),
+        Device::Cuda(id) => gpu_memory(u32::try_from(id).ok()?).map(|(_, used)| used),
+    }
+}
+
+#[repr(C)]
+struct NvmlMemory {
+    total: u64,
+    free: u64,
+    used: u64,
+}
+
+type HandleByIndex = unsafe extern "C" fn(u32, *mut *mut libc::c_void) -> i32;
+type MemoryInfo = unsafe extern "C" fn(*mut libc::c_void, *mut NvmlMemory) -> i32;
+
+struct Nvml {
+    handle_by_index: HandleByIndex,
+    memory_info: MemoryInfo,
+}
+
+/// NVML, initialized once; `None` without an NVIDIA driver. The library stays loaded for the process's life.
+static NVML: Lazy<Option<Nvml>> = Lazy::new(|| {
+    // SAFETY: dlopen/dlsym with NUL-terminated names; every symbol is checked for null before it is transmuted to
+    // the signature nvml.h declares for it.
+    unsafe {
+        let lib = libc::dlopen(c"libnvidia-ml.so.1".as_ptr(), libc::RTLD_NOW | libc::RTLD_LOCAL);
+        if lib.is_null() {
+            return None;
+        }
+        let init = libc::dlsym(lib, c"nvmlInit_v2".as_ptr());
+        let handle_by_index = libc::dlsym(lib, c"nvmlDeviceGetHandleByIndex_v2".as_ptr());
+        let memory_info = libc::dlsym(lib, c"nvmlDeviceGetMemoryInfo".as_ptr());
+        if init.is_null() || handle_by_index.is_null() || memory_info.is_null() {
+            return None;
+        }
+        let init = std::mem::transmute::<*mut libc::c_void, unsafe extern "C" fn() -> i32>(init);
+        if init() != 0 {
+            return None;
+        }
+        Some(Nvml {
+            handle_by_index: std::mem::transmute::<*mut libc::c_void, HandleByIndex>(handle_by_index),
+            memory_info: std::mem::transmute::<*mut libc::c_void, MemoryInfo>(memory_info),
+        })
+    }
+});
+
+/// Tracks the largest memory reading of the request's device (RSS on CPU, GPU memory on CUDA) during one request,
+/// sampled at stage boundaries and every step.
+#[derive(Debug)]
 pub struct PeakTracker {
+    device: Device,
     peak: std::sync::atomic::AtomicU64,
 }
 
 impl PeakTracker {
+    /// A tracker for `device` with no samples yet.
+    pub fn new(device: Device) -> Self {
+        PeakTracker { device, peak: Default::default() }
+    }
+
     /// Take a sample now.
     pub fn sample(&self) {
-        if let Some(rss) = process_rss() {
-            self.peak.fetch_max(rss, std::sync::atomic::Ordering::Relaxed);
+        if let Some(used) = device_memory_used(self.device) {
+            self.peak.fetch_max(used, std::sync::atomic::Ordering::Relaxed);
         }
     }
 
@@ -74,5 +151,18 @@ mod tests {
         assert!(total >= available && available > 0);
         let peak = process_peak_rss().expect("VmHWM readable");
         assert!(peak >= rss / 2);
+    }
+
+    #[test]
+    fn gpu_readings_are_absent_without_a_driver_and_consistent_with_one() {
+        // This machine may or may not have an NVIDIA driver: either no reading, or a plausible one.
+        match gpu_memory(0) {
+            None => assert_eq!(device_memory_used(Device::Cuda(0)), None),
+            Some((total, used)) => assert!(total > 0 && used <= total),
+        }
+        assert_eq!(gpu_memory(u32::MAX), None, "no such GPU");
+        let tracker = PeakTracker::new(Device::Cpu);
+        tracker.sample();
+        assert!(tracker.peak().unwrap() > 1 << 20);
     }
 }

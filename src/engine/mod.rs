@@ -183,7 +183,7 @@ impl Engine {
         warnings: &mut Vec<String>,
     ) -> Result<(Response, Vec<RgbImage>)> {
         cancel.check()?;
-        let peak = PeakTracker::default();
+        let peak = PeakTracker::new(self.sessions.device);
         peak.sample();
         let save_path = match &params.output.save_path {
             Some(p) => Some(outputs::resolve_save_path(p, self.options.output_root.as_deref())?),
@@ -264,7 +264,7 @@ impl Engine {
             unet_evaluations: t.unet_evaluations,
             steps: params.steps,
             device_name: self.sessions.device.name(),
-            device_memory_used: memory::process_rss(),
+            device_memory_used: memory::device_memory_used(self.sessions.device),
             peak_memory: peak.peak(),
         };
         Ok((Response::success(params.request_id.clone(), generated, metrics, std::mem::take(warnings)), out.images))
@@ -347,6 +347,10 @@ impl Engine {
     /// The `status` reply's data.
     pub fn status(&self) -> serde_json::Value {
         let (total, available) = memory::system_memory().map_or((None, None), |(t, a)| (Some(t), Some(a)));
+        let gpu = match self.sessions.device {
+            crate::runtime::Device::Cuda(id) => u32::try_from(id).ok().and_then(memory::gpu_memory),
+            crate::runtime::Device::Cpu => None,
+        };
         json!({
             "version": env!("CARGO_PKG_VERSION"),
             "device_name": self.sessions.device.name(),
@@ -361,8 +365,8 @@ impl Engine {
                 "process_peak_rss": memory::process_peak_rss(),
                 "system_total": total,
                 "system_available": available,
-                "device_total": null,
-                "device_free": null,
+                "device_total": gpu.map(|(total, _)| total),
+                "device_used": gpu.map(|(_, used)| used),
             },
             "loaded_models": self.cache.loaded(),
             "models_root": self.options.models_root,

@@ -140,9 +140,11 @@ pub struct ProcessingMetrics {
     pub steps: u32,
     /// The execution provider and device, e.g. `CPU` or `CUDA:0 (NVIDIA H100)`.
     pub device_name: String,
-    /// Device memory in use after the run, in bytes; null where the provider cannot tell.
+    /// Memory in use on the request's device after the run, in bytes: this process's RSS on CPU, the GPU's used
+    /// memory (NVML, whole device) on CUDA; null where it cannot be read.
     pub device_memory_used: Option<u64>,
-    /// Peak device memory during the run, in bytes; null where the provider cannot tell.
+    /// The largest such reading during the run (sampled at stage boundaries and every step), in bytes; null where
+    /// it cannot be read.
     pub peak_memory: Option<u64>,
 }
 
