@@ -331,7 +331,7 @@ def topological_sort(graph) -> None:
     graph.node.extend(nodes)
 
 
-def trace_graph(spec: Spec, fold: bool):
+def trace_graph(spec: Spec, fold: bool, custom_opsets: dict[str, int] | None = None):
     """Trace `spec` with the TorchScript exporter; returns the float32 ModelProto with diffusers' names."""
     import onnx
     import torch
@@ -350,6 +350,7 @@ def trace_graph(spec: Spec, fold: bool):
                     dynamic_axes=spec.dynamic_axes,
                     opset_version=OPSET,
                     do_constant_folding=fold,
+                    custom_opsets=custom_opsets,
                     dynamo=False,
                 )
         finally:
@@ -358,6 +359,18 @@ def trace_graph(spec: Spec, fold: bool):
     if spec.rename is not None:
         rename_initializers(model, spec.rename)
     return model
+
+
+def trace_unet_fused_attention(unet, fold: bool):
+    """The UNet with its attention cores as com.microsoft MultiHeadAttention nodes (onnx/fused_attention.py)."""
+    from fused_attention import DOMAIN, FusedAttnProcessor
+
+    saved = unet.attn_processors
+    unet.set_attn_processor(FusedAttnProcessor())
+    try:
+        return trace_graph(unet_spec(unet), fold, custom_opsets={DOMAIN: 1})
+    finally:
+        unet.set_attn_processor(saved)
 
 
 def trace_unet_for_fusion(unet):
@@ -533,6 +546,7 @@ def export(
     vae_fp32: bool = False,
     pipe=None,
     ort_optimize: bool = False,
+    fused_attention: bool = False,
 ) -> dict[str, float]:
     """Export `src` into `out`. Returns {component: max |ORT - torch|} when `check`."""
     import torch
@@ -565,6 +579,8 @@ def export(
         half = fp16 and not (vae_fp32 and component.startswith("vae"))
         if ort_optimize and component == "unet":
             finish_graph(trace_unet_for_fusion(pipe.unet), out_file, ext, half, ort_optimize=True)
+        elif fused_attention and component == "unet":
+            finish_graph(trace_unet_fused_attention(pipe.unet, fold), out_file, ext, half)
         else:
             export_graph(spec, out_file, fold, ext, half)
         write_component_config(pipe, component, src if src.is_dir() else None, out)
@@ -621,6 +637,12 @@ def main() -> None:
         help="trace the UNet for onnxruntime's stable-diffusion fusions (constant folding, classic attention) and "
         "fuse it: CUDA execution provider only; LoRA keys do not reach packed QKV weights",
     )
+    ap.add_argument(
+        "--fused-attention",
+        action="store_true",
+        help="UNet attention cores as com.microsoft MultiHeadAttention nodes (CPU and CUDA execution providers; "
+        "parameter names unchanged, so LoRA merging works)",
+    )
     args = ap.parse_args()
 
     external = {s for s in args.external_data.split(",") if s}
@@ -648,6 +670,7 @@ def main() -> None:
         local_files_only=args.local_files_only,
         vae_fp32=args.vae_fp32,
         ort_optimize=args.ort_optimize,
+        fused_attention=args.fused_attention,
     )
 
 

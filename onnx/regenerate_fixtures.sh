@@ -6,7 +6,8 @@
 #                                        (tests/fixtures/ is not touched; exit status 1 on any difference)
 #
 # Owned outputs (tests/fixtures/rng/ and tests/fixtures/schedulers/ belong to other tools and are left alone):
-#   clip-vocab-full/  tokenizer_ids.json  tiny-sdxl/  tiny-sdxl-folded/  tiny-sdxl-fp16/  goldens/  loras/
+#   clip-vocab-full/  tokenizer_ids.json  tiny-sdxl/  tiny-sdxl-folded/  tiny-sdxl-fp16/  tiny-sdxl-fused-unet/
+#   goldens/  loras/      (tiny-sdxl-fused-unet/ holds only unet/: tests pair it with tiny-sdxl's other graphs)
 # (goldens/ holds goldens.py's cases, scheduler_pipeline_goldens.py's sched_*.safetensors and make_lora.py's lora_*)
 # The torch model is built in $SDXLRT_WORK (default ~/.cache/sdxlrt/work), outside the repository.
 #
@@ -16,7 +17,7 @@
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 fixtures="$(cd "$here/../tests/fixtures" && pwd)"
-owned=(clip-vocab-full tokenizer_ids.json tiny-sdxl tiny-sdxl-folded tiny-sdxl-fp16 goldens loras)
+owned=(clip-vocab-full tokenizer_ids.json tiny-sdxl tiny-sdxl-folded tiny-sdxl-fp16 tiny-sdxl-fused-unet goldens loras)
 
 mode=write
 case "${1:-}" in
@@ -52,6 +53,9 @@ echo "== ONNX export: tiny-sdxl-folded (constant folding, int32 input_ids, no to
 "$py" export_onnx.py "$model" "$out/tiny-sdxl-folded" --fold --int32-input-ids --no-tokenizer-json --check
 echo "== ONNX export: tiny-sdxl-fp16 (float16 graphs, the graphs txt2img needs)" >&2
 "$py" export_onnx.py "$model" "$out/tiny-sdxl-fp16" --fp16 --components text_encoder,text_encoder_2,unet,vae_decoder
+echo "== ONNX export: tiny-sdxl-fused-unet (UNet attention as com.microsoft MultiHeadAttention nodes)" >&2
+"$py" export_onnx.py "$model" "$work/tiny-sdxl-fused" --fused-attention --check --components unet
+mkdir -p "$out/tiny-sdxl-fused-unet" && cp -r "$work/tiny-sdxl-fused/unet" "$out/tiny-sdxl-fused-unet/"
 echo "== diffusers goldens" >&2
 "$py" goldens.py --model "$model" --out "$out/goldens"
 echo "== onnxruntime loop vs goldens" >&2

@@ -13,7 +13,7 @@ use sdxlrt::ffi::progress::{sdxl_progress, sdxl_stage};
 use sdxlrt::ffi::sdxl_version;
 use sdxlrt::ffi::status::{sdxl_status, sdxl_status_str};
 
-use crate::util::{fixtures, last_error, AbiEngine};
+use crate::util::{copy_dir, fixtures, last_error, AbiEngine};
 
 fn request(extra: serde_json::Value) -> String {
     let mut data = serde_json::json!({
@@ -400,17 +400,4 @@ fn seeds_resolve_like_diffusers_and_random_seeds_are_reported() {
     let seed = a.0.json["data"]["generated_images"][0]["metadata"]["seed"].as_u64().unwrap();
     let b = engine.generate_images(&request(serde_json::json!({"hyperparameters": {"seed": seed}})));
     assert_eq!(a.1, b.1, "the reported random seed reproduces the image");
-}
-
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for entry in std::fs::read_dir(from).unwrap() {
-        let entry = entry.unwrap();
-        let dest = to.join(entry.file_name());
-        if entry.file_type().unwrap().is_dir() {
-            copy_dir(&entry.path(), &dest);
-        } else {
-            std::fs::copy(entry.path(), dest).unwrap();
-        }
-    }
 }

@@ -117,6 +117,15 @@ fn folded_export_with_the_same_lora_matches_diffusers() {
 }
 
 #[test]
+fn fused_attention_export_with_the_same_lora_matches_diffusers() {
+    // --fused-attention keeps the Q/K/V/out projection names, so LoRA keys still find their targets.
+    let (_root, options) = crate::util::fused_attention_root();
+    let engine = Engine::new(Some(&options)).expect("engine");
+    let resp = check_case(&engine, "tiny-sdxl-fused", "lora_kohya");
+    assert!(resp["warnings"].as_array().unwrap().is_empty(), "{}", resp["warnings"]);
+}
+
+#[test]
 fn the_lora_goldens_differ_from_the_base_model() {
     // Guards the tests above: a dropped override would have to move the image by this much to pass.
     let engine = engine();

@@ -184,6 +184,16 @@ fn folded_int32_export_without_tokenizer_json_matches_diffusers() {
 }
 
 #[test]
+fn fused_attention_export_matches_diffusers() {
+    // The projections keep their names; only the attention cores became MultiHeadAttention nodes.
+    let (_root, options) = crate::util::fused_attention_root();
+    let engine = Engine::new(Some(&options)).expect("engine");
+    for case in ["cfg_neg", "batch2_wide"] {
+        check_case(&engine, "tiny-sdxl-fused", case, true);
+    }
+}
+
+#[test]
 fn images_through_the_c_abi_match_diffusers() {
     let engine = AbiEngine::fixtures();
     for case in ["cfg_neg", "batch2_wide"] {

@@ -38,8 +38,13 @@ sys.path.insert(0, str(HERE.parent))
 import worker as w  # noqa: E402  (bench/worker.py: the sdxlrt ctypes contender and the fixed prompt/seed)
 
 RESULT_PREFIX = "@@GPU "
-MODELS = {"sdxlrt": "models/sdxl-fp16", "sdxlrt-ort": "models/sdxl-fp16-ort", "torch": "sdxl-diffusers"}
-READY = {"sdxlrt": "READY", "sdxlrt-ort": "READY-ORT", "torch": "READY"}  # written by make_model.py
+MODELS = {
+    "sdxlrt": "models/sdxl-fp16",
+    "sdxlrt-fused": "models/sdxl-fp16-fused",
+    "sdxlrt-ort": "models/sdxl-fp16-ort",
+    "torch": "sdxl-diffusers",
+}
+READY = {"sdxlrt": "READY", "sdxlrt-fused": "READY-FUSED", "sdxlrt-ort": "READY-ORT", "torch": "READY"}
 
 
 def configure(args) -> None:
@@ -294,7 +299,7 @@ def main() -> None:
     ap.add_argument("--size", type=int, default=1024)
     ap.add_argument("--steps", type=int, default=30)
     ap.add_argument("--runs", type=int, default=3)
-    ap.add_argument("--contenders", default="sdxlrt,torch,sdxlrt-ort")
+    ap.add_argument("--contenders", default="sdxlrt,torch,sdxlrt-fused")
     ap.add_argument("--wait", type=float, default=0, help="seconds to wait for a model make_model.py is still building")
     ap.add_argument("--engine-options", default="", help="extra sdxlrt engine options (JSON object)")
     ap.add_argument("--timeout", type=float, default=400, help="seconds per contender process")
@@ -327,8 +332,9 @@ def main() -> None:
         print(json.dumps(results[name], indent=1)[:2500], flush=True)
         out = Path(args.out)
         (out / "gpu_bench.json").write_text(json.dumps({"meta": meta, "results": results}, indent=1))
-    images = {f"{a}_vs_torch": compare(Path(args.out), a, "torch") for a in ("sdxlrt", "sdxlrt-ort")}
-    images["sdxlrt-ort_vs_sdxlrt"] = compare(Path(args.out), "sdxlrt-ort", "sdxlrt")
+    variants = ("sdxlrt-fused", "sdxlrt-ort")
+    images = {f"{a}_vs_torch": compare(Path(args.out), a, "torch") for a in ("sdxlrt", *variants)}
+    images.update({f"{a}_vs_sdxlrt": compare(Path(args.out), a, "sdxlrt") for a in variants})
     report = {"meta": meta, "results": results, "images": images}
     (Path(args.out) / "gpu_bench.json").write_text(json.dumps(report, indent=1))
     md = markdown(results, meta) + "\nimages: " + json.dumps(images) + "\n"

@@ -1,6 +1,6 @@
 """Build the full-size random-weight SDXL for the GPU check (bench/gpu/run.sh), on the GPU machine's CPUs.
 
-    python bench/gpu/make_model.py ROOT [--small] [--part plain|ort]     (run both parts at once)
+    python bench/gpu/make_model.py ROOT [--small] [--part plain|fused|ort]     (run the parts at once)
 
 The real SDXL base architecture at full size from the public configs (onnx/build_bench.py's SDXL_UNET_CONFIG and
 SDXL_VAE_CONFIG, CLIP-L with 12 layers, OpenCLIP bigG with 32, the full CLIP vocabulary from
@@ -8,10 +8,12 @@ tests/fixtures/clip-vocab-full), random weights from fixed seeds, no download. W
 
     ROOT/models/sdxl-fp16/        onnx/export_onnx.py: fp16 graphs (VAE decoder kept fp32), no-fold, UNet with
                                   external data; what sdxlrt loads
-    ROOT/models/sdxl-fp16-ort/    (--part ort) the same, UNet traced for and run through onnxruntime's
-                                  stable-diffusion fusions (export_onnx.py --ort-optimize), same fp16 weights
+    ROOT/models/sdxl-fp16-fused/  (--part fused) the same, UNet attention as MultiHeadAttention nodes
+                                  (export_onnx.py --fused-attention), same fp16 weights
+    ROOT/models/sdxl-fp16-ort/    (--part ort) the same, UNet through onnxruntime's stable-diffusion fusions
+                                  (export_onnx.py --ort-optimize; its Python pass takes over 20 min at full size)
     ROOT/sdxl-diffusers/          the same weights as a diffusers folder in fp16 (VAE fp32): PyTorch eager loads it
-    ROOT/READY, ROOT/READY-ORT    written when each part is complete; ROOT/make_model*.json: timings and sizes
+    ROOT/READY, READY-FUSED, READY-ORT   written when each part is complete; ROOT/make_model*.json: timings
 
 --small builds onnx/build_bench.py's bench model instead (to try the whole check on a CPU machine).
 """
@@ -53,10 +55,11 @@ def main() -> None:
     ap.add_argument("--small", action="store_true", help="the bench model instead of full size (CPU trial runs)")
     ap.add_argument(
         "--part",
-        choices=("plain", "ort"),
+        choices=("plain", "fused", "ort"),
         default="plain",
-        help="plain: the ONNX export and the diffusers folder (READY); ort: the onnxruntime-fused variant "
-        "(READY-ORT), meant to run in a second process at the same time",
+        help="plain: the ONNX export and the diffusers folder (READY); fused: the UNet with MultiHeadAttention "
+        "nodes (READY-FUSED); ort: the UNet through onnxruntime's fusion pass (READY-ORT; very slow at full "
+        "size). Variants are meant to run in further processes at the same time",
     )
     args = ap.parse_args()
 
@@ -74,8 +77,8 @@ def main() -> None:
     print(f"built in {info['build_s']} s: {params}", flush=True)
 
     plain = root / "models" / "sdxl-fp16"
-    if args.part == "ort":
-        return make_fused(root, plain, pipe, info, t0)
+    if args.part != "plain":
+        return make_variant(root, plain, pipe, info, t0, args.part)
     not_a_folder = Path("<random weights>")  # export() then writes configs and tokenizers from `pipe`
     t1 = time.perf_counter()
     export_onnx.export(
@@ -105,30 +108,42 @@ def main() -> None:
     print(f"READY after {time.perf_counter() - t0:.1f} s", flush=True)
 
 
-def make_fused(root: Path, plain: Path, pipe, info: dict, t0: float) -> None:
-    """The UNet through onnxruntime's fusions into ROOT/models/sdxl-fp16-ort, the other graphs copied from the
-    plain export once it is READY. The UNet is traced from fp16-rounded weights (exact in fp32), so the fused graph
-    holds the same fp16 weights as the plain export and the diffusers folder."""
+VARIANTS = {
+    # part: (folder, marker, how the UNet is traced and finished)
+    "fused": ("sdxl-fp16-fused", "READY-FUSED", "export_onnx.py --fused-attention"),
+    "ort": ("sdxl-fp16-ort", "READY-ORT", "export_onnx.py --ort-optimize"),
+}
+
+
+def make_variant(root: Path, plain: Path, pipe, info: dict, t0: float, part: str) -> None:
+    """A UNet variant into ROOT/models/<folder>, the other graphs copied from the plain export once it is READY.
+    The UNet is traced from fp16-rounded weights (exact in fp32), so it holds the same fp16 weights as the plain
+    export and the diffusers folder."""
     import torch
 
-    fused = root / "models" / "sdxl-fp16-ort"
-    if fused.exists():
-        shutil.rmtree(fused)
+    folder, marker, _ = VARIANTS[part]
+    out = root / "models" / folder
+    if out.exists():
+        shutil.rmtree(out)
     unet = pipe.unet.to(torch.float16).to(torch.float32)
-    model = export_onnx.trace_unet_for_fusion(unet)
-    export_onnx.finish_graph(model, fused / "unet" / "model.onnx", external=None, fp16=True, ort_optimize=True)
+    if part == "fused":
+        model = export_onnx.trace_unet_fused_attention(unet, fold=False)
+        export_onnx.finish_graph(model, out / "unet" / "model.onnx", external=None, fp16=True)
+    else:
+        model = export_onnx.trace_unet_for_fusion(unet)
+        export_onnx.finish_graph(model, out / "unet" / "model.onnx", external=None, fp16=True, ort_optimize=True)
     del model
-    info["fused_unet_s"] = round(time.perf_counter() - t0, 1)
-    print(f"fused UNet after {info['fused_unet_s']} s; waiting for the plain export", flush=True)
+    info[f"{part}_unet_s"] = round(time.perf_counter() - t0, 1)
+    print(f"{part} UNet after {info[f'{part}_unet_s']} s; waiting for the plain export", flush=True)
     while not (root / "READY").exists():
         time.sleep(2)
-    shutil.copytree(plain, fused, ignore=shutil.ignore_patterns("model.onnx*"), dirs_exist_ok=True)
+    shutil.copytree(plain, out, ignore=shutil.ignore_patterns("model.onnx*"), dirs_exist_ok=True)
     for name in COMPONENTS[:-1]:
         for f in (plain / name).glob("model.onnx*"):
-            shutil.copyfile(f, fused / name / f.name)
-    c.write_json(root / "make_model-ort.json", info)
-    (root / "READY-ORT").write_text("ready\n")
-    print(f"READY-ORT after {time.perf_counter() - t0:.1f} s", flush=True)
+            shutil.copyfile(f, out / name / f.name)
+    c.write_json(root / f"make_model-{part}.json", info)
+    (root / marker).write_text("ready\n")
+    print(f"{marker} after {time.perf_counter() - t0:.1f} s", flush=True)
 
 
 if __name__ == "__main__":

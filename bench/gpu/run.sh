@@ -2,7 +2,8 @@
 # The GPU check, on a machine with an NVIDIA GPU, PyTorch (CUDA) and python3, in phases so that the large ONNX Runtime
 # GPU libraries can arrive in several pieces while the model is being built (see bench/gpu/README.md).
 #
-#   bench/gpu/run.sh start   unpack carried pieces, install carried wheels, start make_model.py in the background
+#   bench/gpu/run.sh start   unpack carried pieces, install carried wheels, start make_model.py's parts
+#                            ($SDXLRT_GPU_PARTS, default "plain fused") in the background
 #   bench/gpu/run.sh part    unpack carried pieces, show the model build's progress
 #   bench/gpu/run.sh bench   unpack, reassemble ONNX Runtime GPU, wait for the model, run bench.py
 #
@@ -51,16 +52,18 @@ start)
         "onnx", onnx.__version__, "ort(py)", o.__version__)'
     $PY -c 'import diffusers as d, transformers as t; print("diffusers", d.__version__, "transformers", t.__version__)'
     echo "cpus $(nproc), disk: $(df -h /tmp | tail -1)"
-    rm -f "$WORK/model/READY" "$WORK/model/READY-ORT"
-    for part in plain ort; do
+    rm -f "$WORK"/model/READY*
+    for part in ${SDXLRT_GPU_PARTS:-plain fused}; do
         setsid nohup $PY bench/gpu/make_model.py "$WORK/model" --part $part ${SDXLRT_GPU_SMALL:+--small} \
             >"$WORK/make_model-$part.log" 2>&1 </dev/null &
     done
-    echo "make_model.py started (logs $WORK/make_model-{plain,ort}.log)"
+    echo "make_model.py started: ${SDXLRT_GPU_PARTS:-plain fused} (logs $WORK/make_model-<part>.log)"
     ;;
 part)
     take_carried
-    for part in plain ort; do tr '\r' '\n' <"$WORK/make_model-$part.log" | grep -vE "arn|^\s*$|^  " | tail -3; done
+    for part in ${SDXLRT_GPU_PARTS:-plain fused}; do
+        tr '\r' '\n' <"$WORK/make_model-$part.log" | grep -vE "arn|^\s*$|^  " | tail -3
+    done
     ;;
 bench)
     take_carried
@@ -77,7 +80,8 @@ bench)
     $PY bench/gpu/bench.py "$WORK/model" --lib "$WORK/parts/libsdxlrt.so" --ort "$ORT_DIR/libonnxruntime.so.1.31.1" \
         --out "$OUT" --wait $((deadline > SECONDS ? deadline - SECONDS : 0)) ${SDXLRT_GPU_BENCH_ARGS:-}
     # (at most 8 files come back from a device machine: results 2, images 3, these 3)
-    cp "$WORK"/make_model-*.log "$WORK"/model/make_model.json "$OUT/" 2>/dev/null || true
+    cp "$WORK"/make_model-plain.log "$WORK"/make_model-fused.log "$WORK"/model/make_model.json "$OUT/" 2>/dev/null ||
+        true
     ;;
 *)
     sed -n '2,12p' "$0"

@@ -17,6 +17,33 @@ pub fn fixtures() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
 }
 
+/// Copy the folder `from` (recursively) to `to`.
+pub fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let dest = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_dir(&entry.path(), &dest);
+        } else {
+            std::fs::copy(entry.path(), dest).unwrap();
+        }
+    }
+}
+
+/// A models_root holding `tiny-sdxl-fused` (tiny-sdxl with the UNet of onnx/export_onnx.py --fused-attention, whose
+/// attention cores are com.microsoft MultiHeadAttention nodes) and the LoRA fixtures, and engine options for it.
+pub fn fused_attention_root() -> (tempfile::TempDir, String) {
+    let root = tempfile::tempdir().unwrap();
+    let model = root.path().join("tiny-sdxl-fused");
+    copy_dir(&fixtures().join("tiny-sdxl"), &model);
+    std::fs::remove_dir_all(model.join("unet")).unwrap();
+    copy_dir(&fixtures().join("tiny-sdxl-fused-unet/unet"), &model.join("unet"));
+    copy_dir(&fixtures().join("loras"), &root.path().join("loras"));
+    let options = serde_json::json!({ "models_root": root.path(), "intra_op_threads": 1 }).to_string();
+    (root, options)
+}
+
 /// Engine options for the bundled fixtures (ONNX Runtime from ORT_DYLIB_PATH, as scripts/test.sh sets it).
 pub fn options_json() -> String {
     serde_json::json!({ "models_root": fixtures(), "intra_op_threads": 1 }).to_string()
