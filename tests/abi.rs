@@ -2,7 +2,6 @@
 //! raw image buffers, ownership of returned memory.
 
 use std::ffi::{c_char, c_void, CStr, CString};
-use std::path::Path;
 use std::sync::atomic::{AtomicU32, Ordering};
 
 use sdxlrt::ffi::buffers::{sdxl_image_batch_free, sdxl_string_free};
