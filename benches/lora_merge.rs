@@ -1,27 +1,21 @@
 //! LoRA merge speed on real SDXL shapes (not a timed test): a rank-32 LoRA on every attention and feed-forward
 //! Linear of the SDXL base UNet and both text encoders, shapes from the public SDXL configs, random weights (no
-//! download), merged into random float16 base weights with the library's own merge code (ΔW = up · down in f32,
-//! added to the weight, written back as float16), on every core.
+//! download), merged into random float16 base weights with the library's own merge code
+//! (`merge::apply_in_place`: ΔW = up · down in f32 tiles, added to the weight and written back as float16 in place),
+//! on every core, largest weight first, as `LoraSet::plan_graph` does.
 //!
-//! Run: `cargo bench --bench lora_merge` (prints one line per part and the total, wall-clock and the workers' CPU
-//! time). Random data generation is not timed; modules are generated and merged in chunks to keep memory bounded.
-//! `SDXLRT_BENCH_PARTS=text_encoder` limits the run to some parts.
+//! Run: `cargo bench --bench lora_merge`. Prints per part and in total: wall-clock of the merges, the workers' CPU
+//! time (user + sys), GFLOP of the ΔW products per CPU-second, and a "memory pass" (one read and one write of every
+//! base byte on every core: the memory-traffic floor). Random data generation is not timed; weights are generated
+//! and merged in batches of about 1 GiB to keep memory bounded. `SDXLRT_BENCH_PARTS=text_encoder` limits the run to
+//! some parts; `SDXLRT_BENCH_MICRO=out,cols,reps,rank` times one weight on one thread instead.
 //!
-//! Measured (2026-11-27, the 2-core x86-64 dev VM with AVX2+FMA, shared with other builds, load ≈ 3):
-//!
-//! | part | Linears | params | ΔW GFLOP | wall | CPU |
-//! |---|---:|---:|---:|---:|---:|
-//! | unet | 722 | 2,208 M | 141.3 | 13.5 s | 12.6 s |
-//! | text_encoder | 72 | 85 M | 5.4 | 0.4 s | 0.3 s |
-//! | text_encoder_2 | 192 | 629 M | 40.3 | 4.4 s | 2.9 s |
-//! | total | 986 | 2,922 M | 187.0 | 18.3 s | 15.9 s |
-//!
-//! The issue's goal (≤ 1 s on 2 cores) is not met: the rank-32 ΔW alone is 187 GFLOP, about the peak of two
-//! AVX2/FMA cores for one second; the kernel (4×16 register blocks, runtime AVX2+FMA dispatch) reaches ~40 GFLOP per
-//! CPU-second on the text-encoder shapes and less on the large UNet matrices, where allocation and memory traffic
-//! (a float32 ΔW per weight, float16 decode/encode) weigh more.
+//! Measured 2026-11-27 on the 2-core Zen 4 VM (AVX-512), idle, median of 3: wall 1.11 s, CPU 2.14 s, 87 GFLOP per
+//! CPU-second (before the fused in-place kernel: 16.9 s wall, 31.9 s CPU). The issue's goal (≤ 1 s on 2 cores) is
+//! not met: 187 GFLOP at the measured FMA peak of two cores (~225 GFLOP/s) alone takes ~0.83 s. Details and the
+//! breakdown: docs/benchmarks.md, "LoRA merge".
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use sdxlrt::lora::formats::{Mat, Patch};
@@ -85,41 +79,85 @@ fn thread_cpu() -> Duration {
     Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
 }
 
-/// Merge `jobs` on `threads` threads, as `LoraSet::plan_graph` does. Returns the merged weights and the CPU time
-/// the workers spent.
-fn merge_all(jobs: &[Job], threads: usize) -> (Vec<Vec<u8>>, Duration) {
-    let next = AtomicUsize::new(0);
-    let cpu = std::sync::Mutex::new(Duration::ZERO);
-    let mut results: Vec<(usize, Vec<u8>)> = std::thread::scope(|s| {
-        let handles: Vec<_> = (0..threads)
-            .map(|_| {
-                s.spawn(|| {
-                    let start = thread_cpu();
-                    let mut done = Vec::new();
-                    while let Some(job) = jobs.get(next.fetch_add(1, Ordering::Relaxed)) {
-                        let mut delta = vec![0f32; job.out * job.cols];
-                        merge::accumulate(&job.patch, 0.8 * merge::alpha_scale(&job.patch, Some(16.0)), &mut delta);
-                        let merged =
-                            merge::add_delta_encoded(&job.base, DT_FLOAT16, &delta, job.out, job.cols, Layout::Torch);
-                        done.push((job.out * job.cols, merged));
-                    }
-                    *cpu.lock().expect("cpu") += thread_cpu() - start;
-                    done
-                })
-            })
-            .collect();
-        handles.into_iter().flat_map(|h| h.join().expect("worker")).collect()
+/// Merge `jobs` on `threads` threads as `LoraSet::plan_graph` does: largest weight first, each merged in place into
+/// its own buffer (production merges into the fresh copy `read_raw` returns). Returns the CPU time the workers
+/// spent.
+fn merge_all(jobs: &mut [Job], threads: usize) -> Duration {
+    jobs.sort_by_key(|j| std::cmp::Reverse(j.out * j.cols));
+    let queue = Mutex::new(jobs.iter_mut());
+    let cpu = Mutex::new(Duration::ZERO);
+    std::thread::scope(|s| {
+        for _ in 0..threads {
+            s.spawn(|| {
+                let start = thread_cpu();
+                loop {
+                    let Some(job) = queue.lock().expect("queue").next() else { break };
+                    let scale = 0.8 * merge::alpha_scale(&job.patch, Some(16.0));
+                    merge::apply_in_place(
+                        &mut job.base,
+                        DT_FLOAT16,
+                        job.out,
+                        job.cols,
+                        Layout::Torch,
+                        &[(&job.patch, scale)],
+                    )
+                    .expect("merge");
+                }
+                *cpu.lock().expect("cpu") += thread_cpu() - start;
+            });
+        }
     });
-    results.sort_by_key(|r| r.0);
-    (results.into_iter().map(|r| r.1).collect(), cpu.into_inner().expect("cpu"))
+    cpu.into_inner().expect("cpu")
 }
 
-fn bench(name: &str, shapes: &[(usize, usize)], threads: usize, rng: &mut Rng) -> (Duration, Duration, usize) {
-    let mut timed = Duration::ZERO;
-    let mut cpu = Duration::ZERO;
-    let params: usize = shapes.iter().map(|(o, i)| o * i).sum();
-    for chunk in shapes.chunks(24) {
-        let jobs: Vec<Job> = chunk
+/// One read and one write of every base byte on `threads` threads (what any in-place merge must at least move): a
+/// memory-traffic floor for the run. The bytes are restored by doing it twice; the second pass is not timed.
+fn memory_pass(jobs: &mut [Job], threads: usize) -> Duration {
+    let flip = std::hint::black_box(0x5a5a_5a5a_5a5a_5a5au64);
+    let pass = |jobs: &mut [Job]| {
+        let queue = Mutex::new(jobs.iter_mut());
+        std::thread::scope(|s| {
+            for _ in 0..threads {
+                s.spawn(|| loop {
+                    let Some(job) = queue.lock().expect("queue").next() else { break };
+                    for w in job.base.chunks_exact_mut(8) {
+                        let x = u64::from_le_bytes(w.try_into().expect("8 bytes")) ^ flip;
+                        w.copy_from_slice(&x.to_le_bytes());
+                    }
+                });
+            }
+        });
+    };
+    let t = Instant::now();
+    pass(jobs);
+    let elapsed = t.elapsed();
+    pass(jobs);
+    elapsed
+}
+
+struct Totals {
+    wall: Duration,
+    cpu: Duration,
+    memory: Duration,
+    params: usize,
+}
+
+fn bench(name: &str, shapes: &[(usize, usize)], threads: usize, rng: &mut Rng) -> Totals {
+    let mut t = Totals { wall: Duration::ZERO, cpu: Duration::ZERO, memory: Duration::ZERO, params: 0 };
+    t.params = shapes.iter().map(|(o, i)| o * i).sum();
+    // Generate and merge about 1 GiB of base weights at a time (production merges a whole graph in one queue; the
+    // fewer the batches, the less the workers wait for each other at batch ends).
+    let mut batches: Vec<&[(usize, usize)]> = Vec::new();
+    let (mut start, mut bytes) = (0, 0);
+    for (i, (o, c)) in shapes.iter().enumerate() {
+        bytes += 2 * o * c;
+        if bytes >= 1 << 30 || i + 1 == shapes.len() {
+            batches.push(&shapes[start..=i]);
+            (start, bytes) = (i + 1, 0);
+        }
+    }
+    for chunk in batches {
+        let mut jobs: Vec<Job> = chunk
             .iter()
             .map(|&(out, cols)| {
                 let down = Mat { shape: vec![RANK, cols], data: rng.fill(RANK * cols, 0.1) };
@@ -128,50 +166,79 @@ fn bench(name: &str, shapes: &[(usize, usize)], threads: usize, rng: &mut Rng) -
                 Job { patch: Patch::LoRa { down, up }, base, out, cols }
             })
             .collect();
-        let t = Instant::now();
-        let (merged, c) = merge_all(&jobs, threads);
-        timed += t.elapsed();
-        cpu += c;
-        assert_eq!(merged.len(), jobs.len());
+        t.memory += memory_pass(&mut jobs, threads);
+        let start = Instant::now();
+        t.cpu += merge_all(&mut jobs, threads);
+        t.wall += start.elapsed();
     }
-    let gflop = 2.0 * RANK as f64 * params as f64 / 1e9;
+    let gflop = 2.0 * RANK as f64 * t.params as f64 / 1e9;
     println!(
-        "{name:>15}: {:>4} Linears, {:>5.0} M params, {gflop:>6.1} GFLOP for ΔW: wall {:>6.2} s, CPU {:>6.2} s \
-         ({:.1} GFLOP per CPU-second)",
+        "{name:>15}: {:>4} Linears, {:>5.0} M params, {gflop:>6.1} GFLOP: wall {:>6.3} s, CPU {:>6.3} s \
+         ({:.1} GFLOP per CPU-second); memory pass {:.3} s",
         shapes.len(),
-        params as f64 / 1e6,
-        timed.as_secs_f64(),
-        cpu.as_secs_f64(),
-        gflop / cpu.as_secs_f64()
+        t.params as f64 / 1e6,
+        t.wall.as_secs_f64(),
+        t.cpu.as_secs_f64(),
+        gflop / t.cpu.as_secs_f64(),
+        t.memory.as_secs_f64()
     );
-    (timed, cpu, params)
+    t
+}
+
+/// `SDXLRT_BENCH_MICRO=out,cols,reps,rank`: one float16 weight merged `reps` times on this thread (kernel speed
+/// without the thread pool; a small weight stays in cache).
+fn micro(spec: &str, rng: &mut Rng) {
+    let v: Vec<usize> =
+        spec.split(',').map(|x| x.trim().parse().expect("SDXLRT_BENCH_MICRO=out,cols,reps,rank")).collect();
+    let [out, cols, reps, rank] = v[..] else { panic!("SDXLRT_BENCH_MICRO=out,cols,reps,rank") };
+    let down = Mat { shape: vec![rank, cols], data: rng.fill(rank * cols, 0.1) };
+    let up = Mat { shape: vec![out, rank], data: rng.fill(out * rank, 0.1) };
+    let mut base = encode_floats(&rng.fill(out * cols, 0.05), DT_FLOAT16);
+    let patch = Patch::LoRa { down, up };
+    let start = thread_cpu();
+    for _ in 0..reps {
+        merge::apply_in_place(&mut base, DT_FLOAT16, out, cols, Layout::Torch, &[(&patch, 0.01)]).expect("merge");
+    }
+    let cpu = (thread_cpu() - start).as_secs_f64();
+    let gflop = 2.0 * rank as f64 * (out * cols * reps) as f64 / 1e9;
+    println!("micro {out}x{cols} rank {rank} x{reps}: {:.1} GFLOP per CPU-second", gflop / cpu);
 }
 
 fn main() {
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
     println!("rank-{RANK} LoRA merge into float16 SDXL weights, {threads} threads");
     let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+    if let Ok(spec) = std::env::var("SDXLRT_BENCH_MICRO") {
+        micro(&spec, &mut rng);
+        return;
+    }
     let parts = [
         ("unet", unet_linears()),
         ("text_encoder", clip_linears(768, 3072, 12)),
         ("text_encoder_2", clip_linears(1280, 5120, 32)),
     ];
-    let (mut total, mut cpu, mut params) = (Duration::ZERO, Duration::ZERO, 0);
+    let mut total = Totals { wall: Duration::ZERO, cpu: Duration::ZERO, memory: Duration::ZERO, params: 0 };
     let only = std::env::var("SDXLRT_BENCH_PARTS").ok();
     for (name, shapes) in &parts {
         if only.as_deref().is_some_and(|o| !o.split(',').any(|x| x == *name)) {
             continue;
         }
-        let (t, c, p) = bench(name, shapes, threads, &mut rng);
-        total += t;
-        cpu += c;
-        params += p;
+        let t = bench(name, shapes, threads, &mut rng);
+        total.wall += t.wall;
+        total.cpu += t.cpu;
+        total.memory += t.memory;
+        total.params += t.params;
     }
+    let gflop = 2.0 * RANK as f64 * total.params as f64 / 1e9;
     println!(
-        "{:>15}: {:>5.0} M params: wall {:.2} s, CPU {:.2} s (wall on an idle machine ≈ CPU / {threads})",
+        "{:>15}: {:>5.0} M params, {gflop:>6.1} GFLOP: wall {:.3} s, CPU {:.3} s ({:.1} GFLOP per CPU-second); \
+         memory pass {:.3} s ({:.1} GB/s read+write)",
         "total",
-        params as f64 / 1e6,
-        total.as_secs_f64(),
-        cpu.as_secs_f64()
+        total.params as f64 / 1e6,
+        total.wall.as_secs_f64(),
+        total.cpu.as_secs_f64(),
+        gflop / total.cpu.as_secs_f64(),
+        total.memory.as_secs_f64(),
+        4.0 * total.params as f64 / 1e9 / total.memory.as_secs_f64()
     );
 }

@@ -289,8 +289,10 @@ impl LoraSet {
             return Ok(GraphPlan { key, overrides: None, matched });
         }
         // Merge the targets on every core: each worker takes the next target, computes ΔW and the new weight.
-        let jobs: Vec<MergeJob> =
+        let mut jobs: Vec<MergeJob> =
             per_target.into_iter().map(|(index, (target, contributions))| (index, target, contributions)).collect();
+        // Largest weights first, so that the workers finish together.
+        jobs.sort_by_key(|(index, _, _)| std::cmp::Reverse(model.initializers[*index].numel()));
         let next = std::sync::atomic::AtomicUsize::new(0);
         let workers = std::thread::available_parallelism().map_or(1, |n| n.get()).min(jobs.len()).max(1);
         let results: Vec<Vec<(usize, Result<Vec<u8>>)>> = std::thread::scope(|scope| {
@@ -342,7 +344,7 @@ impl LoraSet {
             (Layout::Transposed, [rows, out]) => (*out, *rows),
             _ => (0, 0),
         };
-        let mut delta = vec![0f32; out * cols];
+        let mut terms = Vec::with_capacity(contributions.len());
         for &(li, mi) in contributions {
             let l = &self.loras[li];
             let m = &l.file.modules[mi];
@@ -363,11 +365,13 @@ impl LoraSet {
                     ),
                 ));
             }
-            let scale = l.spec.weight_for(component) * merge::alpha_scale(patch, m.alpha);
-            merge::accumulate(patch, scale, &mut delta);
+            terms.push((patch, l.spec.weight_for(component) * merge::alpha_scale(patch, m.alpha)));
         }
-        let base = model.read_raw(index)?;
-        Ok(merge::add_delta_encoded(&base, init.data_type, &delta, out, cols, target.layout))
+        // `read_raw` gives a fresh copy: merged in place, it is the new value (no second buffer, no f32 ΔW).
+        let mut weight = model.read_raw(index)?;
+        merge::apply_in_place(&mut weight, init.data_type, out, cols, target.layout, &terms)
+            .map_err(|e| Error::model_invalid(model.path(), format!("merging LoRA into `{}`: {e}", init.name)))?;
+        Ok(weight)
     }
 
     /// The report of a pipeline build, from the per-graph matches (summed over graphs, set order). A LoRA with no

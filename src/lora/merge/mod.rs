@@ -1,0 +1,663 @@
+//! The weight update of one module, ΔW = scale · f(factors), accumulated in f32 and added to the base weight in
+//! the base weight's own dtype — what diffusers' `fuse_lora` (PEFT `merge`) and A1111's `networks.py` compute:
+//! - LoRA / LoCon: ΔW = (alpha / r) · up · down, with `up` `[out, r]` and `down` `[r, in·kh·kw]` (convolution
+//!   factors flattened; r = down's first dimension; no alpha → scale 1, as PEFT files without alphas load).
+//! - LoHa: ΔW = (alpha / r) · (w1a · w1b) ⊙ (w2a · w2b), r = w1b's first dimension.
+//! - LoKr: ΔW = scale · w1 ⊗ w2 with scale = alpha / r where r is the rank of the factorized factor (w1_b's, else
+//!   w2_b's first dimension), and 1 when neither factor is factorized (LyCORIS' and A1111's rule).
+
+use super::formats::{Factor, Mat, Patch};
+use super::keymap::Layout;
+use crate::runtime::onnx_proto::{decode_floats, encode_floats, DT_BFLOAT16, DT_FLOAT, DT_FLOAT16};
+
+/// `out [m, n] += s · a [m, k] · b [k, n]`.
+///
+/// A register-blocked kernel (4 rows × 16 columns of accumulators, summed over k, then scaled and added), compiled
+/// twice: for AVX2+FMA, chosen at run time, and for the baseline target. Every element is
+/// `fma(s, Σ_p a[i, p] · b[p, j], out)` with the sum a chain of fused multiply-adds from 0 in p order, in both
+/// variants (the baseline one calls the C library's `fmaf` where the target has no FMA instruction), so the result
+/// does not depend on the CPU — and equals [`apply_in_place`]'s fast path to the bit.
+pub fn matmul_acc(a: &[f32], b: &[f32], m: usize, k: usize, n: usize, s: f32, out: &mut [f32]) {
+    assert!(a.len() >= m * k && b.len() >= k * n && out.len() >= m * n, "matmul_acc: slices too short");
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
+            // SAFETY: the CPU supports the features the function is compiled for (checked just above).
+            unsafe { matmul_acc_avx2(a, b, m, k, n, s, out) };
+            return;
+        }
+    }
+    kernel(a, b, m, k, n, s, out);
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn matmul_acc_avx2(a: &[f32], b: &[f32], m: usize, k: usize, n: usize, s: f32, out: &mut [f32]) {
+    kernel(a, b, m, k, n, s, out);
+}
+
+const MR: usize = 4;
+const NR: usize = 16;
+
+#[inline(always)]
+fn madd(x: f32, y: f32, acc: f32) -> f32 {
+    x.mul_add(y, acc)
+}
+
+#[inline(always)]
+fn kernel(a: &[f32], b: &[f32], m: usize, k: usize, n: usize, s: f32, out: &mut [f32]) {
+    let mut i = 0;
+    while i + MR <= m {
+        rows_block::<MR>(a, b, i, k, n, s, out);
+        i += MR;
+    }
+    while i < m {
+        rows_block::<1>(a, b, i, k, n, s, out);
+        i += 1;
+    }
+}
+
+/// Rows `i..i + R` of the product: R × NR accumulators per column block (kept in registers: R is a constant).
+#[inline(always)]
+fn rows_block<const R: usize>(a: &[f32], b: &[f32], i: usize, k: usize, n: usize, s: f32, out: &mut [f32]) {
+    let a_rows: [&[f32]; R] = std::array::from_fn(|r| &a[(i + r) * k..(i + r + 1) * k]);
+    let full_cols = n - n % NR;
+    let mut j = 0;
+    while j < full_cols {
+        let mut acc = [[0f32; NR]; R];
+        for p in 0..k {
+            let brow: &[f32; NR] = b[p * n + j..p * n + j + NR].try_into().expect("NR columns");
+            for r in 0..R {
+                let f = a_rows[r][p];
+                for c in 0..NR {
+                    acc[r][c] = madd(f, brow[c], acc[r][c]);
+                }
+            }
+        }
+        for r in 0..R {
+            let o: &mut [f32; NR] = (&mut out[(i + r) * n + j..(i + r) * n + j + NR]).try_into().expect("NR columns");
+            for c in 0..NR {
+                o[c] = madd(s, acc[r][c], o[c]);
+            }
+        }
+        j += NR;
+    }
+    for r in 0..R {
+        for j in full_cols..n {
+            let mut acc = 0f32;
+            for p in 0..k {
+                acc = madd(a_rows[r][p], b[p * n + j], acc);
+            }
+            out[(i + r) * n + j] = madd(s, acc, out[(i + r) * n + j]);
+        }
+    }
+}
+
+fn product(a: &Mat, b: &Mat) -> Vec<f32> {
+    let mut out = vec![0f32; a.rows() * b.cols()];
+    matmul_acc(&a.data, &b.data, a.rows(), a.cols(), b.cols(), 1.0, &mut out);
+    out
+}
+
+impl Factor {
+    fn materialize(&self) -> (usize, usize, Vec<f32>) {
+        match self {
+            Factor::Full(m) => (m.rows(), m.cols(), m.data.clone()),
+            Factor::Product(a, b) => (a.rows(), b.cols(), product(a, b)),
+        }
+    }
+
+    fn rank(&self) -> Option<usize> {
+        match self {
+            Factor::Full(_) => None,
+            Factor::Product(_, b) => Some(b.rows()),
+        }
+    }
+}
+
+/// The shape `[out, cols]` of a patch's ΔW.
+pub fn delta_shape(patch: &Patch) -> (usize, usize) {
+    match patch {
+        Patch::LoRa { down, up } => (up.rows(), down.cols()),
+        Patch::LoHa { w1a, w1b, .. } => (w1a.rows(), w1b.cols()),
+        Patch::LoKr { w1, w2 } => {
+            let dims = |f: &Factor| match f {
+                Factor::Full(m) => (m.rows(), m.cols()),
+                Factor::Product(a, b) => (a.rows(), b.cols()),
+            };
+            let ((a, b), (c, d)) = (dims(w1), dims(w2));
+            (a * c, b * d)
+        }
+    }
+}
+
+/// The alpha scale of a patch (`alpha / rank`, or 1).
+pub fn alpha_scale(patch: &Patch, alpha: Option<f32>) -> f32 {
+    let rank = match patch {
+        Patch::LoRa { down, .. } => Some(down.rows()),
+        Patch::LoHa { w1b, .. } => Some(w1b.rows()),
+        Patch::LoKr { w1, w2 } => w1.rank().or_else(|| w2.rank()),
+    };
+    match (alpha, rank) {
+        (Some(a), Some(r)) if r > 0 => a / r as f32,
+        _ => 1.0,
+    }
+}
+
+/// Add `scale · ΔW` (shape [`delta_shape`]) to `acc`, a `[out, cols]` f32 buffer.
+pub fn accumulate(patch: &Patch, scale: f32, acc: &mut [f32]) {
+    match patch {
+        Patch::LoRa { down, up } => matmul_acc(&up.data, &down.data, up.rows(), down.rows(), down.cols(), scale, acc),
+        Patch::LoHa { w1a, w1b, w2a, w2b } => {
+            let (x, y) = (product(w1a, w1b), product(w2a, w2b));
+            for ((o, a), b) in acc.iter_mut().zip(&x).zip(&y) {
+                *o += scale * a * b;
+            }
+        }
+        Patch::LoKr { w1, w2 } => {
+            let (a, b, x) = w1.materialize();
+            let (c, d, y) = w2.materialize();
+            let cols = b * d;
+            for i in 0..a {
+                for j in 0..b {
+                    let f = scale * x[i * b + j];
+                    for k in 0..c {
+                        let row = &mut acc[(i * c + k) * cols + j * d..(i * c + k) * cols + (j + 1) * d];
+                        for (o, &v) in row.iter_mut().zip(&y[k * d..(k + 1) * d]) {
+                            *o += f * v;
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// `base += delta` where `delta` is `[out, cols]` in torch layout and `base` is stored in `layout`.
+pub fn add_delta(base: &mut [f32], delta: &[f32], out: usize, cols: usize, layout: Layout) {
+    match layout {
+        Layout::Torch => base.iter_mut().zip(delta).for_each(|(b, d)| *b += d),
+        Layout::Transposed => {
+            for o in 0..out {
+                for c in 0..cols {
+                    base[c * out + o] += delta[o * cols + c];
+                }
+            }
+        }
+    }
+}
+
+/// `base + delta` as little-endian bytes of `data_type`, from `base` in that type and layout: decoded, added and
+/// encoded a block at a time (no full-size f32 copy of the weight).
+pub fn add_delta_encoded(
+    base: &[u8],
+    data_type: i32,
+    delta: &[f32],
+    out: usize,
+    cols: usize,
+    layout: Layout,
+) -> Vec<u8> {
+    const BLOCK: usize = 4096;
+    let size = base.len() / delta.len().max(1);
+    let mut result = Vec::with_capacity(base.len());
+    for (b, raw) in base.chunks(BLOCK * size).enumerate() {
+        let mut values = decode_floats(raw, data_type);
+        let first = b * BLOCK;
+        match layout {
+            Layout::Torch => values.iter_mut().zip(&delta[first..]).for_each(|(v, d)| *v += d),
+            Layout::Transposed => {
+                // base is [cols, out]: element e is (c = e / out, o = e % out).
+                for (k, v) in values.iter_mut().enumerate() {
+                    let e = first + k;
+                    *v += delta[(e % out) * cols + e / out];
+                }
+            }
+        }
+        result.extend_from_slice(&encode_floats(&values, data_type));
+    }
+    result
+}
+
+/// One LoRA term of a fused merge in storage orientation: the stored weight (`[m, n]` row-major) gets
+/// `s · a [m, k] · b [k, n]`.
+struct Term<'a> {
+    a: std::borrow::Cow<'a, [f32]>,
+    b: std::borrow::Cow<'a, [f32]>,
+    k: usize,
+    s: f32,
+}
+
+/// `[rows, cols]` → `[cols, rows]`.
+fn transpose(data: &[f32], rows: usize, cols: usize) -> Vec<f32> {
+    let mut t = vec![0f32; data.len()];
+    for r in 0..rows {
+        for c in 0..cols {
+            t[c * rows + r] = data[r * cols + c];
+        }
+    }
+    t
+}
+
+/// Which implementation [`apply_in_place`] uses for LoRA terms (tests compare them).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Path {
+    /// The fastest the CPU supports.
+    Auto,
+    /// The AVX2 kernel even on AVX-512 CPUs (where available).
+    #[cfg_attr(not(test), allow(dead_code))]
+    Avx2,
+    /// The portable row-block path (what CPUs without AVX2, FMA and F16C run).
+    #[cfg_attr(not(test), allow(dead_code))]
+    Portable,
+    /// The portable path with the baseline (no SIMD extensions) build of the product kernel.
+    #[cfg_attr(not(test), allow(dead_code))]
+    Scalar,
+}
+
+/// `base += Σ scale · ΔW(patch)` over `terms`, in place: `base` holds little-endian `data_type` values
+/// (float32, float16 or bfloat16) of a weight whose ΔW is `[out, cols]`, stored in `layout`.
+///
+/// The result equals, to the bit, [`accumulate`] of every term into a zeroed f32 buffer (in order) followed by
+/// [`add_delta_encoded`] — that is the reference and still the path for LoHa and LoKr terms. Plain LoRA / LoCon
+/// terms never materialize ΔW: the stored weight is walked in tiles (6 rows × 64 columns on AVX-512 CPUs, 6 × 16 on
+/// AVX2 ones, whose accumulators stay in registers; 8-row blocks with a reused per-thread f32 buffer elsewhere), each
+/// tile's `up · down` is summed in f32 and added to the decoded weight, which is rounded back and stored in place.
+/// Errors (instead of touching `base`) when its length or a factor's shape does not fit `[out, cols]`.
+pub fn apply_in_place(
+    base: &mut [u8],
+    data_type: i32,
+    out: usize,
+    cols: usize,
+    layout: Layout,
+    terms: &[(&Patch, f32)],
+) -> Result<(), String> {
+    apply_with(base, data_type, out, cols, layout, terms, Path::Auto)
+}
+
+fn apply_with(
+    base: &mut [u8],
+    data_type: i32,
+    out: usize,
+    cols: usize,
+    layout: Layout,
+    terms: &[(&Patch, f32)],
+    path: Path,
+) -> Result<(), String> {
+    let size = match data_type {
+        DT_FLOAT16 | DT_BFLOAT16 => 2,
+        DT_FLOAT => 4,
+        other => return Err(format!("data type {other} is not float32, float16 or bfloat16")),
+    };
+    if base.len() != out * cols * size {
+        return Err(format!("{} bytes do not hold {out} x {cols} values of {size} bytes", base.len()));
+    }
+    for (patch, _) in terms {
+        if delta_shape(patch) != (out, cols) {
+            let (o, c) = delta_shape(patch);
+            return Err(format!("a {o} x {c} update does not fit a {out} x {cols} weight"));
+        }
+        if let Patch::LoRa { down, up } = patch {
+            // The kernels read `up` as [out, r] and `down` as [r, cols].
+            let r = down.rows();
+            if up.data.len() != out * r || down.data.len() != r * cols {
+                return Err(format!(
+                    "LoRA factors of {} and {} values do not make [{out}, {r}] · [{r}, {cols}]",
+                    up.data.len(),
+                    down.data.len()
+                ));
+            }
+        }
+    }
+    if terms.is_empty() || out * cols == 0 {
+        return Ok(());
+    }
+    if !terms.iter().all(|(p, _)| matches!(p, Patch::LoRa { .. })) {
+        // The reference: the full ΔW in f32, then added.
+        let mut delta = vec![0f32; out * cols];
+        for (patch, scale) in terms {
+            accumulate(patch, *scale, &mut delta);
+        }
+        add_delta_in_place(base, data_type, &delta, out, cols, layout);
+        return Ok(());
+    }
+    // Storage orientation: torch [out, cols] = up · down; transposed [cols, out] = downᵀ · upᵀ (the same products,
+    // fma(x, y, acc) being symmetric in x and y).
+    let (m, n) = match layout {
+        Layout::Torch => (out, cols),
+        Layout::Transposed => (cols, out),
+    };
+    let lora_terms: Vec<Term<'_>> = terms
+        .iter()
+        .filter_map(|(patch, s)| match patch {
+            Patch::LoRa { down, up } => {
+                let k = down.rows();
+                Some(match layout {
+                    Layout::Torch => Term { a: (&up.data[..]).into(), b: (&down.data[..]).into(), k, s: *s },
+                    Layout::Transposed => Term {
+                        a: transpose(&down.data, k, cols).into(),
+                        b: transpose(&up.data, out, k).into(),
+                        k,
+                        s: *s,
+                    },
+                })
+            }
+            _ => None,
+        })
+        .collect();
+    #[cfg(target_arch = "x86_64")]
+    {
+        // SAFETY (both calls): the CPU has the features (checked); `base` holds m·n values of `data_type` (checked
+        // above), every term's `a` is [m, k] and `b` [k, n] (delta_shape checked above), and there is a term.
+        if path == Path::Auto && avx512::available() {
+            unsafe { avx512::apply(base, data_type, m, n, &lora_terms) };
+            return Ok(());
+        }
+        if matches!(path, Path::Auto | Path::Avx2) && avx2::available() {
+            unsafe { avx2::apply(base, data_type, m, n, &lora_terms) };
+            return Ok(());
+        }
+    }
+    portable_apply(base, data_type, m, n, &lora_terms, path == Path::Scalar);
+    Ok(())
+}
+
+/// Rows per block of the portable path.
+const BLOCK_ROWS: usize = 8;
+
+thread_local! {
+    /// The portable path's per-thread f32 block (`BLOCK_ROWS` rows of the widest weight seen), reused across calls.
+    static SCRATCH: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// `BLOCK_ROWS` rows at a time: their ΔW (every term, [`matmul_acc`]) in a reused f32 buffer, then added to the
+/// decoded rows, which are encoded back in place.
+fn portable_apply(base: &mut [u8], data_type: i32, m: usize, n: usize, terms: &[Term<'_>], scalar: bool) {
+    let size = base.len() / (m * n);
+    SCRATCH.with(|cell| {
+        let mut scratch = cell.borrow_mut();
+        if scratch.len() < BLOCK_ROWS * n {
+            scratch.resize(BLOCK_ROWS * n, 0.0);
+        }
+        let mut i = 0;
+        while i < m {
+            let rows = BLOCK_ROWS.min(m - i);
+            let block = &mut scratch[..rows * n];
+            block.fill(0.0);
+            for t in terms {
+                let a = &t.a[i * t.k..(i + rows) * t.k];
+                if scalar {
+                    kernel(a, &t.b, rows, t.k, n, t.s, block);
+                } else {
+                    matmul_acc(a, &t.b, rows, t.k, n, t.s, block);
+                }
+            }
+            add_encoded(&mut base[i * n * size..(i + rows) * n * size], data_type, block);
+            i += rows;
+        }
+    });
+}
+
+/// `raw` (little-endian `data_type` values) `+= delta`, element by element, in place.
+fn add_encoded(raw: &mut [u8], data_type: i32, delta: &[f32]) {
+    use half::slice::HalfFloatSliceExt;
+    const CHUNK: usize = 64;
+    match data_type {
+        DT_FLOAT16 => {
+            let mut h = [half::f16::ZERO; CHUNK];
+            let mut f = [0f32; CHUNK];
+            for (bytes, d) in raw.chunks_mut(2 * CHUNK).zip(delta.chunks(CHUNK)) {
+                let len = d.len();
+                for (x, c) in h.iter_mut().zip(bytes.chunks_exact(2)) {
+                    *x = half::f16::from_le_bytes([c[0], c[1]]);
+                }
+                h[..len].convert_to_f32_slice(&mut f[..len]);
+                for (v, d) in f.iter_mut().zip(d) {
+                    *v += d;
+                }
+                h[..len].convert_from_f32_slice(&f[..len]);
+                for (x, c) in h.iter().zip(bytes.chunks_exact_mut(2)) {
+                    c.copy_from_slice(&x.to_le_bytes());
+                }
+            }
+        }
+        DT_BFLOAT16 => {
+            for (c, d) in raw.chunks_exact_mut(2).zip(delta) {
+                let v = half::bf16::from_le_bytes([c[0], c[1]]).to_f32() + d;
+                c.copy_from_slice(&half::bf16::from_f32(v).to_le_bytes());
+            }
+        }
+        _ => {
+            for (c, d) in raw.chunks_exact_mut(4).zip(delta) {
+                let v = f32::from_le_bytes([c[0], c[1], c[2], c[3]]) + d;
+                c.copy_from_slice(&v.to_le_bytes());
+            }
+        }
+    }
+}
+
+/// [`add_delta_encoded`] in place: `base` (bytes of `data_type` in `layout`) `+= delta` (`[out, cols]`).
+pub fn add_delta_in_place(base: &mut [u8], data_type: i32, delta: &[f32], out: usize, cols: usize, layout: Layout) {
+    match layout {
+        Layout::Torch => add_encoded(base, data_type, delta),
+        Layout::Transposed => {
+            // base is [cols, out]: add row c of Δᵀ, gathered into a reused buffer.
+            let size = base.len() / delta.len().max(1);
+            let mut row = vec![0f32; out];
+            for (c, raw) in base.chunks_mut(out * size).enumerate().take(cols) {
+                for (o, r) in row.iter_mut().enumerate() {
+                    *r = delta[o * cols + c];
+                }
+                add_encoded(raw, data_type, &row);
+            }
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx2;
+
+#[cfg(target_arch = "x86_64")]
+mod avx512;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn mat(shape: &[usize], seed: u32) -> Mat {
+        let n: usize = shape.iter().product();
+        let data =
+            (0..n).map(|i| (((i as u32).wrapping_mul(2654435761u32) ^ seed) % 1000) as f32 / 500.0 - 1.0).collect();
+        Mat { shape: shape.to_vec(), data }
+    }
+
+    fn naive(a: &Mat, b: &Mat) -> Vec<f32> {
+        let (m, k, n) = (a.rows(), a.cols(), b.cols());
+        let mut out = vec![0f32; m * n];
+        for i in 0..m {
+            for j in 0..n {
+                out[i * n + j] = (0..k).map(|p| a.data[i * k + p] * b.data[p * n + j]).sum();
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn lora_conv_delta_is_up_times_flattened_down() {
+        let down = mat(&[3, 5, 3, 3], 1);
+        let up = mat(&[4, 3, 1, 1], 2);
+        let patch = Patch::LoRa { down: down.clone(), up: up.clone() };
+        assert_eq!(delta_shape(&patch), (4, 45));
+        assert_eq!(alpha_scale(&patch, Some(1.5)), 0.5);
+        assert_eq!(alpha_scale(&patch, None), 1.0);
+        let mut acc = vec![0f32; 4 * 45];
+        accumulate(&patch, 2.0, &mut acc);
+        let want = naive(&Mat { shape: vec![4, 3], data: up.data }, &Mat { shape: vec![3, 45], data: down.data });
+        for (a, w) in acc.iter().zip(&want) {
+            assert!((a - 2.0 * w).abs() < 1e-5);
+        }
+    }
+
+    #[test]
+    fn loha_and_lokr_match_their_definitions() {
+        let (w1a, w1b, w2a, w2b) = (mat(&[6, 2], 1), mat(&[2, 4], 2), mat(&[6, 2], 3), mat(&[2, 4], 4));
+        let p = Patch::LoHa { w1a: w1a.clone(), w1b: w1b.clone(), w2a: w2a.clone(), w2b: w2b.clone() };
+        let mut acc = vec![0f32; 24];
+        accumulate(&p, 1.0, &mut acc);
+        let (x, y) = (naive(&w1a, &w1b), naive(&w2a, &w2b));
+        assert!(acc.iter().zip(x.iter().zip(&y)).all(|(a, (x, y))| (a - x * y).abs() < 1e-5));
+        assert_eq!(alpha_scale(&p, Some(4.0)), 2.0);
+
+        // kron([2,3], [3,2]) = [6, 6]: element (i*3+k, j*2+l) = w1[i,j] * w2[k,l].
+        let w1 = mat(&[2, 3], 5);
+        let (a, b) = (mat(&[3, 1], 6), mat(&[1, 2], 7));
+        let p = Patch::LoKr { w1: Factor::Full(w1.clone()), w2: Factor::Product(a.clone(), b.clone()) };
+        assert_eq!(delta_shape(&p), (6, 6));
+        assert_eq!(alpha_scale(&p, Some(3.0)), 3.0);
+        let mut acc = vec![0f32; 36];
+        accumulate(&p, 1.0, &mut acc);
+        let w2 = naive(&a, &b);
+        for i in 0..2 {
+            for j in 0..3 {
+                for k in 0..3 {
+                    for l in 0..2 {
+                        let want = w1.data[i * 3 + j] * w2[k * 2 + l];
+                        assert!((acc[(i * 3 + k) * 6 + j * 2 + l] - want).abs() < 1e-6);
+                    }
+                }
+            }
+        }
+        let full = Patch::LoKr { w1: Factor::Full(w1), w2: Factor::Full(mat(&[3, 2], 8)) };
+        assert_eq!(alpha_scale(&full, Some(3.0)), 1.0);
+    }
+
+    #[test]
+    fn blocked_kernel_matches_the_naive_product_on_ragged_shapes() {
+        for (m, k, n) in [(1, 1, 1), (5, 3, 17), (4, 32, 16), (9, 7, 40), (3, 2, 5)] {
+            let (a, b) = (mat(&[m, k], 11), mat(&[k, n], 12));
+            let mut out = vec![1f32; m * n];
+            matmul_acc(&a.data, &b.data, m, k, n, -0.5, &mut out);
+            let want = naive(&a, &b);
+            for (o, w) in out.iter().zip(&want) {
+                assert!((o - (1.0 - 0.5 * w)).abs() < 1e-5, "{m}x{k}x{n}");
+            }
+            // The baseline build of the kernel (fused multiply-adds in software where needed) agrees to the bit.
+            let mut generic = vec![1f32; m * n];
+            kernel(&a.data, &b.data, m, k, n, -0.5, &mut generic);
+            assert_eq!(bits(&out), bits(&generic), "{m}x{k}x{n}");
+        }
+    }
+
+    fn bits(v: &[f32]) -> Vec<u32> {
+        v.iter().map(|x| x.to_bits()).collect()
+    }
+
+    /// The reference: every term's ΔW accumulated into a zeroed f32 buffer, then added blockwise.
+    fn reference(base: &[u8], dt: i32, out: usize, cols: usize, layout: Layout, terms: &[(&Patch, f32)]) -> Vec<u8> {
+        let mut delta = vec![0f32; out * cols];
+        for (p, s) in terms {
+            accumulate(p, *s, &mut delta);
+        }
+        add_delta_encoded(base, dt, &delta, out, cols, layout)
+    }
+
+    fn lora(out: usize, cols: usize, rank: usize, seed: u32) -> Patch {
+        Patch::LoRa { down: mat(&[rank, cols], seed), up: mat(&[out, rank], seed + 1) }
+    }
+
+    #[test]
+    fn fused_in_place_merge_equals_the_reference_to_the_bit() {
+        use crate::runtime::onnx_proto::{DT_BFLOAT16, DT_FLOAT, DT_FLOAT16};
+        // Ragged rows and columns (tile tails, masked vectors), a column count over one chunk of `b` at rank 32
+        // (2,016 columns), and one to three terms of different ranks and signs.
+        let shapes = [(1, 1), (3, 5), (6, 64), (9, 50), (17, 97), (13, 2100), (64, 40), (7, 130), (5, 90)];
+        for (si, &(out, cols)) in shapes.iter().enumerate() {
+            let seed = 20 + 10 * si as u32;
+            let (p1, p2, p3) = (lora(out, cols, 32, seed), lora(out, cols, 4, seed + 2), lora(out, cols, 1, seed + 4));
+            let term_sets: [Vec<(&Patch, f32)>; 3] =
+                [vec![(&p1, 0.4)], vec![(&p1, 0.7), (&p2, -0.3)], vec![(&p3, 1.0), (&p1, 0.25), (&p2, 2.0)]];
+            let mut base_f: Vec<f32> = mat(&[out, cols], seed + 9).data.iter().map(|v| v * 8.0).collect();
+            base_f[0] = -0.0; // a signed zero the update must not flip
+            for dt in [DT_FLOAT16, DT_BFLOAT16, DT_FLOAT] {
+                let raw = encode_floats(&base_f, dt);
+                for layout in [Layout::Torch, Layout::Transposed] {
+                    for terms in &term_sets {
+                        let want = reference(&raw, dt, out, cols, layout, terms);
+                        for path in [Path::Auto, Path::Avx2, Path::Portable, Path::Scalar] {
+                            let mut got = raw.clone();
+                            apply_with(&mut got, dt, out, cols, layout, terms, path).unwrap();
+                            assert!(got == want, "{out}x{cols} dt {dt} {layout:?} {} terms {path:?}", terms.len());
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn zero_updates_keep_every_bit_of_the_base() {
+        use crate::runtime::onnx_proto::DT_FLOAT16;
+        let (out, cols) = (9, 20);
+        let zero = Patch::LoRa { down: Mat { shape: vec![2, cols], data: vec![0.0; 2 * cols] }, up: mat(&[out, 2], 3) };
+        let base: Vec<f32> = (0..out * cols).map(|i| if i % 2 == 0 { -0.0 } else { i as f32 * 0.1 }).collect();
+        let raw = encode_floats(&base, DT_FLOAT16);
+        for path in [Path::Auto, Path::Avx2, Path::Portable, Path::Scalar] {
+            let mut got = raw.clone();
+            apply_with(&mut got, DT_FLOAT16, out, cols, Layout::Torch, &[(&zero, -1.0)], path).unwrap();
+            assert_eq!(got, reference(&raw, DT_FLOAT16, out, cols, Layout::Torch, &[(&zero, -1.0)]));
+        }
+    }
+
+    #[test]
+    fn loha_and_lokr_terms_merge_in_place_through_the_reference() {
+        use crate::runtime::onnx_proto::DT_FLOAT16;
+        let loha =
+            Patch::LoHa { w1a: mat(&[6, 2], 1), w1b: mat(&[2, 4], 2), w2a: mat(&[6, 2], 3), w2b: mat(&[2, 4], 4) };
+        let plain = lora(6, 4, 3, 5);
+        let raw = encode_floats(&mat(&[6, 4], 6).data, DT_FLOAT16);
+        for layout in [Layout::Torch, Layout::Transposed] {
+            let terms = [(&plain, 0.5), (&loha, -1.0)];
+            let mut got = raw.clone();
+            apply_in_place(&mut got, DT_FLOAT16, 6, 4, layout, &terms).unwrap();
+            assert_eq!(got, reference(&raw, DT_FLOAT16, 6, 4, layout, &terms));
+        }
+    }
+
+    #[test]
+    fn misfitting_buffers_and_factors_are_errors() {
+        use crate::runtime::onnx_proto::DT_FLOAT16;
+        let p = lora(4, 6, 2, 1);
+        let mut short = vec![0u8; 4 * 6 * 2 - 2];
+        assert!(apply_in_place(&mut short, DT_FLOAT16, 4, 6, Layout::Torch, &[(&p, 1.0)]).is_err());
+        let mut raw = vec![0u8; 4 * 6 * 2];
+        assert!(apply_in_place(&mut raw, DT_FLOAT16, 6, 4, Layout::Torch, &[(&p, 1.0)]).is_err());
+        assert!(apply_in_place(&mut raw, 7, 4, 6, Layout::Torch, &[(&p, 1.0)]).is_err());
+        // Factors whose inner dimensions disagree (the fields are public) are refused, not read out of bounds.
+        let bad = Patch::LoRa { down: mat(&[2, 6], 1), up: Mat { shape: vec![4, 2], data: vec![0.5; 4] } };
+        assert!(apply_in_place(&mut raw, DT_FLOAT16, 4, 6, Layout::Torch, &[(&bad, 1.0)]).is_err());
+        assert!(raw.iter().all(|&b| b == 0), "nothing written on error");
+    }
+
+    #[test]
+    fn transposed_layout_adds_the_transpose() {
+        let mut base = vec![0f32; 6]; // [in 3, out 2]
+        add_delta(&mut base, &[1.0, 2.0, 3.0, 4.0, 5.0, 6.0], 2, 3, Layout::Transposed);
+        assert_eq!(base, [1.0, 4.0, 2.0, 5.0, 3.0, 6.0]);
+        // The blockwise encoded version agrees, in every float type and across block boundaries.
+        use crate::runtime::onnx_proto::{DT_BFLOAT16, DT_FLOAT, DT_FLOAT16};
+        let (out, cols) = (70, 130);
+        let delta: Vec<f32> = mat(&[out, cols], 9).data;
+        let base: Vec<f32> = mat(&[out, cols], 10).data;
+        for dt in [DT_FLOAT, DT_FLOAT16, DT_BFLOAT16] {
+            for layout in [Layout::Torch, Layout::Transposed] {
+                let raw = encode_floats(&base, dt);
+                let mut want = decode_floats(&raw, dt);
+                add_delta(&mut want, &delta, out, cols, layout);
+                let got = add_delta_encoded(&raw, dt, &delta, out, cols, layout);
+                assert_eq!(got, encode_floats(&want, dt), "{dt} {layout:?}");
+                let mut in_place = raw.clone();
+                add_delta_in_place(&mut in_place, dt, &delta, out, cols, layout);
+                assert_eq!(in_place, got, "{dt} {layout:?} in place");
+            }
+        }
+    }
+}
