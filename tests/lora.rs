@@ -10,6 +10,7 @@ use sdxlrt::engine::Engine;
 use sdxlrt::lora::formats::Component;
 use sdxlrt::lora::{LoraFileCache, LoraSet, LoraSpec};
 use sdxlrt::pipeline::{Progress, ProgressEvent, SdxlPipeline};
+use sdxlrt::runtime::merged_data::MergedData;
 use sdxlrt::runtime::onnx_proto::OnnxModel;
 use sdxlrt::runtime::{CancelToken, ModelSession, SessionConfig};
 use serde_json::{json, Value};
@@ -211,26 +212,62 @@ fn unet_out(session: &ModelSession) -> Vec<f32> {
 
 #[test]
 fn both_override_routes_reach_onnx_runtime() {
-    // External-data initializers are inlined into the in-memory model (default) or, past the size limit, passed
-    // as AddExternalInitializers. Both must give the same output, different from the base model's.
+    // External-data initializers are inlined into the in-memory model (default) or, past the size limit, written
+    // to a temporary external-data file (beside hard links of the model's data) or, where that folder cannot be
+    // made, passed as AddExternalInitializers. All must give the same output, different from the base model's,
+    // leave no temporary files and never touch the model's folder.
     let engine = engine();
     let env = &engine.runtime().env;
     let config = SessionConfig { intra_op_threads: Some(1), ..Default::default() };
     let set = LoraSet::load(vec![spec("kohya_a", 1.0)], &LoraFileCache::default()).unwrap();
     let path = fixtures().join("tiny-sdxl/unet/model.onnx");
+    let listing = |dir: &Path| -> Vec<(std::ffi::OsString, u64)> {
+        let mut v: Vec<_> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap())
+            .map(|e| (e.file_name(), e.metadata().unwrap().len()))
+            .collect();
+        v.sort();
+        v
+    };
+    let model_folder = listing(path.parent().unwrap());
     let base = unet_out(&ModelSession::load(env, &path, "unet", &config).unwrap());
+    let scratch = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap(); // the repository's filesystem
     let mut outs = Vec::new();
-    for limit in [u64::MAX, 0] {
+    for (limit, parent) in
+        [(u64::MAX, None), (0, Some(scratch.path().to_path_buf())), (0, Some(scratch.path().join("missing/folder")))]
+    {
         let plan = set.plan_graph(OnnxModel::read(&path).unwrap(), Component::Unet, None).unwrap();
         let mut o = plan.overrides.unwrap();
         let external = o.values.keys().filter(|&&i| o.model.initializers[i].is_external()).count();
         assert!(external > 50, "the LoRA patches {external} external-data weights");
         o.max_inline_bytes = limit;
+        o.scratch_parent = parent;
         outs.push(unet_out(&ModelSession::load_with_overrides(env, "unet", &config, o).unwrap()));
+        assert!(listing(scratch.path()).is_empty(), "temporary files left: {:?}", listing(scratch.path()));
     }
     let change = base.iter().zip(&outs[0]).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
     assert!(change > 1e-2, "the LoRA changed the UNet output by only {change}");
-    assert_close!(outs[1], outs[0], 1e-5, 1e-5, "AddExternalInitializers vs inlined");
+    assert_close!(outs[1], outs[0], 1e-5, 1e-5, "temporary external-data file vs inlined");
+    assert_close!(outs[2], outs[0], 1e-5, 1e-5, "AddExternalInitializers vs inlined");
+    assert_eq!(listing(path.parent().unwrap()), model_folder, "the model's folder is untouched");
+}
+
+#[test]
+fn merged_weights_file_links_the_model_data_and_vanishes_on_drop() {
+    let path = fixtures().join("tiny-sdxl/unet/model.onnx");
+    let model = OnnxModel::read(&path).unwrap();
+    let parent = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let data = MergedData::create(&model, Some(parent.path())).expect("same filesystem: hard links work");
+    let folder = data.folder().to_path_buf();
+    let link = folder.join("model.onnx_data");
+    assert_eq!(std::fs::read(&link).unwrap(), std::fs::read(path.with_file_name("model.onnx_data")).unwrap());
+    let placed = data.write(&[(3, vec![1u8; 10]), (7, vec![2u8; 70_000])]).unwrap();
+    assert_eq!((placed[&3].offset, placed[&3].length), (0, 10));
+    assert_eq!((placed[&7].offset, placed[&7].length), (65536, 70_000), "offsets are 64 KiB aligned");
+    drop(data);
+    assert!(!folder.exists(), "the temporary folder is removed");
+    assert!(path.with_file_name("model.onnx_data").is_file(), "removing the link leaves the model's data");
 }
 
 // ---------------------------------------------------------------------------------------------------------------

@@ -322,7 +322,12 @@ impl LoraSet {
         }
         Ok(GraphPlan {
             key,
-            overrides: Some(WeightOverrides { model, values, max_inline_bytes: DEFAULT_MAX_INLINE_BYTES }),
+            overrides: Some(WeightOverrides {
+                model,
+                values,
+                max_inline_bytes: DEFAULT_MAX_INLINE_BYTES,
+                scratch_parent: None,
+            }),
             matched,
         })
     }

@@ -22,6 +22,17 @@ pub const DT_FLOAT16: i32 = 10;
 /// `TensorProto.DataType.BFLOAT16`.
 pub const DT_BFLOAT16: i32 = 16;
 
+/// A place in an external-data file, relative to the folder ONNX Runtime resolves external data against.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExternalRef {
+    /// `location`: a relative path.
+    pub location: String,
+    /// Byte offset in the file.
+    pub offset: u64,
+    /// Byte length.
+    pub length: u64,
+}
+
 /// Where an initializer's values are.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum TensorData {
@@ -390,7 +401,7 @@ impl OnnxModel {
     }
 
     /// The external data file `location`, which must stay inside the model's folder.
-    fn external_file(&self, location: &str) -> Result<PathBuf> {
+    pub(crate) fn external_file(&self, location: &str) -> Result<PathBuf> {
         let rel = Path::new(location);
         if rel.is_absolute() || rel.components().any(|c| !matches!(c, std::path::Component::Normal(_))) {
             return Err(Error::model_invalid(
@@ -404,8 +415,18 @@ impl OnnxModel {
     /// The serialized model with the initializers in `replace` (index → little-endian bytes in the initializer's
     /// own type and shape) stored inline as `raw_data`, external-data fields dropped. Every other byte is kept.
     pub fn patched(&self, replace: &HashMap<usize, Vec<u8>>) -> Result<Vec<u8>> {
+        self.patched_with_external(replace, &HashMap::new())
+    }
+
+    /// [`OnnxModel::patched`], and the initializers in `moved` turned into external tensors at the given place
+    /// (`data_location` EXTERNAL, `external_data` {location, offset, length}), whatever they held before.
+    pub fn patched_with_external(
+        &self,
+        replace: &HashMap<usize, Vec<u8>>,
+        moved: &HashMap<usize, ExternalRef>,
+    ) -> Result<Vec<u8>> {
         let mut by_start: HashMap<usize, usize> = HashMap::new();
-        for &i in replace.keys() {
+        for &i in replace.keys().chain(moved.keys()) {
             let t = self.initializers.get(i).ok_or_else(|| Error::Internal(format!("no initializer {i}")))?;
             by_start.insert(t.span.start, i);
         }
@@ -417,7 +438,7 @@ impl OnnxModel {
                 (5, Value::Bytes(_, r)) if by_start.contains_key(&r.start) => {
                     let i = by_start[&r.start];
                     let t = &self.initializers[i];
-                    let mut msg = Vec::with_capacity(replace[&i].len() + t.name.len() + 64);
+                    let mut msg = Vec::with_capacity(replace.get(&i).map_or(0, Vec::len) + t.name.len() + 96);
                     for &d in &t.dims {
                         put_varint(&mut msg, 1 << 3);
                         put_varint(&mut msg, d as u64);
@@ -425,7 +446,23 @@ impl OnnxModel {
                     put_varint(&mut msg, 2 << 3);
                     put_varint(&mut msg, t.data_type as u64);
                     put_bytes_field(&mut msg, 8, t.name.as_bytes());
-                    put_bytes_field(&mut msg, 9, &replace[&i]);
+                    match (replace.get(&i), moved.get(&i)) {
+                        (Some(bytes), _) => put_bytes_field(&mut msg, 9, bytes),
+                        (None, Some(at)) => {
+                            let (offset, length) = (at.offset.to_string(), at.length.to_string());
+                            for (key, value) in
+                                [("location", at.location.as_str()), ("offset", &offset), ("length", &length)]
+                            {
+                                let mut entry = Vec::new();
+                                put_bytes_field(&mut entry, 1, key.as_bytes());
+                                put_bytes_field(&mut entry, 2, value.as_bytes());
+                                put_bytes_field(&mut msg, 13, &entry);
+                            }
+                            put_varint(&mut msg, 14 << 3);
+                            put_varint(&mut msg, 1); // DataLocation.EXTERNAL
+                        }
+                        (None, None) => unreachable!("index from one of the two maps"),
+                    }
                     put_bytes_field(&mut graph, 5, &msg);
                 }
                 _ => graph.extend_from_slice(&self.bytes[whole]),
@@ -521,6 +558,30 @@ mod tests {
         let other = m.initializer_index("conv_out.weight").unwrap();
         assert_eq!(p.read_f32(other).unwrap(), m.read_f32(other).unwrap());
         assert_eq!(p.nodes.len(), m.nodes.len());
+    }
+
+    #[test]
+    fn initializers_can_be_moved_to_another_external_file() {
+        let m = OnnxModel::read(&fixture("tiny-sdxl/unet/model.onnx")).unwrap();
+        let inline = m.initializers.iter().position(|t| matches!(t.data, TensorData::Raw(_)) && t.numel() > 8).unwrap();
+        let external = m.initializer_index("conv_in.weight").unwrap();
+        let mut moved = HashMap::new();
+        for (k, i) in [inline, external].into_iter().enumerate() {
+            let at = ExternalRef { location: "merged.bin".into(), offset: 65536 * k as u64, length: 16 };
+            moved.insert(i, at);
+        }
+        let p = OnnxModel::parse(m.path(), m.patched_with_external(&HashMap::new(), &moved).unwrap()).unwrap();
+        for (k, i) in [inline, external].into_iter().enumerate() {
+            let want =
+                TensorData::External { location: "merged.bin".into(), offset: 65536 * k as u64, length: Some(16) };
+            assert_eq!(p.initializers[i].data, want);
+            assert_eq!(
+                (&p.initializers[i].name, &p.initializers[i].dims),
+                (&m.initializers[i].name, &m.initializers[i].dims)
+            );
+        }
+        let other = m.initializer_index("conv_out.weight").unwrap();
+        assert_eq!(p.read_f32(other).unwrap(), m.read_f32(other).unwrap());
     }
 
     #[test]

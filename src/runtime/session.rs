@@ -12,6 +12,7 @@ use parking_lot::Mutex;
 
 use super::cancel::CancelToken;
 use super::cuda::CudaOptions;
+use super::merged_data::MergedData;
 use super::onnx_proto::{self, OnnxModel};
 use super::optimized_cache::OptimizedCache;
 use super::tensor::{to_f32, Elem};
@@ -136,9 +137,12 @@ pub struct WeightOverrides {
     pub model: OnnxModel,
     /// Initializer index → little-endian bytes in that initializer's element type and shape.
     pub values: HashMap<usize, Vec<u8>>,
-    /// Largest in-memory model (bytes) to build by inlining external-data replacements; the rest go through
-    /// `AddExternalInitializers`. [`DEFAULT_MAX_INLINE_BYTES`] stays clear of protobuf's 2 GiB limit.
+    /// Largest in-memory model (bytes) to build by inlining external-data replacements; the rest go to a
+    /// temporary external-data file ([`super::merged_data`]). [`DEFAULT_MAX_INLINE_BYTES`] stays clear of
+    /// protobuf's 2 GiB limit.
     pub max_inline_bytes: u64,
+    /// Where that temporary file's folder is made (`None`: the system temp folder).
+    pub scratch_parent: Option<PathBuf>,
 }
 
 /// Default [`WeightOverrides::max_inline_bytes`]: 1.75 GiB.
@@ -252,8 +256,11 @@ impl ModelSession {
     ///   of a `Transpose` over the weight (our no-fold exports), prepacking and device placement all start from
     ///   the new values.
     /// - initializers stored as external data are written inline into that copy too while the serialized model
-    ///   stays under `overrides.max_inline_bytes` (protobuf refuses messages over 2 GiB); past it they go through
-    ///   `AddExternalInitializers`, which ORT injects before optimization and checks by name, shape and type.
+    ///   stays under `overrides.max_inline_bytes` (protobuf refuses messages over 2 GiB); past it they are written
+    ///   to a temporary external-data file, next to hard links of the model's data files, and that folder becomes
+    ///   the external-data base ([`super::merged_data`]); it is deleted once the session is built. Where no such
+    ///   folder can be made they go through `AddExternalInitializers` (ORT checks them by name, shape and type,
+    ///   and ort keeps those host values alive with the session).
     ///
     /// `AddInitializer` is never used: ORT silently ignores it when an optimizer rewrites the weight, and for
     /// host values on a CUDA device. With no overrides this is [`ModelSession::load`].
@@ -263,7 +270,7 @@ impl ModelSession {
         config: &SessionConfig,
         overrides: WeightOverrides,
     ) -> Result<Self> {
-        let WeightOverrides { model, values, max_inline_bytes } = overrides;
+        let WeightOverrides { model, values, max_inline_bytes, scratch_parent } = overrides;
         let path = model.path().to_path_buf();
         if values.is_empty() {
             drop(model);
@@ -295,34 +302,46 @@ impl ModelSession {
                 inline.insert(i, bytes);
             }
         }
-        let patched = model.patched(&inline)?;
+        // Past the inline budget: a temporary external-data file beside hard links of the model's data files.
+        let scratch = if external.is_empty() { None } else { MergedData::create(&model, scratch_parent.as_deref()) };
+        let moved = match &scratch {
+            Some(s) => s.write(&external).ok(),
+            None => None,
+        };
+        let (folder, moved) = match (&scratch, moved) {
+            (Some(s), Some(moved)) => {
+                external.clear();
+                (s.folder().to_path_buf(), moved)
+            }
+            _ => (path.parent().unwrap_or(Path::new(".")).to_path_buf(), HashMap::new()),
+        };
+        let patched = model.patched_with_external(&inline, &moved)?;
         drop(inline);
         let invalid = |e: ort::Error| Error::model_invalid(&path, format!("ONNX Runtime cannot load the {stage}: {e}"));
-        let folder = path.parent().unwrap_or(Path::new(".")).to_string_lossy().into_owned();
         let mut builder = builder(env, &path, stage, config)?
-            .with_config_entry("session.model_external_initializers_file_folder_path", folder)
+            .with_config_entry("session.model_external_initializers_file_folder_path", folder.to_string_lossy())
             .map_err(|e| invalid(e.into()))?;
+        // Fallback (no link or file possible): AddExternalInitializers, checked by name, shape and type.
         for (i, bytes) in external {
             let t = &model.initializers[i];
             let dims: Vec<usize> = t.dims.iter().map(|&d| d.max(0) as usize).collect();
-            let floats = onnx_proto::decode_floats(&bytes, t.data_type);
-            drop(bytes);
+            // Straight from the little-endian bytes in the weight's own type (no f32 round trip, no f32 copy).
             let value = match t.data_type {
                 onnx_proto::DT_FLOAT16 => {
-                    Tensor::from_array((dims, floats.into_iter().map(half::f16::from_f32).collect::<Vec<_>>()))
-                        .map(|v| v.into_dyn())
+                    Tensor::from_array((dims, le_values(&bytes, half::f16::from_le_bytes))).map(|v| v.into_dyn())
                 }
                 onnx_proto::DT_BFLOAT16 => {
-                    Tensor::from_array((dims, floats.into_iter().map(half::bf16::from_f32).collect::<Vec<_>>()))
-                        .map(|v| v.into_dyn())
+                    Tensor::from_array((dims, le_values(&bytes, half::bf16::from_le_bytes))).map(|v| v.into_dyn())
                 }
-                _ => Tensor::from_array((dims, floats)).map(|v| v.into_dyn()),
+                _ => Tensor::from_array((dims, le_values(&bytes, f32::from_le_bytes))).map(|v| v.into_dyn()),
             }
             .map_err(invalid)?;
+            drop(bytes);
             builder = builder.with_external_initializer(&t.name, value).map_err(|e| invalid(e.into()))?;
         }
         drop(model);
         let session = builder.commit_from_memory(&patched).map_err(invalid)?;
+        drop(scratch); // ONNX Runtime has read (or mapped) the file; the folder goes now
         Ok(Self::wrap(stage, &path, session, config))
     }
 
@@ -428,6 +447,11 @@ impl ModelSession {
             other => other,
         }
     }
+}
+
+/// Little-endian values of `N` bytes each.
+fn le_values<T, const N: usize>(bytes: &[u8], from: fn([u8; N]) -> T) -> Vec<T> {
+    bytes.chunks_exact(N).map(|c| from(c.try_into().expect("chunks of N bytes"))).collect()
 }
 
 /// Add what a user can do to ONNX Runtime's out-of-memory messages.

@@ -1,0 +1,82 @@
+//! A temporary external-data file for merged weights too large to inline into the in-memory model (protobuf's
+//! 2 GiB limit): ONNX Runtime then reads them like any external data, and no host copy outlives the session build.
+//!
+//! ONNX Runtime resolves every external `location` of a model loaded from memory against one folder and refuses
+//! absolute paths, `..` and symlinks leading out of it. So the temporary folder becomes that folder: the model's own
+//! data files appear in it as hard links (no copy, no write to the user's files) next to the file of merged weights.
+//! Where a hard link is impossible (another filesystem) or the file cannot be written, the caller falls back to
+//! `AddExternalInitializers` (correct, but ort then keeps those host values for the session's life).
+
+use std::collections::{BTreeSet, HashMap};
+use std::io::Write;
+use std::path::Path;
+
+use super::onnx_proto::{ExternalRef, OnnxModel, TensorData};
+
+/// Offsets of merged tensors are multiples of this (lets ONNX Runtime map them on every platform).
+const ALIGN: u64 = 1 << 16;
+
+/// The temporary folder: hard links to the model's data files plus one file of merged weights. Deleted on drop
+/// (on Linux the session keeps what it read or mapped).
+#[derive(Debug)]
+pub struct MergedData {
+    dir: tempfile::TempDir,
+    file: String,
+}
+
+impl MergedData {
+    /// A folder under `parent` (the system temp folder if `None`) holding hard links to every external-data file
+    /// of `model`; `None` if the folder or a link cannot be made.
+    pub fn create(model: &OnnxModel, parent: Option<&Path>) -> Option<MergedData> {
+        let builder = {
+            let mut b = tempfile::Builder::new();
+            b.prefix("sdxlrt-merged-");
+            b
+        };
+        let dir = match parent {
+            Some(p) => builder.tempdir_in(p),
+            None => builder.tempdir(),
+        }
+        .ok()?;
+        let locations: BTreeSet<&str> = model
+            .initializers
+            .iter()
+            .filter_map(|t| match &t.data {
+                TensorData::External { location, .. } => Some(location.as_str()),
+                _ => None,
+            })
+            .collect();
+        for location in &locations {
+            let source = model.external_file(location).ok()?;
+            let link = dir.path().join(location);
+            std::fs::create_dir_all(link.parent()?).ok()?;
+            std::fs::hard_link(&source, &link).ok()?;
+        }
+        let file = (0..).map(|n| format!("sdxlrt-merged-{n}.bin")).find(|f| !locations.contains(f.as_str()))?;
+        Some(MergedData { dir, file })
+    }
+
+    /// The folder to give ONNX Runtime as the external-data base.
+    pub fn folder(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Write `tensors` (initializer index, little-endian bytes) one after another; where each one went.
+    pub fn write(&self, tensors: &[(usize, Vec<u8>)]) -> std::io::Result<HashMap<usize, ExternalRef>> {
+        let file = std::fs::File::create(self.dir.path().join(&self.file))?;
+        let mut out = std::io::BufWriter::with_capacity(1 << 20, file);
+        let mut offset = 0u64;
+        let mut placed = HashMap::new();
+        for (index, bytes) in tensors {
+            let pad = offset.next_multiple_of(ALIGN) - offset;
+            out.write_all(&vec![0; pad as usize])?;
+            offset += pad;
+            out.write_all(bytes)?;
+            let length = bytes.len() as u64;
+            placed.insert(*index, ExternalRef { location: self.file.clone(), offset, length });
+            offset += length;
+        }
+        out.into_inner().map_err(|e| e.into_error())?;
+        Ok(placed)
+    }
+}
