@@ -15,7 +15,7 @@ use sdxlrt::runtime::onnx_proto::OnnxModel;
 use sdxlrt::runtime::{CancelToken, ModelSession, SessionConfig};
 use serde_json::{json, Value};
 
-use crate::util::{fixtures, options_json, Golden};
+use crate::util::{copy_dir, fixtures, options_json, Golden};
 
 #[derive(Default)]
 struct Capture {
@@ -275,21 +275,9 @@ fn merged_weights_file_links_the_model_data_and_vanishes_on_drop() {
 
 /// A models_root in a temp folder: copies of tiny-sdxl and the fixture LoRAs, plus the given files in `loras/`.
 fn temp_root(files: &[(&str, Vec<u8>)]) -> tempfile::TempDir {
-    fn copy(from: &Path, to: &Path) {
-        std::fs::create_dir_all(to).unwrap();
-        for e in std::fs::read_dir(from).unwrap() {
-            let e = e.unwrap();
-            let dst = to.join(e.file_name());
-            if e.file_type().unwrap().is_dir() {
-                copy(&e.path(), &dst);
-            } else {
-                std::fs::copy(e.path(), dst).unwrap();
-            }
-        }
-    }
     let dir = tempfile::tempdir().unwrap();
-    copy(&fixtures().join("tiny-sdxl"), &dir.path().join("tiny-sdxl"));
-    copy(&fixtures().join("loras"), &dir.path().join("loras"));
+    copy_dir(&fixtures().join("tiny-sdxl"), &dir.path().join("tiny-sdxl"));
+    copy_dir(&fixtures().join("loras"), &dir.path().join("loras"));
     for (name, bytes) in files {
         std::fs::write(dir.path().join("loras").join(name), bytes).unwrap();
     }
