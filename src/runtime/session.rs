@@ -206,6 +206,15 @@ impl ModelSession {
         Ok(Self::wrap(stage, path, session, config))
     }
 
+    /// True if [`ModelSession::load`] of `path` would load an already-optimized graph from the optimized-graph
+    /// cache (CPU device): a light load, with no graph optimization and its memory peak.
+    pub fn is_cached(path: &Path, stage: &str, config: &SessionConfig) -> bool {
+        match (&config.optimized_cache, config.device) {
+            (Some(cache), Device::Cpu) => cache.entry(path, stage).join("model.onnx").is_file(),
+            _ => false,
+        }
+    }
+
     /// [`ModelSession::load`] through the optimized-graph cache: load the cached graph with optimizations off, or
     /// optimize the original once and save the result for the next load.
     fn load_cached(
