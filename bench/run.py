@@ -188,7 +188,7 @@ def fmt_s(x) -> str:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", choices=sorted(MODELS), default="bench")
-    ap.add_argument("--rounds", type=int, default=3, help="timed rounds of (sdxlrt, optimum, diffusers)")
+    ap.add_argument("--rounds", type=int, default=3, help="timed rounds of (sdxlrt, optimum, diffusers), ≥ 1")
     ap.add_argument("--load-rounds", type=int, default=3, help="fresh-process load measurements per contender")
     ap.add_argument("--contenders", default=",".join(CONTENDERS), help="order within a round (variants included)")
     ap.add_argument(
@@ -212,6 +212,8 @@ def main() -> None:
     ap.add_argument("--label", default="", help="suffix of the results folder name")
     ap.add_argument("--out", type=Path, help="results folder (default bench/runs/<date>-<host>[-label])")
     args = ap.parse_args()
+    if args.rounds < 1:
+        ap.error("--rounds must be at least 1 (the summary compares timed images)")
 
     onnx_dir, diffusers_dir, default_size = MODELS[args.model]
     args.size = args.size or default_size
