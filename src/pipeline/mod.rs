@@ -169,7 +169,7 @@ impl SdxlPipeline {
         let reuse = reuse.filter(|r| r.dir.root == dir.root);
         // Graphs that need optimizing load one after another: optimizing two at once adds their memory peaks (the
         // bench model at 512²: +1 GB peak RSS). Graphs all in the optimized-graph cache load at once, one thread
-        // each (session creation is mostly single-threaded work; bench model: 2.2–3.3 s → 1.8–2.1 s).
+        // each (session creation is mostly single-threaded work; bench model: median 1.93 s instead of 2.5 s).
         let load_component = |component: Component| -> Result<LoadedGraph> {
             let stage = component.folder();
             let path = dir.graph(stage);
