@@ -57,6 +57,7 @@ pub fn denoise(
     let batch = latents.shape()[0];
     let timesteps = scheduler.timesteps().to_vec();
     let mut unet = bind_unet(ctx.unet, cond)?;
+    let sample_elem = ctx.unet.input("sample")?.elem;
     let mut reported = 0;
     for (i, &t) in timesteps.iter().enumerate() {
         ctx.cancel.check()?;
@@ -68,9 +69,8 @@ pub fn denoise(
             scaled
         };
         let n = sample.shape()[0];
-        let spec = ctx.unet.input("sample")?;
         let changing = vec![
-            ("sample".to_string(), float_value(sample, spec.elem, "unet", "sample")?),
+            ("sample".to_string(), float_value(sample, sample_elem, "unet", "sample")?),
             ("timestep".to_string(), timestep_value(ctx.unet, t, n)?),
         ];
         let out = unet.run(changing, i + 1 == timesteps.len(), ctx.cancel)?;

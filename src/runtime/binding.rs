@@ -60,7 +60,7 @@ impl BoundGraph<'_> {
         let stage = self.graph.stage();
         cancel.check()?;
         for (name, value) in &changing {
-            self.graph.input(name)?;
+            // (names were checked once by `bind`'s caller; ORT refuses unknown ones too)
             self.binding.bind_input(name.as_str(), value).map_err(|e| Error::Inference {
                 stage,
                 message: format!("cannot bind input `{name}`: {}", explain(e.to_string())),

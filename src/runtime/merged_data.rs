@@ -28,11 +28,8 @@ impl MergedData {
     /// A folder under `parent` (the system temp folder if `None`) holding hard links to every external-data file
     /// of `model`; `None` if the folder or a link cannot be made.
     pub fn create(model: &OnnxModel, parent: Option<&Path>) -> Option<MergedData> {
-        let builder = {
-            let mut b = tempfile::Builder::new();
-            b.prefix("sdxlrt-merged-");
-            b
-        };
+        let mut builder = tempfile::Builder::new();
+        builder.prefix("sdxlrt-merged-");
         let dir = match parent {
             Some(p) => builder.tempdir_in(p),
             None => builder.tempdir(),

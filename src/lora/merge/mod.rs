@@ -8,7 +8,7 @@
 
 use super::formats::{Factor, Mat, Patch};
 use super::keymap::Layout;
-use crate::runtime::onnx_proto::{decode_floats, encode_floats, DT_BFLOAT16, DT_FLOAT, DT_FLOAT16};
+use crate::runtime::onnx_proto::{decode_floats, encode_floats, float_elem_size, DT_BFLOAT16, DT_FLOAT16};
 
 /// `out [m, n] += s · a [m, k] · b [k, n]`.
 ///
@@ -283,10 +283,8 @@ fn apply_with(
     terms: &[(&Patch, f32)],
     path: Path,
 ) -> Result<(), String> {
-    let size = match data_type {
-        DT_FLOAT16 | DT_BFLOAT16 => 2,
-        DT_FLOAT => 4,
-        other => return Err(format!("data type {other} is not float32, float16 or bfloat16")),
+    let Some(size) = float_elem_size(data_type) else {
+        return Err(format!("data type {data_type} is not float32, float16 or bfloat16"));
     };
     if base.len() != out * cols * size {
         return Err(format!("{} bytes do not hold {out} x {cols} values of {size} bytes", base.len()));
