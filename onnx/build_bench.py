@@ -137,9 +137,10 @@ def clip_config(
     )
 
 
-def build_pipeline(full: bool = False, tokenizer_dirs: tuple[Path, Path] | None = None):
+def build_pipeline(full: bool = False, tokenizer_dirs: tuple[Path, Path] | None = None, device: str = "cpu"):
     """The bench model, or with `full` the real SDXL base architecture at full size (UNet 2.57 B parameters, CLIP-L
-    with 12 layers, bigG with 32, the full CLIP vocabulary of `tokenizer_dirs`), random weights."""
+    with 12 layers, bigG with 32, the full CLIP vocabulary of `tokenizer_dirs`), random weights made on `device`
+    (the same seeds give other numbers on a GPU than on the CPU)."""
     import torch
     from diffusers import AutoencoderKL, EulerDiscreteScheduler, StableDiffusionXLPipeline, UNet2DConditionModel
     from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
@@ -147,14 +148,15 @@ def build_pipeline(full: bool = False, tokenizer_dirs: tuple[Path, Path] | None 
     unet_config = SDXL_UNET_CONFIG if full else {**SDXL_UNET_CONFIG, **BENCH_CHANGES}
     depth = (12, 32) if full else (2, 2)
     vocab = FULL_VOCAB if full else 1000
-    torch.manual_seed(0)
-    unet = UNet2DConditionModel.from_config(unet_config)
-    torch.manual_seed(0)
-    vae = AutoencoderKL.from_config(SDXL_VAE_CONFIG)
-    torch.manual_seed(0)
-    text_encoder = CLIPTextModel(clip_config(768, 12, 3072, "quick_gelu", 768, depth[0], vocab))
-    torch.manual_seed(1)  # a different seed, so the two encoders do not share weights
-    text_encoder_2 = CLIPTextModelWithProjection(clip_config(1280, 20, 5120, "gelu", 1280, depth[1], vocab))
+    with torch.device(device):
+        torch.manual_seed(0)
+        unet = UNet2DConditionModel.from_config(unet_config)
+        torch.manual_seed(0)
+        vae = AutoencoderKL.from_config(SDXL_VAE_CONFIG)
+        torch.manual_seed(0)
+        text_encoder = CLIPTextModel(clip_config(768, 12, 3072, "quick_gelu", 768, depth[0], vocab))
+        torch.manual_seed(1)  # a different seed, so the two encoders do not share weights
+        text_encoder_2 = CLIPTextModelWithProjection(clip_config(1280, 20, 5120, "gelu", 1280, depth[1], vocab))
 
     gen = torch.Generator("cpu").manual_seed(build_tiny.PERTURB_SEED)
     models = {"unet": unet, "vae": vae, "text_encoder": text_encoder, "text_encoder_2": text_encoder_2}

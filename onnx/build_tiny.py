@@ -46,7 +46,7 @@ def perturb_constant_params(model, generator) -> int:
     with torch.no_grad():
         for _, p in model.named_parameters():
             if p.numel() > 0 and bool((p == p.reshape(-1)[0]).all()):
-                p.add_(torch.randn(p.shape, generator=generator, dtype=p.dtype) * PERTURB_STD)
+                p.add_(torch.randn(p.shape, generator=generator, dtype=p.dtype).to(p.device) * PERTURB_STD)
                 n += 1
     return n
 

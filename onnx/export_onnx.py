@@ -285,7 +285,6 @@ def to_fp16(model):
     Tracing the model in float16 on CPU gives graphs with mixed float/float16 nodes that ORT rejects, so the
     fp32 trace is converted instead. Initializer names are kept, so --no-fold names still match the parameters.
     """
-    keep = [i.name for i in model.graph.input if i.name == "timestep"]
     if tensor_bytes(model) > LARGE_MODEL_BYTES:
         # onnx.shape_inference.infer_shapes cannot serialize a > 2 GB proto: infer through files instead
         import onnx
@@ -296,13 +295,15 @@ def to_fp16(model):
             onnx.shape_inference.infer_shapes_path(str(src), str(dst))
             model = onnx.load(str(dst), load_external_data=False)
             onnx.external_data_helper.load_external_data_for_model(model, tmp)
-        return _convert16(model, keep, disable_shape_infer=True)
-    return _convert16(model, keep, disable_shape_infer=False)
+        return convert16(model, disable_shape_infer=True)
+    return convert16(model)
 
 
-def _convert16(model, keep, disable_shape_infer):
+def convert16(model, disable_shape_infer: bool = False):
+    """onnxruntime's float16 conversion of an in-memory graph (< 2 GB), `timestep` kept float32."""
     from onnxruntime.transformers.float16 import convert_float_to_float16
 
+    keep = [i.name for i in model.graph.input if i.name == "timestep"]
     model = convert_float_to_float16(model, keep_io_types=keep, disable_shape_infer=disable_shape_infer)
     topological_sort(model.graph)  # the converter appends the input Cast nodes at the end
     return model
@@ -331,8 +332,10 @@ def topological_sort(graph) -> None:
     graph.node.extend(nodes)
 
 
-def trace_graph(spec: Spec, fold: bool, custom_opsets: dict[str, int] | None = None):
-    """Trace `spec` with the TorchScript exporter; returns the float32 ModelProto with diffusers' names."""
+def trace_graph(spec: Spec, fold: bool, custom_opsets: dict[str, int] | None = None, export_params: bool = True):
+    """Trace `spec` with the TorchScript exporter; returns the float32 ModelProto with diffusers' names.
+    Without `export_params` the parameters are graph inputs named after their state-dict keys (no rename applied;
+    onnx/weightless.py)."""
     import onnx
     import torch
 
@@ -351,24 +354,26 @@ def trace_graph(spec: Spec, fold: bool, custom_opsets: dict[str, int] | None = N
                     opset_version=OPSET,
                     do_constant_folding=fold,
                     custom_opsets=custom_opsets,
+                    export_params=export_params,
                     dynamo=False,
                 )
         finally:
             del spec.module.forward  # back to the class's forward
         model = onnx.load(str(tmp_file), load_external_data=True)
-    if spec.rename is not None:
+    if spec.rename is not None and export_params:
         rename_initializers(model, spec.rename)
     return model
 
 
-def trace_unet_fused_attention(unet, fold: bool):
-    """The UNet with its attention cores as com.microsoft MultiHeadAttention nodes (onnx/fused_attention.py)."""
+def trace_unet_fused_attention(unet, fold: bool, trace=trace_graph):
+    """The UNet with its attention cores as com.microsoft MultiHeadAttention nodes (onnx/fused_attention.py), traced
+    by `trace(spec, fold, custom_opsets)`."""
     from fused_attention import DOMAIN, FusedAttnProcessor
 
     saved = unet.attn_processors
     unet.set_attn_processor(FusedAttnProcessor())
     try:
-        return trace_graph(unet_spec(unet), fold, custom_opsets={DOMAIN: 1})
+        return trace(unet_spec(unet), fold, custom_opsets={DOMAIN: 1})
     finally:
         unet.set_attn_processor(saved)
 
@@ -531,6 +536,21 @@ def check_graph(spec: Spec, out_file: Path) -> float:
 # ---------------------------------------------------------------------------------------------------------------
 
 
+def component_spec(pipe, component: str, ids_dtype) -> Spec:
+    """The Spec that exports `component` of `pipe`."""
+    if component == "text_encoder":
+        return text_encoder_spec(pipe.text_encoder, False, ids_dtype)
+    if component == "text_encoder_2":
+        return text_encoder_spec(pipe.text_encoder_2, True, ids_dtype)
+    if component == "unet":
+        return unet_spec(pipe.unet)
+    if component == "vae_decoder":
+        return vae_decoder_spec(pipe.vae)
+    if component == "vae_encoder":
+        return vae_encoder_spec(pipe.vae)
+    raise ValueError(component)
+
+
 def export(
     src: Path,
     out: Path,
@@ -562,18 +582,7 @@ def export(
 
     results = {}
     for component in components:
-        if component == "text_encoder":
-            spec = text_encoder_spec(pipe.text_encoder, False, ids_dtype)
-        elif component == "text_encoder_2":
-            spec = text_encoder_spec(pipe.text_encoder_2, True, ids_dtype)
-        elif component == "unet":
-            spec = unet_spec(pipe.unet)
-        elif component == "vae_decoder":
-            spec = vae_decoder_spec(pipe.vae)
-        elif component == "vae_encoder":
-            spec = vae_encoder_spec(pipe.vae)
-        else:
-            raise ValueError(component)
+        spec = component_spec(pipe, component, ids_dtype)
         out_file = out / component / "model.onnx"
         ext = True if component in external else None
         half = fp16 and not (vae_fp32 and component.startswith("vae"))

@@ -1,7 +1,8 @@
 """GPU check: sdxlrt (C ABI, CUDA execution provider) vs PyTorch eager (diffusers) on the same full-size SDXL weights.
 
     python bench/gpu/bench.py ROOT --lib libsdxlrt.so --ort libonnxruntime.so.1.31.1 --out DIR
-        [--device cuda] [--size 1024] [--steps 30] [--runs 3] [--contenders sdxlrt,sdxlrt-ort,torch]
+        [--device cuda] [--size 1024] [--steps 30] [--runs 3] [--short-steps 3]
+        [--contenders sdxlrt,torch,sdxlrt-fused,sdxlrt-fused-nhwc,sdxlrt-fused-lean]
 
 ROOT is what bench/gpu/make_model.py wrote. Each contender runs alone in its own process (never two on the GPU at
 once) while this driver samples the GPU's used memory with nvidia-smi every 50 ms. Each loads, runs one warm-up
@@ -14,7 +15,13 @@ image, then `--runs` timed images (prompt, seed, scheduler, guidance, size fixed
 - load: engine creation + model preload (sdxlrt) / from_pretrained + .to(device) (PyTorch);
 - peak GPU memory: nvidia-smi's used memory during the process minus before it (and torch's own
   max_memory_allocated for PyTorch);
-- the first timed image of each, compared pixel by pixel with PyTorch's.
+- the first timed image of each, compared pixel by pixel with PyTorch's, and one more image of `--short-steps`
+  steps each: a short run shows whether the graphs agree with PyTorch before a long run's fp16 rounding has been
+  amplified step after step (a random full-size UNet is a chaotic map).
+
+Contenders: sdxlrt (plain fp16 export), sdxlrt-fused (UNet attention as MultiHeadAttention: flash / memory-efficient
+kernels), sdxlrt-fused-nhwc (+ cuda.prefer_nhwc), sdxlrt-fused-lean (+ cuda.conv_max_workspace false: less cuDNN
+workspace), torch (diffusers, scaled_dot_product_attention).
 
 Results: DIR/gpu_bench.json and DIR/gpu_bench.md. Worker mode (internal): --worker NAME.
 """
@@ -41,10 +48,16 @@ RESULT_PREFIX = "@@GPU "
 MODELS = {
     "sdxlrt": "models/sdxl-fp16",
     "sdxlrt-fused": "models/sdxl-fp16-fused",
-    "sdxlrt-ort": "models/sdxl-fp16-ort",
+    "sdxlrt-fused-nhwc": "models/sdxl-fp16-fused",
+    "sdxlrt-fused-lean": "models/sdxl-fp16-fused",
     "torch": "sdxl-diffusers",
 }
-READY = {"sdxlrt": "READY", "sdxlrt-fused": "READY-FUSED", "sdxlrt-ort": "READY-ORT", "torch": "READY"}
+READY = {name: "READY-FUSED" if "fused" in name else "READY" for name in MODELS}
+# engine options of a contender, on top of {"device": ...} and --engine-options
+OPTIONS = {
+    "sdxlrt-fused-nhwc": {"cuda": {"prefer_nhwc": True}},
+    "sdxlrt-fused-lean": {"cuda": {"conv_max_workspace": False}},
+}
 
 
 def configure(args) -> None:
@@ -59,6 +72,7 @@ def run_sdxlrt(args, model_dir: Path) -> dict:
     options = {"device": args.device} if args.device != "cpu" else {}
     if args.engine_options:
         options.update(json.loads(args.engine_options))
+    options.update(OPTIONS.get(args.worker, {}))
     ns = SimpleNamespace(lib=args.lib, model_dir=str(model_dir), ort=args.ort, engine_options=json.dumps(options))
     contender = w.Sdxlrt(ns)
     load = contender.load()
@@ -68,6 +82,10 @@ def run_sdxlrt(args, model_dir: Path) -> dict:
         save = str(Path(args.out) / f"{args.worker}") if i == 1 else None
         runs.append(contender.run(save))
     timed = runs[1:]
+    if args.short_steps:
+        w.STEPS = args.short_steps
+        contender.run(str(Path(args.out) / f"{args.worker}-short"))
+        w.STEPS = args.steps
     per_step = [r["stages"]["denoising"] / args.steps for r in timed]
     return {
         "load_s": load["load_s"],
@@ -138,6 +156,17 @@ def run_torch(args, model_dir: Path) -> dict:
             walls.append(wall)
             steps.append(statistics.median(b - a for a, b in zip(stamps, stamps[1:])))
     peak_alloc = torch.cuda.max_memory_allocated() if device == "cuda" else None
+    if args.short_steps:
+        out = pipe(
+            prompt=w.PROMPT,
+            num_inference_steps=args.short_steps,
+            guidance_scale=w.GUIDANCE,
+            height=args.size,
+            width=args.size,
+            generator=torch.Generator("cpu").manual_seed(w.SEED),
+            output_type="np",
+        )
+        np.save(str(Path(args.out) / "torch-short.u8.npy"), w.to_u8(np.asarray(out.images[0], dtype=np.float32)))
 
     # The UNet alone at batch 2 (one CFG step), same shapes as the pipeline's.
     unet = pipe.unet
@@ -244,6 +273,7 @@ def contender(args, name: str) -> dict:
 
 def passthrough(args) -> list[str]:
     out = ["--device", args.device, "--size", str(args.size), "--steps", str(args.steps), "--runs", str(args.runs)]
+    out += ["--short-steps", str(args.short_steps)]
     out += ["--out", args.out]
     if args.lib:
         out += ["--lib", args.lib]
@@ -299,7 +329,8 @@ def main() -> None:
     ap.add_argument("--size", type=int, default=1024)
     ap.add_argument("--steps", type=int, default=30)
     ap.add_argument("--runs", type=int, default=3)
-    ap.add_argument("--contenders", default="sdxlrt,torch,sdxlrt-fused")
+    ap.add_argument("--short-steps", type=int, default=3, help="steps of the extra parity image (0: none)")
+    ap.add_argument("--contenders", default="sdxlrt,torch,sdxlrt-fused,sdxlrt-fused-nhwc,sdxlrt-fused-lean")
     ap.add_argument("--wait", type=float, default=0, help="seconds to wait for a model make_model.py is still building")
     ap.add_argument("--engine-options", default="", help="extra sdxlrt engine options (JSON object)")
     ap.add_argument("--timeout", type=float, default=400, help="seconds per contender process")
@@ -332,9 +363,13 @@ def main() -> None:
         print(json.dumps(results[name], indent=1)[:2500], flush=True)
         out = Path(args.out)
         (out / "gpu_bench.json").write_text(json.dumps({"meta": meta, "results": results}, indent=1))
-    variants = ("sdxlrt-fused", "sdxlrt-ort")
-    images = {f"{a}_vs_torch": compare(Path(args.out), a, "torch") for a in ("sdxlrt", *variants)}
-    images.update({f"{a}_vs_sdxlrt": compare(Path(args.out), a, "sdxlrt") for a in variants})
+    ours = [n for n in results if n != "torch"]
+    images = {}
+    for suffix in ("", "-short"):
+        images.update({f"{a}{suffix}_vs_torch": compare(Path(args.out), a + suffix, "torch" + suffix) for a in ours})
+        images.update(
+            {f"{a}{suffix}_vs_sdxlrt": compare(Path(args.out), a + suffix, "sdxlrt" + suffix) for a in ours[1:]}
+        )
     report = {"meta": meta, "results": results, "images": images}
     (Path(args.out) / "gpu_bench.json").write_text(json.dumps(report, indent=1))
     md = markdown(results, meta) + "\nimages: " + json.dumps(images) + "\n"

@@ -5,6 +5,8 @@
 #                    as one xz-compressed tar cut into pieces of $PART_MIB MiB (default 37), to carry one per call
 #   ortgpu.sha256    checksum of the whole tar.xz
 #   libsdxlrt.so     this checkout's release build, stripped
+#   graphs.tar.xz    the full-size SDXL graphs without weights (`bench/gpu/make_model.py graphs`, in onnx/'s venv;
+#                    ~10 minutes and ~16 GB of memory the first time, then cached; $SDXLRT_GPU_SMALL=1: the bench model)
 #   *.whl            diffusers (and importlib_metadata) for make_model.py / bench.py, if the GPU machine lacks them
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -25,6 +27,13 @@ fi
 rm -f "$CARRY"/ortgpu.part.*
 split -b "${PART_MIB}m" -d "$CACHE/ortgpu.tar.xz" "$CARRY/ortgpu.part."
 (cd "$CACHE" && sha256sum ortgpu.tar.xz) >"$CARRY/ortgpu.sha256"
+
+GRAPHS=$CACHE/graphs${SDXLRT_GPU_SMALL:+-small}
+if [ ! -e "$GRAPHS/graphs.json" ]; then
+    "$(onnx/setup_venv.sh)" bench/gpu/make_model.py graphs "$GRAPHS" ${SDXLRT_GPU_SMALL:+--small}
+fi
+tar -C "$GRAPHS/.." --transform "s|^$(basename "$GRAPHS")|graphs|" -cf - "$(basename "$GRAPHS")" | xz -9 -T0 \
+    >"$CARRY/graphs.tar.xz"
 
 cargo build --release --lib
 strip -o "$CARRY/libsdxlrt.so" target/release/libsdxlrt.so

@@ -2,14 +2,15 @@
 # The GPU check, on a machine with an NVIDIA GPU, PyTorch (CUDA) and python3, in phases so that the large ONNX Runtime
 # GPU libraries can arrive in several pieces while the model is being built (see bench/gpu/README.md).
 #
-#   bench/gpu/run.sh start   unpack carried pieces, install carried wheels, start make_model.py's parts
-#                            ($SDXLRT_GPU_PARTS, default "plain fused") in the background
+#   bench/gpu/run.sh start   unpack carried pieces, install carried wheels, unpack the weight-less graphs and start
+#                            `make_model.py fill` (random weights into them, on the GPU) in the background
 #   bench/gpu/run.sh part    unpack carried pieces, show the model build's progress
 #   bench/gpu/run.sh bench   unpack, reassemble ONNX Runtime GPU, wait for the model, run bench.py
 #
 # Carried files come from $SDXLRT_GPU_CARRY (default .gpu/ in the repository): ortgpu.part.NN (pieces of
-# ortgpu.tar.xz made by bench/gpu/pack.sh), ortgpu.sha256, libsdxlrt.so, *.whl. Work folder: $SDXLRT_GPU_WORK
-# (default /tmp/sdxlrt-gpu, outside the repository). Results go to $OUT (default $SDXLRT_GPU_WORK/out).
+# ortgpu.tar.xz made by bench/gpu/pack.sh), ortgpu.sha256, libsdxlrt.so, graphs.tar.xz (`make_model.py graphs`),
+# *.whl. Work folder: $SDXLRT_GPU_WORK (default /tmp/sdxlrt-gpu, outside the repository). Results (the tables,
+# the logs; not the images) go to $OUT (default $SDXLRT_GPU_WORK/out).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 CARRY=${SDXLRT_GPU_CARRY:-.gpu}
@@ -21,7 +22,7 @@ export PYTHONPATH="$WORK/site${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
 
 take_carried() {
     [ -d "$CARRY" ] || return 0
-    for f in "$CARRY"/ortgpu.part.* "$CARRY"/ortgpu.sha256 "$CARRY"/libsdxlrt.so; do
+    for f in "$CARRY"/ortgpu.part.* "$CARRY"/ortgpu.sha256 "$CARRY"/libsdxlrt.so "$CARRY"/graphs.tar.xz; do
         [ -e "$f" ] && cp "$f" "$WORK/parts/" && echo "took $(basename "$f") ($(stat -c %s "$f") bytes)"
     done
     if ls "$CARRY"/*.whl >/dev/null 2>&1; then
@@ -52,18 +53,15 @@ start)
         "onnx", onnx.__version__, "ort(py)", o.__version__)'
     $PY -c 'import diffusers as d, transformers as t; print("diffusers", d.__version__, "transformers", t.__version__)'
     echo "cpus $(nproc), disk: $(df -h /tmp | tail -1)"
-    rm -f "$WORK"/model/READY*
-    for part in ${SDXLRT_GPU_PARTS:-plain fused}; do
-        setsid nohup $PY bench/gpu/make_model.py "$WORK/model" --part $part ${SDXLRT_GPU_SMALL:+--small} \
-            >"$WORK/make_model-$part.log" 2>&1 </dev/null &
-    done
-    echo "make_model.py started: ${SDXLRT_GPU_PARTS:-plain fused} (logs $WORK/make_model-<part>.log)"
+    rm -rf "$WORK"/model/READY* "$WORK/graphs" && tar -C "$WORK" -xJf "$WORK/parts/graphs.tar.xz"
+    setsid nohup $PY bench/gpu/make_model.py fill "$WORK/graphs" "$WORK/model" ${SDXLRT_GPU_SMALL:+--small} \
+        --device "${SDXLRT_GPU_DEVICE:-cuda}" >"$WORK/make_model.log" 2>&1 </dev/null &
+    echo $! >"$WORK/make_model.pid"
+    echo "make_model.py fill started (log $WORK/make_model.log)"
     ;;
 part)
     take_carried
-    for part in ${SDXLRT_GPU_PARTS:-plain fused}; do
-        tr '\r' '\n' <"$WORK/make_model-$part.log" | grep -vE "arn|^\s*$|^  " | tail -3
-    done
+    tr '\r' '\n' <"$WORK/make_model.log" | grep -vE "arn|^\s*$" | tail -4
     ;;
 bench)
     take_carried
@@ -75,13 +73,13 @@ bench)
     export LD_LIBRARY_PATH="$ORT_DIR:$(cuda_library_path)${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
     deadline=$((SECONDS + ${SDXLRT_GPU_WAIT:-420}))
     until [ -e "$WORK/model/READY" ] || [ $SECONDS -ge $deadline ]; do sleep 5; done
-    [ -e "$WORK/model/READY" ] || { echo "model not ready"; tail -n 5 "$WORK"/make_model-*.log; exit 1; }
+    [ -e "$WORK/model/READY" ] || { echo "model not ready"; tail -n 5 "$WORK"/make_model.log; exit 1; }
+    while kill -0 "$(cat "$WORK/make_model.pid")" 2>/dev/null; do sleep 1; done # its GPU memory is given back
     ldd "$ORT_DIR/libonnxruntime_providers_cuda.so" | grep "not found" || echo "CUDA provider: all libraries found"
     $PY bench/gpu/bench.py "$WORK/model" --lib "$WORK/parts/libsdxlrt.so" --ort "$ORT_DIR/libonnxruntime.so.1.31.1" \
-        --out "$OUT" --wait $((deadline > SECONDS ? deadline - SECONDS : 0)) ${SDXLRT_GPU_BENCH_ARGS:-}
-    # (at most 8 files come back from a device machine: results 2, images 3, these 3)
-    cp "$WORK"/make_model-plain.log "$WORK"/make_model-fused.log "$WORK"/model/make_model.json "$OUT/" 2>/dev/null ||
-        true
+        --out "$WORK/results" --wait $((deadline > SECONDS ? deadline - SECONDS : 0)) ${SDXLRT_GPU_BENCH_ARGS:-} ||
+        echo "bench.py failed: $?"
+    cp "$WORK"/results/gpu_bench.* "$WORK"/make_model.log "$WORK"/model/make_model.json "$OUT/" 2>/dev/null || true
     ;;
 *)
     sed -n '2,12p' "$0"
