@@ -21,7 +21,9 @@ image, then `--runs` timed images (prompt, seed, scheduler, guidance, size fixed
 
 Contenders: sdxlrt (plain fp16 export), sdxlrt-fused (UNet attention as MultiHeadAttention: flash / memory-efficient
 kernels), sdxlrt-fused-nhwc (+ cuda.prefer_nhwc), sdxlrt-fused-lean (+ cuda.conv_max_workspace false: less cuDNN
-workspace), torch (diffusers, scaled_dot_product_attention).
+workspace), torch (diffusers, scaled_dot_product_attention, fp16 with the VAE in fp32), torch-fp32 (the same in
+float32: the reference that tells which of two disagreeing fp16 pipelines strays). The torch workers also save the
+prompt conditioning, compared between them.
 
 Results: DIR/gpu_bench.json and DIR/gpu_bench.md. Worker mode (internal): --worker NAME.
 """
@@ -51,6 +53,7 @@ MODELS = {
     "sdxlrt-fused-nhwc": "models/sdxl-fp16-fused",
     "sdxlrt-fused-lean": "models/sdxl-fp16-fused",
     "torch": "sdxl-diffusers",
+    "torch-fp32": "sdxl-diffusers",
 }
 READY = {name: "READY-FUSED" if "fused" in name else "READY" for name in MODELS}
 # engine options of a contender, on top of {"device": ...} and --engine-options
@@ -76,10 +79,13 @@ def run_sdxlrt(args, model_dir: Path) -> dict:
     ns = SimpleNamespace(lib=args.lib, model_dir=str(model_dir), ort=args.ort, engine_options=json.dumps(options))
     contender = w.Sdxlrt(ns)
     load = contender.load()
+    loaded_at = time.time()
     provider = load["status"].get("execution_provider")
-    runs = []
+    runs, started_at = [], None
     for i in range(args.runs + 1):
         save = str(Path(args.out) / f"{args.worker}") if i == 1 else None
+        if i == 1:
+            started_at = time.time()
         runs.append(contender.run(save))
     timed = runs[1:]
     if args.short_steps:
@@ -88,6 +94,7 @@ def run_sdxlrt(args, model_dir: Path) -> dict:
         w.STEPS = args.steps
     per_step = [r["stages"]["denoising"] / args.steps for r in timed]
     return {
+        "timeline": {"loaded_at": loaded_at, "started_at": started_at},
         "load_s": load["load_s"],
         "execution_provider": provider,
         "engine_options": load["engine_options"],
@@ -108,7 +115,7 @@ def run_torch(args, model_dir: Path) -> dict:
     from diffusers import AutoencoderKL, StableDiffusionXLPipeline
 
     device = "cuda" if args.device.startswith("cuda") else "cpu"
-    dtype = torch.float16 if device == "cuda" else torch.float32
+    dtype = torch.float16 if device == "cuda" and args.worker == "torch" else torch.float32
     t0 = time.perf_counter()
     pipe = StableDiffusionXLPipeline.from_pretrained(str(model_dir), torch_dtype=dtype)
     # The VAE as saved (fp32, like sdxlrt's vae_decoder); the fp16 latents are cast on the way in.
@@ -151,7 +158,7 @@ def run_torch(args, model_dir: Path) -> dict:
         sync()
         wall = time.perf_counter() - t
         if i == 1:
-            np.save(str(Path(args.out) / "torch.u8.npy"), w.to_u8(np.asarray(out.images[0], dtype=np.float32)))
+            np.save(str(Path(args.out) / f"{args.worker}.u8.npy"), w.to_u8(np.asarray(out.images[0], np.float32)))
         if i >= 1:
             walls.append(wall)
             steps.append(statistics.median(b - a for a, b in zip(stamps, stamps[1:])))
@@ -166,10 +173,26 @@ def run_torch(args, model_dir: Path) -> dict:
             generator=torch.Generator("cpu").manual_seed(w.SEED),
             output_type="np",
         )
-        np.save(str(Path(args.out) / "torch-short.u8.npy"), w.to_u8(np.asarray(out.images[0], dtype=np.float32)))
+        np.save(str(Path(args.out) / f"{args.worker}-short.u8.npy"), w.to_u8(np.asarray(out.images[0], np.float32)))
+    with torch.inference_mode():
+        cond = pipe.encode_prompt(w.PROMPT, device=device, num_images_per_prompt=1, do_classifier_free_guidance=True)
+    names = ("prompt_embeds", "negative_prompt_embeds", "pooled", "negative_pooled")
+    np.savez(Path(args.out) / f"{args.worker}-cond.npz", **{n: c.float().cpu().numpy() for n, c in zip(names, cond)})
+    unet = pipe.unet
+    result = {
+        "load_s": load,
+        "torch": torch.__version__,
+        "diffusers": diffusers.__version__,
+        "dtype": str(dtype),
+        "attn_processor": type(next(iter(unet.attn_processors.values()))).__name__,
+        "wall_s": walls,
+        "step_s": steps,
+        "torch_peak_allocated_bytes": peak_alloc,
+    }
+    if device != "cuda":
+        return result
 
     # The UNet alone at batch 2 (one CFG step), same shapes as the pipeline's.
-    unet = pipe.unet
     lat = args.size // 8
     g = torch.Generator("cpu").manual_seed(0)
     sample = torch.randn(2, 4, lat, lat, generator=g).to(device, dtype)
@@ -187,22 +210,14 @@ def run_torch(args, model_dir: Path) -> dict:
             sync()
             if i >= 3:
                 unet_times.append(time.perf_counter() - t)
-    return {
-        "load_s": load,
-        "torch": torch.__version__,
-        "diffusers": diffusers.__version__,
-        "attn_processor": type(next(iter(unet.attn_processors.values()))).__name__,
-        "wall_s": walls,
-        "step_s": steps,
-        "unet_only_step_s": statistics.median(unet_times),
-        "torch_peak_allocated_bytes": peak_alloc,
-    }
+    result["unet_only_step_s"] = statistics.median(unet_times)
+    return result
 
 
 def worker_main(args) -> None:
     configure(args)
     model_dir = Path(args.root) / MODELS[args.worker]
-    result = run_torch(args, model_dir) if args.worker == "torch" else run_sdxlrt(args, model_dir)
+    result = run_torch(args, model_dir) if args.worker.startswith("torch") else run_sdxlrt(args, model_dir)
     print(RESULT_PREFIX + json.dumps(result), flush=True)
 
 
@@ -214,7 +229,7 @@ class GpuMemory:
     """Samples nvidia-smi's memory.used (MiB) of the first GPU every 50 ms; no-op without nvidia-smi."""
 
     def __init__(self):
-        self.samples: list[int] = []
+        self.samples: list[tuple[float, int]] = []  # (time.time(), MiB)
         self.proc = None
 
     def __enter__(self):
@@ -233,7 +248,7 @@ class GpuMemory:
     def _read(self):
         for line in self.proc.stdout:
             if line.strip().isdigit():
-                self.samples.append(int(line))
+                self.samples.append((time.time(), int(line)))
 
     def __exit__(self, *exc):
         if self.proc:
@@ -267,8 +282,24 @@ def contender(args, name: str) -> dict:
     result = json.loads(lines[-1][len(RESULT_PREFIX) :])
     result["process_s"] = time.perf_counter() - t0
     if base is not None and mem.samples:
-        result["gpu_peak_used_mib"] = max(mem.samples) - base
+        result["gpu_peak_used_mib"] = max(m for _, m in mem.samples) - base
+        if result.get("timeline", {}).get("started_at"):
+            result["gpu_mib_by_stage"] = by_stage(mem.samples, base, result["timeline"], result["stages"])
     return result
+
+
+def by_stage(samples, base: int, timeline: dict, stages: dict) -> dict:
+    """GPU memory (MiB above the process's start) after loading, and the peak during each stage of the first timed
+    image, from the sampled timeline and the stage durations sdxlrt reports (the stages run back to back)."""
+    loaded = [m for t, m in samples if t <= timeline["loaded_at"]]
+    out = {"after_load": (loaded[-1] - base) if loaded else None}
+    t = timeline["started_at"]
+    for stage in ("text_encoding", "denoising", "vae_decode"):
+        end = t + stages[stage] + 0.05
+        window = [m for ts, m in samples if t <= ts <= end]
+        out[stage] = (max(window) - base) if window else None
+        t = end
+    return out
 
 
 def passthrough(args) -> list[str]:
@@ -295,6 +326,24 @@ def compare(out: Path, a: str, b: str) -> dict | None:
         return {"shape_mismatch": [list(x.shape), list(y.shape)]}
     d = np.abs(x - y)
     return {"max_abs_255": int(d.max()), "mean_abs_255": float(d.mean()), "within_1": float((d <= 1).mean())}
+
+
+def compare_conditioning(fa: Path, fb: Path) -> dict | None:
+    """max |a - b| / max |b| of each prompt conditioning tensor, and whether `a` holds non-finite values."""
+    import numpy as np
+
+    if not (fa.exists() and fb.exists()):
+        return None
+    a, b = np.load(fa), np.load(fb)
+    out = {}
+    for name in b.files:
+        x, y = a[name], b[name]
+        out[name] = {
+            "rel_max_diff": float(np.nanmax(np.abs(x - y)) / max(float(np.abs(y).max()), 1e-30)),
+            "non_finite": int((~np.isfinite(x)).sum()),
+            "max_abs": float(np.abs(y).max()),
+        }
+    return out
 
 
 def med(xs):
@@ -363,13 +412,16 @@ def main() -> None:
         print(json.dumps(results[name], indent=1)[:2500], flush=True)
         out = Path(args.out)
         (out / "gpu_bench.json").write_text(json.dumps({"meta": meta, "results": results}, indent=1))
-    ours = [n for n in results if n != "torch"]
+    out = Path(args.out)
+    ours = [n for n in results if not n.startswith("torch")]
     images = {}
     for suffix in ("", "-short"):
-        images.update({f"{a}{suffix}_vs_torch": compare(Path(args.out), a + suffix, "torch" + suffix) for a in ours})
-        images.update(
-            {f"{a}{suffix}_vs_sdxlrt": compare(Path(args.out), a + suffix, "sdxlrt" + suffix) for a in ours[1:]}
-        )
+        pairs = [(a, ref) for a in ours for ref in ("torch", "torch-fp32", "sdxlrt") if a != ref]
+        for a, b in pairs + [("torch", "torch-fp32")]:
+            if (out / f"{a}{suffix}.u8.npy").exists() and (out / f"{b}{suffix}.u8.npy").exists():
+                images[f"{a}{suffix}_vs_{b}"] = compare(out, a + suffix, b + suffix)
+    cond = compare_conditioning(out / "torch-cond.npz", out / "torch-fp32-cond.npz")
+    images["conditioning_torch_vs_torch-fp32"] = cond
     report = {"meta": meta, "results": results, "images": images}
     (Path(args.out) / "gpu_bench.json").write_text(json.dumps(report, indent=1))
     md = markdown(results, meta) + "\nimages: " + json.dumps(images) + "\n"

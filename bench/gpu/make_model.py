@@ -122,7 +122,8 @@ def fill(src: Path, root: Path, small: bool, device: str) -> None:
     pipe.vae.to(torch.float32)
     pipe.save_pretrained(str(root / "sdxl-diffusers"), safe_serialization=True)
     info["save_diffusers_s"] = round(time.perf_counter() - t, 1)
-    info["bytes"] = {str(f.relative_to(root)): f.stat().st_size for f in sorted((root / PLAIN).rglob("*")) if f.is_file()}
+    files = sorted(f for f in (root / PLAIN).rglob("*") if f.is_file())
+    info["bytes"] = {str(f.relative_to(root)): f.stat().st_size for f in files}
     info["total_s"] = round(time.perf_counter() - t0, 1)
     c.write_json(root / "make_model.json", info)
     (root / "READY").write_text("ready\n")
