@@ -421,7 +421,10 @@ impl ModelSession {
         f(&mut self.session.lock())
     }
 
-    /// Run the graph and return the `wanted` outputs as f32 arrays, in that order.
+    /// Run the graph once and return the `wanted` outputs as f32 arrays, in that order. The graph's memory arena
+    /// gives its free memory back after the call: one-shot graphs (text encoders, VAE) would otherwise keep their
+    /// peak reserved between requests, under the next request's denoising loop (repeated calls go through
+    /// [`ModelSession::bind`]).
     ///
     /// A cancel during the call terminates it and gives `Error::Cancelled`.
     pub fn run(
@@ -434,7 +437,7 @@ impl ModelSession {
         for name in wanted {
             self.check_output(name)?;
         }
-        let opts = cancel.begin_run(self.stage, None)?;
+        let opts = cancel.begin_run(self.stage, self.arenas())?;
         let result = {
             let mut session = self.session.lock();
             let outputs = session.run_with_options(inputs, &*opts);
