@@ -13,6 +13,7 @@ use ort::session::IoBinding;
 use ort::value::DynValue;
 
 use super::cancel::CancelToken;
+use super::denormals::FlushDenormals;
 use super::session::{explain, ModelSession};
 use super::tensor::to_f32;
 use crate::error::{Error, Result};
@@ -69,12 +70,18 @@ impl BoundGraph<'_> {
         let opts = cancel.begin_run(stage, self.graph.arenas().filter(|_| last))?;
         let binding = &self.binding;
         let output = self.output.as_str();
-        let result = self.graph.with_session(|session| match session.run_binding_with_options(binding, &opts) {
-            Ok(outputs) => match outputs.get(output) {
-                Some(v) => to_f32(v, stage, output),
-                None => Err(Error::Inference { stage, message: format!("no output `{output}`") }),
-            },
-            Err(e) => Err(Error::Inference { stage, message: explain(e.to_string()) }),
+        let result = self.graph.with_session(|session| {
+            let outputs = {
+                let _flush = FlushDenormals::new();
+                session.run_binding_with_options(binding, &opts)
+            };
+            match outputs {
+                Ok(outputs) => match outputs.get(output) {
+                    Some(v) => to_f32(v, stage, output),
+                    None => Err(Error::Inference { stage, message: format!("no output `{output}`") }),
+                },
+                Err(e) => Err(Error::Inference { stage, message: explain(e.to_string()) }),
+            }
         });
         cancel.end_run();
         match result {

@@ -5,6 +5,7 @@
 pub mod binding;
 pub mod cancel;
 pub mod cuda;
+pub mod denormals;
 pub mod merged_data;
 pub mod onnx_proto;
 pub mod optimized_cache;

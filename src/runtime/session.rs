@@ -12,6 +12,7 @@ use parking_lot::Mutex;
 
 use super::cancel::CancelToken;
 use super::cuda::CudaOptions;
+use super::denormals::FlushDenormals;
 use super::merged_data::MergedData;
 use super::onnx_proto::{self, OnnxModel};
 use super::optimized_cache::OptimizedCache;
@@ -157,6 +158,8 @@ fn builder(
     let invalid = |e: ort::Error| Error::model_invalid(path, format!("ONNX Runtime cannot load the {stage}: {e}"));
     let mut builder = Session::builder(env).map_err(invalid)?;
     builder = builder.with_optimization_level(GraphOptimizationLevel::All).map_err(|e| invalid(e.into()))?;
+    // ORT's worker threads flush denormals; the calling thread does only inside `FlushDenormals` guards.
+    builder = builder.with_config_entry("session.set_denormal_as_zero", "1").map_err(|e| invalid(e.into()))?;
     if let Some(n) = config.intra_op_threads {
         builder = builder.with_intra_threads(n).map_err(|e| invalid(e.into()))?;
     }
@@ -197,6 +200,8 @@ impl ModelSession {
         if !path.is_file() {
             return Err(Error::ModelNotFound { path: path.to_path_buf(), message: format!("{stage} graph missing") });
         }
+        // ORT sets FTZ/DAZ on the thread that builds the process's first session: undone when this returns.
+        let _flush = FlushDenormals::new();
         let invalid = |e: ort::Error| Error::model_invalid(path, format!("ONNX Runtime cannot load the {stage}: {e}"));
         if let (Some(cache), Device::Cpu) = (&config.optimized_cache, config.device) {
             return Self::load_cached(env, path, stage, config, cache);
@@ -280,6 +285,7 @@ impl ModelSession {
         overrides: WeightOverrides,
     ) -> Result<Self> {
         let WeightOverrides { model, values, max_inline_bytes, scratch_parent } = overrides;
+        let _flush = FlushDenormals::new(); // see `load`
         let path = model.path().to_path_buf();
         if values.is_empty() {
             drop(model);
@@ -440,7 +446,10 @@ impl ModelSession {
         let opts = cancel.begin_run(self.stage, self.arenas())?;
         let result = {
             let mut session = self.session.lock();
-            let outputs = session.run_with_options(inputs, &*opts);
+            let outputs = {
+                let _flush = FlushDenormals::new();
+                session.run_with_options(inputs, &*opts)
+            };
             let extracted = match outputs {
                 Ok(outputs) => wanted
                     .iter()

@@ -3,6 +3,14 @@
 #include <stdio.h>
 #include <string.h>
 #include "sdxlrt.h"
+#if defined(__x86_64__)
+#include <xmmintrin.h>
+/* The host thread's flush-to-zero and denormals-are-zero bits: ONNX Runtime sets them on the thread that builds
+ * the process's first session when asked to; sdxlrt must hand the thread back as it found it. */
+static unsigned fp_mode(void) { return _mm_getcsr() & 0x8040u; }
+#else
+static unsigned fp_mode(void) { return 0; }
+#endif
 
 static int steps_seen = 0;
 
@@ -23,8 +31,10 @@ int main(int argc, char **argv) {
                       "\"hyperparameters\":{\"num_inference_steps\":3,\"seed\":5},\"output\":{\"format\":\"png\"}}}";
     char *response = NULL;
     sdxl_image_batch *batch = NULL;
+    unsigned mode = fp_mode();
     s = sdxl_generate_images(engine, req, on_progress, NULL, &response, &batch);
     if (s != SDXL_STATUS_OK) { fprintf(stderr, "generate: %s: %s\n", sdxl_status_str(s), sdxl_last_error()); return 1; }
+    if (fp_mode() != mode) { fprintf(stderr, "generate changed the thread's FTZ/DAZ bits\n"); return 1; }
     int ok = strstr(response, "\"success\":true") != NULL && batch != NULL && batch->count == 1 &&
              batch->images[0].width == 64 && batch->images[0].height == 64 && batch->images[0].stride == 192 &&
              batch->images[0].seed == 5 && steps_seen == 3;
