@@ -31,6 +31,8 @@ SEED = 0
 STEPS = 8
 GUIDANCE = 5.0
 SIZE = 512
+# LoRAs of every sdxlrt request: [{"name": ..., "weight": ...}] (bench/lora_fullsize.py)
+LORAS: list[dict] = []
 
 
 def proc_status_kib(field: str) -> int:
@@ -162,6 +164,8 @@ class Sdxlrt:
                 "scheduler": "EulerDiscreteScheduler",
             },
         }
+        if LORAS:
+            request["data"]["lora"] = {"enabled": True, "models": LORAS}
         body = json.dumps(request).encode()
         out = C.c_void_p()
         batch = C.POINTER(self.Batch)()
