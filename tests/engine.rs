@@ -44,6 +44,17 @@ fn status_reports_runtime_device_memory_and_loaded_models() {
 }
 
 #[test]
+fn graphs_without_an_arena_allocate_through_the_host_allocator() {
+    // (other tests in this process may allocate through it too; with the opt-in broken, none would)
+    let before = sdxlrt::runtime::host_allocator::blocks_allocated();
+    let engine = AbiEngine::fixtures();
+    let reply = engine.generate(&gen("tiny-sdxl", serde_json::json!({})));
+    assert_eq!(reply.status, sdxl_status::Ok, "{}", reply.json);
+    assert!(sdxlrt::runtime::host_allocator::registered());
+    assert!(sdxlrt::runtime::host_allocator::blocks_allocated() > before, "the text encoders and VAE did not use it");
+}
+
+#[test]
 fn preload_and_unload_manage_the_cache() {
     let engine = AbiEngine::fixtures();
     let reply =

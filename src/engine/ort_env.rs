@@ -103,7 +103,10 @@ fn load(path: &Path) -> std::result::Result<ort::environment::Environment, Strin
         return Err(format!("{} does not exist", path.display()));
     }
     let builder = ort::init_from(path).map_err(|e| e.to_string())?;
-    builder.with_name("sdxlrt").with_telemetry(false).build().map_err(|e| e.to_string())
+    let env = builder.with_name("sdxlrt").with_telemetry(false).build().map_err(|e| e.to_string())?;
+    // Without it the arena-less graphs use ONNX Runtime's own allocator: slower, not wrong.
+    let _ = crate::runtime::host_allocator::register(&env);
+    Ok(env)
 }
 
 /// `OrtGetApiBase()->GetVersionString()` of the library already loaded from `path` (e.g. "1.31.1").

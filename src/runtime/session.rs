@@ -13,6 +13,7 @@ use parking_lot::Mutex;
 use super::cancel::CancelToken;
 use super::cuda::CudaOptions;
 use super::denormals::FlushDenormals;
+use super::host_allocator;
 use super::merged_data::MergedData;
 use super::onnx_proto::{self, OnnxModel};
 use super::optimized_cache::OptimizedCache;
@@ -166,6 +167,10 @@ fn builder(
     if config.device == Device::Cpu && !config.cpu_arena.uses_arena(stage) {
         let cpu = ort::ep::CPU::default().with_arena_allocator(false).build().error_on_failure();
         builder = builder.with_execution_providers([cpu]).map_err(|e| invalid(e.into()))?;
+        if host_allocator::registered() {
+            // large blocks as transparent huge pages, each given back when freed (see the module)
+            builder = builder.with_env_allocators().map_err(|e| invalid(e.into()))?;
+        }
     }
     if let Device::Cuda(id) = config.device {
         let cuda = config.cuda.provider(id)?;
