@@ -10,8 +10,11 @@
 //!
 //! ONNX Runtime gets it as an environment allocator ([`register`]); sessions opt in with `session.use_env_allocators`.
 
+use std::collections::HashMap;
 use std::ffi::c_void;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+use parking_lot::Mutex;
 
 use ort::sys::{OrtAllocator, OrtAllocatorType, OrtMemType, OrtMemoryInfo};
 use ort::AsPointer;
@@ -20,15 +23,12 @@ use ort::AsPointer;
 const HUGE_PAGE: usize = 2 << 20;
 /// Blocks from this size on are mapped; smaller ones come from `posix_memalign`.
 const MAP_FROM: usize = 4 << 20;
-/// Bytes in front of every block: its header, and the 64-byte alignment ONNX Runtime's kernels expect.
-const HEADER: usize = 64;
+/// The alignment ONNX Runtime's kernels expect.
+const ALIGN: usize = 64;
 
-/// What `free` needs to know about a block, stored in the `HEADER` bytes before it.
-#[repr(C)]
-struct Header {
-    /// Length of the mapping (0: the block came from `posix_memalign`).
-    mapped_len: usize,
-}
+/// Start → length of every mapped block. Kept apart from the blocks so that a block's last huge page holds only its
+/// own bytes; consulted only for pointers on a huge-page boundary (where every mapped block starts).
+static MAPPED: Mutex<Option<HashMap<usize, usize>>> = Mutex::new(None);
 
 #[repr(C)]
 struct HostAllocator {
@@ -101,17 +101,22 @@ unsafe extern "system" fn memory_info(this: *const OrtAllocator) -> *const OrtMe
 
 /// `size` bytes, 64-byte aligned; null when the system has no memory left.
 fn allocate(size: usize) -> *mut c_void {
-    let Some(total) = size.checked_add(HEADER) else { return std::ptr::null_mut() };
-    // SAFETY: libc calls with checked arguments; the header is written inside the block just obtained.
-    unsafe {
-        let (block, mapped_len) = if size >= MAP_FROM { map_huge(total) } else { (aligned_malloc(total), 0) };
-        if block.is_null() {
-            return std::ptr::null_mut();
+    // SAFETY: libc calls with checked arguments.
+    let block = unsafe {
+        if size >= MAP_FROM {
+            let (start, len) = map_huge(size);
+            if !start.is_null() {
+                MAPPED.lock().get_or_insert_with(HashMap::new).insert(start as usize, len);
+            }
+            start
+        } else {
+            aligned_malloc(size.max(1))
         }
-        block.cast::<Header>().write(Header { mapped_len });
+    };
+    if !block.is_null() {
         BLOCKS.fetch_add(1, Ordering::Relaxed);
-        block.add(HEADER).cast()
     }
+    block.cast()
 }
 
 /// Give a block from [`allocate`] back to the system.
@@ -119,14 +124,18 @@ unsafe fn release(p: *mut c_void) {
     if p.is_null() {
         return;
     }
-    // SAFETY: `p` came from `allocate`, so its header sits HEADER bytes before it.
+    let mapped = if (p as usize).is_multiple_of(HUGE_PAGE) {
+        MAPPED.lock().as_mut().and_then(|m| m.remove(&(p as usize)))
+    } else {
+        None
+    };
+    // SAFETY: `p` came from `allocate`: a mapping of `len` bytes when recorded, else from posix_memalign.
     unsafe {
-        let block = p.cast::<u8>().sub(HEADER);
-        match block.cast::<Header>().read().mapped_len {
-            0 => libc::free(block.cast()),
-            len => {
-                libc::munmap(block.cast(), len);
+        match mapped {
+            Some(len) => {
+                libc::munmap(p, len);
             }
+            None => libc::free(p),
         }
     }
 }
@@ -134,13 +143,14 @@ unsafe fn release(p: *mut c_void) {
 unsafe fn aligned_malloc(total: usize) -> *mut u8 {
     let mut p: *mut c_void = std::ptr::null_mut();
     // SAFETY: a valid out-pointer; the alignment is a power of two multiple of the pointer size.
-    match unsafe { libc::posix_memalign(&mut p, HEADER, total) } {
+    match unsafe { libc::posix_memalign(&mut p, ALIGN, total) } {
         0 => p.cast(),
         _ => std::ptr::null_mut(),
     }
 }
 
-/// An anonymous mapping of at least `total` bytes starting on a huge-page boundary, advised to use huge pages.
+/// An anonymous mapping of at least `total` bytes (a whole number of huge pages) starting on a huge-page
+/// boundary, advised to use huge pages.
 /// Returns (start, length), or null.
 unsafe fn map_huge(total: usize) -> (*mut u8, usize) {
     let Some(len) = total.checked_next_multiple_of(HUGE_PAGE) else { return (std::ptr::null_mut(), 0) };
@@ -185,7 +195,7 @@ mod tests {
                     assert_eq!(*p.add(size - 1), 0xA5);
                 }
                 if size >= MAP_FROM {
-                    assert_eq!(p.sub(HEADER) as usize % HUGE_PAGE, 0, "mappings start on a huge-page boundary");
+                    assert_eq!(p as usize % HUGE_PAGE, 0, "mappings start on a huge-page boundary");
                 }
                 release(p.cast());
             }
@@ -197,6 +207,6 @@ mod tests {
     #[test]
     fn impossible_sizes_give_null_instead_of_a_crash() {
         assert!(allocate(usize::MAX).is_null());
-        assert!(allocate(usize::MAX - HEADER).is_null());
+        assert!(allocate(usize::MAX - HUGE_PAGE).is_null());
     }
 }
