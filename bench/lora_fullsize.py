@@ -79,16 +79,7 @@ def run_diffusers(args) -> dict:
     pipe.unload_lora_weights()
     load = time.perf_counter() - t0
     pipe.set_progress_bar_config(disable=True)
-    out = pipe(
-        prompt=w.PROMPT,
-        num_inference_steps=w.STEPS,
-        guidance_scale=w.GUIDANCE,
-        height=w.SIZE,
-        width=w.SIZE,
-        generator=torch.Generator("cpu").manual_seed(w.SEED),
-        output_type="np",
-    )
-    np.save(str(Path(args.root) / "diffusers-lora.u8.npy"), w.to_u8(np.asarray(out.images[0], np.float32)))
+    np.save(str(Path(args.root) / "diffusers-lora.u8.npy"), w.to_u8(w.pipeline_image(pipe)))
     return {"load_and_fuse_s": load}
 
 

@@ -242,6 +242,25 @@ def timed(fn, name: str, acc: dict):
     return wrapper
 
 
+def pipeline_image(pipe, steps: int | None = None, **kwargs):
+    """One image from a diffusers-style pipeline with the fixed prompt, seed, guidance and size (STEPS unless
+    `steps`), as float32 HWC in [0, 1]. `kwargs` go to the pipeline call."""
+    import numpy as np
+    import torch
+
+    out = pipe(
+        prompt=PROMPT,
+        num_inference_steps=steps or STEPS,
+        guidance_scale=GUIDANCE,
+        height=SIZE,
+        width=SIZE,
+        generator=torch.Generator("cpu").manual_seed(SEED),
+        output_type="np",
+        **kwargs,
+    )
+    return np.asarray(out.images[0], dtype=np.float32)
+
+
 class DiffusersLike:
     """Common call for optimum's ORT pipeline and diffusers' torch pipeline (both diffusers pipelines)."""
 
@@ -250,21 +269,11 @@ class DiffusersLike:
 
     def run(self, save: str | None) -> dict:
         import numpy as np
-        import torch
 
         self.acc.clear()
         t0 = time.perf_counter()
-        out = self.pipe(
-            prompt=PROMPT,
-            num_inference_steps=STEPS,
-            guidance_scale=GUIDANCE,
-            height=SIZE,
-            width=SIZE,
-            generator=torch.Generator("cpu").manual_seed(SEED),
-            output_type="np",
-        )
+        f32 = pipeline_image(self.pipe)
         wall = time.perf_counter() - t0
-        f32 = np.asarray(out.images[0], dtype=np.float32)
         if save:
             np.save(save + ".f32.npy", f32)
             np.save(save + ".u8.npy", to_u8(f32))

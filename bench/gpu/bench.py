@@ -145,35 +145,18 @@ def run_torch(args, model_dir: Path) -> dict:
             torch.cuda.reset_peak_memory_stats()
         sync()
         t = time.perf_counter()
-        out = pipe(
-            prompt=w.PROMPT,
-            num_inference_steps=args.steps,
-            guidance_scale=w.GUIDANCE,
-            height=args.size,
-            width=args.size,
-            generator=torch.Generator("cpu").manual_seed(w.SEED),
-            output_type="np",
-            callback_on_step_end=on_step_end,
-        )
+        image = w.pipeline_image(pipe, callback_on_step_end=on_step_end)
         sync()
         wall = time.perf_counter() - t
         if i == 1:
-            np.save(str(Path(args.out) / f"{args.worker}.u8.npy"), w.to_u8(np.asarray(out.images[0], np.float32)))
+            np.save(str(Path(args.out) / f"{args.worker}.u8.npy"), w.to_u8(image))
         if i >= 1:
             walls.append(wall)
             steps.append(statistics.median(b - a for a, b in zip(stamps, stamps[1:])))
     peak_alloc = torch.cuda.max_memory_allocated() if device == "cuda" else None
     if args.short_steps:
-        out = pipe(
-            prompt=w.PROMPT,
-            num_inference_steps=args.short_steps,
-            guidance_scale=w.GUIDANCE,
-            height=args.size,
-            width=args.size,
-            generator=torch.Generator("cpu").manual_seed(w.SEED),
-            output_type="np",
-        )
-        np.save(str(Path(args.out) / f"{args.worker}-short.u8.npy"), w.to_u8(np.asarray(out.images[0], np.float32)))
+        image = w.pipeline_image(pipe, steps=args.short_steps)
+        np.save(str(Path(args.out) / f"{args.worker}-short.u8.npy"), w.to_u8(image))
     with torch.inference_mode():
         cond = pipe.encode_prompt(w.PROMPT, device=device, num_images_per_prompt=1, do_classifier_free_guidance=True)
     names = ("prompt_embeds", "negative_prompt_embeds", "pooled", "negative_pooled")
