@@ -18,7 +18,7 @@ sdxlrt without the LoRA (the LoRA must change the image).
 
 Memory: on the CPU, ONNX Runtime runs an fp16 graph through float32 copies of its weights (peak RSS 18.8 GiB for the
 plain full-size model at 256²), and the merge holds the merged fp16 weights until the session is built: with the
-LoRA the process needs more than this project's 24 GB VM has (killed at 24.3 GB). Run it where there is more
+LoRA the process needs more than this project's 24 GB VM has (killed at 23.2 GiB). Run it where there is more
 memory, or with `--device cuda` (the GPU machine: 128 GB, the weights on the device).
 """
 
