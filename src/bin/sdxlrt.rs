@@ -76,6 +76,9 @@ struct GenerateArgs {
     /// Keep ONNX Runtime-optimized graphs in this folder so later runs load faster.
     #[arg(long)]
     optimized_cache: Option<PathBuf>,
+    /// More engine options, as a JSON object (e.g. '{"cpu_memory_arena": "all"}'; README's engine options).
+    #[arg(long)]
+    engine_options: Option<String>,
 }
 
 fn bundled_models_root() -> PathBuf {
@@ -118,6 +121,11 @@ fn generate(args: GenerateArgs) -> Result<String, String> {
     }
     if let Some(p) = &args.optimized_cache {
         options["optimized_model_cache"] = serde_json::json!(p);
+    }
+    if let Some(text) = &args.engine_options {
+        let extra: serde_json::Map<String, serde_json::Value> =
+            serde_json::from_str(text).map_err(|e| format!("--engine-options is not a JSON object: {e}"))?;
+        options.as_object_mut().expect("an object").extend(extra);
     }
     let mut data = serde_json::json!({
         "prompt": args.prompt,
