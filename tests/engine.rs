@@ -47,7 +47,8 @@ fn status_reports_runtime_device_memory_and_loaded_models() {
 fn graphs_without_an_arena_allocate_through_the_host_allocator() {
     // (other tests in this process may allocate through it too; with the opt-in broken, none would)
     let before = sdxlrt::runtime::host_allocator::blocks_allocated();
-    let engine = AbiEngine::fixtures();
+    let opts = serde_json::json!({"models_root": fixtures(), "cpu_memory_arena": "unet_only"}).to_string();
+    let engine = AbiEngine::create(Some(&opts)).unwrap();
     let reply = engine.generate(&gen("tiny-sdxl", serde_json::json!({})));
     assert_eq!(reply.status, sdxl_status::Ok, "{}", reply.json);
     assert!(sdxlrt::runtime::host_allocator::registered());

@@ -238,6 +238,7 @@ impl SdxlPipeline {
             None => load_vae()?,
         };
         vae_decoder.input("latent_sample")?;
+        crate::runtime::heap::release_free_memory();
         Ok(SdxlPipeline { dir, text, unet, vae_decoder, graph_keys, lora })
     }
 
@@ -378,6 +379,7 @@ impl SdxlPipeline {
             timings.unet_evaluations += evals;
 
             let t2 = Instant::now();
+            crate::runtime::heap::release_free_memory();
             for i in 0..n {
                 self.report(ctx, &params.request_id, Stage::Decoding, i as u32, n as u32, (first + i) as u32, batch)?;
                 let latent = latents.slice_axis(Axis(0), (i..i + 1).into()).to_owned();

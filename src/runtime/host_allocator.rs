@@ -1,9 +1,10 @@
-//! Host memory for the graphs that run without ONNX Runtime's arena (on the CPU: the text encoders and the VAE).
+//! Host memory for the graphs that run without ONNX Runtime's arena (on the CPU, with the engine option
+//! `cpu_memory_arena` set to `unet_only`: the text encoders and the VAE; `none`: every graph).
 //!
 //! Without an arena, ONNX Runtime gets every activation from `malloc`, and glibc serves large blocks with a fresh
 //! `mmap` each time: the kernel then faults in and zeroes every 4 KiB page, on every decode (the 512² VAE decode
 //! of the bench model spends up to a quarter of its time there). An arena avoids the faults by keeping freed
-//! memory, which raises the peak RSS the arena-less graphs are there to keep low. This allocator keeps the
+//! memory until the call ends, which raises the peak RSS the arena-less graphs are there to keep low. This allocator keeps the
 //! no-arena behaviour (a block is returned to the system when freed) but maps large blocks on 2 MiB boundaries
 //! with `madvise(MADV_HUGEPAGE)`, so they fault in as transparent huge pages: 512 times fewer faults for the same
 //! memory. Where the kernel has transparent huge pages off, the advice is ignored and nothing changes.
