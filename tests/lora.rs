@@ -12,7 +12,7 @@ use sdxlrt::lora::{LoraFileCache, LoraSet, LoraSpec};
 use sdxlrt::pipeline::{Progress, ProgressEvent, SdxlPipeline};
 use sdxlrt::runtime::merged_data::MergedData;
 use sdxlrt::runtime::onnx_proto::OnnxModel;
-use sdxlrt::runtime::{CancelToken, ModelSession, SessionConfig};
+use sdxlrt::runtime::{CancelToken, ModelSession, Placement, SessionConfig};
 use serde_json::{json, Value};
 
 use crate::util::{copy_dir, fixtures, options_json, Golden};
@@ -234,15 +234,24 @@ fn both_override_routes_reach_onnx_runtime() {
     let base = unet_out(&ModelSession::load(env, &path, "unet", &config).unwrap());
     let scratch = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap(); // the repository's filesystem
     let mut outs = Vec::new();
-    for (limit, parent) in
-        [(u64::MAX, None), (0, Some(scratch.path().to_path_buf())), (0, Some(scratch.path().join("missing/folder")))]
-    {
-        let plan = set.plan_graph(OnnxModel::read(&path).unwrap(), Component::Unet, None).unwrap();
-        let mut o = plan.overrides.unwrap();
-        let external = o.values.keys().filter(|&&i| o.model.initializers[i].is_external()).count();
-        assert!(external > 50, "the LoRA patches {external} external-data weights");
-        o.max_inline_bytes = limit;
-        o.scratch_parent = parent;
+    for (limit, parent, to_file) in [
+        (u64::MAX, None, false),
+        (0, Some(scratch.path().to_path_buf()), true),
+        (0, Some(scratch.path().join("missing/folder")), false),
+    ] {
+        let placement = Placement { max_inline_bytes: limit, scratch_parent: parent };
+        let plan = set.plan_graph(OnnxModel::read(&path).unwrap(), Component::Unet, None, &placement).unwrap();
+        let o = plan.overrides.unwrap();
+        let model = o.model();
+        let held_external =
+            (0..model.initializers.len()).filter(|&i| model.initializers[i].is_external() && o.held_value(i).is_some());
+        let (held_external, written) = (held_external.count(), o.written_to_file());
+        assert!(held_external + written > 50, "the LoRA patches {} external-data weights", held_external + written);
+        if to_file {
+            assert_eq!(held_external, 0, "external-data weights went to the file as they were merged, none held");
+        } else {
+            assert_eq!(written, 0, "nothing is written without a temporary folder or past no limit");
+        }
         outs.push(unet_out(&ModelSession::load_with_overrides(env, "unet", &config, o).unwrap()));
         assert!(listing(scratch.path()).is_empty(), "temporary files left: {:?}", listing(scratch.path()));
     }
@@ -262,9 +271,11 @@ fn merged_weights_file_links_the_model_data_and_vanishes_on_drop() {
     let folder = data.folder().to_path_buf();
     let link = folder.join("model.onnx_data");
     assert_eq!(std::fs::read(&link).unwrap(), std::fs::read(path.with_file_name("model.onnx_data")).unwrap());
-    let placed = data.write(&[(3, vec![1u8; 10]), (7, vec![2u8; 70_000])]).unwrap();
+    let (_file, placed) = data.reserve(&[(3, 10), (7, 70_000)]).unwrap();
     assert_eq!((placed[&3].offset, placed[&3].length), (0, 10));
     assert_eq!((placed[&7].offset, placed[&7].length), (65536, 70_000), "offsets are 64 KiB aligned");
+    let file = folder.join(&placed[&3].location);
+    assert_eq!(std::fs::metadata(&file).unwrap().len(), 65536 + 70_000, "the file has its full length");
     drop(data);
     assert!(!folder.exists(), "the temporary folder is removed");
     assert!(path.with_file_name("model.onnx_data").is_file(), "removing the link leaves the model's data");

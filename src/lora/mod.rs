@@ -31,6 +31,7 @@ pub mod merge;
 use std::collections::{BTreeMap, HashMap};
 use std::hash::{Hash, Hasher};
 use std::path::{Component as PathComponent, Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::SystemTime;
 
@@ -42,8 +43,7 @@ use crate::error::{Error, Result};
 use crate::protocol::params::LoraRequest;
 use crate::protocol::response::LoraInfo;
 use crate::runtime::onnx_proto::OnnxModel;
-use crate::runtime::session::DEFAULT_MAX_INLINE_BYTES;
-use crate::runtime::WeightOverrides;
+use crate::runtime::{Placement, WeightOverrides};
 
 /// The folder under `models_root` that holds LoRA files.
 pub const LORA_FOLDER: &str = "loras";
@@ -256,8 +256,14 @@ impl LoraSet {
     }
 
     /// Match the set against the graph `model` of `component` and, unless `reuse_key` already equals the
-    /// result, compute the merged weights.
-    pub fn plan_graph(&self, model: OnnxModel, component: Component, reuse_key: Option<u64>) -> Result<GraphPlan> {
+    /// result, compute the merged weights (kept in memory or written out as they are made, per `placement`).
+    pub fn plan_graph(
+        &self,
+        model: OnnxModel,
+        component: Component,
+        reuse_key: Option<u64>,
+        placement: &Placement,
+    ) -> Result<GraphPlan> {
         let map = GraphMap::build(&model, component);
         let mut matched = vec![(0usize, 0usize); self.loras.len()];
         // target index → contributions (lora, module)
@@ -288,48 +294,36 @@ impl LoraSet {
         if key == 0 || reuse_key == Some(key) {
             return Ok(GraphPlan { key, overrides: None, matched });
         }
-        // Merge the targets on every core: each worker takes the next target, computes ΔW and the new weight.
+        // Merge the targets on every core: each worker takes the next target, merges its LoRA updates into a copy
+        // of the weight and hands it to the overrides (which write it out at once when it goes to a file).
         let mut jobs: Vec<MergeJob> =
             per_target.into_iter().map(|(index, (target, contributions))| (index, target, contributions)).collect();
         // Largest weights first, so that the workers finish together.
         jobs.sort_by_key(|(index, _, _)| std::cmp::Reverse(model.initializers[*index].numel()));
-        let next = std::sync::atomic::AtomicUsize::new(0);
+        let targets: Vec<usize> = jobs.iter().map(|(index, _, _)| *index).collect();
+        let overrides = WeightOverrides::new(model, &targets, placement)?;
+        let next = AtomicUsize::new(0);
         let workers = std::thread::available_parallelism().map_or(1, |n| n.get()).min(jobs.len()).max(1);
-        let results: Vec<Vec<(usize, Result<Vec<u8>>)>> = std::thread::scope(|scope| {
+        let results: Vec<Option<Result<()>>> = std::thread::scope(|scope| {
             let handles: Vec<_> = (0..workers)
                 .map(|_| {
-                    scope.spawn(|| {
-                        let mut done = Vec::new();
-                        loop {
-                            let j = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                            let Some((index, target, contributions)) = jobs.get(j) else { break };
-                            done.push((*index, self.merge_target(&model, component, *index, *target, contributions)));
+                    scope.spawn(|| loop {
+                        let j = next.fetch_add(1, Ordering::Relaxed);
+                        let Some((index, target, contributions)) = jobs.get(j) else { return Ok(()) };
+                        let merged = self.merge_target(overrides.model(), component, *index, *target, contributions);
+                        if let Err(e) = merged.and_then(|weight| overrides.put(*index, weight)) {
+                            next.store(jobs.len(), Ordering::Relaxed); // the other workers stop too
+                            return Err(e);
                         }
-                        done
                     })
                 })
                 .collect();
-            handles.into_iter().map(|h| h.join().unwrap_or_default()).collect()
+            handles.into_iter().map(|h| h.join().ok()).collect()
         });
-        let mut merged: Vec<(usize, Result<Vec<u8>>)> = results.into_iter().flatten().collect();
-        if merged.len() != jobs.len() {
-            return Err(Error::Internal("a LoRA merge worker panicked".into()));
+        for result in results {
+            result.ok_or_else(|| Error::Internal("a LoRA merge worker panicked".into()))??;
         }
-        merged.sort_by_key(|(index, _)| *index);
-        let mut values = HashMap::with_capacity(merged.len());
-        for (index, bytes) in merged {
-            values.insert(index, bytes?);
-        }
-        Ok(GraphPlan {
-            key,
-            overrides: Some(WeightOverrides {
-                model,
-                values,
-                max_inline_bytes: DEFAULT_MAX_INLINE_BYTES,
-                scratch_parent: None,
-            }),
-            matched,
-        })
+        Ok(GraphPlan { key, overrides: Some(overrides), matched })
     }
 
     /// The new value of initializer `index`: base + Σ weight · scale · ΔW over `contributions` (lora, module), in
@@ -533,10 +527,9 @@ mod tests {
             text_encoder_weight: weight,
         };
         let set = LoraSet::load(vec![spec], &LoraFileCache::default()).unwrap();
-        let plan = set.plan_graph(model, Component::Unet, None).unwrap();
+        let plan = set.plan_graph(model, Component::Unet, None, &Placement::default()).unwrap();
         assert_eq!(plan.matched, vec![(1, 2)]);
-        let values = &plan.overrides.unwrap().values;
-        let got = &values[&0];
+        let got = &plan.overrides.unwrap().held_value(0).expect("an inline weight stays in memory");
         assert_eq!(got.len(), 12, "float16 in, float16 out");
         for i in 0..3 {
             for o in 0..2 {

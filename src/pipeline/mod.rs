@@ -23,7 +23,7 @@ use crate::lora::{AppliedLora, LoraReport, LoraSet};
 use crate::protocol::params::GenerateParams;
 use crate::rng::{BatchGenerators, NoiseSource};
 use crate::runtime::onnx_proto::OnnxModel;
-use crate::runtime::{CancelToken, ModelSession, SessionConfig};
+use crate::runtime::{CancelToken, ModelSession, Placement, SessionConfig};
 use crate::schedulers;
 
 /// What a run is doing.
@@ -181,7 +181,7 @@ impl SdxlPipeline {
                 };
             }
             let model = OnnxModel::read(&path)?;
-            let plan = loras.plan_graph(model, component, previous.as_ref().map(|p| p.1))?;
+            let plan = loras.plan_graph(model, component, previous.as_ref().map(|p| p.1), &Placement::default())?;
             let matched = plan.matched.clone();
             let (session, key) = match (previous, plan.overrides) {
                 (Some((s, k)), _) if k == plan.key => (s, k),

@@ -5,10 +5,10 @@
 //! absolute paths, `..` and symlinks leading out of it. So the temporary folder becomes that folder: the model's own
 //! data files appear in it as hard links (no copy, no write to the user's files) next to the file of merged weights.
 //! Where a hard link is impossible (another filesystem) or the file cannot be written, the caller falls back to
-//! `AddExternalInitializers` (correct, but ort then keeps those host values for the session's life).
+//! `AddExternalInitializers` (correct, but ort then keeps those host values for the session's life). The file's
+//! layout is fixed before any value exists ([`MergedData::reserve`]), so values are written as they are merged.
 
 use std::collections::{BTreeSet, HashMap};
-use std::io::Write;
 use std::path::Path;
 
 use super::onnx_proto::{ExternalRef, OnnxModel, TensorData};
@@ -58,22 +58,20 @@ impl MergedData {
         self.dir.path()
     }
 
-    /// Write `tensors` (initializer index, little-endian bytes) one after another; where each one went.
-    pub fn write(&self, tensors: &[(usize, Vec<u8>)]) -> std::io::Result<HashMap<usize, ExternalRef>> {
-        let file = std::fs::File::create(self.dir.path().join(&self.file))?;
-        let mut out = std::io::BufWriter::with_capacity(1 << 20, file);
+    /// Lay out values of the given byte lengths (initializer index, length) one after another at aligned offsets
+    /// of the merged-weights file, create the file at its full length (sparse until written) and return it with
+    /// each value's place; the caller writes each value there.
+    pub fn reserve(&self, lengths: &[(usize, u64)]) -> std::io::Result<(std::fs::File, HashMap<usize, ExternalRef>)> {
         let mut offset = 0u64;
-        let mut placed = HashMap::new();
-        for (index, bytes) in tensors {
-            let pad = offset.next_multiple_of(ALIGN) - offset;
-            out.write_all(&vec![0; pad as usize])?;
-            offset += pad;
-            out.write_all(bytes)?;
-            let length = bytes.len() as u64;
-            placed.insert(*index, ExternalRef { location: self.file.clone(), offset, length });
+        let mut places = HashMap::with_capacity(lengths.len());
+        for &(index, length) in lengths {
+            offset = offset.next_multiple_of(ALIGN);
+            places.insert(index, ExternalRef { location: self.file.clone(), offset, length });
             offset += length;
         }
-        out.into_inner().map_err(|e| e.into_error())?;
-        Ok(placed)
+        let file =
+            std::fs::File::options().read(true).write(true).create_new(true).open(self.dir.path().join(&self.file))?;
+        file.set_len(offset)?;
+        Ok((file, places))
     }
 }

@@ -11,10 +11,12 @@ pub mod host_allocator;
 pub mod merged_data;
 pub mod onnx_proto;
 pub mod optimized_cache;
+pub mod overrides;
 pub mod session;
 pub mod tensor;
 
 pub use binding::BoundGraph;
 pub use cancel::CancelToken;
 pub use cuda::CudaOptions;
-pub use session::{ArenaPolicy, Device, ModelSession, SessionConfig, WeightOverrides};
+pub use overrides::{Placement, WeightOverrides};
+pub use session::{ArenaPolicy, Device, ModelSession, SessionConfig};

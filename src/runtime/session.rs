@@ -1,7 +1,6 @@
 //! `ModelSession`: one ONNX graph, its declared inputs and outputs, and a mutex around the `ort` session
 //! (`run` needs `&mut` in ort rc.15; concurrent requests take turns per graph).
 
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use ndarray::ArrayD;
@@ -14,9 +13,9 @@ use super::cancel::CancelToken;
 use super::cuda::CudaOptions;
 use super::denormals::FlushDenormals;
 use super::host_allocator;
-use super::merged_data::MergedData;
-use super::onnx_proto::{self, OnnxModel};
+use super::onnx_proto;
 use super::optimized_cache::OptimizedCache;
+use super::overrides::{Parts, WeightOverrides};
 use super::tensor::{to_f32, Elem};
 use crate::error::{Error, Result};
 
@@ -133,25 +132,6 @@ pub struct ModelSession {
     outputs: Vec<IoSpec>,
     session: Mutex<Session>,
 }
-
-/// A parsed model and replacement values for some of its initializers, for
-/// [`ModelSession::load_with_overrides`].
-#[derive(Debug)]
-pub struct WeightOverrides {
-    /// The model as read from disk.
-    pub model: OnnxModel,
-    /// Initializer index → little-endian bytes in that initializer's element type and shape.
-    pub values: HashMap<usize, Vec<u8>>,
-    /// Largest in-memory model (bytes) to build by inlining external-data replacements; the rest go to a
-    /// temporary external-data file ([`super::merged_data`]). [`DEFAULT_MAX_INLINE_BYTES`] stays clear of
-    /// protobuf's 2 GiB limit.
-    pub max_inline_bytes: u64,
-    /// Where that temporary file's folder is made (`None`: the system temp folder).
-    pub scratch_parent: Option<PathBuf>,
-}
-
-/// Default [`WeightOverrides::max_inline_bytes`]: 1.75 GiB.
-pub const DEFAULT_MAX_INLINE_BYTES: u64 = 7 << 28;
 
 fn builder(
     env: &ort::environment::Environment,
@@ -278,9 +258,10 @@ impl ModelSession {
     ///   of a `Transpose` over the weight (our no-fold exports), prepacking and device placement all start from
     ///   the new values.
     /// - initializers stored as external data are written inline into that copy too while the serialized model
-    ///   stays under `overrides.max_inline_bytes` (protobuf refuses messages over 2 GiB); past it they are written
-    ///   to a temporary external-data file, next to hard links of the model's data files, and that folder becomes
-    ///   the external-data base ([`super::merged_data`]); it is deleted once the session is built. Where no such
+    ///   stays under the [`super::overrides::Placement`] budget (protobuf refuses messages over 2 GiB); past it
+    ///   they were written, as they were merged, to a temporary external-data file next to hard links of the
+    ///   model's data files, and that folder becomes the external-data base ([`super::merged_data`]); it is
+    ///   deleted once the session is built. Where no such
     ///   folder can be made they go through `AddExternalInitializers` (ORT checks them by name, shape and type,
     ///   and ort keeps those host values alive with the session).
     ///
@@ -292,53 +273,20 @@ impl ModelSession {
         config: &SessionConfig,
         overrides: WeightOverrides,
     ) -> Result<Self> {
-        let WeightOverrides { model, values, max_inline_bytes, scratch_parent } = overrides;
         let _flush = FlushDenormals::new(); // see `load`
-        let path = model.path().to_path_buf();
-        if values.is_empty() {
-            drop(model);
+        let path = overrides.model().path().to_path_buf();
+        if overrides.is_empty() {
+            drop(overrides);
             return Self::load(env, &path, stage, config);
         }
-        let mut inline = HashMap::new();
-        let mut external = Vec::new();
-        let mut size = model.bytes().len() as u64;
-        let mut keys: Vec<usize> = values.keys().copied().collect();
-        keys.sort_unstable();
-        let mut values = values;
-        for i in keys {
-            let bytes = values.remove(&i).expect("key from the map");
-            let t = model.initializers.get(i).ok_or_else(|| Error::Internal(format!("no initializer {i}")))?;
-            let elem = onnx_proto::float_elem_size(t.data_type).unwrap_or(0);
-            if elem == 0 || bytes.len() != t.numel() * elem {
-                return Err(Error::Internal(format!(
-                    "override for `{}` has {} bytes; the initializer needs {} elements of type {}",
-                    t.name,
-                    bytes.len(),
-                    t.numel(),
-                    t.data_type
-                )));
-            }
-            if t.is_external() && size + bytes.len() as u64 + 1024 > max_inline_bytes {
-                external.push((i, bytes));
-            } else {
-                size += bytes.len() as u64 + t.name.len() as u64 + 32;
-                inline.insert(i, bytes);
-            }
-        }
-        // Past the inline budget: a temporary external-data file beside hard links of the model's data files.
-        let scratch = if external.is_empty() { None } else { MergedData::create(&model, scratch_parent.as_deref()) };
-        let moved = match &scratch {
-            Some(s) => s.write(&external).ok(),
-            None => None,
+        let Parts { model, inline, written, runtime: external, scratch } = overrides.into_parts();
+        // Values in the temporary file resolve against its folder (hard links of the model's data files beside
+        // it); otherwise the model's own folder is the base.
+        let folder = match &scratch {
+            Some(s) => s.data.folder().to_path_buf(),
+            None => path.parent().unwrap_or(Path::new(".")).to_path_buf(),
         };
-        let (folder, moved) = match (&scratch, moved) {
-            (Some(s), Some(moved)) => {
-                external.clear();
-                (s.folder().to_path_buf(), moved)
-            }
-            _ => (path.parent().unwrap_or(Path::new(".")).to_path_buf(), HashMap::new()),
-        };
-        let patched = model.patched_with_external(&inline, &moved)?;
+        let patched = model.patched_with_external(&inline, &written)?;
         drop(inline);
         let invalid = |e: ort::Error| Error::model_invalid(&path, format!("ONNX Runtime cannot load the {stage}: {e}"));
         let mut builder = builder(env, &path, stage, config)?
