@@ -212,10 +212,10 @@ fn unet_out(session: &ModelSession) -> Vec<f32> {
 
 #[test]
 fn both_override_routes_reach_onnx_runtime() {
-    // External-data initializers are inlined into the in-memory model (default) or, past the size limit, written
-    // to a temporary external-data file (beside hard links of the model's data) or, where that folder cannot be
-    // made, passed as AddExternalInitializers. All must give the same output, different from the base model's,
-    // leave no temporary files and never touch the model's folder.
+    // External-data initializers are written to a temporary external-data file (beside hard links of the model's
+    // data) as they are merged (default) or, where that folder cannot be made, inlined into the in-memory model
+    // or, past the size limit, passed as AddExternalInitializers. All must give the same output, different from
+    // the base model's, leave no temporary files and never touch the model's folder.
     let engine = engine();
     let env = &engine.runtime().env;
     let config = SessionConfig { intra_op_threads: Some(1), ..Default::default() };
@@ -234,11 +234,11 @@ fn both_override_routes_reach_onnx_runtime() {
     let base = unet_out(&ModelSession::load(env, &path, "unet", &config).unwrap());
     let scratch = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap(); // the repository's filesystem
     let mut outs = Vec::new();
-    for (limit, parent, to_file) in [
-        (u64::MAX, None, false),
-        (0, Some(scratch.path().to_path_buf()), true),
-        (0, Some(scratch.path().join("missing/folder")), false),
-    ] {
+    let missing = scratch.path().join("missing/folder");
+    for (limit, parent, to_file) in
+        [(u64::MAX, scratch.path().to_path_buf(), true), (u64::MAX, missing.clone(), false), (0, missing, false)]
+    {
+        let parent = Some(parent);
         let placement = Placement { max_inline_bytes: limit, scratch_parent: parent };
         let plan = set.plan_graph(OnnxModel::read(&path).unwrap(), Component::Unet, None, &placement).unwrap();
         let o = plan.overrides.unwrap();
@@ -250,15 +250,15 @@ fn both_override_routes_reach_onnx_runtime() {
         if to_file {
             assert_eq!(held_external, 0, "external-data weights went to the file as they were merged, none held");
         } else {
-            assert_eq!(written, 0, "nothing is written without a temporary folder or past no limit");
+            assert_eq!(written, 0, "nothing is written without a temporary folder");
         }
         outs.push(unet_out(&ModelSession::load_with_overrides(env, "unet", &config, o).unwrap()));
         assert!(listing(scratch.path()).is_empty(), "temporary files left: {:?}", listing(scratch.path()));
     }
     let change = base.iter().zip(&outs[0]).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
     assert!(change > 1e-2, "the LoRA changed the UNet output by only {change}");
-    assert_close!(outs[1], outs[0], 1e-5, 1e-5, "temporary external-data file vs inlined");
-    assert_close!(outs[2], outs[0], 1e-5, 1e-5, "AddExternalInitializers vs inlined");
+    assert_close!(outs[1], outs[0], 1e-5, 1e-5, "inlined vs temporary external-data file");
+    assert_close!(outs[2], outs[0], 1e-5, 1e-5, "AddExternalInitializers vs temporary external-data file");
     assert_eq!(listing(path.parent().unwrap()), model_folder, "the model's folder is untouched");
 }
 

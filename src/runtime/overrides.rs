@@ -1,11 +1,14 @@
 //! Replacement values for some initializers of a parsed model (merged LoRA weights), collected while they are
 //! computed, for [`super::ModelSession::load_with_overrides`].
 //!
-//! Where each value goes is decided before the first one exists, from the initializers' sizes: inline into the
-//! in-memory model while it stays under a size budget, past it into a temporary external-data file
-//! ([`super::merged_data`]). Values bound for the file are written the moment they are [`put`](WeightOverrides::put)
-//! and not kept, so merging a LoRA into a model larger than the budget holds at most the budget in memory, not
-//! every merged weight until the session is built (full-size fp16 SDXL: 4.7 GB).
+//! Where each value goes is decided before the first one exists. A replacement for an initializer stored as
+//! external data goes to a temporary external-data file ([`super::merged_data`]) and is written the moment it is
+//! [`put`](WeightOverrides::put), not kept: the session then loads it like the model's own external data, and the
+//! merge holds no merged weight in memory (full-size fp16 SDXL UNet: 4.7 GB of them). Inlining those values into
+//! the in-memory model instead costs them three times over while ONNX Runtime parses it (the patched model, ORT's
+//! copy of it, its tensors: bench model +1.8 GiB peak RSS; full size does not fit in 24 GB), so that is only the
+//! fallback where no temporary folder can be made (the model on another filesystem than the temp folder), up to a
+//! size budget, and `AddExternalInitializers` past it. Replacements for initializers stored inline are inlined.
 
 use std::collections::HashMap;
 use std::io::{Seek, SeekFrom, Write};
@@ -23,10 +26,10 @@ pub const DEFAULT_MAX_INLINE_BYTES: u64 = 7 << 28;
 /// Where replacement values may go.
 #[derive(Debug, Clone)]
 pub struct Placement {
-    /// Largest in-memory model (bytes) to build by inlining replacements of external-data initializers; the rest
-    /// go to a temporary external-data file.
+    /// Where no temporary file can be made: the largest in-memory model (bytes) to build by inlining replacements
+    /// of external-data initializers; the rest go through `AddExternalInitializers`.
     pub max_inline_bytes: u64,
-    /// Where that file's folder is made (`None`: the system temp folder).
+    /// Where the temporary file's folder is made (`None`: the system temp folder).
     pub scratch_parent: Option<PathBuf>,
 }
 
@@ -43,7 +46,8 @@ enum Destination {
     Inline,
     /// Into the temporary file, at this place.
     File(ExternalRef),
-    /// Past the budget with no temporary file (or its write failed): held for `AddExternalInitializers`.
+    /// No temporary file and past the inline budget (or the file's write failed): held for
+    /// `AddExternalInitializers`.
     Runtime,
 }
 
@@ -79,32 +83,29 @@ pub(super) struct Parts {
 }
 
 impl WeightOverrides {
-    /// Prepare to replace the initializers `targets` (indices into `model.initializers`): in index order, an
-    /// external-data initializer is inlined while the serialized model stays under `placement.max_inline_bytes`;
-    /// past it, it gets a place in a temporary external-data file made under `placement.scratch_parent` (or,
-    /// where that folder cannot be made, is held for `AddExternalInitializers`). Initializers stored inline are
+    /// Prepare to replace the initializers `targets` (indices into `model.initializers`). External-data
+    /// initializers get a place in a temporary external-data file made under `placement.scratch_parent`; where
+    /// that folder cannot be made they are inlined, in index order, while the serialized model stays under
+    /// `placement.max_inline_bytes`, and held for `AddExternalInitializers` past it. Initializers stored inline are
     /// always inlined.
     pub fn new(model: OnnxModel, targets: &[usize], placement: &Placement) -> Result<WeightOverrides> {
         let mut targets = targets.to_vec();
         targets.sort_unstable();
         targets.dedup();
-        let mut size = model.bytes().len() as u64;
         let mut destinations = HashMap::with_capacity(targets.len());
-        let mut past_budget = Vec::new();
+        let mut external = Vec::new();
         for &i in &targets {
             let t = model.initializers.get(i).ok_or_else(|| Error::Internal(format!("no initializer {i}")))?;
-            let length = value_bytes(t)? as u64;
-            if t.is_external() && size + length + 1024 > placement.max_inline_bytes {
-                past_budget.push((i, length));
+            if t.is_external() {
+                external.push((i, value_bytes(t)? as u64));
             } else {
-                size += length + t.name.len() as u64 + 32;
                 destinations.insert(i, Destination::Inline);
             }
         }
-        let scratch = match past_budget.is_empty() {
+        let scratch = match external.is_empty() {
             true => None,
             false => MergedData::create(&model, placement.scratch_parent.as_deref())
-                .and_then(|data| data.reserve(&past_budget).ok().map(|(file, places)| (data, file, places))),
+                .and_then(|data| data.reserve(&external).ok().map(|(file, places)| (data, file, places))),
         };
         let scratch = match scratch {
             Some((data, file, places)) => {
@@ -112,7 +113,16 @@ impl WeightOverrides {
                 Some(Scratch { data, file: Mutex::new(file) })
             }
             None => {
-                destinations.extend(past_budget.iter().map(|&(i, _)| (i, Destination::Runtime)));
+                let mut size = model.bytes().len() as u64;
+                for &(i, length) in &external {
+                    let name = model.initializers[i].name.len() as u64;
+                    if size + length + 1024 > placement.max_inline_bytes {
+                        destinations.insert(i, Destination::Runtime);
+                    } else {
+                        size += length + name + 32;
+                        destinations.insert(i, Destination::Inline);
+                    }
+                }
                 None
             }
         };

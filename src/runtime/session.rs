@@ -253,17 +253,16 @@ impl ModelSession {
     ///
     /// How the new values reach ONNX Runtime, chosen so that no optimization or execution provider can drop them:
     /// - initializers stored inline get their `raw_data` replaced in an in-memory copy of the model, which is
-    ///   then loaded from memory, with the model's folder as the base for its remaining external data
-    ///   (`session.model_external_initializers_file_folder_path`). ORT sees an ordinary model: constant folding
-    ///   of a `Transpose` over the weight (our no-fold exports), prepacking and device placement all start from
-    ///   the new values.
-    /// - initializers stored as external data are written inline into that copy too while the serialized model
-    ///   stays under the [`super::overrides::Placement`] budget (protobuf refuses messages over 2 GiB); past it
-    ///   they were written, as they were merged, to a temporary external-data file next to hard links of the
-    ///   model's data files, and that folder becomes the external-data base ([`super::merged_data`]); it is
-    ///   deleted once the session is built. Where no such
-    ///   folder can be made they go through `AddExternalInitializers` (ORT checks them by name, shape and type,
-    ///   and ort keeps those host values alive with the session).
+    ///   then loaded from memory, with the model's folder (or the temporary one below) as the base for its
+    ///   external data (`session.model_external_initializers_file_folder_path`). ORT sees an ordinary model:
+    ///   constant folding of a `Transpose` over the weight (our no-fold exports), prepacking and device placement
+    ///   all start from the new values.
+    /// - initializers stored as external data were written, as they were merged, to a temporary external-data
+    ///   file next to hard links of the model's data files, and that folder becomes the external-data base
+    ///   ([`super::merged_data`]); it is deleted once the session is built. Where no such folder can be made they
+    ///   are inlined into the copy while it stays under the [`super::overrides::Placement`] budget (protobuf
+    ///   refuses messages over 2 GiB) and go through `AddExternalInitializers` past it (ORT checks them by name,
+    ///   shape and type, and ort keeps those host values alive with the session).
     ///
     /// `AddInitializer` is never used: ORT silently ignores it when an optimizer rewrites the weight, and for
     /// host values on a CUDA device. With no overrides this is [`ModelSession::load`].
