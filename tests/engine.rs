@@ -90,6 +90,31 @@ fn least_recently_used_models_are_evicted_past_max_cached_models() {
 }
 
 #[test]
+fn a_model_whose_files_would_pass_the_memory_threshold_evicts_idle_ones_first() {
+    // max_cached_models 3 leaves room by count; only the memory estimate can evict.
+    let opts = serde_json::json!({"models_root": fixtures(), "max_cached_models": 3}).to_string();
+    let engine = Engine::new(Some(&opts)).unwrap();
+    let key = |name: &str| PipelineKey {
+        folder: fixtures().join(name).canonicalize().unwrap(),
+        name: name.into(),
+        variant: String::new(),
+    };
+    let load =
+        |name: &str| SdxlPipeline::load(&engine.runtime().env, &fixtures().join(name), &SessionConfig::default());
+    let (_, outcome) = engine.cache().get_or_load(&key("tiny-sdxl"), 0, || load("tiny-sdxl")).unwrap();
+    assert!(outcome.evicted.is_empty());
+    let small = sdxlrt::pipeline::model_dir::ModelDir::graph_bytes(&fixtures().join("tiny-sdxl-folded"));
+    assert!(small > 100_000, "the graph files count ({small} bytes)");
+    let (_, outcome) =
+        engine.cache().get_or_load(&key("tiny-sdxl-folded"), small, || load("tiny-sdxl-folded")).unwrap();
+    assert!(outcome.evicted.is_empty(), "a model that fits evicts nothing");
+    let (_, outcome) =
+        engine.cache().get_or_load(&key("tiny-sdxl-fp16"), u64::MAX / 2, || load("tiny-sdxl-fp16")).unwrap();
+    assert_eq!(outcome.evicted, vec!["tiny-sdxl", "tiny-sdxl-folded"], "least recently used first, until none is left");
+    assert_eq!(engine.cache().loaded().len(), 1);
+}
+
+#[test]
 fn a_model_in_use_is_never_evicted_and_unloading_releases_sessions() {
     let opts = serde_json::json!({"models_root": fixtures(), "max_cached_models": 1}).to_string();
     let engine = Engine::new(Some(&opts)).unwrap();
@@ -100,8 +125,8 @@ fn a_model_in_use_is_never_evicted_and_unloading_releases_sessions() {
     };
     let load =
         |name: &str| SdxlPipeline::load(&engine.runtime().env, &fixtures().join(name), &SessionConfig::default());
-    let (held, _) = engine.cache().get_or_load(&key("tiny-sdxl"), || load("tiny-sdxl")).unwrap();
-    let (_, outcome) = engine.cache().get_or_load(&key("tiny-sdxl-folded"), || load("tiny-sdxl-folded")).unwrap();
+    let (held, _) = engine.cache().get_or_load(&key("tiny-sdxl"), 0, || load("tiny-sdxl")).unwrap();
+    let (_, outcome) = engine.cache().get_or_load(&key("tiny-sdxl-folded"), 0, || load("tiny-sdxl-folded")).unwrap();
     assert!(outcome.evicted.is_empty(), "the model in use stayed");
     let loaded = engine.cache().loaded();
     assert_eq!(loaded.len(), 2);

@@ -1,5 +1,7 @@
 //! Loaded pipelines (the seed's ModelManager): at most `max_cached_models`, least-recently-used evicted first, and
-//! evicted early when system memory use passes `memory_threshold` before another model loads. A pipeline in use by
+//! evicted early, before another model loads, while system memory use plus what that model's graph files need would
+//! pass `memory_threshold` (so a second full-size model, or a LoRA variant of one, does not load beside the first
+//! into memory the machine does not have). A pipeline in use by
 //! a running request is never evicted under it (running requests hold their own reference; eviction skips them).
 
 use std::path::PathBuf;
@@ -85,10 +87,13 @@ impl PipelineCache {
         Some(e.pipeline.clone())
     }
 
-    /// The pipeline for `key`, loading it with `load` (once, even under concurrent requests) on a miss.
+    /// The pipeline for `key`, loading it with `load` (once, even under concurrent requests) on a miss. `needs` is
+    /// a lower bound of the system memory the load takes (bytes; 0 where it does not take host memory): idle
+    /// pipelines are evicted first while the memory in use plus `needs` would pass the threshold.
     pub fn get_or_load(
         &self,
         key: &PipelineKey,
+        needs: u64,
         load: impl FnOnce() -> Result<SdxlPipeline>,
     ) -> Result<(Arc<SdxlPipeline>, CacheOutcome)> {
         if let Some(p) = self.hit(key) {
@@ -98,7 +103,7 @@ impl PipelineCache {
         if let Some(p) = self.hit(key) {
             return Ok((p, CacheOutcome::default()));
         }
-        let mut outcome = CacheOutcome { evicted: self.make_room(), ..Default::default() };
+        let mut outcome = CacheOutcome { evicted: self.make_room(needs), ..Default::default() };
         let started = Instant::now();
         let pipeline = Arc::new(load()?);
         outcome.load_seconds = started.elapsed().as_secs_f64();
@@ -111,13 +116,15 @@ impl PipelineCache {
         Ok((pipeline, outcome))
     }
 
-    /// Evict least-recently-used idle pipelines while the cache is full or memory use is above the threshold.
-    fn make_room(&self) -> Vec<String> {
+    /// Evict least-recently-used idle pipelines while the cache is full or memory use plus `needs` bytes is above
+    /// the threshold.
+    fn make_room(&self, needs: u64) -> Vec<String> {
         let mut evicted = Vec::new();
         loop {
             let mut entries = self.entries.lock();
             let full = entries.len() >= self.max_models;
-            let pressed = memory::system_memory_use().is_some_and(|u| u > self.memory_threshold);
+            let pressed = memory::system_memory()
+                .is_some_and(|(total, available)| over_threshold(total, available, needs, self.memory_threshold));
             if !(full || pressed) {
                 break;
             }
@@ -179,5 +186,29 @@ impl PipelineCache {
             .collect();
         rows.sort_by(|a, b| a.idle_seconds.total_cmp(&b.idle_seconds));
         rows
+    }
+}
+
+/// Whether taking `needs` more bytes would bring system memory use (of `total`, `available` free) above
+/// `threshold` (a fraction).
+fn over_threshold(total: u64, available: u64, needs: u64, threshold: f64) -> bool {
+    total > 0 && 1.0 - available.saturating_sub(needs) as f64 / total as f64 > threshold
+}
+
+#[cfg(test)]
+mod tests {
+    use super::over_threshold;
+
+    const GB: u64 = 1 << 30;
+
+    #[test]
+    fn a_model_that_would_pass_the_threshold_makes_room_first() {
+        // 24 GB machine, 12 GB in use: a 6.9 GB model fits under 0.8, a second full-size fp16 UNet does not.
+        assert!(!over_threshold(24 * GB, 12 * GB, 0, 0.8));
+        assert!(!over_threshold(24 * GB, 12 * GB, 7 * GB, 0.8));
+        assert!(over_threshold(24 * GB, 12 * GB, 8 * GB, 0.8));
+        assert!(over_threshold(24 * GB, 2 * GB, 0, 0.8), "already above");
+        assert!(over_threshold(24 * GB, 2 * GB, 40 * GB, 0.8), "more than is free");
+        assert!(!over_threshold(0, 0, GB, 0.8), "no reading: no eviction");
     }
 }

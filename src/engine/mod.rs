@@ -304,12 +304,21 @@ impl Engine {
         if !progress.report(&event) {
             return Err(Error::Cancelled);
         }
-        let (pipeline, outcome) = self.cache.get_or_load(&key, || {
+        let (pipeline, outcome) = self.cache.get_or_load(&key, self.load_needs(&key), || {
             let reuse = if loras.is_empty() { None } else { self.cache.find_folder(&key.folder) };
             SdxlPipeline::load_with_loras(&self.runtime.env, &key.folder, &self.sessions, &loras, reuse.as_deref())
         })?;
         warnings.extend(outcome.evicted.iter().map(|m| format!("unloaded model {m} to make room")));
         Ok((pipeline, outcome.load_seconds))
+    }
+
+    /// Host memory a load of `key` takes at least: its graph files on the CPU; on a GPU the weights go to the
+    /// device (its memory is not what the cache's threshold watches).
+    fn load_needs(&self, key: &PipelineKey) -> u64 {
+        match self.sessions.device {
+            Device::Cpu => crate::pipeline::model_dir::ModelDir::graph_bytes(&key.folder),
+            Device::Cuda(_) => 0,
+        }
     }
 
     fn key(&self, name: &str, field: &str) -> Result<PipelineKey> {
@@ -325,9 +334,9 @@ impl Engine {
         let result = match command {
             Command::Status => Ok(self.status()),
             Command::Preload(name) => self.key(&name, "data.model_name").and_then(|key| {
-                let (_, outcome) = self
-                    .cache
-                    .get_or_load(&key, || SdxlPipeline::load(&self.runtime.env, &key.folder, &self.sessions))?;
+                let (_, outcome) = self.cache.get_or_load(&key, self.load_needs(&key), || {
+                    SdxlPipeline::load(&self.runtime.env, &key.folder, &self.sessions)
+                })?;
                 Ok(json!({ "model": name, "load_seconds": outcome.load_seconds, "evicted": outcome.evicted,
                            "loaded_models": self.cache.loaded() }))
             }),

@@ -120,6 +120,20 @@ impl ModelDir {
         self.root.join(component).join("model.onnx")
     }
 
+    /// Bytes of the files in the folders of the graphs a pipeline of `root` loads (text encoders, UNet, VAE
+    /// decoder: the graphs and their external data): a lower bound of the memory the load takes (on the CPU an
+    /// fp16 graph takes about three times its files, ONNX Runtime adding float32 copies of the weights). Missing
+    /// folders count 0.
+    pub fn graph_bytes(root: &Path) -> u64 {
+        ["text_encoder", "text_encoder_2", "unet", "vae_decoder"]
+            .iter()
+            .filter_map(|folder| std::fs::read_dir(root.join(folder)).ok())
+            .flat_map(|entries| entries.filter_map(|e| e.ok()?.metadata().ok()))
+            .filter(|m| m.is_file())
+            .map(|m| m.len())
+            .sum()
+    }
+
     /// Default image size (both sides) in pixels: `sample_size * vae_scale_factor`.
     pub fn default_image_size(&self) -> u32 {
         self.unet_sample_size * self.vae_scale_factor
