@@ -267,7 +267,7 @@ fn merged_weights_file_links_the_model_data_and_vanishes_on_drop() {
     let path = fixtures().join("tiny-sdxl/unet/model.onnx");
     let model = OnnxModel::read(&path).unwrap();
     let parent = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
-    let data = MergedData::create(&model, Some(parent.path())).expect("same filesystem: hard links work");
+    let data = MergedData::create(&model, &[parent.path().to_path_buf()]).expect("same filesystem: hard links work");
     let folder = data.folder().to_path_buf();
     let link = folder.join("model.onnx_data");
     assert_eq!(std::fs::read(&link).unwrap(), std::fs::read(path.with_file_name("model.onnx_data")).unwrap());
@@ -279,6 +279,30 @@ fn merged_weights_file_links_the_model_data_and_vanishes_on_drop() {
     drop(data);
     assert!(!folder.exists(), "the temporary folder is removed");
     assert!(path.with_file_name("model.onnx_data").is_file(), "removing the link leaves the model's data");
+}
+
+#[test]
+fn merged_weights_go_to_the_model_folder_when_the_temp_folder_cannot_take_them() {
+    // (a temp folder on another filesystem cannot hold hard links to the model's data: tmpfs, a container's overlay)
+    let root = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let model_dir = root.path().join("tiny-sdxl");
+    copy_dir(&fixtures().join("tiny-sdxl"), &model_dir);
+    let listing = |d: &Path| {
+        let mut v: Vec<_> = std::fs::read_dir(d).unwrap().map(|e| e.unwrap().file_name()).collect();
+        v.sort();
+        v
+    };
+    let before = listing(&model_dir);
+    let model = OnnxModel::read(&model_dir.join("unet/model.onnx")).unwrap();
+    let parents = MergedData::default_parents(&model);
+    assert_eq!(parents, vec![std::env::temp_dir(), model_dir.clone()], "the temp folder first, then the model's");
+    let unusable = root.path().join("no/such/folder");
+    let data = MergedData::create(&model, &[unusable, parents[1].clone()]).expect("made in the model's folder");
+    assert_eq!(data.folder().parent().unwrap(), model_dir);
+    assert!(data.folder().file_name().unwrap().to_string_lossy().starts_with(".sdxlrt-merged-"), "a hidden folder");
+    assert!(data.folder().join("model.onnx_data").is_file(), "the model's data linked beside the merged weights");
+    drop(data);
+    assert_eq!(listing(&model_dir), before, "nothing is left in the model's folder");
 }
 
 // ---------------------------------------------------------------------------------------------------------------

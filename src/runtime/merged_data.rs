@@ -4,7 +4,8 @@
 //! ONNX Runtime resolves every external `location` of a model loaded from memory against one folder and refuses
 //! absolute paths, `..` and symlinks leading out of it. So the temporary folder becomes that folder: the model's own
 //! data files appear in it as hard links (no copy, no write to the user's files) next to the file of merged weights.
-//! Where a hard link is impossible (another filesystem) or the file cannot be written, the caller falls back to
+//! The system temp folder is tried first, then the model's folder. Where neither works (a read-only model on another
+//! filesystem than the temp folder) or the file cannot be written, the caller falls back to
 //! `AddExternalInitializers` (correct, but ort then keeps those host values for the session's life). The file's
 //! layout is fixed before any value exists ([`MergedData::reserve`]), so values are written as they are merged.
 
@@ -25,16 +26,24 @@ pub struct MergedData {
 }
 
 impl MergedData {
-    /// A folder under `parent` (the system temp folder if `None`) holding hard links to every external-data file
-    /// of `model`; `None` if the folder or a link cannot be made.
-    pub fn create(model: &OnnxModel, parent: Option<&Path>) -> Option<MergedData> {
-        let mut builder = tempfile::Builder::new();
-        builder.prefix("sdxlrt-merged-");
-        let dir = match parent {
-            Some(p) => builder.tempdir_in(p),
-            None => builder.tempdir(),
-        }
-        .ok()?;
+    /// Where the folder is tried, in order, when no parent is given: the system temp folder, then the model's
+    /// folder (the parent of the graph's folder; hard links need the model's filesystem, and the temp folder is
+    /// often another one: tmpfs, a container's overlay, another drive).
+    pub fn default_parents(model: &OnnxModel) -> Vec<std::path::PathBuf> {
+        let mut parents = vec![std::env::temp_dir()];
+        parents.extend(model.path().parent().and_then(Path::parent).map(Path::to_path_buf));
+        parents
+    }
+
+    /// A folder under the first of `parents` where it can be made, holding hard links to every external-data file
+    /// of `model`; `None` if it can be made nowhere. A folder in the model's own folder is hidden (`.sdxlrt-merged-…`)
+    /// and, like any, deleted on drop.
+    pub fn create(model: &OnnxModel, parents: &[std::path::PathBuf]) -> Option<MergedData> {
+        parents.iter().find_map(|parent| Self::create_in(model, parent))
+    }
+
+    fn create_in(model: &OnnxModel, parent: &Path) -> Option<MergedData> {
+        let dir = tempfile::Builder::new().prefix(".sdxlrt-merged-").tempdir_in(parent).ok()?;
         let locations: BTreeSet<&str> = model
             .initializers
             .iter()

@@ -7,8 +7,8 @@
 //! merge holds no merged weight in memory (full-size fp16 SDXL UNet: 4.7 GB of them). Inlining those values into
 //! the in-memory model instead costs them three times over while ONNX Runtime parses it (the patched model, ORT's
 //! copy of it, its tensors: bench model +1.8 GiB peak RSS; full size does not fit in 24 GB), so that is only the
-//! fallback where no temporary folder can be made (the model on another filesystem than the temp folder), up to a
-//! size budget, and `AddExternalInitializers` past it. Replacements for initializers stored inline are inlined.
+//! fallback where no temporary folder can be made (neither in the temp folder nor in the model's folder: a read-only
+//! model on another filesystem than the temp folder), up to a size budget, and `AddExternalInitializers` past it. Replacements for initializers stored inline are inlined.
 
 use std::collections::HashMap;
 use std::io::{Seek, SeekFrom, Write};
@@ -29,7 +29,8 @@ pub struct Placement {
     /// Where no temporary file can be made: the largest in-memory model (bytes) to build by inlining replacements
     /// of external-data initializers; the rest go through `AddExternalInitializers`.
     pub max_inline_bytes: u64,
-    /// Where the temporary file's folder is made (`None`: the system temp folder).
+    /// Where the temporary file's folder is made (`None`: the system temp folder, else the model's folder; see
+    /// [`MergedData::default_parents`]).
     pub scratch_parent: Option<PathBuf>,
 }
 
@@ -104,8 +105,14 @@ impl WeightOverrides {
         }
         let scratch = match external.is_empty() {
             true => None,
-            false => MergedData::create(&model, placement.scratch_parent.as_deref())
-                .and_then(|data| data.reserve(&external).ok().map(|(file, places)| (data, file, places))),
+            false => {
+                let parents = match &placement.scratch_parent {
+                    Some(parent) => vec![parent.clone()],
+                    None => MergedData::default_parents(&model),
+                };
+                MergedData::create(&model, &parents)
+                    .and_then(|data| data.reserve(&external).ok().map(|(file, places)| (data, file, places)))
+            }
         };
         let scratch = match scratch {
             Some((data, file, places)) => {
