@@ -4,10 +4,10 @@
 //! Without an arena, ONNX Runtime gets every activation from `malloc`, and glibc serves large blocks with a fresh
 //! `mmap` each time: the kernel then faults in and zeroes every 4 KiB page, on every decode (the 512² VAE decode
 //! of the bench model spends up to a quarter of its time there). An arena avoids the faults by keeping freed
-//! memory until the call ends, which raises the peak RSS the arena-less graphs are there to keep low. This allocator keeps the
-//! no-arena behaviour (a block is returned to the system when freed) but maps large blocks on 2 MiB boundaries
-//! with `madvise(MADV_HUGEPAGE)`, so they fault in as transparent huge pages: 512 times fewer faults for the same
-//! memory. Where the kernel has transparent huge pages off, the advice is ignored and nothing changes.
+//! memory until the call ends, which raises the peak RSS the arena-less graphs are there to keep low. This
+//! allocator keeps the no-arena behaviour (a block is returned to the system when freed) but maps large blocks on
+//! 2 MiB boundaries with `madvise(MADV_HUGEPAGE)`, so they fault in as transparent huge pages: 512 times fewer
+//! faults for the same memory. Where the kernel has transparent huge pages off, the advice is ignored and nothing changes.
 //!
 //! ONNX Runtime gets it as an environment allocator ([`register`]); sessions opt in with `session.use_env_allocators`.
 

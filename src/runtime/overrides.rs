@@ -8,7 +8,8 @@
 //! the in-memory model instead costs them three times over while ONNX Runtime parses it (the patched model, ORT's
 //! copy of it, its tensors: bench model +1.8 GiB peak RSS; full size does not fit in 24 GB), so that is only the
 //! fallback where no temporary folder can be made (neither in the temp folder nor in the model's folder: a read-only
-//! model on another filesystem than the temp folder), up to a size budget, and `AddExternalInitializers` past it. Replacements for initializers stored inline are inlined.
+//! model on another filesystem than the temp folder), up to a size budget, and `AddExternalInitializers` past it.
+//! Replacements for initializers stored inline are inlined.
 
 use std::collections::HashMap;
 use std::io::{Seek, SeekFrom, Write};
