@@ -99,7 +99,7 @@ impl WeightOverrides {
         for &i in &targets {
             let t = model.initializers.get(i).ok_or_else(|| Error::Internal(format!("no initializer {i}")))?;
             if t.is_external() {
-                external.push((i, value_bytes(t)? as u64));
+                external.push((i, value_bytes(&model, t)? as u64));
             } else {
                 destinations.insert(i, Destination::Inline);
             }
@@ -153,7 +153,7 @@ impl WeightOverrides {
     /// it is held for `AddExternalInitializers` instead. Safe to call from several threads.
     pub fn put(&self, index: usize, bytes: Vec<u8>) -> Result<()> {
         let t = self.model.initializers.get(index).ok_or_else(|| Error::Internal(format!("no initializer {index}")))?;
-        if bytes.len() != value_bytes(t)? {
+        if bytes.len() != value_bytes(&self.model, t)? {
             return Err(Error::Internal(format!(
                 "override for `{}` has {} bytes; the initializer needs {} elements of type {}",
                 t.name,
@@ -221,10 +221,17 @@ impl WeightOverrides {
     }
 }
 
-/// The byte length of initializer `t`'s value (float types only: LoRA targets are weights).
-fn value_bytes(t: &onnx_proto::Initializer) -> Result<usize> {
+/// The byte length of initializer `t`'s value: float32, float16 or bfloat16 only (e.g. a quantized weight cannot
+/// take a LoRA: a model error).
+fn value_bytes(model: &OnnxModel, t: &onnx_proto::Initializer) -> Result<usize> {
     match onnx_proto::float_elem_size(t.data_type) {
         Some(elem) if elem > 0 => Ok(t.numel() * elem),
-        _ => Err(Error::Internal(format!("`{}` has element type {}, not a float type", t.name, t.data_type))),
+        _ => Err(Error::model_invalid(
+            model.path(),
+            format!(
+                "`{}` has ONNX element type {}; a LoRA can only change float32, float16 or bfloat16 weights",
+                t.name, t.data_type
+            ),
+        )),
     }
 }
