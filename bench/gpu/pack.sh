@@ -7,7 +7,8 @@
 #   libsdxlrt.so     this checkout's release build, stripped
 #   graphs.tar.xz    the full-size SDXL graphs without weights (`bench/gpu/make_model.py graphs`, in onnx/'s venv;
 #                    ~10 minutes and ~16 GB of memory the first time, then cached; $SDXLRT_GPU_SMALL=1: the bench model)
-#   *.whl            diffusers (and importlib_metadata) for make_model.py / bench.py, if the GPU machine lacks them
+#   *.whl            diffusers (and importlib_metadata) for make_model.py / bench.py, peft and accelerate for
+#                    bench/lora_fullsize.py (SDXLRT_GPU_LORA=1), if the GPU machine lacks them
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 CARRY=${SDXLRT_GPU_CARRY:-.gpu}
@@ -38,5 +39,5 @@ tar -C "$GRAPHS/.." --transform "s|^$(basename "$GRAPHS")|graphs|" -cf - "$(base
 cargo build --release --lib
 strip -o "$CARRY/libsdxlrt.so" target/release/libsdxlrt.so
 python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
-    -d "$CARRY" diffusers==0.42.1 importlib_metadata==10.2.0
+    -d "$CARRY" diffusers==0.42.1 importlib_metadata==10.2.0 peft==0.21.2 accelerate==1.15.0
 ls -l "$CARRY"

@@ -5,7 +5,8 @@
 #   bench/gpu/run.sh start   unpack carried pieces, install carried wheels, unpack the weight-less graphs and start
 #                            `make_model.py fill` (random weights into them, on the GPU) in the background
 #   bench/gpu/run.sh part    unpack carried pieces, show the model build's progress
-#   bench/gpu/run.sh bench   unpack, reassemble ONNX Runtime GPU, wait for the model, run bench.py
+#   bench/gpu/run.sh bench   unpack, reassemble ONNX Runtime GPU, wait for the model, run bench.py (and, with
+#                            SDXLRT_GPU_LORA=1, bench/lora_fullsize.py --device cuda on the same model)
 #
 # Carried files come from $SDXLRT_GPU_CARRY (default .gpu/ in the repository): ortgpu.part.NN (pieces of
 # ortgpu.tar.xz made by bench/gpu/pack.sh), ortgpu.sha256, libsdxlrt.so, graphs.tar.xz (`make_model.py graphs`),
@@ -80,6 +81,13 @@ bench)
         --out "$WORK/results" --wait $((deadline > SECONDS ? deadline - SECONDS : 0)) ${SDXLRT_GPU_BENCH_ARGS:-} ||
         echo "bench.py failed: $?"
     cp "$WORK"/results/gpu_bench.* "$WORK"/make_model.log "$WORK"/model/make_model.json "$OUT/" 2>/dev/null || true
+    if [ "${SDXLRT_GPU_LORA:-0}" = 1 ]; then
+        # A LoRA merged into the same full-size model on CUDA vs diffusers' fuse_lora (issue 4; ~2 minutes).
+        $PY bench/lora_fullsize.py "$WORK/model" --lib "$WORK/parts/libsdxlrt.so" \
+            --ort "$ORT_DIR/libonnxruntime.so.1.31.1" --device cuda ${SDXLRT_GPU_LORA_ARGS:-} ||
+            echo "lora_fullsize.py failed: $?"
+        cp "$WORK"/model/lora_fullsize.json "$OUT/" 2>/dev/null || true
+    fi
     ;;
 *)
     sed -n '2,12p' "$0"
