@@ -13,6 +13,8 @@ q/k/v/out_proj, fc1, fc2 of both text encoders.
                         text_encoder.<module>..., text_encoder_2.<module>...), no alpha (scale 1).
   peft_b.safetensors    LoRA "b" (PEFT format, rank 2): UNet attention Linears and text_encoder_2 only (text_encoder
                         untouched, so a pipeline with only "b" can share the text_encoder session).
+  peft_dora.safetensors DoRA in PEFT format (rank 2): the UNet's Transformer Linears with lora_A/lora_B and a
+                        lora_magnitude_vector per module (the merged weight's row norms, perturbed by ±20 %).
 
 Goldens (tests/fixtures/goldens/lora_*.safetensors, the same tensors and metadata as goldens.py writes, with the
 prompt of goldens.py's cfg_neg case and 3 steps), made by diffusers' load_lora_weights + set_adapters + fuse_lora
@@ -21,6 +23,7 @@ prompt of goldens.py's cfg_neg case and 3 steps), made by diffusers' load_lora_w
   lora_kohya   kohya_a at 1.0                  lora_peft   peft_a at 1.0
   lora_two     kohya_a at 0.7 and peft_b at -0.3
   lora_split   kohya_a with UNet weight 0.5 and text-encoder weight 1.5 (set_adapters with a per-component dict)
+  lora_dora    peft_dora at 0.8
 
 Metadata adds `loras` (JSON: [{"file", "weight", "unet_weight", "text_encoder_weight"}]).
 
@@ -54,6 +57,7 @@ CASES = {
     "lora_peft": [dict(file="peft_a", weight=1.0)],
     "lora_two": [dict(file="kohya_a", weight=0.7), dict(file="peft_b", weight=-0.3)],
     "lora_split": [dict(file="kohya_a", weight=1.0, unet_weight=0.5, text_encoder_weight=1.5)],
+    "lora_dora": [dict(file="peft_dora", weight=0.8)],
 }
 
 
@@ -156,12 +160,22 @@ def build_loras(pipe, out_dir: Path) -> None:
             down, up = make_pair(module_of(model, name), RANK_B, gen, 0.8)
             peft_b[f"{comp}.{name}.lora_A.weight"] = down
             peft_b[f"{comp}.{name}.lora_B.weight"] = up
+    gen = torch.Generator("cpu").manual_seed(999)
+    dora = {}
+    for name in unet_targets(pipe.unet, False):
+        mod = module_of(pipe.unet, name)
+        down, up = make_pair(mod, RANK_B, gen, 0.8)
+        norm = torch.linalg.norm(mod.weight.detach() + up @ down, dim=1)
+        dora[f"unet.{name}.lora_A.weight"] = down
+        dora[f"unet.{name}.lora_B.weight"] = up
+        dora[f"unet.{name}.lora_magnitude_vector"] = norm * (1 + 0.2 * torch.randn(norm.shape, generator=gen))
     out_dir.mkdir(parents=True, exist_ok=True)
     np = lambda d: {k: v.numpy() for k, v in d.items()}  # noqa: E731
     c.write_safetensors(out_dir / "kohya_a.safetensors", np(kohya), meta_k)
     c.write_safetensors(out_dir / "peft_a.safetensors", np(peft_a))
     c.write_safetensors(out_dir / "peft_b.safetensors", np(peft_b))
-    print(f"kohya_a: {len(kohya)} tensors; peft_a: {len(peft_a)}; peft_b: {len(peft_b)}", flush=True)
+    c.write_safetensors(out_dir / "peft_dora.safetensors", np(dora))
+    print(f"kohya_a: {len(kohya)} tensors; peft_a: {len(peft_a)}; peft_b: {len(peft_b)}; dora: {len(dora)}", flush=True)
 
 
 def write_goldens(model: Path, fixtures: Path) -> None:

@@ -100,6 +100,15 @@ fn kohya_and_peft_files_match_diffusers_fuse_lora() {
 }
 
 #[test]
+fn dora_in_peft_format_matches_diffusers_fuse_lora() {
+    // peft_dora at weight 0.8: PEFT rescales each output channel to its magnitude over the norm of base + 0.8 ΔW.
+    let engine = engine();
+    let resp = check_case(&engine, "tiny-sdxl", "lora_dora");
+    assert!(resp["warnings"].as_array().unwrap().is_empty(), "every DoRA key applied: {}", resp["warnings"]);
+    check_case(&engine, "tiny-sdxl-folded", "lora_dora"); // transposed weights: norms along the other axis
+}
+
+#[test]
 fn two_loras_and_split_weights_match_diffusers() {
     let engine = engine();
     check_case(&engine, "tiny-sdxl", "lora_two");

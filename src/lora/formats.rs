@@ -12,8 +12,10 @@
 //! - LyCORIS LoHa (`.hada_w1_a`, `.hada_w1_b`, `.hada_w2_a`, `.hada_w2_b`) and LoKr (`.lokr_w1` or
 //!   `.lokr_w1_a`/`.lokr_w1_b`, `.lokr_w2` or `.lokr_w2_a`/`.lokr_w2_b`), with the same prefixes.
 //!
-//! Anything else (DoRA `dora_scale`, Tucker `lora_mid`/`hada_t1`/`lokr_t2`, full `diff` tensors, unknown keys) is
-//! kept as "unsupported" and reported as skipped, never applied half-way.
+//! - DoRA in PEFT's format: a LoRA module with `.lora_magnitude_vector` (see [`super::merge::apply_dora`]).
+//!
+//! Anything else (kohya/LyCORIS DoRA `dora_scale`, Tucker `lora_mid`/`hada_t1`/`lokr_t2`, full `diff` tensors,
+//! unknown keys) is kept as "unsupported" and reported as skipped, never applied half-way.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -127,6 +129,8 @@ pub struct Module {
     pub patch: Option<Patch>,
     /// `.alpha`, if stored.
     pub alpha: Option<f32>,
+    /// DoRA (PEFT `lora_magnitude_vector`): the magnitude of each output channel of the merged weight.
+    pub magnitude: Option<Vec<f32>>,
     /// The file's keys for this module.
     pub keys: Vec<String>,
     /// Why the module cannot be applied, when `patch` is `None`.
@@ -189,8 +193,8 @@ const SUFFIXES: &[(&str, Part)] = &[
     (".hada_t1", Part::Unsupported("Tucker-decomposed LoHa (hada_t1)")),
     (".hada_t2", Part::Unsupported("Tucker-decomposed LoHa (hada_t2)")),
     (".lokr_t2", Part::Unsupported("Tucker-decomposed LoKr (lokr_t2)")),
-    (".dora_scale", Part::Unsupported("DoRA (dora_scale)")),
-    (".lora_magnitude_vector", Part::Unsupported("DoRA (lora_magnitude_vector)")),
+    (".dora_scale", Part::Unsupported("kohya/LyCORIS DoRA (dora_scale)")),
+    (".lora_magnitude_vector", Part::Magnitude),
     (".diff_b", Part::Unsupported("full bias difference (diff_b)")),
     (".diff", Part::Unsupported("full weight difference (diff)")),
 ];
@@ -202,6 +206,8 @@ enum Part {
     Alpha,
     Hada(usize),
     Lokr(usize),
+    /// PEFT's DoRA magnitude (one value per output channel).
+    Magnitude,
     Unsupported(&'static str),
 }
 
@@ -212,6 +218,7 @@ struct Parts {
     alpha: Option<f32>,
     hada: [Option<Mat>; 4],
     lokr: [Option<Mat>; 6],
+    magnitude: Option<Mat>,
     unsupported: Option<&'static str>,
     keys: Vec<String>,
 }
@@ -333,6 +340,7 @@ pub fn parse(path: &Path, bytes: &[u8]) -> Result<LoraFile> {
             }
             Part::Hada(i) => g.hada[i] = Some(read_mat(&st, &key, path)?),
             Part::Lokr(i) => g.lokr[i] = Some(read_mat(&st, &key, path)?),
+            Part::Magnitude => g.magnitude = Some(read_mat(&st, &key, path)?),
             Part::Unsupported(what) => g.unsupported = Some(what),
         }
     }
@@ -342,8 +350,14 @@ pub fn parse(path: &Path, bytes: &[u8]) -> Result<LoraFile> {
             unknown_keys.extend(g.keys);
             continue;
         };
-        let (patch, unsupported) = build_patch(g.down, g.up, g.hada, g.lokr, g.unsupported, &prefix, path)?;
-        modules.push(Module { component, name, patch, alpha: g.alpha, keys: g.keys, unsupported });
+        let magnitude = g.magnitude.map(|m| m.data);
+        let unsupported = match (&magnitude, g.down.is_some() || g.up.is_some()) {
+            (Some(_), false) => Some("DoRA (lora_magnitude_vector) with anything but LoRA matrices"),
+            _ => g.unsupported,
+        };
+        let (patch, unsupported) = build_patch(g.down, g.up, g.hada, g.lokr, unsupported, &prefix, path)?;
+        let magnitude = magnitude.filter(|_| patch.is_some());
+        modules.push(Module { component, name, patch, alpha: g.alpha, magnitude, keys: g.keys, unsupported });
     }
     modules.sort_by(|a, b| (a.component, &a.name).cmp(&(b.component, &b.name)));
     Ok(LoraFile {

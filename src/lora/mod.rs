@@ -37,7 +37,7 @@ use std::time::SystemTime;
 
 use parking_lot::Mutex;
 
-use self::formats::{Component, LoraFile};
+use self::formats::{Component, LoraFile, Patch};
 use self::keymap::{GraphMap, Layout, Target};
 use crate::error::{Error, Result};
 use crate::protocol::params::LoraRequest;
@@ -280,7 +280,8 @@ impl LoraSet {
                 let Some(target) = map.resolve(&m.name, component) else { continue };
                 matched[li].0 += 1;
                 matched[li].1 += m.keys.len();
-                if w != 0.0 {
+                // A DoRA module rescales its channels even at weight 0 (PEFT's rule; see merge::apply_dora).
+                if w != 0.0 || m.magnitude.is_some() {
                     any = true;
                     per_target.entry(target.index).or_insert((target, Vec::new())).1.push((li, mi));
                 }
@@ -364,12 +365,21 @@ impl LoraSet {
                     ),
                 ));
             }
-            terms.push((patch, l.spec.weight_for(component) * merge::alpha_scale(patch, m.alpha)));
+            terms.push((
+                patch,
+                l.spec.weight_for(component) * merge::alpha_scale(patch, m.alpha),
+                m.magnitude.as_deref(),
+            ));
         }
         // `read_raw` gives a fresh copy: merged in place, it is the new value (no second buffer, no f32 ΔW).
         let mut weight = model.read_raw(index)?;
-        merge::apply_in_place(&mut weight, init.data_type, out, cols, target.layout, &terms)
-            .map_err(|e| Error::model_invalid(model.path(), format!("merging LoRA into `{}`: {e}", init.name)))?;
+        let merged = if terms.iter().any(|t| t.2.is_some()) {
+            merge::apply_dora(&mut weight, init.data_type, out, cols, target.layout, &terms)
+        } else {
+            let plain: Vec<(&Patch, f32)> = terms.iter().map(|&(p, s, _)| (p, s)).collect();
+            merge::apply_in_place(&mut weight, init.data_type, out, cols, target.layout, &plain)
+        };
+        merged.map_err(|e| Error::model_invalid(model.path(), format!("merging LoRA into `{}`: {e}", init.name)))?;
         Ok(weight)
     }
 

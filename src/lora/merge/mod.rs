@@ -218,6 +218,70 @@ pub fn add_delta_encoded(
     result
 }
 
+/// One term of [`apply_dora`]: the patch, its scale (alpha / rank × the LoRA's weight) and, for DoRA, the magnitude
+/// of each output channel.
+pub type DoraTerm<'a> = (&'a Patch, f32, Option<&'a [f32]>);
+
+/// `base` merged with `terms` in order, the way PEFT merges adapters (what diffusers' `fuse_lora` runs) when one
+/// of them is DoRA. Per term, Δ = scale · ΔW(patch); a plain term adds Δ; a DoRA term makes each output channel
+/// `o` of the weight `m[o] / ‖W₀[o] + Δ[o]‖ · (W[o] + Δ[o])`, where W₀ is the unmerged base and W the weight so
+/// far (PEFT's `DoraLinearVariant.merge_unsafe`). So a DoRA term at weight 0 still rescales the channels to its
+/// magnitudes. Computed in f32 (the norms summed in f64) on a `[out, cols]` copy and rounded to the stored type
+/// once; `base` is untouched when a shape does not fit.
+pub fn apply_dora(
+    base: &mut [u8],
+    data_type: i32,
+    out: usize,
+    cols: usize,
+    layout: Layout,
+    terms: &[DoraTerm<'_>],
+) -> Result<(), String> {
+    let Some(size) = float_elem_size(data_type) else {
+        return Err(format!("data type {data_type} is not float32, float16 or bfloat16"));
+    };
+    if base.len() != out * cols * size {
+        return Err(format!("{} bytes do not hold {out} x {cols} values of {size} bytes", base.len()));
+    }
+    for (patch, _, magnitude) in terms {
+        if delta_shape(patch) != (out, cols) {
+            let (o, c) = delta_shape(patch);
+            return Err(format!("a {o} x {c} update does not fit a {out} x {cols} weight"));
+        }
+        if let Some(m) = magnitude {
+            if m.len() != out {
+                return Err(format!("a DoRA magnitude of {} values does not fit {out} output channels", m.len()));
+            }
+        }
+    }
+    let stored = decode_floats(base, data_type);
+    let w0 = match layout {
+        Layout::Torch => stored,
+        Layout::Transposed => transpose(&stored, cols, out),
+    };
+    let mut w = w0.clone();
+    let mut delta = vec![0f32; out * cols];
+    for (patch, scale, magnitude) in terms {
+        delta.fill(0.0);
+        accumulate(patch, *scale, &mut delta);
+        let rows = w.chunks_exact_mut(cols).zip(delta.chunks_exact(cols)).zip(w0.chunks_exact(cols));
+        for (o, ((row, d), base_row)) in rows.enumerate() {
+            let Some(m) = magnitude else {
+                row.iter_mut().zip(d).for_each(|(x, d)| *x += d);
+                continue;
+            };
+            let norm = base_row.iter().zip(d).map(|(b, d)| f64::from(b + d).powi(2)).sum::<f64>().sqrt() as f32;
+            let factor = m[o] / norm;
+            row.iter_mut().zip(d).for_each(|(x, d)| *x = factor * (*x + d));
+        }
+    }
+    let stored = match layout {
+        Layout::Torch => w,
+        Layout::Transposed => transpose(&w, out, cols),
+    };
+    base.copy_from_slice(&encode_floats(&stored, data_type));
+    Ok(())
+}
+
 /// One LoRA term of a fused merge in storage orientation: the stored weight (`[m, n]` row-major) gets
 /// `s · a [m, k] · b [k, n]`.
 struct Term<'a> {
@@ -466,6 +530,57 @@ mod tests {
         let data =
             (0..n).map(|i| (((i as u32).wrapping_mul(2654435761u32) ^ seed) % 1000) as f32 / 500.0 - 1.0).collect();
         Mat { shape: shape.to_vec(), data }
+    }
+
+    #[test]
+    fn dora_rescales_each_output_channel_to_its_magnitude_even_at_weight_zero() {
+        let (out, cols) = (3, 5);
+        let w: Vec<f32> = mat(&[out, cols], 7).data;
+        let patch = Patch::LoRa { down: mat(&[2, cols], 1), up: mat(&[out, 2], 2) };
+        let m = [0.5f32, 2.0, 3.0];
+        let norms = |v: &[f32], rows: usize, n: usize| -> Vec<f32> {
+            (0..rows).map(|o| v[o * n..(o + 1) * n].iter().map(|x| x * x).sum::<f32>().sqrt()).collect()
+        };
+        for (layout, scale) in [(Layout::Torch, 0.0f32), (Layout::Torch, 0.8), (Layout::Transposed, 0.8)] {
+            let stored = if layout == Layout::Torch { w.clone() } else { transpose(&w, out, cols) };
+            let mut base = encode_floats(&stored, crate::runtime::onnx_proto::DT_FLOAT);
+            apply_dora(
+                &mut base,
+                crate::runtime::onnx_proto::DT_FLOAT,
+                out,
+                cols,
+                layout,
+                &[(&patch, scale, Some(&m))],
+            )
+            .unwrap();
+            let got = decode_floats(&base, crate::runtime::onnx_proto::DT_FLOAT);
+            let got = if layout == Layout::Torch { got } else { transpose(&got, cols, out) };
+            for (n, want) in norms(&got, out, cols).iter().zip(m) {
+                assert!((n - want).abs() < 1e-5, "{layout:?} scale {scale}: row norm {n}, magnitude {want}");
+            }
+            if scale == 0.0 {
+                // weight 0: the direction is the base's, only the lengths change
+                let base_norms = norms(&w, out, cols);
+                for o in 0..out {
+                    for c in 0..cols {
+                        let want = w[o * cols + c] * m[o] / base_norms[o];
+                        assert!((got[o * cols + c] - want).abs() < 1e-6);
+                    }
+                }
+            }
+        }
+        let mut base = encode_floats(&w, crate::runtime::onnx_proto::DT_FLOAT);
+        let before = base.clone();
+        let err = apply_dora(
+            &mut base,
+            crate::runtime::onnx_proto::DT_FLOAT,
+            out,
+            cols,
+            Layout::Torch,
+            &[(&patch, 1.0, Some(&m[..2]))],
+        );
+        assert!(err.unwrap_err().contains("2 values does not fit 3 output channels"));
+        assert_eq!(base, before, "untouched on error");
     }
 
     fn naive(a: &Mat, b: &Mat) -> Vec<f32> {
