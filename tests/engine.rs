@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use sdxlrt::engine::cache::PipelineKey;
+use sdxlrt::engine::cache::{CacheOutcome, PipelineKey};
 use sdxlrt::engine::Engine;
 use sdxlrt::ffi::status::sdxl_status;
 use sdxlrt::pipeline::SdxlPipeline;
@@ -89,27 +89,29 @@ fn least_recently_used_models_are_evicted_past_max_cached_models() {
     assert_eq!(names, vec!["tiny-sdxl-folded"]);
 }
 
+/// The fixture model `name` from the engine's cache, loaded on a miss with `needs` bytes announced.
+fn cached(engine: &Engine, name: &str, needs: u64) -> (Arc<SdxlPipeline>, CacheOutcome) {
+    let key = PipelineKey {
+        folder: fixtures().join(name).canonicalize().unwrap(),
+        name: name.into(),
+        variant: String::new(),
+    };
+    let load = || SdxlPipeline::load(&engine.runtime().env, &fixtures().join(name), &SessionConfig::default());
+    engine.cache().get_or_load(&key, needs, load).unwrap()
+}
+
 #[test]
 fn a_model_whose_files_would_pass_the_memory_threshold_evicts_idle_ones_first() {
     // max_cached_models 3 leaves room by count; only the memory estimate can evict.
     let opts = serde_json::json!({"models_root": fixtures(), "max_cached_models": 3}).to_string();
     let engine = Engine::new(Some(&opts)).unwrap();
-    let key = |name: &str| PipelineKey {
-        folder: fixtures().join(name).canonicalize().unwrap(),
-        name: name.into(),
-        variant: String::new(),
-    };
-    let load =
-        |name: &str| SdxlPipeline::load(&engine.runtime().env, &fixtures().join(name), &SessionConfig::default());
-    let (_, outcome) = engine.cache().get_or_load(&key("tiny-sdxl"), 0, || load("tiny-sdxl")).unwrap();
+    let (_, outcome) = cached(&engine, "tiny-sdxl", 0);
     assert!(outcome.evicted.is_empty());
     let small = sdxlrt::pipeline::model_dir::ModelDir::graph_bytes(&fixtures().join("tiny-sdxl-folded"));
     assert!(small > 100_000, "the graph files count ({small} bytes)");
-    let (_, outcome) =
-        engine.cache().get_or_load(&key("tiny-sdxl-folded"), small, || load("tiny-sdxl-folded")).unwrap();
+    let (_, outcome) = cached(&engine, "tiny-sdxl-folded", small);
     assert!(outcome.evicted.is_empty(), "a model that fits evicts nothing");
-    let (_, outcome) =
-        engine.cache().get_or_load(&key("tiny-sdxl-fp16"), u64::MAX / 2, || load("tiny-sdxl-fp16")).unwrap();
+    let (_, outcome) = cached(&engine, "tiny-sdxl-fp16", u64::MAX / 2);
     assert_eq!(outcome.evicted, vec!["tiny-sdxl", "tiny-sdxl-folded"], "least recently used first, until none is left");
     assert_eq!(engine.cache().loaded().len(), 1);
 }
@@ -118,15 +120,8 @@ fn a_model_whose_files_would_pass_the_memory_threshold_evicts_idle_ones_first() 
 fn a_model_in_use_is_never_evicted_and_unloading_releases_sessions() {
     let opts = serde_json::json!({"models_root": fixtures(), "max_cached_models": 1}).to_string();
     let engine = Engine::new(Some(&opts)).unwrap();
-    let key = |name: &str| PipelineKey {
-        folder: fixtures().join(name).canonicalize().unwrap(),
-        name: name.into(),
-        variant: String::new(),
-    };
-    let load =
-        |name: &str| SdxlPipeline::load(&engine.runtime().env, &fixtures().join(name), &SessionConfig::default());
-    let (held, _) = engine.cache().get_or_load(&key("tiny-sdxl"), 0, || load("tiny-sdxl")).unwrap();
-    let (_, outcome) = engine.cache().get_or_load(&key("tiny-sdxl-folded"), 0, || load("tiny-sdxl-folded")).unwrap();
+    let (held, _) = cached(&engine, "tiny-sdxl", 0);
+    let (_, outcome) = cached(&engine, "tiny-sdxl-folded", 0);
     assert!(outcome.evicted.is_empty(), "the model in use stayed");
     let loaded = engine.cache().loaded();
     assert_eq!(loaded.len(), 2);
