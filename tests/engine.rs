@@ -97,7 +97,7 @@ fn cached(engine: &Engine, name: &str, needs: u64) -> (Arc<SdxlPipeline>, CacheO
         variant: String::new(),
     };
     let load = || SdxlPipeline::load(&engine.runtime().env, &fixtures().join(name), &SessionConfig::default());
-    engine.cache().get_or_load(&key, needs, load).unwrap()
+    engine.cache().get_or_load(&key, || needs, load).unwrap()
 }
 
 #[test]

@@ -87,13 +87,13 @@ impl PipelineCache {
         Some(e.pipeline.clone())
     }
 
-    /// The pipeline for `key`, loading it with `load` (once, even under concurrent requests) on a miss. `needs` is
-    /// a lower bound of the system memory the load takes (bytes; 0 where it does not take host memory): idle
-    /// pipelines are evicted first while the memory in use plus `needs` would pass the threshold.
+    /// The pipeline for `key`, loading it with `load` (once, even under concurrent requests) on a miss. `needs`
+    /// gives, on a miss, a lower bound of the system memory the load takes (bytes; 0 where it does not take host
+    /// memory): idle pipelines are evicted first while the memory in use plus that would pass the threshold.
     pub fn get_or_load(
         &self,
         key: &PipelineKey,
-        needs: u64,
+        needs: impl FnOnce() -> u64,
         load: impl FnOnce() -> Result<SdxlPipeline>,
     ) -> Result<(Arc<SdxlPipeline>, CacheOutcome)> {
         if let Some(p) = self.hit(key) {
@@ -103,7 +103,7 @@ impl PipelineCache {
         if let Some(p) = self.hit(key) {
             return Ok((p, CacheOutcome::default()));
         }
-        let mut outcome = CacheOutcome { evicted: self.make_room(needs), ..Default::default() };
+        let mut outcome = CacheOutcome { evicted: self.make_room(needs()), ..Default::default() };
         let started = Instant::now();
         let pipeline = Arc::new(load()?);
         outcome.load_seconds = started.elapsed().as_secs_f64();

@@ -304,10 +304,14 @@ impl Engine {
         if !progress.report(&event) {
             return Err(Error::Cancelled);
         }
-        let (pipeline, outcome) = self.cache.get_or_load(&key, self.load_needs(&key), || {
-            let reuse = if loras.is_empty() { None } else { self.cache.find_folder(&key.folder) };
-            SdxlPipeline::load_with_loras(&self.runtime.env, &key.folder, &self.sessions, &loras, reuse.as_deref())
-        })?;
+        let (pipeline, outcome) = self.cache.get_or_load(
+            &key,
+            || self.load_needs(&key),
+            || {
+                let reuse = if loras.is_empty() { None } else { self.cache.find_folder(&key.folder) };
+                SdxlPipeline::load_with_loras(&self.runtime.env, &key.folder, &self.sessions, &loras, reuse.as_deref())
+            },
+        )?;
         warnings.extend(outcome.evicted.iter().map(|m| format!("unloaded model {m} to make room")));
         Ok((pipeline, outcome.load_seconds))
     }
@@ -334,9 +338,11 @@ impl Engine {
         let result = match command {
             Command::Status => Ok(self.status()),
             Command::Preload(name) => self.key(&name, "data.model_name").and_then(|key| {
-                let (_, outcome) = self.cache.get_or_load(&key, self.load_needs(&key), || {
-                    SdxlPipeline::load(&self.runtime.env, &key.folder, &self.sessions)
-                })?;
+                let (_, outcome) = self.cache.get_or_load(
+                    &key,
+                    || self.load_needs(&key),
+                    || SdxlPipeline::load(&self.runtime.env, &key.folder, &self.sessions),
+                )?;
                 Ok(json!({ "model": name, "load_seconds": outcome.load_seconds, "evicted": outcome.evicted,
                            "loaded_models": self.cache.loaded() }))
             }),
