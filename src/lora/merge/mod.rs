@@ -236,21 +236,10 @@ pub fn apply_dora(
     layout: Layout,
     terms: &[DoraTerm<'_>],
 ) -> Result<(), String> {
-    let Some(size) = float_elem_size(data_type) else {
-        return Err(format!("data type {data_type} is not float32, float16 or bfloat16"));
-    };
-    if base.len() != out * cols * size {
-        return Err(format!("{} bytes do not hold {out} x {cols} values of {size} bytes", base.len()));
-    }
-    for (patch, _, magnitude) in terms {
-        if delta_shape(patch) != (out, cols) {
-            let (o, c) = delta_shape(patch);
-            return Err(format!("a {o} x {c} update does not fit a {out} x {cols} weight"));
-        }
-        if let Some(m) = magnitude {
-            if m.len() != out {
-                return Err(format!("a DoRA magnitude of {} values does not fit {out} output channels", m.len()));
-            }
+    check_fit(base, data_type, out, cols, terms.iter().map(|t| t.0))?;
+    for m in terms.iter().filter_map(|t| t.2) {
+        if m.len() != out {
+            return Err(format!("a DoRA magnitude of {} values does not fit {out} output channels", m.len()));
         }
     }
     let stored = decode_floats(base, data_type);
@@ -338,14 +327,14 @@ pub fn apply_in_place(
     apply_with(base, data_type, out, cols, layout, terms, Path::Auto)
 }
 
-fn apply_with(
-    base: &mut [u8],
+/// Whether `base` holds `out × cols` values of `data_type` and every patch's ΔW is `[out, cols]` with factors of
+/// the lengths the product kernels read; the message says what does not fit.
+fn check_fit<'p>(
+    base: &[u8],
     data_type: i32,
     out: usize,
     cols: usize,
-    layout: Layout,
-    terms: &[(&Patch, f32)],
-    path: Path,
+    patches: impl IntoIterator<Item = &'p Patch>,
 ) -> Result<(), String> {
     let Some(size) = float_elem_size(data_type) else {
         return Err(format!("data type {data_type} is not float32, float16 or bfloat16"));
@@ -353,7 +342,7 @@ fn apply_with(
     if base.len() != out * cols * size {
         return Err(format!("{} bytes do not hold {out} x {cols} values of {size} bytes", base.len()));
     }
-    for (patch, _) in terms {
+    for patch in patches {
         if delta_shape(patch) != (out, cols) {
             let (o, c) = delta_shape(patch);
             return Err(format!("a {o} x {c} update does not fit a {out} x {cols} weight"));
@@ -370,6 +359,19 @@ fn apply_with(
             }
         }
     }
+    Ok(())
+}
+
+fn apply_with(
+    base: &mut [u8],
+    data_type: i32,
+    out: usize,
+    cols: usize,
+    layout: Layout,
+    terms: &[(&Patch, f32)],
+    path: Path,
+) -> Result<(), String> {
+    check_fit(base, data_type, out, cols, terms.iter().map(|t| t.0))?;
     if terms.is_empty() || out * cols == 0 {
         return Ok(());
     }
