@@ -194,6 +194,28 @@ fn fused_attention_export_matches_diffusers() {
 }
 
 #[test]
+fn attention_fused_at_load_and_as_exported_both_match_diffusers_and_differ() {
+    // By default the UNet's 24 attention cores and the VAE's one are fused into MultiHeadAttention at load;
+    // `fuse_attention: false` runs the files as exported. Both match diffusers; their latents differ in the last
+    // bits, which shows the fused graph is what runs by default (a fusion silently dropped would make them equal).
+    let as_exported = serde_json::json!({"models_root": fixtures(), "intra_op_threads": 1, "fuse_attention": false});
+    let as_exported = Engine::new(Some(&as_exported.to_string())).expect("engine");
+    check_case(&as_exported, "tiny-sdxl", "cfg_neg", true);
+    let fused = engine();
+    let g = Golden::load("cfg_neg");
+    let latents = |e: &Engine| {
+        let mut capture = Capture::default();
+        let outcome = e.generate(&g.request("tiny-sdxl", true), &mut capture, true);
+        assert!(outcome.error.is_none(), "{:?}", outcome.error);
+        capture.steps
+    };
+    assert!(latents(&fused) != latents(&as_exported), "fused and unfused attention gave identical latents");
+    let count = |e: &Engine| e.status()["loaded_models"][0]["fused_attention"].clone();
+    assert_eq!(count(&fused), serde_json::json!(25));
+    assert_eq!(count(&as_exported), serde_json::json!(0));
+}
+
+#[test]
 fn images_through_the_c_abi_match_diffusers() {
     let engine = AbiEngine::fixtures();
     for case in ["cfg_neg", "batch2_wide"] {

@@ -48,6 +48,9 @@ pub struct LoadedModel {
     pub idle_seconds: f64,
     /// Seconds it took to load.
     pub load_seconds: f64,
+    /// Attention cores of the UNet and VAE fused into `MultiHeadAttention` at load (engine option
+    /// `fuse_attention`); null when its graphs came from the optimized-graph cache.
+    pub fused_attention: Option<usize>,
 }
 
 /// The cache.
@@ -182,6 +185,7 @@ impl PipelineCache {
                 in_use: Arc::strong_count(&e.pipeline) > 1,
                 idle_seconds: e.last_used.elapsed().as_secs_f64(),
                 load_seconds: e.load_seconds,
+                fused_attention: e.pipeline.fused_attention(),
             })
             .collect();
         rows.sort_by(|a, b| a.idle_seconds.total_cmp(&b.idle_seconds));

@@ -79,7 +79,7 @@ impl GraphMap {
         for node in &model.nodes {
             let layout = match node.op_type.as_str() {
                 "MatMul" => Layout::Transposed,
-                "Gemm" if node.trans_b != 0 => Layout::Torch,
+                "Gemm" if node.int("transB").unwrap_or(0) != 0 => Layout::Torch,
                 "Gemm" => Layout::Transposed,
                 "Conv" => Layout::Torch,
                 _ => continue,

@@ -251,6 +251,12 @@ impl SdxlPipeline {
         }
     }
 
+    /// Attention cores of the UNet and VAE decoder fused into `MultiHeadAttention` at load
+    /// ([`crate::runtime::fuse_attention`]); `None` when a graph came from the optimized-graph cache.
+    pub fn fused_attention(&self) -> Option<usize> {
+        Some(self.unet.fused_attention()? + self.vae_decoder.fused_attention()?)
+    }
+
     /// The LoRAs merged into this pipeline and the warnings about them.
     pub fn lora_report(&self) -> &LoraReport {
         &self.lora

@@ -6,6 +6,7 @@ pub mod binding;
 pub mod cancel;
 pub mod cuda;
 pub mod denormals;
+pub mod fuse_attention;
 pub mod heap;
 pub mod host_allocator;
 pub mod merged_data;

@@ -12,8 +12,9 @@ use parking_lot::Mutex;
 use super::cancel::CancelToken;
 use super::cuda::CudaOptions;
 use super::denormals::FlushDenormals;
+use super::fuse_attention;
 use super::host_allocator;
-use super::onnx_proto;
+use super::onnx_proto::{self, edit::Edit, OnnxModel};
 use super::optimized_cache::OptimizedCache;
 use super::overrides::{Parts, WeightOverrides};
 use super::tensor::{to_f32, Elem};
@@ -96,7 +97,7 @@ impl ArenaPolicy {
 }
 
 /// Session settings shared by every graph of an engine.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct SessionConfig {
     /// Threads inside one operator; `None` lets ONNX Runtime pick (one per physical core).
     pub intra_op_threads: Option<usize>,
@@ -108,6 +109,83 @@ pub struct SessionConfig {
     pub optimized_cache: Option<OptimizedCache>,
     /// CUDA execution provider settings (CUDA device only).
     pub cuda: CudaOptions,
+    /// Rewrite the attention cores of the UNet and VAE graphs into `MultiHeadAttention` when loading them
+    /// ([`super::fuse_attention`]). Default true.
+    pub fuse_attention: bool,
+}
+
+impl Default for SessionConfig {
+    fn default() -> Self {
+        SessionConfig {
+            intra_op_threads: None,
+            device: Device::Cpu,
+            cpu_arena: ArenaPolicy::default(),
+            optimized_cache: None,
+            cuda: CudaOptions::default(),
+            fuse_attention: true,
+        }
+    }
+}
+
+impl SessionConfig {
+    /// True when `stage`'s graph goes through attention fusion. Not the text encoders: CLIP's attention is masked
+    /// (causal), not the pattern fused, so reading them would find nothing.
+    fn fuses(&self, stage: &str) -> bool {
+        self.fuse_attention && !stage.starts_with("text_encoder")
+    }
+
+    /// The optimized-graph cache's name for `stage` under these settings (a fused graph is another graph).
+    fn cache_stage(&self, stage: &str) -> String {
+        if self.fuses(stage) {
+            format!("{stage}+mha")
+        } else {
+            stage.to_string()
+        }
+    }
+}
+
+/// Inline initializers at least this large are read by ONNX Runtime from the model file itself when an edited
+/// graph is loaded from memory ([`OnnxModel::inline_as_external`]).
+const READ_FROM_FILE_BYTES: usize = 1024;
+
+/// What ONNX Runtime builds a session from.
+enum Source {
+    /// The model file as it is.
+    File(PathBuf),
+    /// An edited copy of the model, its external data resolved against `folder`.
+    Memory { bytes: Vec<u8>, folder: PathBuf },
+}
+
+impl Source {
+    /// Build the session from this source.
+    fn commit(&self, mut builder: SessionBuilder, invalid: impl Fn(ort::Error) -> Error) -> Result<Session> {
+        match self {
+            Source::File(path) => builder.commit_from_file(path).map_err(invalid),
+            Source::Memory { bytes, folder } => builder
+                .with_config_entry("session.model_external_initializers_file_folder_path", folder.to_string_lossy())
+                .map_err(|e| invalid(e.into()))?
+                .commit_from_memory(bytes)
+                .map_err(invalid),
+        }
+    }
+
+    /// The graph at `path` as it will be loaded: with its attention fused (when `stage` is fused and the graph
+    /// has any attention that matches), else the file itself. Also returns how many attention cores were fused.
+    fn prepare(path: &Path, stage: &str, config: &SessionConfig) -> Result<(Source, usize)> {
+        if !config.fuses(stage) {
+            return Ok((Source::File(path.to_path_buf()), 0));
+        }
+        let model = OnnxModel::read(path)?;
+        let mut edit = Edit::default();
+        let fused = fuse_attention::plan(&model, &mut edit);
+        if fused == 0 {
+            return Ok((Source::File(path.to_path_buf()), 0));
+        }
+        edit.moved = model.inline_as_external(READ_FROM_FILE_BYTES);
+        let bytes = model.edited(&edit)?;
+        let folder = path.parent().unwrap_or(Path::new(".")).to_path_buf();
+        Ok((Source::Memory { bytes, folder }, fused))
+    }
 }
 
 /// A declared input or output.
@@ -127,6 +205,8 @@ pub struct ModelSession {
     stage: &'static str,
     /// The memory arenas this graph allocates from, in `memory.enable_memory_arena_shrinkage` syntax.
     arenas: Option<String>,
+    /// Attention cores fused at load (`None`: loaded from the optimized-graph cache, which does not record it).
+    fused_attention: Option<usize>,
     path: PathBuf,
     inputs: Vec<IoSpec>,
     outputs: Vec<IoSpec>,
@@ -178,7 +258,9 @@ fn specs(outlets: &[ort::value::Outlet]) -> Vec<IoSpec> {
 }
 
 impl ModelSession {
-    /// Load `path` (external data files are resolved beside it). `stage` names the graph in errors.
+    /// Load `path` (external data files are resolved beside it). `stage` names the graph in errors. With
+    /// [`SessionConfig::fuse_attention`], the UNet's and VAE's attention is fused on the way
+    /// ([`super::fuse_attention`]); the file is never changed.
     pub fn load(
         env: &ort::environment::Environment,
         path: &Path,
@@ -190,26 +272,26 @@ impl ModelSession {
         }
         // ORT sets FTZ/DAZ on the thread that builds the process's first session: undone when this returns.
         let _flush = FlushDenormals::new();
-        let invalid = |e: ort::Error| Error::model_invalid(path, format!("ONNX Runtime cannot load the {stage}: {e}"));
         if let (Some(cache), Device::Cpu) = (&config.optimized_cache, config.device) {
             return Self::load_cached(env, path, stage, config, cache);
         }
-        let mut builder = builder(env, path, stage, config)?;
-        let session = builder.commit_from_file(path).map_err(invalid)?;
-        Ok(Self::wrap(stage, path, session, config))
+        let invalid = |e: ort::Error| Error::model_invalid(path, format!("ONNX Runtime cannot load the {stage}: {e}"));
+        let (source, fused) = Source::prepare(path, stage, config)?;
+        let session = source.commit(builder(env, path, stage, config)?, invalid)?;
+        Ok(Self::wrap(stage, path, session, config, Some(fused)))
     }
 
     /// True if [`ModelSession::load`] of `path` would load an already-optimized graph from the optimized-graph
     /// cache (CPU device): a light load, with no graph optimization and its memory peak.
     pub fn is_cached(path: &Path, stage: &str, config: &SessionConfig) -> bool {
         match (&config.optimized_cache, config.device) {
-            (Some(cache), Device::Cpu) => cache.entry(path, stage).join("model.onnx").is_file(),
+            (Some(cache), Device::Cpu) => cache.entry(path, &config.cache_stage(stage)).join("model.onnx").is_file(),
             _ => false,
         }
     }
 
     /// [`ModelSession::load`] through the optimized-graph cache: load the cached graph with optimizations off, or
-    /// optimize the original once and save the result for the next load.
+    /// optimize the original (fused, as configured) once and save the result for the next load.
     fn load_cached(
         env: &ort::environment::Environment,
         path: &Path,
@@ -218,18 +300,20 @@ impl ModelSession {
         cache: &OptimizedCache,
     ) -> Result<Self> {
         let invalid = |e: ort::Error| Error::model_invalid(path, format!("ONNX Runtime cannot load the {stage}: {e}"));
-        let entry = cache.entry(path, stage);
+        let entry = cache.entry(path, &config.cache_stage(stage));
         let cached = entry.join("model.onnx");
         if cached.is_file() {
             let loaded = builder(env, path, stage, config)
                 .and_then(|b| b.with_optimization_level(GraphOptimizationLevel::Disable).map_err(|e| invalid(e.into())))
                 .and_then(|mut b| b.commit_from_file(&cached).map_err(invalid));
             match loaded {
-                Ok(session) => return Ok(Self::wrap(stage, path, session, config)),
+                // How many cores were fused is not recorded in the entry.
+                Ok(session) => return Ok(Self::wrap(stage, path, session, config, None)),
                 // A damaged or foreign entry: drop it and optimize again.
                 Err(_) => drop(std::fs::remove_dir_all(&entry)),
             }
         }
+        let (source, fused) = Source::prepare(path, stage, config)?;
         let tmp = cache.temp_folder()?;
         let saving = [
             ("session.optimized_model_external_initializers_file_name", "model.onnx_data"),
@@ -241,12 +325,12 @@ impl ModelSession {
         for (key, value) in saving {
             b = b.with_config_entry(key, value).map_err(|e| invalid(e.into()))?;
         }
-        let session = b.commit_from_file(path).map_err(invalid);
+        let session = source.commit(b, invalid);
         // Publish the entry only when the session was built; losing a race to another engine is fine.
         if session.is_err() || std::fs::rename(&tmp, &entry).is_err() {
             let _ = std::fs::remove_dir_all(&tmp);
         }
-        Ok(Self::wrap(stage, path, session?, config))
+        Ok(Self::wrap(stage, path, session?, config, Some(fused)))
     }
 
     /// Load `overrides.model` with some initializers replaced (merged LoRA weights), without touching the files.
@@ -285,8 +369,10 @@ impl ModelSession {
             Some(s) => s.data.folder().to_path_buf(),
             None => path.parent().unwrap_or(Path::new(".")).to_path_buf(),
         };
-        let patched = model.patched_with_external(&inline, &written)?;
-        drop(inline);
+        let mut edit = Edit { replace: inline, moved: written, ..Edit::default() };
+        let fused = if config.fuses(stage) { fuse_attention::plan(&model, &mut edit) } else { 0 };
+        let patched = model.edited(&edit)?;
+        drop(edit);
         let invalid = |e: ort::Error| Error::model_invalid(&path, format!("ONNX Runtime cannot load the {stage}: {e}"));
         let mut builder = builder(env, &path, stage, config)?
             .with_config_entry("session.model_external_initializers_file_folder_path", folder.to_string_lossy())
@@ -312,22 +398,29 @@ impl ModelSession {
         drop(model);
         let session = builder.commit_from_memory(&patched).map_err(invalid)?;
         drop(scratch); // ONNX Runtime has read (or mapped) the file; the folder goes now
-        Ok(Self::wrap(stage, &path, session, config))
+        Ok(Self::wrap(stage, &path, session, config, Some(fused)))
     }
 
-    fn wrap(stage: &'static str, path: &Path, session: Session, config: &SessionConfig) -> Self {
+    fn wrap(stage: &'static str, path: &Path, session: Session, config: &SessionConfig, fused: Option<usize>) -> Self {
         let arenas = match config.device {
             Device::Cpu => config.cpu_arena.uses_arena(stage).then(|| "cpu:0".to_string()),
             Device::Cuda(id) => Some(format!("gpu:{id}")),
         };
         ModelSession {
             arenas,
+            fused_attention: fused,
             stage,
             path: path.to_path_buf(),
             inputs: specs(session.inputs()),
             outputs: specs(session.outputs()),
             session: Mutex::new(session),
         }
+    }
+
+    /// How many attention cores were fused into `MultiHeadAttention` when this graph was loaded (`None` when it
+    /// came from the optimized-graph cache, whose entries do not record it).
+    pub fn fused_attention(&self) -> Option<usize> {
+        self.fused_attention
     }
 
     /// The file this graph was loaded from.

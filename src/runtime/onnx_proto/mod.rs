@@ -1,12 +1,17 @@
-//! A minimal reader and patcher for the ONNX protobuf (`onnx.proto`), just enough to merge weights at load time:
-//! `ModelProto.graph` → `GraphProto.initializer` (`TensorProto`: name, dims, data_type, raw_data / float_data /
-//! int32_data, external_data) and `GraphProto.node` (`NodeProto`: name, op_type, inputs, the Gemm `transB`
-//! attribute). Everything else is carried over byte for byte.
+//! A minimal reader and editor for the ONNX protobuf (`onnx.proto`), just enough to merge weights and fuse
+//! attention at load time: `ModelProto.graph` → `GraphProto.initializer` (`TensorProto`: name, dims, data_type,
+//! raw_data / float_data / int32_data / int64_data, external_data), `GraphProto.node` (`NodeProto`: name, op_type,
+//! domain, inputs, outputs, int / float / ints / tensor attributes) and the graph's output names; the edits are in
+//! [`edit`]. Everything else is carried over byte for byte.
 //!
-//! Field numbers are those of `onnx/onnx.proto` (ModelProto.graph = 7; GraphProto.node = 1, initializer = 5;
-//! NodeProto.input = 1, name = 3, op_type = 4, attribute = 5; AttributeProto.name = 1, i = 3; TensorProto.dims = 1,
-//! data_type = 2, float_data = 4, int32_data = 5, name = 8, raw_data = 9, external_data = 13, data_location = 14;
+//! Field numbers are those of `onnx/onnx.proto` (ModelProto.opset_import = 8, graph = 7; OperatorSetIdProto.domain
+//! = 1, version = 2; GraphProto.node = 1, initializer = 5, output = 12, value_info = 13; ValueInfoProto.name = 1;
+//! NodeProto.input = 1, output = 2, name = 3, op_type = 4, attribute = 5, domain = 7; AttributeProto.name = 1,
+//! f = 2, i = 3, t = 5, g = 6, ints = 8, graphs = 11, type = 20; TensorProto.dims = 1, data_type = 2,
+//! float_data = 4, int32_data = 5, int64_data = 7, name = 8, raw_data = 9, external_data = 13, data_location = 14;
 //! StringStringEntryProto.key = 1, value = 2).
+
+pub mod edit;
 
 use std::collections::HashMap;
 use std::io::{Read, Seek, SeekFrom};
@@ -21,6 +26,10 @@ pub const DT_FLOAT: i32 = 1;
 pub const DT_FLOAT16: i32 = 10;
 /// `TensorProto.DataType.BFLOAT16`.
 pub const DT_BFLOAT16: i32 = 16;
+/// `TensorProto.DataType.INT32`.
+pub const DT_INT32: i32 = 6;
+/// `TensorProto.DataType.INT64`.
+pub const DT_INT64: i32 = 7;
 
 /// A place in an external-data file, relative to the folder ONNX Runtime resolves external data against.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -43,8 +52,10 @@ pub enum TensorData {
     /// Values of repeated `float_data` / `int32_data` fields stored one by one (rare), as raw little-endian bytes
     /// in the initializer's own type.
     Unpacked(Vec<u8>),
-    /// Packed `int32_data` holding float16/bfloat16 bit patterns, one varint per element.
+    /// Packed `int32_data`: int32 values, or float16/bfloat16 bit patterns, one varint per element.
     PackedI32(Range<usize>),
+    /// Packed `int64_data`, one varint per element.
+    PackedI64(Range<usize>),
     /// External data: file (relative to the model's folder), offset and length in bytes.
     External {
         /// `location`.
@@ -85,17 +96,55 @@ impl Initializer {
     }
 }
 
-/// One `GraphProto.node` (only what weight mapping needs).
+/// One `NodeProto.attribute`, with the values of the kinds graph edits read.
+#[derive(Debug, Clone, Default)]
+pub struct Attribute {
+    /// `name`.
+    pub name: String,
+    /// `i`.
+    pub int: Option<i64>,
+    /// `f`.
+    pub float: Option<f32>,
+    /// `ints`.
+    pub ints: Vec<i64>,
+    /// `t` (a `Constant`'s value), indexed like an initializer.
+    pub tensor: Option<Initializer>,
+    /// True for `g` / `graphs` (control flow bodies, which may read any value of the outer graph).
+    pub subgraph: bool,
+}
+
+/// One `GraphProto.node`.
 #[derive(Debug, Clone)]
 pub struct Node {
     /// `name`, e.g. `/down_blocks.1/attentions.0/transformer_blocks.0/attn1/to_q/MatMul`.
     pub name: String,
     /// `op_type`.
     pub op_type: String,
-    /// `input` names.
+    /// `domain` (empty for the default ONNX domain).
+    pub domain: String,
+    /// `input` names (empty for an omitted optional input).
     pub inputs: Vec<String>,
-    /// Gemm's `transB` attribute (0 when absent).
-    pub trans_b: i64,
+    /// `output` names.
+    pub outputs: Vec<String>,
+    /// `attribute`s.
+    pub attributes: Vec<Attribute>,
+}
+
+impl Node {
+    /// The attribute called `name`.
+    pub fn attribute(&self, name: &str) -> Option<&Attribute> {
+        self.attributes.iter().find(|a| a.name == name)
+    }
+
+    /// The integer attribute `name`, if present.
+    pub fn int(&self, name: &str) -> Option<i64> {
+        self.attribute(name).and_then(|a| a.int)
+    }
+
+    /// True for an op of the default ONNX domain called `op_type`.
+    pub fn is(&self, op_type: &str) -> bool {
+        self.op_type == op_type && (self.domain.is_empty() || self.domain == "ai.onnx")
+    }
 }
 
 /// A parsed model: its bytes plus an index of the top-level graph's initializers and nodes.
@@ -109,7 +158,13 @@ pub struct OnnxModel {
     pub initializers: Vec<Initializer>,
     /// Nodes in file order.
     pub nodes: Vec<Node>,
+    /// The graph's output names.
+    pub outputs: Vec<String>,
+    /// `opset_import`: (domain, version).
+    pub opsets: Vec<(String, i64)>,
     by_name: HashMap<String, usize>,
+    /// True when `bytes` are the file at `path` as read ([`OnnxModel::read`]): offsets in them are file offsets.
+    is_file: bool,
 }
 
 /// A protobuf field: number and value.
@@ -216,7 +271,10 @@ fn parse_tensor(buf: &[u8], span: Range<usize>) -> std::result::Result<Initializ
             (4, Value::Bytes(_, r)) => t.data = TensorData::PackedF32(r),
             (4, Value::Fixed32(v)) => unpacked.extend_from_slice(&v.to_le_bytes()),
             (5, Value::Bytes(_, r)) => t.data = TensorData::PackedI32(r),
+            (5, Value::Varint(v)) if t.data_type == DT_INT32 => unpacked.extend_from_slice(&(v as i32).to_le_bytes()),
             (5, Value::Varint(v)) => unpacked.extend_from_slice(&(v as u16).to_le_bytes()),
+            (7, Value::Bytes(_, r)) => t.data = TensorData::PackedI64(r),
+            (7, Value::Varint(v)) => unpacked.extend_from_slice(&v.to_le_bytes()),
             (8, Value::Bytes(b, _)) => t.name = utf8(b),
             (9, Value::Bytes(_, r)) => t.data = TensorData::Raw(r),
             (13, Value::Bytes(_, r)) => {
@@ -253,30 +311,76 @@ fn parse_tensor(buf: &[u8], span: Range<usize>) -> std::result::Result<Initializ
 
 fn parse_node(buf: &[u8], range: Range<usize>) -> std::result::Result<Node, String> {
     let mut f = Fields::new(buf, range);
-    let mut n = Node { name: String::new(), op_type: String::new(), inputs: Vec::new(), trans_b: 0 };
+    let mut n = Node {
+        name: String::new(),
+        op_type: String::new(),
+        domain: String::new(),
+        inputs: Vec::new(),
+        outputs: Vec::new(),
+        attributes: Vec::new(),
+    };
     while let Some((field, value, _)) = f.next_field()? {
         match (field, value) {
             (1, Value::Bytes(b, _)) => n.inputs.push(utf8(b)),
+            (2, Value::Bytes(b, _)) => n.outputs.push(utf8(b)),
             (3, Value::Bytes(b, _)) => n.name = utf8(b),
             (4, Value::Bytes(b, _)) => n.op_type = utf8(b),
-            (5, Value::Bytes(_, r)) => {
-                let mut a = Fields::new(buf, r);
-                let (mut name, mut i) = (String::new(), 0i64);
-                while let Some((af, av, _)) = a.next_field()? {
-                    match (af, av) {
-                        (1, Value::Bytes(b, _)) => name = utf8(b),
-                        (3, Value::Varint(v)) => i = v as i64,
-                        _ => {}
-                    }
-                }
-                if name == "transB" {
-                    n.trans_b = i;
-                }
-            }
+            (7, Value::Bytes(b, _)) => n.domain = utf8(b),
+            (5, Value::Bytes(_, r)) => n.attributes.push(parse_attribute(buf, r)?),
             _ => {}
         }
     }
     Ok(n)
+}
+
+fn parse_attribute(buf: &[u8], range: Range<usize>) -> std::result::Result<Attribute, String> {
+    let mut a = Attribute::default();
+    let mut f = Fields::new(buf, range);
+    while let Some((field, value, _)) = f.next_field()? {
+        match (field, value) {
+            (1, Value::Bytes(b, _)) => a.name = utf8(b),
+            (2, Value::Fixed32(v)) => a.float = Some(f32::from_bits(v)),
+            (3, Value::Varint(v)) => a.int = Some(v as i64),
+            (5, Value::Bytes(_, r)) => a.tensor = Some(parse_tensor(buf, r)?),
+            (6 | 11, _) => a.subgraph = true,
+            (8, Value::Varint(v)) => a.ints.push(v as i64),
+            (8, Value::Bytes(_, r)) => a.ints.extend(packed_varints(buf, r)?.into_iter().map(|v| v as i64)),
+            _ => {}
+        }
+    }
+    Ok(a)
+}
+
+/// `ValueInfoProto.name`.
+fn value_info_name(buf: &[u8], range: Range<usize>) -> std::result::Result<String, String> {
+    let mut f = Fields::new(buf, range);
+    while let Some((field, value, _)) = f.next_field()? {
+        if let (1, Value::Bytes(b, _)) = (field, value) {
+            return Ok(utf8(b));
+        }
+    }
+    Ok(String::new())
+}
+
+/// `ModelProto.opset_import` as (domain, version).
+fn opset_imports(buf: &[u8]) -> std::result::Result<Vec<(String, i64)>, String> {
+    let mut out = Vec::new();
+    let mut f = Fields::new(buf, 0..buf.len());
+    while let Some((field, value, _)) = f.next_field()? {
+        if let (8, Value::Bytes(_, r)) = (field, value) {
+            let (mut domain, mut version) = (String::new(), 0i64);
+            let mut o = Fields::new(buf, r);
+            while let Some((of, ov, _)) = o.next_field()? {
+                match (of, ov) {
+                    (1, Value::Bytes(b, _)) => domain = utf8(b),
+                    (2, Value::Varint(v)) => version = v as i64,
+                    _ => {}
+                }
+            }
+            out.push((domain, version));
+        }
+    }
+    Ok(out)
 }
 
 fn put_varint(out: &mut Vec<u8>, mut v: u64) {
@@ -311,7 +415,7 @@ impl OnnxModel {
             }
             _ => Error::model_invalid(path, format!("cannot read: {e}")),
         })?;
-        Self::parse(path, bytes)
+        Ok(OnnxModel { is_file: true, ..Self::parse(path, bytes)? })
     }
 
     /// Index model bytes read from `path`.
@@ -325,18 +429,31 @@ impl OnnxModel {
             }
         }
         let graph = graph.ok_or_else(|| bad("no graph".into()))?;
+        let opsets = opset_imports(&bytes).map_err(bad)?;
         let mut initializers = Vec::new();
         let mut nodes = Vec::new();
+        let mut outputs = Vec::new();
         let mut g = Fields::new(&bytes, graph.clone());
         while let Some((field, value, _)) = g.next_field().map_err(bad)? {
             match (field, value) {
                 (1, Value::Bytes(_, r)) => nodes.push(parse_node(&bytes, r).map_err(bad)?),
                 (5, Value::Bytes(_, r)) => initializers.push(parse_tensor(&bytes, r).map_err(bad)?),
+                (12, Value::Bytes(_, r)) => outputs.push(value_info_name(&bytes, r).map_err(bad)?),
                 _ => {}
             }
         }
         let by_name = initializers.iter().enumerate().map(|(i, t)| (t.name.clone(), i)).collect();
-        Ok(OnnxModel { path: path.to_path_buf(), bytes, graph, initializers, nodes, by_name })
+        Ok(OnnxModel {
+            path: path.to_path_buf(),
+            bytes,
+            graph,
+            initializers,
+            nodes,
+            outputs,
+            opsets,
+            by_name,
+            is_file: false,
+        })
     }
 
     /// The file this model came from.
@@ -363,7 +480,44 @@ impl OnnxModel {
     /// The values of float initializer `index` as little-endian bytes of its own type (float32, float16 or
     /// bfloat16), reading external data from the model's folder.
     pub fn read_raw(&self, index: usize) -> Result<Vec<u8>> {
-        let t = &self.initializers[index];
+        self.raw_of(&self.initializers[index])
+    }
+
+    /// The values of a small inline integer tensor (an initializer or a `Constant`'s value; int64 or int32);
+    /// `None` for other types and for external data.
+    pub fn tensor_ints(&self, t: &Initializer) -> Option<Vec<i64>> {
+        let fixed = |b: &[u8], size: usize| -> Vec<i64> {
+            b.chunks_exact(size)
+                .map(|c| match size {
+                    8 => i64::from_le_bytes(c.try_into().expect("8 bytes")),
+                    _ => i64::from(i32::from_le_bytes(c.try_into().expect("4 bytes"))),
+                })
+                .collect()
+        };
+        let values = match (&t.data, t.data_type) {
+            (TensorData::Raw(r), DT_INT64) => fixed(&self.bytes[r.clone()], 8),
+            (TensorData::Raw(r), DT_INT32) => fixed(&self.bytes[r.clone()], 4),
+            (TensorData::Unpacked(b), DT_INT64) => fixed(b, 8),
+            (TensorData::Unpacked(b), DT_INT32) => fixed(b, 4),
+            // Negative values are sign-extended 64-bit varints in both fields.
+            (TensorData::PackedI64(r), DT_INT64) | (TensorData::PackedI32(r), DT_INT32) => {
+                packed_varints(&self.bytes, r.clone()).ok()?.into_iter().map(|v| v as i64).collect()
+            }
+            _ => return None,
+        };
+        (values.len() == t.numel()).then_some(values)
+    }
+
+    /// The values of a small inline float tensor (float32, float16 or bfloat16) as f32; `None` for other types
+    /// and for external data.
+    pub fn tensor_floats(&self, t: &Initializer) -> Option<Vec<f32>> {
+        if t.is_external() {
+            return None;
+        }
+        self.raw_of(t).ok().map(|raw| decode_floats(&raw, t.data_type))
+    }
+
+    fn raw_of(&self, t: &Initializer) -> Result<Vec<u8>> {
         let bad = |m: String| Error::model_invalid(&self.path, format!("initializer `{}`: {m}", t.name));
         let size = float_elem_size(t.data_type)
             .ok_or_else(|| bad(format!("data type {} is not float32, float16 or bfloat16", t.data_type)))?;
@@ -411,74 +565,6 @@ impl OnnxModel {
         }
         Ok(self.path.parent().unwrap_or(Path::new(".")).join(rel))
     }
-
-    /// The serialized model with the initializers in `replace` (index → little-endian bytes in the initializer's
-    /// own type and shape) stored inline as `raw_data`, external-data fields dropped. Every other byte is kept.
-    pub fn patched(&self, replace: &HashMap<usize, Vec<u8>>) -> Result<Vec<u8>> {
-        self.patched_with_external(replace, &HashMap::new())
-    }
-
-    /// [`OnnxModel::patched`], and the initializers in `moved` turned into external tensors at the given place
-    /// (`data_location` EXTERNAL, `external_data` {location, offset, length}), whatever they held before.
-    pub fn patched_with_external(
-        &self,
-        replace: &HashMap<usize, Vec<u8>>,
-        moved: &HashMap<usize, ExternalRef>,
-    ) -> Result<Vec<u8>> {
-        let mut by_start: HashMap<usize, usize> = HashMap::new();
-        for &i in replace.keys().chain(moved.keys()) {
-            let t = self.initializers.get(i).ok_or_else(|| Error::Internal(format!("no initializer {i}")))?;
-            by_start.insert(t.span.start, i);
-        }
-        let mut graph = Vec::with_capacity(self.graph.len() + replace.values().map(Vec::len).sum::<usize>());
-        let mut g = Fields::new(&self.bytes, self.graph.clone());
-        let bad = |m: String| Error::model_invalid(&self.path, m);
-        while let Some((field, value, whole)) = g.next_field().map_err(bad)? {
-            match (field, value) {
-                (5, Value::Bytes(_, r)) if by_start.contains_key(&r.start) => {
-                    let i = by_start[&r.start];
-                    let t = &self.initializers[i];
-                    let mut msg = Vec::with_capacity(replace.get(&i).map_or(0, Vec::len) + t.name.len() + 96);
-                    for &d in &t.dims {
-                        put_varint(&mut msg, 1 << 3);
-                        put_varint(&mut msg, d as u64);
-                    }
-                    put_varint(&mut msg, 2 << 3);
-                    put_varint(&mut msg, t.data_type as u64);
-                    put_bytes_field(&mut msg, 8, t.name.as_bytes());
-                    match (replace.get(&i), moved.get(&i)) {
-                        (Some(bytes), _) => put_bytes_field(&mut msg, 9, bytes),
-                        (None, Some(at)) => {
-                            let (offset, length) = (at.offset.to_string(), at.length.to_string());
-                            for (key, value) in
-                                [("location", at.location.as_str()), ("offset", &offset), ("length", &length)]
-                            {
-                                let mut entry = Vec::new();
-                                put_bytes_field(&mut entry, 1, key.as_bytes());
-                                put_bytes_field(&mut entry, 2, value.as_bytes());
-                                put_bytes_field(&mut msg, 13, &entry);
-                            }
-                            put_varint(&mut msg, 14 << 3);
-                            put_varint(&mut msg, 1); // DataLocation.EXTERNAL
-                        }
-                        (None, None) => unreachable!("index from one of the two maps"),
-                    }
-                    put_bytes_field(&mut graph, 5, &msg);
-                }
-                _ => graph.extend_from_slice(&self.bytes[whole]),
-            }
-        }
-        let mut out = Vec::with_capacity(self.bytes.len() + graph.len());
-        let mut f = Fields::new(&self.bytes, 0..self.bytes.len());
-        while let Some((field, _, whole)) = f.next_field().map_err(bad)? {
-            if field == 7 {
-                put_bytes_field(&mut out, 7, &graph);
-            } else {
-                out.extend_from_slice(&self.bytes[whole]);
-            }
-        }
-        Ok(out)
-    }
 }
 
 /// Little-endian float32/float16/bfloat16 bytes → f32 (hardware conversions where the CPU has them).
@@ -512,6 +598,7 @@ pub fn encode_floats(values: &[f32], data_type: i32) -> Vec<u8> {
 
 #[cfg(test)]
 mod tests {
+    use super::edit::Edit;
     use super::*;
 
     fn fixture(p: &str) -> PathBuf {
@@ -538,8 +625,8 @@ mod tests {
     #[test]
     fn patching_round_trips() {
         let m = OnnxModel::read(&fixture("tiny-sdxl/unet/model.onnx")).unwrap();
-        // No replacement: the same bytes.
-        assert_eq!(m.patched(&HashMap::new()).unwrap(), m.bytes());
+        // No edit: the same bytes.
+        assert_eq!(m.edited(&Edit::default()).unwrap(), m.bytes());
         let inline = m.initializers.iter().position(|t| matches!(t.data, TensorData::Raw(_)) && t.numel() > 8).unwrap();
         let external = m.initializer_index("conv_in.weight").unwrap();
         let mut rep = HashMap::new();
@@ -547,7 +634,7 @@ mod tests {
             let v: Vec<f32> = (0..m.initializers[i].numel()).map(|k| k as f32 * 0.5).collect();
             rep.insert(i, encode_floats(&v, DT_FLOAT));
         }
-        let bytes = m.patched(&rep).unwrap();
+        let bytes = m.edited(&Edit { replace: rep, ..Edit::default() }).unwrap();
         let p = OnnxModel::parse(m.path(), bytes).unwrap();
         assert_eq!(p.initializers.len(), m.initializers.len());
         for i in [inline, external] {
@@ -570,7 +657,7 @@ mod tests {
             let at = ExternalRef { location: "merged.bin".into(), offset: 65536 * k as u64, length: 16 };
             moved.insert(i, at);
         }
-        let p = OnnxModel::parse(m.path(), m.patched_with_external(&HashMap::new(), &moved).unwrap()).unwrap();
+        let p = OnnxModel::parse(m.path(), m.edited(&Edit { moved, ..Edit::default() }).unwrap()).unwrap();
         for (k, i) in [inline, external].into_iter().enumerate() {
             let want =
                 TensorData::External { location: "merged.bin".into(), offset: 65536 * k as u64, length: Some(16) };
