@@ -55,8 +55,12 @@ pub fn plan(model: &OnnxModel, edit: &mut Edit) -> usize {
         for input in [&core.query, &core.key, &core.value] {
             *readers.entry(input.as_str()).or_default() += 1;
         }
+        let name = match core.prefix.as_str() {
+            "" => format!("sdxlrt_fused/{}/MultiHeadAttention", core.nodes[3]),
+            prefix => format!("{prefix}/MultiHeadAttention"),
+        };
         let node = encode_node(
-            &format!("{}/MultiHeadAttention", core.prefix),
+            &name,
             MS_DOMAIN,
             "MultiHeadAttention",
             &[&core.query, &core.key, &core.value],
@@ -98,7 +102,8 @@ struct Core {
     heads: i64,
     /// `None`: MultiHeadAttention's default, 1/√head_dim.
     scale: Option<f32>,
-    /// The name of the Softmax without its last part (`/…/attn1`), for the new node's name.
+    /// The name of the Softmax without its last part (`/…/attn1`; empty for an unnamed Softmax), for the new
+    /// node's name.
     prefix: String,
 }
 

@@ -148,6 +148,15 @@ impl SessionConfig {
 /// graph is loaded from memory ([`OnnxModel::inline_as_external`]).
 const READ_FROM_FILE_BYTES: usize = 1024;
 
+/// Said after the graph's name when ONNX Runtime refuses a graph whose attention was fused at load.
+fn fusion_hint(fused: usize) -> &'static str {
+    if fused > 0 {
+        " (with its attention fused at load; engine option `fuse_attention: false` loads it as exported)"
+    } else {
+        ""
+    }
+}
+
 /// What ONNX Runtime builds a session from.
 enum Source {
     /// The model file as it is.
@@ -275,8 +284,10 @@ impl ModelSession {
         if let (Some(cache), Device::Cpu) = (&config.optimized_cache, config.device) {
             return Self::load_cached(env, path, stage, config, cache);
         }
-        let invalid = |e: ort::Error| Error::model_invalid(path, format!("ONNX Runtime cannot load the {stage}: {e}"));
         let (source, fused) = Source::prepare(path, stage, config)?;
+        let invalid = |e: ort::Error| {
+            Error::model_invalid(path, format!("ONNX Runtime cannot load the {stage}{}: {e}", fusion_hint(fused)))
+        };
         let session = source.commit(builder(env, path, stage, config)?, invalid)?;
         Ok(Self::wrap(stage, path, session, config, Some(fused)))
     }
@@ -325,7 +336,9 @@ impl ModelSession {
         for (key, value) in saving {
             b = b.with_config_entry(key, value).map_err(|e| invalid(e.into()))?;
         }
-        let session = source.commit(b, invalid);
+        let session = source.commit(b, |e| {
+            Error::model_invalid(path, format!("ONNX Runtime cannot load the {stage}{}: {e}", fusion_hint(fused)))
+        });
         // Publish the entry only when the session was built; losing a race to another engine is fine.
         if session.is_err() || std::fs::rename(&tmp, &entry).is_err() {
             let _ = std::fs::remove_dir_all(&tmp);
@@ -396,7 +409,9 @@ impl ModelSession {
             builder = builder.with_external_initializer(&t.name, value).map_err(|e| invalid(e.into()))?;
         }
         drop(model);
-        let session = builder.commit_from_memory(&patched).map_err(invalid)?;
+        let session = builder.commit_from_memory(&patched).map_err(|e| {
+            Error::model_invalid(&path, format!("ONNX Runtime cannot load the {stage}{}: {e}", fusion_hint(fused)))
+        })?;
         drop(scratch); // ONNX Runtime has read (or mapped) the file; the folder goes now
         Ok(Self::wrap(stage, &path, session, config, Some(fused)))
     }
