@@ -55,8 +55,9 @@ pub struct EngineOptions {
     /// `memory_limit_mb`, `prefer_nhwc`); only with `device` cuda.
     pub cuda: Option<crate::runtime::CudaOptions>,
     /// Fuse the UNet's and VAE's attention into ONNX Runtime's `MultiHeadAttention` when loading them (default
-    /// true): any `torch.onnx.export` of SDXL then runs on fused attention kernels, on CPU and CUDA, without being
-    /// exported again. The model files are never changed. `false` runs the graphs exactly as exported.
+    /// true): any `torch.onnx.export` of SDXL then runs on fused attention kernels (CUDA: every graph; CPU: float32
+    /// graphs) without being exported again. The model files are never changed. `false` runs the graphs exactly as
+    /// exported.
     pub fuse_attention: Option<bool>,
     /// With `device` cuda: run on CPU (with a warning) when this ONNX Runtime has no CUDA execution provider,
     /// instead of failing. Default false: never a silent fallback.

@@ -8,7 +8,8 @@
 //! before the head split and computes the same softmax(Q Kᵀ · scale) V with its fused CPU kernel (and flash /
 //! memory-efficient attention on CUDA). Measured: a bench-size SDXL UNet at 512² on 2 CPU cores, about 2 % per step
 //! (fewer, larger kernels; CPU time there is mostly Conv and MatMul); on an H100 the same fusion made at export time
-//! took a full-size fp16 CFG step from 88 to 59 ms (docs/benchmarks.md).
+//! took a full-size fp16 CFG step from 88 to 59 ms (docs/benchmarks.md). Which graphs go through it is the session
+//! loader's choice (`SessionConfig::fuses_model`: not the text encoders; float32 only on the CPU).
 //!
 //! ```text
 //! q3 ─ Reshape[B,-1,H,D] ─ Transpose(0,2,1,3) ─ Mul(s) ─┐

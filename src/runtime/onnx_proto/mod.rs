@@ -466,6 +466,15 @@ impl OnnxModel {
         &self.bytes
     }
 
+    /// The float type (`DT_FLOAT`, `DT_FLOAT16` or `DT_BFLOAT16`) of most of the weights' elements, if any.
+    pub fn weight_float_type(&self) -> Option<i32> {
+        let mut elements: HashMap<i32, usize> = HashMap::new();
+        for t in self.initializers.iter().filter(|t| float_elem_size(t.data_type).is_some()) {
+            *elements.entry(t.data_type).or_default() += t.numel();
+        }
+        elements.into_iter().max_by_key(|&(_, n)| n).map(|(data_type, _)| data_type)
+    }
+
     /// Index of the initializer called `name`.
     pub fn initializer_index(&self, name: &str) -> Option<usize> {
         self.by_name.get(name).copied()
