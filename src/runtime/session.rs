@@ -156,13 +156,14 @@ impl SessionConfig {
 /// graph is loaded from memory ([`OnnxModel::inline_as_external`]).
 const READ_FROM_FILE_BYTES: usize = 1024;
 
-/// Said after the graph's name when ONNX Runtime refuses a graph whose attention was fused at load.
-fn fusion_hint(fused: usize) -> &'static str {
-    if fused > 0 {
-        " (with its attention fused at load; engine option `fuse_attention: false` loads it as exported)"
-    } else {
-        ""
-    }
+/// The error for ONNX Runtime refusing the `stage` graph at `path`; `fused` attention cores were fused into it at
+/// load (then the message says how to load it as exported).
+fn refused<'a>(path: &'a Path, stage: &'static str, fused: usize) -> impl Fn(ort::Error) -> Error + Copy + 'a {
+    let hint = match fused {
+        0 => "",
+        _ => " (with its attention fused at load; engine option `fuse_attention: false` loads it as exported)",
+    };
+    move |e| Error::model_invalid(path, format!("ONNX Runtime cannot load the {stage}{hint}: {e}"))
 }
 
 /// What ONNX Runtime builds a session from.
@@ -236,7 +237,7 @@ fn builder(
     stage: &'static str,
     config: &SessionConfig,
 ) -> Result<SessionBuilder> {
-    let invalid = |e: ort::Error| Error::model_invalid(path, format!("ONNX Runtime cannot load the {stage}: {e}"));
+    let invalid = refused(path, stage, 0);
     let mut builder = Session::builder(env).map_err(invalid)?;
     builder = builder.with_optimization_level(GraphOptimizationLevel::All).map_err(|e| invalid(e.into()))?;
     // ORT's worker threads flush denormals; the calling thread does only inside `FlushDenormals` guards.
@@ -293,10 +294,7 @@ impl ModelSession {
             return Self::load_cached(env, path, stage, config, cache);
         }
         let (source, fused) = Source::prepare(path, stage, config)?;
-        let invalid = |e: ort::Error| {
-            Error::model_invalid(path, format!("ONNX Runtime cannot load the {stage}{}: {e}", fusion_hint(fused)))
-        };
-        let session = source.commit(builder(env, path, stage, config)?, invalid)?;
+        let session = source.commit(builder(env, path, stage, config)?, refused(path, stage, fused))?;
         Ok(Self::wrap(stage, path, session, config, Some(fused)))
     }
 
@@ -318,7 +316,7 @@ impl ModelSession {
         config: &SessionConfig,
         cache: &OptimizedCache,
     ) -> Result<Self> {
-        let invalid = |e: ort::Error| Error::model_invalid(path, format!("ONNX Runtime cannot load the {stage}: {e}"));
+        let invalid = refused(path, stage, 0);
         let entry = cache.entry(path, &config.cache_stage(stage));
         let cached = entry.join("model.onnx");
         if cached.is_file() {
@@ -344,9 +342,7 @@ impl ModelSession {
         for (key, value) in saving {
             b = b.with_config_entry(key, value).map_err(|e| invalid(e.into()))?;
         }
-        let session = source.commit(b, |e| {
-            Error::model_invalid(path, format!("ONNX Runtime cannot load the {stage}{}: {e}", fusion_hint(fused)))
-        });
+        let session = source.commit(b, refused(path, stage, fused));
         // Publish the entry only when the session was built; losing a race to another engine is fine.
         if session.is_err() || std::fs::rename(&tmp, &entry).is_err() {
             let _ = std::fs::remove_dir_all(&tmp);
@@ -394,7 +390,7 @@ impl ModelSession {
         let fused = if config.fuses_model(stage, &model) { fuse_attention::plan(&model, &mut edit) } else { 0 };
         let patched = model.edited(&edit)?;
         drop(edit);
-        let invalid = |e: ort::Error| Error::model_invalid(&path, format!("ONNX Runtime cannot load the {stage}: {e}"));
+        let invalid = refused(&path, stage, 0);
         let mut builder = builder(env, &path, stage, config)?
             .with_config_entry("session.model_external_initializers_file_folder_path", folder.to_string_lossy())
             .map_err(|e| invalid(e.into()))?;
@@ -417,9 +413,7 @@ impl ModelSession {
             builder = builder.with_external_initializer(&t.name, value).map_err(|e| invalid(e.into()))?;
         }
         drop(model);
-        let session = builder.commit_from_memory(&patched).map_err(|e| {
-            Error::model_invalid(&path, format!("ONNX Runtime cannot load the {stage}{}: {e}", fusion_hint(fused)))
-        })?;
+        let session = builder.commit_from_memory(&patched).map_err(refused(&path, stage, fused))?;
         drop(scratch); // ONNX Runtime has read (or mapped) the file; the folder goes now
         Ok(Self::wrap(stage, &path, session, config, Some(fused)))
     }
