@@ -388,11 +388,18 @@ fn corrupt_unmatched_and_misshapen_files_are_clear_errors() {
         (&format!("{Q}.lora_A.weight"), vec![2, 32], vec![0.1; 64]),
         (&format!("{Q}.lora_B.weight"), vec![16, 2], vec![0.1; 32]),
     ]);
+    let conv = "lora_unet_input_blocks_1_0_in_layers_2";
+    let tucker_misshapen = safetensors_file(&[
+        (&format!("{conv}.lora_down.weight"), vec![2, 16, 1, 1], vec![0.1; 32]),
+        (&format!("{conv}.lora_mid.weight"), vec![2, 3, 3, 3], vec![0.1; 54]),
+        (&format!("{conv}.lora_up.weight"), vec![16, 2, 1, 1], vec![0.1; 32]),
+    ]);
     let dir = temp_root(&[
         ("truncated.safetensors", truncated),
         ("garbage.safetensors", b"definitely not safetensors".to_vec()),
         ("sd15.safetensors", sd15),
         ("misshapen.safetensors", misshapen),
+        ("tucker_misshapen.safetensors", tucker_misshapen),
     ]);
     let root = dir.path();
     expect_error(&generate(root, json!([{"name": "truncated"}])), "model_invalid", &["truncated.safetensors"]);
@@ -407,6 +414,52 @@ fn corrupt_unmatched_and_misshapen_files_are_clear_errors() {
         "model_invalid",
         &["misshapen.safetensors", "attn1.to_q"],
     );
+    expect_error(
+        &generate(root, json!([{"name": "tucker_misshapen"}])),
+        "model_invalid",
+        &["tucker_misshapen.safetensors", "in_layers_2", "lora_mid [2, 3, 3, 3]"],
+    );
+}
+
+#[test]
+fn a_tucker_locon_merges_like_the_plain_locon_it_factors() {
+    // LyCORIS Tucker LoCon on a 3×3 conv: ΔW[o, i, y, x] = Σ_{n,m} up[o, n] · mid[n, m, y, x] · down[m, i]
+    // (A1111's rebuild_cp_decomposition). The same ΔW written as a plain LoCon must give the same image.
+    let (r, c) = (2usize, 16usize);
+    let values = |seed: usize, n: usize| -> Vec<f32> {
+        (0..n).map(|i| (((i * 7 + seed * 13) % 17) as f32 - 8.0) * 0.05).collect()
+    };
+    let (down, mid, up) = (values(1, r * c), values(2, r * r * 9), values(3, c * r));
+    let mut folded = vec![0f32; r * c * 9];
+    for n in 0..r {
+        for i in 0..c {
+            for yx in 0..9 {
+                folded[(n * c + i) * 9 + yx] = (0..r).map(|m| mid[(n * r + m) * 9 + yx] * down[m * c + i]).sum();
+            }
+        }
+    }
+    let name = "lora_unet_input_blocks_1_0_in_layers_2";
+    let key = |part: &str| format!("{name}.{part}");
+    let tucker = safetensors_file(&[
+        (&key("lora_down.weight"), vec![r, c, 1, 1], down),
+        (&key("lora_mid.weight"), vec![r, r, 3, 3], mid),
+        (&key("lora_up.weight"), vec![c, r, 1, 1], up.clone()),
+        (&key("alpha"), vec![], vec![1.0]),
+    ]);
+    let plain = safetensors_file(&[
+        (&key("lora_down.weight"), vec![r, c, 3, 3], folded),
+        (&key("lora_up.weight"), vec![c, r, 1, 1], up),
+        (&key("alpha"), vec![], vec![1.0]),
+    ]);
+    let dir = temp_root(&[("tucker.safetensors", tucker), ("plain.safetensors", plain)]);
+    let image = |loras: Value| {
+        let resp = generate(dir.path(), loras);
+        assert!(resp["warnings"].as_array().is_none_or(|w| w.is_empty()), "{}", resp["warnings"]);
+        resp["data"]["generated_images"][0]["image_data"].as_str().unwrap().to_string()
+    };
+    let with_tucker = image(json!([{"name": "tucker", "weight": 1.0}]));
+    assert!(with_tucker == image(json!([{"name": "plain", "weight": 1.0}])), "Tucker and plain LoCon differ");
+    assert!(with_tucker != image(json!([])), "the Tucker LoCon changed nothing");
 }
 
 #[test]

@@ -11,10 +11,13 @@
 //!   processors (`attn1.processor.to_q_lora.down.weight`).
 //! - LyCORIS LoHa (`.hada_w1_a`, `.hada_w1_b`, `.hada_w2_a`, `.hada_w2_b`) and LoKr (`.lokr_w1` or
 //!   `.lokr_w1_a`/`.lokr_w1_b`, `.lokr_w2` or `.lokr_w2_a`/`.lokr_w2_b`), with the same prefixes.
+//! - LyCORIS Tucker LoCon: `.lora_down` `[r, in, 1, 1]`, `.lora_mid` `[r, r, kh, kw]`, `.lora_up` `[out, r, 1, 1]`,
+//!   ΔW[o, i, y, x] = Σ_{n,m} up[o, n] · mid[n, m, y, x] · down[m, i] (A1111's `rebuild_cp_decomposition`). The
+//!   mid is folded into the down factor when the file is read, so it merges as the LoCon `[r, in, kh, kw]` it is.
 //!
 //! - DoRA in PEFT's format: a LoRA module with `.lora_magnitude_vector` (see [`super::merge::apply_dora`]).
 //!
-//! Anything else (kohya/LyCORIS DoRA `dora_scale`, Tucker `lora_mid`/`hada_t1`/`lokr_t2`, full `diff` tensors,
+//! Anything else (kohya/LyCORIS DoRA `dora_scale`, Tucker LoHa/LoKr `hada_t1`/`lokr_t2`, full `diff` tensors,
 //! unknown keys) is kept as "unsupported" and reported as skipped, never applied half-way.
 
 use std::collections::BTreeMap;
@@ -189,7 +192,7 @@ const SUFFIXES: &[(&str, Part)] = &[
     (".lokr_w2_b", Part::Lokr(5)),
     (".lokr_w1", Part::Lokr(0)),
     (".lokr_w2", Part::Lokr(3)),
-    (".lora_mid.weight", Part::Unsupported("Tucker-decomposed LoCon (lora_mid)")),
+    (".lora_mid.weight", Part::Mid),
     (".hada_t1", Part::Unsupported("Tucker-decomposed LoHa (hada_t1)")),
     (".hada_t2", Part::Unsupported("Tucker-decomposed LoHa (hada_t2)")),
     (".lokr_t2", Part::Unsupported("Tucker-decomposed LoKr (lokr_t2)")),
@@ -203,6 +206,8 @@ const SUFFIXES: &[(&str, Part)] = &[
 enum Part {
     Down,
     Up,
+    /// LyCORIS Tucker LoCon's core tensor.
+    Mid,
     Alpha,
     Hada(usize),
     Lokr(usize),
@@ -215,6 +220,7 @@ enum Part {
 struct Parts {
     down: Option<Mat>,
     up: Option<Mat>,
+    mid: Option<Mat>,
     alpha: Option<f32>,
     hada: [Option<Mat>; 4],
     lokr: [Option<Mat>; 6],
@@ -328,6 +334,7 @@ pub fn parse(path: &Path, bytes: &[u8]) -> Result<LoraFile> {
         match part {
             Part::Down => g.down = Some(read_mat(&st, &key, path)?),
             Part::Up => g.up = Some(read_mat(&st, &key, path)?),
+            Part::Mid => g.mid = Some(read_mat(&st, &key, path)?),
             Part::Alpha => {
                 let m = read_mat(&st, &key, path)?;
                 if m.data.len() != 1 {
@@ -355,7 +362,13 @@ pub fn parse(path: &Path, bytes: &[u8]) -> Result<LoraFile> {
             (Some(_), false) => Some("DoRA (lora_magnitude_vector) with anything but LoRA matrices"),
             _ => g.unsupported,
         };
-        let (patch, unsupported) = build_patch(g.down, g.up, g.hada, g.lokr, unsupported, &prefix, path)?;
+        let incomplete = |what: &str| Error::model_invalid(path, format!("module `{prefix}`: {what}"));
+        let down = match (g.mid, g.down) {
+            (Some(mid), Some(down)) => Some(fold_tucker_mid(&mid, &down).map_err(|m| incomplete(&m))?),
+            (Some(_), None) => return Err(incomplete("has lora_mid without lora_down")),
+            (None, down) => down,
+        };
+        let (patch, unsupported) = build_patch(down, g.up, g.hada, g.lokr, unsupported, &prefix, path)?;
         let magnitude = magnitude.filter(|_| patch.is_some());
         modules.push(Module { component, name, patch, alpha: g.alpha, magnitude, keys: g.keys, unsupported });
     }
@@ -370,6 +383,32 @@ pub fn parse(path: &Path, bytes: &[u8]) -> Result<LoraFile> {
 }
 
 type Built = (Option<Patch>, Option<String>);
+
+/// A Tucker LoCon's down factor with its core folded in: `mid` `[r, r, kh, kw]` and `down` `[r, in(, 1, 1)]` give
+/// `[r, in, kh, kw]` with down'[n, i, y, x] = Σ_m mid[n, m, y, x] · down[m, i] (summed in f64, rounded once).
+fn fold_tucker_mid(mid: &Mat, down: &Mat) -> std::result::Result<Mat, String> {
+    let (r, inputs) = (down.rows(), down.cols());
+    let square = mid.shape.len() == 4 && mid.shape[0] == r && mid.shape[1] == r;
+    if !square || down.shape.iter().skip(2).any(|&d| d != 1) {
+        return Err(format!(
+            "Tucker LoCon lora_mid {:?} and lora_down {:?} do not chain (mid must be [r, r, kh, kw], down [r, in, 1, 1])",
+            mid.shape, down.shape
+        ));
+    }
+    let kernel = mid.shape[2] * mid.shape[3];
+    let mut data = vec![0f32; r * inputs * kernel];
+    for n in 0..r {
+        for i in 0..inputs {
+            for yx in 0..kernel {
+                let sum: f64 = (0..r)
+                    .map(|m| f64::from(mid.data[(n * r + m) * kernel + yx]) * f64::from(down.data[m * inputs + i]))
+                    .sum();
+                data[(n * inputs + i) * kernel + yx] = sum as f32;
+            }
+        }
+    }
+    Ok(Mat { shape: vec![r, inputs, mid.shape[2], mid.shape[3]], data })
+}
 
 fn build_patch(
     down: Option<Mat>,
