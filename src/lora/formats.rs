@@ -352,25 +352,19 @@ pub fn parse(path: &Path, bytes: &[u8]) -> Result<LoraFile> {
         }
     }
     let mut modules = Vec::new();
-    for (prefix, g) in groups {
+    for (prefix, mut g) in groups {
         let Some((component, name)) = split_prefix(&prefix) else {
             unknown_keys.extend(g.keys);
             continue;
         };
-        let magnitude = g.magnitude.map(|m| m.data);
-        let unsupported = match (&magnitude, g.down.is_some() || g.up.is_some()) {
-            (Some(_), false) => Some("DoRA (lora_magnitude_vector) with anything but LoRA matrices"),
-            _ => g.unsupported,
-        };
-        let incomplete = |what: &str| Error::model_invalid(path, format!("module `{prefix}`: {what}"));
-        let down = match (g.mid, g.down) {
-            (Some(mid), Some(down)) => Some(fold_tucker_mid(&mid, &down).map_err(|m| incomplete(&m))?),
-            (Some(_), None) => return Err(incomplete("has lora_mid without lora_down")),
-            (None, down) => down,
-        };
-        let (patch, unsupported) = build_patch(down, g.up, g.hada, g.lokr, unsupported, &prefix, path)?;
+        let magnitude = g.magnitude.take().map(|m| m.data);
+        if magnitude.is_some() && g.down.is_none() && g.up.is_none() {
+            g.unsupported = Some("DoRA (lora_magnitude_vector) with anything but LoRA matrices");
+        }
+        let (alpha, keys) = (g.alpha, std::mem::take(&mut g.keys));
+        let (patch, unsupported) = build_patch(g, &prefix, path)?;
         let magnitude = magnitude.filter(|_| patch.is_some());
-        modules.push(Module { component, name, patch, alpha: g.alpha, magnitude, keys: g.keys, unsupported });
+        modules.push(Module { component, name, patch, alpha, magnitude, keys, unsupported });
     }
     modules.sort_by(|a, b| (a.component, &a.name).cmp(&(b.component, &b.name)));
     Ok(LoraFile {
@@ -410,19 +404,18 @@ fn fold_tucker_mid(mid: &Mat, down: &Mat) -> std::result::Result<Mat, String> {
     Ok(Mat { shape: vec![r, inputs, mid.shape[2], mid.shape[3]], data })
 }
 
-fn build_patch(
-    down: Option<Mat>,
-    up: Option<Mat>,
-    hada: [Option<Mat>; 4],
-    lokr: [Option<Mat>; 6],
-    unsupported: Option<&'static str>,
-    prefix: &str,
-    path: &Path,
-) -> Result<Built> {
+/// The patch of one module's factors (`prefix` and `path` for errors).
+fn build_patch(parts: Parts, prefix: &str, path: &Path) -> Result<Built> {
+    let Parts { down, up, mid, hada, lokr, unsupported, .. } = parts;
     if let Some(what) = unsupported {
         return Ok((None, Some(format!("{what} is not supported"))));
     }
     let incomplete = |what: &str| Error::model_invalid(path, format!("module `{prefix}`: {what}"));
+    let down = match (mid, down) {
+        (Some(mid), Some(down)) => Some(fold_tucker_mid(&mid, &down).map_err(|m| incomplete(&m))?),
+        (Some(_), None) => return Err(incomplete("has lora_mid without lora_down")),
+        (None, down) => down,
+    };
     if down.is_some() || up.is_some() {
         let (Some(down), Some(up)) = (down, up) else {
             return Err(incomplete("has only one of the two LoRA matrices (down/up, A/B)"));
