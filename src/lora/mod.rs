@@ -466,23 +466,11 @@ impl From<&AppliedLora> for LoraInfo {
 mod tests {
     use super::*;
 
-    fn varint(out: &mut Vec<u8>, mut v: u64) {
-        while v >= 0x80 {
-            out.push((v as u8) | 0x80);
-            v >>= 7;
-        }
-        out.push(v as u8);
-    }
-
-    fn bytes_field(out: &mut Vec<u8>, field: u64, data: &[u8]) {
-        varint(out, (field << 3) | 2);
-        varint(out, data.len() as u64);
-        out.extend_from_slice(data);
-    }
+    use crate::runtime::onnx_proto::{put_bytes_field as bytes_field, put_varint};
 
     fn varint_field(out: &mut Vec<u8>, field: u64, v: u64) {
-        varint(out, field << 3);
-        varint(out, v);
+        put_varint(out, field << 3);
+        put_varint(out, v);
     }
 
     #[test]

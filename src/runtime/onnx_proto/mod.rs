@@ -383,7 +383,8 @@ fn opset_imports(buf: &[u8]) -> std::result::Result<Vec<(String, i64)>, String> 
     Ok(out)
 }
 
-fn put_varint(out: &mut Vec<u8>, mut v: u64) {
+/// Appends `v` as a protobuf varint.
+pub(crate) fn put_varint(out: &mut Vec<u8>, mut v: u64) {
     while v >= 0x80 {
         out.push((v as u8) | 0x80);
         v >>= 7;
@@ -391,7 +392,8 @@ fn put_varint(out: &mut Vec<u8>, mut v: u64) {
     out.push(v as u8);
 }
 
-fn put_bytes_field(out: &mut Vec<u8>, field: u32, data: &[u8]) {
+/// Appends a length-delimited protobuf field.
+pub(crate) fn put_bytes_field(out: &mut Vec<u8>, field: u32, data: &[u8]) {
     put_varint(out, (u64::from(field) << 3) | 2);
     put_varint(out, data.len() as u64);
     out.extend_from_slice(data);
