@@ -264,13 +264,17 @@ fn optimized_graph_cache_gives_the_same_images_and_repairs_damaged_entries() {
         .collect();
     entries.sort();
     let stages: Vec<&str> = entries.iter().map(|e| e.rsplit_once('-').unwrap().0).collect();
-    assert_eq!(stages, ["text_encoder", "text_encoder_2", "unet+mha", "vae_decoder+mha"], "{entries:?}");
+    assert_eq!(
+        stages,
+        ["text_encoder", "text_encoder_2", "unet+mha+subpixel", "vae_decoder+mha+subpixel"],
+        "{entries:?}"
+    );
     // Second engine: loads the optimized graphs with optimizations off; same pixels as without the cache.
     let second = AbiEngine::create(Some(&opts)).unwrap().generate_images(&req);
     assert_eq!(second.1, plain, "cached optimized graphs give the same image");
     assert_eq!(first.1, plain);
     // A damaged entry is dropped and rebuilt.
-    let unet = cache.path().join(entries.iter().find(|e| e.starts_with("unet+mha-")).unwrap());
+    let unet = cache.path().join(entries.iter().find(|e| e.starts_with("unet+mha+subpixel-")).unwrap());
     std::fs::write(unet.join("model.onnx"), b"garbage").unwrap();
     let third = AbiEngine::create(Some(&opts)).unwrap().generate_images(&req);
     assert_eq!(third.1, plain);

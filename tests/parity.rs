@@ -216,6 +216,32 @@ fn attention_fused_at_load_and_as_exported_both_match_diffusers_and_differ() {
 }
 
 #[test]
+fn upsampling_made_subpixel_at_load_and_as_exported_both_match_diffusers_and_differ() {
+    // By default the UNet's upsample convolution and the VAE decoder's three are loaded as four 2×2 phase
+    // convolutions each; `subpixel_upsample: false` runs them as exported. Both match diffusers; their latents
+    // differ in the last bits (the UNet's rewritten convolution sums its taps in another order), which shows the
+    // rewritten graph is what runs by default.
+    let as_exported = serde_json::json!({"models_root": fixtures(), "intra_op_threads": 1, "subpixel_upsample": false});
+    let as_exported = Engine::new(Some(&as_exported.to_string())).expect("engine");
+    let rewritten = engine();
+    for case in ["cfg_neg", "batch2_wide"] {
+        check_case(&as_exported, "tiny-sdxl", case, true);
+        check_case(&rewritten, "tiny-sdxl", case, true);
+    }
+    let g = Golden::load("cfg_neg");
+    let latents = |e: &Engine| {
+        let mut capture = Capture::default();
+        let outcome = e.generate(&g.request("tiny-sdxl", true), &mut capture, true);
+        assert!(outcome.error.is_none(), "{:?}", outcome.error);
+        capture.steps
+    };
+    assert!(latents(&rewritten) != latents(&as_exported), "sub-pixel and exported upsampling gave identical latents");
+    let count = |e: &Engine| e.status()["loaded_models"][0]["subpixel_upsamples"].clone();
+    assert_eq!(count(&rewritten), serde_json::json!(4));
+    assert_eq!(count(&as_exported), serde_json::json!(0));
+}
+
+#[test]
 fn images_through_the_c_abi_match_diffusers() {
     let engine = AbiEngine::fixtures();
     for case in ["cfg_neg", "batch2_wide"] {
@@ -317,5 +343,8 @@ fn an_fp16_export_runs_and_stays_close_to_the_fp32_golden() {
     // On the CPU float16 attention stays as exported (ONNX Runtime's CPU MultiHeadAttention is slower in float16).
     let fp16 =
         engine.status()["loaded_models"].as_array().unwrap().iter().find(|m| m["name"] == "tiny-sdxl-fp16").cloned();
-    assert_eq!(fp16.unwrap()["fused_attention"], serde_json::json!(0));
+    let fp16 = fp16.unwrap();
+    assert_eq!(fp16["fused_attention"], serde_json::json!(0));
+    // Nor are its float16 upsample convolutions made sub-pixel (float32 weights only).
+    assert_eq!(fp16["subpixel_upsamples"], serde_json::json!(0));
 }

@@ -51,6 +51,9 @@ pub struct LoadedModel {
     /// Attention cores of the UNet and VAE fused into `MultiHeadAttention` at load (engine option
     /// `fuse_attention`); null when its graphs came from the optimized-graph cache.
     pub fused_attention: Option<usize>,
+    /// Upsample convolutions of the UNet and VAE made sub-pixel at load (engine option `subpixel_upsample`);
+    /// null when its graphs came from the optimized-graph cache.
+    pub subpixel_upsamples: Option<usize>,
 }
 
 /// The cache.
@@ -185,7 +188,8 @@ impl PipelineCache {
                 in_use: Arc::strong_count(&e.pipeline) > 1,
                 idle_seconds: e.last_used.elapsed().as_secs_f64(),
                 load_seconds: e.load_seconds,
-                fused_attention: e.pipeline.fused_attention(),
+                fused_attention: e.pipeline.rewrites().map(|r| r.attention),
+                subpixel_upsamples: e.pipeline.rewrites().map(|r| r.upsamples),
             })
             .collect();
         rows.sort_by(|a, b| a.idle_seconds.total_cmp(&b.idle_seconds));

@@ -251,10 +251,10 @@ impl SdxlPipeline {
         }
     }
 
-    /// Attention cores of the UNet and VAE decoder fused into `MultiHeadAttention` at load
-    /// ([`crate::runtime::fuse_attention`]); `None` when a graph came from the optimized-graph cache.
-    pub fn fused_attention(&self) -> Option<usize> {
-        Some(self.unet.fused_attention()? + self.vae_decoder.fused_attention()?)
+    /// What was rewritten in the UNet and VAE decoder at load ([`crate::runtime::fuse_attention`],
+    /// [`crate::runtime::subpixel_upsample`]); `None` when a graph came from the optimized-graph cache.
+    pub fn rewrites(&self) -> Option<crate::runtime::session::Rewrites> {
+        Some(self.unet.rewrites()? + self.vae_decoder.rewrites()?)
     }
 
     /// The LoRAs merged into this pipeline and the warnings about them.

@@ -25,9 +25,10 @@
 //! no control-flow subgraphs in the model. Anything else stays as exported. Nodes left without a reader (the
 //! head splits and the scale's shape arithmetic) go too.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 
 use super::onnx_proto::edit::{encode_node, AttributeValue, Edit};
+use super::onnx_proto::graph::Graph;
 use super::onnx_proto::{Node, OnnxModel};
 
 /// ONNX Runtime's contrib operator domain.
@@ -36,26 +37,19 @@ const MS_DOMAIN: &str = "com.microsoft";
 /// Adds to `edit` the fusion of every attention core of `model` that matches exactly (see the module) and
 /// returns how many were fused.
 pub fn plan(model: &OnnxModel, edit: &mut Edit) -> usize {
-    if model.nodes.iter().any(|n| n.attributes.iter().any(|a| a.subgraph)) {
+    let graph = Graph::new(model);
+    if graph.has_subgraphs() {
         return 0;
     }
-    let graph = Graph::new(model);
-    let mut fused = Vec::new();
-    for (i, node) in model.nodes.iter().enumerate() {
-        if let Some(core) = graph.match_core(i, node) {
-            fused.push(core);
-        }
-    }
+    let fused: Vec<Core> = model.nodes.iter().enumerate().filter_map(|(i, node)| graph.match_core(i, node)).collect();
     if fused.is_empty() {
         return 0;
     }
     let mut dropped: HashSet<usize> = HashSet::new();
-    let mut readers = graph.reader_counts();
+    let mut reads: Vec<&str> = Vec::new();
     for core in &fused {
         dropped.extend(core.nodes);
-        for input in [&core.query, &core.key, &core.value] {
-            *readers.entry(input.as_str()).or_default() += 1;
-        }
+        reads.extend([core.query.as_str(), core.key.as_str(), core.value.as_str()]);
         let name = match core.prefix.as_str() {
             "" => format!("sdxlrt_fused/{}/MultiHeadAttention", core.nodes[3]),
             prefix => format!("{prefix}/MultiHeadAttention"),
@@ -71,23 +65,8 @@ pub fn plan(model: &OnnxModel, edit: &mut Edit) -> usize {
         edit.insert_nodes.entry(core.nodes[6]).or_default().push(node);
     }
     // Whatever fed only the dropped nodes (head splits, the scale's shape arithmetic) goes with them.
-    let mut pending: Vec<usize> = dropped.iter().copied().collect();
-    while let Some(i) = pending.pop() {
-        for input in model.nodes[i].inputs.iter().filter(|x| !x.is_empty()) {
-            let count = readers.entry(input.as_str()).or_default();
-            *count = count.saturating_sub(1);
-            let Some(&p) = graph.producer.get(input.as_str()) else { continue };
-            let unread = model.nodes[p].outputs.iter().all(|o| readers.get(o.as_str()).copied().unwrap_or(0) == 0);
-            if unread && !model.nodes[p].outputs.is_empty() && dropped.insert(p) {
-                pending.push(p);
-            }
-        }
-    }
     let produced: HashSet<&str> = fused.iter().map(|c| c.output.as_str()).collect();
-    for &i in &dropped {
-        edit.drop_values.extend(model.nodes[i].outputs.iter().filter(|o| !produced.contains(o.as_str())).cloned());
-    }
-    edit.drop_nodes.extend(dropped);
+    graph.drop_with_inputs(dropped, &reads, &produced, edit);
     edit.opsets.push((MS_DOMAIN.to_string(), 1));
     fused.len()
 }
@@ -118,113 +97,7 @@ impl Core {
     }
 }
 
-/// Who produces and who reads each value.
-struct Graph<'m> {
-    model: &'m OnnxModel,
-    producer: HashMap<&'m str, usize>,
-    readers: HashMap<&'m str, Vec<usize>>,
-    outputs: HashSet<&'m str>,
-}
-
 impl<'m> Graph<'m> {
-    fn new(model: &'m OnnxModel) -> Self {
-        let mut producer = HashMap::new();
-        let mut readers: HashMap<&str, Vec<usize>> = HashMap::new();
-        for (i, n) in model.nodes.iter().enumerate() {
-            for o in &n.outputs {
-                producer.insert(o.as_str(), i);
-            }
-            for x in n.inputs.iter().filter(|x| !x.is_empty()) {
-                readers.entry(x.as_str()).or_default().push(i);
-            }
-        }
-        let outputs = model.outputs.iter().map(String::as_str).collect();
-        Graph { model, producer, readers, outputs }
-    }
-
-    /// How many node inputs read each value; graph outputs count as one more reader.
-    fn reader_counts(&self) -> HashMap<&'m str, usize> {
-        let mut counts: HashMap<&str, usize> = self.readers.iter().map(|(k, v)| (*k, v.len())).collect();
-        for o in &self.outputs {
-            *counts.entry(o).or_default() += 1;
-        }
-        counts
-    }
-
-    /// The node producing `value`, with its index.
-    fn producer(&self, value: &str) -> Option<(usize, &'m Node)> {
-        self.producer.get(value).map(|&i| (i, &self.model.nodes[i]))
-    }
-
-    /// The producer of `value` if it is a `op_type` node.
-    fn produced_by(&self, value: &str, op_type: &str) -> Option<(usize, &'m Node)> {
-        self.producer(value).filter(|(_, n)| n.is(op_type))
-    }
-
-    /// The one node reading `value`, when exactly one does and it is not a graph output.
-    fn only_reader(&self, value: &str) -> Option<(usize, &'m Node)> {
-        match self.readers.get(value).map(Vec::as_slice) {
-            Some([i]) if !self.outputs.contains(value) => Some((*i, &self.model.nodes[*i])),
-            _ => None,
-        }
-    }
-
-    /// `value` through any Cast / Identity nodes.
-    fn skip_casts<'a>(&'a self, mut value: &'a str) -> &'a str {
-        while let Some((_, n)) = self.producer(value).filter(|(_, n)| n.is("Cast") || n.is("Identity")) {
-            value = &n.inputs[0];
-        }
-        value
-    }
-
-    /// The values of a constant integer tensor (a Constant or an initializer), through Unsqueeze / Cast /
-    /// Identity, which keep the values.
-    fn ints(&self, value: &str) -> Option<Vec<i64>> {
-        let mut value = value;
-        loop {
-            match self.producer(value) {
-                Some((_, n)) if n.is("Unsqueeze") || n.is("Cast") || n.is("Identity") => value = &n.inputs[0],
-                Some((_, n)) if n.is("Constant") => {
-                    let a = n.attributes.first()?;
-                    return match a.name.as_str() {
-                        "value" => self.model.tensor_ints(a.tensor.as_ref()?),
-                        "value_int" => a.int.map(|i| vec![i]),
-                        "value_ints" => Some(a.ints.clone()),
-                        _ => None,
-                    };
-                }
-                Some(_) => return None,
-                None => {
-                    let i = self.model.initializer_index(value)?;
-                    return self.model.tensor_ints(&self.model.initializers[i]);
-                }
-            }
-        }
-    }
-
-    /// The value of a constant float scalar (a Constant or an initializer).
-    fn scalar(&self, value: &str) -> Option<f32> {
-        let values = match self.producer(value) {
-            Some((_, n)) if n.is("Constant") => {
-                let a = n.attributes.first()?;
-                match a.name.as_str() {
-                    "value" => self.model.tensor_floats(a.tensor.as_ref()?)?,
-                    "value_float" => vec![a.float?],
-                    _ => return None,
-                }
-            }
-            Some(_) => return None,
-            None => {
-                let i = self.model.initializer_index(value)?;
-                self.model.tensor_floats(&self.model.initializers[i])?
-            }
-        };
-        match values.as_slice() {
-            [v] => Some(*v),
-            _ => None,
-        }
-    }
-
     fn is_transpose(&self, node: &Node, perm: &[i64]) -> bool {
         node.is("Transpose") && node.attribute("perm").is_some_and(|a| a.ints == perm)
     }

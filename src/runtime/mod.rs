@@ -14,6 +14,7 @@ pub mod onnx_proto;
 pub mod optimized_cache;
 pub mod overrides;
 pub mod session;
+pub mod subpixel_upsample;
 pub mod tensor;
 
 pub use binding::BoundGraph;

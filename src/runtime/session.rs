@@ -1,6 +1,7 @@
 //! `ModelSession`: one ONNX graph, its declared inputs and outputs, and a mutex around the `ort` session
 //! (`run` needs `&mut` in ort rc.15; concurrent requests take turns per graph).
 
+use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 
 use ndarray::ArrayD;
@@ -12,12 +13,12 @@ use parking_lot::Mutex;
 use super::cancel::CancelToken;
 use super::cuda::CudaOptions;
 use super::denormals::FlushDenormals;
-use super::fuse_attention;
 use super::host_allocator;
 use super::onnx_proto::{self, edit::Edit, OnnxModel};
 use super::optimized_cache::OptimizedCache;
 use super::overrides::{Parts, WeightOverrides};
 use super::tensor::{to_f32, Elem};
+use super::{fuse_attention, subpixel_upsample};
 use crate::error::{Error, Result};
 
 /// Where graphs run.
@@ -112,6 +113,9 @@ pub struct SessionConfig {
     /// Rewrite the attention cores of the UNet and VAE graphs into `MultiHeadAttention` when loading them
     /// ([`super::fuse_attention`]). Default true.
     pub fuse_attention: bool,
+    /// On the CPU, rewrite each nearest 2× upsample + 3×3 convolution of the UNet and VAE graphs into four 2×2
+    /// convolutions when loading them ([`super::subpixel_upsample`]). Default true.
+    pub subpixel_upsample: bool,
 }
 
 impl Default for SessionConfig {
@@ -123,6 +127,7 @@ impl Default for SessionConfig {
             optimized_cache: None,
             cuda: CudaOptions::default(),
             fuse_attention: true,
+            subpixel_upsample: true,
         }
     }
 }
@@ -134,6 +139,13 @@ impl SessionConfig {
         self.fuse_attention && !stage.starts_with("text_encoder")
     }
 
+    /// True when `stage`'s graph goes through the sub-pixel upsample rewrite: the UNet's and VAE's (the text
+    /// encoders have no convolutions), on the CPU (on CUDA, cuDNN's own 3×3 algorithms are not yet measured
+    /// against it).
+    fn upsamples(&self, stage: &str) -> bool {
+        self.subpixel_upsample && self.device == Device::Cpu && !stage.starts_with("text_encoder")
+    }
+
     /// True when `model`, the `stage` graph, gets its attention fused: [`Self::fuses`] the stage and, on the CPU,
     /// the graph is float32. ONNX Runtime's CPU `MultiHeadAttention` runs float16 as float16, slower than the
     /// op-by-op graph whose MatMuls it casts to float32 (full-size SDXL fp16 on this CPU, 256², 2 steps: denoise
@@ -142,13 +154,52 @@ impl SessionConfig {
         self.fuses(stage) && (self.device != Device::Cpu || model.weight_float_type() == Some(onnx_proto::DT_FLOAT))
     }
 
-    /// The optimized-graph cache's name for `stage` under these settings (a fused graph is another graph).
+    /// Adds to `edit` the load-time rewrites of `model`, the `stage` graph, under these settings; initializers in
+    /// `keep` (replaced by the caller) keep the nodes reading them as exported.
+    fn plan_rewrites(
+        &self,
+        stage: &str,
+        model: &OnnxModel,
+        edit: &mut Edit,
+        keep: &HashSet<usize>,
+    ) -> Result<Rewrites> {
+        let attention = if self.fuses_model(stage, model) { fuse_attention::plan(model, edit) } else { 0 };
+        let upsamples = if self.upsamples(stage) { subpixel_upsample::plan(model, edit, keep)? } else { 0 };
+        Ok(Rewrites { attention, upsamples })
+    }
+
+    /// The optimized-graph cache's name for `stage` under these settings (a rewritten graph is another graph).
     fn cache_stage(&self, stage: &str) -> String {
+        let mut name = stage.to_string();
         if self.fuses(stage) {
-            format!("{stage}+mha")
-        } else {
-            stage.to_string()
+            name.push_str("+mha");
         }
+        if self.upsamples(stage) {
+            name.push_str("+subpixel");
+        }
+        name
+    }
+}
+
+/// What was rewritten in a graph when it was loaded.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Rewrites {
+    /// Attention cores fused into `MultiHeadAttention` ([`super::fuse_attention`]).
+    pub attention: usize,
+    /// Upsample convolutions made sub-pixel ([`super::subpixel_upsample`]).
+    pub upsamples: usize,
+}
+
+impl Rewrites {
+    fn any(self) -> bool {
+        self.attention + self.upsamples > 0
+    }
+}
+
+impl std::ops::Add for Rewrites {
+    type Output = Rewrites;
+    fn add(self, other: Rewrites) -> Rewrites {
+        Rewrites { attention: self.attention + other.attention, upsamples: self.upsamples + other.upsamples }
     }
 }
 
@@ -156,12 +207,20 @@ impl SessionConfig {
 /// graph is loaded from memory ([`OnnxModel::inline_as_external`]).
 const READ_FROM_FILE_BYTES: usize = 1024;
 
-/// The error for ONNX Runtime refusing the `stage` graph at `path`; `fused` attention cores were fused into it at
-/// load (then the message says how to load it as exported).
-fn refused<'a>(path: &'a Path, stage: &'static str, fused: usize) -> impl Fn(ort::Error) -> Error + Copy + 'a {
-    let hint = match fused {
-        0 => "",
-        _ => " (with its attention fused at load; engine option `fuse_attention: false` loads it as exported)",
+/// The error for ONNX Runtime refusing the `stage` graph at `path`, rewritten at load as `done` says (then the
+/// message says how to load it as exported).
+fn refused<'a>(path: &'a Path, stage: &'static str, done: Rewrites) -> impl Fn(ort::Error) -> Error + Copy + 'a {
+    let hint = match (done.attention, done.upsamples) {
+        (0, 0) => "",
+        (_, 0) => " (with its attention fused at load; engine option `fuse_attention: false` loads it as exported)",
+        (0, _) => {
+            " (with its upsampling made sub-pixel at load; engine option `subpixel_upsample: false` loads it as \
+             exported)"
+        }
+        _ => {
+            " (with its attention fused and its upsampling made sub-pixel at load; engine options \
+             `fuse_attention: false` and `subpixel_upsample: false` load it as exported)"
+        }
     };
     move |e| Error::model_invalid(path, format!("ONNX Runtime cannot load the {stage}{hint}: {e}"))
 }
@@ -187,22 +246,22 @@ impl Source {
         }
     }
 
-    /// The graph at `path` as it will be loaded: with its attention fused (when [`SessionConfig::fuses_model`] and
-    /// the graph has any attention that matches), else the file itself. Also returns how many attention cores were fused.
-    fn prepare(path: &Path, stage: &str, config: &SessionConfig) -> Result<(Source, usize)> {
-        if !config.fuses(stage) {
-            return Ok((Source::File(path.to_path_buf()), 0));
+    /// The graph at `path` as it will be loaded: rewritten ([`SessionConfig::plan_rewrites`]) when any rewrite
+    /// applies, else the file itself. Also returns what was rewritten.
+    fn prepare(path: &Path, stage: &str, config: &SessionConfig) -> Result<(Source, Rewrites)> {
+        if !config.fuses(stage) && !config.upsamples(stage) {
+            return Ok((Source::File(path.to_path_buf()), Rewrites::default()));
         }
         let model = OnnxModel::read(path)?;
         let mut edit = Edit::default();
-        let fused = if config.fuses_model(stage, &model) { fuse_attention::plan(&model, &mut edit) } else { 0 };
-        if fused == 0 {
-            return Ok((Source::File(path.to_path_buf()), 0));
+        let done = config.plan_rewrites(stage, &model, &mut edit, &HashSet::new())?;
+        if !done.any() {
+            return Ok((Source::File(path.to_path_buf()), done));
         }
         edit.moved = model.inline_as_external(READ_FROM_FILE_BYTES);
         let bytes = model.edited(&edit)?;
         let folder = path.parent().unwrap_or(Path::new(".")).to_path_buf();
-        Ok((Source::Memory { bytes, folder }, fused))
+        Ok((Source::Memory { bytes, folder }, done))
     }
 }
 
@@ -223,8 +282,8 @@ pub struct ModelSession {
     stage: &'static str,
     /// The memory arenas this graph allocates from, in `memory.enable_memory_arena_shrinkage` syntax.
     arenas: Option<String>,
-    /// Attention cores fused at load (`None`: loaded from the optimized-graph cache, which does not record it).
-    fused_attention: Option<usize>,
+    /// What was rewritten at load (`None`: loaded from the optimized-graph cache, which does not record it).
+    rewrites: Option<Rewrites>,
     path: PathBuf,
     inputs: Vec<IoSpec>,
     outputs: Vec<IoSpec>,
@@ -237,7 +296,7 @@ fn builder(
     stage: &'static str,
     config: &SessionConfig,
 ) -> Result<SessionBuilder> {
-    let invalid = refused(path, stage, 0);
+    let invalid = refused(path, stage, Rewrites::default());
     let mut builder = Session::builder(env).map_err(invalid)?;
     builder = builder.with_optimization_level(GraphOptimizationLevel::All).map_err(|e| invalid(e.into()))?;
     // ORT's worker threads flush denormals; the calling thread does only inside `FlushDenormals` guards.
@@ -293,9 +352,9 @@ impl ModelSession {
         if let (Some(cache), Device::Cpu) = (&config.optimized_cache, config.device) {
             return Self::load_cached(env, path, stage, config, cache);
         }
-        let (source, fused) = Source::prepare(path, stage, config)?;
-        let session = source.commit(builder(env, path, stage, config)?, refused(path, stage, fused))?;
-        Ok(Self::wrap(stage, path, session, config, Some(fused)))
+        let (source, done) = Source::prepare(path, stage, config)?;
+        let session = source.commit(builder(env, path, stage, config)?, refused(path, stage, done))?;
+        Ok(Self::wrap(stage, path, session, config, Some(done)))
     }
 
     /// True if [`ModelSession::load`] of `path` would load an already-optimized graph from the optimized-graph
@@ -316,7 +375,7 @@ impl ModelSession {
         config: &SessionConfig,
         cache: &OptimizedCache,
     ) -> Result<Self> {
-        let invalid = refused(path, stage, 0);
+        let invalid = refused(path, stage, Rewrites::default());
         let entry = cache.entry(path, &config.cache_stage(stage));
         let cached = entry.join("model.onnx");
         if cached.is_file() {
@@ -324,13 +383,13 @@ impl ModelSession {
                 .and_then(|b| b.with_optimization_level(GraphOptimizationLevel::Disable).map_err(|e| invalid(e.into())))
                 .and_then(|mut b| b.commit_from_file(&cached).map_err(invalid));
             match loaded {
-                // How many cores were fused is not recorded in the entry.
+                // What was rewritten is not recorded in the entry.
                 Ok(session) => return Ok(Self::wrap(stage, path, session, config, None)),
                 // A damaged or foreign entry: drop it and optimize again.
                 Err(_) => drop(std::fs::remove_dir_all(&entry)),
             }
         }
-        let (source, fused) = Source::prepare(path, stage, config)?;
+        let (source, done) = Source::prepare(path, stage, config)?;
         let tmp = cache.temp_folder()?;
         let saving = [
             ("session.optimized_model_external_initializers_file_name", "model.onnx_data"),
@@ -342,12 +401,12 @@ impl ModelSession {
         for (key, value) in saving {
             b = b.with_config_entry(key, value).map_err(|e| invalid(e.into()))?;
         }
-        let session = source.commit(b, refused(path, stage, fused));
+        let session = source.commit(b, refused(path, stage, done));
         // Publish the entry only when the session was built; losing a race to another engine is fine.
         if session.is_err() || std::fs::rename(&tmp, &entry).is_err() {
             let _ = std::fs::remove_dir_all(&tmp);
         }
-        Ok(Self::wrap(stage, path, session?, config, Some(fused)))
+        Ok(Self::wrap(stage, path, session?, config, Some(done)))
     }
 
     /// Load `overrides.model` with some initializers replaced (merged LoRA weights), without touching the files.
@@ -387,10 +446,13 @@ impl ModelSession {
             None => path.parent().unwrap_or(Path::new(".")).to_path_buf(),
         };
         let mut edit = Edit { replace: inline, moved: written, ..Edit::default() };
-        let fused = if config.fuses_model(stage, &model) { fuse_attention::plan(&model, &mut edit) } else { 0 };
+        // Merged weights keep their convolutions as exported (the sub-pixel kernels are made from the file's).
+        let keep: HashSet<usize> =
+            edit.replace.keys().chain(edit.moved.keys()).copied().chain(external.iter().map(|(i, _)| *i)).collect();
+        let done = config.plan_rewrites(stage, &model, &mut edit, &keep)?;
         let patched = model.edited(&edit)?;
         drop(edit);
-        let invalid = refused(&path, stage, 0);
+        let invalid = refused(&path, stage, Rewrites::default());
         let mut builder = builder(env, &path, stage, config)?
             .with_config_entry("session.model_external_initializers_file_folder_path", folder.to_string_lossy())
             .map_err(|e| invalid(e.into()))?;
@@ -413,19 +475,25 @@ impl ModelSession {
             builder = builder.with_external_initializer(&t.name, value).map_err(|e| invalid(e.into()))?;
         }
         drop(model);
-        let session = builder.commit_from_memory(&patched).map_err(refused(&path, stage, fused))?;
+        let session = builder.commit_from_memory(&patched).map_err(refused(&path, stage, done))?;
         drop(scratch); // ONNX Runtime has read (or mapped) the file; the folder goes now
-        Ok(Self::wrap(stage, &path, session, config, Some(fused)))
+        Ok(Self::wrap(stage, &path, session, config, Some(done)))
     }
 
-    fn wrap(stage: &'static str, path: &Path, session: Session, config: &SessionConfig, fused: Option<usize>) -> Self {
+    fn wrap(
+        stage: &'static str,
+        path: &Path,
+        session: Session,
+        config: &SessionConfig,
+        done: Option<Rewrites>,
+    ) -> Self {
         let arenas = match config.device {
             Device::Cpu => config.cpu_arena.uses_arena(stage).then(|| "cpu:0".to_string()),
             Device::Cuda(id) => Some(format!("gpu:{id}")),
         };
         ModelSession {
             arenas,
-            fused_attention: fused,
+            rewrites: done,
             stage,
             path: path.to_path_buf(),
             inputs: specs(session.inputs()),
@@ -434,10 +502,10 @@ impl ModelSession {
         }
     }
 
-    /// How many attention cores were fused into `MultiHeadAttention` when this graph was loaded (`None` when it
-    /// came from the optimized-graph cache, whose entries do not record it).
-    pub fn fused_attention(&self) -> Option<usize> {
-        self.fused_attention
+    /// What was rewritten in this graph when it was loaded (`None` when it came from the optimized-graph cache,
+    /// whose entries do not record it).
+    pub fn rewrites(&self) -> Option<Rewrites> {
+        self.rewrites
     }
 
     /// The file this graph was loaded from.

@@ -1,5 +1,6 @@
 //! Writing an edited copy of a model: initializers replaced or moved to external data (merged LoRA weights),
-//! nodes left out or added (attention fusion), operator sets imported. Every byte not edited is copied as it was.
+//! nodes and initializers left out or added (attention fusion, sub-pixel upsampling), operator sets imported.
+//! Every byte not edited is copied as it was.
 
 use std::collections::{HashMap, HashSet};
 
@@ -18,6 +19,10 @@ pub struct Edit {
     pub moved: HashMap<usize, ExternalRef>,
     /// Nodes left out.
     pub drop_nodes: HashSet<usize>,
+    /// Initializers left out (no node reads them any more).
+    pub drop_initializers: HashSet<usize>,
+    /// Serialized `TensorProto`s ([`encode_tensor`]) added to the graph's initializers.
+    pub add_initializers: Vec<Vec<u8>>,
     /// Serialized `NodeProto`s ([`encode_node`]) written just before node `i` (whether or not it is dropped).
     pub insert_nodes: HashMap<usize, Vec<Vec<u8>>>,
     /// `value_info` entries left out, by value name (values no node produces any more).
@@ -32,6 +37,8 @@ impl Edit {
         self.replace.is_empty()
             && self.moved.is_empty()
             && self.drop_nodes.is_empty()
+            && self.drop_initializers.is_empty()
+            && self.add_initializers.is_empty()
             && self.insert_nodes.is_empty()
             && self.drop_values.is_empty()
             && self.opsets.is_empty()
@@ -39,12 +46,16 @@ impl Edit {
 }
 
 /// An attribute value for [`encode_node`].
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub enum AttributeValue {
     /// `AttributeProto.i` (type INT).
     Int(i64),
     /// `AttributeProto.f` (type FLOAT).
     Float(f32),
+    /// `AttributeProto.ints` (type INTS).
+    Ints(Vec<i64>),
+    /// `AttributeProto.s` (type STRING).
+    Str(&'static str),
 }
 
 /// A serialized `NodeProto`.
@@ -68,7 +79,7 @@ pub fn encode_node(
     for (key, value) in attributes {
         let mut a = Vec::new();
         put_bytes_field(&mut a, 1, key.as_bytes());
-        let kind = match *value {
+        let kind = match value {
             AttributeValue::Float(f) => {
                 put_varint(&mut a, (2 << 3) | 5);
                 a.extend_from_slice(&f.to_le_bytes());
@@ -76,8 +87,19 @@ pub fn encode_node(
             }
             AttributeValue::Int(i) => {
                 put_varint(&mut a, 3 << 3);
-                put_varint(&mut a, i as u64);
+                put_varint(&mut a, *i as u64);
                 2 // AttributeType.INT
+            }
+            AttributeValue::Str(text) => {
+                put_bytes_field(&mut a, 4, text.as_bytes());
+                3 // AttributeType.STRING
+            }
+            AttributeValue::Ints(ints) => {
+                for &i in ints {
+                    put_varint(&mut a, 8 << 3);
+                    put_varint(&mut a, i as u64);
+                }
+                7 // AttributeType.INTS
             }
         };
         put_varint(&mut a, 20 << 3);
@@ -90,6 +112,25 @@ pub fn encode_node(
     node
 }
 
+/// A serialized `TensorProto` holding `raw` (little-endian values of `data_type`) inline.
+pub fn encode_tensor(name: &str, dims: &[i64], data_type: i32, raw: &[u8]) -> Vec<u8> {
+    let mut msg = Vec::with_capacity(raw.len() + name.len() + 32);
+    put_tensor_header(&mut msg, name, dims, data_type);
+    put_bytes_field(&mut msg, 9, raw);
+    msg
+}
+
+/// `TensorProto.dims`, `data_type` and `name`.
+fn put_tensor_header(msg: &mut Vec<u8>, name: &str, dims: &[i64], data_type: i32) {
+    for &d in dims {
+        put_varint(msg, 1 << 3);
+        put_varint(msg, d as u64);
+    }
+    put_varint(msg, 2 << 3);
+    put_varint(msg, data_type as u64);
+    put_bytes_field(msg, 8, name.as_bytes());
+}
+
 impl OnnxModel {
     /// The serialized model with `edit` applied.
     pub fn edited(&self, edit: &Edit) -> Result<Vec<u8>> {
@@ -99,6 +140,7 @@ impl OnnxModel {
             let t = self.initializers.get(i).ok_or_else(|| Error::Internal(format!("no initializer {i}")))?;
             by_start.insert(t.span.start, i);
         }
+        let dropped: HashSet<usize> = edit.drop_initializers.iter().map(|&i| self.initializers[i].span.start).collect();
         let mut graph = Vec::with_capacity(self.graph.len() + edit.replace.values().map(Vec::len).sum::<usize>());
         let mut g = Fields::new(&self.bytes, self.graph.clone());
         let mut node_index = 0;
@@ -113,6 +155,7 @@ impl OnnxModel {
                     }
                     node_index += 1;
                 }
+                (5, Value::Bytes(_, r)) if dropped.contains(&r.start) => {}
                 (5, Value::Bytes(_, r)) if by_start.contains_key(&r.start) => {
                     let i = by_start[&r.start];
                     put_bytes_field(&mut graph, 5, &self.tensor_message(i, edit));
@@ -123,6 +166,9 @@ impl OnnxModel {
                 }
                 _ => graph.extend_from_slice(&self.bytes[whole]),
             }
+        }
+        for tensor in &edit.add_initializers {
+            put_bytes_field(&mut graph, 5, tensor);
         }
         let imported: HashSet<&str> = self.opsets.iter().map(|(d, _)| d.as_str()).collect();
         let mut out = Vec::with_capacity(self.bytes.len() + graph.len());
@@ -148,13 +194,7 @@ impl OnnxModel {
     fn tensor_message(&self, i: usize, edit: &Edit) -> Vec<u8> {
         let t = &self.initializers[i];
         let mut msg = Vec::with_capacity(edit.replace.get(&i).map_or(0, Vec::len) + t.name.len() + 96);
-        for &d in &t.dims {
-            put_varint(&mut msg, 1 << 3);
-            put_varint(&mut msg, d as u64);
-        }
-        put_varint(&mut msg, 2 << 3);
-        put_varint(&mut msg, t.data_type as u64);
-        put_bytes_field(&mut msg, 8, t.name.as_bytes());
+        put_tensor_header(&mut msg, &t.name, &t.dims, t.data_type);
         match (edit.replace.get(&i), edit.moved.get(&i)) {
             (Some(bytes), _) => put_bytes_field(&mut msg, 9, bytes),
             (None, Some(at)) => {

@@ -1,17 +1,18 @@
-//! A minimal reader and editor for the ONNX protobuf (`onnx.proto`), just enough to merge weights and fuse
-//! attention at load time: `ModelProto.graph` → `GraphProto.initializer` (`TensorProto`: name, dims, data_type,
+//! A minimal reader and editor for the ONNX protobuf (`onnx.proto`), just enough to merge weights and rewrite
+//! graphs at load time: `ModelProto.graph` → `GraphProto.initializer` (`TensorProto`: name, dims, data_type,
 //! raw_data / float_data / int32_data / int64_data, external_data), `GraphProto.node` (`NodeProto`: name, op_type,
-//! domain, inputs, outputs, int / float / ints / tensor attributes) and the graph's output names; the edits are in
+//! domain, inputs, outputs, int / float / string / ints / tensor attributes) and the graph's output names; the edits are in
 //! [`edit`]. Everything else is carried over byte for byte.
 //!
 //! Field numbers are those of `onnx/onnx.proto` (ModelProto.opset_import = 8, graph = 7; OperatorSetIdProto.domain
 //! = 1, version = 2; GraphProto.node = 1, initializer = 5, output = 12, value_info = 13; ValueInfoProto.name = 1;
 //! NodeProto.input = 1, output = 2, name = 3, op_type = 4, attribute = 5, domain = 7; AttributeProto.name = 1,
-//! f = 2, i = 3, t = 5, g = 6, ints = 8, graphs = 11, type = 20; TensorProto.dims = 1, data_type = 2,
+//! f = 2, i = 3, s = 4, t = 5, g = 6, ints = 8, graphs = 11, type = 20; TensorProto.dims = 1, data_type = 2,
 //! float_data = 4, int32_data = 5, int64_data = 7, name = 8, raw_data = 9, external_data = 13, data_location = 14;
 //! StringStringEntryProto.key = 1, value = 2).
 
 pub mod edit;
+pub(crate) mod graph;
 
 use std::collections::HashMap;
 use std::io::{Read, Seek, SeekFrom};
@@ -107,6 +108,8 @@ pub struct Attribute {
     pub float: Option<f32>,
     /// `ints`.
     pub ints: Vec<i64>,
+    /// `s`, as text.
+    pub string: Option<String>,
     /// `t` (a `Constant`'s value), indexed like an initializer.
     pub tensor: Option<Initializer>,
     /// True for `g` / `graphs` (control flow bodies, which may read any value of the outer graph).
@@ -341,6 +344,7 @@ fn parse_attribute(buf: &[u8], range: Range<usize>) -> std::result::Result<Attri
             (1, Value::Bytes(b, _)) => a.name = utf8(b),
             (2, Value::Fixed32(v)) => a.float = Some(f32::from_bits(v)),
             (3, Value::Varint(v)) => a.int = Some(v as i64),
+            (4, Value::Bytes(b, _)) => a.string = Some(utf8(b)),
             (5, Value::Bytes(_, r)) => a.tensor = Some(parse_tensor(buf, r)?),
             (6 | 11, _) => a.subgraph = true,
             (8, Value::Varint(v)) => a.ints.push(v as i64),
