@@ -61,7 +61,7 @@ pub struct EngineOptions {
     pub fuse_attention: Option<bool>,
     /// On the CPU, load each nearest 2× upsample + 3×3 convolution of the UNet and VAE (diffusers' `Upsample2D`)
     /// as four 2×2 convolutions over the small image, one per output phase (default true): the same function with
-    /// 16 instead of 36 multiply-adds per pixel, about 12 % off a 512² VAE decode. The model files are never
+    /// 16 instead of 36 multiply-adds per pixel, 10–15 % off a 512² VAE decode. The model files are never
     /// changed. `false` runs those convolutions exactly as exported.
     pub subpixel_upsample: Option<bool>,
     /// With `device` cuda: run on CPU (with a warning) when this ONNX Runtime has no CUDA execution provider,

@@ -15,7 +15,7 @@
 //! padding of the small one, so the borders agree too. The four phase outputs are concatenated along channels in
 //! DCR order and `DepthToSpace(2)` interleaves them into the upsampled result. Same function, 16 multiply-adds per
 //! input pixel and channel pair instead of 36 (the upsampled image has four times the pixels): the three VAE
-//! upsample convolutions are 28 % of a 512² SDXL decode, and the decode about 12 % faster end to end on 2 CPU
+//! upsample convolutions are 28 % of the multiply-adds of a 512² SDXL decode, which gets 10–15 % faster on 2 CPU
 //! cores (docs/benchmarks.md). The tap sums are formed in f64 and rounded once, so results differ from the
 //! exported graph's only by float rounding order (≈1e-6 on a decoded image in [-1, 1]).
 //!
