@@ -463,6 +463,82 @@ fn a_tucker_locon_merges_like_the_plain_locon_it_factors() {
 }
 
 #[test]
+fn a_kohya_dora_scale_merges_by_a1111s_rule_and_does_nothing_at_weight_zero() {
+    // kohya/LyCORIS DoRA on a 3×3 conv [16, 16, 3, 3], `dora_scale` [1, in, 1, 1] (A1111's rule): the merged weight
+    // is W + weight · ((W + ΔW) · m / ‖W + ΔW‖ − W), the norms per input channel. With m equal to the norms of
+    // W + ΔW themselves the decomposition is the identity, so the file must give the plain LoCon's image; with
+    // other magnitudes another image; at weight 0 the image without LoRA (unlike PEFT's DoRA).
+    let (r, c) = (2usize, 16usize);
+    let values = |seed: usize, n: usize| -> Vec<f32> {
+        (0..n).map(|i| (((i * 7 + seed * 13) % 17) as f32 - 8.0) * 0.05).collect()
+    };
+    let (down, up) = (values(1, r * c * 9), values(3, c * r));
+    let unet = OnnxModel::read(&fixtures().join("tiny-sdxl/unet/model.onnx")).unwrap();
+    let w = unet.read_f32(unet.initializer_index("down_blocks.0.resnets.0.conv1.weight").unwrap()).unwrap();
+    // W + ΔW with alpha / r = 1 / 2, and its norm per input channel (over outputs and kernel positions), in f64.
+    let merged: Vec<f64> = (0..c * c * 9)
+        .map(|e| {
+            let (o, col) = (e / (c * 9), e % (c * 9));
+            let delta: f64 = (0..r).map(|k| f64::from(up[o * r + k]) * f64::from(down[k * c * 9 + col])).sum();
+            f64::from(w[e]) + 0.5 * delta
+        })
+        .collect();
+    let norms: Vec<f32> = (0..c)
+        .map(|i| {
+            let channel = (0..c).flat_map(|o| (i * 9..(i + 1) * 9).map(move |col| o * c * 9 + col));
+            channel.map(|e| merged[e] * merged[e]).sum::<f64>().sqrt() as f32
+        })
+        .collect();
+    let name = "lora_unet_input_blocks_1_0_in_layers_2";
+    let key = |part: &str| format!("{name}.{part}");
+    let file = |magnitudes: Option<Vec<f32>>| {
+        let mut tensors = vec![
+            (key("lora_down.weight"), vec![r, c, 3, 3], down.clone()),
+            (key("lora_up.weight"), vec![c, r, 1, 1], up.clone()),
+            (key("alpha"), vec![], vec![1.0]),
+        ];
+        tensors.extend(magnitudes.map(|m| (key("dora_scale"), vec![1, c, 1, 1], m)));
+        let refs: Vec<(&str, Vec<usize>, Vec<f32>)> =
+            tensors.iter().map(|(k, s, d)| (k.as_str(), s.clone(), d.clone())).collect();
+        safetensors_file(&refs)
+    };
+    // Other magnitudes per channel (a uniform factor would mostly vanish in the GroupNorm that follows), and the
+    // change they should make, W' − W = (W + ΔW) · m / ‖W + ΔW‖ − W, written as a full-rank LoCon (up = identity).
+    let varied: Vec<f32> = norms.iter().enumerate().map(|(i, n)| n * [0.5, 1.0, 2.0][i % 3]).collect();
+    let change: Vec<f32> = (0..c * c * 9)
+        .map(|e| (merged[e] * f64::from(varied[e % (c * 9) / 9] / norms[e % (c * 9) / 9]) - f64::from(w[e])) as f32)
+        .collect();
+    let identity: Vec<f32> = (0..c * c).map(|e| if e / c == e % c { 1.0 } else { 0.0 }).collect();
+    let full_rank = safetensors_file(&[
+        (&key("lora_down.weight"), vec![c, c, 3, 3], change),
+        (&key("lora_up.weight"), vec![c, c, 1, 1], identity),
+        (&key("alpha"), vec![], vec![c as f32]),
+    ]);
+    let dir = temp_root(&[
+        ("plain.safetensors", file(None)),
+        ("own_norms.safetensors", file(Some(norms))),
+        ("varied.safetensors", file(Some(varied.clone()))),
+        ("full_rank.safetensors", full_rank),
+    ]);
+    let pixels = |loras: Value| -> Vec<u8> {
+        let resp = generate(dir.path(), loras);
+        assert!(resp["warnings"].as_array().is_none_or(|w| w.is_empty()), "every key applied: {}", resp["warnings"]);
+        let b64 = resp["data"]["generated_images"][0]["image_data"].as_str().unwrap();
+        use base64::Engine as _;
+        let png = base64::engine::general_purpose::STANDARD.decode(b64).unwrap();
+        image::load_from_memory(&png).unwrap().to_rgb8().into_raw()
+    };
+    let lora = |name: &str, weight: f32| pixels(json!([{"name": name, "weight": weight}]));
+    let plain = lora("plain", 1.0);
+    let worst = |a: &[u8], b: &[u8]| a.iter().zip(b).map(|(x, y)| (*x as i16 - *y as i16).abs()).max().unwrap();
+    assert!(worst(&lora("own_norms", 1.0), &plain) <= 1, "DoRA to its own norms must be the plain LoCon");
+    let with_varied = lora("varied", 1.0);
+    assert!(worst(&with_varied, &plain) > 1, "other magnitudes changed nothing");
+    assert!(worst(&with_varied, &lora("full_rank", 1.0)) <= 1, "DoRA differs from the change A1111's rule makes");
+    assert_eq!(lora("varied", 0.0), pixels(json!([])), "weight 0 must be the image without LoRA");
+}
+
+#[test]
 fn unmatched_keys_become_warnings_with_counts() {
     let mut tensors = vec![
         (format!("{Q}.lora_A.weight"), vec![2, 32], vec![0.05f32; 64]),

@@ -15,9 +15,10 @@
 //!   ΔW[o, i, y, x] = Σ_{n,m} up[o, n] · mid[n, m, y, x] · down[m, i] (A1111's `rebuild_cp_decomposition`). The
 //!   mid is folded into the down factor when the file is read, so it merges as the LoCon `[r, in, kh, kw]` it is.
 //!
-//! - DoRA in PEFT's format: a LoRA module with `.lora_magnitude_vector` (see [`super::merge::apply_dora`]).
+//! - DoRA in PEFT's format: a LoRA module with `.lora_magnitude_vector`; in kohya/LyCORIS's: any module above with
+//!   `.dora_scale` `[out, 1, …]` or `[1, in, …]` (see [`super::merge::apply_dora`] for both rules).
 //!
-//! Anything else (kohya/LyCORIS DoRA `dora_scale`, Tucker LoHa/LoKr `hada_t1`/`lokr_t2`, full `diff` tensors,
+//! Anything else (Tucker LoHa/LoKr `hada_t1`/`lokr_t2`, full `diff` tensors,
 //! unknown keys) is kept as "unsupported" and reported as skipped, never applied half-way.
 
 use std::collections::BTreeMap;
@@ -132,12 +133,52 @@ pub struct Module {
     pub patch: Option<Patch>,
     /// `.alpha`, if stored.
     pub alpha: Option<f32>,
-    /// DoRA (PEFT `lora_magnitude_vector`): the magnitude of each output channel of the merged weight.
-    pub magnitude: Option<Vec<f32>>,
+    /// DoRA: the magnitudes the merged weight's channels get (PEFT `lora_magnitude_vector` or kohya/LyCORIS
+    /// `dora_scale`).
+    pub magnitude: Option<Magnitude>,
     /// The file's keys for this module.
     pub keys: Vec<String>,
     /// Why the module cannot be applied, when `patch` is `None`.
     pub unsupported: Option<String>,
+}
+
+/// DoRA magnitudes and how they apply ([`super::merge::apply_dora`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Magnitude {
+    /// One value per channel of the axis `rule` names.
+    pub values: Vec<f32>,
+    /// Whose rule merges them.
+    pub rule: DoraRule,
+}
+
+/// The two DoRA merge rules in the wild.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DoraRule {
+    /// PEFT (`lora_magnitude_vector`, what diffusers fuses): per output channel, rescaled even at weight 0.
+    Peft,
+    /// kohya/LyCORIS (`dora_scale`, as A1111 and ComfyUI merge it): the LoRA's weight scales the change.
+    Kohya(DoraAxis),
+}
+
+/// The channels a kohya/LyCORIS `dora_scale` normalizes, read from its shape: `[out, 1, …]` or `[1, in, …]`
+/// (LyCORIS' `wd_on_out` true or false).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DoraAxis {
+    /// One magnitude per output channel (a row of the `[out, in·kh·kw]` weight).
+    Output,
+    /// One magnitude per input channel (its column, or its kh·kw columns for a convolution).
+    Input,
+}
+
+impl DoraAxis {
+    /// The axis a `dora_scale` of `shape` scales; `None` when the shape does not say (a vector, or no singleton).
+    fn of(shape: &[usize]) -> Option<Self> {
+        match shape {
+            [1, n, rest @ ..] if *n > 1 && rest.iter().all(|&d| d == 1) => Some(DoraAxis::Input),
+            [n, rest @ ..] if *n > 1 && !rest.is_empty() && rest.iter().all(|&d| d == 1) => Some(DoraAxis::Output),
+            _ => None,
+        }
+    }
 }
 
 /// A parsed LoRA file.
@@ -196,7 +237,7 @@ const SUFFIXES: &[(&str, Part)] = &[
     (".hada_t1", Part::Unsupported("Tucker-decomposed LoHa (hada_t1)")),
     (".hada_t2", Part::Unsupported("Tucker-decomposed LoHa (hada_t2)")),
     (".lokr_t2", Part::Unsupported("Tucker-decomposed LoKr (lokr_t2)")),
-    (".dora_scale", Part::Unsupported("kohya/LyCORIS DoRA (dora_scale)")),
+    (".dora_scale", Part::DoraScale),
     (".lora_magnitude_vector", Part::Magnitude),
     (".diff_b", Part::Unsupported("full bias difference (diff_b)")),
     (".diff", Part::Unsupported("full weight difference (diff)")),
@@ -213,6 +254,8 @@ enum Part {
     Lokr(usize),
     /// PEFT's DoRA magnitude (one value per output channel).
     Magnitude,
+    /// kohya/LyCORIS DoRA magnitudes.
+    DoraScale,
     Unsupported(&'static str),
 }
 
@@ -225,6 +268,7 @@ struct Parts {
     hada: [Option<Mat>; 4],
     lokr: [Option<Mat>; 6],
     magnitude: Option<Mat>,
+    dora_scale: Option<Mat>,
     unsupported: Option<&'static str>,
     keys: Vec<String>,
 }
@@ -348,6 +392,7 @@ pub fn parse(path: &Path, bytes: &[u8]) -> Result<LoraFile> {
             Part::Hada(i) => g.hada[i] = Some(read_mat(&st, &key, path)?),
             Part::Lokr(i) => g.lokr[i] = Some(read_mat(&st, &key, path)?),
             Part::Magnitude => g.magnitude = Some(read_mat(&st, &key, path)?),
+            Part::DoraScale => g.dora_scale = Some(read_mat(&st, &key, path)?),
             Part::Unsupported(what) => g.unsupported = Some(what),
         }
     }
@@ -357,10 +402,21 @@ pub fn parse(path: &Path, bytes: &[u8]) -> Result<LoraFile> {
             unknown_keys.extend(g.keys);
             continue;
         };
-        let magnitude = g.magnitude.take().map(|m| m.data);
-        if magnitude.is_some() && g.down.is_none() && g.up.is_none() {
+        let peft = g.magnitude.take().map(|m| Magnitude { values: m.data, rule: DoraRule::Peft });
+        if peft.is_some() && g.down.is_none() && g.up.is_none() {
             g.unsupported = Some("DoRA (lora_magnitude_vector) with anything but LoRA matrices");
         }
+        let kohya = g.dora_scale.take().and_then(|m| match DoraAxis::of(&m.shape) {
+            Some(axis) => Some(Magnitude { values: m.data, rule: DoraRule::Kohya(axis) }),
+            None => {
+                g.unsupported = Some("kohya/LyCORIS DoRA whose dora_scale shape is neither [out, 1, …] nor [1, in, …]");
+                None
+            }
+        });
+        if peft.is_some() && kohya.is_some() {
+            g.unsupported = Some("DoRA with both lora_magnitude_vector and dora_scale");
+        }
+        let magnitude = peft.or(kohya);
         let (alpha, keys) = (g.alpha, std::mem::take(&mut g.keys));
         let (patch, unsupported) = build_patch(g, &prefix, path)?;
         let magnitude = magnitude.filter(|_| patch.is_some());
@@ -486,6 +542,18 @@ mod tests {
         let Some(Patch::LoRa { down, up }) = &m.patch else { panic!() };
         assert_eq!((down.shape.clone(), up.shape.clone()), (vec![4, 32], vec![32, 4]));
         assert_ne!(k.content_hash, p.content_hash);
+    }
+
+    #[test]
+    fn a_dora_scale_says_its_axis_by_its_singleton_dimension() {
+        assert_eq!(DoraAxis::of(&[1, 640]), Some(DoraAxis::Input));
+        assert_eq!(DoraAxis::of(&[1, 320, 1, 1]), Some(DoraAxis::Input));
+        assert_eq!(DoraAxis::of(&[640, 1]), Some(DoraAxis::Output));
+        assert_eq!(DoraAxis::of(&[320, 1, 1, 1]), Some(DoraAxis::Output));
+        // A vector (or a single value) does not say which channels it scales: the module is reported, not guessed.
+        assert_eq!(DoraAxis::of(&[640]), None);
+        assert_eq!(DoraAxis::of(&[1, 1]), None);
+        assert_eq!(DoraAxis::of(&[4, 640]), None);
     }
 
     #[test]

@@ -19,7 +19,7 @@
 //!
 //! # Reporting
 //!
-//! Per LoRA, tensors whose module has no target in the model (or uses an unsupported variant such as DoRA) are
+//! Per LoRA, tensors whose module has no target in the model (or uses an unsupported variant such as Tucker LoHa) are
 //! skipped and reported as a warning with the applied/skipped counts. A LoRA with no applicable tensor at all, a
 //! missing or unreadable file, a truncated or corrupt file and a ΔW whose shape does not fit its target are
 //! errors.
@@ -280,8 +280,9 @@ impl LoraSet {
                 let Some(target) = map.resolve(&m.name, component) else { continue };
                 matched[li].0 += 1;
                 matched[li].1 += m.keys.len();
-                // A DoRA module rescales its channels even at weight 0 (PEFT's rule; see merge::apply_dora).
-                if w != 0.0 || m.magnitude.is_some() {
+                // A PEFT DoRA module rescales its channels even at weight 0 (see merge::apply_dora).
+                let peft_dora = m.magnitude.as_ref().is_some_and(|d| d.rule == formats::DoraRule::Peft);
+                if w != 0.0 || peft_dora {
                     any = true;
                     per_target.entry(target.index).or_insert((target, Vec::new())).1.push((li, mi));
                 }
@@ -365,18 +366,24 @@ impl LoraSet {
                     ),
                 ));
             }
-            terms.push((
+            terms.push(merge::DoraTerm {
                 patch,
-                l.spec.weight_for(component) * merge::alpha_scale(patch, m.alpha),
-                m.magnitude.as_deref(),
-            ));
+                alpha_scale: merge::alpha_scale(patch, m.alpha),
+                weight: l.spec.weight_for(component),
+                magnitude: m.magnitude.as_ref(),
+            });
         }
         // `read_raw` gives a fresh copy: merged in place, it is the new value (no second buffer, no f32 ΔW).
         let mut weight = model.read_raw(index)?;
-        let merged = if terms.iter().any(|t| t.2.is_some()) {
-            merge::apply_dora(&mut weight, init.data_type, out, cols, target.layout, &terms)
+        let merged = if terms.iter().any(|t| t.magnitude.is_some()) {
+            // Kernel positions per input channel: a convolution's kh · kw (torch layout [out, in, kh, kw]).
+            let spatial = match dims.as_slice() {
+                [_, _, rest @ ..] if target.layout == Layout::Torch => rest.iter().product(),
+                _ => 1,
+            };
+            merge::apply_dora(&mut weight, init.data_type, out, cols, spatial, target.layout, &terms)
         } else {
-            let plain: Vec<(&Patch, f32)> = terms.iter().map(|&(p, s, _)| (p, s)).collect();
+            let plain: Vec<(&Patch, f32)> = terms.iter().map(|t| (t.patch, t.weight * t.alpha_scale)).collect();
             merge::apply_in_place(&mut weight, init.data_type, out, cols, target.layout, &plain)
         };
         merged.map_err(|e| Error::model_invalid(model.path(), format!("merging LoRA into `{}`: {e}", init.name)))?;

@@ -6,7 +6,7 @@
 //! - LoKr: ΔW = scale · w1 ⊗ w2 with scale = alpha / r where r is the rank of the factorized factor (w1_b's, else
 //!   w2_b's first dimension), and 1 when neither factor is factorized (LyCORIS' and A1111's rule).
 
-use super::formats::{Factor, Mat, Patch};
+use super::formats::{DoraAxis, DoraRule, Factor, Magnitude, Mat, Patch};
 use super::keymap::Layout;
 use crate::runtime::onnx_proto::{decode_floats, encode_floats, float_elem_size, DT_BFLOAT16, DT_FLOAT16};
 
@@ -218,28 +218,49 @@ pub fn add_delta_encoded(
     result
 }
 
-/// One term of [`apply_dora`]: the patch, its scale (alpha / rank × the LoRA's weight) and, for DoRA, the magnitude
-/// of each output channel.
-pub type DoraTerm<'a> = (&'a Patch, f32, Option<&'a [f32]>);
+/// One term of [`apply_dora`].
+#[derive(Debug, Clone, Copy)]
+pub struct DoraTerm<'a> {
+    /// The factors.
+    pub patch: &'a Patch,
+    /// alpha / rank (see [`alpha_scale`]).
+    pub alpha_scale: f32,
+    /// The LoRA's weight in the request.
+    pub weight: f32,
+    /// DoRA magnitudes, if the module has them.
+    pub magnitude: Option<&'a Magnitude>,
+}
 
-/// `base` merged with `terms` in order, the way PEFT merges adapters (what diffusers' `fuse_lora` runs) when one
-/// of them is DoRA. Per term, Δ = scale · ΔW(patch); a plain term adds Δ; a DoRA term makes each output channel
-/// `o` of the weight `m[o] / ‖W₀[o] + Δ[o]‖ · (W[o] + Δ[o])`, where W₀ is the unmerged base and W the weight so
-/// far (PEFT's `DoraLinearVariant.merge_unsafe`). So a DoRA term at weight 0 still rescales the channels to its
-/// magnitudes. Computed in f32 (the norms summed in f64) on a `[out, cols]` copy and rounded to the stored type
-/// once; `base` is untouched when a shape does not fit.
+/// `base` merged with `terms` in order when one of them is DoRA. Per term, with Δ = alpha_scale · ΔW(patch):
+/// - a plain term adds weight · Δ;
+/// - a PEFT DoRA term (what diffusers' `fuse_lora` runs, PEFT's `DoraLinearVariant.merge_unsafe`) makes each
+///   output channel `o` of the weight `m[o] / ‖W₀[o] + weight·Δ[o]‖ · (W[o] + weight·Δ[o])`, where W₀ is the
+///   unmerged base and W the weight so far; so at weight 0 it still rescales the channels to its magnitudes;
+/// - a kohya/LyCORIS DoRA term (`dora_scale`, A1111's `apply_weight_decompose` and ComfyUI's `weight_decompose`)
+///   makes D = (W + Δ) · m / ‖W + Δ‖, the norms taken per output channel or per input channel (all output
+///   channels and kernel positions of it) as the magnitudes' shape says, and the weight becomes W + weight · (D − W);
+///   at weight 0 it changes nothing.
+///
+/// `spatial` is the number of kernel positions per input channel (kh · kw; 1 for a Linear). Computed in f32 (the
+/// norms summed in f64) on a `[out, cols]` copy and rounded to the stored type once; `base` is untouched when a
+/// shape does not fit.
 pub fn apply_dora(
     base: &mut [u8],
     data_type: i32,
     out: usize,
     cols: usize,
+    spatial: usize,
     layout: Layout,
     terms: &[DoraTerm<'_>],
 ) -> Result<(), String> {
-    check_fit(base, data_type, out, cols, terms.iter().map(|t| t.0))?;
-    for m in terms.iter().filter_map(|t| t.2) {
-        if m.len() != out {
-            return Err(format!("a DoRA magnitude of {} values does not fit {out} output channels", m.len()));
+    check_fit(base, data_type, out, cols, terms.iter().map(|t| t.patch))?;
+    for m in terms.iter().filter_map(|t| t.magnitude) {
+        let (want, what) = match m.rule {
+            DoraRule::Kohya(DoraAxis::Input) => (cols / spatial.max(1), "input"),
+            _ => (out, "output"),
+        };
+        if m.values.len() != want {
+            return Err(format!("a DoRA magnitude of {} values does not fit {want} {what} channels", m.values.len()));
         }
     }
     let stored = decode_floats(base, data_type);
@@ -249,18 +270,47 @@ pub fn apply_dora(
     };
     let mut w = w0.clone();
     let mut delta = vec![0f32; out * cols];
-    for (patch, scale, magnitude) in terms {
+    for t in terms {
         delta.fill(0.0);
-        accumulate(patch, *scale, &mut delta);
-        let rows = w.chunks_exact_mut(cols).zip(delta.chunks_exact(cols)).zip(w0.chunks_exact(cols));
-        for (o, ((row, d), base_row)) in rows.enumerate() {
-            let Some(m) = magnitude else {
-                row.iter_mut().zip(d).for_each(|(x, d)| *x += d);
-                continue;
-            };
-            let norm = base_row.iter().zip(d).map(|(b, d)| f64::from(b + d).powi(2)).sum::<f64>().sqrt() as f32;
-            let factor = m[o] / norm;
-            row.iter_mut().zip(d).for_each(|(x, d)| *x = factor * (*x + d));
+        match t.magnitude {
+            None => {
+                accumulate(t.patch, t.alpha_scale * t.weight, &mut delta);
+                w.iter_mut().zip(&delta).for_each(|(x, d)| *x += d);
+            }
+            Some(Magnitude { values: m, rule: DoraRule::Peft }) => {
+                accumulate(t.patch, t.alpha_scale * t.weight, &mut delta);
+                let rows = w.chunks_exact_mut(cols).zip(delta.chunks_exact(cols)).zip(w0.chunks_exact(cols));
+                for (o, ((row, d), base_row)) in rows.enumerate() {
+                    let norm = norm(base_row.iter().zip(d).map(|(b, d)| b + d));
+                    let factor = m[o] / norm;
+                    row.iter_mut().zip(d).for_each(|(x, d)| *x = factor * (*x + d));
+                }
+            }
+            Some(Magnitude { values: m, rule: DoraRule::Kohya(axis) }) => {
+                accumulate(t.patch, t.alpha_scale, &mut delta);
+                delta.iter_mut().zip(&w).for_each(|(d, x)| *d += x); // W + Δ
+                let factors: Vec<f32> = match axis {
+                    DoraAxis::Output => {
+                        delta.chunks_exact(cols).zip(m).map(|(row, m)| m / norm(row.iter().copied())).collect()
+                    }
+                    DoraAxis::Input => {
+                        let sp = spatial.max(1);
+                        (0..m.len())
+                            .map(|i| {
+                                let column = (0..out).flat_map(|o| delta[o * cols + i * sp..][..sp].iter().copied());
+                                m[i] / norm(column)
+                            })
+                            .collect()
+                    }
+                };
+                for (e, (x, merged)) in w.iter_mut().zip(&delta).enumerate() {
+                    let f = match axis {
+                        DoraAxis::Output => factors[e / cols],
+                        DoraAxis::Input => factors[e % cols / spatial.max(1)],
+                    };
+                    *x += t.weight * (merged * f - *x);
+                }
+            }
         }
     }
     let stored = match layout {
@@ -269,6 +319,11 @@ pub fn apply_dora(
     };
     base.copy_from_slice(&encode_floats(&stored, data_type));
     Ok(())
+}
+
+/// The Euclidean norm of `values`, summed in f64.
+fn norm(values: impl Iterator<Item = f32>) -> f32 {
+    values.map(|v| f64::from(v).powi(2)).sum::<f64>().sqrt() as f32
 }
 
 /// One LoRA term of a fused merge in storage orientation: the stored weight (`[m, n]` row-major) gets
@@ -539,25 +594,18 @@ mod tests {
         let (out, cols) = (3, 5);
         let w: Vec<f32> = mat(&[out, cols], 7).data;
         let patch = Patch::LoRa { down: mat(&[2, cols], 1), up: mat(&[out, 2], 2) };
-        let m = [0.5f32, 2.0, 3.0];
+        let m = Magnitude { values: vec![0.5f32, 2.0, 3.0], rule: DoraRule::Peft };
         let norms = |v: &[f32], rows: usize, n: usize| -> Vec<f32> {
             (0..rows).map(|o| v[o * n..(o + 1) * n].iter().map(|x| x * x).sum::<f32>().sqrt()).collect()
         };
         for (layout, scale) in [(Layout::Torch, 0.0f32), (Layout::Torch, 0.8), (Layout::Transposed, 0.8)] {
             let stored = if layout == Layout::Torch { w.clone() } else { transpose(&w, out, cols) };
             let mut base = encode_floats(&stored, crate::runtime::onnx_proto::DT_FLOAT);
-            apply_dora(
-                &mut base,
-                crate::runtime::onnx_proto::DT_FLOAT,
-                out,
-                cols,
-                layout,
-                &[(&patch, scale, Some(&m))],
-            )
-            .unwrap();
+            let term = DoraTerm { patch: &patch, alpha_scale: 1.0, weight: scale, magnitude: Some(&m) };
+            apply_dora(&mut base, crate::runtime::onnx_proto::DT_FLOAT, out, cols, 1, layout, &[term]).unwrap();
             let got = decode_floats(&base, crate::runtime::onnx_proto::DT_FLOAT);
             let got = if layout == Layout::Torch { got } else { transpose(&got, cols, out) };
-            for (n, want) in norms(&got, out, cols).iter().zip(m) {
+            for (n, want) in norms(&got, out, cols).iter().zip(&m.values) {
                 assert!((n - want).abs() < 1e-5, "{layout:?} scale {scale}: row norm {n}, magnitude {want}");
             }
             if scale == 0.0 {
@@ -565,7 +613,7 @@ mod tests {
                 let base_norms = norms(&w, out, cols);
                 for o in 0..out {
                     for c in 0..cols {
-                        let want = w[o * cols + c] * m[o] / base_norms[o];
+                        let want = w[o * cols + c] * m.values[o] / base_norms[o];
                         assert!((got[o * cols + c] - want).abs() < 1e-6);
                     }
                 }
@@ -573,16 +621,76 @@ mod tests {
         }
         let mut base = encode_floats(&w, crate::runtime::onnx_proto::DT_FLOAT);
         let before = base.clone();
-        let err = apply_dora(
-            &mut base,
-            crate::runtime::onnx_proto::DT_FLOAT,
-            out,
-            cols,
-            Layout::Torch,
-            &[(&patch, 1.0, Some(&m[..2]))],
-        );
+        let short = Magnitude { values: vec![0.5, 2.0], rule: DoraRule::Peft };
+        let term = DoraTerm { patch: &patch, alpha_scale: 1.0, weight: 1.0, magnitude: Some(&short) };
+        let err = apply_dora(&mut base, crate::runtime::onnx_proto::DT_FLOAT, out, cols, 1, Layout::Torch, &[term]);
         assert!(err.unwrap_err().contains("2 values does not fit 3 output channels"));
         assert_eq!(base, before, "untouched on error");
+    }
+
+    #[test]
+    fn kohya_dora_gives_each_channel_its_magnitude_at_weight_one_and_blends_at_other_weights() {
+        // A 3×3 convolution [out 4, in 3, 3, 3]: `dora_scale` [1, in, 1, 1] normalizes each input channel over all
+        // output channels and kernel positions (A1111's rule), [out, 1, 1, 1] each output channel.
+        let (out, inputs, spatial) = (4, 3, 9);
+        let cols = inputs * spatial;
+        let dt = crate::runtime::onnx_proto::DT_FLOAT;
+        let w: Vec<f32> = mat(&[out, cols], 5).data;
+        let patch = Patch::LoRa { down: mat(&[2, cols], 3), up: mat(&[out, 2], 4) };
+        let merged = |weight: f32, m: &Magnitude| {
+            let mut base = encode_floats(&w, dt);
+            let term = DoraTerm { patch: &patch, alpha_scale: 0.5, weight, magnitude: Some(m) };
+            apply_dora(&mut base, dt, out, cols, spatial, Layout::Torch, &[term]).unwrap();
+            decode_floats(&base, dt)
+        };
+        let by_input = |v: &[f32], i: usize| -> f32 {
+            (0..out).flat_map(|o| &v[o * cols + i * spatial..][..spatial]).map(|x| x * x).sum::<f32>().sqrt()
+        };
+        let by_output =
+            |v: &[f32], o: usize| -> f32 { v[o * cols..][..cols].iter().map(|x| x * x).sum::<f32>().sqrt() };
+        let cases = [
+            (Magnitude { values: vec![1.5, 0.25, 2.0], rule: DoraRule::Kohya(DoraAxis::Input) }, inputs),
+            (Magnitude { values: vec![1.5, 0.25, 2.0, 0.75], rule: DoraRule::Kohya(DoraAxis::Output) }, out),
+        ];
+        for (m, channels) in &cases {
+            let full = merged(1.0, m);
+            for c in 0..*channels {
+                let n = match m.rule {
+                    DoraRule::Kohya(DoraAxis::Input) => by_input(&full, c),
+                    _ => by_output(&full, c),
+                };
+                assert!(
+                    (n - m.values[c]).abs() < 1e-5,
+                    "{:?}: channel {c} norm {n}, magnitude {}",
+                    m.rule,
+                    m.values[c]
+                );
+            }
+            // Weight 0.3: 30 % of the way from the base to the full DoRA weight; weight 0: the base, to the bit.
+            let part = merged(0.3, m);
+            for ((p, f), b) in part.iter().zip(&full).zip(&w) {
+                assert!((p - (b + 0.3 * (f - b))).abs() < 1e-6, "{:?}", m.rule);
+            }
+            assert_eq!(bits(&merged(0.0, m)), bits(&w), "{:?}", m.rule);
+        }
+        // The norms are those of base + alpha_scale · ΔW: a magnitude equal to them changes nothing.
+        let delta = {
+            let mut d = vec![0f32; out * cols];
+            accumulate(&patch, 0.5, &mut d);
+            d.iter().zip(&w).map(|(d, b)| d + b).collect::<Vec<f32>>()
+        };
+        let own = Magnitude {
+            values: (0..out).map(|o| by_output(&delta, o)).collect(),
+            rule: DoraRule::Kohya(DoraAxis::Output),
+        };
+        for (a, b) in merged(1.0, &own).iter().zip(&delta) {
+            assert!((a - b).abs() < 1e-5);
+        }
+        // One value per input channel is checked against the input channels, not the columns.
+        let wrong = Magnitude { values: vec![1.0; cols], rule: DoraRule::Kohya(DoraAxis::Input) };
+        let term = DoraTerm { patch: &patch, alpha_scale: 1.0, weight: 1.0, magnitude: Some(&wrong) };
+        let err = apply_dora(&mut encode_floats(&w, dt), dt, out, cols, spatial, Layout::Torch, &[term]).unwrap_err();
+        assert!(err.contains("27 values does not fit 3 input channels"), "{err}");
     }
 
     fn naive(a: &Mat, b: &Mat) -> Vec<f32> {
