@@ -18,8 +18,8 @@
 //! - DoRA in PEFT's format: a LoRA module with `.lora_magnitude_vector`; in kohya/LyCORIS's: any module above with
 //!   `.dora_scale` `[out, 1, …]` or `[1, in, …]` (see [`super::merge::apply_dora`] for both rules).
 //!
-//! Anything else (Tucker LoHa/LoKr `hada_t1`/`lokr_t2`, full `diff` tensors,
-//! unknown keys) is kept as "unsupported" and reported as skipped, never applied half-way.
+//! Anything else (Tucker LoHa/LoKr `hada_t1`/`lokr_t2`, full `diff` tensors, a `dora_scale` whose shape does not
+//! say its axis, unknown keys) is kept as "unsupported" and reported as skipped, never applied half-way.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};

@@ -294,13 +294,12 @@ pub fn apply_dora(
                         delta.chunks_exact(cols).zip(m).map(|(row, m)| m / norm(row.iter().copied())).collect()
                     }
                     DoraAxis::Input => {
-                        let sp = spatial.max(1);
-                        (0..m.len())
-                            .map(|i| {
-                                let column = (0..out).flat_map(|o| delta[o * cols + i * sp..][..sp].iter().copied());
-                                m[i] / norm(column)
-                            })
-                            .collect()
+                        // One row-major pass (a column walk would stride through the whole weight per channel).
+                        let mut squares = vec![0f64; m.len()];
+                        for (e, v) in delta.iter().enumerate() {
+                            squares[e % cols / spatial.max(1)] += f64::from(*v).powi(2);
+                        }
+                        squares.iter().zip(m).map(|(s, m)| m / s.sqrt() as f32).collect()
                     }
                 };
                 for (e, (x, merged)) in w.iter_mut().zip(&delta).enumerate() {
