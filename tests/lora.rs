@@ -394,12 +394,20 @@ fn corrupt_unmatched_and_misshapen_files_are_clear_errors() {
         (&format!("{conv}.lora_mid.weight"), vec![2, 3, 3, 3], vec![0.1; 54]),
         (&format!("{conv}.lora_up.weight"), vec![16, 2, 1, 1], vec![0.1; 32]),
     ]);
+    let mut loha = vec![(format!("{conv}.hada_t1"), vec![2, 2, 3], vec![0.1; 12])];
+    for n in 1..=2 {
+        loha.push((format!("{conv}.hada_w{n}_a"), vec![2, 16], vec![0.1; 32]));
+        loha.push((format!("{conv}.hada_w{n}_b"), vec![2, 16], vec![0.1; 32]));
+    }
+    let loha: Vec<(&str, Vec<usize>, Vec<f32>)> =
+        loha.iter().map(|(k, s, d)| (k.as_str(), s.clone(), d.clone())).collect();
     let dir = temp_root(&[
         ("truncated.safetensors", truncated),
         ("garbage.safetensors", b"definitely not safetensors".to_vec()),
         ("sd15.safetensors", sd15),
         ("misshapen.safetensors", misshapen),
         ("tucker_misshapen.safetensors", tucker_misshapen),
+        ("tucker_loha_misshapen.safetensors", safetensors_file(&loha)),
     ]);
     let root = dir.path();
     expect_error(&generate(root, json!([{"name": "truncated"}])), "model_invalid", &["truncated.safetensors"]);
@@ -418,6 +426,11 @@ fn corrupt_unmatched_and_misshapen_files_are_clear_errors() {
         &generate(root, json!([{"name": "tucker_misshapen"}])),
         "model_invalid",
         &["tucker_misshapen.safetensors", "in_layers_2", "lora_mid [2, 3, 3, 3]"],
+    );
+    expect_error(
+        &generate(root, json!([{"name": "tucker_loha_misshapen"}])),
+        "model_invalid",
+        &["tucker_loha_misshapen.safetensors", "in_layers_2", "hada_t1 [2, 2, 3]"],
     );
 }
 
@@ -460,6 +473,81 @@ fn a_tucker_locon_merges_like_the_plain_locon_it_factors() {
     let with_tucker = image(json!([{"name": "tucker", "weight": 1.0}]));
     assert!(with_tucker == image(json!([{"name": "plain", "weight": 1.0}])), "Tucker and plain LoCon differ");
     assert!(with_tucker != image(json!([])), "the Tucker LoCon changed nothing");
+}
+
+/// A Tucker factor pair as the plain pair it folds into (A1111's make_weight_cp): `a` `[r, out]`, `b` `[r, in]`,
+/// `core` `[r, r, 3, 3]` → (aᵀ `[out, r]`, b' `[r, in, 3, 3]`), b'[n, i, yx] = Σ_m core[n, m, yx] · b[m, i] in f64.
+fn tucker_as_plain(a: &[f32], b: &[f32], core: &[f32], r: usize, out: usize, inputs: usize) -> (Vec<f32>, Vec<f32>) {
+    let a_t: Vec<f32> = (0..out * r).map(|e| a[(e % r) * out + e / r]).collect();
+    let mut folded = vec![0f32; r * inputs * 9];
+    for n in 0..r {
+        for i in 0..inputs {
+            for yx in 0..9 {
+                let sum: f64 =
+                    (0..r).map(|m| f64::from(core[(n * r + m) * 9 + yx]) * f64::from(b[m * inputs + i])).sum();
+                folded[(n * inputs + i) * 9 + yx] = sum as f32;
+            }
+        }
+    }
+    (a_t, folded)
+}
+
+#[test]
+fn tucker_loha_and_lokr_merge_like_the_plain_factors_they_fold_into() {
+    // LyCORIS Tucker LoHa (hada_t1/hada_t2) and LoKr (lokr_t2) on a 3×3 conv [16, 16, 3, 3]: each Tucker product
+    // is w_aᵀ · core × w_b; the same factors written plainly must give the same image, and not the image without LoRA.
+    let (r, c) = (2usize, 16usize);
+    let values = |seed: usize, n: usize| -> Vec<f32> {
+        (0..n).map(|i| (((i * 7 + seed * 13) % 17) as f32 - 8.0) * 0.05).collect()
+    };
+    let name = "lora_unet_input_blocks_1_0_in_layers_2";
+    let key = |part: &str| format!("{name}.{part}");
+    let file = |tensors: Vec<(String, Vec<usize>, Vec<f32>)>| {
+        let refs: Vec<(&str, Vec<usize>, Vec<f32>)> =
+            tensors.iter().map(|(k, s, d)| (k.as_str(), s.clone(), d.clone())).collect();
+        safetensors_file(&refs)
+    };
+    let mut tucker_loha = vec![(key("alpha"), vec![], vec![1.0])];
+    let mut plain_loha = tucker_loha.clone();
+    for n in 1..=2 {
+        let (a, b, core) = (values(n, r * c), values(n + 2, r * c), values(n + 4, r * r * 9));
+        let (a_t, folded) = tucker_as_plain(&a, &b, &core, r, c, c);
+        tucker_loha.push((key(&format!("hada_w{n}_a")), vec![r, c], a));
+        tucker_loha.push((key(&format!("hada_w{n}_b")), vec![r, c], b));
+        tucker_loha.push((key(&format!("hada_t{n}")), vec![r, r, 3, 3], core));
+        plain_loha.push((key(&format!("hada_w{n}_a")), vec![c, r], a_t));
+        plain_loha.push((key(&format!("hada_w{n}_b")), vec![r, c, 3, 3], folded));
+    }
+    // LoKr: w1 [4, 4] whole, w2 [4, 4, 3, 3] as Tucker (r = 2), Kronecker product [16, 16, 3, 3].
+    let (a, b, core) = (values(7, r * 4), values(8, r * 4), values(9, r * r * 9));
+    let (a_t, folded) = tucker_as_plain(&a, &b, &core, r, 4, 4);
+    let w1 = (key("lokr_w1"), vec![4, 4], values(10, 16));
+    let alpha = (key("alpha"), vec![], vec![1.0]);
+    let tucker_lokr = vec![
+        w1.clone(),
+        alpha.clone(),
+        (key("lokr_w2_a"), vec![r, 4], a),
+        (key("lokr_w2_b"), vec![r, 4], b),
+        (key("lokr_t2"), vec![r, r, 3, 3], core),
+    ];
+    let plain_lokr = vec![w1, alpha, (key("lokr_w2_a"), vec![4, r], a_t), (key("lokr_w2_b"), vec![r, 4, 3, 3], folded)];
+    let dir = temp_root(&[
+        ("tucker_loha.safetensors", file(tucker_loha)),
+        ("plain_loha.safetensors", file(plain_loha)),
+        ("tucker_lokr.safetensors", file(tucker_lokr)),
+        ("plain_lokr.safetensors", file(plain_lokr)),
+    ]);
+    let image = |loras: Value| {
+        let resp = generate(dir.path(), loras);
+        assert!(resp["warnings"].as_array().is_none_or(|w| w.is_empty()), "{}", resp["warnings"]);
+        resp["data"]["generated_images"][0]["image_data"].as_str().unwrap().to_string()
+    };
+    let none = image(json!([]));
+    for kind in ["loha", "lokr"] {
+        let tucker = image(json!([{"name": format!("tucker_{kind}"), "weight": 1.0}]));
+        assert!(tucker == image(json!([{"name": format!("plain_{kind}"), "weight": 1.0}])), "Tucker {kind} differs");
+        assert!(tucker != none, "the Tucker {kind} changed nothing");
+    }
 }
 
 #[test]

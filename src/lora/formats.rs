@@ -18,8 +18,12 @@
 //! - DoRA in PEFT's format: a LoRA module with `.lora_magnitude_vector`; in kohya/LyCORIS's: any module above with
 //!   `.dora_scale` `[out, 1, …]` or `[1, in, …]` (see [`super::merge::apply_dora`] for both rules).
 //!
-//! Anything else (Tucker LoHa/LoKr `hada_t1`/`lokr_t2`, full `diff` tensors, a `dora_scale` whose shape does not
-//! say its axis, unknown keys) is kept as "unsupported" and reported as skipped, never applied half-way.
+//! - LyCORIS Tucker LoHa (`.hada_t1` / `.hada_t2` with `.hada_wN_a` `[r, out]`, `.hada_wN_b` `[r, in]`) and Tucker
+//!   LoKr (`.lokr_t2` with `.lokr_w2_a` `[r, out]`, `.lokr_w2_b` `[r, in]`): each product is w_aᵀ · core ×
+//!   w_b (A1111's `make_weight_cp`), folded the same way into an ordinary `[out, r]` · `[r, in, kh, kw]` pair.
+//!
+//! Anything else (full `diff` tensors, a `dora_scale` whose shape does not say its axis, unknown keys) is kept as
+//! "unsupported" and reported as skipped, never applied half-way.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -80,6 +84,13 @@ impl Mat {
     /// Product of the remaining dimensions.
     pub fn cols(&self) -> usize {
         self.shape.iter().skip(1).product()
+    }
+
+    /// `[rows, cols]` → `[cols, rows]`.
+    fn transposed(&self) -> Mat {
+        let (rows, cols) = (self.rows(), self.cols());
+        let data = (0..rows * cols).map(|e| self.data[(e % rows) * cols + e / rows]).collect();
+        Mat { shape: vec![cols, rows], data }
     }
 }
 
@@ -234,9 +245,9 @@ const SUFFIXES: &[(&str, Part)] = &[
     (".lokr_w1", Part::Lokr(0)),
     (".lokr_w2", Part::Lokr(3)),
     (".lora_mid.weight", Part::Mid),
-    (".hada_t1", Part::Unsupported("Tucker-decomposed LoHa (hada_t1)")),
-    (".hada_t2", Part::Unsupported("Tucker-decomposed LoHa (hada_t2)")),
-    (".lokr_t2", Part::Unsupported("Tucker-decomposed LoKr (lokr_t2)")),
+    (".hada_t1", Part::HadaCore(0)),
+    (".hada_t2", Part::HadaCore(1)),
+    (".lokr_t2", Part::LokrCore),
     (".dora_scale", Part::DoraScale),
     (".lora_magnitude_vector", Part::Magnitude),
     (".diff_b", Part::Unsupported("full bias difference (diff_b)")),
@@ -251,7 +262,11 @@ enum Part {
     Mid,
     Alpha,
     Hada(usize),
+    /// A Tucker LoHa's core for its first or second product.
+    HadaCore(usize),
     Lokr(usize),
+    /// A Tucker LoKr's core for its second factor.
+    LokrCore,
     /// PEFT's DoRA magnitude (one value per output channel).
     Magnitude,
     /// kohya/LyCORIS DoRA magnitudes.
@@ -266,7 +281,9 @@ struct Parts {
     mid: Option<Mat>,
     alpha: Option<f32>,
     hada: [Option<Mat>; 4],
+    hada_core: [Option<Mat>; 2],
     lokr: [Option<Mat>; 6],
+    lokr_core: Option<Mat>,
     magnitude: Option<Mat>,
     dora_scale: Option<Mat>,
     unsupported: Option<&'static str>,
@@ -390,7 +407,9 @@ pub fn parse(path: &Path, bytes: &[u8]) -> Result<LoraFile> {
                 g.alpha = Some(m.data[0]);
             }
             Part::Hada(i) => g.hada[i] = Some(read_mat(&st, &key, path)?),
+            Part::HadaCore(i) => g.hada_core[i] = Some(read_mat(&st, &key, path)?),
             Part::Lokr(i) => g.lokr[i] = Some(read_mat(&st, &key, path)?),
+            Part::LokrCore => g.lokr_core = Some(read_mat(&st, &key, path)?),
             Part::Magnitude => g.magnitude = Some(read_mat(&st, &key, path)?),
             Part::DoraScale => g.dora_scale = Some(read_mat(&st, &key, path)?),
             Part::Unsupported(what) => g.unsupported = Some(what),
@@ -434,15 +453,16 @@ pub fn parse(path: &Path, bytes: &[u8]) -> Result<LoraFile> {
 
 type Built = (Option<Patch>, Option<String>);
 
-/// A Tucker LoCon's down factor with its core folded in: `mid` `[r, r, kh, kw]` and `down` `[r, in(, 1, 1)]` give
-/// `[r, in, kh, kw]` with down'[n, i, y, x] = Σ_m mid[n, m, y, x] · down[m, i] (summed in f64, rounded once).
-fn fold_tucker_mid(mid: &Mat, down: &Mat) -> std::result::Result<Mat, String> {
+/// A Tucker factor's input side with its core folded in: `core` `[r, r, kh, kw]` and `down` `[r, in(, 1, 1)]` give
+/// `[r, in, kh, kw]` with down'[n, i, y, x] = Σ_m core[n, m, y, x] · down[m, i] (summed in f64, rounded once).
+/// `names` (core, down) name the tensors in the error.
+fn fold_tucker_mid(mid: &Mat, down: &Mat, names: (&str, &str)) -> std::result::Result<Mat, String> {
     let (r, inputs) = (down.rows(), down.cols());
     let square = mid.shape.len() == 4 && mid.shape[0] == r && mid.shape[1] == r;
     if !square || down.shape.iter().skip(2).any(|&d| d != 1) {
         return Err(format!(
-            "Tucker LoCon lora_mid {:?} and lora_down {:?} do not chain (mid must be [r, r, kh, kw], down [r, in, 1, 1])",
-            mid.shape, down.shape
+            "Tucker {} {:?} and {} {:?} do not chain (the core must be [r, r, kh, kw], the other [r, in, 1, 1])",
+            names.0, mid.shape, names.1, down.shape
         ));
     }
     let kernel = mid.shape[2] * mid.shape[3];
@@ -462,13 +482,15 @@ fn fold_tucker_mid(mid: &Mat, down: &Mat) -> std::result::Result<Mat, String> {
 
 /// The patch of one module's factors (`prefix` and `path` for errors).
 fn build_patch(parts: Parts, prefix: &str, path: &Path) -> Result<Built> {
-    let Parts { down, up, mid, hada, lokr, unsupported, .. } = parts;
+    let Parts { down, up, mid, hada, hada_core, lokr, lokr_core, unsupported, .. } = parts;
     if let Some(what) = unsupported {
         return Ok((None, Some(format!("{what} is not supported"))));
     }
     let incomplete = |what: &str| Error::model_invalid(path, format!("module `{prefix}`: {what}"));
     let down = match (mid, down) {
-        (Some(mid), Some(down)) => Some(fold_tucker_mid(&mid, &down).map_err(|m| incomplete(&m))?),
+        (Some(mid), Some(down)) => {
+            Some(fold_tucker_mid(&mid, &down, ("lora_mid", "lora_down")).map_err(|m| incomplete(&m))?)
+        }
         (Some(_), None) => return Err(incomplete("has lora_mid without lora_down")),
         (None, down) => down,
     };
@@ -488,6 +510,20 @@ fn build_patch(parts: Parts, prefix: &str, path: &Path) -> Result<Built> {
         let [Some(w1a), Some(w1b), Some(w2a), Some(w2b)] = hada else {
             return Err(incomplete("LoHa needs hada_w1_a, hada_w1_b, hada_w2_a and hada_w2_b"));
         };
+        // Tucker LoHa (A1111's make_weight_cp): w_a `[r, out]`, w_b `[r, in]`, core `[r, r, kh, kw]` make the
+        // product w_aᵀ · fold(core, w_b), an ordinary `[out, r]` · `[r, in, kh, kw]` pair.
+        let [t1, t2] = hada_core;
+        let tucker = |a: Mat, b: Mat, core: Option<Mat>, n: &str| match core {
+            None => Ok((a, b)),
+            Some(core) if a.shape.len() == 2 => {
+                let names = (format!("hada_t{n}"), format!("hada_w{n}_b"));
+                let b = fold_tucker_mid(&core, &b, (&names.0, &names.1)).map_err(|m| incomplete(&m))?;
+                Ok((a.transposed(), b))
+            }
+            Some(_) => Err(incomplete(&format!("Tucker LoHa hada_w{n}_a must be [r, out], is {:?}", a.shape))),
+        };
+        let (w1a, w1b) = tucker(w1a, w1b, t1, "1")?;
+        let (w2a, w2b) = tucker(w2a, w2b, t2, "2")?;
         let ok = w1a.cols() == w1b.rows()
             && w2a.cols() == w2b.rows()
             && w1a.rows() == w2a.rows()
@@ -505,7 +541,17 @@ fn build_patch(parts: Parts, prefix: &str, path: &Path) -> Result<Built> {
             _ => Err(incomplete(&format!("LoKr needs lokr_{n} or a chaining lokr_{n}_a and lokr_{n}_b"))),
         };
         let w1 = factor(w1, w1a, w1b, "w1")?;
-        let w2 = factor(w2, w2a, w2b, "w2")?;
+        // Tucker LoKr: lokr_w2_a `[r, out]`, lokr_w2_b `[r, in]` and lokr_t2 `[r, r, kh, kw]` (make_weight_cp).
+        let w2 = match (lokr_core, w2a, w2b) {
+            (Some(core), Some(a), Some(b)) if w2.is_none() && a.shape.len() == 2 && a.rows() == b.rows() => {
+                let b = fold_tucker_mid(&core, &b, ("lokr_t2", "lokr_w2_b")).map_err(|m| incomplete(&m))?;
+                Factor::Product(a.transposed(), b)
+            }
+            (Some(_), ..) => {
+                return Err(incomplete("Tucker LoKr needs lokr_w2_a [r, out] and lokr_w2_b [r, in] with lokr_t2"))
+            }
+            (None, a, b) => factor(w2, a, b, "w2")?,
+        };
         return Ok((Some(Patch::LoKr { w1, w2 }), None));
     }
     // Only an alpha.
