@@ -2,7 +2,7 @@
 
     python bench/gpu/bench.py ROOT --lib libsdxlrt.so --ort libonnxruntime.so.1.31.1 --out DIR
         [--device cuda] [--size 1024] [--steps 30] [--runs 3] [--short-steps 3]
-        [--contenders sdxlrt,torch,sdxlrt-as-exported,sdxlrt-fused,sdxlrt-fused-nhwc,sdxlrt-fused-lean]
+        [--contenders sdxlrt,torch,sdxlrt-as-exported,sdxlrt-subpixel,sdxlrt-fused,sdxlrt-fused-nhwc,sdxlrt-fused-lean]
 
 ROOT is what bench/gpu/make_model.py wrote. Each contender runs alone in its own process (never two on the GPU at
 once) while this driver samples the GPU's used memory with nvidia-smi every 50 ms. Each loads, runs one warm-up
@@ -21,7 +21,8 @@ image, then `--runs` timed images (prompt, seed, scheduler, guidance, size fixed
 
 Contenders: sdxlrt (plain fp16 export; sdxlrt fuses its UNet and VAE attention into MultiHeadAttention at load, the
 engine's default), sdxlrt-as-exported (the same files run as exported: engine option fuse_attention false),
-sdxlrt-fused (the UNet exported with MultiHeadAttention, export_onnx.py --fused-attention: flash / memory-efficient
+sdxlrt-subpixel (engine option subpixel_upsample true: the fp32 VAE's upsample convolutions as four 2×2 phase
+convolutions, the CPU default), sdxlrt-fused (the UNet exported with MultiHeadAttention, export_onnx.py --fused-attention: flash / memory-efficient
 kernels), sdxlrt-fused-nhwc (+ cuda.prefer_nhwc), sdxlrt-fused-lean (+ cuda.conv_max_workspace false: less cuDNN
 workspace), torch (diffusers, scaled_dot_product_attention, fp16 with the VAE in fp32), torch-fp32 (the same in
 float32: the reference that tells which of two disagreeing fp16 pipelines strays). The torch workers also save the
@@ -52,6 +53,7 @@ RESULT_PREFIX = "@@GPU "
 MODELS = {
     "sdxlrt": "models/sdxl-fp16",
     "sdxlrt-as-exported": "models/sdxl-fp16",
+    "sdxlrt-subpixel": "models/sdxl-fp16",
     "sdxlrt-fused": "models/sdxl-fp16-fused",
     "sdxlrt-fused-nhwc": "models/sdxl-fp16-fused",
     "sdxlrt-fused-lean": "models/sdxl-fp16-fused",
@@ -62,6 +64,7 @@ READY = {name: "READY-FUSED" if "fused" in name else "READY" for name in MODELS}
 # engine options of a contender, on top of {"device": ...} and --engine-options
 OPTIONS = {
     "sdxlrt-as-exported": {"fuse_attention": False},
+    "sdxlrt-subpixel": {"subpixel_upsample": True},
     "sdxlrt-fused-nhwc": {"cuda": {"prefer_nhwc": True}},
     "sdxlrt-fused-lean": {"cuda": {"conv_max_workspace": False}},
 }
@@ -367,7 +370,7 @@ def main() -> None:
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--short-steps", type=int, default=3, help="steps of the extra parity image (0: none)")
     ap.add_argument(
-        "--contenders", default="sdxlrt,torch,sdxlrt-as-exported,sdxlrt-fused,sdxlrt-fused-nhwc,sdxlrt-fused-lean"
+        "--contenders", default="sdxlrt,torch,sdxlrt-as-exported,sdxlrt-subpixel,sdxlrt-fused,sdxlrt-fused-nhwc,sdxlrt-fused-lean"
     )
     ap.add_argument("--wait", type=float, default=0, help="seconds to wait for a model make_model.py is still building")
     ap.add_argument("--engine-options", default="", help="extra sdxlrt engine options (JSON object)")

@@ -99,7 +99,7 @@ impl Engine {
                 },
                 cuda: options.cuda.clone().unwrap_or_default(),
                 fuse_attention: options.fuse_attention.unwrap_or(true),
-                subpixel_upsample: options.subpixel_upsample.unwrap_or(true),
+                subpixel_upsample: options.subpixel_upsample,
             },
             cache: PipelineCache::new(options.max_cached_models.unwrap_or(3), options.memory_threshold.unwrap_or(0.8)),
             slots: Slots::new(options.max_concurrent_runs.unwrap_or(1)),

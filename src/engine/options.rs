@@ -59,10 +59,11 @@ pub struct EngineOptions {
     /// graphs) without being exported again. The model files are never changed. `false` runs the graphs exactly as
     /// exported.
     pub fuse_attention: Option<bool>,
-    /// On the CPU, load each nearest 2× upsample + 3×3 convolution of the UNet and VAE (diffusers' `Upsample2D`)
-    /// as four 2×2 convolutions over the small image, one per output phase (default true): the same function with
-    /// 16 instead of 36 multiply-adds per pixel, 10–15 % off a 512² VAE decode. The model files are never
-    /// changed. `false` runs those convolutions exactly as exported.
+    /// Load each nearest 2× upsample + 3×3 convolution of the UNet and VAE (diffusers' `Upsample2D`) as four 2×2
+    /// convolutions over the small image, one per output phase: the same function with 16 instead of 36
+    /// multiply-adds per pixel, 10–15 % off a 512² VAE decode on the CPU. Default: on the CPU (float32 weights),
+    /// not on CUDA (not yet measured there); `true` also on CUDA, `false` never. The model files are never
+    /// changed.
     pub subpixel_upsample: Option<bool>,
     /// With `device` cuda: run on CPU (with a warning) when this ONNX Runtime has no CUDA execution provider,
     /// instead of failing. Default false: never a silent fallback.

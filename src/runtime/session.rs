@@ -113,9 +113,10 @@ pub struct SessionConfig {
     /// Rewrite the attention cores of the UNet and VAE graphs into `MultiHeadAttention` when loading them
     /// ([`super::fuse_attention`]). Default true.
     pub fuse_attention: bool,
-    /// On the CPU, rewrite each nearest 2× upsample + 3×3 convolution of the UNet and VAE graphs into four 2×2
-    /// convolutions when loading them ([`super::subpixel_upsample`]). Default true.
-    pub subpixel_upsample: bool,
+    /// Rewrite each nearest 2× upsample + 3×3 convolution of the UNet and VAE graphs into four 2×2 convolutions
+    /// when loading them ([`super::subpixel_upsample`]): `None` (default) on the CPU only, `Some(true)` on every
+    /// device, `Some(false)` never.
+    pub subpixel_upsample: Option<bool>,
 }
 
 impl Default for SessionConfig {
@@ -127,7 +128,7 @@ impl Default for SessionConfig {
             optimized_cache: None,
             cuda: CudaOptions::default(),
             fuse_attention: true,
-            subpixel_upsample: true,
+            subpixel_upsample: None,
         }
     }
 }
@@ -140,10 +141,10 @@ impl SessionConfig {
     }
 
     /// True when `stage`'s graph goes through the sub-pixel upsample rewrite: the UNet's and VAE's (the text
-    /// encoders have no convolutions), on the CPU (on CUDA, cuDNN's own 3×3 algorithms are not yet measured
-    /// against it).
+    /// encoders have no convolutions); by default on the CPU only (on CUDA, cuDNN's own 3×3 algorithms are not yet
+    /// measured against it).
     fn upsamples(&self, stage: &str) -> bool {
-        self.subpixel_upsample && self.device == Device::Cpu && !stage.starts_with("text_encoder")
+        self.subpixel_upsample.unwrap_or(self.device == Device::Cpu) && !stage.starts_with("text_encoder")
     }
 
     /// True when `model`, the `stage` graph, gets its attention fused: [`Self::fuses`] the stage and, on the CPU,
@@ -633,6 +634,19 @@ mod tests {
         assert_eq!(Device::parse("cuda:-1"), None);
         assert_eq!(Device::parse("tpu"), None);
         assert_eq!(Device::Cuda(1).name(), "CUDA:1");
+    }
+
+    #[test]
+    fn upsampling_is_made_sub_pixel_on_the_cpu_by_default_and_on_cuda_when_asked() {
+        let on = |device, option| SessionConfig { device, subpixel_upsample: option, ..Default::default() };
+        assert!(on(Device::Cpu, None).upsamples("vae_decoder"));
+        assert!(!on(Device::Cuda(0), None).upsamples("unet"));
+        assert!(on(Device::Cuda(0), Some(true)).upsamples("unet"));
+        assert!(!on(Device::Cpu, Some(false)).upsamples("unet"));
+        assert!(!on(Device::Cpu, Some(true)).upsamples("text_encoder_2"));
+        // The optimized-graph cache keeps the two graphs apart.
+        assert_eq!(on(Device::Cpu, None).cache_stage("unet"), "unet+mha+subpixel");
+        assert_eq!(on(Device::Cpu, Some(false)).cache_stage("unet"), "unet+mha");
     }
 
     #[test]
