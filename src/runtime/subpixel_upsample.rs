@@ -59,6 +59,7 @@ pub fn plan(model: &OnnxModel, edit: &mut Edit, keep: &HashSet<usize>) -> Result
         let (cout, cin) = (dims[0], dims[1]);
         let names = Names::new(conv, u.conv);
         let input = resize.inputs[0].as_str();
+        let bias = conv.inputs.get(2).map(String::as_str).filter(|b| !b.is_empty());
         let mut nodes = Vec::with_capacity(6);
         for (p, &(py, px)) in PHASES.iter().enumerate() {
             let kernel = phase_kernel(&w, py, px);
@@ -69,7 +70,7 @@ pub fn plan(model: &OnnxModel, edit: &mut Edit, keep: &HashSet<usize>) -> Result
                 &encode_floats(&kernel, DT_FLOAT),
             ));
             let mut inputs = vec![input, names.weights[p].as_str()];
-            inputs.extend(conv.inputs.get(2).filter(|b| !b.is_empty()).map(String::as_str));
+            inputs.extend(bias);
             let pads = vec![1 - py as i64, 1 - px as i64, py as i64, px as i64];
             let attributes = [
                 ("kernel_shape", AttributeValue::Ints(vec![2, 2])),
@@ -89,7 +90,7 @@ pub fn plan(model: &OnnxModel, edit: &mut Edit, keep: &HashSet<usize>) -> Result
         dropped.extend([u.resize, u.conv]);
         kept.insert(conv.outputs[0].as_str());
         reads.push(input);
-        reads.extend(conv.inputs.get(2).filter(|b| !b.is_empty()).map(String::as_str));
+        reads.extend(bias);
         if graph.readers.get(model.initializers[u.weight].name.as_str()).is_some_and(|r| r.len() == 1) {
             edit.drop_initializers.insert(u.weight);
         }
