@@ -239,24 +239,15 @@ impl Graph<'_> {
 
 #[cfg(test)]
 mod tests {
-    use std::path::PathBuf;
-
     use super::*;
-
-    fn model(p: &str) -> OnnxModel {
-        OnnxModel::read(&PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(p)).unwrap()
-    }
-
-    fn count(m: &OnnxModel, op: &str) -> usize {
-        m.nodes.iter().filter(|n| n.op_type == op).count()
-    }
+    use crate::runtime::onnx_proto::test_models::{count, edited, read as model};
 
     /// Rewrites `path` and parses the result.
     fn rewritten(path: &str) -> (OnnxModel, OnnxModel, usize) {
         let m = model(path);
         let mut edit = Edit::default();
         let n = plan(&m, &mut edit, &HashSet::new()).unwrap();
-        let out = OnnxModel::parse(m.path(), m.edited(&edit).unwrap()).unwrap();
+        let out = edited(&m, &edit);
         (m, out, n)
     }
 

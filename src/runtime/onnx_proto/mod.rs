@@ -611,6 +611,29 @@ pub fn encode_floats(values: &[f32], data_type: i32) -> Vec<u8> {
     }
 }
 
+/// Fixture models for the tests of the rewrites built on this reader.
+#[cfg(test)]
+pub(crate) mod test_models {
+    use super::edit::Edit;
+    use super::OnnxModel;
+
+    /// `tests/fixtures/<path>`, read.
+    pub fn read(path: &str) -> OnnxModel {
+        OnnxModel::read(&std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(path))
+            .unwrap()
+    }
+
+    /// How many `op_type` nodes `m` has.
+    pub fn count(m: &OnnxModel, op_type: &str) -> usize {
+        m.nodes.iter().filter(|n| n.op_type == op_type).count()
+    }
+
+    /// `m` with `edit` applied, parsed again.
+    pub fn edited(m: &OnnxModel, edit: &Edit) -> OnnxModel {
+        OnnxModel::parse(m.path(), m.edited(edit).unwrap()).unwrap()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::edit::Edit;
