@@ -201,29 +201,13 @@ fn step_latents(engine: &Engine, case: &str) -> BTreeMap<(u32, usize), Vec<f32>>
     capture.steps
 }
 
-#[test]
-fn attention_fused_at_load_and_as_exported_both_match_diffusers_and_differ() {
-    // By default the UNet's 24 attention cores and the VAE's one are fused into MultiHeadAttention at load;
-    // `fuse_attention: false` runs the files as exported. Both match diffusers; their latents differ in the last
-    // bits, which shows the fused graph is what runs by default (a fusion silently dropped would make them equal).
-    let as_exported = serde_json::json!({"models_root": fixtures(), "intra_op_threads": 1, "fuse_attention": false});
-    let as_exported = Engine::new(Some(&as_exported.to_string())).expect("engine");
-    check_case(&as_exported, "tiny-sdxl", "cfg_neg", true);
-    let fused = engine();
-    let same = step_latents(&fused, "cfg_neg") == step_latents(&as_exported, "cfg_neg");
-    assert!(!same, "fused and unfused attention gave identical latents");
-    let count = |e: &Engine| e.status()["loaded_models"][0]["fused_attention"].clone();
-    assert_eq!(count(&fused), serde_json::json!(25));
-    assert_eq!(count(&as_exported), serde_json::json!(0));
-}
-
-#[test]
-fn upsampling_made_subpixel_at_load_and_as_exported_both_match_diffusers_and_differ() {
-    // By default the UNet's upsample convolution and the VAE decoder's three are loaded as four 2×2 phase
-    // convolutions each; `subpixel_upsample: false` runs them as exported. Both match diffusers; their latents
-    // differ in the last bits (the UNet's rewritten convolution sums its taps in another order), which shows the
-    // rewritten graph is what runs by default.
-    let as_exported = serde_json::json!({"models_root": fixtures(), "intra_op_threads": 1, "subpixel_upsample": false});
+/// A load-time rewrite (engine option `option`, on by default) against the files run as exported (`option:
+/// false`): both match diffusers; their latents differ in the last bits, which shows the rewritten graph is what
+/// runs by default (a rewrite silently dropped would make them equal); `status` reports `rewrites` of them
+/// (`field`) and none as exported.
+fn check_rewrite_against_as_exported(option: &str, field: &str, rewrites: u64) {
+    let mut as_exported = serde_json::json!({"models_root": fixtures(), "intra_op_threads": 1});
+    as_exported[option] = serde_json::json!(false);
     let as_exported = Engine::new(Some(&as_exported.to_string())).expect("engine");
     let rewritten = engine();
     for case in ["cfg_neg", "batch2_wide"] {
@@ -231,10 +215,23 @@ fn upsampling_made_subpixel_at_load_and_as_exported_both_match_diffusers_and_dif
         check_case(&rewritten, "tiny-sdxl", case, true);
     }
     let same = step_latents(&rewritten, "cfg_neg") == step_latents(&as_exported, "cfg_neg");
-    assert!(!same, "sub-pixel and exported upsampling gave identical latents");
-    let count = |e: &Engine| e.status()["loaded_models"][0]["subpixel_upsamples"].clone();
-    assert_eq!(count(&rewritten), serde_json::json!(4));
-    assert_eq!(count(&as_exported), serde_json::json!(0));
+    assert!(!same, "{option}: rewritten and as exported gave identical latents");
+    let count = |e: &Engine| e.status()["loaded_models"][0][field].clone();
+    assert_eq!(count(&rewritten), serde_json::json!(rewrites), "{field}");
+    assert_eq!(count(&as_exported), serde_json::json!(0), "{field}");
+}
+
+#[test]
+fn attention_fused_at_load_and_as_exported_both_match_diffusers_and_differ() {
+    // The UNet's 24 attention cores and the VAE's one become MultiHeadAttention at load.
+    check_rewrite_against_as_exported("fuse_attention", "fused_attention", 25);
+}
+
+#[test]
+fn upsampling_made_subpixel_at_load_and_as_exported_both_match_diffusers_and_differ() {
+    // The UNet's upsample convolution and the VAE decoder's three become four 2×2 phase convolutions each (the
+    // UNet's sums its taps in another order, so the latents change in the last bits).
+    check_rewrite_against_as_exported("subpixel_upsample", "subpixel_upsamples", 4);
 }
 
 #[test]
