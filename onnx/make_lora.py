@@ -15,6 +15,8 @@ q/k/v/out_proj, fc1, fc2 of both text encoders.
                         untouched, so a pipeline with only "b" can share the text_encoder session).
   peft_dora.safetensors DoRA in PEFT format (rank 2): the UNet's Transformer Linears with lora_A/lora_B and a
                         lora_magnitude_vector per module (the merged weight's row norms, perturbed by ±20 %).
+  peft_bias.safetensors PEFT LoRA with lora_bias=True (rank 2): lora_A/lora_B and lora_B.bias on every target of
+                        kohya_a that has a bias (UNet Linears and convs, text_encoder's; not the bias-free to_q/k/v).
 
 Goldens (tests/fixtures/goldens/lora_*.safetensors, the same tensors and metadata as goldens.py writes, with the
 prompt of goldens.py's cfg_neg case and 3 steps), made by diffusers' load_lora_weights + set_adapters + fuse_lora
@@ -23,7 +25,7 @@ prompt of goldens.py's cfg_neg case and 3 steps), made by diffusers' load_lora_w
   lora_kohya   kohya_a at 1.0                  lora_peft   peft_a at 1.0
   lora_two     kohya_a at 0.7 and peft_b at -0.3
   lora_split   kohya_a with UNet weight 0.5 and text-encoder weight 1.5 (set_adapters with a per-component dict)
-  lora_dora    peft_dora at 0.8
+  lora_dora    peft_dora at 0.8                lora_bias   peft_bias at 0.9
 
 Metadata adds `loras` (JSON: [{"file", "weight", "unet_weight", "text_encoder_weight"}]).
 
@@ -58,6 +60,7 @@ CASES = {
     "lora_two": [dict(file="kohya_a", weight=0.7), dict(file="peft_b", weight=-0.3)],
     "lora_split": [dict(file="kohya_a", weight=1.0, unet_weight=0.5, text_encoder_weight=1.5)],
     "lora_dora": [dict(file="peft_dora", weight=0.8)],
+    "lora_bias": [dict(file="peft_bias", weight=0.9)],
 }
 
 
@@ -169,13 +172,30 @@ def build_loras(pipe, out_dir: Path) -> None:
         dora[f"unet.{name}.lora_A.weight"] = down
         dora[f"unet.{name}.lora_B.weight"] = up
         dora[f"unet.{name}.lora_magnitude_vector"] = norm * (1 + 0.2 * torch.randn(norm.shape, generator=gen))
+    gen = torch.Generator("cpu").manual_seed(2468)
+    bias = {}
+    for comp, model in (("unet", pipe.unet), ("text_encoder", pipe.text_encoder)):
+        names = unet_targets(model, True) if comp == "unet" else te_targets(model)
+        for name in names:
+            mod = module_of(model, name)
+            if mod.bias is None:  # PEFT's lora_bias needs a base bias to merge into
+                continue
+            down, up = make_pair(mod, RANK_B, gen, 0.8)
+            bias[f"{comp}.{name}.lora_A.weight"] = down
+            bias[f"{comp}.{name}.lora_B.weight"] = up
+            bias[f"{comp}.{name}.lora_B.bias"] = torch.randn(mod.bias.shape, generator=gen) * 0.2
     out_dir.mkdir(parents=True, exist_ok=True)
     np = lambda d: {k: v.numpy() for k, v in d.items()}  # noqa: E731
     c.write_safetensors(out_dir / "kohya_a.safetensors", np(kohya), meta_k)
     c.write_safetensors(out_dir / "peft_a.safetensors", np(peft_a))
     c.write_safetensors(out_dir / "peft_b.safetensors", np(peft_b))
     c.write_safetensors(out_dir / "peft_dora.safetensors", np(dora))
-    print(f"kohya_a: {len(kohya)} tensors; peft_a: {len(peft_a)}; peft_b: {len(peft_b)}; dora: {len(dora)}", flush=True)
+    c.write_safetensors(out_dir / "peft_bias.safetensors", np(bias))
+    print(
+        f"kohya_a: {len(kohya)} tensors; peft_a: {len(peft_a)}; peft_b: {len(peft_b)}; dora: {len(dora)}; "
+        f"bias: {len(bias)}",
+        flush=True,
+    )
 
 
 def write_goldens(model: Path, fixtures: Path) -> None:

@@ -1,7 +1,8 @@
 //! LoRA merged at load time vs diffusers' `load_lora_weights` + `fuse_lora` (goldens from onnx/make_lora.py):
 //! kohya (SGM names, LoCon convs, alpha) and PEFT files with the same factors, two LoRAs at 0.7 / -0.3, separate
-//! UNet / text-encoder weights, the constant-folded export; weight 0 is bit-identical to no LoRA; both ways an
-//! override reaches ONNX Runtime change the output; every error path.
+//! UNet / text-encoder weights, the constant-folded export, PEFT bias changes; weight 0 is bit-identical to no
+//! LoRA; both ways an override reaches ONNX Runtime change the output; formats diffusers does not read (LyCORIS
+//! Tucker, full and kohya DoRA) against the plain factors they equal; every error path.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -106,6 +107,37 @@ fn dora_in_peft_format_matches_diffusers_fuse_lora() {
     let resp = check_case(&engine, "tiny-sdxl", "lora_dora");
     assert!(resp["warnings"].as_array().unwrap().is_empty(), "every DoRA key applied: {}", resp["warnings"]);
     check_case(&engine, "tiny-sdxl-folded", "lora_dora"); // transposed weights: norms along the other axis
+}
+
+#[test]
+fn peft_bias_changes_match_diffusers_fuse_lora() {
+    // peft_bias (PEFT lora_bias=True) at 0.9: each module's lora_B.bias is added to its bias at weight · alpha / r.
+    let engine = engine();
+    for model in ["tiny-sdxl", "tiny-sdxl-folded"] {
+        let resp = check_case(&engine, model, "lora_bias");
+        assert!(resp["warnings"].as_array().unwrap().is_empty(), "every bias key applied: {}", resp["warnings"]);
+    }
+    // The same file without its bias changes gives another image: a dropped bias change fails the check above.
+    let bytes = std::fs::read(fixtures().join("loras/peft_bias.safetensors")).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let weights: Vec<(String, Vec<usize>, Vec<f32>)> = st
+        .tensors()
+        .into_iter()
+        .filter(|(k, _)| !k.ends_with(".bias"))
+        .map(|(k, t)| {
+            let values = t.data().chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect();
+            (k, t.shape().to_vec(), values)
+        })
+        .collect();
+    let refs: Vec<(&str, Vec<usize>, Vec<f32>)> =
+        weights.iter().map(|(k, s, d)| (k.as_str(), s.clone(), d.clone())).collect();
+    let dir = temp_root(&[("peft_bias.safetensors", safetensors_file(&refs))]);
+    let engine = Engine::new(Some(&json!({"models_root": dir.path(), "intra_op_threads": 1}).to_string())).unwrap();
+    let g = Golden::load("lora_bias");
+    let outcome = engine.generate(&request(&g, "tiny-sdxl").0, &mut Capture::default(), true);
+    let want = &g.t("image_u8").u8;
+    let worst = outcome.images[0].data.iter().zip(want).map(|(a, b)| (*a as i16 - *b as i16).abs()).max().unwrap();
+    assert!(worst > 1, "without its bias changes the LoRA's image moves by only {worst}/255");
 }
 
 #[test]
@@ -473,6 +505,128 @@ fn a_tucker_locon_merges_like_the_plain_locon_it_factors() {
     let with_tucker = image(json!([{"name": "tucker", "weight": 1.0}]));
     assert!(with_tucker == image(json!([{"name": "plain", "weight": 1.0}])), "Tucker and plain LoCon differ");
     assert!(with_tucker != image(json!([])), "the Tucker LoCon changed nothing");
+}
+
+#[test]
+fn a_lycoris_full_module_adds_its_diff_and_diff_b_like_the_peft_module_they_equal() {
+    // LyCORIS full (A1111's network_full): W += weight · diff, b += weight · diff_b, no alpha. The same change as
+    // PEFT factors: lora_A = diff, lora_B = identity, lora_B.bias = diff_b (scale 1, no alpha): identical images.
+    let c = 16usize;
+    let values = |seed: usize, n: usize| -> Vec<f32> {
+        (0..n).map(|i| (((i * 7 + seed * 13) % 17) as f32 - 8.0) * 0.05).collect()
+    };
+    let (diff, diff_b) = (values(1, c * c * 9), values(2, c));
+    let name = "lora_unet_input_blocks_1_0_in_layers_2";
+    let peft = "unet.down_blocks.0.resnets.0.conv1";
+    let identity: Vec<f32> = (0..c * c).map(|e| if e / c == e % c { 1.0 } else { 0.0 }).collect();
+    let full = |weight: bool, bias: bool| {
+        let mut tensors = Vec::new();
+        if weight {
+            tensors.push((format!("{name}.diff"), vec![c, c, 3, 3], diff.clone()));
+        }
+        if bias {
+            tensors.push((format!("{name}.diff_b"), vec![c], diff_b.clone()));
+        }
+        let refs: Vec<(&str, Vec<usize>, Vec<f32>)> =
+            tensors.iter().map(|(k, s, d)| (k.as_str(), s.clone(), d.clone())).collect();
+        safetensors_file(&refs)
+    };
+    let factors = safetensors_file(&[
+        (&format!("{peft}.lora_A.weight"), vec![c, c, 3, 3], diff.clone()),
+        (&format!("{peft}.lora_B.weight"), vec![c, c, 1, 1], identity),
+        (&format!("{peft}.lora_B.bias"), vec![c], diff_b.clone()),
+    ]);
+    let dir = temp_root(&[
+        ("full.safetensors", full(true, true)),
+        ("weight_only.safetensors", full(true, false)),
+        ("bias_only.safetensors", full(false, true)),
+        ("factors.safetensors", factors),
+    ]);
+    let image = |loras: Value| {
+        let resp = generate(dir.path(), loras);
+        assert!(resp["warnings"].as_array().is_none_or(|w| w.is_empty()), "{}", resp["warnings"]);
+        resp["data"]["generated_images"][0]["image_data"].as_str().unwrap().to_string()
+    };
+    let lora = |name: &str, weight: f32| image(json!([{"name": name, "weight": weight}]));
+    let with_full = lora("full", 0.7);
+    assert!(with_full == lora("factors", 0.7), "the full module and its PEFT factors differ");
+    let none = image(json!([]));
+    for (part, alone) in [("diff", lora("weight_only", 0.7)), ("diff_b", lora("bias_only", 0.7))] {
+        assert!(alone != none, "{part} alone changed nothing");
+        assert!(alone != with_full, "{part} alone gives the image of diff and diff_b together");
+    }
+    assert!(lora("full", 0.0) == none, "weight 0 must be the image without LoRA");
+}
+
+#[test]
+fn an_alpha_scales_a_peft_bias_change_like_its_matrices() {
+    // PEFT merges lora_B.bias at weight · alpha / r: with alpha = r / 2 and lora_B (matrix and bias) doubled, the
+    // change is the same to the bit (powers of two); a bias added without alpha / r would be twice as large.
+    let (r, c) = (2usize, 16usize);
+    let values = |seed: usize, n: usize, gain: f32| -> Vec<f32> {
+        (0..n).map(|i| (((i * 7 + seed * 13) % 17) as f32 - 8.0) * 0.05 * gain).collect()
+    };
+    let m = "unet.down_blocks.0.resnets.0.conv1";
+    let file = |gain: f32, alpha: Option<f32>| {
+        let mut tensors = vec![
+            (format!("{m}.lora_A.weight"), vec![r, c, 3, 3], values(1, r * c * 9, 1.0)),
+            (format!("{m}.lora_B.weight"), vec![c, r, 1, 1], values(2, c * r, gain)),
+            (format!("{m}.lora_B.bias"), vec![c], values(3, c, 4.0 * gain)),
+        ];
+        tensors.extend(alpha.map(|a| (format!("{m}.alpha"), vec![], vec![a])));
+        let refs: Vec<(&str, Vec<usize>, Vec<f32>)> =
+            tensors.iter().map(|(k, s, d)| (k.as_str(), s.clone(), d.clone())).collect();
+        safetensors_file(&refs)
+    };
+    let dir = temp_root(&[("plain.safetensors", file(1.0, None)), ("halved.safetensors", file(2.0, Some(1.0)))]);
+    let image = |name: &str| {
+        let resp = generate(dir.path(), json!([{"name": name, "weight": 1.0}]));
+        resp["data"]["generated_images"][0]["image_data"].as_str().unwrap().to_string()
+    };
+    assert!(image("plain") == image("halved"), "alpha / r must scale lora_B.bias as it scales lora_B");
+}
+
+#[test]
+fn bias_changes_that_do_not_fit_are_clear_errors_or_reported() {
+    let conv = "lora_unet_input_blocks_1_0_in_layers_2";
+    let file = |tensors: &[(String, Vec<usize>, Vec<f32>)]| {
+        let refs: Vec<(&str, Vec<usize>, Vec<f32>)> =
+            tensors.iter().map(|(k, s, d)| (k.as_str(), s.clone(), d.clone())).collect();
+        safetensors_file(&refs)
+    };
+    let lora_q = || {
+        vec![
+            (format!("{Q}.lora_A.weight"), vec![2, 32], vec![0.05f32; 64]),
+            (format!("{Q}.lora_B.weight"), vec![32, 2], vec![0.05f32; 64]),
+        ]
+    };
+    let mut q_with_bias = lora_q();
+    q_with_bias.push((format!("{Q}.lora_B.bias"), vec![32], vec![0.1; 32])); // to_q has no bias
+    let dir = temp_root(&[
+        ("matrix.safetensors", file(&[(format!("{conv}.diff_b"), vec![4, 4], vec![0.1; 16])])),
+        ("stray.safetensors", file(&[(format!("{Q}.lora_B.bias"), vec![32], vec![0.1; 32])])),
+        (
+            "mixed.safetensors",
+            file(&[
+                (format!("{conv}.diff"), vec![16, 16, 3, 3], vec![0.1; 2304]),
+                (format!("{conv}.lora_down.weight"), vec![2, 16, 3, 3], vec![0.1; 288]),
+                (format!("{conv}.lora_up.weight"), vec![16, 2, 1, 1], vec![0.1; 32]),
+            ]),
+        ),
+        ("short.safetensors", file(&[(format!("{conv}.diff_b"), vec![8], vec![0.1; 8])])),
+        ("biasless.safetensors", file(&q_with_bias)),
+    ]);
+    let root = dir.path();
+    let case = |name: &str| generate(root, json!([{ "name": name }]));
+    expect_error(&case("matrix"), "model_invalid", &["matrix.safetensors", "diff_b", "must be a vector"]);
+    expect_error(&case("stray"), "model_invalid", &["stray.safetensors", "lora_B.bias", "without the lora_A/lora_B"]);
+    expect_error(&case("mixed"), "model_invalid", &["mixed.safetensors", "both a full diff and low-rank"]);
+    expect_error(&case("short"), "model_invalid", &["short.safetensors", "8x1 update", "conv1.bias"]);
+    // A bias change for a module without a bias is skipped and reported; the rest of the module applies.
+    let resp = case("biasless");
+    assert_eq!(resp["success"], true, "{resp}");
+    let w: Vec<&str> = resp["warnings"].as_array().unwrap().iter().map(|v| v.as_str().unwrap()).collect();
+    assert!(w.iter().any(|w| w.contains("LoRA `biasless`: applied 2 of 3 tensors, skipped 1")), "{w:?}");
 }
 
 /// A Tucker factor pair as the plain pair it folds into (A1111's make_weight_cp): `a` `[r, out]`, `b` `[r, in]`,

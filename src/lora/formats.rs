@@ -22,8 +22,14 @@
 //!   LoKr (`.lokr_t2` with `.lokr_w2_a` `[r, out]`, `.lokr_w2_b` `[r, in]`): each product is w_aᵀ · core ×
 //!   w_b (A1111's `make_weight_cp`), folded the same way into an ordinary `[out, r]` · `[r, in, kh, kw]` pair.
 //!
-//! Anything else (full `diff` tensors, a `dora_scale` whose shape does not say its axis, unknown keys) is kept as
-//! "unsupported" and reported as skipped, never applied half-way.
+//! - LyCORIS full modules: `.diff`, the whole ΔW in the weight's torch shape (A1111's `network_full`: scaled by
+//!   the LoRA's weight only, no alpha).
+//!
+//! Bias changes: LyCORIS `.diff_b` `[out]` (at the LoRA's weight, with or without a `.diff`) and PEFT's
+//! `.lora_B.bias` (`lora_bias=True`: at weight · alpha / r, as PEFT merges it) — see [`BiasDelta`].
+//!
+//! Anything else (a `dora_scale` whose shape does not say its axis, unknown keys) is kept as "unsupported" and
+//! reported as skipped, never applied half-way.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -122,6 +128,11 @@ pub enum Patch {
         /// `lokr_w2`, or (`lokr_w2_a`, `lokr_w2_b`).
         w2: Factor,
     },
+    /// A full update (LyCORIS `diff`, or a bias change as `[out, 1]`): ΔW = diff.
+    Full {
+        /// `[out, in(, kh, kw)]`.
+        diff: Mat,
+    },
 }
 
 /// One LoKr factor.
@@ -147,10 +158,29 @@ pub struct Module {
     /// DoRA: the magnitudes the merged weight's channels get (PEFT `lora_magnitude_vector` or kohya/LyCORIS
     /// `dora_scale`).
     pub magnitude: Option<Magnitude>,
+    /// A change to the module's bias; its key is the last of `keys`.
+    pub bias: Option<BiasDelta>,
     /// The file's keys for this module.
     pub keys: Vec<String>,
-    /// Why the module cannot be applied, when `patch` is `None`.
+    /// Why the module cannot be applied, when `patch` and `bias` are `None`.
     pub unsupported: Option<String>,
+}
+
+impl Module {
+    /// Whether the module changes anything (a weight, a bias or both).
+    pub fn applies(&self) -> bool {
+        self.patch.is_some() || self.bias.is_some()
+    }
+}
+
+/// A change to a module's bias: `bias += scale · values`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BiasDelta {
+    /// One value per output channel.
+    pub values: Vec<f32>,
+    /// How it is scaled: by the LoRA's weight and the module's alpha / r (PEFT's `lora_B.bias`, merged like the
+    /// matrices it comes with) or by the weight alone (LyCORIS `diff_b`, as A1111's `network_full` adds it).
+    pub alpha_scaled: bool,
 }
 
 /// DoRA magnitudes and how they apply ([`super::merge::apply_dora`]).
@@ -215,7 +245,7 @@ impl LoraFile {
 
     /// Whether any module targets `component`.
     pub fn touches(&self, component: Component) -> bool {
-        self.modules.iter().any(|m| m.component == component && m.patch.is_some())
+        self.modules.iter().any(|m| m.component == component && m.applies())
     }
 }
 
@@ -250,8 +280,9 @@ const SUFFIXES: &[(&str, Part)] = &[
     (".lokr_t2", Part::LokrCore),
     (".dora_scale", Part::DoraScale),
     (".lora_magnitude_vector", Part::Magnitude),
-    (".diff_b", Part::Unsupported("full bias difference (diff_b)")),
-    (".diff", Part::Unsupported("full weight difference (diff)")),
+    (".diff_b", Part::DiffBias),
+    (".diff", Part::Diff),
+    (".lora_B.bias", Part::UpBias),
 ];
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -271,7 +302,12 @@ enum Part {
     Magnitude,
     /// kohya/LyCORIS DoRA magnitudes.
     DoraScale,
-    Unsupported(&'static str),
+    /// LyCORIS full module's ΔW.
+    Diff,
+    /// LyCORIS bias change.
+    DiffBias,
+    /// PEFT `lora_B.bias`.
+    UpBias,
 }
 
 #[derive(Default)]
@@ -286,6 +322,9 @@ struct Parts {
     lokr_core: Option<Mat>,
     magnitude: Option<Mat>,
     dora_scale: Option<Mat>,
+    diff: Option<Mat>,
+    /// (key, tensor) of a `diff_b` or `lora_B.bias`, and whether alpha / r scales it.
+    bias: Option<(String, Mat, bool)>,
     unsupported: Option<&'static str>,
     keys: Vec<String>,
 }
@@ -391,7 +430,9 @@ pub fn parse(path: &Path, bytes: &[u8]) -> Result<LoraFile> {
             continue;
         };
         let g = groups.entry(prefix).or_default();
-        g.keys.push(key.clone());
+        if !matches!(part, Part::DiffBias | Part::UpBias) {
+            g.keys.push(key.clone());
+        }
         match part {
             Part::Down => g.down = Some(read_mat(&st, &key, path)?),
             Part::Up => g.up = Some(read_mat(&st, &key, path)?),
@@ -412,7 +453,20 @@ pub fn parse(path: &Path, bytes: &[u8]) -> Result<LoraFile> {
             Part::LokrCore => g.lokr_core = Some(read_mat(&st, &key, path)?),
             Part::Magnitude => g.magnitude = Some(read_mat(&st, &key, path)?),
             Part::DoraScale => g.dora_scale = Some(read_mat(&st, &key, path)?),
-            Part::Unsupported(what) => g.unsupported = Some(what),
+            Part::Diff => g.diff = Some(read_mat(&st, &key, path)?),
+            Part::DiffBias | Part::UpBias => {
+                if let Some((other, ..)) = &g.bias {
+                    return Err(Error::model_invalid(path, format!("`{other}` and `{key}` both change one bias")));
+                }
+                let m = read_mat(&st, &key, path)?;
+                if m.shape.len() != 1 {
+                    return Err(Error::model_invalid(
+                        path,
+                        format!("bias change `{key}` must be a vector [out], has shape {:?}", m.shape),
+                    ));
+                }
+                g.bias = Some((key, m, part == Part::UpBias));
+            }
         }
     }
     let mut modules = Vec::new();
@@ -436,10 +490,30 @@ pub fn parse(path: &Path, bytes: &[u8]) -> Result<LoraFile> {
             g.unsupported = Some("DoRA with both lora_magnitude_vector and dora_scale");
         }
         let magnitude = peft.or(kohya);
-        let (alpha, keys) = (g.alpha, std::mem::take(&mut g.keys));
-        let (patch, unsupported) = build_patch(g, &prefix, path)?;
+        let (alpha, mut keys, bias) = (g.alpha, std::mem::take(&mut g.keys), g.bias.take());
+        let (patch, mut unsupported) = build_patch(g, &prefix, path)?;
         let magnitude = magnitude.filter(|_| patch.is_some());
-        modules.push(Module { component, name, patch, alpha, magnitude, keys, unsupported });
+        let bias = match bias {
+            Some((key, ..)) if unsupported.is_some() => {
+                keys.push(key);
+                None
+            }
+            Some((key, _, true)) if !matches!(patch, Some(Patch::LoRa { .. })) => {
+                return Err(Error::model_invalid(
+                    path,
+                    format!("`{key}` comes without the lora_A/lora_B it belongs to"),
+                ))
+            }
+            Some((key, m, alpha_scaled)) => {
+                keys.push(key);
+                Some(BiasDelta { values: m.data, alpha_scaled })
+            }
+            None => None,
+        };
+        if patch.is_none() && bias.is_none() && unsupported.is_none() {
+            unsupported = Some("an alpha without LoRA matrices".into());
+        }
+        modules.push(Module { component, name, patch, alpha, magnitude, bias, keys, unsupported });
     }
     modules.sort_by(|a, b| (a.component, &a.name).cmp(&(b.component, &b.name)));
     Ok(LoraFile {
@@ -482,11 +556,20 @@ fn fold_tucker_mid(mid: &Mat, down: &Mat, names: (&str, &str)) -> std::result::R
 
 /// The patch of one module's factors (`prefix` and `path` for errors).
 fn build_patch(parts: Parts, prefix: &str, path: &Path) -> Result<Built> {
-    let Parts { down, up, mid, hada, hada_core, lokr, lokr_core, unsupported, .. } = parts;
+    let Parts { down, up, mid, hada, hada_core, lokr, lokr_core, diff, unsupported, .. } = parts;
     if let Some(what) = unsupported {
         return Ok((None, Some(format!("{what} is not supported"))));
     }
     let incomplete = |what: &str| Error::model_invalid(path, format!("module `{prefix}`: {what}"));
+    if let Some(diff) = diff {
+        if down.is_some() || up.is_some() || hada.iter().chain(&lokr).any(Option::is_some) {
+            return Err(incomplete("has both a full diff and low-rank factors"));
+        }
+        if diff.shape.len() < 2 {
+            return Err(incomplete(&format!("diff must be [out, in(, kh, kw)], is {:?}", diff.shape)));
+        }
+        return Ok((Some(Patch::Full { diff }), None));
+    }
     let down = match (mid, down) {
         (Some(mid), Some(down)) => {
             Some(fold_tucker_mid(&mid, &down, ("lora_mid", "lora_down")).map_err(|m| incomplete(&m))?)
@@ -554,8 +637,8 @@ fn build_patch(parts: Parts, prefix: &str, path: &Path) -> Result<Built> {
         };
         return Ok((Some(Patch::LoKr { w1, w2 }), None));
     }
-    // Only an alpha.
-    Ok((None, Some("an alpha without LoRA matrices".into())))
+    // No weight change (a bias change alone, or only an alpha: the caller tells them apart).
+    Ok((None, None))
 }
 
 #[cfg(test)]

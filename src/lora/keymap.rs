@@ -10,6 +10,10 @@
 //!    `down_blocks.1.attentions.0.transformer_blocks.0.attn1.to_q`. `MatMul` weights are `[in, out]`; `Gemm`
 //!    weights are `[out, in]` with `transB = 1` and `[in, out]` without; `Conv` weights keep torch's layout.
 //!
+//! Biases (for `diff_b` / `lora_B.bias`) resolve the same two ways: an initializer `<module>.bias` (folded exports
+//! keep those names too), else the `[out]` initializer a module's `Conv` or `Gemm` takes as its third input, or a
+//! folded Linear's `Add` (`/…/to_out.0/Add`) takes beside its `MatMul`'s output.
+//!
 //! Text-encoder module names are compared without transformers' `text_model.` prefix (folded CLIPTextModel
 //! exports drop it from the node scopes).
 //!
@@ -45,6 +49,8 @@ pub struct Target {
 #[derive(Debug, Clone, Default)]
 pub struct GraphMap {
     modules: HashMap<String, Target>,
+    /// Module → its bias initializer.
+    biases: HashMap<String, usize>,
     kohya: HashMap<String, String>,
 }
 
@@ -69,13 +75,19 @@ impl GraphMap {
     /// Index the weights of `model`, a graph of `component`.
     pub fn build(model: &OnnxModel, component: Component) -> Self {
         let mut modules = HashMap::new();
+        let mut biases = HashMap::new();
         for (index, t) in model.initializers.iter().enumerate() {
             if let Some(m) = t.name.strip_suffix(".weight") {
                 if t.dims.len() == 2 || t.dims.len() == 4 {
                     modules.insert(normalize(m, component).to_string(), Target { index, layout: Layout::Torch });
                 }
+            } else if let Some(m) = t.name.strip_suffix(".bias") {
+                if t.dims.len() == 1 {
+                    biases.insert(normalize(m, component).to_string(), index);
+                }
             }
         }
+        let vector = |name: &str| model.initializer_index(name).filter(|&i| model.initializers[i].dims.len() == 1);
         for node in &model.nodes {
             let layout = match node.op_type.as_str() {
                 "MatMul" => Layout::Transposed,
@@ -90,8 +102,29 @@ impl GraphMap {
             if !(dims == 2 || dims == 4) {
                 continue;
             }
-            modules.entry(normalize(&scope, component).to_string()).or_insert(Target { index, layout });
+            let module = normalize(&scope, component).to_string();
+            if let Some(bias) = node.inputs.get(2).and_then(|b| vector(b)) {
+                biases.entry(module.clone()).or_insert(bias);
+            }
+            modules.entry(module).or_insert(Target { index, layout });
         }
+        // A folded Linear: `Add(bias, MatMul output)` in the MatMul's scope.
+        let products: HashMap<&str, &str> = model
+            .nodes
+            .iter()
+            .filter(|n| n.is("MatMul"))
+            .filter_map(|n| Some((n.outputs.first()?.as_str(), n.name.as_str())))
+            .collect();
+        for node in model.nodes.iter().filter(|n| n.is("Add") && n.inputs.len() == 2) {
+            let Some(scope) = node_scope(&node.name) else { continue };
+            for (bias, product) in [(&node.inputs[0], &node.inputs[1]), (&node.inputs[1], &node.inputs[0])] {
+                let same_scope = products.get(product.as_str()).and_then(|m| node_scope(m)).as_ref() == Some(&scope);
+                if let (Some(index), true) = (vector(bias), same_scope) {
+                    biases.entry(normalize(&scope, component).to_string()).or_insert(index);
+                }
+            }
+        }
+        biases.retain(|m, _| modules.contains_key(m));
         let mut kohya = HashMap::new();
         let lpb = layers_per_block(&modules);
         for m in modules.keys() {
@@ -110,7 +143,7 @@ impl GraphMap {
                 }
             }
         }
-        GraphMap { modules, kohya }
+        GraphMap { modules, biases, kohya }
     }
 
     /// Number of addressable modules.
@@ -123,12 +156,23 @@ impl GraphMap {
         self.modules.is_empty()
     }
 
+    /// The graph's module path of a LoRA module name.
+    fn module<'a>(&'a self, name: &'a ModuleName, component: Component) -> Option<&'a str> {
+        match name {
+            ModuleName::Dotted(m) => Some(normalize(m, component)),
+            ModuleName::Flat(f) => self.kohya.get(f.as_str()).map(String::as_str),
+        }
+    }
+
     /// The initializer a LoRA module patches, if the graph has it.
     pub fn resolve(&self, name: &ModuleName, component: Component) -> Option<Target> {
-        match name {
-            ModuleName::Dotted(m) => self.modules.get(normalize(m, component)).copied(),
-            ModuleName::Flat(f) => self.kohya.get(f.as_str()).and_then(|m| self.modules.get(m)).copied(),
-        }
+        self.module(name, component).and_then(|m| self.modules.get(m)).copied()
+    }
+
+    /// The bias initializer (`[out]`) of a LoRA module, if the graph has the module and it has a bias.
+    pub fn resolve_bias(&self, name: &ModuleName, component: Component) -> Option<Target> {
+        let index = *self.module(name, component).and_then(|m| self.biases.get(m))?;
+        Some(Target { index, layout: Layout::Torch })
     }
 }
 
@@ -262,6 +306,40 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn biases_resolve_by_name_and_else_by_the_node_that_adds_them() {
+        for (folder, comp) in
+            [("tiny-sdxl-folded/unet", Component::Unet), ("tiny-sdxl/text_encoder", Component::TextEncoder)]
+        {
+            let named = model(&format!("{folder}/model.onnx"));
+            let by_name = GraphMap::build(&named, comp);
+            // The same graph with every `.bias` name spelled `_BIAS` (same length, so the protobuf stays valid):
+            // only the Conv / Gemm inputs and the folded Linears' Adds can say whose bias each is.
+            let mut bytes = named.bytes().to_vec();
+            for at in (0..bytes.len() - 4).rev() {
+                if &bytes[at..at + 5] == b".bias" {
+                    bytes[at..at + 5].copy_from_slice(b"_BIAS");
+                }
+            }
+            let renamed = OnnxModel::parse(named.path(), bytes).unwrap();
+            let by_node = GraphMap::build(&renamed, comp);
+            assert!(by_name.biases.len() > 20, "{folder}: {} biases", by_name.biases.len());
+            assert_eq!(by_node.biases, by_name.biases, "{folder}");
+            let m = match comp {
+                Component::Unet => "down_blocks.1.attentions.0.transformer_blocks.0.attn1.to_out.0",
+                _ => "text_model.encoder.layers.0.self_attn.q_proj",
+            };
+            let t = by_node.resolve_bias(&ModuleName::Dotted(m.into()), comp).unwrap();
+            assert!(renamed.initializers[t.index].name.ends_with("_BIAS"), "{folder}: {m}");
+        }
+        // Modules without a bias (attention q/k/v in the UNet) have none.
+        let unet = GraphMap::build(&model("tiny-sdxl/unet/model.onnx"), Component::Unet);
+        let q = ModuleName::Dotted("down_blocks.1.attentions.0.transformer_blocks.0.attn1.to_q".into());
+        assert!(unet.resolve(&q, Component::Unet).is_some() && unet.resolve_bias(&q, Component::Unet).is_none());
+        let conv = ModuleName::Flat("input_blocks_1_0_in_layers_2".into());
+        assert!(unet.resolve_bias(&conv, Component::Unet).is_some());
     }
 
     #[test]

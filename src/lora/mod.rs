@@ -19,8 +19,8 @@
 //!
 //! # Reporting
 //!
-//! Per LoRA, tensors whose module has no target in the model (or uses an unsupported variant such as Tucker LoHa) are
-//! skipped and reported as a warning with the applied/skipped counts. A LoRA with no applicable tensor at all, a
+//! Per LoRA, tensors whose module has no target in the model (or uses an unsupported variant, such as a vector
+//! `dora_scale`) are skipped and reported as a warning with the applied/skipped counts. A LoRA with no applicable tensor at all, a
 //! missing or unreadable file, a truncated or corrupt file and a ΔW whose shape does not fit its target are
 //! errors.
 
@@ -170,8 +170,20 @@ impl LoraFileCache {
     }
 }
 
-/// One initializer to merge: its index, where it maps, and the (LoRA, module) pairs that patch it.
-type MergeJob = (usize, Target, Vec<(usize, usize)>);
+/// One initializer to merge: its index, where it maps, and what patches it.
+type MergeJob = (usize, Target, Vec<Contribution>);
+
+/// What one module of one LoRA adds to a target: (LoRA index, module index, which of the module's changes).
+type Contribution = (usize, usize, Slot);
+
+/// The part of a module a target receives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Slot {
+    /// The weight change ([`formats::Module::patch`]).
+    Weight,
+    /// The bias change ([`formats::Module::bias`]).
+    Bias,
+}
 
 /// What one graph gets from a LoRA set.
 #[derive(Debug)]
@@ -266,25 +278,35 @@ impl LoraSet {
     ) -> Result<GraphPlan> {
         let map = GraphMap::build(&model, component);
         let mut matched = vec![(0usize, 0usize); self.loras.len()];
-        // target index → contributions (lora, module)
-        let mut per_target: BTreeMap<usize, (Target, Vec<(usize, usize)>)> = BTreeMap::new();
+        // target index → contributions
+        let mut per_target: BTreeMap<usize, (Target, Vec<Contribution>)> = BTreeMap::new();
         let mut key = std::collections::hash_map::DefaultHasher::new();
         let mut contributes = false;
         for (li, l) in self.loras.iter().enumerate() {
             let w = l.spec.weight_for(component);
             let mut any = false;
             for (mi, m) in l.file.modules.iter().enumerate() {
-                if m.component != component || m.patch.is_none() {
+                if m.component != component || !m.applies() {
                     continue;
                 }
-                let Some(target) = map.resolve(&m.name, component) else { continue };
+                let weight = m.patch.as_ref().and_then(|_| map.resolve(&m.name, component));
+                let bias = m.bias.as_ref().and_then(|_| map.resolve_bias(&m.name, component));
+                if weight.is_none() && bias.is_none() {
+                    continue;
+                }
+                // The bias change's key is the module's last; the others go with the weight (or, for a module
+                // that changes only a bias, with the bias).
+                let bias_keys = usize::from(m.bias.is_some());
                 matched[li].0 += 1;
-                matched[li].1 += m.keys.len();
+                matched[li].1 += if bias.is_some() { bias_keys } else { 0 };
+                matched[li].1 += if weight.is_some() || m.patch.is_none() { m.keys.len() - bias_keys } else { 0 };
                 // A PEFT DoRA module rescales its channels even at weight 0 (see merge::apply_dora).
                 let peft_dora = m.magnitude.as_ref().is_some_and(|d| d.rule == formats::DoraRule::Peft);
-                if w != 0.0 || peft_dora {
+                let changes = [(weight, Slot::Weight, w != 0.0 || peft_dora), (bias, Slot::Bias, w != 0.0)];
+                for (target, slot, _) in changes.into_iter().filter(|c| c.2) {
+                    let Some(target) = target else { continue };
                     any = true;
-                    per_target.entry(target.index).or_insert((target, Vec::new())).1.push((li, mi));
+                    per_target.entry(target.index).or_insert((target, Vec::new())).1.push((li, mi, slot));
                 }
             }
             if any {
@@ -328,15 +350,15 @@ impl LoraSet {
         Ok(GraphPlan { key, overrides: Some(overrides), matched })
     }
 
-    /// The new value of initializer `index`: base + Σ weight · scale · ΔW over `contributions` (lora, module), in
-    /// the initializer's dtype.
+    /// The new value of initializer `index`: base + Σ weight · scale · ΔW over `contributions`, in the
+    /// initializer's dtype.
     fn merge_target(
         &self,
         model: &OnnxModel,
         component: Component,
         index: usize,
         target: Target,
-        contributions: &[(usize, usize)],
+        contributions: &[Contribution],
     ) -> Result<Vec<u8>> {
         let init = &model.initializers[index];
         let dims: Vec<usize> = init.dims.iter().map(|&d| d.max(0) as usize).collect();
@@ -345,17 +367,29 @@ impl LoraSet {
             (Layout::Transposed, [rows, out]) => (*out, *rows),
             _ => (0, 0),
         };
+        // A bias change merges as a full `[out, 1]` update of the `[out]` bias.
+        let bias_patches: Vec<Option<Patch>> = contributions
+            .iter()
+            .map(|&(li, mi, slot)| {
+                let bias = self.loras[li].file.modules[mi].bias.as_ref().filter(|_| slot == Slot::Bias)?;
+                let diff = formats::Mat { shape: vec![bias.values.len(), 1], data: bias.values.clone() };
+                Some(Patch::Full { diff })
+            })
+            .collect();
         let mut terms = Vec::with_capacity(contributions.len());
-        for &(li, mi) in contributions {
+        for (&(li, mi, slot), bias_patch) in contributions.iter().zip(&bias_patches) {
             let l = &self.loras[li];
             let m = &l.file.modules[mi];
-            let patch = m.patch.as_ref().expect("only modules with a patch are matched");
+            let patch = match bias_patch {
+                Some(p) => p,
+                None => m.patch.as_ref().expect("only modules with a patch are matched to weights"),
+            };
             let shape = merge::delta_shape(patch);
             if shape != (out, cols) || out == 0 {
                 return Err(Error::model_invalid(
                     &l.spec.path,
                     format!(
-                        "LoRA module {:?} gives a {}x{} update, but {} weight `{}` has shape {:?} ({out} x {cols} as \
+                        "LoRA module {:?} gives a {}x{} update, but {} tensor `{}` has shape {:?} ({out} x {cols} as \
                          [out, in]); is this LoRA for another model?",
                         m.name,
                         shape.0,
@@ -366,11 +400,18 @@ impl LoraSet {
                     ),
                 ));
             }
+            let alpha_scale = match (slot, &m.patch) {
+                (Slot::Weight, _) => merge::alpha_scale(patch, m.alpha),
+                (Slot::Bias, Some(weight_patch)) if m.bias.as_ref().is_some_and(|b| b.alpha_scaled) => {
+                    merge::alpha_scale(weight_patch, m.alpha)
+                }
+                (Slot::Bias, _) => 1.0,
+            };
             terms.push(merge::DoraTerm {
                 patch,
-                alpha_scale: merge::alpha_scale(patch, m.alpha),
+                alpha_scale,
                 weight: l.spec.weight_for(component),
-                magnitude: m.magnitude.as_ref(),
+                magnitude: m.magnitude.as_ref().filter(|_| slot == Slot::Weight),
             });
         }
         // `read_raw` gives a fresh copy: merged in place, it is the new value (no second buffer, no f32 ΔW).
@@ -404,7 +445,7 @@ impl LoraSet {
                     &l.spec.field,
                     format!(
                         "no tensor of LoRA {} applies to this model ({total} tensors, e.g. {example:?}); \
-                         is it an SDXL LoRA in kohya, diffusers/PEFT, LoCon, LoHa or LoKr format?",
+                         is it an SDXL LoRA in kohya, diffusers/PEFT, LoCon, LoHa, LoKr or LyCORIS full format?",
                         l.spec.path.display()
                     ),
                 ));

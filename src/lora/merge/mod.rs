@@ -128,15 +128,18 @@ pub fn delta_shape(patch: &Patch) -> (usize, usize) {
             let ((a, b), (c, d)) = (dims(w1), dims(w2));
             (a * c, b * d)
         }
+        Patch::Full { diff } => (diff.rows(), diff.cols()),
     }
 }
 
-/// The alpha scale of a patch (`alpha / rank`, or 1).
+/// The alpha scale of a patch (`alpha / rank`, or 1; a full `diff` has no rank and, as in A1111's `network_full`,
+/// no alpha).
 pub fn alpha_scale(patch: &Patch, alpha: Option<f32>) -> f32 {
     let rank = match patch {
         Patch::LoRa { down, .. } => Some(down.rows()),
         Patch::LoHa { w1b, .. } => Some(w1b.rows()),
         Patch::LoKr { w1, w2 } => w1.rank().or_else(|| w2.rank()),
+        Patch::Full { .. } => None,
     };
     match (alpha, rank) {
         (Some(a), Some(r)) if r > 0 => a / r as f32,
@@ -170,6 +173,7 @@ pub fn accumulate(patch: &Patch, scale: f32, acc: &mut [f32]) {
                 }
             }
         }
+        Patch::Full { diff } => acc.iter_mut().zip(&diff.data).for_each(|(o, d)| *o += scale * d),
     }
 }
 
