@@ -152,6 +152,25 @@ fn two_loras_and_split_weights_match_diffusers() {
 }
 
 #[test]
+fn an_a1111_lora_tag_in_the_prompt_is_the_same_as_the_lora_field() {
+    // lora_split is kohya_a with text-encoder weight 1.5 and UNet weight 0.5: A1111's <lora:kohya_a:1.5:0.5>.
+    let engine = engine();
+    let by_field = check_case(&engine, "tiny-sdxl", "lora_split");
+    let g = Golden::load("lora_split");
+    let mut req: Value = serde_json::from_str(&g.request("tiny-sdxl", true)).unwrap();
+    let prompt = req["data"]["prompt"].as_str().unwrap().to_string();
+    req["data"]["prompt"] = json!(format!("{prompt} <lora:kohya_a:1.5:0.5>"));
+    let outcome = engine.generate(&req.to_string(), &mut Capture::default(), true);
+    let by_tag: Value = serde_json::from_str(&outcome.response_json).unwrap();
+    let image = |r: &Value| r["data"]["generated_images"][0]["image_data"].as_str().unwrap().to_string();
+    assert!(image(&by_tag) == image(&by_field), "the tag and the field give different images");
+    assert_eq!(
+        by_tag["data"]["generated_images"][0]["metadata"]["loras"],
+        json!([{"name": "kohya_a", "weight": 1.5, "unet_weight": 0.5}])
+    );
+}
+
+#[test]
 fn folded_export_with_the_same_lora_matches_diffusers() {
     let engine = engine();
     check_case(&engine, "tiny-sdxl-folded", "lora_kohya");

@@ -247,7 +247,7 @@ impl Engine {
                         refiner_model: None,
                         vae_model: None,
                     },
-                    loras: out.loras.iter().map(Into::into).collect(),
+                    loras: params.loras.iter().map(Into::into).collect(),
                 },
             });
         }

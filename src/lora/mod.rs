@@ -41,7 +41,6 @@ use self::formats::{Component, LoraFile, Patch};
 use self::keymap::{GraphMap, Layout, Target};
 use crate::error::{Error, Result};
 use crate::protocol::params::LoraRequest;
-use crate::protocol::response::LoraInfo;
 use crate::runtime::onnx_proto::OnnxModel;
 use crate::runtime::{Placement, WeightOverrides};
 
@@ -484,30 +483,17 @@ impl LoraSet {
 pub fn specs_from_requests(models_root: &Path, requests: &[LoraRequest]) -> Result<Vec<LoraSpec>> {
     requests
         .iter()
-        .enumerate()
-        .map(|(i, r)| {
-            let field = format!("data.lora.models[{i}].name");
+        .map(|r| {
             Ok(LoraSpec {
                 name: r.name.clone(),
-                path: resolve_path(models_root, &r.name, &field)?,
-                field,
+                path: resolve_path(models_root, &r.name, &r.field)?,
+                field: r.field.clone(),
                 weight: r.weight,
                 unet_weight: r.unet_weight.unwrap_or(r.weight),
                 text_encoder_weight: r.text_encoder_weight.unwrap_or(r.weight),
             })
         })
         .collect()
-}
-
-impl From<&AppliedLora> for LoraInfo {
-    fn from(a: &AppliedLora) -> Self {
-        LoraInfo {
-            name: a.name.clone(),
-            weight: a.weight,
-            unet_weight: a.unet_weight,
-            text_encoder_weight: a.text_encoder_weight,
-        }
-    }
 }
 
 #[cfg(test)]

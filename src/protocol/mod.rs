@@ -5,5 +5,6 @@
 
 pub mod normalize;
 pub mod params;
+pub mod prompt_tags;
 pub mod response;
 pub mod wire;

@@ -136,9 +136,16 @@ pub fn normalize(wire: &WireRequest, limits: &RequestLimits, warnings: &mut Vec<
         None => return Err(Error::field("data.prompt", "missing: a request needs a non-empty prompt")),
     };
 
+    let (prompt, tagged) = super::prompt_tags::extract(&prompt)?;
+    if prompt.trim().is_empty() {
+        return Err(Error::field("data.prompt", "holds only LoRA tags; give some text too"));
+    }
+    if let Some(negative) = &d.negative_prompt {
+        super::prompt_tags::refuse_in_negative(negative)?;
+    }
     reject_unsupported(d)?;
     let model = resolve_model(d)?;
-    let loras = lora_requests(d, warnings)?;
+    let loras = lora_requests(d, tagged, warnings)?;
     if loras.len() > limits.max_loras as usize {
         return Err(Error::field(
             "data.lora.models",
@@ -291,14 +298,15 @@ pub fn normalize(wire: &WireRequest, limits: &RequestLimits, warnings: &mut Vec<
 /// Largest accepted absolute LoRA weight. Real use stays within ±2; the bound only catches typos (e.g. 80 for 0.8).
 pub const MAX_LORA_WEIGHT: f64 = 20.0;
 
-/// `data.lora`: the models to merge, unless `enabled` is false (then they are ignored with a warning). Weights
-/// default to 1.0; `unet_weight` / `text_encoder_weight` override it per part.
-fn lora_requests(d: &WireData, warnings: &mut Vec<String>) -> Result<Vec<LoraRequest>> {
-    let Some(lora) = &d.lora else { return Ok(Vec::new()) };
+/// `data.lora`: the models to merge, then those of the prompt's `<lora:…>` tags (`tagged`), unless `enabled` is
+/// false (then all are ignored with a warning). Weights default to 1.0; `unet_weight` / `text_encoder_weight`
+/// override it per part.
+fn lora_requests(d: &WireData, tagged: Vec<LoraRequest>, warnings: &mut Vec<String>) -> Result<Vec<LoraRequest>> {
+    let Some(lora) = &d.lora else { return Ok(tagged) };
     let models = lora.models.clone().unwrap_or_default();
     if lora.enabled == Some(false) {
-        if !models.is_empty() {
-            warnings.push(format!("data.lora.enabled is false: {} LoRA model(s) ignored", models.len()));
+        if !models.is_empty() || !tagged.is_empty() {
+            warnings.push(format!("data.lora.enabled is false: {} LoRA model(s) ignored", models.len() + tagged.len()));
         }
         return Ok(Vec::new());
     }
@@ -324,8 +332,10 @@ fn lora_requests(d: &WireData, warnings: &mut Vec<String>) -> Result<Vec<LoraReq
             weight: check("weight", m.weight)?.unwrap_or(1.0),
             unet_weight: check("unet_weight", m.unet_weight)?,
             text_encoder_weight: check("text_encoder_weight", m.text_encoder_weight)?,
+            field: format!("{path}.name"),
         });
     }
+    out.extend(tagged);
     if lora.enabled == Some(true) && out.is_empty() {
         warnings.push("data.lora.enabled is true but data.lora.models is empty: no LoRA applied".into());
     }
@@ -865,6 +875,28 @@ mod tests {
     }
 
     #[test]
+    fn prompt_lora_tags_join_the_requested_loras_and_leave_the_text() {
+        let p = parse_value(json!({"prompt": "a cat <lora:ink:0.5:1.5>", "lora": {"models": [{"name": "detail"}]}}))
+            .unwrap();
+        assert_eq!(p.params.prompt, "a cat ");
+        let got: Vec<(&str, f32, Option<f32>, &str)> =
+            p.params.loras.iter().map(|l| (l.name.as_str(), l.weight, l.unet_weight, l.field.as_str())).collect();
+        assert_eq!(got, [("detail", 1.0, None, "data.lora.models[0].name"), ("ink", 0.5, Some(1.5), "data.prompt")]);
+        // Tags without data.lora apply; data.lora.enabled false turns them off too, with a warning.
+        assert_eq!(parse_value(json!({"prompt": "x <lora:ink>"})).unwrap().params.loras.len(), 1);
+        let off = parse_value(json!({"prompt": "x <lora:ink>", "lora": {"enabled": false}})).unwrap();
+        assert!(off.params.loras.is_empty());
+        assert_eq!(off.warnings, ["data.lora.enabled is false: 1 LoRA model(s) ignored"]);
+        let (field, message) = invalid_field(parse_value(json!({"prompt": " <lora:ink:1> "})));
+        assert_eq!((field.as_str(), message.contains("only LoRA tags")), ("data.prompt", true), "{message}");
+        let (field, _) = invalid_field(parse_value(json!({"prompt": "x", "negative_prompt": "<lora:ink:1>"})));
+        assert_eq!(field, "data.negative_prompt");
+        let limits = RequestLimits { max_loras: 1, ..Default::default() };
+        let two = r#"{"prompt": "x <lora:a> <lora:b>"}"#;
+        assert_eq!(invalid_field(parse_request(two, &limits)).0, "data.lora.models");
+    }
+
+    #[test]
     fn lora_requests_are_validated() {
         let p = parse_value(minimal(json!({"lora": {"enabled": true, "models": [
             {"name": "detail", "weight": 0.8},
@@ -873,15 +905,29 @@ mod tests {
         ]}})))
         .unwrap();
         assert!(p.warnings.is_empty(), "{:?}", p.warnings);
+        let field = |i: usize| format!("data.lora.models[{i}].name");
         let want = vec![
-            LoraRequest { name: "detail".into(), weight: 0.8, unet_weight: None, text_encoder_weight: None },
+            LoraRequest {
+                name: "detail".into(),
+                weight: 0.8,
+                unet_weight: None,
+                text_encoder_weight: None,
+                field: field(0),
+            },
             LoraRequest {
                 name: "styles/ink.safetensors".into(),
                 weight: 1.0,
                 unet_weight: None,
                 text_encoder_weight: None,
+                field: field(1),
             },
-            LoraRequest { name: "x".into(), weight: -0.3, unet_weight: Some(0.5), text_encoder_weight: Some(0.0) },
+            LoraRequest {
+                name: "x".into(),
+                weight: -0.3,
+                unet_weight: Some(0.5),
+                text_encoder_weight: Some(0.0),
+                field: field(2),
+            },
         ];
         assert_eq!(p.params.loras, want);
         // enabled absent: models apply; enabled false: ignored with a warning.

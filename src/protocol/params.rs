@@ -60,6 +60,9 @@ pub struct LoraRequest {
     pub unet_weight: Option<f32>,
     /// `text_encoder_weight`: overrides `weight` for both text encoders.
     pub text_encoder_weight: Option<f32>,
+    /// The request field that names it, for errors: `data.lora.models[i].name`, or `data.prompt` for a
+    /// `<lora:…>` tag ([`super::prompt_tags`]).
+    pub field: String,
 }
 
 /// `data.metadata.priority`: `low`, `normal` (default) or `high`.

@@ -99,6 +99,20 @@ pub struct LoraInfo {
     pub text_encoder_weight: Option<f32>,
 }
 
+impl From<&super::params::LoraRequest> for LoraInfo {
+    /// The LoRA as this request asked for it (a cached pipeline may have been built for another request that
+    /// spelled the same file and weights differently).
+    fn from(r: &super::params::LoraRequest) -> Self {
+        let differs = |w: Option<f32>| w.filter(|&w| w != r.weight);
+        LoraInfo {
+            name: r.name.clone(),
+            weight: r.weight,
+            unet_weight: differs(r.unet_weight),
+            text_encoder_weight: differs(r.text_encoder_weight),
+        }
+    }
+}
+
 /// `model_info` of one image.
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
 pub struct ModelInfo {
