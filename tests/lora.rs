@@ -817,6 +817,23 @@ fn unmatched_keys_become_warnings_with_counts() {
     let w: Vec<&str> = resp["warnings"].as_array().unwrap().iter().map(|v| v.as_str().unwrap()).collect();
     assert!(w.iter().any(|w| w.contains("LoRA `partial`: applied 3 of 6 tensors, skipped 3")), "{w:?}");
     assert_eq!(resp["data"]["generated_images"][0]["metadata"]["loras"], json!([{"name": "partial", "weight": 0.5}]));
+    // The same file and weight spelled otherwise reuses the merged sessions; warnings and metadata still use the
+    // request's own spelling.
+    let engine = Engine::new(Some(&json!({"models_root": dir.path(), "intra_op_threads": 1}).to_string())).unwrap();
+    let req = |name: &str| {
+        json!({"prompt": "a cat", "models": {"base": "tiny-sdxl"}, "dimensions": {"width": 64, "height": 64},
+               "hyperparameters": {"num_inference_steps": 1, "seed": 1},
+               "lora": {"models": [{"name": name, "weight": 0.5}]}})
+        .to_string()
+    };
+    engine.generate(&req("partial"), &mut Capture::default(), false);
+    let again = engine.generate(&req("partial.safetensors"), &mut Capture::default(), false);
+    let resp: Value = serde_json::from_str(&again.response_json).unwrap();
+    let metrics = &resp["data"]["processing_metrics"];
+    assert_eq!(metrics["model_load_time"], 0.0, "the merged sessions are reused: {metrics}");
+    let w = resp["warnings"].to_string();
+    assert!(w.contains("LoRA `partial.safetensors`: applied 3 of 6"), "{w}");
+    assert_eq!(resp["data"]["generated_images"][0]["metadata"]["loras"][0]["name"], "partial.safetensors");
 }
 
 #[test]

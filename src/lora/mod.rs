@@ -199,10 +199,32 @@ pub struct GraphPlan {
 /// Per-LoRA outcome of a whole pipeline build.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct LoraReport {
-    /// Warnings for the response (skipped tensors).
-    pub warnings: Vec<String>,
     /// The LoRAs applied, in request order.
     pub applied: Vec<AppliedLora>,
+}
+
+impl LoraReport {
+    /// Warnings for the response: one per LoRA with skipped tensors, naming it by `names` (the current request's
+    /// spelling, in set order; a cached pipeline may have been built for a request that named the same files
+    /// otherwise) or, where `names` has none, by the name it was built with.
+    pub fn warnings(&self, names: &[&str]) -> Vec<String> {
+        self.applied
+            .iter()
+            .enumerate()
+            .filter(|(_, a)| a.skipped_tensors > 0)
+            .map(|(i, a)| {
+                let total = a.applied_tensors + a.skipped_tensors;
+                format!(
+                    "LoRA `{}`: applied {} of {total} tensors, skipped {} (no matching weight in this model{}{})",
+                    names.get(i).copied().unwrap_or(&a.name),
+                    a.applied_tensors,
+                    a.skipped_tensors,
+                    if a.skip_reasons.is_empty() { "" } else { "; e.g. " },
+                    a.skip_reasons.join(", ")
+                )
+            })
+            .collect()
+    }
 }
 
 /// A LoRA as listed in the response metadata.
@@ -220,6 +242,8 @@ pub struct AppliedLora {
     pub applied_tensors: usize,
     /// Tensors of the file that were skipped.
     pub skipped_tensors: usize,
+    /// Up to four examples of why (`key: reason`).
+    pub skip_reasons: Vec<String>,
 }
 
 impl LoraSet {
@@ -449,21 +473,11 @@ impl LoraSet {
                     ),
                 ));
             }
+            let mut skip_reasons = Vec::new();
             if skipped > 0 {
-                let mut reasons: Vec<String> = l
-                    .file
-                    .modules
-                    .iter()
-                    .filter_map(|m| m.unsupported.as_ref().map(|u| format!("{}: {u}", m.keys[0])))
-                    .take(2)
-                    .collect();
-                reasons.extend(l.file.unknown_keys.iter().take(2).map(|k| format!("{k}: unknown key")));
-                report.warnings.push(format!(
-                    "LoRA `{}`: applied {tensors} of {total} tensors, skipped {skipped} (no matching weight in this model{}{})",
-                    l.spec.name,
-                    if reasons.is_empty() { "" } else { "; e.g. " },
-                    reasons.join(", ")
-                ));
+                let unsupported = l.file.modules.iter().filter_map(|m| m.unsupported.as_ref().map(|u| (m, u)));
+                skip_reasons.extend(unsupported.take(2).map(|(m, u)| format!("{}: {u}", m.keys[0])));
+                skip_reasons.extend(l.file.unknown_keys.iter().take(2).map(|k| format!("{k}: unknown key")));
             }
             let s = &l.spec;
             report.applied.push(AppliedLora {
@@ -473,6 +487,7 @@ impl LoraSet {
                 text_encoder_weight: (s.text_encoder_weight != s.weight).then_some(s.text_encoder_weight),
                 applied_tensors: tensors,
                 skipped_tensors: skipped,
+                skip_reasons,
             });
         }
         Ok(report)

@@ -327,7 +327,8 @@ impl SdxlPipeline {
     /// Generate every image of `params`.
     pub fn generate(&self, params: &GenerateParams, ctx: &mut RunContext<'_>) -> Result<PipelineOutput> {
         let mut warnings = self.dir.warnings.clone();
-        warnings.extend(self.lora.warnings.iter().cloned());
+        let names: Vec<&str> = params.loras.iter().map(|l| l.name.as_str()).collect();
+        warnings.extend(self.lora.warnings(&names));
         let (width, height) = self.image_size(params)?;
         let resolved = schedulers::resolve(
             params.scheduler.as_ref().map(|s| s.name.as_str()),
