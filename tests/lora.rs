@@ -606,6 +606,70 @@ fn an_alpha_scales_a_peft_bias_change_like_its_matrices() {
 }
 
 #[test]
+fn lycoris_norm_modules_change_the_norm_layers_as_editing_their_values_does() {
+    // LyCORIS train_norm (A1111's network_norm): scale += weight · w_norm, shift += weight · b_norm, on a resnet's
+    // GroupNorm and a transformer's LayerNorm (SGM names). The same change written into a copy of the model's
+    // values gives the same image to the bit; the folded export (GroupNorm scale and shift as renamed [C, 1, 1]
+    // constants) gives it within 1/255.
+    let values = |seed: usize, n: usize| -> Vec<f32> {
+        (0..n).map(|i| (((i * 7 + seed * 13) % 17) as f32 - 8.0) * 0.05).collect()
+    };
+    let norms = [
+        ("lora_unet_input_blocks_1_0_in_layers_0", "down_blocks.0.resnets.0.norm1", 16usize),
+        (
+            "lora_unet_input_blocks_4_1_transformer_blocks_0_norm1",
+            "down_blocks.1.attentions.0.transformer_blocks.0.norm1",
+            32,
+        ),
+    ];
+    let mut tensors = Vec::new();
+    for (i, (kohya, _, c)) in norms.iter().enumerate() {
+        tensors.push((format!("{kohya}.w_norm"), vec![*c], values(2 * i + 1, *c)));
+        tensors.push((format!("{kohya}.b_norm"), vec![*c], values(2 * i + 2, *c)));
+    }
+    let refs: Vec<(&str, Vec<usize>, Vec<f32>)> =
+        tensors.iter().map(|(k, s, d)| (k.as_str(), s.clone(), d.clone())).collect();
+    let dir = temp_root(&[("norms.safetensors", safetensors_file(&refs))]);
+    copy_dir(&fixtures().join("tiny-sdxl-folded"), &dir.path().join("tiny-sdxl-folded"));
+    // tiny-sdxl with the changes written into its UNet at weight 0.6, as the merge computes them (f32).
+    let weight = 0.6f32;
+    copy_dir(&fixtures().join("tiny-sdxl"), &dir.path().join("edited"));
+    let unet_path = dir.path().join("edited/unet/model.onnx");
+    let unet = OnnxModel::read(&unet_path).unwrap();
+    let mut edit = sdxlrt::runtime::onnx_proto::edit::Edit::default();
+    for (i, (_, module, c)) in norms.iter().enumerate() {
+        for (j, part) in ["weight", "bias"].iter().enumerate() {
+            let index = unet.initializer_index(&format!("{module}.{part}")).unwrap();
+            let change = values(2 * i + 1 + j, *c);
+            let new: Vec<f32> =
+                unet.read_f32(index).unwrap().iter().zip(&change).map(|(w, d)| w + weight * d).collect();
+            edit.replace
+                .insert(index, sdxlrt::runtime::onnx_proto::encode_floats(&new, unet.initializers[index].data_type));
+        }
+    }
+    std::fs::write(&unet_path, unet.edited(&edit).unwrap()).unwrap();
+    let pixels = |model: &str, loras: Value| -> Vec<u8> {
+        let engine = Engine::new(Some(&json!({"models_root": dir.path(), "intra_op_threads": 1}).to_string())).unwrap();
+        let req = json!({"prompt": "a cat", "models": {"base": model}, "dimensions": {"width": 64, "height": 64},
+                         "hyperparameters": {"num_inference_steps": 2, "seed": 1}, "lora": {"models": loras}});
+        let outcome = engine.generate(&req.to_string(), &mut Capture::default(), true);
+        let resp: Value = serde_json::from_str(&outcome.response_json).unwrap();
+        assert!(resp["warnings"].as_array().is_none_or(|w| w.is_empty()), "every key applied: {}", resp["warnings"]);
+        outcome.images[0].data.clone()
+    };
+    let lora = json!([{"name": "norms", "weight": weight}]);
+    let merged = pixels("tiny-sdxl", lora.clone());
+    assert_eq!(merged, pixels("edited", json!([])), "the norm module differs from editing the values");
+    assert_ne!(merged, pixels("tiny-sdxl", json!([])), "the norm module changed nothing");
+    let folded = pixels("tiny-sdxl-folded", lora);
+    let worst = merged.iter().zip(&folded).map(|(a, b)| (*a as i16 - *b as i16).abs()).max().unwrap();
+    assert!(worst <= 1, "the folded export with the norm module differs by {worst}/255");
+    let worst_plain =
+        folded.iter().zip(&pixels("tiny-sdxl-folded", json!([]))).map(|(a, b)| (*a as i16 - *b as i16).abs()).max();
+    assert!(worst_plain.unwrap() > 1, "the norm module changed nothing on the folded export");
+}
+
+#[test]
 fn bias_changes_that_do_not_fit_are_clear_errors_or_reported() {
     let conv = "lora_unet_input_blocks_1_0_in_layers_2";
     let file = |tensors: &[(String, Vec<usize>, Vec<f32>)]| {
@@ -633,6 +697,7 @@ fn bias_changes_that_do_not_fit_are_clear_errors_or_reported() {
             ]),
         ),
         ("short.safetensors", file(&[(format!("{conv}.diff_b"), vec![8], vec![0.1; 8])])),
+        ("norm_matrix.safetensors", file(&[(format!("{conv}.w_norm"), vec![4, 4], vec![0.1; 16])])),
         ("biasless.safetensors", file(&q_with_bias)),
     ]);
     let root = dir.path();
@@ -641,6 +706,7 @@ fn bias_changes_that_do_not_fit_are_clear_errors_or_reported() {
     expect_error(&case("stray"), "model_invalid", &["stray.safetensors", "lora_B.bias", "without the lora_A/lora_B"]);
     expect_error(&case("mixed"), "model_invalid", &["mixed.safetensors", "both a full diff and low-rank"]);
     expect_error(&case("short"), "model_invalid", &["short.safetensors", "8x1 update", "conv1.bias"]);
+    expect_error(&case("norm_matrix"), "model_invalid", &["norm_matrix.safetensors", "w_norm", "must be a vector"]);
     // A bias change for a module without a bias is skipped and reported; the rest of the module applies.
     let resp = case("biasless");
     assert_eq!(resp["success"], true, "{resp}");

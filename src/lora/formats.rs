@@ -23,10 +23,12 @@
 //!   w_b (A1111's `make_weight_cp`), folded the same way into an ordinary `[out, r]` · `[r, in, kh, kw]` pair.
 //!
 //! - LyCORIS full modules: `.diff`, the whole ΔW in the weight's torch shape (A1111's `network_full`: scaled by
-//!   the LoRA's weight only, no alpha).
+//!   the LoRA's weight only, no alpha); and norm modules (`train_norm`): `.w_norm` `[C]` added to a GroupNorm's or
+//!   LayerNorm's scale, `.b_norm` `[C]` to its shift (A1111's `network_norm`, same scaling).
 //!
-//! Bias changes: LyCORIS `.diff_b` `[out]` (at the LoRA's weight, with or without a `.diff`) and PEFT's
-//! `.lora_B.bias` (`lora_bias=True`: at weight · alpha / r, as PEFT merges it) — see [`BiasDelta`].
+//! Bias changes: LyCORIS `.diff_b` / `.b_norm` `[out]` (at the LoRA's weight, with or without a `.diff` /
+//! `.w_norm`) and PEFT's `.lora_B.bias` (`lora_bias=True`: at weight · alpha / r, as PEFT merges it) — see
+//! [`BiasDelta`].
 //!
 //! Anything else (a `dora_scale` whose shape does not say its axis, unknown keys) is kept as "unsupported" and
 //! reported as skipped, never applied half-way.
@@ -128,9 +130,9 @@ pub enum Patch {
         /// `lokr_w2`, or (`lokr_w2_a`, `lokr_w2_b`).
         w2: Factor,
     },
-    /// A full update (LyCORIS `diff`, or a bias change as `[out, 1]`): ΔW = diff.
+    /// A full update (LyCORIS `diff`; a norm's `w_norm` or a bias change as `[out, 1]`): ΔW = diff.
     Full {
-        /// `[out, in(, kh, kw)]`.
+        /// `[out, in(, kh, kw)]`, or `[out, 1]`.
         diff: Mat,
     },
 }
@@ -282,6 +284,8 @@ const SUFFIXES: &[(&str, Part)] = &[
     (".lora_magnitude_vector", Part::Magnitude),
     (".diff_b", Part::DiffBias),
     (".diff", Part::Diff),
+    (".w_norm", Part::NormWeight),
+    (".b_norm", Part::DiffBias),
     (".lora_B.bias", Part::UpBias),
 ];
 
@@ -304,7 +308,9 @@ enum Part {
     DoraScale,
     /// LyCORIS full module's ΔW.
     Diff,
-    /// LyCORIS bias change.
+    /// LyCORIS norm module's scale change.
+    NormWeight,
+    /// LyCORIS bias change (full or norm module).
     DiffBias,
     /// PEFT `lora_B.bias`.
     UpBias,
@@ -454,6 +460,17 @@ pub fn parse(path: &Path, bytes: &[u8]) -> Result<LoraFile> {
             Part::Magnitude => g.magnitude = Some(read_mat(&st, &key, path)?),
             Part::DoraScale => g.dora_scale = Some(read_mat(&st, &key, path)?),
             Part::Diff => g.diff = Some(read_mat(&st, &key, path)?),
+            Part::NormWeight => {
+                let m = read_mat(&st, &key, path)?;
+                if m.shape.len() != 1 {
+                    return Err(Error::model_invalid(
+                        path,
+                        format!("norm change `{key}` must be a vector [C], has shape {:?}", m.shape),
+                    ));
+                }
+                // A `[C]` scale merges as a `[C, 1]` update.
+                g.diff = Some(Mat { shape: vec![m.data.len(), 1], data: m.data });
+            }
             Part::DiffBias | Part::UpBias => {
                 if let Some((other, ..)) = &g.bias {
                     return Err(Error::model_invalid(path, format!("`{other}` and `{key}` both change one bias")));

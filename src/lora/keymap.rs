@@ -10,9 +10,15 @@
 //!    `down_blocks.1.attentions.0.transformer_blocks.0.attn1.to_q`. `MatMul` weights are `[in, out]`; `Gemm`
 //!    weights are `[out, in]` with `transB = 1` and `[in, out]` without; `Conv` weights keep torch's layout.
 //!
-//! Biases (for `diff_b` / `lora_B.bias`) resolve the same two ways: an initializer `<module>.bias` (folded exports
-//! keep those names too), else the `[out]` initializer a module's `Conv` or `Gemm` takes as its third input, or a
-//! folded Linear's `Add` (`/…/to_out.0/Add`) takes beside its `MatMul`'s output.
+//! Normalization layers (LyCORIS `w_norm` / `b_norm`) are modules too: `<module>.weight` of one dimension, else a
+//! `LayerNormalization`'s (or ONNX Runtime `GroupNorm`'s) scale input, or — a folded GroupNorm, exported as
+//! InstanceNormalization between Reshapes, then `Mul` by the scale and `Add` of the shift, both folded to
+//! `[C, 1, 1]` constants (`onnx::Mul_NNN`) — the constant that `Mul` takes.
+//!
+//! Biases (for `diff_b` / `b_norm` / `lora_B.bias`) resolve the same two ways: an initializer `<module>.bias`
+//! (folded exports keep most of those names), else the `[out]` initializer a module's `Conv`, `Gemm` or norm node
+//! takes as its third input, or a folded Linear's or GroupNorm's `Add` (`/…/to_out.0/Add`) takes beside its
+//! `MatMul`'s or scale `Mul`'s output.
 //!
 //! Text-encoder module names are compared without transformers' `text_model.` prefix (folded CLIPTextModel
 //! exports drop it from the node scopes).
@@ -78,7 +84,7 @@ impl GraphMap {
         let mut biases = HashMap::new();
         for (index, t) in model.initializers.iter().enumerate() {
             if let Some(m) = t.name.strip_suffix(".weight") {
-                if t.dims.len() == 2 || t.dims.len() == 4 {
+                if matches!(t.dims.len(), 1 | 2 | 4) {
                     modules.insert(normalize(m, component).to_string(), Target { index, layout: Layout::Torch });
                 }
             } else if let Some(m) = t.name.strip_suffix(".bias") {
@@ -87,32 +93,62 @@ impl GraphMap {
                 }
             }
         }
-        let vector = |name: &str| model.initializer_index(name).filter(|&i| model.initializers[i].dims.len() == 1);
+        // A per-channel constant: `[C]`, or `[C, 1, 1]` as a folded GroupNorm stores it.
+        let vector = |name: &str| {
+            model.initializer_index(name).filter(|&i| match model.initializers[i].dims.as_slice() {
+                [c] | [c, 1, 1] => *c > 1,
+                _ => false,
+            })
+        };
         for node in &model.nodes {
-            let layout = match node.op_type.as_str() {
-                "MatMul" => Layout::Transposed,
-                "Gemm" if node.int("transB").unwrap_or(0) != 0 => Layout::Torch,
-                "Gemm" => Layout::Transposed,
-                "Conv" => Layout::Torch,
+            let (layout, norm) = match node.op_type.as_str() {
+                "MatMul" => (Layout::Transposed, false),
+                "Gemm" if node.int("transB").unwrap_or(0) != 0 => (Layout::Torch, false),
+                "Gemm" => (Layout::Transposed, false),
+                "Conv" => (Layout::Torch, false),
+                "LayerNormalization" | "GroupNorm" => (Layout::Torch, true),
                 _ => continue,
             };
             let (Some(weight), Some(scope)) = (node.inputs.get(1), node_scope(&node.name)) else { continue };
-            let Some(index) = model.initializer_index(weight) else { continue };
-            let dims = model.initializers[index].dims.len();
-            if !(dims == 2 || dims == 4) {
-                continue;
-            }
+            let index = if norm {
+                let Some(index) = vector(weight) else { continue };
+                index
+            } else {
+                let Some(index) = model.initializer_index(weight) else { continue };
+                if !matches!(model.initializers[index].dims.len(), 2 | 4) {
+                    continue;
+                }
+                index
+            };
             let module = normalize(&scope, component).to_string();
             if let Some(bias) = node.inputs.get(2).and_then(|b| vector(b)) {
                 biases.entry(module.clone()).or_insert(bias);
             }
             modules.entry(module).or_insert(Target { index, layout });
         }
-        // A folded Linear: `Add(bias, MatMul output)` in the MatMul's scope.
+        // A folded GroupNorm's scale: `Mul(Reshape(InstanceNormalization(…)), [C, 1, 1])`.
+        let producer: HashMap<&str, &crate::runtime::onnx_proto::Node> =
+            model.nodes.iter().flat_map(|n| n.outputs.iter().map(move |o| (o.as_str(), n))).collect();
+        let made_by = |value: &str, op: &str| producer.get(value).filter(|n| n.is(op)).copied();
+        let mut scales = Vec::new();
+        for node in model.nodes.iter().filter(|n| n.is("Mul") && n.inputs.len() == 2) {
+            let Some(scope) = node_scope(&node.name) else { continue };
+            for (x, scale) in [(&node.inputs[0], &node.inputs[1]), (&node.inputs[1], &node.inputs[0])] {
+                let normalized =
+                    made_by(x, "Reshape").and_then(|r| made_by(r.inputs.first()?, "InstanceNormalization")).is_some();
+                if let (Some(index), true) = (vector(scale), normalized) {
+                    let module = normalize(&scope, component).to_string();
+                    modules.entry(module).or_insert(Target { index, layout: Layout::Torch });
+                    scales.push(node);
+                }
+            }
+        }
+        // A folded Linear's or GroupNorm's shift: `Add(bias, MatMul or scale Mul output)` in that node's scope.
         let products: HashMap<&str, &str> = model
             .nodes
             .iter()
             .filter(|n| n.is("MatMul"))
+            .chain(scales)
             .filter_map(|n| Some((n.outputs.first()?.as_str(), n.name.as_str())))
             .collect();
         for node in model.nodes.iter().filter(|n| n.is("Add") && n.inputs.len() == 2) {
@@ -230,6 +266,7 @@ pub fn sgm_name(module: &str, lpb: usize, up_has_attention: impl Fn(usize) -> bo
         ["mid_block", "attentions", "0", rest @ ..] => Some(format!("middle_block.1.{}", rest.join("."))),
         ["mid_block", "resnets", j, rest @ ..] => Some(format!("middle_block.{}.{}", 2 * num(j)?, resnet(rest))),
         ["conv_in"] => Some("input_blocks.0.0".into()),
+        ["conv_norm_out"] => Some("out.0".into()),
         ["conv_out"] => Some("out.2".into()),
         ["time_embedding", "linear_1"] => Some("time_embed.0".into()),
         ["time_embedding", "linear_2"] => Some("time_embed.2".into()),
@@ -340,6 +377,31 @@ mod tests {
         assert!(unet.resolve(&q, Component::Unet).is_some() && unet.resolve_bias(&q, Component::Unet).is_none());
         let conv = ModuleName::Flat("input_blocks_1_0_in_layers_2".into());
         assert!(unet.resolve_bias(&conv, Component::Unet).is_some());
+    }
+
+    #[test]
+    fn norm_layers_resolve_in_named_and_folded_exports() {
+        let group = ModuleName::Dotted("down_blocks.0.resnets.0.norm1".into());
+        let sgm = ModuleName::Flat("input_blocks_1_0_in_layers_0".into());
+        let layer = ModuleName::Dotted("down_blocks.1.attentions.0.transformer_blocks.0.norm1".into());
+        for folder in ["tiny-sdxl", "tiny-sdxl-folded"] {
+            let m = model(&format!("{folder}/unet/model.onnx"));
+            let map = GraphMap::build(&m, Component::Unet);
+            for name in [&group, &layer] {
+                let (w, b) = (map.resolve(name, Component::Unet).unwrap(), map.resolve_bias(name, Component::Unet));
+                let (w, b) = (&m.initializers[w.index], &m.initializers[b.unwrap().index]);
+                assert_eq!((w.numel(), b.numel()), (w.dims[0] as usize, b.dims[0] as usize), "{folder}: {name:?}");
+            }
+            assert_eq!(map.resolve(&sgm, Component::Unet), map.resolve(&group, Component::Unet), "{folder}");
+            let w = &m.initializers[map.resolve(&group, Component::Unet).unwrap().index];
+            // The folded GroupNorm's scale is a renamed [C, 1, 1] constant, found through its Mul.
+            let folded = folder.ends_with("folded");
+            assert_eq!((w.dims.len(), w.name.starts_with("onnx::Mul")), if folded { (3, true) } else { (1, false) });
+        }
+        let te = GraphMap::build(&model("tiny-sdxl-folded/text_encoder/model.onnx"), Component::TextEncoder);
+        let flat = ModuleName::Flat("text_model_encoder_layers_0_layer_norm1".into());
+        assert!(te.resolve(&flat, Component::TextEncoder).is_some());
+        assert!(te.resolve_bias(&flat, Component::TextEncoder).is_some());
     }
 
     #[test]
