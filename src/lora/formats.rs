@@ -178,10 +178,11 @@ impl Module {
 /// A change to a module's bias: `bias += scale · values`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct BiasDelta {
-    /// One value per output channel.
-    pub values: Vec<f32>,
+    /// The values, one per output channel, as the `[out, 1]` full update ([`Patch::Full`]) of the `[out]` bias.
+    pub patch: Patch,
     /// How it is scaled: by the LoRA's weight and the module's alpha / r (PEFT's `lora_B.bias`, merged like the
-    /// matrices it comes with) or by the weight alone (LyCORIS `diff_b`, as A1111's `network_full` adds it).
+    /// matrices it comes with) or by the weight alone (LyCORIS `diff_b` / `b_norm`, as A1111's `network_full` and
+    /// `network_norm` add them).
     pub alpha_scaled: bool,
 }
 
@@ -459,6 +460,12 @@ pub fn parse(path: &Path, bytes: &[u8]) -> Result<LoraFile> {
             Part::LokrCore => g.lokr_core = Some(read_mat(&st, &key, path)?),
             Part::Magnitude => g.magnitude = Some(read_mat(&st, &key, path)?),
             Part::DoraScale => g.dora_scale = Some(read_mat(&st, &key, path)?),
+            Part::Diff | Part::NormWeight if g.diff.is_some() => {
+                return Err(Error::model_invalid(
+                    path,
+                    format!("`{key}` and another full change both change one weight"),
+                ))
+            }
             Part::Diff => g.diff = Some(read_mat(&st, &key, path)?),
             Part::NormWeight => {
                 let m = read_mat(&st, &key, path)?;
@@ -523,7 +530,8 @@ pub fn parse(path: &Path, bytes: &[u8]) -> Result<LoraFile> {
             }
             Some((key, m, alpha_scaled)) => {
                 keys.push(key);
-                Some(BiasDelta { values: m.data, alpha_scaled })
+                let diff = Mat { shape: vec![m.data.len(), 1], data: m.data };
+                Some(BiasDelta { patch: Patch::Full { diff }, alpha_scaled })
             }
             None => None,
         };

@@ -31,7 +31,7 @@
 use std::collections::HashMap;
 
 use super::formats::{Component, ModuleName};
-use crate::runtime::onnx_proto::OnnxModel;
+use crate::runtime::onnx_proto::{Node, OnnxModel};
 
 /// How an initializer stores a module's weight.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -80,85 +80,30 @@ fn node_scope(name: &str) -> Option<String> {
 impl GraphMap {
     /// Index the weights of `model`, a graph of `component`.
     pub fn build(model: &OnnxModel, component: Component) -> Self {
-        let mut modules = HashMap::new();
-        let mut biases = HashMap::new();
+        let (mut modules, mut biases) = (HashMap::new(), HashMap::new());
+        let name = |scope: &str| normalize(scope, component).to_string();
         for (index, t) in model.initializers.iter().enumerate() {
             if let Some(m) = t.name.strip_suffix(".weight") {
                 if matches!(t.dims.len(), 1 | 2 | 4) {
-                    modules.insert(normalize(m, component).to_string(), Target { index, layout: Layout::Torch });
+                    modules.insert(name(m), Target { index, layout: Layout::Torch });
                 }
             } else if let Some(m) = t.name.strip_suffix(".bias") {
                 if t.dims.len() == 1 {
-                    biases.insert(normalize(m, component).to_string(), index);
+                    biases.insert(name(m), index);
                 }
             }
         }
-        // A per-channel constant: `[C]`, or `[C, 1, 1]` as a folded GroupNorm stores it.
-        let vector = |name: &str| {
-            model.initializer_index(name).filter(|&i| match model.initializers[i].dims.as_slice() {
-                [c] | [c, 1, 1] => *c > 1,
-                _ => false,
-            })
-        };
-        for node in &model.nodes {
-            let (layout, norm) = match node.op_type.as_str() {
-                "MatMul" => (Layout::Transposed, false),
-                "Gemm" if node.int("transB").unwrap_or(0) != 0 => (Layout::Torch, false),
-                "Gemm" => (Layout::Transposed, false),
-                "Conv" => (Layout::Torch, false),
-                "LayerNormalization" | "GroupNorm" => (Layout::Torch, true),
-                _ => continue,
-            };
-            let (Some(weight), Some(scope)) = (node.inputs.get(1), node_scope(&node.name)) else { continue };
-            let index = if norm {
-                let Some(index) = vector(weight) else { continue };
-                index
-            } else {
-                let Some(index) = model.initializer_index(weight) else { continue };
-                if !matches!(model.initializers[index].dims.len(), 2 | 4) {
-                    continue;
-                }
-                index
-            };
-            let module = normalize(&scope, component).to_string();
-            if let Some(bias) = node.inputs.get(2).and_then(|b| vector(b)) {
-                biases.entry(module.clone()).or_insert(bias);
+        for (scope, weight, bias) in consumed_weights(model) {
+            if let Some(bias) = bias {
+                biases.entry(name(&scope)).or_insert(bias);
             }
-            modules.entry(module).or_insert(Target { index, layout });
+            modules.entry(name(&scope)).or_insert(weight);
         }
-        // A folded GroupNorm's scale: `Mul(Reshape(InstanceNormalization(…)), [C, 1, 1])`.
-        let producer: HashMap<&str, &crate::runtime::onnx_proto::Node> =
-            model.nodes.iter().flat_map(|n| n.outputs.iter().map(move |o| (o.as_str(), n))).collect();
-        let made_by = |value: &str, op: &str| producer.get(value).filter(|n| n.is(op)).copied();
-        let mut scales = Vec::new();
-        for node in model.nodes.iter().filter(|n| n.is("Mul") && n.inputs.len() == 2) {
-            let Some(scope) = node_scope(&node.name) else { continue };
-            for (x, scale) in [(&node.inputs[0], &node.inputs[1]), (&node.inputs[1], &node.inputs[0])] {
-                let normalized =
-                    made_by(x, "Reshape").and_then(|r| made_by(r.inputs.first()?, "InstanceNormalization")).is_some();
-                if let (Some(index), true) = (vector(scale), normalized) {
-                    let module = normalize(&scope, component).to_string();
-                    modules.entry(module).or_insert(Target { index, layout: Layout::Torch });
-                    scales.push(node);
-                }
+        for (scope, scale, shift) in folded_affine(model) {
+            if let Some(scale) = scale {
+                modules.entry(name(&scope)).or_insert(Target { index: scale, layout: Layout::Torch });
             }
-        }
-        // A folded Linear's or GroupNorm's shift: `Add(bias, MatMul or scale Mul output)` in that node's scope.
-        let products: HashMap<&str, &str> = model
-            .nodes
-            .iter()
-            .filter(|n| n.is("MatMul"))
-            .chain(scales)
-            .filter_map(|n| Some((n.outputs.first()?.as_str(), n.name.as_str())))
-            .collect();
-        for node in model.nodes.iter().filter(|n| n.is("Add") && n.inputs.len() == 2) {
-            let Some(scope) = node_scope(&node.name) else { continue };
-            for (bias, product) in [(&node.inputs[0], &node.inputs[1]), (&node.inputs[1], &node.inputs[0])] {
-                let same_scope = products.get(product.as_str()).and_then(|m| node_scope(m)).as_ref() == Some(&scope);
-                if let (Some(index), true) = (vector(bias), same_scope) {
-                    biases.entry(normalize(&scope, component).to_string()).or_insert(index);
-                }
-            }
+            biases.entry(name(&scope)).or_insert(shift);
         }
         biases.retain(|m, _| modules.contains_key(m));
         let mut kohya = HashMap::new();
@@ -210,6 +155,84 @@ impl GraphMap {
         let index = *self.module(name, component).and_then(|m| self.biases.get(m))?;
         Some(Target { index, layout: Layout::Torch })
     }
+}
+
+/// A per-channel constant: an initializer `[C]`, or `[C, 1, 1]` as a folded GroupNorm stores it.
+fn channel_vector(model: &OnnxModel, name: &str) -> Option<usize> {
+    model.initializer_index(name).filter(|&i| match model.initializers[i].dims.as_slice() {
+        [c] | [c, 1, 1] => *c > 1,
+        _ => false,
+    })
+}
+
+/// (scope, weight, bias) of every node that takes a module's weight as its second input: `MatMul`, `Gemm`, `Conv`
+/// (2-D or 4-D weights) and `LayerNormalization` / `GroupNorm` (a channel vector), with the bias it takes third.
+fn consumed_weights(model: &OnnxModel) -> Vec<(String, Target, Option<usize>)> {
+    let mut out = Vec::new();
+    for node in &model.nodes {
+        let (layout, norm) = match node.op_type.as_str() {
+            "MatMul" => (Layout::Transposed, false),
+            "Gemm" if node.int("transB").unwrap_or(0) != 0 => (Layout::Torch, false),
+            "Gemm" => (Layout::Transposed, false),
+            "Conv" => (Layout::Torch, false),
+            "LayerNormalization" | "GroupNorm" => (Layout::Torch, true),
+            _ => continue,
+        };
+        let (Some(weight), Some(scope)) = (node.inputs.get(1), node_scope(&node.name)) else { continue };
+        let index = if norm {
+            channel_vector(model, weight)
+        } else {
+            model.initializer_index(weight).filter(|&i| matches!(model.initializers[i].dims.len(), 2 | 4))
+        };
+        let Some(index) = index else { continue };
+        let bias = node.inputs.get(2).and_then(|b| channel_vector(model, b));
+        out.push((scope, Target { index, layout }, bias));
+    }
+    out
+}
+
+/// The two inputs of a binary node, in both orders.
+fn both_ways(node: &Node) -> [(&str, &str); 2] {
+    let (a, b) = (node.inputs[0].as_str(), node.inputs[1].as_str());
+    [(a, b), (b, a)]
+}
+
+/// (scope, scale, shift) of the per-channel affine steps of folded exports: a GroupNorm's
+/// `Mul(Reshape(InstanceNormalization(…)), scale)` then `Add(…, shift)`, and a Linear's `Add(bias, MatMul output)`
+/// (scale `None`), each `Add` in the scope of the node whose output it shifts.
+fn folded_affine(model: &OnnxModel) -> Vec<(String, Option<usize>, usize)> {
+    let producer: HashMap<&str, &Node> =
+        model.nodes.iter().flat_map(|n| n.outputs.iter().map(move |o| (o.as_str(), n))).collect();
+    let made_by = |value: &str, op: &str| producer.get(value).filter(|n| n.is(op)).copied();
+    // Output of a MatMul or a GroupNorm scale Mul → (its scope, the scale).
+    let mut shifted: HashMap<&str, (String, Option<usize>)> = HashMap::new();
+    for node in &model.nodes {
+        let (Some(scope), Some(output)) = (node_scope(&node.name), node.outputs.first()) else { continue };
+        if node.is("MatMul") {
+            shifted.insert(output, (scope, None));
+        } else if node.is("Mul") && node.inputs.len() == 2 {
+            for (x, scale) in both_ways(node) {
+                let normalized =
+                    made_by(x, "Reshape").and_then(|r| made_by(r.inputs.first()?, "InstanceNormalization")).is_some();
+                if let (Some(index), true) = (channel_vector(model, scale), normalized) {
+                    shifted.insert(output, (scope.clone(), Some(index)));
+                }
+            }
+        }
+    }
+    let mut out = Vec::new();
+    for node in model.nodes.iter().filter(|n| n.is("Add") && n.inputs.len() == 2) {
+        let Some(scope) = node_scope(&node.name) else { continue };
+        for (shift, x) in both_ways(node) {
+            let (Some((of, scale)), Some(shift)) = (shifted.get(x), channel_vector(model, shift)) else {
+                continue;
+            };
+            if *of == scope {
+                out.push((scope.clone(), *scale, shift));
+            }
+        }
+    }
+    out
 }
 
 /// `layers_per_block` of a UNet: resnets in `down_blocks.0` (2 for SDXL).

@@ -20,9 +20,9 @@
 //! # Reporting
 //!
 //! Per LoRA, tensors whose module has no target in the model (or uses an unsupported variant, such as a vector
-//! `dora_scale`) are skipped and reported as a warning with the applied/skipped counts. A LoRA with no applicable tensor at all, a
-//! missing or unreadable file, a truncated or corrupt file and a ΔW whose shape does not fit its target are
-//! errors.
+//! `dora_scale`) are skipped and reported as a warning with the applied/skipped counts. A LoRA with no applicable
+//! tensor at all, a missing or unreadable file, a truncated or corrupt file and a ΔW whose shape does not fit its
+//! target are errors.
 
 pub mod formats;
 pub mod keymap;
@@ -390,22 +390,13 @@ impl LoraSet {
             (Layout::Transposed, [rows, out]) => (*out, *rows),
             _ => (0, 0),
         };
-        // A bias change merges as a full `[out, 1]` update of the `[out]` bias.
-        let bias_patches: Vec<Option<Patch>> = contributions
-            .iter()
-            .map(|&(li, mi, slot)| {
-                let bias = self.loras[li].file.modules[mi].bias.as_ref().filter(|_| slot == Slot::Bias)?;
-                let diff = formats::Mat { shape: vec![bias.values.len(), 1], data: bias.values.clone() };
-                Some(Patch::Full { diff })
-            })
-            .collect();
         let mut terms = Vec::with_capacity(contributions.len());
-        for (&(li, mi, slot), bias_patch) in contributions.iter().zip(&bias_patches) {
+        for &(li, mi, slot) in contributions {
             let l = &self.loras[li];
             let m = &l.file.modules[mi];
-            let patch = match bias_patch {
-                Some(p) => p,
-                None => m.patch.as_ref().expect("only modules with a patch are matched to weights"),
+            let patch = match slot {
+                Slot::Weight => m.patch.as_ref().expect("only modules with a patch are matched to weights"),
+                Slot::Bias => &m.bias.as_ref().expect("only modules with a bias change are matched to biases").patch,
             };
             let shape = merge::delta_shape(patch);
             if shape != (out, cols) || out == 0 {
