@@ -147,9 +147,12 @@ pub fn normalize(wire: &WireRequest, limits: &RequestLimits, warnings: &mut Vec<
     let model = resolve_model(d)?;
     let loras = lora_requests(d, tagged, warnings)?;
     if loras.len() > limits.max_loras as usize {
+        let tags = loras.iter().filter(|l| l.field == super::prompt_tags::FIELD).count();
+        let counted =
+            if tags > 0 { format!(" ({tags} of them <lora:…> tags in data.prompt)") } else { String::new() };
         return Err(Error::field(
             "data.lora.models",
-            format!("{} LoRA models; at most {} are allowed per request", loras.len(), limits.max_loras),
+            format!("{} LoRA models{counted}; at most {} are allowed per request", loras.len(), limits.max_loras),
         ));
     }
 
@@ -893,7 +896,12 @@ mod tests {
         assert_eq!(field, "data.negative_prompt");
         let limits = RequestLimits { max_loras: 1, ..Default::default() };
         let two = r#"{"prompt": "x <lora:a> <lora:b>"}"#;
-        assert_eq!(invalid_field(parse_request(two, &limits)).0, "data.lora.models");
+        let (field, message) = invalid_field(parse_request(two, &limits));
+        assert_eq!(
+            (field.as_str(), message.contains("2 of them <lora:…> tags")),
+            ("data.lora.models", true),
+            "{message}"
+        );
     }
 
     #[test]

@@ -17,7 +17,7 @@ use super::params::LoraRequest;
 use crate::error::{Error, Result};
 
 /// The field tags are read from.
-const FIELD: &str = "data.prompt";
+pub const FIELD: &str = "data.prompt";
 
 /// `prompt` without its tags, and the LoRAs they ask for (with `weight` the text-encoder weight and `unet_weight`
 /// set when it differs).
