@@ -406,6 +406,18 @@ fn read_mat(st: &SafeTensors<'_>, key: &str, path: &Path) -> Result<Mat> {
     Ok(Mat { shape: view.shape().to_vec(), data })
 }
 
+/// [`read_mat`] of a tensor that must be a vector (one value per channel); `what` names it in the error.
+fn read_vector(st: &SafeTensors<'_>, key: &str, path: &Path, what: &str) -> Result<Mat> {
+    let m = read_mat(st, key, path)?;
+    if m.shape.len() != 1 {
+        return Err(Error::model_invalid(
+            path,
+            format!("{what} `{key}` must be a vector [C], has shape {:?}", m.shape),
+        ));
+    }
+    Ok(m)
+}
+
 /// A stable 64-bit FNV-1a hash of `bytes`, 8 bytes at a time (content fingerprints for cache keys).
 pub fn content_hash(bytes: &[u8]) -> u64 {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
@@ -468,13 +480,7 @@ pub fn parse(path: &Path, bytes: &[u8]) -> Result<LoraFile> {
             }
             Part::Diff => g.diff = Some(read_mat(&st, &key, path)?),
             Part::NormWeight => {
-                let m = read_mat(&st, &key, path)?;
-                if m.shape.len() != 1 {
-                    return Err(Error::model_invalid(
-                        path,
-                        format!("norm change `{key}` must be a vector [C], has shape {:?}", m.shape),
-                    ));
-                }
+                let m = read_vector(&st, &key, path, "norm change")?;
                 // A `[C]` scale merges as a `[C, 1]` update.
                 g.diff = Some(Mat { shape: vec![m.data.len(), 1], data: m.data });
             }
@@ -482,13 +488,7 @@ pub fn parse(path: &Path, bytes: &[u8]) -> Result<LoraFile> {
                 if let Some((other, ..)) = &g.bias {
                     return Err(Error::model_invalid(path, format!("`{other}` and `{key}` both change one bias")));
                 }
-                let m = read_mat(&st, &key, path)?;
-                if m.shape.len() != 1 {
-                    return Err(Error::model_invalid(
-                        path,
-                        format!("bias change `{key}` must be a vector [out], has shape {:?}", m.shape),
-                    ));
-                }
+                let m = read_vector(&st, &key, path, "bias change")?;
                 g.bias = Some((key, m, part == Part::UpBias));
             }
         }
