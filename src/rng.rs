@@ -14,7 +14,7 @@
 //!   `numel % 16 != 0` the **last** 16 values are drawn again from 16 fresh uniforms and transformed once more.
 //! * x86-64 wheels run the AVX2 specialisation `NormalFill16<float, true>` (also under AVX512), which evaluates `log`
 //!   and `sincos` with the cephes polynomials of `native/cpu/avx_mathfun.h` in float32. The compiler contracted
-//!   several multiply/add pairs of those polynomials into FMA instructions; [`normal_fill_16`] reproduces them with
+//!   several multiply/add pairs of those polynomials into FMA instructions; `normal_fill_16` reproduces them with
 //!   `f32::mul_add` at exactly those sites and plain f32 arithmetic everywhere else (a libm-based Box-Muller agrees
 //!   with torch on only ~61% of values, max error 1.9e-6). Torch on other ISAs (aarch64, `ATEN_CPU_CAPABILITY=
 //!   default`) uses a scalar kernel and itself differs from x86 torch by up to ~2e-6; we always match x86 torch.

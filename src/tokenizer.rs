@@ -102,7 +102,7 @@ impl ClipTokenizer {
     /// Load from a diffusers/optimum tokenizer folder: tokenizer.json if present, else vocab.json + merges.txt
     /// (+ special_tokens_map.json / tokenizer_config.json for pad token and model_max_length), as public SDXL ONNX
     /// repos ship. Build the same pipeline transformers' CLIP fast converter builds (NFC, whitespace collapse,
-    /// lowercase, CLIP split regex, byte-level, BPE with "</w>" suffix, bos/eos post-processing).
+    /// lowercase, CLIP split regex, byte-level, BPE with `</w>` suffix, bos/eos post-processing).
     pub fn from_dir(dir: &Path) -> Result<Self> {
         if !dir.is_dir() {
             return Err(Error::ModelNotFound {

@@ -1,6 +1,6 @@
 //! The panic boundary and the thread-local last error.
 //!
-//! Every `extern "C"` body runs inside [`ffi_boundary!`]: a panic is caught, its message is stored as this thread's
+//! Every `extern "C"` body runs inside `ffi_boundary!`: a panic is caught, its message is stored as this thread's
 //! last error, and the function returns its type's [`PanicOrDefault`] value (`SDXL_STATUS_PANIC`, NULL, …). No panic
 //! ever unwinds into the host.
 

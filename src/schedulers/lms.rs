@@ -63,7 +63,7 @@ impl LmsConfig {
     }
 }
 
-/// A built LMS scheduler for one request: the grid plus the last [`LMS_ORDER`] derivatives.
+/// A built LMS scheduler for one request: the grid plus the last `LMS_ORDER` (4) derivatives.
 #[derive(Debug, Clone)]
 pub struct LmsDiscreteScheduler {
     config: LmsConfig,
