@@ -17,8 +17,8 @@ Tensors per case (float32 unless noted; the batch dimension is kept):
   latents_step_0 .. latents_step_{N-1} [B,4,h/8,w/8]  latents after each scheduler step
   image [B,H,W,3]                      output_type "np", in [0,1]
   image_u8 uint8 [B,H,W,3]             (image * 255).round(), as diffusers' numpy_to_pil
-Metadata (strings): prompt, negative_prompt (absent when None), guidance_scale, steps, seed, width, height,
-batch_size.
+Metadata (strings): prompt, negative_prompt (absent when None), prompt_2 / negative_prompt_2 (the bigG encoder's
+texts, only in the case that sets them), guidance_scale, steps, seed, width, height, batch_size.
 Seeds: generator=torch.Generator("cpu").manual_seed(seed); batch > 1: a list of generators seed+i, one per image.
 
 `--verify DIR [DIR ...]` runs a plain onnxruntime loop (optimum-layout ONNX folder; diffusers'
@@ -58,7 +58,22 @@ CASES = {
     ),
     "long_prompt": dict(prompt=c.LONG_PROMPT, negative_prompt=None, guidance_scale=5.0, steps=2, seed=5),
     "big_seed": dict(prompt="a boat", negative_prompt=None, guidance_scale=5.0, steps=2, seed=4294967301),
+    "prompt_2": dict(
+        prompt="a cat",
+        prompt_2="an oil painting of a harbour",
+        negative_prompt="blurry",
+        negative_prompt_2="text, watermark",
+        guidance_scale=5.0,
+        steps=2,
+        seed=9,
+    ),
 }
+
+
+def second_prompts(p: dict) -> tuple[str, str | None]:
+    """The texts tokenizer_2 / text_encoder_2 get: `prompt_2 or prompt`, `negative_prompt_2 or negative_prompt`
+    (diffusers' encode_prompt)."""
+    return p.get("prompt_2") or p["prompt"], p.get("negative_prompt_2") or p["negative_prompt"]
 
 
 def case_params(name: str) -> dict:
@@ -90,11 +105,12 @@ def run_case(pipe, name: str) -> tuple[dict, dict]:
         enc = tok(text, padding="max_length", max_length=tok.model_max_length, truncation=True, return_tensors="pt")
         return enc.input_ids
 
+    prompt_2, negative_2 = second_prompts(p)
     t["input_ids"] = ids(pipe.tokenizer, p["prompt"])
-    t["input_ids_2"] = ids(pipe.tokenizer_2, p["prompt"])
+    t["input_ids_2"] = ids(pipe.tokenizer_2, prompt_2)
     if cfg and p["negative_prompt"] is not None:
         t["negative_input_ids"] = ids(pipe.tokenizer, p["negative_prompt"])
-        t["negative_input_ids_2"] = ids(pipe.tokenizer_2, p["negative_prompt"])
+        t["negative_input_ids_2"] = ids(pipe.tokenizer_2, negative_2)
 
     # record what the text encoders actually received, to prove the ids above are the pipeline's
     seen_ids: list[torch.Tensor] = []
@@ -120,6 +136,8 @@ def run_case(pipe, name: str) -> tuple[dict, dict]:
         num_images_per_prompt=1,
         do_classifier_free_guidance=cfg,
         negative_prompt=p["negative_prompt"],
+        prompt_2=p.get("prompt_2"),
+        negative_prompt_2=p.get("negative_prompt_2"),
     )
     expect_seen = [t["input_ids"], t["input_ids_2"]]
     if "negative_input_ids" in t:
@@ -142,6 +160,8 @@ def run_case(pipe, name: str) -> tuple[dict, dict]:
             t["init_noise"],
             prompt=p["prompt"],
             negative_prompt=p["negative_prompt"],
+            prompt_2=p.get("prompt_2"),
+            negative_prompt_2=p.get("negative_prompt_2"),
             guidance_scale=p["guidance_scale"],
             num_inference_steps=p["steps"],
             width=W,
@@ -176,6 +196,9 @@ def run_case(pipe, name: str) -> tuple[dict, dict]:
     }
     if p["negative_prompt"] is not None:
         meta["negative_prompt"] = p["negative_prompt"]
+    for key in ("prompt_2", "negative_prompt_2"):
+        if p.get(key) is not None:
+            meta[key] = p[key]
     tensors = {k: v.detach().contiguous() for k, v in t.items()}
     return tensors, meta
 
@@ -238,7 +261,8 @@ class OrtSdxl:
         cfg = p["guidance_scale"] > 1.0
         r = {}
         ids1, h1, _ = self.encode(self.tok, self.sess["text_encoder"], p["prompt"])
-        ids2, h2, o2 = self.encode(self.tok2, self.sess["text_encoder_2"], p["prompt"])
+        prompt_2, negative_2 = second_prompts(p)
+        ids2, h2, o2 = self.encode(self.tok2, self.sess["text_encoder_2"], prompt_2)
         r["input_ids"], r["input_ids_2"] = ids1, ids2
         r["prompt_embeds"] = np.concatenate([h1, h2], axis=-1)
         r["pooled_prompt_embeds"] = o2["text_embeds"]
@@ -248,7 +272,7 @@ class OrtSdxl:
                 r["negative_pooled_prompt_embeds"] = np.zeros_like(r["pooled_prompt_embeds"])
             else:
                 nid1, nh1, _ = self.encode(self.tok, self.sess["text_encoder"], p["negative_prompt"])
-                nid2, nh2, no2 = self.encode(self.tok2, self.sess["text_encoder_2"], p["negative_prompt"])
+                nid2, nh2, no2 = self.encode(self.tok2, self.sess["text_encoder_2"], negative_2)
                 r["negative_input_ids"], r["negative_input_ids_2"] = nid1, nid2
                 r["negative_prompt_embeds"] = np.concatenate([nh1, nh2], axis=-1)
                 r["negative_pooled_prompt_embeds"] = no2["text_embeds"]

@@ -11,7 +11,8 @@ use sdxlrt::runtime::SessionConfig;
 
 use crate::util::{fixtures, options_json, AbiEngine, Golden};
 
-const CASES: &[&str] = &["cfg_neg", "cfg_zero_neg", "empty_neg", "no_cfg", "batch2_wide", "long_prompt", "big_seed"];
+const CASES: &[&str] =
+    &["cfg_neg", "cfg_zero_neg", "empty_neg", "no_cfg", "batch2_wide", "long_prompt", "big_seed", "prompt_2"];
 
 /// Records the latents the pipeline shows it.
 #[derive(Default)]
@@ -41,6 +42,14 @@ fn ids(t: &crate::util::Tensor) -> Vec<i64> {
     t.i64.clone()
 }
 
+/// The golden's prompt (or its negative prompt, which must exist) tokenized as the request gives it: the second
+/// encoder gets `prompt_2` / `negative_prompt_2` when the case has one.
+fn golden_ids(p: &SdxlPipeline, g: &Golden, negative: bool) -> sdxlrt::pipeline::text::PromptIds {
+    let (first, second) = if negative { ("negative_prompt", "negative_prompt_2") } else { ("prompt", "prompt_2") };
+    let text = &g.meta[first];
+    p.text_encoders().tokenize_pair(text, g.meta.get(second).unwrap_or(text)).unwrap()
+}
+
 #[test]
 fn token_ids_equal_diffusers() {
     let engine = engine();
@@ -48,12 +57,12 @@ fn token_ids_equal_diffusers() {
         SdxlPipeline::load(&engine.runtime().env, &fixtures().join("tiny-sdxl"), &SessionConfig::default()).unwrap();
     for case in CASES {
         let g = Golden::load(case);
-        let got = p.text_encoders().tokenize(&g.meta["prompt"]).unwrap();
+        let got = golden_ids(&p, &g, false);
         assert_eq!(got.ids_1, ids(g.t("input_ids")), "{case}: tokenizer ids");
         assert_eq!(got.ids_2, ids(g.t("input_ids_2")), "{case}: tokenizer_2 ids");
         assert_eq!(got.truncated, *case == "long_prompt", "{case}: truncation flag");
-        if let Some(neg) = g.meta.get("negative_prompt") {
-            let got = p.text_encoders().tokenize(neg).unwrap();
+        if g.meta.contains_key("negative_prompt") {
+            let got = golden_ids(&p, &g, true);
             assert_eq!(got.ids_1, ids(g.t("negative_input_ids")), "{case}: negative tokenizer ids");
             assert_eq!(got.ids_2, ids(g.t("negative_input_ids_2")), "{case}: negative tokenizer_2 ids");
         }
@@ -68,7 +77,7 @@ fn prompt_embeddings_match_diffusers() {
     let cancel = sdxlrt::runtime::CancelToken::new();
     for case in CASES {
         let g = Golden::load(case);
-        let e = p.text_encoders().encode(&p.text_encoders().tokenize(&g.meta["prompt"]).unwrap(), &cancel).unwrap();
+        let e = p.text_encoders().encode(&golden_ids(&p, &g, false), &cancel).unwrap();
         assert_close!(
             e.embeds.iter().copied().collect::<Vec<_>>(),
             g.t("prompt_embeds").f32,
@@ -83,8 +92,8 @@ fn prompt_embeddings_match_diffusers() {
             0.0,
             "{case}: pooled"
         );
-        if let Some(neg) = g.meta.get("negative_prompt") {
-            let e = p.text_encoders().encode(&p.text_encoders().tokenize(neg).unwrap(), &cancel).unwrap();
+        if g.meta.contains_key("negative_prompt") {
+            let e = p.text_encoders().encode(&golden_ids(&p, &g, true), &cancel).unwrap();
             assert_close!(
                 e.embeds.iter().copied().collect::<Vec<_>>(),
                 g.t("negative_prompt_embeds").f32,

@@ -303,7 +303,7 @@ impl SdxlPipeline {
         cancel: &CancelToken,
         warnings: &mut Vec<String>,
     ) -> Result<(PromptEmbeds, Option<PromptEmbeds>)> {
-        let ids = self.text.tokenize(&params.prompt)?;
+        let ids = self.text.tokenize_pair(&params.prompt, params.prompt_2.as_deref().unwrap_or(&params.prompt))?;
         if ids.truncated {
             warnings.push("prompt is longer than 77 tokens and was truncated (as diffusers does)".into());
         }
@@ -314,7 +314,8 @@ impl SdxlPipeline {
         let uncond = match &params.negative_prompt {
             None if self.dir.force_zeros_for_empty_prompt => cond.zeros_like(),
             negative => {
-                let ids = self.text.tokenize(negative.as_deref().unwrap_or(""))?;
+                let negative = negative.as_deref().unwrap_or("");
+                let ids = self.text.tokenize_pair(negative, params.negative_prompt_2.as_deref().unwrap_or(negative))?;
                 if ids.truncated {
                     warnings.push("negative_prompt is longer than 77 tokens and was truncated".into());
                 }

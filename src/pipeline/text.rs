@@ -93,8 +93,13 @@ impl TextEncoders {
 
     /// Token ids of `text` for both tokenizers (padded/truncated to their windows).
     pub fn tokenize(&self, text: &str) -> Result<PromptIds> {
+        self.tokenize_pair(text, text)
+    }
+
+    /// Token ids of `text` for the first tokenizer and `text_2` for the second (diffusers' `prompt_2`).
+    pub fn tokenize_pair(&self, text: &str, text_2: &str) -> Result<PromptIds> {
         let a = self.tokenizer_1.encode(text)?;
-        let b = self.tokenizer_2.encode(text)?;
+        let b = self.tokenizer_2.encode(text_2)?;
         Ok(PromptIds { truncated: a.truncated || b.truncated, ids_1: a.ids, ids_2: b.ids })
     }
 

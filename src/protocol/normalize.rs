@@ -140,9 +140,17 @@ pub fn normalize(wire: &WireRequest, limits: &RequestLimits, warnings: &mut Vec<
     if prompt.trim().is_empty() {
         return Err(Error::field("data.prompt", "holds only LoRA tags; give some text too"));
     }
-    if let Some(negative) = &d.negative_prompt {
-        super::prompt_tags::refuse_in_negative(negative)?;
+    for (field, text) in [
+        ("data.negative_prompt", &d.negative_prompt),
+        ("data.prompt_2", &d.prompt_2),
+        ("data.negative_prompt_2", &d.negative_prompt_2),
+    ] {
+        if let Some(text) = text {
+            super::prompt_tags::refuse_in(field, text)?;
+        }
     }
+    // diffusers: `prompt_2 or prompt` (an empty string falls back too).
+    let second = |t: &Option<String>| t.clone().filter(|t| !t.is_empty());
     reject_unsupported(d)?;
     let model = resolve_model(d)?;
     let loras = lora_requests(d, tagged, warnings)?;
@@ -281,6 +289,8 @@ pub fn normalize(wire: &WireRequest, limits: &RequestLimits, warnings: &mut Vec<
         request_id,
         prompt,
         negative_prompt: d.negative_prompt.clone(),
+        prompt_2: second(&d.prompt_2),
+        negative_prompt_2: second(&d.negative_prompt_2),
         model,
         steps,
         guidance_scale,
@@ -642,6 +652,8 @@ mod tests {
             request_id: "5b0f3c1e-9a77-4a53-8d0e-2f6a1c9e4b21".into(),
             prompt: "a lighthouse on a cliff at dusk, oil painting".into(),
             negative_prompt: None,
+            prompt_2: None,
+            negative_prompt_2: None,
             model: Some("cyberrealisticPony_v125".into()),
             steps: 30,
             guidance_scale: 7.0,
@@ -962,6 +974,22 @@ mod tests {
             assert_eq!(field, path, "for {lora}");
             assert!(message.contains(hint), "{path}: {message}");
         }
+    }
+
+    #[test]
+    fn second_encoder_prompts_fall_back_like_diffusers() {
+        let p = |v: Value| {
+            let p = parse_value(v).unwrap().params;
+            (p.prompt_2, p.negative_prompt_2)
+        };
+        assert_eq!(p(json!({"prompt": "x"})), (None, None));
+        assert_eq!(p(json!({"prompt": "x", "prompt_2": "", "negative_prompt_2": null})), (None, None));
+        assert_eq!(
+            p(json!({"prompt": "x", "prompt_2": "y", "negative_prompt_2": "z"})),
+            (Some("y".into()), Some("z".into()))
+        );
+        let (field, _) = invalid_field(parse_value(json!({"prompt": "x", "prompt_2": "<lora:a:1>"})));
+        assert_eq!(field, "data.prompt_2");
     }
 
     #[test]

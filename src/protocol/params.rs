@@ -13,6 +13,13 @@ pub struct GenerateParams {
     /// Negative prompt. `None` (absent or JSON null) means "no negative prompt": SDXL zeroes the negative
     /// embeddings then (diffusers' `force_zeros_for_empty_prompt`). `Some("")` is encoded like any text.
     pub negative_prompt: Option<String>,
+    /// The second encoder's prompt (`prompt_2`); `None` gives it `prompt`, as diffusers does (`prompt_2 or prompt`:
+    /// an empty `prompt_2` is `None` too).
+    pub prompt_2: Option<String>,
+    /// The second encoder's negative prompt; `None` gives it `negative_prompt` (`negative_prompt_2 or
+    /// negative_prompt`). Without a `negative_prompt` the negative conditioning is zeros whatever this says, as in
+    /// diffusers (`force_zeros_for_empty_prompt` looks at `negative_prompt` only).
+    pub negative_prompt_2: Option<String>,
     /// Base model name: a folder under the engine's `models_root` (`data.models.base`, legacy `data.model_name`).
     /// `None` means the engine's default model.
     pub model: Option<String>,

@@ -11,7 +11,8 @@
 //!
 //! What A1111 would skip with a console warning is an error here, naming `data.prompt`: other tag kinds
 //! (`<hypernet:…>`), `dyn=` (dynamic rank, not supported), unknown named items, weights that are not numbers.
-//! Tags in the negative prompt are an error too: A1111 does not apply them from there either.
+//! Tags in the negative prompt are an error too (A1111 does not apply them from there either), and so are tags in
+//! `prompt_2` / `negative_prompt_2` (diffusers' second-encoder texts, which A1111 does not have).
 
 use super::params::LoraRequest;
 use crate::error::{Error, Result};
@@ -42,11 +43,11 @@ pub fn extract(prompt: &str) -> Result<(String, Vec<LoraRequest>)> {
     Ok((text, loras))
 }
 
-/// An error when `negative_prompt` holds a tag.
-pub fn refuse_in_negative(negative_prompt: &str) -> Result<()> {
-    match next_tag(negative_prompt) {
+/// An error when `text`, the value of `field` (a prompt other than `data.prompt`), holds a tag.
+pub fn refuse_in(field: &str, text: &str) -> Result<()> {
+    match next_tag(text) {
         Some((_, kind, args, _)) => Err(Error::field(
-            "data.negative_prompt",
+            field,
             format!("`<{kind}:{args}>`: LoRA tags are read from data.prompt (or give the LoRA in data.lora.models)"),
         )),
         None => Ok(()),
@@ -144,7 +145,7 @@ mod tests {
         for prompt in ["a <3 b", "x < y > z", "<:a>", "<lora>", "<lora:>", "tag <b c:d>", "a <lora:x"] {
             assert_eq!(extract(prompt).unwrap(), (prompt.to_string(), vec![]), "{prompt}");
         }
-        assert!(refuse_in_negative("blurry, <3").is_ok());
+        assert!(refuse_in("data.negative_prompt", "blurry, <3").is_ok());
     }
 
     #[test]
@@ -161,7 +162,7 @@ mod tests {
             let e = extract(prompt).unwrap_err().to_string();
             assert!(e.contains("data.prompt") && e.contains(needle), "{prompt}: {e}");
         }
-        let e = refuse_in_negative("ugly <lora:x:1>").unwrap_err().to_string();
+        let e = refuse_in("data.negative_prompt", "ugly <lora:x:1>").unwrap_err().to_string();
         assert!(e.contains("data.negative_prompt") && e.contains("<lora:x:1>"), "{e}");
     }
 }

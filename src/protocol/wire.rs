@@ -75,6 +75,12 @@ pub struct WireData {
     /// `negative_prompt`: `null` and absent both read as `None`; `""` stays `Some("")`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub negative_prompt: Option<String>,
+    /// `prompt_2`: the text for the second (OpenCLIP bigG) encoder, as diffusers' SDXL pipeline takes it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub prompt_2: Option<String>,
+    /// `negative_prompt_2`: the negative text for the second encoder.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub negative_prompt_2: Option<String>,
     /// Legacy `model_name` (the seed sends it together with `models.base`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub model_name: Option<String>,
@@ -274,6 +280,8 @@ const DATA_KEYS: &[&str] = &[
     "worker_type",
     "prompt",
     "negative_prompt",
+    "prompt_2",
+    "negative_prompt_2",
     "model_name",
     "models",
     "hyperparameters",
@@ -332,6 +340,8 @@ impl WireData {
             worker_type: obj.string("worker_type")?,
             prompt: obj.string("prompt")?,
             negative_prompt: obj.string("negative_prompt")?,
+            prompt_2: obj.string("prompt_2")?,
+            negative_prompt_2: obj.string("negative_prompt_2")?,
             model_name: obj.string("model_name")?,
             models: obj.child("models")?.map(|o| WireModels::decode(&o, warnings)).transpose()?,
             hyperparameters: obj

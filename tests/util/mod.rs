@@ -227,8 +227,10 @@ impl Golden {
             "batch": { "size": self.meta::<u32>("batch_size"), "parallel": parallel },
             "output": { "format": "png", "return_image_data": true },
         });
-        if let Some(neg) = self.meta.get("negative_prompt") {
-            data["negative_prompt"] = serde_json::json!(neg);
+        for key in ["negative_prompt", "prompt_2", "negative_prompt_2"] {
+            if let Some(text) = self.meta.get(key) {
+                data[key] = serde_json::json!(text);
+            }
         }
         serde_json::json!({ "message_type": "inference_request", "request_id": self.name, "data": data }).to_string()
     }

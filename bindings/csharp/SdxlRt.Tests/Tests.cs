@@ -167,6 +167,21 @@ namespace SdxlRt.Tests
         }
 
         [Test]
+        public static void second_encoder_prompts_are_sent_only_when_given()
+        {
+            var r = new EnhancedSDXLRequest();
+            r.Conditioning.Prompt = "p";
+            r.Model.Base = "m";
+            string plain = new EnhancedRequestTransformer().ToJson(r, "id-0");
+            Assert.True(!plain.Contains("prompt_2"), "no prompt_2 key when none is set: " + plain);
+            r.Conditioning.Prompt2 = "an oil painting";
+            r.Conditioning.NegativePrompt2 = "text";
+            string json = new EnhancedRequestTransformer().ToJson(r, "id-0");
+            Assert.True(json.Contains("\"prompt_2\":\"an oil painting\""), "prompt_2 sent: " + json);
+            Assert.True(json.Contains("\"negative_prompt_2\":\"text\""), "negative_prompt_2 sent: " + json);
+        }
+
+        [Test]
         public static void transformer_routes_features_and_names_loras_from_paths()
         {
             var r = new EnhancedSDXLRequest();

@@ -59,6 +59,8 @@ namespace SdxlRt
                     WorkerType = DetermineWorkerType(request),
                     Prompt = cond.Prompt,
                     NegativePrompt = cond.NegativePrompt,
+                    Prompt2 = cond.Prompt2,
+                    NegativePrompt2 = cond.NegativePrompt2,
                     ModelName = model.Base,
                     Hyperparameters = new HyperparametersContract
                     {
@@ -198,6 +200,8 @@ namespace SdxlRt
         [DataMember(Name = "output", Order = 10)] public OutputContract Output;
         [DataMember(Name = "batch", Order = 11)] public BatchContract Batch;
         [DataMember(Name = "metadata", Order = 12)] public MetadataContract Metadata;
+        [DataMember(Name = "prompt_2", Order = 13, EmitDefaultValue = false)] public string Prompt2;
+        [DataMember(Name = "negative_prompt_2", Order = 14, EmitDefaultValue = false)] public string NegativePrompt2;
     }
 
     [DataContract]

@@ -46,7 +46,16 @@ namespace SdxlRt
         /// <summary>The negative prompt; null for none.</summary>
         public string NegativePrompt { get; set; }
 
-        /// <summary>LoRA adapters (sdxlrt refuses a non-empty list until LoRA support lands: SdxlStatus.Unsupported).</summary>
+        /// <summary>The second (OpenCLIP bigG) text encoder's prompt, as diffusers' <c>prompt_2</c>; null or empty:
+        /// <see cref="Prompt"/>.</summary>
+        public string Prompt2 { get; set; }
+
+        /// <summary>The second text encoder's negative prompt (<c>negative_prompt_2</c>); null or empty:
+        /// <see cref="NegativePrompt"/>.</summary>
+        public string NegativePrompt2 { get; set; }
+
+        /// <summary>LoRA adapters, merged into the model's weights when its sessions are built (kohya, PEFT, LoCon,
+        /// LoHa, LoKr, LyCORIS files; see the README's <c>lora</c> field).</summary>
         public List<LoRAConfiguration> LoRAs { get; set; } = new List<LoRAConfiguration>();
 
         /// <summary>ControlNets (sdxlrt refuses a non-empty list until ControlNet support lands: SdxlStatus.Unsupported).</summary>
