@@ -129,9 +129,7 @@ fn peft_bias_changes_match_diffusers_fuse_lora() {
             (k, t.shape().to_vec(), values)
         })
         .collect();
-    let refs: Vec<(&str, Vec<usize>, Vec<f32>)> =
-        weights.iter().map(|(k, s, d)| (k.as_str(), s.clone(), d.clone())).collect();
-    let dir = temp_root(&[("peft_bias.safetensors", safetensors_file(&refs))]);
+    let dir = temp_root(&[("peft_bias.safetensors", safetensors_file(&weights))]);
     let engine = Engine::new(Some(&json!({"models_root": dir.path(), "intra_op_threads": 1}).to_string())).unwrap();
     let g = Golden::load("lora_bias");
     let outcome = engine.generate(&request(&g, "tiny-sdxl").0, &mut Capture::default(), true);
@@ -379,10 +377,11 @@ fn temp_root(files: &[(&str, Vec<u8>)]) -> tempfile::TempDir {
     dir
 }
 
-fn safetensors_file(tensors: &[(&str, Vec<usize>, Vec<f32>)]) -> Vec<u8> {
+/// A float32 `.safetensors` file of (key, shape, values).
+fn safetensors_file<K: AsRef<str>>(tensors: &[(K, Vec<usize>, Vec<f32>)]) -> Vec<u8> {
     let bytes: Vec<(String, Vec<usize>, Vec<u8>)> = tensors
         .iter()
-        .map(|(k, s, d)| (k.to_string(), s.clone(), d.iter().flat_map(|v| v.to_le_bytes()).collect()))
+        .map(|(k, s, d)| (k.as_ref().to_string(), s.clone(), d.iter().flat_map(|v| v.to_le_bytes()).collect()))
         .collect();
     let views: Vec<(String, safetensors::tensor::TensorView<'_>)> = bytes
         .iter()
@@ -391,6 +390,18 @@ fn safetensors_file(tensors: &[(&str, Vec<usize>, Vec<f32>)]) -> Vec<u8> {
         })
         .collect();
     safetensors::tensor::serialize(views, None).unwrap()
+}
+
+/// Small deterministic test values in [-0.4, 0.4], a different sequence per seed.
+fn ramp(seed: usize, n: usize) -> Vec<f32> {
+    (0..n).map(|i| (((i * 7 + seed * 13) % 17) as f32 - 8.0) * 0.05).collect()
+}
+
+/// The image (base64 PNG) `generate` makes with `loras`, which must apply without a warning.
+fn image_of(root: &Path, loras: Value) -> String {
+    let resp = generate(root, loras);
+    assert!(resp["warnings"].as_array().is_none_or(|w| w.is_empty()), "{}", resp["warnings"]);
+    resp["data"]["generated_images"][0]["image_data"].as_str().unwrap().to_string()
 }
 
 fn generate(root: &Path, loras: Value) -> Value {
@@ -450,8 +461,6 @@ fn corrupt_unmatched_and_misshapen_files_are_clear_errors() {
         loha.push((format!("{conv}.hada_w{n}_a"), vec![2, 16], vec![0.1; 32]));
         loha.push((format!("{conv}.hada_w{n}_b"), vec![2, 16], vec![0.1; 32]));
     }
-    let loha: Vec<(&str, Vec<usize>, Vec<f32>)> =
-        loha.iter().map(|(k, s, d)| (k.as_str(), s.clone(), d.clone())).collect();
     let dir = temp_root(&[
         ("truncated.safetensors", truncated),
         ("garbage.safetensors", b"definitely not safetensors".to_vec()),
@@ -490,10 +499,7 @@ fn a_tucker_locon_merges_like_the_plain_locon_it_factors() {
     // LyCORIS Tucker LoCon on a 3×3 conv: ΔW[o, i, y, x] = Σ_{n,m} up[o, n] · mid[n, m, y, x] · down[m, i]
     // (A1111's rebuild_cp_decomposition). The same ΔW written as a plain LoCon must give the same image.
     let (r, c) = (2usize, 16usize);
-    let values = |seed: usize, n: usize| -> Vec<f32> {
-        (0..n).map(|i| (((i * 7 + seed * 13) % 17) as f32 - 8.0) * 0.05).collect()
-    };
-    let (down, mid, up) = (values(1, r * c), values(2, r * r * 9), values(3, c * r));
+    let (down, mid, up) = (ramp(1, r * c), ramp(2, r * r * 9), ramp(3, c * r));
     let mut folded = vec![0f32; r * c * 9];
     for n in 0..r {
         for i in 0..c {
@@ -516,11 +522,7 @@ fn a_tucker_locon_merges_like_the_plain_locon_it_factors() {
         (&key("alpha"), vec![], vec![1.0]),
     ]);
     let dir = temp_root(&[("tucker.safetensors", tucker), ("plain.safetensors", plain)]);
-    let image = |loras: Value| {
-        let resp = generate(dir.path(), loras);
-        assert!(resp["warnings"].as_array().is_none_or(|w| w.is_empty()), "{}", resp["warnings"]);
-        resp["data"]["generated_images"][0]["image_data"].as_str().unwrap().to_string()
-    };
+    let image = |loras: Value| image_of(dir.path(), loras);
     let with_tucker = image(json!([{"name": "tucker", "weight": 1.0}]));
     assert!(with_tucker == image(json!([{"name": "plain", "weight": 1.0}])), "Tucker and plain LoCon differ");
     assert!(with_tucker != image(json!([])), "the Tucker LoCon changed nothing");
@@ -531,10 +533,7 @@ fn a_lycoris_full_module_adds_its_diff_and_diff_b_like_the_peft_module_they_equa
     // LyCORIS full (A1111's network_full): W += weight · diff, b += weight · diff_b, no alpha. The same change as
     // PEFT factors: lora_A = diff, lora_B = identity, lora_B.bias = diff_b (scale 1, no alpha): identical images.
     let c = 16usize;
-    let values = |seed: usize, n: usize| -> Vec<f32> {
-        (0..n).map(|i| (((i * 7 + seed * 13) % 17) as f32 - 8.0) * 0.05).collect()
-    };
-    let (diff, diff_b) = (values(1, c * c * 9), values(2, c));
+    let (diff, diff_b) = (ramp(1, c * c * 9), ramp(2, c));
     let name = "lora_unet_input_blocks_1_0_in_layers_2";
     let peft = "unet.down_blocks.0.resnets.0.conv1";
     let identity: Vec<f32> = (0..c * c).map(|e| if e / c == e % c { 1.0 } else { 0.0 }).collect();
@@ -546,9 +545,7 @@ fn a_lycoris_full_module_adds_its_diff_and_diff_b_like_the_peft_module_they_equa
         if bias {
             tensors.push((format!("{name}.diff_b"), vec![c], diff_b.clone()));
         }
-        let refs: Vec<(&str, Vec<usize>, Vec<f32>)> =
-            tensors.iter().map(|(k, s, d)| (k.as_str(), s.clone(), d.clone())).collect();
-        safetensors_file(&refs)
+        safetensors_file(&tensors)
     };
     let factors = safetensors_file(&[
         (&format!("{peft}.lora_A.weight"), vec![c, c, 3, 3], diff.clone()),
@@ -561,11 +558,7 @@ fn a_lycoris_full_module_adds_its_diff_and_diff_b_like_the_peft_module_they_equa
         ("bias_only.safetensors", full(false, true)),
         ("factors.safetensors", factors),
     ]);
-    let image = |loras: Value| {
-        let resp = generate(dir.path(), loras);
-        assert!(resp["warnings"].as_array().is_none_or(|w| w.is_empty()), "{}", resp["warnings"]);
-        resp["data"]["generated_images"][0]["image_data"].as_str().unwrap().to_string()
-    };
+    let image = |loras: Value| image_of(dir.path(), loras);
     let lora = |name: &str, weight: f32| image(json!([{"name": name, "weight": weight}]));
     let with_full = lora("full", 0.7);
     assert!(with_full == lora("factors", 0.7), "the full module and its PEFT factors differ");
@@ -582,26 +575,19 @@ fn an_alpha_scales_a_peft_bias_change_like_its_matrices() {
     // PEFT merges lora_B.bias at weight · alpha / r: with alpha = r / 2 and lora_B (matrix and bias) doubled, the
     // change is the same to the bit (powers of two); a bias added without alpha / r would be twice as large.
     let (r, c) = (2usize, 16usize);
-    let values = |seed: usize, n: usize, gain: f32| -> Vec<f32> {
-        (0..n).map(|i| (((i * 7 + seed * 13) % 17) as f32 - 8.0) * 0.05 * gain).collect()
-    };
+    let scaled = |seed: usize, n: usize, gain: f32| -> Vec<f32> { ramp(seed, n).iter().map(|v| v * gain).collect() };
     let m = "unet.down_blocks.0.resnets.0.conv1";
     let file = |gain: f32, alpha: Option<f32>| {
         let mut tensors = vec![
-            (format!("{m}.lora_A.weight"), vec![r, c, 3, 3], values(1, r * c * 9, 1.0)),
-            (format!("{m}.lora_B.weight"), vec![c, r, 1, 1], values(2, c * r, gain)),
-            (format!("{m}.lora_B.bias"), vec![c], values(3, c, 4.0 * gain)),
+            (format!("{m}.lora_A.weight"), vec![r, c, 3, 3], scaled(1, r * c * 9, 1.0)),
+            (format!("{m}.lora_B.weight"), vec![c, r, 1, 1], scaled(2, c * r, gain)),
+            (format!("{m}.lora_B.bias"), vec![c], scaled(3, c, 4.0 * gain)),
         ];
         tensors.extend(alpha.map(|a| (format!("{m}.alpha"), vec![], vec![a])));
-        let refs: Vec<(&str, Vec<usize>, Vec<f32>)> =
-            tensors.iter().map(|(k, s, d)| (k.as_str(), s.clone(), d.clone())).collect();
-        safetensors_file(&refs)
+        safetensors_file(&tensors)
     };
     let dir = temp_root(&[("plain.safetensors", file(1.0, None)), ("halved.safetensors", file(2.0, Some(1.0)))]);
-    let image = |name: &str| {
-        let resp = generate(dir.path(), json!([{"name": name, "weight": 1.0}]));
-        resp["data"]["generated_images"][0]["image_data"].as_str().unwrap().to_string()
-    };
+    let image = |name: &str| image_of(dir.path(), json!([{"name": name, "weight": 1.0}]));
     assert!(image("plain") == image("halved"), "alpha / r must scale lora_B.bias as it scales lora_B");
 }
 
@@ -611,9 +597,6 @@ fn lycoris_norm_modules_change_the_norm_layers_as_editing_their_values_does() {
     // GroupNorm and a transformer's LayerNorm (SGM names). The same change written into a copy of the model's
     // values gives the same image to the bit; the folded export (GroupNorm scale and shift as renamed [C, 1, 1]
     // constants) gives it within 1/255.
-    let values = |seed: usize, n: usize| -> Vec<f32> {
-        (0..n).map(|i| (((i * 7 + seed * 13) % 17) as f32 - 8.0) * 0.05).collect()
-    };
     let norms = [
         ("lora_unet_input_blocks_1_0_in_layers_0", "down_blocks.0.resnets.0.norm1", 16usize),
         (
@@ -624,12 +607,10 @@ fn lycoris_norm_modules_change_the_norm_layers_as_editing_their_values_does() {
     ];
     let mut tensors = Vec::new();
     for (i, (kohya, _, c)) in norms.iter().enumerate() {
-        tensors.push((format!("{kohya}.w_norm"), vec![*c], values(2 * i + 1, *c)));
-        tensors.push((format!("{kohya}.b_norm"), vec![*c], values(2 * i + 2, *c)));
+        tensors.push((format!("{kohya}.w_norm"), vec![*c], ramp(2 * i + 1, *c)));
+        tensors.push((format!("{kohya}.b_norm"), vec![*c], ramp(2 * i + 2, *c)));
     }
-    let refs: Vec<(&str, Vec<usize>, Vec<f32>)> =
-        tensors.iter().map(|(k, s, d)| (k.as_str(), s.clone(), d.clone())).collect();
-    let dir = temp_root(&[("norms.safetensors", safetensors_file(&refs))]);
+    let dir = temp_root(&[("norms.safetensors", safetensors_file(&tensors))]);
     copy_dir(&fixtures().join("tiny-sdxl-folded"), &dir.path().join("tiny-sdxl-folded"));
     // tiny-sdxl with the changes written into its UNet at weight 0.6, as the merge computes them (f32).
     let weight = 0.6f32;
@@ -640,7 +621,7 @@ fn lycoris_norm_modules_change_the_norm_layers_as_editing_their_values_does() {
     for (i, (_, module, c)) in norms.iter().enumerate() {
         for (j, part) in ["weight", "bias"].iter().enumerate() {
             let index = unet.initializer_index(&format!("{module}.{part}")).unwrap();
-            let change = values(2 * i + 1 + j, *c);
+            let change = ramp(2 * i + 1 + j, *c);
             let new: Vec<f32> =
                 unet.read_f32(index).unwrap().iter().zip(&change).map(|(w, d)| w + weight * d).collect();
             edit.replace
@@ -672,11 +653,6 @@ fn lycoris_norm_modules_change_the_norm_layers_as_editing_their_values_does() {
 #[test]
 fn bias_changes_that_do_not_fit_are_clear_errors_or_reported() {
     let conv = "lora_unet_input_blocks_1_0_in_layers_2";
-    let file = |tensors: &[(String, Vec<usize>, Vec<f32>)]| {
-        let refs: Vec<(&str, Vec<usize>, Vec<f32>)> =
-            tensors.iter().map(|(k, s, d)| (k.as_str(), s.clone(), d.clone())).collect();
-        safetensors_file(&refs)
-    };
     let lora_q = || {
         vec![
             (format!("{Q}.lora_A.weight"), vec![2, 32], vec![0.05f32; 64]),
@@ -686,19 +662,19 @@ fn bias_changes_that_do_not_fit_are_clear_errors_or_reported() {
     let mut q_with_bias = lora_q();
     q_with_bias.push((format!("{Q}.lora_B.bias"), vec![32], vec![0.1; 32])); // to_q has no bias
     let dir = temp_root(&[
-        ("matrix.safetensors", file(&[(format!("{conv}.diff_b"), vec![4, 4], vec![0.1; 16])])),
-        ("stray.safetensors", file(&[(format!("{Q}.lora_B.bias"), vec![32], vec![0.1; 32])])),
+        ("matrix.safetensors", safetensors_file(&[(format!("{conv}.diff_b"), vec![4, 4], vec![0.1; 16])])),
+        ("stray.safetensors", safetensors_file(&[(format!("{Q}.lora_B.bias"), vec![32], vec![0.1; 32])])),
         (
             "mixed.safetensors",
-            file(&[
+            safetensors_file(&[
                 (format!("{conv}.diff"), vec![16, 16, 3, 3], vec![0.1; 2304]),
                 (format!("{conv}.lora_down.weight"), vec![2, 16, 3, 3], vec![0.1; 288]),
                 (format!("{conv}.lora_up.weight"), vec![16, 2, 1, 1], vec![0.1; 32]),
             ]),
         ),
-        ("short.safetensors", file(&[(format!("{conv}.diff_b"), vec![8], vec![0.1; 8])])),
-        ("norm_matrix.safetensors", file(&[(format!("{conv}.w_norm"), vec![4, 4], vec![0.1; 16])])),
-        ("biasless.safetensors", file(&q_with_bias)),
+        ("short.safetensors", safetensors_file(&[(format!("{conv}.diff_b"), vec![8], vec![0.1; 8])])),
+        ("norm_matrix.safetensors", safetensors_file(&[(format!("{conv}.w_norm"), vec![4, 4], vec![0.1; 16])])),
+        ("biasless.safetensors", safetensors_file(&q_with_bias)),
     ]);
     let root = dir.path();
     let case = |name: &str| generate(root, json!([{ "name": name }]));
@@ -736,20 +712,12 @@ fn tucker_loha_and_lokr_merge_like_the_plain_factors_they_fold_into() {
     // LyCORIS Tucker LoHa (hada_t1/hada_t2) and LoKr (lokr_t2) on a 3×3 conv [16, 16, 3, 3]: each Tucker product
     // is w_aᵀ · core × w_b; the same factors written plainly must give the same image, and not the image without LoRA.
     let (r, c) = (2usize, 16usize);
-    let values = |seed: usize, n: usize| -> Vec<f32> {
-        (0..n).map(|i| (((i * 7 + seed * 13) % 17) as f32 - 8.0) * 0.05).collect()
-    };
     let name = "lora_unet_input_blocks_1_0_in_layers_2";
     let key = |part: &str| format!("{name}.{part}");
-    let file = |tensors: Vec<(String, Vec<usize>, Vec<f32>)>| {
-        let refs: Vec<(&str, Vec<usize>, Vec<f32>)> =
-            tensors.iter().map(|(k, s, d)| (k.as_str(), s.clone(), d.clone())).collect();
-        safetensors_file(&refs)
-    };
     let mut tucker_loha = vec![(key("alpha"), vec![], vec![1.0])];
     let mut plain_loha = tucker_loha.clone();
     for n in 1..=2 {
-        let (a, b, core) = (values(n, r * c), values(n + 2, r * c), values(n + 4, r * r * 9));
+        let (a, b, core) = (ramp(n, r * c), ramp(n + 2, r * c), ramp(n + 4, r * r * 9));
         let (a_t, folded) = tucker_as_plain(&a, &b, &core, r, c, c);
         tucker_loha.push((key(&format!("hada_w{n}_a")), vec![r, c], a));
         tucker_loha.push((key(&format!("hada_w{n}_b")), vec![r, c], b));
@@ -758,9 +726,9 @@ fn tucker_loha_and_lokr_merge_like_the_plain_factors_they_fold_into() {
         plain_loha.push((key(&format!("hada_w{n}_b")), vec![r, c, 3, 3], folded));
     }
     // LoKr: w1 [4, 4] whole, w2 [4, 4, 3, 3] as Tucker (r = 2), Kronecker product [16, 16, 3, 3].
-    let (a, b, core) = (values(7, r * 4), values(8, r * 4), values(9, r * r * 9));
+    let (a, b, core) = (ramp(7, r * 4), ramp(8, r * 4), ramp(9, r * r * 9));
     let (a_t, folded) = tucker_as_plain(&a, &b, &core, r, 4, 4);
-    let w1 = (key("lokr_w1"), vec![4, 4], values(10, 16));
+    let w1 = (key("lokr_w1"), vec![4, 4], ramp(10, 16));
     let alpha = (key("alpha"), vec![], vec![1.0]);
     let tucker_lokr = vec![
         w1.clone(),
@@ -771,16 +739,12 @@ fn tucker_loha_and_lokr_merge_like_the_plain_factors_they_fold_into() {
     ];
     let plain_lokr = vec![w1, alpha, (key("lokr_w2_a"), vec![4, r], a_t), (key("lokr_w2_b"), vec![r, 4, 3, 3], folded)];
     let dir = temp_root(&[
-        ("tucker_loha.safetensors", file(tucker_loha)),
-        ("plain_loha.safetensors", file(plain_loha)),
-        ("tucker_lokr.safetensors", file(tucker_lokr)),
-        ("plain_lokr.safetensors", file(plain_lokr)),
+        ("tucker_loha.safetensors", safetensors_file(&tucker_loha)),
+        ("plain_loha.safetensors", safetensors_file(&plain_loha)),
+        ("tucker_lokr.safetensors", safetensors_file(&tucker_lokr)),
+        ("plain_lokr.safetensors", safetensors_file(&plain_lokr)),
     ]);
-    let image = |loras: Value| {
-        let resp = generate(dir.path(), loras);
-        assert!(resp["warnings"].as_array().is_none_or(|w| w.is_empty()), "{}", resp["warnings"]);
-        resp["data"]["generated_images"][0]["image_data"].as_str().unwrap().to_string()
-    };
+    let image = |loras: Value| image_of(dir.path(), loras);
     let none = image(json!([]));
     for kind in ["loha", "lokr"] {
         let tucker = image(json!([{"name": format!("tucker_{kind}"), "weight": 1.0}]));
@@ -796,10 +760,7 @@ fn a_kohya_dora_scale_merges_by_a1111s_rule_and_does_nothing_at_weight_zero() {
     // W + ΔW themselves the decomposition is the identity, so the file must give the plain LoCon's image; with
     // other magnitudes another image; at weight 0 the image without LoRA (unlike PEFT's DoRA).
     let (r, c) = (2usize, 16usize);
-    let values = |seed: usize, n: usize| -> Vec<f32> {
-        (0..n).map(|i| (((i * 7 + seed * 13) % 17) as f32 - 8.0) * 0.05).collect()
-    };
-    let (down, up) = (values(1, r * c * 9), values(3, c * r));
+    let (down, up) = (ramp(1, r * c * 9), ramp(3, c * r));
     let unet = OnnxModel::read(&fixtures().join("tiny-sdxl/unet/model.onnx")).unwrap();
     let w = unet.read_f32(unet.initializer_index("down_blocks.0.resnets.0.conv1.weight").unwrap()).unwrap();
     // W + ΔW with alpha / r = 1 / 2, and its norm per input channel (over outputs and kernel positions), in f64.
@@ -825,9 +786,7 @@ fn a_kohya_dora_scale_merges_by_a1111s_rule_and_does_nothing_at_weight_zero() {
             (key("alpha"), vec![], vec![1.0]),
         ];
         tensors.extend(magnitudes.map(|m| (key("dora_scale"), vec![1, c, 1, 1], m)));
-        let refs: Vec<(&str, Vec<usize>, Vec<f32>)> =
-            tensors.iter().map(|(k, s, d)| (k.as_str(), s.clone(), d.clone())).collect();
-        safetensors_file(&refs)
+        safetensors_file(&tensors)
     };
     // Other magnitudes per channel (a uniform factor would mostly vanish in the GroupNorm that follows), and the
     // change they should make, W' − W = (W + ΔW) · m / ‖W + ΔW‖ − W, written as a full-rank LoCon (up = identity).
@@ -875,9 +834,7 @@ fn unmatched_keys_become_warnings_with_counts() {
         ("some_trainer_state".to_string(), vec![1], vec![1.0f32]),
     ];
     tensors.push((format!("{Q}.alpha"), vec![], vec![2.0]));
-    let refs: Vec<(&str, Vec<usize>, Vec<f32>)> =
-        tensors.iter().map(|(k, s, d)| (k.as_str(), s.clone(), d.clone())).collect();
-    let dir = temp_root(&[("partial.safetensors", safetensors_file(&refs))]);
+    let dir = temp_root(&[("partial.safetensors", safetensors_file(&tensors))]);
     let resp = generate(dir.path(), json!([{"name": "partial", "weight": 0.5}]));
     assert_eq!(resp["success"], true, "{resp}");
     let w: Vec<&str> = resp["warnings"].as_array().unwrap().iter().map(|v| v.as_str().unwrap()).collect();
