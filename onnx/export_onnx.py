@@ -52,10 +52,12 @@ EXTERNAL_SIZE_THRESHOLD = 1024
 
 def load_pipeline(src: Path, config: str | None, local_files_only: bool):
     import torch
-    from diffusers import StableDiffusionXLPipeline
+    from diffusers import DiffusionPipeline, StableDiffusionXLPipeline
 
     if src.is_dir():
-        return StableDiffusionXLPipeline.from_pretrained(str(src), torch_dtype=torch.float32)
+        # the class model_index.json names: StableDiffusionXLPipeline, or StableDiffusionXLImg2ImgPipeline for a
+        # refiner (no text_encoder / tokenizer; export it with --components text_encoder_2,unet,vae_decoder)
+        return DiffusionPipeline.from_pretrained(str(src), torch_dtype=torch.float32)
     if src.suffix not in (".safetensors", ".ckpt"):
         sys.exit(f"error: {src} is neither a diffusers folder nor a .safetensors/.ckpt checkpoint")
     # Single-file checkpoints (SGM/LDM key layout) are converted by diffusers. It needs the diffusers configs of the
@@ -129,7 +131,9 @@ def unet_up_factor(unet) -> int:
     return 2 ** (len(unet.config.block_out_channels) - 1)
 
 
-def unet_spec(unet, batch: int = 2):
+def unet_spec(unet, text_embeds_dim: int, batch: int = 2):
+    """`text_embeds_dim`: the pooled text embedding's width (text_encoder_2's projection_dim); the rest of
+    `projection_class_embeddings_input_dim` is the time ids (6 for a base model, 5 for a refiner)."""
     import torch
 
     g = torch.Generator().manual_seed(0)
@@ -139,13 +143,13 @@ def unet_spec(unet, batch: int = 2):
     sample = torch.randn(batch, unet.config.in_channels, size, size, generator=g)
     timestep = torch.tensor(999.0, dtype=torch.float32)
     ehs = torch.randn(batch, 77, unet.config.cross_attention_dim, generator=g)
-    n_time = unet.config.projection_class_embeddings_input_dim
-    n_embeds = n_time - 6 * unet.config.addition_time_embed_dim
-    if n_embeds <= 0:
-        n_embeds = n_time - 5 * unet.config.addition_time_embed_dim  # refiner: 5 time ids
-    n_ids = (n_time - n_embeds) // unet.config.addition_time_embed_dim
-    text_embeds = torch.randn(batch, n_embeds, generator=g)
-    time_ids = torch.tensor([[size * 8.0, size * 8.0, 0.0, 0.0, size * 8.0, size * 8.0][:n_ids]] * batch)
+    n_ids = (unet.config.projection_class_embeddings_input_dim - text_embeds_dim) // unet.config.addition_time_embed_dim
+    if n_ids not in (5, 6):
+        sys.exit(f"error: the UNet's added-condition sizes give {n_ids} time ids (expected 6, or 5 for a refiner)")
+    text_embeds = torch.randn(batch, text_embeds_dim, generator=g)
+    # base: original size, crop, target size; refiner: original size, crop, aesthetic score
+    ids = [size * 8.0, size * 8.0, 0.0, 0.0] + ([size * 8.0, size * 8.0] if n_ids == 6 else [6.0])
+    time_ids = torch.tensor([ids] * batch)
     orig = unet.forward
 
     def forward(sample, timestep, encoder_hidden_states, text_embeds, time_ids):
@@ -365,29 +369,31 @@ def trace_graph(spec: Spec, fold: bool, custom_opsets: dict[str, int] | None = N
     return model
 
 
-def trace_unet_fused_attention(unet, fold: bool, trace=trace_graph):
-    """The UNet with its attention cores as com.microsoft MultiHeadAttention nodes (onnx/fused_attention.py), traced
-    by `trace(spec, fold, custom_opsets)`."""
+def trace_unet_fused_attention(pipe, fold: bool, trace=trace_graph):
+    """The UNet of `pipe` with its attention cores as com.microsoft MultiHeadAttention nodes
+    (onnx/fused_attention.py), traced by `trace(spec, fold, custom_opsets)`."""
     from fused_attention import DOMAIN, FusedAttnProcessor
 
+    unet = pipe.unet
     saved = unet.attn_processors
     unet.set_attn_processor(FusedAttnProcessor())
     try:
-        return trace(unet_spec(unet), fold, custom_opsets={DOMAIN: 1})
+        return trace(component_spec(pipe, "unet", None), fold, custom_opsets={DOMAIN: 1})
     finally:
         unet.set_attn_processor(saved)
 
 
-def trace_unet_for_fusion(unet):
-    """The UNet traced the way onnxruntime's fusions expect it, as onnxruntime's own stable-diffusion demo exports
+def trace_unet_for_fusion(pipe):
+    """The UNet of `pipe` traced the way onnxruntime's fusions expect it, as onnxruntime's own stable-diffusion demo exports
     it: constant folding (weights as initializers, not behind Transpose/Unsqueeze nodes) and diffusers' classic
     attention processor instead of scaled_dot_product_attention (whose trace no attention fusion matches)."""
     from diffusers.models.attention_processor import AttnProcessor
 
+    unet = pipe.unet
     saved = unet.attn_processors
     unet.set_attn_processor(AttnProcessor())
     try:
-        return trace_graph(unet_spec(unet), fold=True)
+        return trace_graph(component_spec(pipe, "unet", None), fold=True)
     finally:
         unet.set_attn_processor(saved)
 
@@ -543,7 +549,7 @@ def component_spec(pipe, component: str, ids_dtype) -> Spec:
     if component == "text_encoder_2":
         return text_encoder_spec(pipe.text_encoder_2, True, ids_dtype)
     if component == "unet":
-        return unet_spec(pipe.unet)
+        return unet_spec(pipe.unet, pipe.text_encoder_2.config.projection_dim)
     if component == "vae_decoder":
         return vae_decoder_spec(pipe.vae)
     if component == "vae_encoder":
@@ -578,6 +584,8 @@ def export(
     out.mkdir(parents=True, exist_ok=True)
     write_configs(pipe, src if src.is_dir() else None, out)
     for name in ("tokenizer", "tokenizer_2"):
+        if getattr(pipe, name, None) is None:  # a refiner has no first tokenizer
+            continue
         copy_tokenizer(pipe, src if src.is_dir() else None, name, out, tokenizer_json)
 
     results = {}
@@ -587,9 +595,9 @@ def export(
         ext = True if component in external else None
         half = fp16 and not (vae_fp32 and component.startswith("vae"))
         if ort_optimize and component == "unet":
-            finish_graph(trace_unet_for_fusion(pipe.unet), out_file, ext, half, ort_optimize=True)
+            finish_graph(trace_unet_for_fusion(pipe), out_file, ext, half, ort_optimize=True)
         elif fused_attention and component == "unet":
-            finish_graph(trace_unet_fused_attention(pipe.unet, fold), out_file, ext, half)
+            finish_graph(trace_unet_fused_attention(pipe, fold), out_file, ext, half)
         else:
             export_graph(spec, out_file, fold, ext, half)
         write_component_config(pipe, component, src if src.is_dir() else None, out)

@@ -123,7 +123,7 @@ def export_graphs(pipe, out: Path, components: tuple[str, ...], fp16: bool, vae_
         e.write_component_config(pipe, component, None, out)
         print(f"  {component}: {out_file} (weights to fill: {sizes[str(out_file)]} bytes)", flush=True)
     if fused_unet is not None:
-        model = e.trace_unet_fused_attention(pipe.unet, False, trace=trace)
+        model = e.trace_unet_fused_attention(pipe, False, trace=trace)
         out_file = fused_unet / "unet" / "model.onnx"
         sizes[str(out_file)] = finish(model, out_file, fp16)
         print(f"  fused unet: {out_file}", flush=True)

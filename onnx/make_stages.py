@@ -1,0 +1,251 @@
+"""Write the fixtures of the models a request can name besides its base model, and their diffusers goldens.
+
+Models (made from the torch tiny model of build_tiny.py; real architectures, tiny sizes, fixed seeds):
+
+  tests/fixtures/vae/tiny-vae-b/          a second VAE decoder (`data.models.vae`): the tiny VAE's architecture with
+                                          other random weights and scaling_factor 0.2 instead of 0.13025, as
+                                          model.onnx + config.json (an exported vae_decoder/ folder, renamed)
+  tests/fixtures/tiny-sdxl-refiner/       a tiny SDXL refiner (`data.models.refiner`) in optimum's layout: the
+                                          refiner's architecture (UNet conditioned on text_encoder_2 only, 5 time
+                                          ids with the aesthetic score; requires_aesthetics_score, no
+                                          force_zeros_for_empty_prompt) with its own random UNet; text_encoder_2,
+                                          tokenizer_2 and VAE are the base model's, as in Stability's release
+
+Goldens (tests/fixtures/goldens/<case>.safetensors, the tensors and metadata of goldens.py plus the ones below):
+
+  custom_vae        goldens.py's cfg_neg with the pipeline's VAE replaced by tiny-vae-b (diffusers `vae=`)
+  refiner           diffusers' ensemble of experts: the base pipeline with denoising_end=0.8 and output_type
+                    "latent", then StableDiffusionXLImg2ImgPipeline (the refiner) on those latents with
+                    denoising_start=0.8, the same prompts, steps, guidance and generator object
+  refiner_euler_a   the same with EulerAncestralDiscreteScheduler on both (the refiner's step noise continues the
+                    base run's generator)
+
+Refiner goldens add: refiner_prompt_embeds [1,77,32], refiner_pooled_prompt_embeds [1,32] (and the negative
+ones), refiner_add_time_ids [1,5] / refiner_add_neg_time_ids [1,5], base_timesteps, refiner_timesteps,
+latents_step_<i> for every base step then every refiner step (one sequence), and `refiner_start` metadata.
+
+Usage: python make_stages.py [--model DIR] [--out tests/fixtures]   (model: build_tiny.py's output)
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import tempfile
+from pathlib import Path
+
+import _common as c
+import goldens
+
+VAE_B_SEED = 5
+VAE_B_SCALING = 0.2
+REFINER_SEED = 2
+REFINER_START = 0.8
+
+BASE_CASE = dict(
+    prompt="a photograph of an astronaut riding a horse",
+    negative_prompt="blurry, low quality",
+    guidance_scale=5.0,
+    steps=5,
+    seed=0,
+)
+CASES = {
+    "custom_vae": dict(BASE_CASE, vae="tiny-vae-b"),
+    # 10 steps: 8 on the base, 2 on the refiner
+    "refiner": dict(BASE_CASE, steps=10, refiner="tiny-sdxl-refiner"),
+    "refiner_euler_a": dict(
+        BASE_CASE, steps=10, refiner="tiny-sdxl-refiner", scheduler="EulerAncestralDiscreteScheduler"
+    ),
+}
+
+
+def build_vae_b(base):
+    """The tiny VAE's architecture with other weights and another scaling factor."""
+    import torch
+    from build_tiny import PERTURB_SEED, perturb_constant_params
+    from diffusers import AutoencoderKL
+
+    config = {k: v for k, v in dict(base.vae.config).items() if not k.startswith("_")}
+    config["scaling_factor"] = VAE_B_SCALING
+    torch.manual_seed(VAE_B_SEED)
+    vae = AutoencoderKL(**config)
+    perturb_constant_params(vae, torch.Generator("cpu").manual_seed(PERTURB_SEED + VAE_B_SEED))
+    return vae.eval()
+
+
+def build_refiner(base):
+    """A tiny refiner pipeline sharing the base's text_encoder_2, tokenizer_2, VAE and scheduler config."""
+    import torch
+    from build_tiny import PERTURB_SEED, perturb_constant_params
+    from diffusers import EulerDiscreteScheduler, StableDiffusionXLImg2ImgPipeline, UNet2DConditionModel
+
+    te2 = base.text_encoder_2
+    time_dim = base.unet.config.addition_time_embed_dim
+    torch.manual_seed(REFINER_SEED)
+    unet = UNet2DConditionModel(
+        block_out_channels=(16, 32),
+        layers_per_block=2,
+        sample_size=8,
+        in_channels=4,
+        out_channels=4,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        attention_head_dim=(2, 4),
+        use_linear_projection=True,
+        addition_embed_type="text_time",
+        addition_time_embed_dim=time_dim,
+        transformer_layers_per_block=(1, 2),
+        # the refiner's micro-conditioning: 5 time ids (original size, crop, aesthetic score) + pooled text
+        projection_class_embeddings_input_dim=5 * time_dim + te2.config.projection_dim,
+        cross_attention_dim=te2.config.hidden_size,
+        norm_num_groups=8,
+    )
+    perturb_constant_params(unet, torch.Generator("cpu").manual_seed(PERTURB_SEED + REFINER_SEED))
+    pipe = StableDiffusionXLImg2ImgPipeline(
+        vae=base.vae,
+        text_encoder=None,
+        text_encoder_2=te2,
+        tokenizer=None,
+        tokenizer_2=base.tokenizer_2,
+        unet=unet.eval(),
+        scheduler=EulerDiscreteScheduler.from_config(base.scheduler.config),
+        requires_aesthetics_score=True,
+        force_zeros_for_empty_prompt=False,
+        add_watermarker=False,
+    )
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def export_models(base, vae_b, refiner, model: Path, out: Path, work: Path) -> None:
+    import export_onnx as e
+
+    # the VAE: exported as the vae_decoder of a pipeline that has it, then the folder renamed
+    base_vae = base.vae
+    base.vae = vae_b
+    try:
+        tmp = Path(tempfile.mkdtemp(dir=work))
+        spec = e.component_spec(base, "vae_decoder", None)
+        e.export_graph(spec, tmp / "vae_decoder" / "model.onnx", fold=False, external=None)
+        e.write_component_config(base, "vae_decoder", None, tmp)
+        print(f"  tiny-vae-b: max |ORT - torch| = {e.check_graph(spec, tmp / 'vae_decoder' / 'model.onnx'):.3g}")
+    finally:
+        base.vae = base_vae
+    dst = out / "vae" / "tiny-vae-b"
+    shutil.rmtree(dst, ignore_errors=True)
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    shutil.move(str(tmp / "vae_decoder"), str(dst))
+    shutil.rmtree(tmp)
+
+    src = work / "tiny-sdxl-refiner-diffusers"
+    shutil.rmtree(src, ignore_errors=True)
+    refiner.save_pretrained(str(src), safe_serialization=True)
+    # save_pretrained re-saved the tokenizer through transformers; use the base model's canonical files
+    shutil.rmtree(src / "tokenizer_2")
+    shutil.copytree(model / "tokenizer_2", src / "tokenizer_2")
+    dst = out / "tiny-sdxl-refiner"
+    shutil.rmtree(dst, ignore_errors=True)
+    e.export(src, dst, components=("text_encoder_2", "unet", "vae_decoder"), check=True, pipe=refiner)
+
+
+def refiner_case(base, refiner, name: str) -> tuple[dict, dict]:
+    """diffusers' ensemble of experts for case `name`: tensors and metadata of the golden."""
+    import numpy as np
+    import torch
+    from diffusers import EulerAncestralDiscreteScheduler
+    from diffusers.utils.torch_utils import randn_tensor
+
+    p = {"width": 64, "height": 64, "batch_size": 1, **CASES[name]}
+    H, W = p["height"], p["width"]
+    saved = base.scheduler, refiner.scheduler
+    if p.get("scheduler") == "EulerAncestralDiscreteScheduler":
+        base.scheduler = EulerAncestralDiscreteScheduler.from_config(base.scheduler.config)
+        refiner.scheduler = EulerAncestralDiscreteScheduler.from_config(refiner.scheduler.config)
+    t: dict = {}
+    steps: list = []
+
+    def on_step_end(_pipe, i, _t, kwargs):
+        steps.append(kwargs["latents"].clone())
+        return kwargs
+
+    common = dict(
+        prompt=p["prompt"],
+        negative_prompt=p["negative_prompt"],
+        guidance_scale=p["guidance_scale"],
+        num_inference_steps=p["steps"],
+        callback_on_step_end=on_step_end,
+        callback_on_step_end_tensor_inputs=["latents"],
+    )
+    unet_calls: list = []
+    hook = refiner.unet.register_forward_pre_hook(
+        lambda mod, args, kwargs: unet_calls.append(
+            {"timestep": args[1], "encoder_hidden_states": kwargs["encoder_hidden_states"], **kwargs["added_cond_kwargs"]}
+        ),
+        with_kwargs=True,
+    )
+    try:
+        t["init_noise"] = randn_tensor((1, 4, H // 8, W // 8), generator=torch.Generator("cpu").manual_seed(p["seed"]))
+        generator = torch.Generator("cpu").manual_seed(p["seed"])
+        with torch.no_grad():
+            latents = base(
+                **common, width=W, height=H, denoising_end=REFINER_START, output_type="latent", generator=generator
+            ).images
+            t["base_timesteps"] = base.scheduler.timesteps[: len(steps)].to(torch.float32).clone()
+            n_base = len(steps)
+            image = refiner(
+                **common, image=latents, denoising_start=REFINER_START, output_type="np", generator=generator
+            ).images
+    finally:
+        hook.remove()
+        base.scheduler, refiner.scheduler = saved
+    t["refiner_timesteps"] = torch.tensor([float(u["timestep"]) for u in unet_calls], dtype=torch.float32)
+    ehs, te, tid = unet_calls[0]["encoder_hidden_states"], unet_calls[0]["text_embeds"], unet_calls[0]["time_ids"]
+    assert ehs.shape[0] == 2 and torch.equal(latents, steps[n_base - 1])
+    t["refiner_negative_prompt_embeds"], t["refiner_prompt_embeds"] = ehs[:1].clone(), ehs[1:].clone()
+    t["refiner_negative_pooled_prompt_embeds"], t["refiner_pooled_prompt_embeds"] = te[:1].clone(), te[1:].clone()
+    t["refiner_add_neg_time_ids"], t["refiner_add_time_ids"] = tid[:1].clone(), tid[1:].clone()
+    for i, lat in enumerate(steps):
+        t[f"latents_step_{i}"] = lat
+    t["image"] = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32))
+    t["image_u8"] = torch.from_numpy((image * 255).round().astype("uint8"))
+    meta = {k: str(v) for k, v in p.items() if k not in ("guidance_scale",)}
+    meta["guidance_scale"] = repr(float(p["guidance_scale"]))
+    meta["refiner_start"] = repr(REFINER_START)
+    meta["base_steps"] = str(n_base)
+    return {k: v.detach().contiguous() for k, v in t.items()}, meta
+
+
+def vae_case(base, vae_b, name: str) -> tuple[dict, dict]:
+    saved_vae, saved_cases = base.vae, dict(goldens.CASES)
+    base.vae = vae_b
+    goldens.CASES[name] = {k: v for k, v in CASES[name].items() if k != "vae"}
+    try:
+        tensors, meta = goldens.run_case(base, name)
+    finally:
+        base.vae = saved_vae
+        goldens.CASES.clear()
+        goldens.CASES.update(saved_cases)
+    meta["vae"] = CASES[name]["vae"]
+    return tensors, meta
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", type=Path, default=c.TINY_DIFFUSERS, help="torch tiny SDXL (build_tiny.py)")
+    ap.add_argument("--out", type=Path, default=c.FIXTURES)
+    args = ap.parse_args()
+    base = c.load_pipeline(args.model)
+    vae_b = build_vae_b(base)
+    refiner = build_refiner(base)
+    export_models(base, vae_b, refiner, args.model, args.out, c.WORK)
+    for name in CASES:
+        if "vae" in CASES[name]:
+            tensors, meta = vae_case(base, vae_b, name)
+        else:
+            tensors, meta = refiner_case(base, refiner, name)
+        c.write_golden(args.out / "goldens" / f"{name}.safetensors", tensors, meta)
+        print(f"{name}: {sorted(k for k in tensors if not k.startswith('latents_step_'))}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
