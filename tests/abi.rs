@@ -170,13 +170,19 @@ fn invalid_fields_are_named_with_allowed_values() {
 fn features_not_built_yet_are_errors_naming_the_field() {
     let engine = AbiEngine::fixtures();
     let cases = [
-        (serde_json::json!({"models": {"refiner": "ref"}}), "data.models.refiner"),
-        (serde_json::json!({"models": {"vae": "v"}}), "data.models.vae"),
+        (serde_json::json!({"controlnet": {"enabled": true}}), "data.controlnet"),
         (serde_json::json!({"output": {"upscale": {"enabled": true}}}), "data.output.upscale"),
     ];
     for (extra, needle) in cases {
         let reply = engine.generate(&request(extra.clone()));
         assert_failure(&reply, sdxl_status::Unsupported, "unsupported", needle);
+    }
+    // The refiner and custom VAEs are built (tests/stages.rs): an unknown name is a missing model.
+    for (extra, needle) in
+        [(serde_json::json!({"models": {"refiner": "ref"}}), "ref"), (serde_json::json!({"models": {"vae": "v"}}), "v")]
+    {
+        let reply = engine.generate(&request(extra));
+        assert_failure(&reply, sdxl_status::ModelNotFound, "model_not_found", needle);
     }
     // LoRA is built (tests/lora.rs); an unknown LoRA name is an invalid request naming its field.
     let reply = engine.generate(&request(serde_json::json!({"lora": {"models": [{"name": "x", "weight": 0.8}]}})));

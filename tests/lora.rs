@@ -227,22 +227,22 @@ fn changing_the_lora_set_rebuilds_only_the_graphs_it_touches() {
     let base = SdxlPipeline::load(env, &root, &config).unwrap();
     // peft_b patches the UNet and text_encoder_2 only.
     let b = LoraSet::load(vec![spec("peft_b", 0.5)], &cache).unwrap();
-    let with_b = SdxlPipeline::load_with_loras(env, &root, &config, &b, Some(&base)).unwrap();
+    let with_b = SdxlPipeline::load_variant(env, &root, &config, &b, None, Some(&base)).unwrap();
     assert!(with_b.shares_graph(&base, Component::TextEncoder));
     assert!(!with_b.shares_graph(&base, Component::TextEncoder2));
     assert!(!with_b.shares_graph(&base, Component::Unet));
     // The same set again shares everything; a different weight rebuilds the touched graphs.
-    let again = SdxlPipeline::load_with_loras(env, &root, &config, &b, Some(&with_b)).unwrap();
+    let again = SdxlPipeline::load_variant(env, &root, &config, &b, None, Some(&with_b)).unwrap();
     for c in Component::ALL {
         assert!(again.shares_graph(&with_b, c), "{c:?}");
     }
     let b2 = LoraSet::load(vec![spec("peft_b", 0.25)], &cache).unwrap();
-    let other = SdxlPipeline::load_with_loras(env, &root, &config, &b2, Some(&with_b)).unwrap();
+    let other = SdxlPipeline::load_variant(env, &root, &config, &b2, None, Some(&with_b)).unwrap();
     assert!(!other.shares_graph(&with_b, Component::Unet));
     assert!(other.shares_graph(&with_b, Component::TextEncoder));
     // Weight 0 gives the base sessions themselves.
     let zero = LoraSet::load(vec![spec("kohya_a", 0.0)], &cache).unwrap();
-    let z = SdxlPipeline::load_with_loras(env, &root, &config, &zero, Some(&base)).unwrap();
+    let z = SdxlPipeline::load_variant(env, &root, &config, &zero, None, Some(&base)).unwrap();
     for c in Component::ALL {
         assert!(z.shares_graph(&base, c), "{c:?}");
     }

@@ -5,34 +5,14 @@
 use std::collections::BTreeMap;
 
 use sdxlrt::engine::Engine;
-use sdxlrt::pipeline::{Progress, ProgressEvent, SdxlPipeline};
+use sdxlrt::pipeline::SdxlPipeline;
 use sdxlrt::rng::{BatchGenerators, NoiseSource};
 use sdxlrt::runtime::SessionConfig;
 
-use crate::util::{fixtures, options_json, AbiEngine, Golden};
+use crate::util::{fixtures, options_json, AbiEngine, Capture, Golden};
 
 const CASES: &[&str] =
     &["cfg_neg", "cfg_zero_neg", "empty_neg", "no_cfg", "batch2_wide", "long_prompt", "big_seed", "prompt_2"];
-
-/// Records the latents the pipeline shows it.
-#[derive(Default)]
-struct Capture {
-    initial: BTreeMap<u32, Vec<f32>>,
-    steps: BTreeMap<(u32, usize), Vec<f32>>,
-}
-
-impl Progress for Capture {
-    fn report(&mut self, _: &ProgressEvent<'_>) -> bool {
-        true
-    }
-    fn on_latents(&mut self, image_index: u32, step: Option<usize>, latents: ndarray::ArrayViewD<'_, f32>) {
-        let v = latents.iter().copied().collect();
-        match step {
-            None => self.initial.insert(image_index, v),
-            Some(i) => self.steps.insert((image_index, i), v),
-        };
-    }
-}
 
 fn engine() -> Engine {
     Engine::new(Some(&options_json())).expect("engine")

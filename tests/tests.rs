@@ -23,3 +23,5 @@ mod engine;
 mod schedulers;
 // LoRA merged at load time: parity with diffusers fuse_lora (kohya, PEFT, two LoRAs, folded export), errors.
 mod lora;
+// A custom VAE and the SDXL refiner: parity with diffusers (vae=, ensemble of experts), errors.
+mod stages;

@@ -197,12 +197,13 @@ impl Engine {
             })?;
         let mut progress = Sampling { inner: progress, peak: &peak };
         let _slot = self.slots.acquire(params.priority, cancel)?;
-        let (pipeline, model_load_time) = self.pipeline(&model_name, params, &mut progress, started, warnings)?;
+        let (pipeline, refiner, model_load_time) =
+            self.pipelines(&model_name, params, &mut progress, started, warnings)?;
         // The request may leave the size to the model: check the limits on the size it will get, before any work.
         let (width, height) = pipeline.image_size(params)?;
         self.limits.check_size(width, height)?;
         let mut ctx = RunContext { progress: &mut progress, cancel, started };
-        let out = pipeline.generate(params, &mut ctx)?;
+        let out = pipeline.generate(params, &mut ctx, refiner.as_deref())?;
         warnings.extend(out.warnings.iter().cloned());
 
         let t_save = Instant::now();
@@ -244,8 +245,8 @@ impl Engine {
                         .cloned(),
                     model_info: ModelInfo {
                         base_model: Some(model_name.clone()),
-                        refiner_model: None,
-                        vae_model: None,
+                        refiner_model: params.refiner.clone(),
+                        vae_model: params.vae.clone(),
                     },
                     loras: params.loras.iter().map(Into::into).collect(),
                 },
@@ -272,17 +273,18 @@ impl Engine {
         Ok((Response::success(params.request_id.clone(), generated, metrics, std::mem::take(warnings)), out.images))
     }
 
-    /// The loaded pipeline for `name`, loading it (once, even under concurrent requests) on a miss.
-    fn pipeline(
+    /// The loaded pipeline for the base model `name` — with the request's LoRAs and custom VAE — and, when the
+    /// request names one, the refiner (with the same custom VAE, since it decodes), loading them (once, even under
+    /// concurrent requests) on a miss. Returns them and the seconds spent loading.
+    fn pipelines(
         &self,
         name: &str,
         params: &GenerateParams,
         progress: &mut dyn Progress,
         started: Instant,
         warnings: &mut Vec<String>,
-    ) -> Result<(Arc<SdxlPipeline>, f64)> {
+    ) -> Result<(Arc<SdxlPipeline>, Option<Arc<SdxlPipeline>>, f64)> {
         let field = if params.model.is_some() { "data.models.base" } else { "default_model" };
-        let mut key = self.key(name, field)?;
         // LoRAs: files under models_root/loras, parsed once per (size, mtime); the cache key gets their hashes
         // and weights, and a new LoRA variant shares the unchanged graphs of a loaded variant of the same model.
         let loras = match &self.options.models_root {
@@ -291,9 +293,7 @@ impl Engine {
             }
             _ => crate::lora::LoraSet::empty(),
         };
-        if !loras.is_empty() {
-            key.variant = format!("lora:{:016x}", loras.cache_key());
-        }
+        let vae = params.vae.as_deref().map(|name| self.vae_folder(name)).transpose()?;
         let event = ProgressEvent {
             stage: Stage::Loading,
             step: 0,
@@ -306,12 +306,52 @@ impl Engine {
         if !progress.report(&event) {
             return Err(Error::Cancelled);
         }
+        let (base, mut seconds) = self.load_model(Role::Base(field), name, &loras, vae.as_deref(), warnings)?;
+        let refiner = match &params.refiner {
+            Some(refiner) => {
+                let none = crate::lora::LoraSet::empty();
+                let (r, s) = self.load_model(Role::Refiner, refiner, &none, vae.as_deref(), warnings)?;
+                if r.model_dir().vae.scale_factor != base.model_dir().vae.scale_factor {
+                    return Err(Error::field(
+                        Role::Refiner.field(),
+                        format!("`{refiner}` has another latent scale than the base model `{name}`"),
+                    ));
+                }
+                seconds += s;
+                Some(r)
+            }
+            None => None,
+        };
+        Ok((base, refiner, seconds))
+    }
+
+    /// The model `name` for `role`, with `loras` merged and the custom VAE folder `vae`, from the cache or
+    /// loaded (sharing the unchanged graphs of a loaded variant of the same folder).
+    fn load_model(
+        &self,
+        role: Role,
+        name: &str,
+        loras: &crate::lora::LoraSet,
+        vae: Option<&std::path::Path>,
+        warnings: &mut Vec<String>,
+    ) -> Result<(Arc<SdxlPipeline>, f64)> {
+        let mut key = self.key(name, role.field())?;
+        role.check(&key.folder, name)?;
+        let mut variant = Vec::new();
+        if !loras.is_empty() {
+            variant.push(format!("lora:{:016x}", loras.cache_key()));
+        }
+        if let Some(vae) = vae {
+            variant.push(format!("vae:{}", vae.display()));
+        }
+        key.variant = variant.join(" ");
         let (pipeline, outcome) = self.cache.get_or_load(
             &key,
             || self.load_needs(&key),
             || {
-                let reuse = if loras.is_empty() { None } else { self.cache.find_folder(&key.folder) };
-                SdxlPipeline::load_with_loras(&self.runtime.env, &key.folder, &self.sessions, &loras, reuse.as_deref())
+                let reuse = if key.variant.is_empty() { None } else { self.cache.find_folder(&key.folder) };
+                let (env, sessions) = (&self.runtime.env, &self.sessions);
+                SdxlPipeline::load_variant(env, &key.folder, sessions, loras, vae, reuse.as_deref())
             },
         )?;
         warnings.extend(outcome.evicted.iter().map(|m| format!("unloaded model {m} to make room")));
@@ -327,12 +367,27 @@ impl Engine {
         }
     }
 
-    fn key(&self, name: &str, field: &str) -> Result<PipelineKey> {
-        let root = self.options.models_root.as_ref().ok_or_else(|| Error::InvalidOption {
+    /// The folder of custom VAE `name`: `models_root/vae/<name>`.
+    fn vae_folder(&self, name: &str) -> Result<std::path::PathBuf> {
+        let folder = self.root()?.join(VAE_FOLDER);
+        if !folder.is_dir() {
+            return Err(Error::ModelNotFound {
+                path: folder,
+                message: format!("no custom VAE `{name}`: models_root has no {VAE_FOLDER}/ folder"),
+            });
+        }
+        paths::model_folder(&folder, name, "data.models.vae")
+    }
+
+    fn root(&self) -> Result<&std::path::Path> {
+        self.options.models_root.as_deref().ok_or_else(|| Error::InvalidOption {
             field: "models_root".into(),
             message: "the engine was created without models_root, so no model can be loaded".into(),
-        })?;
-        let folder = paths::model_folder(root, name, field)?;
+        })
+    }
+
+    fn key(&self, name: &str, field: &str) -> Result<PipelineKey> {
+        let folder = paths::model_folder(self.root()?, name, field)?;
         Ok(PipelineKey { folder, name: name.to_string(), variant: String::new() })
     }
 
@@ -431,5 +486,42 @@ fn failure(request_id: Option<&str>, error: Error, warnings: Vec<String>) -> Out
         response_json: Response::failure(request_id, &error, warnings).to_json(),
         error: Some(error),
         images: Vec::new(),
+    }
+}
+
+/// Custom VAEs (`data.models.vae`) are folders under this folder of `models_root`.
+pub const VAE_FOLDER: &str = "vae";
+
+/// What a request uses a model folder as.
+#[derive(Debug, Clone, Copy)]
+enum Role {
+    /// The base model, named by this field (`data.models.base`, or the engine's `default_model`).
+    Base(&'static str),
+    /// `data.models.refiner`.
+    Refiner,
+}
+
+impl Role {
+    fn field(self) -> &'static str {
+        match self {
+            Role::Base(field) => field,
+            Role::Refiner => "data.models.refiner",
+        }
+    }
+
+    /// A refiner folder (model_index.json `requires_aesthetics_score`) only as a refiner, and only a refiner as one.
+    fn check(self, folder: &std::path::Path, name: &str) -> Result<()> {
+        let refiner = crate::pipeline::model_dir::ModelDir::open(folder)?.refiner;
+        match (self, refiner) {
+            (Role::Base(field), true) => Err(Error::field(
+                field,
+                format!("`{name}` is an SDXL refiner (requires_aesthetics_score): name it in data.models.refiner and a base model here"),
+            )),
+            (Role::Refiner, false) => Err(Error::field(
+                "data.models.refiner",
+                format!("`{name}` is not an SDXL refiner (its model_index.json lacks requires_aesthetics_score: true)"),
+            )),
+            _ => Ok(()),
+        }
     }
 }

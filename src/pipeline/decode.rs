@@ -1,32 +1,90 @@
-//! VAE decode: latents ÷ the model's `scaling_factor` → `vae_decoder` → RGB8, one image at a time (the peak-memory
+//! VAE decode: latents ÷ the VAE's `scaling_factor` → `vae_decoder` → RGB8, one image at a time (the peak-memory
 //! stage). The ONNX graphs here are fp32 or fp16 as exported; diffusers' fp16 upcast applies to torch VAEs only.
+//!
+//! A decoder comes from a model folder's `vae_decoder/` or, as a custom VAE (`data.models.vae`), from
+//! `models_root/vae/<name>/`: the same two files, `model.onnx` and `config.json` (an exported model's
+//! `vae_decoder/` folder, copied and renamed; a folder that holds a `vae_decoder/` folder works too).
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use ndarray::{ArrayD, Axis, Ix3};
 
+use super::model_dir::VaeInfo;
 use crate::error::{Error, Result};
 use crate::image::RgbImage;
 use crate::runtime::tensor::float_value;
-use crate::runtime::{CancelToken, ModelSession};
+use crate::runtime::{CancelToken, ModelSession, SessionConfig};
 
-/// Decode one latent `[1, 4, h, w]` into an image.
-pub fn decode_one(
-    vae: &ModelSession,
-    latent: ArrayD<f32>,
-    scaling_factor: f32,
-    seed: u64,
-    cancel: &CancelToken,
-) -> Result<RgbImage> {
-    let spec = vae.input("latent_sample")?;
-    let scaled = latent.mapv(|v| v / scaling_factor);
-    let value = float_value(scaled, spec.elem, "vae_decoder", "latent_sample")?;
-    let mut out = vae.run(vec![("latent_sample".to_string(), value)], &["sample"], cancel)?;
-    let image = out.remove(0);
-    let chw = image
-        .index_axis_move(Axis(0), 0)
-        .into_dimensionality::<Ix3>()
-        .map_err(|e| Error::model_invalid(vae.path(), format!("vae_decoder output is not [1, 3, H, W]: {e}")))?;
-    if chw.shape()[0] != 3 {
-        return Err(Error::model_invalid(vae.path(), format!("vae_decoder gives {} channels, not 3", chw.shape()[0])));
+/// A loaded VAE decoder graph and the config values decoding needs.
+#[derive(Debug, Clone)]
+pub struct VaeDecoder {
+    session: Arc<ModelSession>,
+    info: VaeInfo,
+    folder: PathBuf,
+}
+
+impl VaeDecoder {
+    /// Load the custom VAE decoder in `folder` (`model.onnx` + `config.json`, both required, or a folder holding
+    /// `vae_decoder/`).
+    pub fn load(env: &ort::environment::Environment, folder: &Path, config: &SessionConfig) -> Result<Self> {
+        let graph = Self::graph_in(folder);
+        let folder = graph.parent().unwrap_or(folder).to_path_buf();
+        let info = VaeInfo::read(&folder, None)?;
+        let session = Arc::new(ModelSession::load(env, &graph, "vae_decoder", config)?);
+        Self::new(session, info, folder)
     }
-    Ok(RgbImage::from_vae_output(chw.view(), seed))
+
+    /// The graph file of the decoder in `folder`: `folder/vae_decoder/model.onnx` when that exists, else
+    /// `folder/model.onnx`.
+    pub fn graph_in(folder: &Path) -> PathBuf {
+        let nested = folder.join("vae_decoder").join("model.onnx");
+        if nested.is_file() {
+            nested
+        } else {
+            folder.join("model.onnx")
+        }
+    }
+
+    /// A decoder from an already loaded session (shared between pipelines) and its config values.
+    pub fn new(session: Arc<ModelSession>, info: VaeInfo, folder: PathBuf) -> Result<Self> {
+        session.input("latent_sample")?;
+        Ok(VaeDecoder { session, info, folder })
+    }
+
+    /// The graph's session.
+    pub fn session(&self) -> &Arc<ModelSession> {
+        &self.session
+    }
+
+    /// The config values.
+    pub fn info(&self) -> &VaeInfo {
+        &self.info
+    }
+
+    /// The folder it was loaded from.
+    pub fn folder(&self) -> &Path {
+        &self.folder
+    }
+
+    /// Decode one latent `[1, C, h, w]` into an image.
+    pub fn decode(&self, latent: ArrayD<f32>, seed: u64, cancel: &CancelToken) -> Result<RgbImage> {
+        let vae = &self.session;
+        let spec = vae.input("latent_sample")?;
+        let scaled = latent.mapv(|v| v / self.info.scaling_factor);
+        let value = float_value(scaled, spec.elem, "vae_decoder", "latent_sample")?;
+        let mut out = vae.run(vec![("latent_sample".to_string(), value)], &["sample"], cancel)?;
+        let image = out.remove(0);
+        let chw = image
+            .index_axis_move(Axis(0), 0)
+            .into_dimensionality::<Ix3>()
+            .map_err(|e| Error::model_invalid(vae.path(), format!("vae_decoder output is not [1, 3, H, W]: {e}")))?;
+        if chw.shape()[0] != 3 {
+            return Err(Error::model_invalid(
+                vae.path(),
+                format!("vae_decoder gives {} channels, not 3", chw.shape()[0]),
+            ));
+        }
+        Ok(RgbImage::from_vae_output(chw.view(), seed))
+    }
 }

@@ -17,7 +17,7 @@ pub struct UnetConditioning {
     pub encoder_hidden_states: Array3<f32>,
     /// `text_embeds` `[N, P]`.
     pub text_embeds: Array2<f32>,
-    /// `time_ids` `[N, 6]`.
+    /// `time_ids` `[N, 6]` (a refiner: `[N, 5]`).
     pub time_ids: Array2<f32>,
 }
 
@@ -45,21 +45,29 @@ pub struct DenoiseContext<'a> {
     pub steps: u32,
 }
 
-/// Run every timestep of `scheduler` on `latents` (already multiplied by `init_noise_sigma`).
-/// Returns the final latents and the number of UNet evaluations.
+/// Run the evaluations `range` of `scheduler` (all of them, or a base model's first part and a refiner's rest) on
+/// `latents` (the initial noise already multiplied by `init_noise_sigma`, or the latents a base model handed
+/// over). Returns the latents and the number of UNet evaluations.
 pub fn denoise(
     mut latents: ArrayD<f32>,
     cond: &UnetConditioning,
     scheduler: &mut dyn Scheduler,
+    range: std::ops::Range<usize>,
     noise: &mut dyn NoiseSource,
     ctx: &mut DenoiseContext<'_>,
 ) -> Result<(ArrayD<f32>, u32)> {
     let batch = latents.shape()[0];
     let timesteps = scheduler.timesteps().to_vec();
+    let Some(run) = timesteps.get(range.clone()) else {
+        return Err(Error::Internal(format!("denoising range {range:?} of {} timesteps", timesteps.len())));
+    };
+    if run.is_empty() {
+        return Ok((latents, 0));
+    }
     let mut unet = bind_unet(ctx.unet, cond)?;
     let sample_elem = ctx.unet.input("sample")?.elem;
     let mut reported = 0;
-    for (i, &t) in timesteps.iter().enumerate() {
+    for (i, &t) in timesteps.iter().enumerate().skip(range.start).take(run.len()) {
         ctx.cancel.check()?;
         let scaled = scheduler.scale_model_input(latents.view(), i);
         let sample = if ctx.guided {
@@ -73,7 +81,7 @@ pub fn denoise(
             ("sample".to_string(), float_value(sample, sample_elem, "unet", "sample")?),
             ("timestep".to_string(), timestep_value(ctx.unet, t, n)?),
         ];
-        let out = unet.run(changing, i + 1 == timesteps.len(), ctx.cancel)?;
+        let out = unet.run(changing, i + 1 == range.end, ctx.cancel)?;
         let noise_pred = if ctx.guided {
             let uncond = out.slice_axis(Axis(0), (0..batch).into());
             let text = out.slice_axis(Axis(0), (batch..2 * batch).into());
@@ -105,7 +113,7 @@ pub fn denoise(
             }
         }
     }
-    Ok((latents, timesteps.len() as u32))
+    Ok((latents, run.len() as u32))
 }
 
 /// The `timestep` input shaped and typed as the graph declares it: a scalar (optimum), `[1]`, or `[N]`.

@@ -8,11 +8,13 @@ pub mod denoise;
 pub mod model_dir;
 pub mod text;
 
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Instant;
 
 use ndarray::{concatenate, Array2, Array3, ArrayD, Axis, IxDyn};
 
+use self::decode::VaeDecoder;
 use self::denoise::{denoise, time_ids, DenoiseContext, UnetConditioning};
 use self::model_dir::ModelDir;
 use self::text::{PromptEmbeds, TextEncoders};
@@ -24,7 +26,7 @@ use crate::protocol::params::GenerateParams;
 use crate::rng::{BatchGenerators, NoiseSource};
 use crate::runtime::onnx_proto::OnnxModel;
 use crate::runtime::{CancelToken, ModelSession, Placement, SessionConfig};
-use crate::schedulers;
+use crate::schedulers::{self, Scheduler};
 
 /// What a run is doing.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -124,13 +126,14 @@ pub struct PipelineOutput {
     pub loras: Vec<AppliedLora>,
 }
 
-/// A loaded SDXL base model, with the LoRAs (if any) merged into its weights.
+/// A loaded SDXL model — a base model, with the LoRAs (if any) merged into its weights, or a refiner — and the VAE
+/// that decodes its latents (its own, or a custom one).
 #[derive(Debug)]
 pub struct SdxlPipeline {
     dir: ModelDir,
     text: TextEncoders,
     unet: Arc<ModelSession>,
-    vae_decoder: Arc<ModelSession>,
+    vae: VaeDecoder,
     /// [`crate::lora::GraphPlan::key`] of text_encoder, text_encoder_2 and unet (0: base weights).
     graph_keys: [u64; 3],
     lora: LoraReport,
@@ -148,32 +151,40 @@ fn key_slot(component: Component) -> usize {
 }
 
 impl SdxlPipeline {
-    /// Load every graph of the model folder `root`, with no LoRA.
-    pub fn load(env: &ort::environment::Environment, root: &std::path::Path, config: &SessionConfig) -> Result<Self> {
-        Self::load_with_loras(env, root, config, &LoraSet::empty(), None)
+    /// Load every graph of the model folder `root`, with no LoRA and its own VAE.
+    pub fn load(env: &ort::environment::Environment, root: &Path, config: &SessionConfig) -> Result<Self> {
+        Self::load_variant(env, root, config, &LoraSet::empty(), None, None)
     }
 
-    /// Load the model folder `root` with `loras` merged into the UNet and text-encoder weights.
+    /// Load the model folder `root` with `loras` merged into the UNet and text-encoder weights, decoding with the
+    /// VAE decoder in the folder `vae` (a custom VAE, see [`decode`]) instead of its own `vae_decoder/`.
     ///
     /// `reuse` is a pipeline already loaded from the same folder: every graph whose merged weights would be the
-    /// same (the VAE always; a text encoder no LoRA of either set touches; equal file hashes and weights) shares
-    /// its session instead of being loaded again. With an empty set this is a plain load: no graph is parsed.
-    pub fn load_with_loras(
+    /// same (the VAE when it is the same one; a text encoder no LoRA of either set touches; equal file hashes and
+    /// weights) shares its session instead of being loaded again. With no LoRA this is a plain load: no graph is
+    /// parsed.
+    pub fn load_variant(
         env: &ort::environment::Environment,
-        root: &std::path::Path,
+        root: &Path,
         config: &SessionConfig,
         loras: &LoraSet,
+        vae: Option<&Path>,
         reuse: Option<&SdxlPipeline>,
     ) -> Result<Self> {
         let dir = ModelDir::open(root)?;
         let reuse = reuse.filter(|r| r.dir.root == dir.root);
+        // A refiner has no first text encoder (and takes no LoRA: the engine gives LoRAs to the base only).
+        let components: &[Component] =
+            if dir.refiner { &[Component::TextEncoder2, Component::Unet] } else { &Component::ALL };
+        let own_vae = dir.root.join("vae_decoder");
+        let vae_folder = vae.map_or_else(|| own_vae.clone(), Path::to_path_buf);
         // Graphs that need optimizing load one after another: optimizing two at once adds their memory peaks (the
         // bench model at 512²: +1 GB peak RSS). Graphs all in the optimized-graph cache load at once, one thread
         // each (session creation is mostly single-threaded work; bench model: median 1.93 s instead of 2.5 s).
         let load_component = |component: Component| -> Result<LoadedGraph> {
             let stage = component.folder();
             let path = dir.graph(stage);
-            let previous = reuse.map(|r| (r.session(component), r.graph_keys[key_slot(component)]));
+            let previous = reuse.and_then(|r| Some((r.session(component)?, r.graph_keys[key_slot(component)])));
             if !loras.touches(component) {
                 return match previous {
                     Some((s, 0)) => Ok((s, 0, Vec::new())),
@@ -190,22 +201,28 @@ impl SdxlPipeline {
             };
             Ok((session, key, matched))
         };
-        let load_vae = || -> Result<Arc<ModelSession>> {
-            match reuse {
-                Some(r) => Ok(r.vae_decoder.clone()),
-                None => Ok(Arc::new(ModelSession::load(env, &dir.graph("vae_decoder"), "vae_decoder", config)?)),
+        let load_vae = || -> Result<VaeDecoder> {
+            if let Some(r) = reuse.filter(|r| r.vae.folder() == vae_folder) {
+                return Ok(r.vae.clone());
             }
+            if vae.is_none() {
+                let session = ModelSession::load(env, &dir.graph("vae_decoder"), "vae_decoder", config)?;
+                return VaeDecoder::new(Arc::new(session), dir.vae, own_vae.clone());
+            }
+            let custom = VaeDecoder::load(env, &vae_folder, config)?;
+            check_custom_vae(&custom, &dir)?;
+            Ok(custom)
         };
-        let all_cached = Component::ALL
+        let all_cached = components
             .iter()
             .all(|c| !loras.touches(*c) && ModelSession::is_cached(&dir.graph(c.folder()), c.folder(), config))
-            && ModelSession::is_cached(&dir.graph("vae_decoder"), "vae_decoder", config);
-        let (components, vae_decoder) = if !all_cached {
-            let loaded = Component::ALL.iter().map(|&c| load_component(c)).collect::<Result<Vec<_>>>()?;
+            && ModelSession::is_cached(&VaeDecoder::graph_in(&vae_folder), "vae_decoder", config);
+        let (loaded, vae_decoder) = if !all_cached {
+            let loaded = components.iter().map(|&c| load_component(c)).collect::<Result<Vec<_>>>()?;
             (loaded.into_iter().map(Ok).collect::<Vec<_>>(), None)
         } else {
             std::thread::scope(|scope| {
-                let threads: Vec<_> = Component::ALL.iter().map(|&c| scope.spawn(move || load_component(c))).collect();
+                let threads: Vec<_> = components.iter().map(|&c| scope.spawn(move || load_component(c))).collect();
                 let vae = scope.spawn(load_vae);
                 fn joined<T>(r: std::thread::Result<Result<T>>) -> Result<T> {
                     r.unwrap_or_else(|_| Err(Error::Internal("a graph load panicked".into())))
@@ -216,7 +233,7 @@ impl SdxlPipeline {
         let mut matched = vec![(0usize, 0usize); loras.loras().len()];
         let mut graph_keys = [0u64; 3];
         let mut sessions: Vec<Arc<ModelSession>> = Vec::with_capacity(3);
-        for (component, loaded) in Component::ALL.iter().zip(components) {
+        for (component, loaded) in components.iter().zip(loaded) {
             let (session, key, counts) = loaded?;
             for (m, p) in matched.iter_mut().zip(&counts) {
                 m.0 += p.0;
@@ -226,35 +243,33 @@ impl SdxlPipeline {
             sessions.push(session);
         }
         let lora = loras.report(&matched)?;
-        let unet = sessions.pop().expect("three graphs");
-        let encoder_2 = sessions.pop().expect("three graphs");
-        let encoder_1 = sessions.pop().expect("three graphs");
-        let text = TextEncoders::from_sessions(&dir, encoder_1, encoder_2)?;
+        let unet = sessions.pop().expect("a UNet");
+        let encoder_2 = sessions.pop().expect("text_encoder_2");
+        let text = TextEncoders::from_sessions(&dir, sessions.pop(), encoder_2)?;
         for name in ["sample", "timestep", "encoder_hidden_states", "text_embeds", "time_ids"] {
             unet.input(name)?;
         }
-        let vae_decoder = match vae_decoder {
+        let vae = match vae_decoder {
             Some(loaded) => loaded?,
             None => load_vae()?,
         };
-        vae_decoder.input("latent_sample")?;
         crate::runtime::heap::release_free_memory();
-        Ok(SdxlPipeline { dir, text, unet, vae_decoder, graph_keys, lora })
+        Ok(SdxlPipeline { dir, text, unet, vae, graph_keys, lora })
     }
 
-    /// The session of a LoRA-patchable graph.
-    fn session(&self, component: Component) -> Arc<ModelSession> {
+    /// The session of a LoRA-patchable graph (`None`: a refiner's missing first text encoder).
+    fn session(&self, component: Component) -> Option<Arc<ModelSession>> {
         match component {
-            Component::TextEncoder => self.text.sessions().0.clone(),
-            Component::TextEncoder2 => self.text.sessions().1.clone(),
-            Component::Unet => self.unet.clone(),
+            Component::TextEncoder => self.text.sessions().0.cloned(),
+            Component::TextEncoder2 => Some(self.text.sessions().1.clone()),
+            Component::Unet => Some(self.unet.clone()),
         }
     }
 
     /// What was rewritten in the UNet and VAE decoder at load ([`crate::runtime::fuse_attention`],
     /// [`crate::runtime::subpixel_upsample`]); `None` when a graph came from the optimized-graph cache.
     pub fn rewrites(&self) -> Option<crate::runtime::session::Rewrites> {
-        Some(self.unet.rewrites()? + self.vae_decoder.rewrites()?)
+        Some(self.unet.rewrites()? + self.vae.session().rewrites()?)
     }
 
     /// The LoRAs merged into this pipeline and the warnings about them.
@@ -264,7 +279,15 @@ impl SdxlPipeline {
 
     /// True when this pipeline and `other` share the session of `component`'s graph (LoRA session reuse).
     pub fn shares_graph(&self, other: &SdxlPipeline, component: Component) -> bool {
-        Arc::ptr_eq(&self.session(component), &other.session(component))
+        match (self.session(component), other.session(component)) {
+            (Some(a), Some(b)) => Arc::ptr_eq(&a, &b),
+            _ => false,
+        }
+    }
+
+    /// True when this pipeline and `other` decode with the same VAE session.
+    pub fn shares_vae(&self, other: &SdxlPipeline) -> bool {
+        Arc::ptr_eq(self.vae.session(), other.vae.session())
     }
 
     /// The model folder's configs.
@@ -325,66 +348,103 @@ impl SdxlPipeline {
         Ok((cond, Some(uncond)))
     }
 
-    /// Generate every image of `params`.
-    pub fn generate(&self, params: &GenerateParams, ctx: &mut RunContext<'_>) -> Result<PipelineOutput> {
+    /// SDXL's micro-conditioning for an image of `height` × `width`, positive and negative: a base model's
+    /// `[h, w, 0, 0, h, w]` for both; a refiner's `[h, w, 0, 0, aesthetic score]` with diffusers' default scores
+    /// 6.0 and 2.5.
+    fn time_ids(&self, height: u32, width: u32) -> (Vec<f32>, Vec<f32>) {
+        let (h, w) = (height as f32, width as f32);
+        match self.dir.refiner {
+            false => (time_ids(height, width).to_vec(), time_ids(height, width).to_vec()),
+            true => (vec![h, w, 0.0, 0.0, AESTHETIC_SCORE], vec![h, w, 0.0, 0.0, NEGATIVE_AESTHETIC_SCORE]),
+        }
+    }
+
+    /// Generate every image of `params`; with `refiner`, the base denoises the first
+    /// `params.refiner_switch_at` of the schedule and the refiner the rest (diffusers' ensemble of experts:
+    /// `denoising_end` on the base, `denoising_start` on the refiner, the latents handed over as they are and the
+    /// step noise drawn from the same generators), then the refiner's VAE decodes.
+    pub fn generate(
+        &self,
+        params: &GenerateParams,
+        ctx: &mut RunContext<'_>,
+        refiner: Option<&SdxlPipeline>,
+    ) -> Result<PipelineOutput> {
         let mut warnings = self.dir.warnings.clone();
         let names: Vec<&str> = params.loras.iter().map(|l| l.name.as_str()).collect();
         warnings.extend(self.lora.warnings(&names));
         let (width, height) = self.image_size(params)?;
-        let resolved = schedulers::resolve(
-            params.scheduler.as_ref().map(|s| s.name.as_str()),
-            params.scheduler.as_ref().map(|s| &s.overrides).unwrap_or(&serde_json::Map::new()),
-            &self.dir.scheduler,
-        )?;
-        // Build once up front so option errors come before any work.
-        resolved.build(params.steps as usize)?;
+        let stages: Vec<Expert<'_>> = std::iter::once(Expert::new(self, params)?)
+            .chain(refiner.map(|r| Expert::new(r, params)).transpose()?)
+            .collect();
         let guided = params.guidance_scale > 1.0;
         let batch = params.batch_size;
         let mut timings = StageTimings::default();
 
         self.report(ctx, &params.request_id, Stage::TextEncoding, 0, 1, 0, batch)?;
         let t0 = Instant::now();
-        let (cond, uncond) = self.conditioning(params, guided, ctx.cancel, &mut warnings)?;
+        let mut conditions = Vec::with_capacity(stages.len());
+        for stage in &stages {
+            conditions.push(stage.model.conditioning(params, guided, ctx.cancel, &mut warnings)?);
+        }
         timings.text_encoding = t0.elapsed().as_secs_f64();
 
         let per_call = if params.batch_parallel { batch as usize } else { 1 };
-        let (lh, lw) = ((height / self.dir.vae_scale_factor) as usize, (width / self.dir.vae_scale_factor) as usize);
-        let unet_cond = unet_conditioning(&cond, uncond.as_ref(), per_call, height, width)?;
+        let decoder = &stages.last().expect("the base stage").model.vae;
+        let scale = self.dir.vae.scale_factor;
+        let (lh, lw) = ((height / scale) as usize, (width / scale) as usize);
         let mut images = Vec::with_capacity(batch as usize);
         let mut first = 0usize;
         while first < batch as usize {
             let n = per_call.min(batch as usize - first);
             let seed = params.seed.wrapping_add(first as u64);
-            let mut scheduler = resolved.build(params.steps as usize)?;
             let mut noise = BatchGenerators::new(seed, n);
-            let shape = [n, 4, lh, lw];
-            let init = noise.randn(&shape);
-            let sigma = scheduler.init_noise_sigma();
-            let latents = ArrayD::from_shape_vec(IxDyn(&shape), init)
-                .map_err(|e| Error::Internal(format!("initial noise: {e}")))?
-                .mapv(|v| v * sigma);
-            ctx.progress.on_latents(first as u32, None, latents.view());
-            let cond_n = if n == per_call {
-                unet_cond.clone()
-            } else {
-                unet_conditioning(&cond, uncond.as_ref(), n, height, width)?
-            };
-            let t1 = Instant::now();
-            let mut dctx = DenoiseContext {
-                unet: &self.unet,
-                guidance_scale: params.guidance_scale,
-                guided,
-                cancel: ctx.cancel,
-                progress: &mut *ctx.progress,
-                request_id: &params.request_id,
-                image_index: first as u32,
-                batch_size: batch,
-                started: ctx.started,
-                steps: params.steps,
-            };
-            let (latents, evals) = denoise(latents, &cond_n, scheduler.as_mut(), &mut noise, &mut dctx)?;
-            timings.denoising += t1.elapsed().as_secs_f64();
-            timings.unet_evaluations += evals;
+            let mut latents = None;
+            for (k, (stage, (cond, uncond))) in stages.iter().zip(&conditions).enumerate() {
+                let mut scheduler = stage.scheduler.build(params.steps as usize)?;
+                let range = stage_range(scheduler.as_ref(), stage.model.dir.scheduler.num_train_timesteps, k, &stages)
+                    .unwrap_or(0..scheduler.timesteps().len());
+                if range.start > 0 {
+                    scheduler.set_begin_index(range.start);
+                }
+                let start = match latents.take() {
+                    Some(handed_over) => handed_over,
+                    None => {
+                        let shape = [n, 4, lh, lw];
+                        let sigma = scheduler.init_noise_sigma();
+                        let init = ArrayD::from_shape_vec(IxDyn(&shape), noise.randn(&shape))
+                            .map_err(|e| Error::Internal(format!("initial noise: {e}")))?
+                            .mapv(|v| v * sigma);
+                        ctx.progress.on_latents(first as u32, None, init.view());
+                        init
+                    }
+                };
+                if k > 0 && range.is_empty() {
+                    warnings.push(format!(
+                        "the refiner got no step: refiner_switch_at {} leaves none of the {} steps to it",
+                        params.refiner_switch_at, params.steps
+                    ));
+                }
+                let (ids, neg_ids) = stage.model.time_ids(height, width);
+                let cond_n = unet_conditioning(cond, uncond.as_ref(), n, &ids, &neg_ids)?;
+                let t1 = Instant::now();
+                let mut dctx = DenoiseContext {
+                    unet: &stage.model.unet,
+                    guidance_scale: params.guidance_scale,
+                    guided,
+                    cancel: ctx.cancel,
+                    progress: &mut *ctx.progress,
+                    request_id: &params.request_id,
+                    image_index: first as u32,
+                    batch_size: batch,
+                    started: ctx.started,
+                    steps: params.steps,
+                };
+                let (out, evals) = denoise(start, &cond_n, scheduler.as_mut(), range, &mut noise, &mut dctx)?;
+                timings.denoising += t1.elapsed().as_secs_f64();
+                timings.unet_evaluations += evals;
+                latents = Some(out);
+            }
+            let latents = latents.expect("at least the base stage ran");
 
             let t2 = Instant::now();
             crate::runtime::heap::release_free_memory();
@@ -392,13 +452,7 @@ impl SdxlPipeline {
                 self.report(ctx, &params.request_id, Stage::Decoding, i as u32, n as u32, (first + i) as u32, batch)?;
                 let latent = latents.slice_axis(Axis(0), (i..i + 1).into()).to_owned();
                 let seed_i = params.seed.wrapping_add((first + i) as u64);
-                images.push(decode::decode_one(
-                    &self.vae_decoder,
-                    latent,
-                    self.dir.vae_scaling_factor,
-                    seed_i,
-                    ctx.cancel,
-                )?);
+                images.push(decoder.decode(latent, seed_i, ctx.cancel)?);
             }
             timings.vae_decode += t2.elapsed().as_secs_f64();
             first += n;
@@ -406,7 +460,7 @@ impl SdxlPipeline {
         Ok(PipelineOutput {
             images,
             timings,
-            scheduler: resolved.describe(),
+            scheduler: stages[0].scheduler.describe(),
             width,
             height,
             warnings,
@@ -445,28 +499,114 @@ impl SdxlPipeline {
 }
 
 /// The UNet's conditioning for `n` images: `[uncond × n, cond × n]` when guided, else `cond × n`
-/// (diffusers' `torch.cat([negative_prompt_embeds, prompt_embeds])` after `repeat` per image).
+/// (diffusers' `torch.cat([negative_prompt_embeds, prompt_embeds])` after `repeat` per image), with the time ids
+/// `ids` for the positive rows and `negative_ids` for the negative ones.
 pub fn unet_conditioning(
     cond: &PromptEmbeds,
     uncond: Option<&PromptEmbeds>,
     n: usize,
-    height: u32,
-    width: u32,
+    ids: &[f32],
+    negative_ids: &[f32],
 ) -> Result<UnetConditioning> {
-    let halves: Vec<&PromptEmbeds> = uncond.into_iter().chain(std::iter::once(cond)).collect();
+    let halves: Vec<(&PromptEmbeds, &[f32])> =
+        uncond.map(|u| (u, negative_ids)).into_iter().chain(std::iter::once((cond, ids))).collect();
     let mut embeds = Vec::new();
     let mut pooled = Vec::new();
-    for p in &halves {
+    let mut rows = Vec::new();
+    for (p, ids) in &halves {
         for _ in 0..n {
             embeds.push(p.embeds.view());
             pooled.push(p.pooled.view());
+            rows.extend_from_slice(ids);
         }
     }
     let join = |e: ndarray::ShapeError| Error::Internal(format!("conditioning batch: {e}"));
     let encoder_hidden_states: Array3<f32> = concatenate(Axis(0), &embeds).map_err(join)?;
     let text_embeds: Array2<f32> = concatenate(Axis(0), &pooled).map_err(join)?;
-    let ids = time_ids(height, width);
-    let rows = halves.len() * n;
-    let time_ids = Array2::from_shape_fn((rows, ids.len()), |(_, j)| ids[j]);
+    let time_ids = Array2::from_shape_vec((halves.len() * n, ids.len()), rows).map_err(join)?;
     Ok(UnetConditioning { encoder_hidden_states, text_embeds, time_ids })
+}
+
+/// diffusers' default `aesthetic_score` for a refiner's positive conditioning.
+pub const AESTHETIC_SCORE: f32 = 6.0;
+/// diffusers' default `negative_aesthetic_score`.
+pub const NEGATIVE_AESTHETIC_SCORE: f32 = 2.5;
+
+/// One model of the ensemble of experts (the base, then the refiner) with the scheduler it runs.
+struct Expert<'a> {
+    model: &'a SdxlPipeline,
+    scheduler: schedulers::ResolvedScheduler,
+    /// `refiner_switch_at`, when a refiner takes part.
+    switch_at: Option<f64>,
+}
+
+impl<'a> Expert<'a> {
+    /// The request's scheduler resolved against `model`'s own `scheduler_config.json` (as diffusers' refiner has
+    /// its own), built once so that option errors come before any work.
+    fn new(model: &'a SdxlPipeline, params: &GenerateParams) -> Result<Self> {
+        let scheduler = schedulers::resolve(
+            params.scheduler.as_ref().map(|s| s.name.as_str()),
+            params.scheduler.as_ref().map(|s| &s.overrides).unwrap_or(&serde_json::Map::new()),
+            &model.dir.scheduler,
+        )?;
+        scheduler.build(params.steps as usize)?;
+        let switch_at = params.refiner.as_ref().map(|_| params.refiner_switch_at);
+        Ok(Expert { model, scheduler, switch_at })
+    }
+}
+
+/// The evaluations of `scheduler` that stage `k` of `stages` runs, when a refiner takes part: the base (k = 0)
+/// those at or above the cut-off timestep (diffusers' `denoising_end`), the refiner (k = 1) those below it, one more
+/// for a second-order scheduler with an even count (`denoising_start`, diffusers' `get_timesteps`). The cut-off is
+/// `round(T - switch_at · T)` for `T` training timesteps, rounded half to even as Python's `round`. `None`: a single
+/// stage runs everything.
+fn stage_range(
+    scheduler: &dyn Scheduler,
+    train_timesteps: Option<usize>,
+    k: usize,
+    stages: &[Expert<'_>],
+) -> Option<std::ops::Range<usize>> {
+    let switch_at = stages.get(k)?.switch_at.filter(|_| stages.len() > 1)?;
+    let total = train_timesteps.unwrap_or(1000) as f64;
+    let cutoff = (total - switch_at * total).round_ties_even();
+    let timesteps = scheduler.timesteps();
+    let len = timesteps.len();
+    if k == 0 {
+        Some(0..timesteps.iter().filter(|&&t| f64::from(t) >= cutoff).count())
+    } else {
+        let mut steps = timesteps.iter().filter(|&&t| f64::from(t) < cutoff).count();
+        if scheduler.order() == 2 && steps % 2 == 0 {
+            steps += 1;
+        }
+        Some(len - steps.min(len)..len)
+    }
+}
+
+/// A custom VAE must fit the model's latents: the same pixels per latent pixel and latent channels.
+fn check_custom_vae(vae: &VaeDecoder, dir: &ModelDir) -> Result<()> {
+    let (got, want) = (vae.info(), &dir.vae);
+    if got.scale_factor != want.scale_factor {
+        return Err(Error::field(
+            "data.models.vae",
+            format!(
+                "{} maps {} pixels to a latent pixel, the model {} maps {}: not a VAE for this model",
+                vae.folder().display(),
+                got.scale_factor,
+                dir.root.display(),
+                want.scale_factor
+            ),
+        ));
+    }
+    if let (Some(a), Some(b)) = (got.latent_channels, want.latent_channels.or(Some(4))) {
+        if a != b {
+            return Err(Error::field(
+                "data.models.vae",
+                format!(
+                    "{} decodes {a}-channel latents, the model makes {b}: not a VAE for this model",
+                    vae.folder().display()
+                ),
+            ));
+        }
+    }
+    Ok(())
 }

@@ -24,12 +24,45 @@ pub struct ModelDir {
     /// Number of UNet resolution levels (`len(block_out_channels)`): latent sizes must be multiples of
     /// 2^(levels-1), because exported graphs bake in the upsample sizes.
     pub unet_levels: u32,
-    /// `vae_decoder/config.json` `scaling_factor` (0.13025 for SDXL).
-    pub vae_scaling_factor: f32,
-    /// 2^(len(vae block_out_channels)-1): image pixels per latent pixel (8 for SDXL).
-    pub vae_scale_factor: u32,
+    /// `vae_decoder/config.json`.
+    pub vae: VaeInfo,
+    /// `model_index.json` `requires_aesthetics_score`: an SDXL refiner (text_encoder_2 only, 5 time ids with the
+    /// aesthetic score), usable only as `data.models.refiner`.
+    pub refiner: bool,
     /// Notes about defaults used for missing configs.
     pub warnings: Vec<String>,
+}
+
+/// What decoding needs from a VAE decoder's `config.json`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct VaeInfo {
+    /// `scaling_factor` (0.13025 for SDXL): latents are divided by it before decoding.
+    pub scaling_factor: f32,
+    /// 2^(len(block_out_channels)-1): image pixels per latent pixel (8 for SDXL).
+    pub scale_factor: u32,
+    /// `latent_channels` (4 for SDXL), when the config gives it.
+    pub latent_channels: Option<u32>,
+}
+
+impl VaeInfo {
+    /// Read `folder/config.json` (a `vae_decoder/` folder). With `warnings`, a missing file gives SDXL's values
+    /// and a note there; without, it is an error (a custom VAE must say its scaling factor).
+    pub fn read(folder: &Path, warnings: Option<&mut Vec<String>>) -> Result<Self> {
+        let path = folder.join("config.json");
+        let lenient = warnings.is_some();
+        let vae: VaeConfig = read_json(&path, !lenient)?.unwrap_or_else(|| {
+            if let Some(w) = warnings {
+                w.push("vae_decoder/config.json missing: assuming SDXL's scaling_factor 0.13025".into());
+            }
+            VaeConfig { scaling_factor: Some(0.13025), ..VaeConfig::default() }
+        });
+        let levels = vae.block_out_channels.as_ref().map_or(4, |b| b.len() as u32).clamp(1, 8);
+        Ok(VaeInfo {
+            scaling_factor: vae.scaling_factor.unwrap_or(0.18215),
+            scale_factor: 1 << (levels - 1),
+            latent_channels: vae.latent_channels,
+        })
+    }
 }
 
 #[derive(Deserialize, Default)]
@@ -48,6 +81,7 @@ struct UnetConfig {
 struct VaeConfig {
     scaling_factor: Option<f32>,
     block_out_channels: Option<Vec<u32>>,
+    latent_channels: Option<u32>,
 }
 
 fn read_json<T: serde::de::DeserializeOwned + Default>(path: &Path, required: bool) -> Result<Option<T>> {
@@ -71,12 +105,6 @@ impl ModelDir {
         }
         let mut warnings = Vec::new();
         let index: ModelIndex = read_json(&root.join("model_index.json"), false)?.unwrap_or_default();
-        if index.requires_aesthetics_score == Some(true) {
-            return Err(Error::model_invalid(
-                root,
-                "this is an SDXL refiner (requires_aesthetics_score); use it as data.models.refiner, not as a base model",
-            ));
-        }
         let sched_path = root.join("scheduler/scheduler_config.json");
         let sched_text = std::fs::read_to_string(&sched_path).map_err(|e| Error::ModelNotFound {
             path: sched_path.clone(),
@@ -96,21 +124,17 @@ impl ModelDir {
         };
         let unet_levels = unet.block_out_channels.as_ref().map_or(3, |b| b.len() as u32).max(1);
 
-        let vae: VaeConfig = read_json(&root.join("vae_decoder/config.json"), false)?.unwrap_or_else(|| {
-            warnings.push("vae_decoder/config.json missing: assuming SDXL's scaling_factor 0.13025".into());
-            VaeConfig { scaling_factor: Some(0.13025), block_out_channels: None }
-        });
-        let vae_scaling_factor = vae.scaling_factor.unwrap_or(0.18215);
-        let vae_levels = vae.block_out_channels.as_ref().map_or(4, |b| b.len() as u32).max(1);
-
+        let vae = VaeInfo::read(&root.join("vae_decoder"), Some(&mut warnings))?;
+        let refiner = index.requires_aesthetics_score == Some(true);
         Ok(ModelDir {
             root: root.to_path_buf(),
             scheduler,
+            // diffusers' default is true, but a refiner's own model_index.json says false
             force_zeros_for_empty_prompt: index.force_zeros_for_empty_prompt.unwrap_or(true),
             unet_sample_size,
             unet_levels,
-            vae_scaling_factor,
-            vae_scale_factor: 1 << (vae_levels - 1),
+            vae,
+            refiner,
             warnings,
         })
     }
@@ -136,11 +160,11 @@ impl ModelDir {
 
     /// Default image size (both sides) in pixels: `sample_size * vae_scale_factor`.
     pub fn default_image_size(&self) -> u32 {
-        self.unet_sample_size * self.vae_scale_factor
+        self.unet_sample_size * self.vae.scale_factor
     }
 
     /// Image sides must be multiples of this many pixels for the exported graphs.
     pub fn size_multiple(&self) -> u32 {
-        self.vae_scale_factor << (self.unet_levels - 1)
+        self.vae.scale_factor << (self.unet_levels - 1)
     }
 }

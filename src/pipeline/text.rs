@@ -1,6 +1,7 @@
 //! Both CLIP tokenizers and text encoders, and SDXL's prompt conditioning as diffusers'
 //! `StableDiffusionXLPipeline.encode_prompt` builds it: the penultimate hidden states of both encoders concatenated
-//! on the last axis, and the pooled `text_embeds` of encoder 2.
+//! on the last axis, and the pooled `text_embeds` of encoder 2. A refiner has only the second encoder: its
+//! conditioning is that encoder's alone.
 
 use std::sync::Arc;
 
@@ -15,7 +16,7 @@ use crate::tokenizer::ClipTokenizer;
 /// One prompt's conditioning.
 #[derive(Debug, Clone, PartialEq)]
 pub struct PromptEmbeds {
-    /// `[1, 77, D1 + D2]`.
+    /// `[1, 77, D1 + D2]` (a refiner: `[1, 77, D2]`).
     pub embeds: Array3<f32>,
     /// `[1, P]` (text_encoder_2's projection).
     pub pooled: Array2<f32>,
@@ -31,7 +32,7 @@ impl PromptEmbeds {
 /// Token ids of one prompt for both tokenizers (for tests and diagnostics).
 #[derive(Debug, Clone, PartialEq)]
 pub struct PromptIds {
-    /// tokenizer/ ids, `[77]`.
+    /// tokenizer/ ids, `[77]`; empty for a refiner (no first encoder).
     pub ids_1: Vec<i64>,
     /// tokenizer_2/ ids, `[77]`.
     pub ids_2: Vec<i64>,
@@ -39,15 +40,21 @@ pub struct PromptIds {
     pub truncated: bool,
 }
 
-/// The two tokenizers and text encoders of an SDXL model.
+/// The two tokenizers and text encoders of an SDXL model (a refiner: the second only).
 #[derive(Debug)]
 pub struct TextEncoders {
-    tokenizer_1: ClipTokenizer,
+    first: Option<FirstEncoder>,
     tokenizer_2: ClipTokenizer,
-    encoder_1: Arc<ModelSession>,
     encoder_2: Arc<ModelSession>,
-    hidden_1: String,
     hidden_2: String,
+}
+
+/// CLIP ViT-L: `tokenizer/` and `text_encoder/`, and the name of its penultimate hidden-state output.
+#[derive(Debug)]
+struct FirstEncoder {
+    tokenizer: ClipTokenizer,
+    encoder: Arc<ModelSession>,
+    hidden: String,
 }
 
 /// `hidden_states.{n-2}`: the penultimate layer's output (SDXL's `hidden_states[-2]`).
@@ -64,31 +71,44 @@ fn penultimate_output(session: &ModelSession) -> Result<String> {
 }
 
 impl TextEncoders {
-    /// Load `tokenizer/`, `tokenizer_2/`, `text_encoder/` and `text_encoder_2/` of `dir`.
+    /// Load `tokenizer/`, `tokenizer_2/`, `text_encoder/` and `text_encoder_2/` of `dir` (a refiner: the
+    /// second pair only).
     pub fn load(env: &ort::environment::Environment, dir: &ModelDir, config: &SessionConfig) -> Result<Self> {
-        let encoder_1 = ModelSession::load(env, &dir.graph("text_encoder"), "text_encoder", config)?;
+        let encoder_1 = match dir.refiner {
+            true => None,
+            false => Some(Arc::new(ModelSession::load(env, &dir.graph("text_encoder"), "text_encoder", config)?)),
+        };
         let encoder_2 = ModelSession::load(env, &dir.graph("text_encoder_2"), "text_encoder_2", config)?;
-        Self::from_sessions(dir, Arc::new(encoder_1), Arc::new(encoder_2))
+        Self::from_sessions(dir, encoder_1, Arc::new(encoder_2))
     }
 
     /// The tokenizers of `dir` with already loaded encoder sessions (shared between pipelines whose LoRAs leave
-    /// an encoder unchanged).
-    pub fn from_sessions(dir: &ModelDir, encoder_1: Arc<ModelSession>, encoder_2: Arc<ModelSession>) -> Result<Self> {
-        let tokenizer_1 = ClipTokenizer::from_dir(&dir.root.join("tokenizer"))?;
+    /// an encoder unchanged). `encoder_1` is `None` for a refiner.
+    pub fn from_sessions(
+        dir: &ModelDir,
+        encoder_1: Option<Arc<ModelSession>>,
+        encoder_2: Arc<ModelSession>,
+    ) -> Result<Self> {
+        let first = match encoder_1 {
+            Some(encoder) => {
+                encoder.input("input_ids")?;
+                let tokenizer = ClipTokenizer::from_dir(&dir.root.join("tokenizer"))?;
+                Some(FirstEncoder { tokenizer, hidden: penultimate_output(&encoder)?, encoder })
+            }
+            None => None,
+        };
         let tokenizer_2 = ClipTokenizer::from_dir(&dir.root.join("tokenizer_2"))?;
-        let hidden_1 = penultimate_output(&encoder_1)?;
         let hidden_2 = penultimate_output(&encoder_2)?;
         if !encoder_2.has_output("text_embeds") {
             return Err(Error::model_invalid(encoder_2.path(), "text_encoder_2 has no `text_embeds` output"));
         }
-        encoder_1.input("input_ids")?;
         encoder_2.input("input_ids")?;
-        Ok(TextEncoders { tokenizer_1, tokenizer_2, encoder_1, encoder_2, hidden_1, hidden_2 })
+        Ok(TextEncoders { first, tokenizer_2, encoder_2, hidden_2 })
     }
 
-    /// The two encoder sessions.
-    pub fn sessions(&self) -> (&Arc<ModelSession>, &Arc<ModelSession>) {
-        (&self.encoder_1, &self.encoder_2)
+    /// The two encoder sessions (the first is `None` for a refiner).
+    pub fn sessions(&self) -> (Option<&Arc<ModelSession>>, &Arc<ModelSession>) {
+        (self.first.as_ref().map(|f| &f.encoder), &self.encoder_2)
     }
 
     /// Token ids of `text` for both tokenizers (padded/truncated to their windows).
@@ -96,16 +116,25 @@ impl TextEncoders {
         self.tokenize_pair(text, text)
     }
 
-    /// Token ids of `text` for the first tokenizer and `text_2` for the second (diffusers' `prompt_2`).
+    /// Token ids of `text` for the first tokenizer and `text_2` for the second (diffusers' `prompt_2`). A refiner
+    /// encodes `text`: diffusers' `encode_prompt` pairs its prompts `[prompt, prompt_2]` with its one encoder, so
+    /// the refiner's only encoder gets `prompt`.
     pub fn tokenize_pair(&self, text: &str, text_2: &str) -> Result<PromptIds> {
-        let a = self.tokenizer_1.encode(text)?;
+        let Some(first) = &self.first else {
+            let b = self.tokenizer_2.encode(text)?;
+            return Ok(PromptIds { truncated: b.truncated, ids_1: Vec::new(), ids_2: b.ids });
+        };
+        let a = first.tokenizer.encode(text)?;
         let b = self.tokenizer_2.encode(text_2)?;
         Ok(PromptIds { truncated: a.truncated || b.truncated, ids_1: a.ids, ids_2: b.ids })
     }
 
     /// Encode one prompt.
     pub fn encode(&self, ids: &PromptIds, cancel: &CancelToken) -> Result<PromptEmbeds> {
-        let h1 = run_encoder(&self.encoder_1, &ids.ids_1, &[&self.hidden_1], cancel)?;
+        let h1 = match &self.first {
+            Some(first) => Some((run_encoder(&first.encoder, &ids.ids_1, &[&first.hidden], cancel)?, first)),
+            None => None,
+        };
         let mut out2 = run_encoder(&self.encoder_2, &ids.ids_2, &[&self.hidden_2, "text_embeds"], cancel)?;
         let pooled = out2.pop().expect("two outputs requested");
         let h2 = out2.pop().expect("two outputs requested");
@@ -113,16 +142,21 @@ impl TextEncoders {
             a.into_dimensionality::<Ix3>()
                 .map_err(|e| Error::model_invalid(s.path(), format!("hidden states are not [B, S, D]: {e}")))
         };
-        let h1 = as3(h1.into_iter().next().expect("one output requested"), &self.encoder_1)?;
         let h2 = as3(h2, &self.encoder_2)?;
-        if h1.shape()[1] != h2.shape()[1] {
-            return Err(Error::model_invalid(
-                self.encoder_2.path(),
-                format!("text encoders disagree on sequence length ({} vs {})", h1.shape()[1], h2.shape()[1]),
-            ));
-        }
-        let embeds = concatenate(Axis(2), &[h1.view(), h2.view()])
-            .map_err(|e| Error::Internal(format!("concatenating prompt embeddings: {e}")))?;
+        let embeds = match h1 {
+            None => h2,
+            Some((h1, first)) => {
+                let h1 = as3(h1.into_iter().next().expect("one output requested"), &first.encoder)?;
+                if h1.shape()[1] != h2.shape()[1] {
+                    return Err(Error::model_invalid(
+                        self.encoder_2.path(),
+                        format!("text encoders disagree on sequence length ({} vs {})", h1.shape()[1], h2.shape()[1]),
+                    ));
+                }
+                concatenate(Axis(2), &[h1.view(), h2.view()])
+                    .map_err(|e| Error::Internal(format!("concatenating prompt embeddings: {e}")))?
+            }
+        };
         let pooled = pooled
             .into_dimensionality::<Ix2>()
             .map_err(|e| Error::model_invalid(self.encoder_2.path(), format!("text_embeds is not [B, P]: {e}")))?;

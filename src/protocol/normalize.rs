@@ -32,6 +32,9 @@ pub const DEFAULT_GUIDANCE_SCALE: f32 = 5.0;
 pub const MAX_GUIDANCE_SCALE: f64 = 100.0;
 /// Default `data.hyperparameters.strength` (the seed's C# default).
 pub const DEFAULT_STRENGTH: f32 = 0.8;
+/// Default `data.hyperparameters.refiner_switch_at`: diffusers' documented `high_noise_frac` and A1111's default
+/// "switch at".
+pub const DEFAULT_REFINER_SWITCH_AT: f64 = 0.8;
 /// Default `data.output.quality`.
 pub const DEFAULT_QUALITY: u8 = 95;
 /// Random seeds are drawn from `0..RANDOM_SEED_BOUND` (2^32), so every caller's integer type can hold them.
@@ -224,6 +227,23 @@ pub fn normalize(wire: &WireRequest, limits: &RequestLimits, warnings: &mut Vec<
         }
     };
 
+    let named = |name: Option<&String>| name.filter(|n| !n.trim().is_empty()).cloned();
+    let refiner = named(d.models.as_ref().and_then(|m| m.refiner.as_ref()));
+    let vae = named(d.models.as_ref().and_then(|m| m.vae.as_ref()));
+    let refiner_switch_at = match h.refiner_switch_at {
+        None => DEFAULT_REFINER_SWITCH_AT,
+        Some(f) if f > 0.0 && f < 1.0 => f,
+        Some(f) => {
+            return Err(Error::field(
+                "data.hyperparameters.refiner_switch_at",
+                format!("must be a fraction of the steps between 0 and 1 (exclusive), got {f}"),
+            ))
+        }
+    };
+    if h.refiner_switch_at.is_some() && refiner.is_none() {
+        warnings.push("data.hyperparameters.refiner_switch_at is ignored: no data.models.refiner".into());
+    }
+
     let dims = d.dimensions.clone().unwrap_or_default();
     let width = merge("data.width", d.width, "data.dimensions.width", dims.width)?
         .map(|w| check_side("data.dimensions.width", w, limits.max_width))
@@ -292,6 +312,9 @@ pub fn normalize(wire: &WireRequest, limits: &RequestLimits, warnings: &mut Vec<
         prompt_2: second(&d.prompt_2),
         negative_prompt_2: second(&d.negative_prompt_2),
         model,
+        refiner,
+        refiner_switch_at,
+        vae,
         steps,
         guidance_scale,
         seed,
@@ -379,20 +402,6 @@ fn reject_unsupported(d: &WireData) -> Result<()> {
             return Err(Error::unsupported(
                 "data.controlnet",
                 "ControlNet is not implemented yet; send controlnet.enabled false (or omit controlnet)",
-            ));
-        }
-    }
-    if let Some(models) = &d.models {
-        if models.refiner.as_ref().is_some_and(|r| !r.is_empty()) {
-            return Err(Error::unsupported(
-                "data.models.refiner",
-                "the SDXL refiner stage is not implemented yet; leave models.refiner null or empty",
-            ));
-        }
-        if models.vae.as_ref().is_some_and(|v| !v.is_empty()) {
-            return Err(Error::unsupported(
-                "data.models.vae",
-                "custom VAEs are not implemented yet; leave models.vae null or empty to use the model's own VAE",
             ));
         }
     }
@@ -655,6 +664,9 @@ mod tests {
             prompt_2: None,
             negative_prompt_2: None,
             model: Some("cyberrealisticPony_v125".into()),
+            refiner: None,
+            refiner_switch_at: 0.8,
+            vae: None,
             steps: 30,
             guidance_scale: 7.0,
             seed: 12345,
@@ -854,6 +866,27 @@ mod tests {
     }
 
     #[test]
+    fn refiner_vae_and_switch_point_are_read_and_checked() {
+        let p = parse_value(minimal(json!({
+            "models": {"base": "m", "refiner": "sdxl-refiner", "vae": "sdxl-vae-fp16-fix"},
+            "hyperparameters": {"refiner_switch_at": 0.7}
+        })))
+        .unwrap();
+        assert!(p.warnings.is_empty(), "{:?}", p.warnings);
+        let q = &p.params;
+        assert_eq!((q.refiner.as_deref(), q.vae.as_deref()), (Some("sdxl-refiner"), Some("sdxl-vae-fp16-fix")));
+        assert_eq!(q.refiner_switch_at, 0.7);
+        let p = parse_value(minimal(json!({"models": {"base": "m", "refiner": " ", "vae": ""}}))).unwrap();
+        assert_eq!((p.params.refiner, p.params.vae, p.params.refiner_switch_at), (None, None, 0.8));
+        let p = parse_value(minimal(json!({"hyperparameters": {"refiner_switch_at": 0.5}}))).unwrap();
+        assert_eq!(p.warnings, ["data.hyperparameters.refiner_switch_at is ignored: no data.models.refiner"]);
+        for bad in [0.0, 1.0, -0.2, 1.5] {
+            let r = parse_value(minimal(json!({"hyperparameters": {"refiner_switch_at": bad}})));
+            assert_eq!(invalid_field(r).0, "data.hyperparameters.refiner_switch_at", "for {bad}");
+        }
+    }
+
+    #[test]
     fn unsupported_features_name_their_field() {
         let cases = [
             (json!({"controlnet": {"enabled": true}}), "data.controlnet"),
@@ -861,8 +894,6 @@ mod tests {
             (json!({"controlnet": {"enabled": false, "models": [{"type": "canny"}]}}), "data.controlnet"),
             (json!({"controlnet": [{"type": "canny"}]}), "data.controlnet"),
             (json!({"controlnet": true}), "data.controlnet"),
-            (json!({"models": {"base": "m", "refiner": "sdxl_refiner"}}), "data.models.refiner"),
-            (json!({"models": {"base": "m", "vae": "sdxl_vae_fp16"}}), "data.models.vae"),
             (json!({"output": {"upscale": {"enabled": true, "factor": 2}}}), "data.output.upscale"),
             (json!({"output": {"upscale": {"factor": 2}}}), "data.output.upscale"),
         ];

@@ -23,6 +23,16 @@ pub struct GenerateParams {
     /// Base model name: a folder under the engine's `models_root` (`data.models.base`, legacy `data.model_name`).
     /// `None` means the engine's default model.
     pub model: Option<String>,
+    /// SDXL refiner (`data.models.refiner`): a refiner model folder under `models_root` that takes over the
+    /// denoising after `refiner_switch_at` of the steps (diffusers' ensemble of experts).
+    pub refiner: Option<String>,
+    /// The fraction of the schedule the base model denoises before the refiner takes over
+    /// (`data.hyperparameters.refiner_switch_at`, in (0, 1); default 0.8): diffusers' `denoising_end` on the base
+    /// and `denoising_start` on the refiner, A1111's "switch at".
+    pub refiner_switch_at: f64,
+    /// Custom VAE (`data.models.vae`): a VAE decoder folder under `models_root/vae/` that decodes instead of the
+    /// model's own.
+    pub vae: Option<String>,
     /// Denoising steps (`data.hyperparameters.num_inference_steps`), ≥ 1. Default 50 (diffusers).
     pub steps: u32,
     /// Classifier-free guidance scale (`data.hyperparameters.guidance_scale`, legacy flat `data.guidance_scale`).

@@ -160,6 +160,9 @@ pub struct WireHyperparameters {
     /// `strength`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub strength: Option<f64>,
+    /// `refiner_switch_at`: the fraction of the steps after which the refiner takes over.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub refiner_switch_at: Option<f64>,
 }
 
 /// `data.dimensions`.
@@ -383,8 +386,9 @@ impl WireHyperparameters {
             guidance_scale: obj.float("guidance_scale")?,
             seed: obj.big_int("seed")?,
             strength: obj.float("strength")?,
+            refiner_switch_at: obj.float("refiner_switch_at")?,
         };
-        obj.warn_unknown(&["num_inference_steps", "guidance_scale", "seed", "strength"], warnings);
+        obj.warn_unknown(&["num_inference_steps", "guidance_scale", "seed", "strength", "refiner_switch_at"], warnings);
         Ok(h)
     }
 }

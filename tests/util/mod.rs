@@ -12,6 +12,27 @@ use sdxlrt::ffi::handles::sdxl_engine;
 use sdxlrt::ffi::progress::sdxl_progress_cb;
 use sdxlrt::ffi::status::sdxl_status;
 
+/// Records the latents the pipeline shows it: the initial latents per first image index, and the latents after
+/// each scheduler step per (first image index, evaluation index).
+#[derive(Default)]
+pub struct Capture {
+    pub initial: std::collections::BTreeMap<u32, Vec<f32>>,
+    pub steps: std::collections::BTreeMap<(u32, usize), Vec<f32>>,
+}
+
+impl sdxlrt::pipeline::Progress for Capture {
+    fn report(&mut self, _: &sdxlrt::pipeline::ProgressEvent<'_>) -> bool {
+        true
+    }
+    fn on_latents(&mut self, image_index: u32, step: Option<usize>, latents: ndarray::ArrayViewD<'_, f32>) {
+        let v = latents.iter().copied().collect();
+        match step {
+            None => self.initial.insert(image_index, v),
+            Some(i) => self.steps.insert((image_index, i), v),
+        };
+    }
+}
+
 /// `tests/fixtures`.
 pub fn fixtures() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
@@ -231,6 +252,18 @@ impl Golden {
             if let Some(text) = self.meta.get(key) {
                 data[key] = serde_json::json!(text);
             }
+        }
+        // onnx/make_stages.py's cases: a custom VAE, a refiner and its switch point, a scheduler for both
+        for key in ["vae", "refiner"] {
+            if let Some(name) = self.meta.get(key) {
+                data["models"][key] = serde_json::json!(name);
+            }
+        }
+        if self.meta.contains_key("refiner_start") {
+            data["hyperparameters"]["refiner_switch_at"] = serde_json::json!(self.meta::<f64>("refiner_start"));
+        }
+        if let Some(name) = self.meta.get("scheduler") {
+            data["scheduler"] = serde_json::json!(name);
         }
         serde_json::json!({ "message_type": "inference_request", "request_id": self.name, "data": data }).to_string()
     }

@@ -182,6 +182,21 @@ namespace SdxlRt.Tests
         }
 
         [Test]
+        public static void the_refiner_switch_point_is_sent_only_when_given()
+        {
+            var r = new EnhancedSDXLRequest();
+            r.Conditioning.Prompt = "p";
+            r.Model.Base = "m";
+            r.Model.Refiner = "sdxl-refiner";
+            string plain = new EnhancedRequestTransformer().ToJson(r, "id-0");
+            Assert.True(!plain.Contains("refiner_switch_at"), "no refiner_switch_at key when none is set: " + plain);
+            r.Model.RefinerSwitchAt = 0.7;
+            string json = new EnhancedRequestTransformer().ToJson(r, "id-0");
+            Assert.True(json.Contains("\"refiner_switch_at\":0.7"), "refiner_switch_at sent: " + json);
+            Assert.True(json.Contains("\"refiner\":\"sdxl-refiner\""), "refiner sent: " + json);
+        }
+
+        [Test]
         public static void transformer_routes_features_and_names_loras_from_paths()
         {
             var r = new EnhancedSDXLRequest();

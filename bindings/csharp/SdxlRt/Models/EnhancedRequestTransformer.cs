@@ -68,6 +68,7 @@ namespace SdxlRt
                         GuidanceScale = sched.GuidanceScale,
                         Seed = hyper.Seed,
                         Strength = hyper.Strength ?? 0.8,
+                        RefinerSwitchAt = model.RefinerSwitchAt,
                     },
                     Dimensions = new DimensionsContract { Width = hyper.Width, Height = hyper.Height },
                     Scheduler = MapSchedulerType(sched.Type),
@@ -211,6 +212,8 @@ namespace SdxlRt
         [DataMember(Name = "guidance_scale", Order = 1)] public double? GuidanceScale;
         [DataMember(Name = "seed", Order = 2)] public long? Seed;
         [DataMember(Name = "strength", Order = 3)] public double Strength;
+        // Not in the seed: written only when the caller set it.
+        [DataMember(Name = "refiner_switch_at", Order = 4, EmitDefaultValue = false)] public double? RefinerSwitchAt;
     }
 
     [DataContract]

@@ -94,10 +94,19 @@ namespace SdxlRt
         /// <summary>The base model: a folder name under the engine's <c>models_root</c>; null for the default model.</summary>
         public string Base { get; set; }
 
-        /// <summary>The refiner model; null for none (sdxlrt refuses a refiner until it is supported).</summary>
+        /// <summary>
+        /// An SDXL refiner folder under <c>models_root</c>; null for none. The base model denoises the first
+        /// <see cref="RefinerSwitchAt"/> of the schedule and the refiner the rest (diffusers' ensemble of experts).
+        /// </summary>
         public string Refiner { get; set; }
 
-        /// <summary>A custom VAE; null for the model's own (sdxlrt refuses a custom VAE until it is supported).</summary>
+        /// <summary>
+        /// The fraction of the schedule (between 0 and 1) after which the refiner takes over; null for the default
+        /// 0.8. Sent only when set.
+        /// </summary>
+        public double? RefinerSwitchAt { get; set; }
+
+        /// <summary>A custom VAE: a folder under <c>models_root/vae/</c>; null for the model's own.</summary>
         public string Vae { get; set; }
     }
 
