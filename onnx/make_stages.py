@@ -19,6 +19,9 @@ Goldens (tests/fixtures/goldens/<case>.safetensors, the tensors and metadata of 
                     denoising_start=0.8, the same prompts, steps, guidance and generator object
   refiner_euler_a   the same with EulerAncestralDiscreteScheduler on both (the refiner's step noise continues the
                     base run's generator)
+  refiner_heun, refiner_dpmpp_2m
+                    the same with Heun (second order) and DPM-Solver++ 2M (multistep) on both
+  refiner_batch2    refiner_euler_a with two images (one generator per image, as goldens.py)
 
 Refiner goldens add: refiner_prompt_embeds [1,77,32], refiner_pooled_prompt_embeds [1,32] (and the negative
 ones), refiner_add_time_ids [1,5] / refiner_add_neg_time_ids [1,5], base_timesteps, refiner_timesteps,
@@ -55,6 +58,16 @@ CASES = {
     "refiner": dict(BASE_CASE, steps=10, refiner="tiny-sdxl-refiner"),
     "refiner_euler_a": dict(
         BASE_CASE, steps=10, refiner="tiny-sdxl-refiner", scheduler="EulerAncestralDiscreteScheduler"
+    ),
+    # second order: 19 evaluations, the refiner's count made odd (diffusers' get_timesteps)
+    "refiner_heun": dict(BASE_CASE, steps=10, refiner="tiny-sdxl-refiner", scheduler="HeunDiscreteScheduler"),
+    # multistep: the refiner's solver starts without the base's history
+    "refiner_dpmpp_2m": dict(
+        BASE_CASE, steps=10, refiner="tiny-sdxl-refiner", scheduler="DPMSolverMultistepScheduler"
+    ),
+    # two images, one generator each, handed from the base to the refiner call
+    "refiner_batch2": dict(
+        BASE_CASE, steps=10, refiner="tiny-sdxl-refiner", scheduler="EulerAncestralDiscreteScheduler", batch_size=2
     ),
 }
 
@@ -150,17 +163,18 @@ def export_models(base, vae_b, refiner, model: Path, out: Path, work: Path) -> N
 
 def refiner_case(base, refiner, name: str) -> tuple[dict, dict]:
     """diffusers' ensemble of experts for case `name`: tensors and metadata of the golden."""
+    import diffusers
     import numpy as np
     import torch
-    from diffusers import EulerAncestralDiscreteScheduler
     from diffusers.utils.torch_utils import randn_tensor
 
     p = {"width": 64, "height": 64, "batch_size": 1, **CASES[name]}
-    H, W = p["height"], p["width"]
+    B, H, W = p["batch_size"], p["height"], p["width"]
     saved = base.scheduler, refiner.scheduler
-    if p.get("scheduler") == "EulerAncestralDiscreteScheduler":
-        base.scheduler = EulerAncestralDiscreteScheduler.from_config(base.scheduler.config)
-        refiner.scheduler = EulerAncestralDiscreteScheduler.from_config(refiner.scheduler.config)
+    if "scheduler" in p:
+        cls = getattr(diffusers, p["scheduler"])
+        base.scheduler = cls.from_config(base.scheduler.config)
+        refiner.scheduler = cls.from_config(refiner.scheduler.config)
     t: dict = {}
     steps: list = []
 
@@ -173,6 +187,7 @@ def refiner_case(base, refiner, name: str) -> tuple[dict, dict]:
         negative_prompt=p["negative_prompt"],
         guidance_scale=p["guidance_scale"],
         num_inference_steps=p["steps"],
+        num_images_per_prompt=B,
         callback_on_step_end=on_step_end,
         callback_on_step_end_tensor_inputs=["latents"],
     )
@@ -184,8 +199,8 @@ def refiner_case(base, refiner, name: str) -> tuple[dict, dict]:
         with_kwargs=True,
     )
     try:
-        t["init_noise"] = randn_tensor((1, 4, H // 8, W // 8), generator=torch.Generator("cpu").manual_seed(p["seed"]))
-        generator = torch.Generator("cpu").manual_seed(p["seed"])
+        t["init_noise"] = randn_tensor((B, 4, H // 8, W // 8), generator=goldens.generators(p["seed"], B))
+        generator = goldens.generators(p["seed"], B)  # the same object(s) for both calls
         with torch.no_grad():
             latents = base(
                 **common, width=W, height=H, denoising_end=REFINER_START, output_type="latent", generator=generator
@@ -200,10 +215,10 @@ def refiner_case(base, refiner, name: str) -> tuple[dict, dict]:
         base.scheduler, refiner.scheduler = saved
     t["refiner_timesteps"] = torch.tensor([float(u["timestep"]) for u in unet_calls], dtype=torch.float32)
     ehs, te, tid = unet_calls[0]["encoder_hidden_states"], unet_calls[0]["text_embeds"], unet_calls[0]["time_ids"]
-    assert ehs.shape[0] == 2 and torch.equal(latents, steps[n_base - 1])
-    t["refiner_negative_prompt_embeds"], t["refiner_prompt_embeds"] = ehs[:1].clone(), ehs[1:].clone()
-    t["refiner_negative_pooled_prompt_embeds"], t["refiner_pooled_prompt_embeds"] = te[:1].clone(), te[1:].clone()
-    t["refiner_add_neg_time_ids"], t["refiner_add_time_ids"] = tid[:1].clone(), tid[1:].clone()
+    assert ehs.shape[0] == 2 * B and torch.equal(latents, steps[n_base - 1])
+    t["refiner_negative_prompt_embeds"], t["refiner_prompt_embeds"] = ehs[:1].clone(), ehs[B : B + 1].clone()
+    t["refiner_negative_pooled_prompt_embeds"], t["refiner_pooled_prompt_embeds"] = te[:1].clone(), te[B : B + 1].clone()
+    t["refiner_add_neg_time_ids"], t["refiner_add_time_ids"] = tid[:1].clone(), tid[B : B + 1].clone()
     for i, lat in enumerate(steps):
         t[f"latents_step_{i}"] = lat
     t["image"] = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32))

@@ -12,20 +12,41 @@ fn engine() -> Engine {
     Engine::new(Some(&options_json())).expect("engine")
 }
 
-/// Run golden `case` on `engine`; check every step's latents and the image; return the response JSON.
-fn check_case(engine: &Engine, case: &str) -> serde_json::Value {
+/// The latents after every UNet evaluation, in the order they came, per first image index of a batch chunk. A
+/// refiner's evaluation indices restart inside the base's (Heun re-evaluates the switch timestep), so an ordered
+/// list, not a map by index.
+#[derive(Default)]
+struct Sequence(std::collections::BTreeMap<u32, Vec<Vec<f32>>>);
+
+impl sdxlrt::pipeline::Progress for Sequence {
+    fn report(&mut self, _: &sdxlrt::pipeline::ProgressEvent<'_>) -> bool {
+        true
+    }
+    fn on_latents(&mut self, image_index: u32, step: Option<usize>, latents: ndarray::ArrayViewD<'_, f32>) {
+        if step.is_some() {
+            self.0.entry(image_index).or_default().push(latents.iter().copied().collect());
+        }
+    }
+}
+
+/// Run golden `case` on `engine` (the batch as one tensor, or one image at a time); check the latents after every
+/// UNet evaluation, base then refiner, and the images; return the response JSON.
+fn check_case(engine: &Engine, case: &str, parallel: bool) -> serde_json::Value {
     let g = Golden::load(case);
-    let mut capture = Capture::default();
-    let outcome = engine.generate(&g.request("tiny-sdxl", true), &mut capture, true);
+    let mut seen = Sequence::default();
+    let outcome = engine.generate(&g.request("tiny-sdxl", parallel), &mut seen, true);
     assert!(outcome.error.is_none(), "{case}: {:?}\n{}", outcome.error, outcome.response_json);
-    let steps: usize = g.meta("steps");
-    assert_eq!(capture.steps.len(), steps, "{case}: one latents capture per step, base and refiner together");
-    for i in 0..steps {
-        let got = &capture.steps[&(0, i)];
-        assert_close!(got.clone(), g.t(&format!("latents_step_{i}")).f32, 1e-4, 1e-5, "{case}: latents after step {i}");
+    let evaluations = g.tensors.keys().filter(|k| k.starts_with("latents_step_")).count();
+    for (chunk, steps) in &seen.0 {
+        assert_eq!(steps.len(), evaluations, "{case}: latents of the chunk at image {chunk}, base and refiner");
+    }
+    for i in 0..evaluations {
+        let got: Vec<f32> = seen.0.values().flat_map(|steps| steps[i].iter().copied()).collect();
+        let want = &g.t(&format!("latents_step_{i}")).f32;
+        assert_close!(got, want, 1e-4, 1e-5, "{case} (parallel {parallel}): latents after evaluation {i}");
     }
     let want = &g.t("image_u8").u8;
-    let got = &outcome.images[0].data;
+    let got: Vec<u8> = outcome.images.iter().flat_map(|im| im.data.iter().copied()).collect();
     assert_eq!(got.len(), want.len(), "{case}: image size");
     let worst = got.iter().zip(want).map(|(a, b)| (*a as i16 - *b as i16).abs()).max().unwrap();
     assert!(worst <= 1, "{case}: image differs from diffusers by {worst}/255");
@@ -43,11 +64,11 @@ fn a_custom_vae_decodes_like_diffusers_with_that_vae() {
     // custom_vae is cfg_neg with another VAE (other weights, scaling_factor 0.2): same latents, another image.
     assert!(image_distance("custom_vae", "cfg_neg") > 16, "the goldens must tell the two VAEs apart");
     let engine = engine();
-    let reply = check_case(&engine, "custom_vae");
+    let reply = check_case(&engine, "custom_vae", true);
     let info = &reply["data"]["generated_images"][0]["metadata"]["model_info"];
     assert_eq!(info["vae_model"], "tiny-vae-b");
     // The model's own VAE is still what a request without `vae` gets, from the same engine.
-    let reply = check_case(&engine, "cfg_neg");
+    let reply = check_case(&engine, "cfg_neg", true);
     assert_eq!(reply["data"]["generated_images"][0]["metadata"]["model_info"]["vae_model"], serde_json::Value::Null);
     // Both variants share every graph but the VAE.
     let loaded = engine.status()["loaded_models"].as_array().unwrap().len();
@@ -58,15 +79,24 @@ fn a_custom_vae_decodes_like_diffusers_with_that_vae() {
 fn the_refiner_takes_over_at_the_switch_point_like_diffusers() {
     // 10 steps, switch at 0.8: the base runs 8, the refiner 2, on the refiner's own UNet, conditioning (second
     // text encoder only, aesthetic scores 6 / 2.5 in the time ids) and scheduler.
+    // Heun: 15 evaluations on the base, 5 on the refiner (an even count made odd, re-evaluating the switch
+    // timestep); DPM-Solver++ 2M: the refiner's solver starts without the base's history; Euler a: the step noise
+    // continues the base's generators, also for two images, as one batch or one at a time.
     let engine = engine();
-    for case in ["refiner", "refiner_euler_a"] {
-        let reply = check_case(&engine, case);
+    let cases = [
+        ("refiner", true, 10),
+        ("refiner_euler_a", true, 10),
+        ("refiner_heun", true, 20),
+        ("refiner_dpmpp_2m", true, 10),
+        ("refiner_batch2", true, 10),
+        ("refiner_batch2", false, 20),
+    ];
+    for (case, parallel, evaluations) in cases {
+        let reply = check_case(&engine, case, parallel);
         let info = &reply["data"]["generated_images"][0]["metadata"]["model_info"];
-        assert_eq!(
-            (info["base_model"].as_str(), info["refiner_model"].as_str()),
-            (Some("tiny-sdxl"), Some("tiny-sdxl-refiner"))
-        );
-        assert_eq!(reply["data"]["processing_metrics"]["unet_evaluations"], 10, "{case}");
+        let names = (info["base_model"].as_str(), info["refiner_model"].as_str());
+        assert_eq!(names, (Some("tiny-sdxl"), Some("tiny-sdxl-refiner")), "{case}");
+        assert_eq!(reply["data"]["processing_metrics"]["unet_evaluations"], evaluations, "{case}");
     }
 }
 
