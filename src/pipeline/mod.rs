@@ -285,11 +285,6 @@ impl SdxlPipeline {
         }
     }
 
-    /// True when this pipeline and `other` decode with the same VAE session.
-    pub fn shares_vae(&self, other: &SdxlPipeline) -> bool {
-        Arc::ptr_eq(self.vae.session(), other.vae.session())
-    }
-
     /// The model folder's configs.
     pub fn model_dir(&self) -> &ModelDir {
         &self.dir
@@ -376,6 +371,19 @@ impl SdxlPipeline {
         let stages: Vec<Expert<'_>> = std::iter::once(Expert::new(self, params)?)
             .chain(refiner.map(|r| Expert::new(r, params)).transpose()?)
             .collect();
+        // The evaluations each stage runs: all of them, or the base's first part and the refiner's rest.
+        let mut ranges = Vec::with_capacity(stages.len());
+        for (k, stage) in stages.iter().enumerate() {
+            let scheduler = stage.scheduler.build(params.steps as usize)?;
+            let train = stage.model.dir.scheduler.num_train_timesteps;
+            ranges.push(stage_range(scheduler.as_ref(), train, k, &stages).unwrap_or(0..scheduler.timesteps().len()));
+        }
+        if ranges.len() > 1 && ranges[1].is_empty() {
+            warnings.push(format!(
+                "the refiner got no step: refiner_switch_at {} leaves none of the {} steps to it",
+                params.refiner_switch_at, params.steps
+            ));
+        }
         let guided = params.guidance_scale > 1.0;
         let batch = params.batch_size;
         let mut timings = StageTimings::default();
@@ -399,10 +407,8 @@ impl SdxlPipeline {
             let seed = params.seed.wrapping_add(first as u64);
             let mut noise = BatchGenerators::new(seed, n);
             let mut latents = None;
-            for (k, (stage, (cond, uncond))) in stages.iter().zip(&conditions).enumerate() {
+            for ((stage, (cond, uncond)), range) in stages.iter().zip(&conditions).zip(&ranges) {
                 let mut scheduler = stage.scheduler.build(params.steps as usize)?;
-                let range = stage_range(scheduler.as_ref(), stage.model.dir.scheduler.num_train_timesteps, k, &stages)
-                    .unwrap_or(0..scheduler.timesteps().len());
                 if range.start > 0 {
                     scheduler.set_begin_index(range.start);
                 }
@@ -418,12 +424,6 @@ impl SdxlPipeline {
                         init
                     }
                 };
-                if k > 0 && range.is_empty() {
-                    warnings.push(format!(
-                        "the refiner got no step: refiner_switch_at {} leaves none of the {} steps to it",
-                        params.refiner_switch_at, params.steps
-                    ));
-                }
                 let (ids, neg_ids) = stage.model.time_ids(height, width);
                 let cond_n = unet_conditioning(cond, uncond.as_ref(), n, &ids, &neg_ids)?;
                 let t1 = Instant::now();
@@ -439,7 +439,7 @@ impl SdxlPipeline {
                     started: ctx.started,
                     steps: params.steps,
                 };
-                let (out, evals) = denoise(start, &cond_n, scheduler.as_mut(), range, &mut noise, &mut dctx)?;
+                let (out, evals) = denoise(start, &cond_n, scheduler.as_mut(), range.clone(), &mut noise, &mut dctx)?;
                 timings.denoising += t1.elapsed().as_secs_f64();
                 timings.unet_evaluations += evals;
                 latents = Some(out);
