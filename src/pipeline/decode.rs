@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use ndarray::{ArrayD, Axis, Ix3};
 
-use super::model_dir::VaeInfo;
+use super::model_dir::{ModelDir, VaeInfo};
 use crate::error::{Error, Result};
 use crate::image::RgbImage;
 use crate::runtime::tensor::float_value;
@@ -65,6 +65,36 @@ impl VaeDecoder {
     /// The folder it was loaded from.
     pub fn folder(&self) -> &Path {
         &self.folder
+    }
+
+    /// A custom VAE must fit the latents of the model `dir`: the same pixels per latent pixel and latent channels
+    /// (an error naming `data.models.vae`).
+    pub fn check_fits(&self, dir: &ModelDir) -> Result<()> {
+        let (got, want) = (&self.info, &dir.vae);
+        if got.scale_factor != want.scale_factor {
+            return Err(Error::field(
+                "data.models.vae",
+                format!(
+                    "{} maps {} pixels to a latent pixel, the model {} maps {}: not a VAE for this model",
+                    self.folder.display(),
+                    got.scale_factor,
+                    dir.root.display(),
+                    want.scale_factor
+                ),
+            ));
+        }
+        if let (Some(a), Some(b)) = (got.latent_channels, want.latent_channels.or(Some(4))) {
+            if a != b {
+                return Err(Error::field(
+                    "data.models.vae",
+                    format!(
+                        "{} decodes {a}-channel latents, the model makes {b}: not a VAE for this model",
+                        self.folder.display()
+                    ),
+                ));
+            }
+        }
+        Ok(())
     }
 
     /// Decode one latent `[1, C, h, w]` into an image.

@@ -5,6 +5,7 @@
 
 pub mod decode;
 pub mod denoise;
+mod experts;
 pub mod model_dir;
 pub mod text;
 
@@ -16,6 +17,7 @@ use ndarray::{concatenate, Array2, Array3, ArrayD, Axis, IxDyn};
 
 use self::decode::VaeDecoder;
 use self::denoise::{denoise, time_ids, DenoiseContext, UnetConditioning};
+use self::experts::{stage_range, Expert, AESTHETIC_SCORE, NEGATIVE_AESTHETIC_SCORE};
 use self::model_dir::ModelDir;
 use self::text::{PromptEmbeds, TextEncoders};
 use crate::error::{Error, Result};
@@ -26,7 +28,6 @@ use crate::protocol::params::GenerateParams;
 use crate::rng::{BatchGenerators, NoiseSource};
 use crate::runtime::onnx_proto::OnnxModel;
 use crate::runtime::{CancelToken, ModelSession, Placement, SessionConfig};
-use crate::schedulers::{self, Scheduler};
 
 /// What a run is doing.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -210,7 +211,7 @@ impl SdxlPipeline {
                 return VaeDecoder::new(Arc::new(session), dir.vae, own_vae.clone());
             }
             let custom = VaeDecoder::load(env, &vae_folder, config)?;
-            check_custom_vae(&custom, &dir)?;
+            custom.check_fits(&dir)?;
             Ok(custom)
         };
         let all_cached = components
@@ -525,88 +526,4 @@ pub fn unet_conditioning(
     let text_embeds: Array2<f32> = concatenate(Axis(0), &pooled).map_err(join)?;
     let time_ids = Array2::from_shape_vec((halves.len() * n, ids.len()), rows).map_err(join)?;
     Ok(UnetConditioning { encoder_hidden_states, text_embeds, time_ids })
-}
-
-/// diffusers' default `aesthetic_score` for a refiner's positive conditioning.
-pub const AESTHETIC_SCORE: f32 = 6.0;
-/// diffusers' default `negative_aesthetic_score`.
-pub const NEGATIVE_AESTHETIC_SCORE: f32 = 2.5;
-
-/// One model of the ensemble of experts (the base, then the refiner) with the scheduler it runs.
-struct Expert<'a> {
-    model: &'a SdxlPipeline,
-    scheduler: schedulers::ResolvedScheduler,
-    /// `refiner_switch_at`, when a refiner takes part.
-    switch_at: Option<f64>,
-}
-
-impl<'a> Expert<'a> {
-    /// The request's scheduler resolved against `model`'s own `scheduler_config.json` (as diffusers' refiner has
-    /// its own), built once so that option errors come before any work.
-    fn new(model: &'a SdxlPipeline, params: &GenerateParams) -> Result<Self> {
-        let scheduler = schedulers::resolve(
-            params.scheduler.as_ref().map(|s| s.name.as_str()),
-            params.scheduler.as_ref().map(|s| &s.overrides).unwrap_or(&serde_json::Map::new()),
-            &model.dir.scheduler,
-        )?;
-        scheduler.build(params.steps as usize)?;
-        let switch_at = params.refiner.as_ref().map(|_| params.refiner_switch_at);
-        Ok(Expert { model, scheduler, switch_at })
-    }
-}
-
-/// The evaluations of `scheduler` that stage `k` of `stages` runs, when a refiner takes part: the base (k = 0)
-/// those at or above the cut-off timestep (diffusers' `denoising_end`), the refiner (k = 1) those below it, one more
-/// for a second-order scheduler with an even count (`denoising_start`, diffusers' `get_timesteps`). The cut-off is
-/// `round(T - switch_at · T)` for `T` training timesteps, rounded half to even as Python's `round`. `None`: a single
-/// stage runs everything.
-fn stage_range(
-    scheduler: &dyn Scheduler,
-    train_timesteps: Option<usize>,
-    k: usize,
-    stages: &[Expert<'_>],
-) -> Option<std::ops::Range<usize>> {
-    let switch_at = stages.get(k)?.switch_at.filter(|_| stages.len() > 1)?;
-    let total = train_timesteps.unwrap_or(1000) as f64;
-    let cutoff = (total - switch_at * total).round_ties_even();
-    let timesteps = scheduler.timesteps();
-    let len = timesteps.len();
-    if k == 0 {
-        Some(0..timesteps.iter().filter(|&&t| f64::from(t) >= cutoff).count())
-    } else {
-        let mut steps = timesteps.iter().filter(|&&t| f64::from(t) < cutoff).count();
-        if scheduler.order() == 2 && steps % 2 == 0 {
-            steps += 1;
-        }
-        Some(len - steps.min(len)..len)
-    }
-}
-
-/// A custom VAE must fit the model's latents: the same pixels per latent pixel and latent channels.
-fn check_custom_vae(vae: &VaeDecoder, dir: &ModelDir) -> Result<()> {
-    let (got, want) = (vae.info(), &dir.vae);
-    if got.scale_factor != want.scale_factor {
-        return Err(Error::field(
-            "data.models.vae",
-            format!(
-                "{} maps {} pixels to a latent pixel, the model {} maps {}: not a VAE for this model",
-                vae.folder().display(),
-                got.scale_factor,
-                dir.root.display(),
-                want.scale_factor
-            ),
-        ));
-    }
-    if let (Some(a), Some(b)) = (got.latent_channels, want.latent_channels.or(Some(4))) {
-        if a != b {
-            return Err(Error::field(
-                "data.models.vae",
-                format!(
-                    "{} decodes {a}-channel latents, the model makes {b}: not a VAE for this model",
-                    vae.folder().display()
-                ),
-            ));
-        }
-    }
-    Ok(())
 }
