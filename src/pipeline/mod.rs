@@ -1,5 +1,6 @@
 //! SDXL text-to-image, as diffusers' `StableDiffusionXLPipeline` does it: prompts → both text encoders →
-//! conditioning → seeded noise → denoising loop → VAE decode → RGB8.
+//! conditioning → seeded noise → denoising loop → VAE decode → RGB8; optionally handing the latents to an SDXL
+//! refiner for the last part of the schedule (`experts.rs`) and decoding with a custom VAE ([`decode`]).
 //!
 //! Touches ONNX Runtime only through [`crate::runtime`].
 
