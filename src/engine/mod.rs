@@ -336,7 +336,6 @@ impl Engine {
         warnings: &mut Vec<String>,
     ) -> Result<(Arc<SdxlPipeline>, f64)> {
         let mut key = self.key(name, role.field())?;
-        role.check(&key.folder, name)?;
         let mut variant = Vec::new();
         if !loras.is_empty() {
             variant.push(format!("lora:{:016x}", loras.cache_key()));
@@ -355,6 +354,7 @@ impl Engine {
             },
         )?;
         warnings.extend(outcome.evicted.iter().map(|m| format!("unloaded model {m} to make room")));
+        role.check(pipeline.model_dir().refiner, name)?;
         Ok((pipeline, outcome.load_seconds))
     }
 
@@ -509,9 +509,8 @@ impl Role {
         }
     }
 
-    /// A refiner folder (model_index.json `requires_aesthetics_score`) only as a refiner, and only a refiner as one.
-    fn check(self, folder: &std::path::Path, name: &str) -> Result<()> {
-        let refiner = crate::pipeline::model_dir::ModelDir::open(folder)?.refiner;
+    /// A refiner (model_index.json `requires_aesthetics_score`) only as a refiner, and only a refiner as one.
+    fn check(self, refiner: bool, name: &str) -> Result<()> {
         match (self, refiner) {
             (Role::Base(field), true) => Err(Error::field(
                 field,
