@@ -19,6 +19,7 @@ clamped to [0, 1], × 255, rounded half to even, u8:
   output_x2      u8 [2H, 2W, 3]    one pass of the network
   output_x4      u8 [4H, 4W, 3]    a second pass over output_x2 (A1111's loop: each pass starts from 8-bit pixels)
   lanczos_x3     u8 [3H, 3W, 3]    output_x4 resized to 3W×3H by PIL's LANCZOS (factor 3 = two passes, then down)
+  lanczos_up     u8 [60, 100, 3]   input resized up to 100×60 by PIL's LANCZOS (what a 1× model's factor 2.5 would do)
   output_float   f32 [1, 3, 2H, 2W] the network's raw output for `input` (before clamping)
 
 Metadata: torch and PIL versions, the seed, the input size.
@@ -166,11 +167,13 @@ def main() -> None:
     x2, raw = upscale_u8(net, image)
     x4, _ = upscale_u8(net, x2)
     lanczos = Image.fromarray(x4.numpy()).resize((3 * WIDTH, 3 * HEIGHT), Image.LANCZOS)
+    up = Image.fromarray(image.numpy()).resize((100, 60), Image.LANCZOS)
     tensors = {
         "input": image,
         "output_x2": x2,
         "output_x4": x4,
         "lanczos_x3": torch.from_numpy(np.asarray(lanczos, dtype=np.uint8).copy()),
+        "lanczos_up": torch.from_numpy(np.asarray(up, dtype=np.uint8).copy()),
         "output_float": raw.contiguous(),
     }
     meta = {

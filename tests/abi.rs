@@ -172,7 +172,6 @@ fn features_not_built_yet_are_errors_naming_the_field() {
     let cases = [
         (serde_json::json!({"models": {"refiner": "ref"}}), "data.models.refiner"),
         (serde_json::json!({"models": {"vae": "v"}}), "data.models.vae"),
-        (serde_json::json!({"output": {"upscale": {"enabled": true}}}), "data.output.upscale"),
     ];
     for (extra, needle) in cases {
         let reply = engine.generate(&request(extra.clone()));

@@ -23,3 +23,5 @@ mod engine;
 mod schedulers;
 // LoRA merged at load time: parity with diffusers fuse_lora (kohya, PEFT, two LoRAs, folded export), errors.
 mod lora;
+// The upscaler: torch parity, A1111's passes and Lanczos resize, tiling, request path, errors.
+mod upscale;

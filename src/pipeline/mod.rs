@@ -7,6 +7,7 @@ pub mod decode;
 pub mod denoise;
 pub mod model_dir;
 pub mod text;
+pub mod upscale;
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -39,6 +40,8 @@ pub enum Stage {
     Decoding,
     /// Encoding and writing outputs.
     Saving,
+    /// Running the upscaler (`data.output.upscale`); steps count tiles over all passes of one image.
+    Upscaling,
 }
 
 /// One progress report.
