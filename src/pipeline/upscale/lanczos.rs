@@ -1,5 +1,6 @@
 //! Lanczos-3 resize of RGB8 images exactly as Pillow's `Image.resize(size, Image.LANCZOS)` does it, since A1111
-//! finishes its upscales with that call: Pillow 11 `src/libImaging/Resample.c` (`precompute_coeffs`,
+//! finishes its upscales with that call: Pillow's `src/libImaging/Resample.c` (13.0.0, as pinned in
+//! `onnx/requirements.txt`; (`precompute_coeffs`,
 //! `normalize_coeffs_8bpc`, `ImagingResampleHorizontal_8bpc` / `Vertical_8bpc`).
 //!
 //! Per axis, each output pixel `i` centred at `(i + 0.5) · scale` in the input takes the inputs within

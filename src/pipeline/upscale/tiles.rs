@@ -1,8 +1,10 @@
 //! The tile grid of one upscaler pass: pure arithmetic, no ONNX Runtime.
 //!
-//! An image side longer than [`Tiling::tile`] is cut into `n` equal interiors (the last may be shorter), the
-//! fewest whose windows — the interior plus [`Tiling::overlap`] pixels of context on each side, clipped to the
-//! image — fit in `tile`. Each window runs through the model alone and only its interior's output is kept, so
+//! An image side longer than [`Tiling::tile`] is cut into `n` interiors of equal size rounded up to a multiple of 8
+//! (the last may be shorter), the fewest whose windows — the interior plus [`Tiling::overlap`] pixels of context
+//! on each side, clipped to the image — fit in `tile`. With an overlap that is a multiple of 8 (the default) every
+//! window edge is then one too, on images whose sides are (SDXL's always are): models that fold pixels into
+//! channels first (Real-ESRGAN x2plus / x1: `pixel_unshuffle` by 2 or 4) need even or ×4 sizes. Each window runs through the model alone and only its interior's output is kept, so
 //! every output pixel comes from exactly one window. A model whose receptive field reaches at most `overlap`
 //! input pixels (zero padding at the image border, as convolutions do) gives the untiled result: Real-ESRGAN's
 //! `tile_process` and OnnxStack (512 px tiles, 16 px overlap) work the same way.
@@ -45,9 +47,9 @@ impl Tiling {
         if len <= self.tile {
             return vec![Span { start: 0, end: len, lo: 0, hi: len }];
         }
-        let interior = self.tile - 2 * self.overlap;
+        let interior = (self.tile - 2 * self.overlap) / 8 * 8;
         let n = len.div_ceil(interior);
-        let step = len.div_ceil(n);
+        let step = len.div_ceil(n).next_multiple_of(8);
         (0..n)
             .map(|i| i * step)
             .take_while(|&start| start < len)
@@ -107,9 +109,10 @@ mod tests {
                 }
             }
         }
-        // 1024 with 512/16: three interiors of 342, 342, 340 rather than 480, 480, 64.
+        // 1024 with 512/16: three interiors of 344, 344, 336 rather than 480, 480, 64, all edges on multiples of 8.
         let spans = Tiling::default().spans(1024);
-        assert_eq!(spans.iter().map(|s| s.end - s.start).collect::<Vec<_>>(), [342, 342, 340]);
+        assert_eq!(spans.iter().map(|s| s.end - s.start).collect::<Vec<_>>(), [344, 344, 336]);
+        assert!(spans.iter().all(|s| s.lo % 8 == 0 && s.hi % 8 == 0 && s.start % 8 == 0));
     }
 
     #[test]
