@@ -7,8 +7,9 @@
 #
 # Owned outputs (tests/fixtures/rng/ and tests/fixtures/schedulers/ belong to other tools and are left alone):
 #   clip-vocab-full/  tokenizer_ids.json  tiny-sdxl/  tiny-sdxl-folded/  tiny-sdxl-fp16/  tiny-sdxl-fused-unet/
-#   goldens/  loras/      (tiny-sdxl-fused-unet/ holds only unet/: tests pair it with tiny-sdxl's other graphs)
-# (goldens/ holds goldens.py's cases, scheduler_pipeline_goldens.py's sched_*.safetensors and make_lora.py's lora_*)
+#   goldens/  loras/  upscalers/   (tiny-sdxl-fused-unet/ holds only unet/: tests pair it with tiny-sdxl's graphs)
+# (goldens/ holds goldens.py's cases, scheduler_pipeline_goldens.py's sched_*.safetensors, make_lora.py's lora_* and
+# make_upscaler.py's upscale_x2.safetensors)
 # The torch model is built in $SDXLRT_WORK (default ~/.cache/sdxlrt/work), outside the repository.
 #
 # Goldens come from torch CPU kernels, whose last bits depend on the CPU's vector ISA (see README.md), so
@@ -17,7 +18,8 @@
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 fixtures="$(cd "$here/../tests/fixtures" && pwd)"
-owned=(clip-vocab-full tokenizer_ids.json tiny-sdxl tiny-sdxl-folded tiny-sdxl-fp16 tiny-sdxl-fused-unet goldens loras)
+owned=(clip-vocab-full tokenizer_ids.json tiny-sdxl tiny-sdxl-folded tiny-sdxl-fp16 tiny-sdxl-fused-unet goldens loras
+       upscalers)
 
 mode=write
 case "${1:-}" in
@@ -66,6 +68,8 @@ echo "== onnxruntime loop vs scheduler goldens" >&2
 "$py" scheduler_pipeline_goldens.py --out "$out/goldens" --verify "$out/tiny-sdxl"
 echo "== LoRA fixtures (loras/) and diffusers fuse_lora goldens (goldens/lora_*.safetensors)" >&2
 "$py" make_lora.py --model "$model" --out "$out"
+echo "== upscaler fixtures (upscalers/) and torch + PIL goldens (goldens/upscale_x2.safetensors)" >&2
+"$py" make_upscaler.py --out "$out"
 
 (cd "$out" && chmod -R a+rX "${owned[@]}")
 sums="$(mktemp)"
