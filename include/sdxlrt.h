@@ -139,6 +139,11 @@ enum sdxl_stage
    * Encoding and writing the output.
    */
   SDXL_STAGE_SAVING = 4,
+  /**
+   * Upscaling each image (`data.output.upscale`), after decoding and before saving; `step`/`total_steps`
+   * count the upscaler's tiles over all its passes for `image_index`.
+   */
+  SDXL_STAGE_UPSCALING = 5,
 };
 #ifndef __cplusplus
 #if __STDC_VERSION__ >= 202311L

@@ -10,6 +10,7 @@
 //! | pipeline | [`pipeline`] | the SDXL worker: conditioning, denoising, decode |
 //! | math | [`schedulers`], [`rng`] | the scheduler factory, torch's generator |
 //! | runtime | [`runtime`], [`tokenizer`] | ONNX Runtime sessions and tensors, CLIP tokenization |
+//! | files | [`model_files`] | LoRA and upscaler names → files confined to `models_root` |
 //! | output | [`image`] | saving and encoding images |
 //!
 //! Try it: `scripts/demo.sh` writes `out/demo.png` from the bundled tiny model.
@@ -20,6 +21,7 @@ pub mod error;
 pub mod ffi;
 pub mod image;
 pub mod lora;
+pub mod model_files;
 pub mod pipeline;
 pub mod protocol;
 pub mod rng;

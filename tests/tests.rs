@@ -25,3 +25,5 @@ mod schedulers;
 mod lora;
 // A custom VAE and the SDXL refiner: parity with diffusers (vae=, ensemble of experts), errors.
 mod stages;
+// The upscaler: torch parity, A1111's passes and Lanczos resize, tiling, request path, errors.
+mod upscale;

@@ -99,6 +99,7 @@ unsafe extern "C" fn on_progress(user_data: *mut c_void, p: *const sdxl_progress
         sdxl_stage::Denoising => "denoise",
         sdxl_stage::Decoding => "decode",
         sdxl_stage::Saving => "save",
+        sdxl_stage::Upscaling => "upscale",
     };
     bar.set_message(format!("{stage} image {}/{}", p.image_index + 1, p.batch_size));
     if p.stage == sdxl_stage::Denoising {

@@ -10,6 +10,7 @@ pub mod ort_env;
 pub mod outputs;
 pub mod paths;
 pub mod slots;
+pub mod upscalers;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -44,6 +45,7 @@ pub struct Engine {
     cancels: CancelRegistry,
     warnings: Vec<String>,
     lora_files: crate::lora::LoraFileCache,
+    upscalers: upscalers::UpscalerCache,
 }
 
 /// The result of one `generate` call.
@@ -108,6 +110,7 @@ impl Engine {
             cancels: CancelRegistry::default(),
             warnings,
             lora_files: Default::default(),
+            upscalers: Default::default(),
         })
     }
 
@@ -202,8 +205,14 @@ impl Engine {
         // The request may leave the size to the model: check the limits on the size it will get, before any work.
         let (width, height) = pipeline.image_size(params)?;
         self.limits.check_size(width, height)?;
+        let upscale = params.output.upscale.as_ref().map(|u| self.prepare_upscale(u, width, height)).transpose()?;
         let mut ctx = RunContext { progress: &mut progress, cancel, started };
-        let out = pipeline.generate(params, &mut ctx, refiner.as_deref())?;
+        let mut out = pipeline.generate(params, &mut ctx, refiner.as_deref())?;
+        let t_upscale = Instant::now();
+        if let Some(u) = &upscale {
+            out.images = self.upscale_images(u, std::mem::take(&mut out.images), &params.request_id, &mut ctx)?;
+        }
+        let upscale_time = t_upscale.elapsed().as_secs_f64();
         warnings.extend(out.warnings.iter().cloned());
 
         let t_save = Instant::now();
@@ -249,6 +258,7 @@ impl Engine {
                         vae_model: params.vae.clone(),
                     },
                     loras: params.loras.iter().map(Into::into).collect(),
+                    upscale: upscale.as_ref().map(upscalers::PreparedUpscale::info),
                 },
             });
         }
@@ -257,12 +267,13 @@ impl Engine {
         let metrics = ProcessingMetrics {
             total_time: started.elapsed().as_secs_f64(),
             inference_time: t.text_encoding + t.denoising + t.vae_decode,
-            model_load_time,
+            model_load_time: model_load_time + upscale.as_ref().map_or(0.0, |u| u.load_seconds),
             text_encoding_time: t.text_encoding,
             denoising_time: t.denoising,
             denoising_step_avg: t.denoising / f64::from(params.steps.max(1) * params.batch_size.max(1)),
             vae_decode_time: t.vae_decode,
             encode_save_time: t_save.elapsed().as_secs_f64(),
+            upscale_time,
             onnxruntime_time: cancel.onnxruntime_seconds(),
             unet_evaluations: t.unet_evaluations,
             steps: params.steps,

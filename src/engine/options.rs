@@ -68,6 +68,9 @@ pub struct EngineOptions {
     /// With `device` cuda: run on CPU (with a warning) when this ONNX Runtime has no CUDA execution provider,
     /// instead of failing. Default false: never a silent fallback.
     pub allow_cpu_fallback: Option<bool>,
+    /// The upscaler's tiles (`data.output.upscale`): `{"tile": 512, "overlap": 16}`, the longest window side fed to
+    /// the model and the context pixels around each window's kept part. Smaller tiles bound memory further.
+    pub upscale_tiling: Option<crate::pipeline::upscale::tiles::Tiling>,
 }
 
 impl EngineOptions {
@@ -139,6 +142,9 @@ impl EngineOptions {
                 });
             }
             cuda.validate()?;
+        }
+        if let Some(tiling) = &options.upscale_tiling {
+            tiling.validate()?;
         }
         if let Some(root) = &options.output_root {
             if !root.is_dir() {

@@ -19,6 +19,9 @@ pub enum sdxl_stage {
     Decoding = 3,
     /// Encoding and writing the output.
     Saving = 4,
+    /// Upscaling each image (`data.output.upscale`), after decoding and before saving; `step`/`total_steps`
+    /// count the upscaler's tiles over all its passes for `image_index`.
+    Upscaling = 5,
 }
 
 /// One progress report. Borrowed for the duration of the callback only; copy what you keep.
@@ -72,6 +75,7 @@ impl Progress for CallbackProgress {
             Stage::Denoising => sdxl_stage::Denoising,
             Stage::Decoding => sdxl_stage::Decoding,
             Stage::Saving => sdxl_stage::Saving,
+            Stage::Upscaling => sdxl_stage::Upscaling,
         };
         let report = sdxl_progress {
             stage,

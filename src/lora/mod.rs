@@ -12,7 +12,7 @@
 //!
 //! A request names each LoRA in `data.lora.models[i].name`. [`resolve_path`] maps it to a file:
 //! - a plain name or a relative path (`detail`, `styles/ink.safetensors`) → `<models_root>/loras/<name>`, with
-//!   `.safetensors` appended when the name has no extension;
+//!   `.safetensors` appended unless the name ends with it;
 //! - an absolute path → used as is, but only when it lies inside `models_root` (after resolving symlinks).
 //!
 //! `..` components, files outside `models_root` and missing files are errors naming the field.
@@ -30,7 +30,7 @@ pub mod merge;
 
 use std::collections::{BTreeMap, HashMap};
 use std::hash::{Hash, Hasher};
-use std::path::{Component as PathComponent, Path, PathBuf};
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::SystemTime;
@@ -40,6 +40,7 @@ use parking_lot::Mutex;
 use self::formats::{Component, LoraFile, Patch};
 use self::keymap::{GraphMap, Layout, Target};
 use crate::error::{Error, Result};
+use crate::model_files::FileKind;
 use crate::protocol::params::LoraRequest;
 use crate::runtime::onnx_proto::OnnxModel;
 use crate::runtime::{Placement, WeightOverrides};
@@ -89,37 +90,12 @@ pub struct LoraSet {
     loras: Vec<LoadedLora>,
 }
 
+/// Where LoRA files live: `<models_root>/loras/<name>.safetensors` ([`crate::model_files`]).
+pub const LORA_FILES: FileKind = FileKind { folder: LORA_FOLDER, extension: "safetensors", what: "LoRA" };
+
 /// `name` → the LoRA file it names under `models_root` (see the module docs), or an error naming `field`.
 pub fn resolve_path(models_root: &Path, name: &str, field: &str) -> Result<PathBuf> {
-    let bad = |m: String| Error::field(field, m);
-    if name.trim().is_empty() {
-        return Err(bad("the LoRA name is empty".into()));
-    }
-    let candidate = Path::new(name);
-    let root_real = models_root.canonicalize().map_err(|e| Error::InvalidOption {
-        field: "models_root".into(),
-        message: format!("{}: {e}", models_root.display()),
-    })?;
-    let joined = if candidate.is_absolute() {
-        candidate.to_path_buf()
-    } else {
-        if candidate.components().any(|c| !matches!(c, PathComponent::Normal(_))) {
-            return Err(bad(format!("`{name}` must be a file name under models_root/{LORA_FOLDER}, without `..`")));
-        }
-        let mut p = models_root.join(LORA_FOLDER).join(candidate);
-        if p.extension().is_none() {
-            p.set_extension("safetensors");
-        }
-        p
-    };
-    let real = joined.canonicalize().map_err(|_| bad(format!("LoRA file {} does not exist", joined.display())))?;
-    if !real.starts_with(&root_real) {
-        return Err(bad(format!("`{name}` resolves outside models_root ({})", root_real.display())));
-    }
-    if !real.is_file() {
-        return Err(bad(format!("{} is not a file", real.display())));
-    }
-    Ok(real)
+    LORA_FILES.resolve(models_root, name, field)
 }
 
 /// A cached file: size, modification time, parsed content, last use.

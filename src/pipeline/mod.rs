@@ -9,6 +9,7 @@ pub mod denoise;
 mod experts;
 pub mod model_dir;
 pub mod text;
+pub mod upscale;
 
 use std::path::Path;
 use std::sync::Arc;
@@ -43,6 +44,8 @@ pub enum Stage {
     Decoding,
     /// Encoding and writing outputs.
     Saving,
+    /// Running the upscaler (`data.output.upscale`); steps count tiles over all passes of one image.
+    Upscaling,
 }
 
 /// One progress report.

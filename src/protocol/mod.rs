@@ -7,4 +7,5 @@ pub mod normalize;
 pub mod params;
 pub mod prompt_tags;
 pub mod response;
+pub mod upscale;
 pub mod wire;

@@ -405,18 +405,10 @@ fn reject_unsupported(d: &WireData) -> Result<()> {
             ));
         }
     }
-    if let Some(upscale) = d.output.as_ref().and_then(|o| o.upscale.as_ref()) {
-        if feature_requested(upscale, "data.output.upscale")? {
-            return Err(Error::unsupported(
-                "data.output.upscale",
-                "upscaling is not implemented yet; send upscale.enabled false (or omit upscale)",
-            ));
-        }
-    }
     Ok(())
 }
 
-/// Whether an opaque feature block (`controlnet`, `upscale`) asks for its feature: `enabled: true`, any
+/// Whether an opaque feature block (`controlnet`) asks for its feature: `enabled: true`, any
 /// non-empty array inside it (a list of models or units), or, without an `enabled` key, any non-empty setting.
 /// `true`/`false` alone are read as `enabled`; an array is a list of units.
 fn feature_requested(value: &Value, path: &str) -> Result<bool> {
@@ -551,7 +543,8 @@ fn output_params(d: &WireData, warnings: &mut Vec<String>) -> Result<OutputParam
     };
     let return_image_data = o.return_image_data.unwrap_or(save_path.is_none());
     // `false` without a save_path is only useful with raw pixels (`sdxl_generate_images`); the engine checks that.
-    Ok(OutputParams { format, quality, save_path, overwrite: o.overwrite.unwrap_or(false), return_image_data })
+    let upscale = super::upscale::upscale_params(o.upscale.as_ref(), warnings)?;
+    Ok(OutputParams { format, quality, save_path, overwrite: o.overwrite.unwrap_or(false), return_image_data, upscale })
 }
 
 /// `"a", "b" or "c"`.
@@ -685,6 +678,7 @@ mod tests {
                 save_path: None,
                 overwrite: false,
                 return_image_data: true,
+                upscale: None,
             },
             timeout_secs: Some(300.0),
             priority: Priority::Normal,
@@ -894,8 +888,6 @@ mod tests {
             (json!({"controlnet": {"enabled": false, "models": [{"type": "canny"}]}}), "data.controlnet"),
             (json!({"controlnet": [{"type": "canny"}]}), "data.controlnet"),
             (json!({"controlnet": true}), "data.controlnet"),
-            (json!({"output": {"upscale": {"enabled": true, "factor": 2}}}), "data.output.upscale"),
-            (json!({"output": {"upscale": {"factor": 2}}}), "data.output.upscale"),
         ];
         for (extra, path) in cases {
             let r = parse_value(minimal(extra.clone()));
@@ -915,6 +907,7 @@ mod tests {
             json!({"models": {"refiner": "", "vae": ""}}),
             json!({"output": {"upscale": {"enabled": false, "factor": 4, "model": "RealESRGAN"}}}),
             json!({"output": {"upscale": {}}}),
+            json!({"output": {"upscale": false}}),
         ] {
             parse_value(minimal(extra.clone())).unwrap_or_else(|e| panic!("{extra}: {e}"));
         }

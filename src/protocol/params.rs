@@ -68,7 +68,7 @@ pub struct GenerateParams {
 /// One validated `data.lora.models[i]` entry. The engine resolves `name` to a file (see [`crate::lora`]).
 #[derive(Debug, Clone, PartialEq)]
 pub struct LoraRequest {
-    /// `name`: a file name under `<models_root>/loras/` (`.safetensors` added when there is no extension) or an
+    /// `name`: a file name under `<models_root>/loras/` (`.safetensors` added unless it ends with it) or an
     /// absolute path inside `models_root`.
     pub name: String,
     /// `weight` (default 1.0): the strength for every part the LoRA patches.
@@ -138,4 +138,16 @@ pub struct OutputParams {
     pub overwrite: bool,
     /// Put base64 image bytes in `image_data` (`return_image_data`). Default: true when there is no `save_path`.
     pub return_image_data: bool,
+    /// Upscale every image before it is encoded (`upscale`); `None`: keep the generated size.
+    pub upscale: Option<UpscaleParams>,
+}
+
+/// A validated `data.output.upscale` that asks for work (see [`super::upscale`] for the rules).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UpscaleParams {
+    /// `model`: an ONNX super-resolution model under `<models_root>/upscalers/` (`.onnx` added when the name does
+    /// not end with it) or an absolute path inside `models_root`.
+    pub model: String,
+    /// `factor`: the final image is exactly `factor` × the generated width and height, 1..=8.
+    pub factor: u32,
 }

@@ -82,6 +82,22 @@ pub struct ImageMetadata {
     /// The LoRAs merged into the weights, in request order; absent when there are none.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub loras: Vec<LoraInfo>,
+    /// How the image was upscaled after decoding; absent when it was not.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upscale: Option<UpscaleInfo>,
+}
+
+/// `metadata.upscale`: what `data.output.upscale` did to the image.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UpscaleInfo {
+    /// The upscaler as requested (`data.output.upscale.model`).
+    pub model: String,
+    /// The requested factor: the image is this many times the generated width and height.
+    pub factor: u32,
+    /// The model's native scale.
+    pub model_scale: u32,
+    /// Runs of the model per image; a Lanczos resize followed when `model_scale ^ passes != factor`.
+    pub passes: u32,
 }
 
 /// One entry of `metadata.loras`.
@@ -144,6 +160,9 @@ pub struct ProcessingMetrics {
     pub vae_decode_time: f64,
     /// Image encoding, base64 and file writing.
     pub encode_save_time: f64,
+    /// The upscaler's passes and resizes (`data.output.upscale`), the whole batch; 0 without upscaling.
+    #[serde(default)]
+    pub upscale_time: f64,
     /// Time inside ONNX Runtime graph calls (every graph, the whole batch); `total_time` minus this is what
     /// sdxlrt itself spent (parsing, tokenizing, scheduler math, copies, encoding, waiting for a run slot).
     #[serde(default)]
@@ -289,6 +308,7 @@ mod tests {
                 scheduler_options: None,
                 model_info: ModelInfo { base_model: Some("sdxl".into()), ..Default::default() },
                 loras: Vec::new(),
+                upscale: None,
             },
         }
     }
@@ -340,6 +360,7 @@ mod tests {
                 "text_encoding_time",
                 "total_time",
                 "unet_evaluations",
+                "upscale_time",
                 "vae_decode_time",
             ]
         );
@@ -356,6 +377,18 @@ mod tests {
             Some(serde_json::json!({"use_karras_sigmas": true}).as_object().unwrap().clone());
         let v = serde_json::to_value(&img).unwrap();
         assert_eq!(v["metadata"]["scheduler_options"]["use_karras_sigmas"], true);
+    }
+
+    #[test]
+    fn upscale_metadata_appears_when_the_image_was_upscaled() {
+        let mut img = image();
+        img.metadata.upscale = Some(UpscaleInfo { model: "4x".into(), factor: 3, model_scale: 4, passes: 1 });
+        let v = serde_json::to_value(&img).unwrap();
+        assert_eq!(
+            v["metadata"]["upscale"],
+            serde_json::json!({"model": "4x", "factor": 3, "model_scale": 4, "passes": 1})
+        );
+        assert_eq!(serde_json::from_value::<GeneratedImage>(v).unwrap(), img);
     }
 
     #[test]

@@ -28,9 +28,9 @@
 //!
 //! # Opaque feature blocks
 //!
-//! `data.controlnet` and `data.output.upscale` have no fixed shape in the seed (`TransformControlNetConfig`,
-//! `TransformUpscaleConfig`), and neither feature exists yet, so they are kept as raw JSON; their inner keys do
-//! not produce unknown-field warnings.
+//! `data.controlnet` has no fixed shape in the seed (`TransformControlNetConfig`) and the feature does not exist
+//! yet, so it is kept as raw JSON; its inner keys do not produce unknown-field warnings. `data.output.upscale`
+//! has the shape of the C# binding's `UpscaleContract` ([`WireUpscale`]).
 
 use serde::Serialize;
 use serde_json::{Map, Value};
@@ -237,15 +237,29 @@ pub struct WireOutput {
     /// `save_path`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub save_path: Option<String>,
-    /// `upscale`, kept as raw JSON (see the module docs). Never `Some(Value::Null)`.
+    /// `upscale`: `{"enabled", "factor", "model"}`; `true`/`false` alone read as `{"enabled": …}`.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub upscale: Option<Value>,
+    pub upscale: Option<WireUpscale>,
     /// `overwrite`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub overwrite: Option<bool>,
     /// `return_image_data`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub return_image_data: Option<bool>,
+}
+
+/// `data.output.upscale` (the C# `UpscaleContract`), validated by [`crate::protocol::upscale`].
+#[derive(Debug, Clone, PartialEq, Default, Serialize)]
+pub struct WireUpscale {
+    /// `enabled`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub enabled: Option<bool>,
+    /// `factor`: how many times wider and taller the image gets.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub factor: Option<i64>,
+    /// `model`: the upscaler's ONNX file under `<models_root>/upscalers/`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub model: Option<String>,
 }
 
 /// `data.batch`.
@@ -481,12 +495,37 @@ impl WireOutput {
             format: obj.string("format")?,
             quality: obj.int("quality")?,
             save_path: obj.string("save_path")?,
-            upscale: obj.get("upscale").cloned(),
+            upscale: WireUpscale::decode(obj, warnings)?,
             overwrite: obj.boolean("overwrite")?,
             return_image_data: obj.boolean("return_image_data")?,
         };
         obj.warn_unknown(&["format", "quality", "save_path", "upscale", "overwrite", "return_image_data"], warnings);
         Ok(output)
+    }
+}
+
+impl WireUpscale {
+    /// `upscale` of the `output` object `parent`: an object, or a bare `true`/`false` for `enabled`.
+    fn decode(parent: &Obj<'_>, warnings: &mut Vec<String>) -> Result<Option<Self>> {
+        match parent.get("upscale") {
+            None => Ok(None),
+            Some(Value::Bool(b)) => Ok(Some(WireUpscale { enabled: Some(*b), ..Default::default() })),
+            Some(Value::Object(map)) => {
+                let obj = Obj { map, path: parent.path_of("upscale") };
+                let upscale = WireUpscale {
+                    enabled: obj.boolean("enabled")?,
+                    factor: obj.int("factor")?,
+                    model: obj.string("model")?,
+                };
+                obj.warn_unknown(&["enabled", "factor", "model"], warnings);
+                Ok(Some(upscale))
+            }
+            Some(other) => Err(type_error(
+                &parent.path_of("upscale"),
+                "an object {\"enabled\", \"factor\", \"model\"} (or true/false)",
+                other,
+            )),
+        }
     }
 }
 
@@ -747,7 +786,7 @@ mod tests {
     fn unknown_keys_become_warnings_with_paths() {
         let (r, mut w) = decode(json!({"extra": 1, "data": {
             "prompt": "x", "foo": 1, "models": {"bar": 2}, "lora": {"models": [{"name": "a", "baz": 1}]},
-            "controlnet": {"anything": "goes"}, "output": {"upscale": {"factor": 2}, "qux": 1}
+            "controlnet": {"anything": "goes"}, "output": {"upscale": {"factor": 2, "scale": 4}, "qux": 1}
         }}));
         r.unwrap();
         w.sort();
@@ -758,6 +797,7 @@ mod tests {
                 "ignored unknown field data.lora.models[0].baz",
                 "ignored unknown field data.models.bar",
                 "ignored unknown field data.output.qux",
+                "ignored unknown field data.output.upscale.scale",
                 "ignored unknown field extra",
             ]
         );

@@ -297,6 +297,15 @@ pub fn check_close(got: &[f32], want: &[f32], atol: f32, rtol: f32, what: &str) 
     Ok(max_abs)
 }
 
+/// The largest |a - b| between two byte images and the index of its first occurrence; `(255, len)` when the
+/// lengths differ.
+pub fn max_u8_diff(a: &[u8], b: &[u8]) -> (u8, usize) {
+    if a.len() != b.len() {
+        return (255, a.len().min(b.len()));
+    }
+    a.iter().zip(b).map(|(x, y)| x.abs_diff(*y)).enumerate().fold((0, 0), |m, (i, d)| if d > m.0 { (d, i) } else { m })
+}
+
 /// `check_close` that panics with its message.
 #[macro_export]
 macro_rules! assert_close {

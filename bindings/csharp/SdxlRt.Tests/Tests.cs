@@ -254,9 +254,11 @@ namespace SdxlRt.Tests
             string json = "{\"request_id\":\"r1\",\"success\":true,\"data\":{\"generated_images\":[{\"image_path\":null," +
                 "\"image_data\":\"iVBO\",\"format\":\"png\",\"width\":64,\"height\":32,\"metadata\":{\"seed\":18446744073709551615," +
                 "\"steps\":30,\"guidance_scale\":7.5,\"scheduler\":\"EulerDiscreteScheduler\",\"scheduler_options\":{\"x\":1}," +
-                "\"model_info\":{\"base_model\":\"sdxl\",\"refiner_model\":null,\"vae_model\":null}}}]," +
+                "\"model_info\":{\"base_model\":\"sdxl\",\"refiner_model\":null,\"vae_model\":null}," +
+                "\"upscale\":{\"model\":\"4x\",\"factor\":3,\"model_scale\":4,\"passes\":1}}}]," +
                 "\"processing_metrics\":{\"total_time\":2.5,\"inference_time\":2.0,\"text_encoding_time\":0.1," +
                 "\"denoising_time\":1.5,\"denoising_step_avg\":null,\"vae_decode_time\":0.3,\"encode_save_time\":0.1," +
+                "\"upscale_time\":0.25," +
                 "\"unet_evaluations\":30,\"steps\":30,\"device_name\":\"CPU\",\"device_memory_used\":null,\"peak_memory\":123}}," +
                 "\"warnings\":[\"w\"],\"error\":null,\"error_code\":null}";
             EnhancedSDXLResponse r = EnhancedSDXLResponse.FromJson(json);
@@ -270,6 +272,13 @@ namespace SdxlRt.Tests
             Assert.Equal(null, r.ProcessingMetrics.DenoisingStepAvg, "null metric");
             Assert.Equal((ulong?)123, r.ProcessingMetrics.PeakMemory, "peak");
             Assert.Equal("w", r.Warnings[0], "warnings");
+            Assert.Equal("4x", g.Metadata.Upscale.Model, "upscale model");
+            Assert.Equal(3, g.Metadata.Upscale.Factor, "upscale factor");
+            Assert.Equal(4, g.Metadata.Upscale.ModelScale, "upscale model scale");
+            Assert.Equal(1, g.Metadata.Upscale.Passes, "upscale passes");
+            Assert.Equal((double?)0.25, r.ProcessingMetrics.UpscaleTime, "upscale time");
+            string plain = json.Replace(",\"upscale\":{\"model\":\"4x\",\"factor\":3,\"model_scale\":4,\"passes\":1}", "");
+            Assert.True(EnhancedSDXLResponse.FromJson(plain).GeneratedImages[0].Metadata.Upscale == null, "no upscale");
         }
     }
 
@@ -306,6 +315,33 @@ namespace SdxlRt.Tests
             Assert.Equal("tiny-sdxl", r.GeneratedImages[0].Metadata.ModelInfo.BaseModel, "model");
             Assert.True(r.GeneratedImages[0].Pixels == null, "no raw pixels on this path");
             Assert.True(r.GeneratedImages[0].ImageData != null, "base64 image");
+        }
+
+        [Test]
+        public static void upscaled_requests_return_the_upscaled_size_with_metadata_and_progress()
+        {
+            var req = Fixture.Small(7);
+            req.PostProcessing = new PostProcessingConfiguration
+            {
+                Upscale = new UpscaleConfiguration { Enabled = true, Factor = 3, Model = "tiny-x2" },
+            };
+            var tiles = new List<string>();
+            EnhancedSDXLResponse r = Fixture.Engine.GenerateEnhancedAsync(req, new SyncProgress(p =>
+            {
+                if (p.Stage == SdxlStage.Upscaling)
+                {
+                    tiles.Add(p.Step + "/" + p.TotalSteps);
+                }
+            })).GetAwaiter().GetResult();
+            Assert.True(r.Success, "success: " + r.Error);
+            GeneratedImage g = r.GeneratedImages[0];
+            Assert.Equal(192, g.Width, "64 × 3");
+            Assert.Equal(192, g.Height, "64 × 3");
+            Assert.Equal("tiny-x2", g.Metadata.Upscale.Model, "model");
+            Assert.Equal(2, g.Metadata.Upscale.ModelScale, "model scale");
+            Assert.Equal(2, g.Metadata.Upscale.Passes, "two ×2 passes, then Lanczos down to ×3");
+            Assert.Equal("1/2,2/2", string.Join(",", tiles), "one report per tile");
+            Assert.True(r.ProcessingMetrics.UpscaleTime > 0, "upscale time");
         }
 
         [Test]

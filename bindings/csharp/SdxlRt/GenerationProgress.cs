@@ -7,7 +7,10 @@ namespace SdxlRt
     /// </summary>
     public sealed class GenerationProgress
     {
-        /// <summary>The stage: loading, text encoding, denoising, decoding, saving.</summary>
+        /// <summary>
+        /// The stage: loading, text encoding, denoising, decoding, then upscaling (only when the request upscales;
+        /// its steps count the upscaler's tiles of one image) and saving.
+        /// </summary>
         public SdxlStage Stage { get; internal set; }
 
         /// <summary>Steps completed in this stage (denoising: 1..TotalSteps).</summary>

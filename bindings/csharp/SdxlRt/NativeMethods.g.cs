@@ -108,6 +108,11 @@ namespace SdxlRt
         /// Encoding and writing the output.
         /// </summary>
         Saving = 4,
+        /// <summary>
+        /// Upscaling each image (`data.output.upscale`), after decoding and before saving; `step`/`total_steps`
+        /// count the upscaler's tiles over all its passes for `image_index`.
+        /// </summary>
+        Upscaling = 5,
     }
 
     /// <summary>

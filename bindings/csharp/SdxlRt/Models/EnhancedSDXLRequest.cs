@@ -168,7 +168,7 @@ namespace SdxlRt
     /// <summary>Post-processing steps.</summary>
     public class PostProcessingConfiguration
     {
-        /// <summary>Upscaling; null for none (sdxlrt refuses enabled upscaling until it is supported).</summary>
+        /// <summary>Upscaling after generation (<c>data.output.upscale</c>); null for none.</summary>
         public UpscaleConfiguration Upscale { get; set; }
     }
 
@@ -178,10 +178,14 @@ namespace SdxlRt
         /// <summary>Whether to upscale.</summary>
         public bool Enabled { get; set; }
 
-        /// <summary>The scale factor.</summary>
+        /// <summary>The images come back exactly this many times wider and taller, 1 to 8.</summary>
         public int Factor { get; set; } = 2;
 
-        /// <summary>The upscaler model; null for the default.</summary>
+        /// <summary>
+        /// The upscaler: an ONNX super-resolution model (ESRGAN / Real-ESRGAN / SwinIR) in the engine's
+        /// <c>models_root/upscalers/</c>, by name (<c>"4x-UltraSharp"</c> for <c>upscalers/4x-UltraSharp.onnx</c>).
+        /// There is no built-in one: null is an error unless <see cref="Factor"/> is 1.
+        /// </summary>
         public string Model { get; set; }
     }
 }

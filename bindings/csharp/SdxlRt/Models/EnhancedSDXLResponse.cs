@@ -110,6 +110,7 @@ namespace SdxlRt
                     GuidanceScale = g.Metadata.GuidanceScale,
                     Scheduler = g.Metadata.Scheduler,
                     ModelInfo = new ModelInfo { BaseModel = mi.BaseModel, RefinerModel = mi.RefinerModel, VaeModel = mi.VaeModel },
+                    Upscale = UpscaleInfo.From(g.Metadata.Upscale),
                 };
             }
             return img;
@@ -133,6 +134,34 @@ namespace SdxlRt
 
         /// <summary>The models used.</summary>
         public ModelInfo ModelInfo { get; set; }
+
+        /// <summary>How the image was upscaled after generation; null when it was not.</summary>
+        public UpscaleInfo Upscale { get; set; }
+    }
+
+    /// <summary>What <c>data.output.upscale</c> did to an image.</summary>
+    public class UpscaleInfo
+    {
+        /// <summary>The upscaler as requested.</summary>
+        public string Model { get; set; }
+
+        /// <summary>The requested factor: the image is this many times the generated width and height.</summary>
+        public int Factor { get; set; }
+
+        /// <summary>The model's native scale.</summary>
+        public int ModelScale { get; set; }
+
+        /// <summary>Runs of the model per image; a Lanczos resize followed when ModelScale^Passes is not Factor.</summary>
+        public int Passes { get; set; }
+
+        internal static UpscaleInfo From(UpscaleInfoContract u)
+        {
+            if (u == null)
+            {
+                return null;
+            }
+            return new UpscaleInfo { Model = u.Model, Factor = u.Factor, ModelScale = u.ModelScale, Passes = u.Passes };
+        }
     }
 
     /// <summary>The models an image used.</summary>
@@ -172,6 +201,9 @@ namespace SdxlRt
         /// <summary>Image encoding and writing.</summary>
         public double? EncodeSaveTime { get; set; }
 
+        /// <summary>Upscaling (<c>data.output.upscale</c>), the whole batch; 0 without upscaling.</summary>
+        public double? UpscaleTime { get; set; }
+
         /// <summary>Loading the model for this request (0 when it was already loaded).</summary>
         public double? ModelLoadTime { get; set; }
 
@@ -204,6 +236,7 @@ namespace SdxlRt
                 DenoisingStepAvg = m.DenoisingStepAvg,
                 VaeDecodeTime = m.VaeDecodeTime,
                 EncodeSaveTime = m.EncodeSaveTime,
+                UpscaleTime = m.UpscaleTime,
                 ModelLoadTime = m.ModelLoadTime,
                 OnnxRuntimeTime = m.OnnxRuntimeTime,
                 UnetEvaluations = m.UnetEvaluations,
@@ -274,6 +307,16 @@ namespace SdxlRt
         [DataMember(Name = "guidance_scale")] public double GuidanceScale;
         [DataMember(Name = "scheduler")] public string Scheduler;
         [DataMember(Name = "model_info")] public ModelInfoContract ModelInfo;
+        [DataMember(Name = "upscale")] public UpscaleInfoContract Upscale;
+    }
+
+    [DataContract]
+    internal sealed class UpscaleInfoContract
+    {
+        [DataMember(Name = "model")] public string Model;
+        [DataMember(Name = "factor")] public int Factor;
+        [DataMember(Name = "model_scale")] public int ModelScale;
+        [DataMember(Name = "passes")] public int Passes;
     }
 
     [DataContract]
@@ -294,6 +337,7 @@ namespace SdxlRt
         [DataMember(Name = "denoising_step_avg")] public double? DenoisingStepAvg;
         [DataMember(Name = "vae_decode_time")] public double? VaeDecodeTime;
         [DataMember(Name = "encode_save_time")] public double? EncodeSaveTime;
+        [DataMember(Name = "upscale_time")] public double? UpscaleTime;
         [DataMember(Name = "model_load_time")] public double? ModelLoadTime;
         [DataMember(Name = "onnxruntime_time")] public double? OnnxRuntimeTime;
         [DataMember(Name = "unet_evaluations")] public int UnetEvaluations;

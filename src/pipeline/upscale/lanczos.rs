@@ -1,0 +1,148 @@
+//! Lanczos-3 resize of RGB8 images exactly as Pillow's `Image.resize(size, Image.LANCZOS)` does it, since A1111
+//! finishes its upscales with that call: Pillow's `src/libImaging/Resample.c` (13.0.0, as pinned in
+//! `onnx/requirements.txt`; (`precompute_coeffs`,
+//! `normalize_coeffs_8bpc`, `ImagingResampleHorizontal_8bpc` / `Vertical_8bpc`).
+//!
+//! Per axis, each output pixel `i` centred at `(i + 0.5) · scale` in the input takes the inputs within
+//! `3 · max(scale, 1)` of it, weighted by `sinc(x) · sinc(x / 3)` at `x = (j - center + 0.5) / max(scale, 1)` and
+//! normalized to sum 1; the weights become fixed point with 22 fraction bits. The horizontal pass runs first and
+//! is clipped to 8 bits, then the vertical pass reads that 8-bit image: the clipping in between is why a float
+//! Lanczos differs from Pillow by up to 4/255 near black and white edges.
+
+use crate::image::RgbImage;
+
+/// Pillow's `PRECISION_BITS` for 8-bit images: `32 - 8 - 2`.
+const PRECISION_BITS: u32 = 22;
+/// Pillow's Lanczos support (`LANCZOS` filter: `{lanczos_filter, 3.0}`).
+const SUPPORT: f64 = 3.0;
+
+/// `image` resized to `width` × `height` as Pillow's LANCZOS resize does (an axis whose size does not change
+/// is not resampled, as in Pillow).
+pub fn resize(image: &RgbImage, width: u32, height: u32) -> RgbImage {
+    let (w, h) = (image.width as usize, image.height as usize);
+    let (out_w, out_h) = (width as usize, height as usize);
+    let mut data = image.data.clone();
+    if out_w != w {
+        let taps = coefficients(w, out_w);
+        // output (y, x) reads input row y, columns first.. of x's taps
+        data = pass(&data, h, out_w, |y, x| (&taps[x], y * w, 1));
+    }
+    if out_h != h {
+        let taps = coefficients(h, out_h);
+        // output (y, x) reads input column x, rows first.. of y's taps
+        data = pass(&data, out_h, out_w, |y, x| (&taps[y], x, out_w));
+    }
+    RgbImage { width, height, seed: image.seed, data }
+}
+
+/// One output pixel's taps: the first input index and its fixed-point weights.
+struct Taps {
+    first: usize,
+    weights: Vec<i32>,
+}
+
+/// `precompute_coeffs` + `normalize_coeffs_8bpc` for `in_size` → `out_size`.
+fn coefficients(in_size: usize, out_size: usize) -> Vec<Taps> {
+    let scale = in_size as f64 / out_size as f64;
+    let filterscale = scale.max(1.0);
+    let support = SUPPORT * filterscale;
+    (0..out_size)
+        .map(|i| {
+            let center = (i as f64 + 0.5) * scale;
+            // C's `(int)` truncates toward zero.
+            let lo = ((center - support + 0.5) as i64).max(0) as usize;
+            let hi = ((center + support + 0.5) as i64).min(in_size as i64) as usize;
+            let raw: Vec<f64> = (lo..hi).map(|j| lanczos((j as f64 - center + 0.5) / filterscale)).collect();
+            let sum: f64 = raw.iter().sum();
+            let one = f64::from(1u32 << PRECISION_BITS);
+            let weights = raw
+                .iter()
+                .map(|&k| {
+                    let k = if sum != 0.0 { k / sum } else { k };
+                    if k < 0.0 {
+                        (-0.5 + k * one) as i32
+                    } else {
+                        (0.5 + k * one) as i32
+                    }
+                })
+                .collect();
+            Taps { first: lo, weights }
+        })
+        .collect()
+}
+
+/// Pillow's `lanczos_filter`: `sinc(x) · sinc(x / 3)` on [-3, 3), 0 elsewhere.
+fn lanczos(x: f64) -> f64 {
+    if (-SUPPORT..SUPPORT).contains(&x) {
+        sinc(x) * sinc(x / SUPPORT)
+    } else {
+        0.0
+    }
+}
+
+fn sinc(x: f64) -> f64 {
+    if x == 0.0 {
+        1.0
+    } else {
+        let x = x * std::f64::consts::PI;
+        x.sin() / x
+    }
+}
+
+/// Pillow's `clip8`: the rounded fixed-point sum as a byte.
+fn clip8(acc: i64) -> u8 {
+    if acc >= 1i64 << (PRECISION_BITS + 8) {
+        255
+    } else if acc <= 0 {
+        0
+    } else {
+        (acc >> PRECISION_BITS) as u8
+    }
+}
+
+/// One resampling pass into a `rows` × `cols` RGB8 image: `taps(y, x)` gives output `(y, x)`'s taps, the input
+/// pixel index of tap position 0 and the pixel stride between tap positions.
+fn pass<'t>(src: &[u8], rows: usize, cols: usize, taps: impl Fn(usize, usize) -> (&'t Taps, usize, usize)) -> Vec<u8> {
+    let mut out = vec![0u8; rows * cols * 3];
+    for y in 0..rows {
+        for x in 0..cols {
+            let (t, base, stride) = taps(y, x);
+            let mut acc = [1i64 << (PRECISION_BITS - 1); 3];
+            for (k, &weight) in t.weights.iter().enumerate() {
+                let p = (base + (t.first + k) * stride) * 3;
+                for (c, a) in acc.iter_mut().enumerate() {
+                    *a += i64::from(src[p + c]) * i64::from(weight);
+                }
+            }
+            for (c, a) in acc.iter().enumerate() {
+                out[(y * cols + x) * 3 + c] = clip8(*a);
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn weights_sum_to_one_in_fixed_point() {
+        for (from, to) in [(160, 120), (24, 72), (7, 5), (5, 7)] {
+            for t in coefficients(from, to) {
+                let sum: i64 = t.weights.iter().map(|&w| i64::from(w)).sum();
+                assert!((sum - (1 << PRECISION_BITS)).abs() <= t.weights.len() as i64, "{from}->{to}: {sum}");
+            }
+        }
+    }
+
+    #[test]
+    fn flat_images_stay_flat_and_sizes_are_exact() {
+        let flat = RgbImage { width: 6, height: 4, seed: 3, data: vec![200; 6 * 4 * 3] };
+        for (w, h) in [(9, 6), (3, 2), (6, 8), (12, 4)] {
+            let r = resize(&flat, w, h);
+            assert_eq!((r.width, r.height, r.seed, r.data.len()), (w, h, 3, (w * h * 3) as usize));
+            assert!(r.data.iter().all(|&v| v == 200), "{w}x{h}");
+        }
+    }
+}
