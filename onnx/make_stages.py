@@ -45,13 +45,7 @@ VAE_B_SCALING = 0.2
 REFINER_SEED = 2
 REFINER_START = 0.8
 
-BASE_CASE = dict(
-    prompt="a photograph of an astronaut riding a horse",
-    negative_prompt="blurry, low quality",
-    guidance_scale=5.0,
-    steps=5,
-    seed=0,
-)
+BASE_CASE = goldens.CASES["cfg_neg"]  # custom_vae is cfg_neg with another VAE
 CASES = {
     "custom_vae": dict(BASE_CASE, vae="tiny-vae-b"),
     # 10 steps: 8 on the base, 2 on the refiner
@@ -95,24 +89,12 @@ def build_refiner(base):
     te2 = base.text_encoder_2
     time_dim = base.unet.config.addition_time_embed_dim
     torch.manual_seed(REFINER_SEED)
-    unet = UNet2DConditionModel(
-        block_out_channels=(16, 32),
-        layers_per_block=2,
-        sample_size=8,
-        in_channels=4,
-        out_channels=4,
-        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
-        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
-        attention_head_dim=(2, 4),
-        use_linear_projection=True,
-        addition_embed_type="text_time",
-        addition_time_embed_dim=time_dim,
-        transformer_layers_per_block=(1, 2),
-        # the refiner's micro-conditioning: 5 time ids (original size, crop, aesthetic score) + pooled text
-        projection_class_embeddings_input_dim=5 * time_dim + te2.config.projection_dim,
-        cross_attention_dim=te2.config.hidden_size,
-        norm_num_groups=8,
-    )
+    # the base UNet's architecture, conditioned the refiner's way: on text_encoder_2 only, and 5 time ids (original
+    # size, crop, aesthetic score) + the pooled text
+    config = {k: v for k, v in dict(base.unet.config).items() if not k.startswith("_")}
+    config["projection_class_embeddings_input_dim"] = 5 * time_dim + te2.config.projection_dim
+    config["cross_attention_dim"] = te2.config.hidden_size
+    unet = UNet2DConditionModel(**config)
     perturb_constant_params(unet, torch.Generator("cpu").manual_seed(PERTURB_SEED + REFINER_SEED))
     pipe = StableDiffusionXLImg2ImgPipeline(
         vae=base.vae,

@@ -86,11 +86,7 @@ impl Engine {
     /// Resolve, load (or reuse) and check the upscaler `upscale` names for `width` × `height` images, before any
     /// image is generated: a missing or unusable model fails the request at once.
     pub(super) fn prepare_upscale(&self, upscale: &UpscaleParams, width: u32, height: u32) -> Result<PreparedUpscale> {
-        let root = self.options.models_root.as_ref().ok_or_else(|| Error::InvalidOption {
-            field: "models_root".into(),
-            message: "the engine was created without models_root, so no upscaler can be loaded".into(),
-        })?;
-        let path = UPSCALER_FILES.resolve(root, &upscale.model, MODEL_FIELD)?;
+        let path = UPSCALER_FILES.resolve(self.root()?, &upscale.model, MODEL_FIELD)?;
         let (upscaler, load_seconds) =
             self.upscalers.get_or_load(&path, || Upscaler::load(&self.runtime.env, &path, &self.sessions))?;
         let plan = upscaler.plan(width, height, upscale.factor)?;
