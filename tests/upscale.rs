@@ -162,6 +162,16 @@ fn upscaled_requests_return_factor_times_the_size_with_metadata_and_progress() {
     let again = engine.generate(&up, &mut NoProgress, false);
     let reply: Value = serde_json::from_str(&again.response_json).unwrap();
     assert_eq!(reply["data"]["processing_metrics"]["model_load_time"], 0.0, "{reply}");
+    // `status` lists it and `unload_model` with its name releases it.
+    let loaded = |e: &Engine| e.status()["loaded_upscalers"].as_array().unwrap().len();
+    assert_eq!(loaded(&engine), 1, "{}", engine.status());
+    let unload = r#"{"message_type": "unload_model", "request_id": "u", "data": {"model_name": "tiny-x2"}}"#;
+    let reply: Value = serde_json::from_str(&engine.generate(unload, &mut NoProgress, false).response_json).unwrap();
+    assert_eq!(reply["data"]["unloaded_upscalers"], 1, "{reply}");
+    assert_eq!(loaded(&engine), 0);
+    let after = engine.generate(&up, &mut NoProgress, false);
+    let reply: Value = serde_json::from_str(&after.response_json).unwrap();
+    assert!(reply["data"]["processing_metrics"]["model_load_time"].as_f64().unwrap() > 0.0, "loaded again: {reply}");
 }
 
 #[test]

@@ -19,7 +19,8 @@ pub enum Command {
     Status,
     /// Load a model now so the first request does not pay for it.
     Preload(String),
-    /// Release a model's sessions.
+    /// Release a model's sessions (every cached variant of the model folder), and the upscalers of that name
+    /// (`<name>.onnx`).
     Unload(String),
 }
 

@@ -417,8 +417,10 @@ impl Engine {
             Command::Unload(name) => {
                 let before = memory::process_rss();
                 let unloaded = self.cache.unload(&name);
-                Ok(json!({ "model": name, "unloaded": unloaded, "process_rss_before": before,
-                           "process_rss_after": memory::process_rss(), "loaded_models": self.cache.loaded() }))
+                let unloaded_upscalers = self.upscalers.unload(&name);
+                Ok(json!({ "model": name, "unloaded": unloaded, "unloaded_upscalers": unloaded_upscalers,
+                           "process_rss_before": before, "process_rss_after": memory::process_rss(),
+                           "loaded_models": self.cache.loaded(), "loaded_upscalers": self.upscalers.loaded() }))
             }
         };
         match result {
@@ -452,6 +454,7 @@ impl Engine {
                 "device_used": gpu.map(|(_, used)| used),
             },
             "loaded_models": self.cache.loaded(),
+            "loaded_upscalers": self.upscalers.loaded(),
             "models_root": self.options.models_root,
             "limits": {
                 "max_request_bytes": self.limits.max_json_bytes,

@@ -50,6 +50,19 @@ impl UpscalerCache {
         Ok((upscaler, started.elapsed().as_secs_f64()))
     }
 
+    /// Drop the loaded upscalers named `name` (the file name, with or without `.onnx`); returns how many. A
+    /// running request keeps its own reference until it ends.
+    pub fn unload(&self, name: &str) -> usize {
+        let mut loaded = self.loaded.lock();
+        let before = loaded.len();
+        let named = |p: &Path| {
+            let file = p.file_name().map(|f| f.to_string_lossy()).unwrap_or_default();
+            file == name || p.file_stem().is_some_and(|s| s.to_string_lossy() == name)
+        };
+        loaded.retain(|path, _| !named(path));
+        before - loaded.len()
+    }
+
     /// The files of the loaded upscalers, sorted.
     pub fn loaded(&self) -> Vec<PathBuf> {
         let mut paths: Vec<PathBuf> = self.loaded.lock().keys().cloned().collect();
