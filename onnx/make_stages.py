@@ -3,8 +3,9 @@
 Models (made from the torch tiny model of build_tiny.py; real architectures, tiny sizes, fixed seeds):
 
   tests/fixtures/vae/tiny-vae-b/          a second VAE decoder (`data.models.vae`): the tiny VAE's architecture with
-                                          other random weights and scaling_factor 0.2 instead of 0.13025, as
-                                          model.onnx + config.json (an exported vae_decoder/ folder, renamed)
+                                          other random weights, scaling_factor 0.2 instead of 0.13025 and
+                                          per-channel latents_mean / latents_std, as model.onnx + config.json (an
+                                          exported vae_decoder/ folder, renamed)
   tests/fixtures/tiny-sdxl-refiner/       a tiny SDXL refiner (`data.models.refiner`) in optimum's layout: the
                                           refiner's architecture (UNet conditioned on text_encoder_2 only, 5 time
                                           ids with the aesthetic score; requires_aesthetics_score, no
@@ -14,6 +15,7 @@ Models (made from the torch tiny model of build_tiny.py; real architectures, tin
 Goldens (tests/fixtures/goldens/<case>.safetensors, the tensors and metadata of goldens.py plus the ones below):
 
   custom_vae        goldens.py's cfg_neg with the pipeline's VAE replaced by tiny-vae-b (diffusers `vae=`)
+  vae_tiled         cfg_neg at 128 x 96 in 3 steps with diffusers' tiled VAE decode (`vae.enable_tiling()`)
   refiner           diffusers' ensemble of experts: the base pipeline with denoising_end=0.8 and output_type
                     "latent", then StableDiffusionXLImg2ImgPipeline (the refiner) on those latents with
                     denoising_start=0.8, the same prompts, steps, guidance and generator object
@@ -42,12 +44,16 @@ import goldens
 
 VAE_B_SEED = 5
 VAE_B_SCALING = 0.2
+VAE_B_LATENTS_MEAN = (0.1, -0.2, 0.05, 0.3)
+VAE_B_LATENTS_STD = (0.9, 1.1, 0.8, 1.2)
 REFINER_SEED = 2
 REFINER_START = 0.8
 
 BASE_CASE = goldens.CASES["cfg_neg"]  # custom_vae is cfg_neg with another VAE
 CASES = {
     "custom_vae": dict(BASE_CASE, vae="tiny-vae-b"),
+    # 128 x 96: the tiny VAE's 64-pixel tiles (8 latents, overlap 25 %) at rows 0, 6 and columns 0, 6, 12 (latents)
+    "vae_tiled": dict(BASE_CASE, steps=3, width=128, height=96, vae_tiling=True),
     # 10 steps: 8 on the base, 2 on the refiner
     "refiner": dict(BASE_CASE, steps=10, refiner="tiny-sdxl-refiner"),
     "refiner_euler_a": dict(
@@ -74,6 +80,9 @@ def build_vae_b(base):
 
     config = {k: v for k, v in dict(base.vae.config).items() if not k.startswith("_")}
     config["scaling_factor"] = VAE_B_SCALING
+    # per-channel latent statistics (Playground v2.5's VAE has them): diffusers decodes latents · std / scaling + mean
+    config["latents_mean"] = list(VAE_B_LATENTS_MEAN)
+    config["latents_std"] = list(VAE_B_LATENTS_STD)
     torch.manual_seed(VAE_B_SEED)
     vae = AutoencoderKL(**config)
     perturb_constant_params(vae, torch.Generator("cpu").manual_seed(PERTURB_SEED + VAE_B_SEED))
@@ -212,17 +221,26 @@ def refiner_case(base, refiner, name: str) -> tuple[dict, dict]:
     return {k: v.detach().contiguous() for k, v in t.items()}, meta
 
 
-def vae_case(base, vae_b, name: str) -> tuple[dict, dict]:
+def decode_case(base, vae_b, name: str) -> tuple[dict, dict]:
+    """goldens.py's pipeline run for case `name` with another VAE (`vae`) or diffusers' tiled VAE decode
+    (`vae_tiling`: `pipe.vae.enable_tiling()`)."""
+    p = CASES[name]
     saved_vae, saved_cases = base.vae, dict(goldens.CASES)
-    base.vae = vae_b
-    goldens.CASES[name] = {k: v for k, v in CASES[name].items() if k != "vae"}
+    if "vae" in p:
+        base.vae = vae_b
+    if p.get("vae_tiling"):
+        base.vae.enable_tiling()
+    goldens.CASES[name] = {k: v for k, v in p.items() if k not in ("vae", "vae_tiling")}
     try:
         tensors, meta = goldens.run_case(base, name)
     finally:
+        base.vae.disable_tiling()
         base.vae = saved_vae
         goldens.CASES.clear()
         goldens.CASES.update(saved_cases)
-    meta["vae"] = CASES[name]["vae"]
+    for key in ("vae", "vae_tiling"):
+        if key in p:
+            meta[key] = str(p[key]).lower()
     return tensors, meta
 
 
@@ -236,8 +254,8 @@ def main() -> None:
     refiner = build_refiner(base)
     export_models(base, vae_b, refiner, args.model, args.out, c.WORK)
     for name in CASES:
-        if "vae" in CASES[name]:
-            tensors, meta = vae_case(base, vae_b, name)
+        if "refiner" not in CASES[name]:
+            tensors, meta = decode_case(base, vae_b, name)
         else:
             tensors, meta = refiner_case(base, refiner, name)
         c.write_golden(args.out / "goldens" / f"{name}.safetensors", tensors, meta)

@@ -76,6 +76,22 @@ fn a_custom_vae_decodes_like_diffusers_with_that_vae() {
 }
 
 #[test]
+fn tiled_vae_decode_matches_diffusers_enable_tiling() {
+    // 128 x 96 with the tiny VAE's 64-pixel tiles: 2 x 3 tiles, blended where they meet.
+    let options = serde_json::json!({"models_root": fixtures(), "intra_op_threads": 1, "vae_tiling": true});
+    let tiled = Engine::new(Some(&options.to_string())).unwrap();
+    check_case(&tiled, "vae_tiled", true);
+    // Without the option the same request decodes in one piece: another image (so the test sees the tiling).
+    let g = Golden::load("vae_tiled");
+    let plain = engine().generate(&g.request("tiny-sdxl", true), &mut Capture::default(), true);
+    let want = &g.t("image_u8").u8;
+    let worst = plain.images[0].data.iter().zip(want).map(|(a, b)| (*a as i16 - *b as i16).abs()).max().unwrap();
+    assert!(worst > 8, "an untiled decode should differ from the tiled golden, got {worst}/255");
+    // Images no larger than one tile decode in one piece with the option on too.
+    check_case(&tiled, "cfg_neg", true);
+}
+
+#[test]
 fn the_refiner_takes_over_at_the_switch_point_like_diffusers() {
     // 10 steps, switch at 0.8: the base runs 8, the refiner 2, on the refiner's own UNet, conditioning (second
     // text encoder only, aesthetic scores 6 / 2.5 in the time ids) and scheduler.

@@ -27,7 +27,7 @@ fn load(engine: &Engine, file: &str) -> sdxlrt::Result<Upscaler> {
 /// Upscale `image` by `factor` outside any request.
 fn upscale(upscaler: &Upscaler, image: &RgbImage, factor: u32, tiling: Tiling) -> RgbImage {
     let cancel = CancelToken::new();
-    let mut ctx = RunContext { progress: &mut NoProgress, cancel: &cancel, started: Instant::now() };
+    let mut ctx = RunContext { progress: &mut NoProgress, cancel: &cancel, started: Instant::now(), vae_tiling: false };
     let report = ReportAs { request_id: "t", image_index: 0, batch_size: 1 };
     upscaler.upscale(image, factor, tiling, &mut ctx, &report).expect("upscale")
 }

@@ -206,7 +206,8 @@ impl Engine {
         let (width, height) = pipeline.image_size(params)?;
         self.limits.check_size(width, height)?;
         let upscale = params.output.upscale.as_ref().map(|u| self.prepare_upscale(u, width, height)).transpose()?;
-        let mut ctx = RunContext { progress: &mut progress, cancel, started };
+        let vae_tiling = self.options.vae_tiling.unwrap_or(false);
+        let mut ctx = RunContext { progress: &mut progress, cancel, started, vae_tiling };
         let mut out = pipeline.generate(params, &mut ctx, refiner.as_deref())?;
         let t_upscale = Instant::now();
         if let Some(u) = &upscale {

@@ -97,6 +97,8 @@ pub struct RunContext<'a> {
     pub cancel: &'a CancelToken,
     /// When the request started.
     pub started: Instant,
+    /// Decode in tiles as diffusers' `vae.enable_tiling()` does (engine option `vae_tiling`).
+    pub vae_tiling: bool,
 }
 
 /// Seconds spent per stage, and UNet calls.
@@ -212,7 +214,7 @@ impl SdxlPipeline {
             }
             if vae.is_none() {
                 let session = ModelSession::load(env, &dir.graph("vae_decoder"), "vae_decoder", config)?;
-                return VaeDecoder::new(Arc::new(session), dir.vae, own_vae.clone());
+                return VaeDecoder::new(Arc::new(session), dir.vae.clone(), own_vae.clone());
             }
             let custom = VaeDecoder::load(env, &vae_folder, config)?;
             custom.check_fits(&dir)?;
@@ -457,7 +459,7 @@ impl SdxlPipeline {
                 self.report(ctx, &params.request_id, Stage::Decoding, i as u32, n as u32, (first + i) as u32, batch)?;
                 let latent = latents.slice_axis(Axis(0), (i..i + 1).into()).to_owned();
                 let seed_i = params.seed.wrapping_add((first + i) as u64);
-                images.push(decoder.decode(latent, seed_i, ctx.cancel)?);
+                images.push(decoder.decode(latent, seed_i, ctx.vae_tiling, ctx.cancel)?);
             }
             timings.vae_decode += t2.elapsed().as_secs_f64();
             first += n;

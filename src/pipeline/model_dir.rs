@@ -34,7 +34,7 @@ pub struct ModelDir {
 }
 
 /// What decoding needs from a VAE decoder's `config.json`.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct VaeInfo {
     /// `scaling_factor` (0.13025 for SDXL): latents are divided by it before decoding.
     pub scaling_factor: f32,
@@ -42,6 +42,12 @@ pub struct VaeInfo {
     pub scale_factor: u32,
     /// `latent_channels` (4 for SDXL), when the config gives it.
     pub latent_channels: Option<u32>,
+    /// `sample_size`: the image side one tile of a tiled decode covers (1024 for SDXL; diffusers'
+    /// `tile_sample_min_size`).
+    pub sample_size: u32,
+    /// `latents_mean` and `latents_std` (per latent channel), when the config gives both: diffusers then decodes
+    /// `latents · std / scaling_factor + mean` instead of `latents / scaling_factor`.
+    pub latents_stats: Option<(Vec<f32>, Vec<f32>)>,
 }
 
 impl VaeInfo {
@@ -57,10 +63,23 @@ impl VaeInfo {
             VaeConfig { scaling_factor: Some(0.13025), ..VaeConfig::default() }
         });
         let levels = vae.block_out_channels.as_ref().map_or(4, |b| b.len() as u32).clamp(1, 8);
+        let channels = vae.latent_channels.unwrap_or(4) as usize;
+        let latents_stats = match (vae.latents_mean, vae.latents_std) {
+            (Some(mean), Some(std)) if mean.len() == channels && std.len() == channels => Some((mean, std)),
+            (Some(_), Some(_)) => {
+                return Err(Error::model_invalid(
+                    &path,
+                    format!("latents_mean and latents_std must have {channels} values, one per latent channel"),
+                ))
+            }
+            _ => None,
+        };
         Ok(VaeInfo {
             scaling_factor: vae.scaling_factor.unwrap_or(0.18215),
             scale_factor: 1 << (levels - 1),
             latent_channels: vae.latent_channels,
+            sample_size: first_number(&vae.sample_size).unwrap_or(1024).max(1),
+            latents_stats,
         })
     }
 }
@@ -82,6 +101,18 @@ struct VaeConfig {
     scaling_factor: Option<f32>,
     block_out_channels: Option<Vec<u32>>,
     latent_channels: Option<u32>,
+    sample_size: Option<serde_json::Value>,
+    latents_mean: Option<Vec<f32>>,
+    latents_std: Option<Vec<f32>>,
+}
+
+/// A config size given as a number or a list (`[h, w]`): the number, or the list's first.
+fn first_number(v: &Option<serde_json::Value>) -> Option<u32> {
+    match v {
+        Some(serde_json::Value::Number(n)) => n.as_u64().map(|n| n as u32),
+        Some(serde_json::Value::Array(a)) => a.first().and_then(|v| v.as_u64()).map(|n| n as u32),
+        _ => None,
+    }
 }
 
 fn read_json<T: serde::de::DeserializeOwned + Default>(path: &Path, required: bool) -> Result<Option<T>> {
@@ -117,11 +148,7 @@ impl ModelDir {
             warnings.push("unet/config.json missing: assuming SDXL's sample_size 128 and 3 levels".into());
             UnetConfig::default()
         });
-        let unet_sample_size = match &unet.sample_size {
-            Some(serde_json::Value::Number(n)) => n.as_u64().unwrap_or(128) as u32,
-            Some(serde_json::Value::Array(a)) => a.first().and_then(|v| v.as_u64()).unwrap_or(128) as u32,
-            _ => 128,
-        };
+        let unet_sample_size = first_number(&unet.sample_size).unwrap_or(128);
         let unet_levels = unet.block_out_channels.as_ref().map_or(3, |b| b.len() as u32).max(1);
 
         let vae = VaeInfo::read(&root.join("vae_decoder"), Some(&mut warnings))?;
