@@ -26,6 +26,24 @@ fn generate_writes_an_image_with_the_bundled_model() {
 }
 
 #[test]
+fn refiner_vae_and_upscaler_flags_reach_the_request() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("refined.png");
+    let run = cli()
+        .args(["generate", "--prompt", "a lighthouse", "--steps", "5", "--refiner", "tiny-sdxl-refiner"])
+        .args(["--refiner-switch-at", "0.6", "--vae", "tiny-vae-b", "--upscale", "tiny-x2", "--upscale-factor", "3"])
+        .arg("--out")
+        .arg(&out)
+        .output()
+        .unwrap();
+    assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
+    let img = image::open(&out).unwrap();
+    assert_eq!((img.width(), img.height()), (192, 192));
+    let stdout = String::from_utf8_lossy(&run.stdout);
+    assert!(stdout.contains("tiny-sdxl-refiner") && stdout.contains("tiny-vae-b"), "{stdout}");
+}
+
+#[test]
 fn a_missing_or_wrong_onnx_runtime_is_a_clear_error_not_a_crash() {
     let dir = tempfile::tempdir().unwrap();
     let not_a_lib = dir.path().join("libonnxruntime.so.1.31.1");

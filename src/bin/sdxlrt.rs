@@ -64,6 +64,21 @@ struct GenerateArgs {
     /// Number of images.
     #[arg(long, default_value_t = 1)]
     batch: u32,
+    /// SDXL refiner folder under --models-root: it denoises the last part of the schedule.
+    #[arg(long)]
+    refiner: Option<String>,
+    /// The fraction of the steps the base model runs before the refiner (default 0.8).
+    #[arg(long, requires = "refiner")]
+    refiner_switch_at: Option<f64>,
+    /// Custom VAE folder under <models-root>/vae.
+    #[arg(long)]
+    vae: Option<String>,
+    /// Upscaler model under <models-root>/upscalers (name without .onnx).
+    #[arg(long)]
+    upscale: Option<String>,
+    /// Upscale factor with --upscale.
+    #[arg(long, default_value_t = 2, requires = "upscale")]
+    upscale_factor: u32,
     /// Output file (.png, .jpg or .webp).
     #[arg(long)]
     out: PathBuf,
@@ -142,6 +157,19 @@ fn generate(args: GenerateArgs) -> Result<String, String> {
     if let Some(s) = &args.scheduler {
         data["scheduler"] = serde_json::json!(s);
     }
+    if let Some(r) = &args.refiner {
+        data["models"]["refiner"] = serde_json::json!(r);
+    }
+    if let Some(at) = args.refiner_switch_at {
+        data["hyperparameters"]["refiner_switch_at"] = serde_json::json!(at);
+    }
+    if let Some(v) = &args.vae {
+        data["models"]["vae"] = serde_json::json!(v);
+    }
+    if let Some(model) = &args.upscale {
+        data["output"]["upscale"] =
+            serde_json::json!({ "enabled": true, "factor": args.upscale_factor, "model": model });
+    }
     let request = serde_json::json!({ "message_type": "inference_request", "request_id": "cli", "data": data });
 
     let options = CString::new(options.to_string()).map_err(|e| e.to_string())?;
@@ -190,7 +218,20 @@ fn main() -> ExitCode {
             Ok(json) => {
                 let value: serde_json::Value = serde_json::from_str(&json).unwrap_or_default();
                 for img in value["data"]["generated_images"].as_array().into_iter().flatten() {
-                    println!("wrote {} (seed {})", img["image_path"].as_str().unwrap_or("?"), img["metadata"]["seed"]);
+                    let meta = &img["metadata"];
+                    let path = img["image_path"].as_str().unwrap_or("?");
+                    let (w, h) = (&img["width"], &img["height"]);
+                    let mut used: Vec<String> = Vec::new();
+                    for (label, key) in [("refiner", "refiner_model"), ("vae", "vae_model")] {
+                        if let Some(name) = meta["model_info"][key].as_str() {
+                            used.push(format!("{label} {name}"));
+                        }
+                    }
+                    if let Some(name) = meta["upscale"]["model"].as_str() {
+                        used.push(format!("upscaled by {name}"));
+                    }
+                    let used = if used.is_empty() { String::new() } else { format!(", {}", used.join(", ")) };
+                    println!("wrote {path} ({w}x{h}, seed {}{used})", meta["seed"]);
                 }
                 let m = &value["data"]["processing_metrics"];
                 println!(
