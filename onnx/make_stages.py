@@ -24,6 +24,7 @@ Goldens (tests/fixtures/goldens/<case>.safetensors, the tensors and metadata of 
   refiner_heun, refiner_dpmpp_2m
                     the same with Heun (second order) and DPM-Solver++ 2M (multistep) on both
   refiner_batch2    refiner_euler_a with two images (one generator per image, as goldens.py)
+  refiner_scores    refiner with aesthetic_score 7.5 and negative_aesthetic_score 1.5
 
 Refiner goldens add: refiner_prompt_embeds [1,77,32], refiner_pooled_prompt_embeds [1,32] (and the negative
 ones), refiner_add_time_ids [1,5] / refiner_add_neg_time_ids [1,5], base_timesteps, refiner_timesteps,
@@ -68,6 +69,10 @@ CASES = {
     # two images, one generator each, handed from the base to the refiner call
     "refiner_batch2": dict(
         BASE_CASE, steps=10, refiner="tiny-sdxl-refiner", scheduler="EulerAncestralDiscreteScheduler", batch_size=2
+    ),
+    # the refiner's aesthetic scores (A1111's refiner score settings, ComfyUI's ascore) instead of 6 / 2.5
+    "refiner_scores": dict(
+        BASE_CASE, steps=10, refiner="tiny-sdxl-refiner", aesthetic_score=7.5, negative_aesthetic_score=1.5
     ),
 }
 
@@ -198,8 +203,14 @@ def refiner_case(base, refiner, name: str) -> tuple[dict, dict]:
             ).images
             t["base_timesteps"] = base.scheduler.timesteps[: len(steps)].to(torch.float32).clone()
             n_base = len(steps)
+            scores = {k: p[k] for k in ("aesthetic_score", "negative_aesthetic_score") if k in p}
             image = refiner(
-                **common, image=latents, denoising_start=REFINER_START, output_type="np", generator=generator
+                **common,
+                **scores,
+                image=latents,
+                denoising_start=REFINER_START,
+                output_type="np",
+                generator=generator,
             ).images
     finally:
         hook.remove()

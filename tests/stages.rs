@@ -106,6 +106,7 @@ fn the_refiner_takes_over_at_the_switch_point_like_diffusers() {
         ("refiner_dpmpp_2m", true, 10),
         ("refiner_batch2", true, 10),
         ("refiner_batch2", false, 20),
+        ("refiner_scores", true, 10),
     ];
     for (case, parallel, evaluations) in cases {
         let reply = check_case(&engine, case, parallel);

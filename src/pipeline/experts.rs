@@ -7,11 +7,6 @@ use crate::error::Result;
 use crate::protocol::params::GenerateParams;
 use crate::schedulers::{self, Scheduler};
 
-/// diffusers' default `aesthetic_score` for a refiner's positive conditioning.
-pub const AESTHETIC_SCORE: f32 = 6.0;
-/// diffusers' default `negative_aesthetic_score`.
-pub const NEGATIVE_AESTHETIC_SCORE: f32 = 2.5;
-
 /// One model of the ensemble of experts (the base, then the refiner) with the scheduler it runs.
 pub(super) struct Expert<'a> {
     pub(super) model: &'a SdxlPipeline,

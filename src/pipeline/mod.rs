@@ -19,7 +19,7 @@ use ndarray::{concatenate, Array2, Array3, ArrayD, Axis, IxDyn};
 
 use self::decode::VaeDecoder;
 use self::denoise::{denoise, time_ids, DenoiseContext, UnetConditioning};
-use self::experts::{stage_range, Expert, AESTHETIC_SCORE, NEGATIVE_AESTHETIC_SCORE};
+use self::experts::{stage_range, Expert};
 use self::model_dir::ModelDir;
 use self::text::{PromptEmbeds, TextEncoders};
 use crate::error::{Error, Result};
@@ -351,13 +351,13 @@ impl SdxlPipeline {
     }
 
     /// SDXL's micro-conditioning for an image of `height` × `width`, positive and negative: a base model's
-    /// `[h, w, 0, 0, h, w]` for both; a refiner's `[h, w, 0, 0, aesthetic score]` with diffusers' default scores
-    /// 6.0 and 2.5.
-    fn time_ids(&self, height: u32, width: u32) -> (Vec<f32>, Vec<f32>) {
+    /// `[h, w, 0, 0, h, w]` for both; a refiner's `[h, w, 0, 0, score]` with the request's aesthetic scores
+    /// (diffusers' defaults 6.0 and 2.5).
+    fn time_ids(&self, height: u32, width: u32, scores: (f32, f32)) -> (Vec<f32>, Vec<f32>) {
         let (h, w) = (height as f32, width as f32);
         match self.dir.refiner {
             false => (time_ids(height, width).to_vec(), time_ids(height, width).to_vec()),
-            true => (vec![h, w, 0.0, 0.0, AESTHETIC_SCORE], vec![h, w, 0.0, 0.0, NEGATIVE_AESTHETIC_SCORE]),
+            true => (vec![h, w, 0.0, 0.0, scores.0], vec![h, w, 0.0, 0.0, scores.1]),
         }
     }
 
@@ -431,7 +431,7 @@ impl SdxlPipeline {
                         init
                     }
                 };
-                let (ids, neg_ids) = stage.model.time_ids(height, width);
+                let (ids, neg_ids) = stage.model.time_ids(height, width, params.refiner_aesthetic_scores);
                 let cond_n = unet_conditioning(cond, uncond.as_ref(), n, &ids, &neg_ids)?;
                 let t1 = Instant::now();
                 let mut dctx = DenoiseContext {

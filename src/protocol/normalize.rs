@@ -35,6 +35,12 @@ pub const DEFAULT_STRENGTH: f32 = 0.8;
 /// Default `data.hyperparameters.refiner_switch_at`: diffusers' documented `high_noise_frac` and A1111's default
 /// "switch at".
 pub const DEFAULT_REFINER_SWITCH_AT: f64 = 0.8;
+/// Default `data.hyperparameters.refiner_aesthetic_score` (diffusers' `aesthetic_score`).
+pub const DEFAULT_AESTHETIC_SCORE: f32 = 6.0;
+/// Default `data.hyperparameters.refiner_negative_aesthetic_score` (diffusers' `negative_aesthetic_score`).
+pub const DEFAULT_NEGATIVE_AESTHETIC_SCORE: f32 = 2.5;
+/// Largest accepted aesthetic score: the refiner was trained on 0–10 ratings; a bound catches typos only.
+pub const MAX_AESTHETIC_SCORE: f64 = 10.0;
 /// Default `data.output.quality`.
 pub const DEFAULT_QUALITY: u8 = 95;
 /// Random seeds are drawn from `0..RANDOM_SEED_BOUND` (2^32), so every caller's integer type can hold them.
@@ -240,8 +246,35 @@ pub fn normalize(wire: &WireRequest, limits: &RequestLimits, warnings: &mut Vec<
             ))
         }
     };
-    if h.refiner_switch_at.is_some() && refiner.is_none() {
-        warnings.push("data.hyperparameters.refiner_switch_at is ignored: no data.models.refiner".into());
+    let score = |key: &str, v: Option<f64>, default: f32| -> Result<f32> {
+        match v {
+            None => Ok(default),
+            Some(s) if s.is_finite() && (0.0..=MAX_AESTHETIC_SCORE).contains(&s) => Ok(s as f32),
+            Some(s) => Err(Error::field(
+                format!("data.hyperparameters.{key}"),
+                format!(
+                    "must be a number from 0 to {MAX_AESTHETIC_SCORE} (aesthetic scores are ratings of 0-10), got {s}"
+                ),
+            )),
+        }
+    };
+    let refiner_aesthetic_scores = (
+        score("refiner_aesthetic_score", h.refiner_aesthetic_score, DEFAULT_AESTHETIC_SCORE)?,
+        score(
+            "refiner_negative_aesthetic_score",
+            h.refiner_negative_aesthetic_score,
+            DEFAULT_NEGATIVE_AESTHETIC_SCORE,
+        )?,
+    );
+    if refiner.is_none() {
+        let given = [
+            ("refiner_switch_at", h.refiner_switch_at.is_some()),
+            ("refiner_aesthetic_score", h.refiner_aesthetic_score.is_some()),
+            ("refiner_negative_aesthetic_score", h.refiner_negative_aesthetic_score.is_some()),
+        ];
+        for (key, _) in given.iter().filter(|g| g.1) {
+            warnings.push(format!("data.hyperparameters.{key} is ignored: no data.models.refiner"));
+        }
     }
 
     let dims = d.dimensions.clone().unwrap_or_default();
@@ -314,6 +347,7 @@ pub fn normalize(wire: &WireRequest, limits: &RequestLimits, warnings: &mut Vec<
         model,
         refiner,
         refiner_switch_at,
+        refiner_aesthetic_scores,
         vae,
         steps,
         guidance_scale,
@@ -659,6 +693,7 @@ mod tests {
             model: Some("cyberrealisticPony_v125".into()),
             refiner: None,
             refiner_switch_at: 0.8,
+            refiner_aesthetic_scores: (6.0, 2.5),
             vae: None,
             steps: 30,
             guidance_scale: 7.0,
@@ -877,6 +912,15 @@ mod tests {
         for bad in [0.0, 1.0, -0.2, 1.5] {
             let r = parse_value(minimal(json!({"hyperparameters": {"refiner_switch_at": bad}})));
             assert_eq!(invalid_field(r).0, "data.hyperparameters.refiner_switch_at", "for {bad}");
+        }
+        let scores = json!({"refiner_aesthetic_score": 7.5, "refiner_negative_aesthetic_score": 1});
+        let p = parse_value(minimal(json!({"models": {"refiner": "r"}, "hyperparameters": scores}))).unwrap();
+        assert_eq!(p.params.refiner_aesthetic_scores, (7.5, 1.0));
+        assert!(p.warnings.is_empty(), "{:?}", p.warnings);
+        assert_eq!(parse_value(minimal(json!({}))).unwrap().params.refiner_aesthetic_scores, (6.0, 2.5));
+        for (key, bad) in [("refiner_aesthetic_score", -1.0), ("refiner_negative_aesthetic_score", 11.0)] {
+            let r = parse_value(minimal(json!({"hyperparameters": {key: bad}})));
+            assert_eq!(invalid_field(r).0, format!("data.hyperparameters.{key}"), "for {bad}");
         }
     }
 

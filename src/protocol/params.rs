@@ -30,6 +30,10 @@ pub struct GenerateParams {
     /// (`data.hyperparameters.refiner_switch_at`, in (0, 1); default 0.8): diffusers' `denoising_end` on the base
     /// and `denoising_start` on the refiner, A1111's "switch at".
     pub refiner_switch_at: f64,
+    /// The refiner's aesthetic scores, positive and negative (`data.hyperparameters.refiner_aesthetic_score`,
+    /// `refiner_negative_aesthetic_score`; diffusers' `aesthetic_score` / `negative_aesthetic_score`, defaults 6.0
+    /// and 2.5, as A1111's and ComfyUI's): the last of the refiner's 5 time ids.
+    pub refiner_aesthetic_scores: (f32, f32),
     /// Custom VAE (`data.models.vae`): a VAE decoder folder under `models_root/vae/` that decodes instead of the
     /// model's own.
     pub vae: Option<String>,

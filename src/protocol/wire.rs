@@ -163,6 +163,12 @@ pub struct WireHyperparameters {
     /// `refiner_switch_at`: the fraction of the steps after which the refiner takes over.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub refiner_switch_at: Option<f64>,
+    /// `refiner_aesthetic_score`: the refiner's positive aesthetic conditioning.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub refiner_aesthetic_score: Option<f64>,
+    /// `refiner_negative_aesthetic_score`: the refiner's negative aesthetic conditioning.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub refiner_negative_aesthetic_score: Option<f64>,
 }
 
 /// `data.dimensions`.
@@ -401,8 +407,19 @@ impl WireHyperparameters {
             seed: obj.big_int("seed")?,
             strength: obj.float("strength")?,
             refiner_switch_at: obj.float("refiner_switch_at")?,
+            refiner_aesthetic_score: obj.float("refiner_aesthetic_score")?,
+            refiner_negative_aesthetic_score: obj.float("refiner_negative_aesthetic_score")?,
         };
-        obj.warn_unknown(&["num_inference_steps", "guidance_scale", "seed", "strength", "refiner_switch_at"], warnings);
+        let known = [
+            "num_inference_steps",
+            "guidance_scale",
+            "seed",
+            "strength",
+            "refiner_switch_at",
+            "refiner_aesthetic_score",
+            "refiner_negative_aesthetic_score",
+        ];
+        obj.warn_unknown(&known, warnings);
         Ok(h)
     }
 }

@@ -259,6 +259,14 @@ impl Golden {
                 data["models"][key] = serde_json::json!(name);
             }
         }
+        for (key, field) in [
+            ("aesthetic_score", "refiner_aesthetic_score"),
+            ("negative_aesthetic_score", "refiner_negative_aesthetic_score"),
+        ] {
+            if self.meta.contains_key(key) {
+                data["hyperparameters"][field] = serde_json::json!(self.meta::<f64>(key));
+            }
+        }
         if self.meta.contains_key("refiner_start") {
             data["hyperparameters"]["refiner_switch_at"] = serde_json::json!(self.meta::<f64>("refiner_start"));
         }

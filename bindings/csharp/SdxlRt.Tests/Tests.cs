@@ -190,10 +190,15 @@ namespace SdxlRt.Tests
             r.Model.Refiner = "sdxl-refiner";
             string plain = new EnhancedRequestTransformer().ToJson(r, "id-0");
             Assert.True(!plain.Contains("refiner_switch_at"), "no refiner_switch_at key when none is set: " + plain);
+            Assert.True(!plain.Contains("aesthetic_score"), "no aesthetic score keys when none is set: " + plain);
             r.Model.RefinerSwitchAt = 0.7;
+            r.Model.RefinerAestheticScore = 7.5;
+            r.Model.RefinerNegativeAestheticScore = 1.5;
             string json = new EnhancedRequestTransformer().ToJson(r, "id-0");
             Assert.True(json.Contains("\"refiner_switch_at\":0.7"), "refiner_switch_at sent: " + json);
             Assert.True(json.Contains("\"refiner\":\"sdxl-refiner\""), "refiner sent: " + json);
+            Assert.True(json.Contains("\"refiner_aesthetic_score\":7.5"), "aesthetic score sent: " + json);
+            Assert.True(json.Contains("\"refiner_negative_aesthetic_score\":1.5"), "negative score sent: " + json);
         }
 
         [Test]

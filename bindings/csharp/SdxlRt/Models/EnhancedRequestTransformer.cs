@@ -69,6 +69,8 @@ namespace SdxlRt
                         Seed = hyper.Seed,
                         Strength = hyper.Strength ?? 0.8,
                         RefinerSwitchAt = model.RefinerSwitchAt,
+                        RefinerAestheticScore = model.RefinerAestheticScore,
+                        RefinerNegativeAestheticScore = model.RefinerNegativeAestheticScore,
                     },
                     Dimensions = new DimensionsContract { Width = hyper.Width, Height = hyper.Height },
                     Scheduler = MapSchedulerType(sched.Type),
@@ -214,6 +216,8 @@ namespace SdxlRt
         [DataMember(Name = "strength", Order = 3)] public double Strength;
         // Not in the seed: written only when the caller set it.
         [DataMember(Name = "refiner_switch_at", Order = 4, EmitDefaultValue = false)] public double? RefinerSwitchAt;
+        [DataMember(Name = "refiner_aesthetic_score", Order = 5, EmitDefaultValue = false)] public double? RefinerAestheticScore;
+        [DataMember(Name = "refiner_negative_aesthetic_score", Order = 6, EmitDefaultValue = false)] public double? RefinerNegativeAestheticScore;
     }
 
     [DataContract]

@@ -106,6 +106,12 @@ namespace SdxlRt
         /// </summary>
         public double? RefinerSwitchAt { get; set; }
 
+        /// <summary>The refiner's aesthetic score (0-10); null for the default 6.0. Sent only when set.</summary>
+        public double? RefinerAestheticScore { get; set; }
+
+        /// <summary>The refiner's negative aesthetic score (0-10); null for the default 2.5. Sent only when set.</summary>
+        public double? RefinerNegativeAestheticScore { get; set; }
+
         /// <summary>A custom VAE: a folder under <c>models_root/vae/</c>; null for the model's own.</summary>
         public string Vae { get; set; }
     }
