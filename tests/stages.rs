@@ -193,4 +193,16 @@ fn wrong_vae_and_refiner_names_are_clear_errors_and_the_engine_keeps_working() {
         let outcome = engine.generate(&fine, &mut Capture::default(), false);
         assert!(outcome.error.is_none(), "after {models}: {:?}", outcome.error);
     }
+    // The refiner decodes, so it alone holds the custom VAE: the base is loaded as it is (one VAE session, not two).
+    let loaded = engine.status()["loaded_models"].clone();
+    let variants: Vec<(&str, &str)> = loaded
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| (m["name"].as_str().unwrap(), m["variant"].as_str().unwrap()))
+        .collect();
+    assert!(variants.contains(&("tiny-sdxl", "")), "{loaded}");
+    assert!(variants.iter().any(|(n, v)| *n == "tiny-sdxl-refiner" && v.starts_with("vae:")), "{loaded}");
+    // (the plain refiner entry comes from the request that named it as the base)
+    assert_eq!(variants.iter().filter(|(n, _)| *n == "tiny-sdxl").count(), 1, "{loaded}");
 }

@@ -286,8 +286,8 @@ impl Engine {
     }
 
     /// The loaded pipeline for the base model `name` — with the request's LoRAs and custom VAE — and, when the
-    /// request names one, the refiner (with the same custom VAE, since it decodes), loading them (once, even under
-    /// concurrent requests) on a miss. Returns them and the seconds spent loading.
+    /// request names one, the refiner (then the custom VAE is the refiner's, since it decodes), loading them (once,
+    /// even under concurrent requests) on a miss. Returns them and the seconds spent loading.
     fn pipelines(
         &self,
         name: &str,
@@ -318,7 +318,9 @@ impl Engine {
         if !progress.report(&event) {
             return Err(Error::Cancelled);
         }
-        let (base, mut seconds) = self.load_model(Role::Base(field), name, &loras, vae.as_deref(), warnings)?;
+        // With a refiner, the refiner's VAE decodes: the custom VAE goes to it alone (loaded once, not twice).
+        let base_vae = if params.refiner.is_some() { None } else { vae.as_deref() };
+        let (base, mut seconds) = self.load_model(Role::Base(field), name, &loras, base_vae, warnings)?;
         let refiner = match &params.refiner {
             Some(refiner) => {
                 let none = crate::lora::LoraSet::empty();
