@@ -6,7 +6,7 @@ use sdxlrt::engine::Engine;
 use sdxlrt::pipeline::SdxlPipeline;
 use sdxlrt::runtime::SessionConfig;
 
-use crate::util::{copy_dir, fixtures, options_json, Capture, Golden};
+use crate::util::{copy_dir, fixtures, max_u8_diff, options_json, Capture, Golden};
 
 fn engine() -> Engine {
     Engine::new(Some(&options_json())).expect("engine")
@@ -48,15 +48,15 @@ fn check_case(engine: &Engine, case: &str, parallel: bool) -> serde_json::Value 
     let want = &g.t("image_u8").u8;
     let got: Vec<u8> = outcome.images.iter().flat_map(|im| im.data.iter().copied()).collect();
     assert_eq!(got.len(), want.len(), "{case}: image size");
-    let worst = got.iter().zip(want).map(|(a, b)| (*a as i16 - *b as i16).abs()).max().unwrap();
-    assert!(worst <= 1, "{case}: image differs from diffusers by {worst}/255");
+    let (worst, at) = max_u8_diff(&got, want);
+    assert!(worst <= 1, "{case}: image differs from diffusers by {worst}/255 at byte {at}");
     serde_json::from_str(&outcome.response_json).unwrap()
 }
 
 /// Largest per-pixel difference between the image of golden `a` and golden `b`.
-fn image_distance(a: &str, b: &str) -> i16 {
+fn image_distance(a: &str, b: &str) -> u8 {
     let (a, b) = (Golden::load(a), Golden::load(b));
-    a.t("image_u8").u8.iter().zip(&b.t("image_u8").u8).map(|(x, y)| (*x as i16 - *y as i16).abs()).max().unwrap()
+    max_u8_diff(&a.t("image_u8").u8, &b.t("image_u8").u8).0
 }
 
 #[test]
@@ -85,7 +85,7 @@ fn tiled_vae_decode_matches_diffusers_enable_tiling() {
     let g = Golden::load("vae_tiled");
     let plain = engine().generate(&g.request("tiny-sdxl", true), &mut Capture::default(), true);
     let want = &g.t("image_u8").u8;
-    let worst = plain.images[0].data.iter().zip(want).map(|(a, b)| (*a as i16 - *b as i16).abs()).max().unwrap();
+    let worst = max_u8_diff(&plain.images[0].data, want).0;
     assert!(worst > 8, "an untiled decode should differ from the tiled golden, got {worst}/255");
     // Images no larger than one tile decode in one piece with the option on too.
     check_case(&tiled, "cfg_neg", true);
