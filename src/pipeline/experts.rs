@@ -17,14 +17,13 @@ pub(super) struct Expert<'a> {
 
 impl<'a> Expert<'a> {
     /// The request's scheduler resolved against `model`'s own `scheduler_config.json` (as diffusers' refiner has
-    /// its own), built once so that option errors come before any work.
+    /// its own).
     pub(super) fn new(model: &'a SdxlPipeline, params: &GenerateParams) -> Result<Self> {
         let scheduler = schedulers::resolve(
             params.scheduler.as_ref().map(|s| s.name.as_str()),
             params.scheduler.as_ref().map(|s| &s.overrides).unwrap_or(&serde_json::Map::new()),
             &model.model_dir().scheduler,
         )?;
-        scheduler.build(params.steps as usize)?;
         let switch_at = params.refiner.as_ref().map(|_| params.refiner_switch_at);
         Ok(Expert { model, scheduler, switch_at })
     }

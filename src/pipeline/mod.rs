@@ -378,7 +378,8 @@ impl SdxlPipeline {
         let stages: Vec<Expert<'_>> = std::iter::once(Expert::new(self, params)?)
             .chain(refiner.map(|r| Expert::new(r, params)).transpose()?)
             .collect();
-        // The evaluations each stage runs: all of them, or the base's first part and the refiner's rest.
+        // The evaluations each stage runs: all of them, or the base's first part and the refiner's rest. Building
+        // the schedulers here also makes option errors come before any work.
         let mut ranges = Vec::with_capacity(stages.len());
         for (k, stage) in stages.iter().enumerate() {
             let scheduler = stage.scheduler.build(params.steps as usize)?;
