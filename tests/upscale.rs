@@ -4,9 +4,10 @@
 use std::time::Instant;
 
 use sdxlrt::engine::Engine;
+use sdxlrt::image::lanczos;
 use sdxlrt::image::RgbImage;
 use sdxlrt::pipeline::upscale::tiles::Tiling;
-use sdxlrt::pipeline::upscale::{lanczos, ReportAs, Upscaler};
+use sdxlrt::pipeline::upscale::{ReportAs, Upscaler};
 use sdxlrt::pipeline::{NoProgress, Progress, ProgressEvent, RunContext, Stage};
 use sdxlrt::runtime::{CancelToken, SessionConfig};
 use serde_json::{json, Value};

@@ -13,13 +13,12 @@
 //! Per image: `passes` runs of the model (A1111's loop: run, stop once the image is at least `factor` times the
 //! generated size; a 1× model runs once), each starting from 8-bit pixels (`u8 / 255` in, output clamped to
 //! [0, 1], × 255, rounded half to even), then, when the result is not exactly `factor` × the size, a Lanczos-3
-//! resize to it, bit for bit as A1111's PIL `LANCZOS` ([`lanczos`]). So factor 4 with a ×2 model is two passes, factor 3 is two
+//! resize to it, bit for bit as A1111's PIL `LANCZOS` ([`crate::image::lanczos`]). So factor 4 with a ×2 model is two passes, factor 3 is two
 //! passes and a resize down from ×4, factor 1 is one pass and a resize back.
 //!
 //! Every pass is tiled ([`tiles`]); progress is reported as [`Stage::Upscaling`] after each tile and the cancel
 //! token is checked between tiles. No pass may produce more than [`MAX_UPSCALED_PIXELS`] pixels.
 
-pub mod lanczos;
 pub mod tiles;
 
 use std::path::Path;
@@ -173,7 +172,7 @@ impl Upscaler {
         if (upscaled.width, upscaled.height) == (w, h) {
             return Ok(upscaled);
         }
-        Ok(lanczos::resize(&upscaled, w, h))
+        Ok(crate::image::lanczos::resize(&upscaled, w, h))
     }
 
     /// Windows over every pass of `plan`, for progress.

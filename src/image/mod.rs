@@ -1,4 +1,8 @@
-//! Decoded VAE output → RGB8 pixels → PNG/JPEG/WebP bytes → files written atomically.
+//! Decoded VAE output → RGB8 pixels → PNG/JPEG/WebP bytes → files written atomically; images read from a request
+//! (control images) and Pillow's Lanczos resize ([`lanczos`]).
+
+pub mod lanczos;
+pub mod source;
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
