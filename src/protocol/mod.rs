@@ -3,6 +3,7 @@
 //! Plain data: no ONNX Runtime, no engine. `wire` mirrors the JSON as sent, `normalize` turns it into the
 //! validated [`params::GenerateParams`], `response` builds the reply.
 
+pub mod controlnet;
 pub mod normalize;
 pub mod params;
 pub mod prompt_tags;

@@ -18,7 +18,7 @@ use serde_json::Value;
 
 use crate::error::{Error, Result};
 use crate::protocol::params::{GenerateParams, ImageFormat, LoraRequest, OutputParams, Priority, SchedulerChoice};
-use crate::protocol::wire::{describe, WireData, WireRequest, WireScheduler};
+use crate::protocol::wire::{WireData, WireRequest, WireScheduler};
 
 /// Accepted `message_type` values.
 pub const MESSAGE_TYPES: [&str; 2] = ["inference_request", "enhanced_inference_request"];
@@ -160,7 +160,6 @@ pub fn normalize(wire: &WireRequest, limits: &RequestLimits, warnings: &mut Vec<
     }
     // diffusers: `prompt_2 or prompt` (an empty string falls back too).
     let second = |t: &Option<String>| t.clone().filter(|t| !t.is_empty());
-    reject_unsupported(d)?;
     let model = resolve_model(d)?;
     let loras = lora_requests(d, tagged, warnings)?;
     if loras.len() > limits.max_loras as usize {
@@ -277,6 +276,15 @@ pub fn normalize(wire: &WireRequest, limits: &RequestLimits, warnings: &mut Vec<
         }
     }
 
+    let controlnets = super::controlnet::controlnet_requests(d.controlnet.as_ref(), warnings)?;
+    if refiner.is_some() && !controlnets.is_empty() {
+        return Err(Error::unsupported(
+            "data.controlnet",
+            "ControlNet together with data.models.refiner is not supported yet (diffusers has no pipeline for it to \
+             check against); drop one of them",
+        ));
+    }
+
     let dims = d.dimensions.clone().unwrap_or_default();
     let width = merge("data.width", d.width, "data.dimensions.width", dims.width)?
         .map(|w| check_side("data.dimensions.width", w, limits.max_width))
@@ -362,6 +370,7 @@ pub fn normalize(wire: &WireRequest, limits: &RequestLimits, warnings: &mut Vec<
         timeout_secs,
         priority,
         loras,
+        controlnets,
     })
 }
 
@@ -427,63 +436,6 @@ fn random_u64() -> u64 {
     hasher.write_u128(nanos);
     hasher.write_u64(COUNTER.fetch_add(1, Ordering::Relaxed));
     hasher.finish()
-}
-
-/// Refuses the seed's features that this version does not implement, naming the field.
-fn reject_unsupported(d: &WireData) -> Result<()> {
-    if let Some(cn) = &d.controlnet {
-        if feature_requested(cn, "data.controlnet")? {
-            return Err(Error::unsupported(
-                "data.controlnet",
-                "ControlNet is not implemented yet; send controlnet.enabled false (or omit controlnet)",
-            ));
-        }
-    }
-    Ok(())
-}
-
-/// Whether an opaque feature block (`controlnet`) asks for its feature: `enabled: true`, any
-/// non-empty array inside it (a list of models or units), or, without an `enabled` key, any non-empty setting.
-/// `true`/`false` alone are read as `enabled`; an array is a list of units.
-fn feature_requested(value: &Value, path: &str) -> Result<bool> {
-    match value {
-        Value::Bool(b) => Ok(*b),
-        Value::Array(items) => Ok(items.iter().any(|v| !is_empty(v))),
-        Value::Object(map) => {
-            let enabled = match map.get("enabled") {
-                None | Some(Value::Null) => None,
-                Some(Value::Bool(b)) => Some(*b),
-                Some(other) => {
-                    return Err(Error::field(
-                        format!("{path}.enabled"),
-                        format!("expected true or false, got {}", describe(other)),
-                    ))
-                }
-            };
-            let has_list = map.values().any(|v| matches!(v, Value::Array(a) if a.iter().any(|x| !is_empty(x))));
-            let settings = map.iter().filter(|(k, _)| k.as_str() != "enabled").any(|(_, v)| !is_empty(v));
-            Ok(match enabled {
-                Some(true) => true,
-                Some(false) => has_list,
-                None => settings,
-            })
-        }
-        other => Err(Error::field(
-            path,
-            format!("expected an object such as {{\"enabled\": false}}, got {}", describe(other)),
-        )),
-    }
-}
-
-/// null, `""`, `[]`, `{}` and containers of only those.
-fn is_empty(v: &Value) -> bool {
-    match v {
-        Value::Null => true,
-        Value::String(s) => s.is_empty(),
-        Value::Array(a) => a.iter().all(is_empty),
-        Value::Object(o) => o.values().all(is_empty),
-        Value::Bool(_) | Value::Number(_) => false,
-    }
 }
 
 /// `models.base`, else legacy `model_name`; both given must agree. Empty names read as absent (the seed's C#
@@ -718,6 +670,7 @@ mod tests {
             timeout_secs: Some(300.0),
             priority: Priority::Normal,
             loras: Vec::new(),
+            controlnets: Vec::new(),
         };
         assert_eq!(p.params, expected);
 
@@ -860,6 +813,12 @@ mod tests {
             (minimal(json!({"scheduler": {"name": 5}})), "data.scheduler.name", "string"),
             (minimal(json!({"controlnet": {"enabled": "yes"}})), "data.controlnet.enabled", "true or false"),
             (minimal(json!({"controlnet": "canny"})), "data.controlnet", "object"),
+            (minimal(json!({"controlnet": [{"type": "canny"}]})), "data.controlnet", "object"),
+            (
+                minimal(json!({"controlnet": {"models": [{"type": "canny"}]}})),
+                "data.controlnet.models[0].model_path",
+                "missing",
+            ),
         ];
         for (value, path, hint) in cases {
             let (field, message) = invalid_field(parse_value(value.clone()));
@@ -925,26 +884,27 @@ mod tests {
     }
 
     #[test]
-    fn unsupported_features_name_their_field() {
-        let cases = [
-            (json!({"controlnet": {"enabled": true}}), "data.controlnet"),
-            (json!({"controlnet": {"type": "canny", "control_image": "abc"}}), "data.controlnet"),
-            (json!({"controlnet": {"enabled": false, "models": [{"type": "canny"}]}}), "data.controlnet"),
-            (json!({"controlnet": [{"type": "canny"}]}), "data.controlnet"),
-            (json!({"controlnet": true}), "data.controlnet"),
-        ];
-        for (extra, path) in cases {
-            let r = parse_value(minimal(extra.clone()));
-            assert!(matches!(&r, Err(e) if e.code().as_str() == "unsupported"), "for {extra}: {r:?}");
-            assert_eq!(unsupported_field(r), path, "for {extra}");
-        }
-        // Disabled or empty blocks are fine.
+    fn controlnet_units_reach_the_params_and_refuse_a_refiner() {
+        let unit = json!({"type": "canny", "model_path": "cn", "control_image": "e.png", "conditioning_scale": 0.5});
+        let p = parse_value(minimal(json!({"controlnet": {"enabled": true, "models": [unit.clone()]}}))).unwrap();
+        let got: Vec<(&str, Option<&str>, f32)> =
+            p.params.controlnets.iter().map(|c| (c.model.as_str(), c.kind.as_deref(), c.conditioning_scale)).collect();
+        assert_eq!(got, [("cn", Some("canny"), 0.5)]);
+        let p = parse_value(minimal(json!({"controlnet": {"enabled": false, "models": [{"type": "canny"}]}}))).unwrap();
+        assert!(p.params.controlnets.is_empty());
+        assert!(p.warnings.iter().any(|w| w.contains("1 ControlNet unit(s) ignored")), "{:?}", p.warnings);
+        let r = parse_value(minimal(json!({"controlnet": {"models": [unit]}, "models": {"refiner": "r"}})));
+        assert!(matches!(&r, Err(e) if e.code().as_str() == "unsupported"), "{r:?}");
+        assert_eq!(unsupported_field(r), "data.controlnet");
+    }
+
+    #[test]
+    fn disabled_or_empty_feature_blocks_are_fine() {
         for extra in [
             json!({"lora": {"enabled": false, "models": []}}),
             json!({"lora": {}}),
             json!({"lora": {"enabled": true, "models": []}}),
             json!({"controlnet": {}}),
-            json!({"controlnet": []}),
             json!({"controlnet": false}),
             json!({"controlnet": {"enabled": false, "conditioning_scale": 1.0, "models": []}}),
             json!({"controlnet": {"models": [], "type": null}}),

@@ -67,6 +67,9 @@ pub struct GenerateParams {
     pub priority: Priority,
     /// LoRAs to merge into the weights (`data.lora.models`, when `data.lora.enabled` is not false), in order.
     pub loras: Vec<LoraRequest>,
+    /// ControlNet units conditioning the base model (`data.controlnet.models`, when `data.controlnet.enabled` is
+    /// not false), in order; their residuals are summed, as diffusers' `MultiControlNetModel` does.
+    pub controlnets: Vec<ControlNetRequest>,
 }
 
 /// One validated `data.lora.models[i]` entry. The engine resolves `name` to a file (see [`crate::lora`]).
@@ -83,6 +86,25 @@ pub struct LoraRequest {
     pub text_encoder_weight: Option<f32>,
     /// The request field that names it, for errors: `data.lora.models[i].name`, or `data.prompt` for a
     /// `<lora:…>` tag ([`super::prompt_tags`]).
+    pub field: String,
+}
+
+/// One validated `data.controlnet.models[i]` unit ([`crate::protocol::controlnet`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ControlNetRequest {
+    /// `model_path`: a ControlNet under `<models_root>/controlnet/` or an absolute path inside `models_root`.
+    pub model: String,
+    /// `type`: a label (`canny`, `depth`, …).
+    pub kind: Option<String>,
+    /// `control_image`: a file path, a `data:` URL or base64 image data.
+    pub control_image: String,
+    /// `conditioning_scale`: the factor on the ControlNet's residuals.
+    pub conditioning_scale: f32,
+    /// `guidance_start`: the fraction of the steps before which the unit does not apply.
+    pub guidance_start: f64,
+    /// `guidance_end`: the fraction of the steps after which the unit does not apply.
+    pub guidance_end: f64,
+    /// The request field of the unit, for errors: `data.controlnet.models[i]`.
     pub field: String,
 }
 

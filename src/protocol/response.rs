@@ -82,6 +82,9 @@ pub struct ImageMetadata {
     /// The LoRAs merged into the weights, in request order; absent when there are none.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub loras: Vec<LoraInfo>,
+    /// The ControlNet units that conditioned the image, in request order; absent when there are none.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub controlnets: Vec<ControlNetInfo>,
     /// How the image was upscaled after decoding; absent when it was not.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub upscale: Option<UpscaleInfo>,
@@ -125,6 +128,34 @@ impl From<&super::params::LoraRequest> for LoraInfo {
             weight: r.weight,
             unet_weight: differs(r.unet_weight),
             text_encoder_weight: differs(r.text_encoder_weight),
+        }
+    }
+}
+
+/// One entry of `metadata.controlnets` (the control image itself is not echoed).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ControlNetInfo {
+    /// `model_path` as requested.
+    pub model: String,
+    /// `type` as requested; absent when not given.
+    #[serde(rename = "type", default, skip_serializing_if = "Option::is_none")]
+    pub kind: Option<String>,
+    /// The conditioning scale.
+    pub conditioning_scale: f32,
+    /// The fraction of the steps where the unit started applying.
+    pub guidance_start: f64,
+    /// The fraction of the steps where it stopped.
+    pub guidance_end: f64,
+}
+
+impl From<&super::params::ControlNetRequest> for ControlNetInfo {
+    fn from(r: &super::params::ControlNetRequest) -> Self {
+        ControlNetInfo {
+            model: r.model.clone(),
+            kind: r.kind.clone(),
+            conditioning_scale: r.conditioning_scale,
+            guidance_start: r.guidance_start,
+            guidance_end: r.guidance_end,
         }
     }
 }
@@ -308,6 +339,7 @@ mod tests {
                 scheduler_options: None,
                 model_info: ModelInfo { base_model: Some("sdxl".into()), ..Default::default() },
                 loras: Vec::new(),
+                controlnets: Vec::new(),
                 upscale: None,
             },
         }

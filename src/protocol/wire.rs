@@ -26,11 +26,11 @@
 //! `guidance_scale` (the seed's legacy flat hyperparameter) and, tolerated the same way, `num_inference_steps`,
 //! `seed`, `strength`, `width` and `height`. When a flat field and its nested twin are both given they must agree.
 //!
-//! # Opaque feature blocks
+//! # Feature blocks
 //!
-//! `data.controlnet` has no fixed shape in the seed (`TransformControlNetConfig`) and the feature does not exist
-//! yet, so it is kept as raw JSON; its inner keys do not produce unknown-field warnings. `data.output.upscale`
-//! has the shape of the C# binding's `UpscaleContract` ([`WireUpscale`]).
+//! `data.controlnet` has the shape of the C# binding's `ControlNetContract` ([`WireControlNet`]; also a bare
+//! `true`/`false` for `enabled`). `data.output.upscale` has the shape of its
+//! `UpscaleContract` ([`WireUpscale`]).
 
 use serde::Serialize;
 use serde_json::{Map, Value};
@@ -99,9 +99,9 @@ pub struct WireData {
     /// `lora`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub lora: Option<WireLora>,
-    /// `controlnet`, kept as raw JSON (see the module docs). Never `Some(Value::Null)`.
+    /// `controlnet`.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub controlnet: Option<Value>,
+    pub controlnet: Option<WireControlNet>,
     /// `output`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub output: Option<WireOutput>,
@@ -229,6 +229,43 @@ pub struct WireLoraModel {
     /// `text_encoder_weight`: the weight for both text encoders only; default `weight`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub text_encoder_weight: Option<f64>,
+}
+
+/// `data.controlnet` (the C# `ControlNetContract`), validated by [`crate::protocol::controlnet`].
+#[derive(Debug, Clone, PartialEq, Default, Serialize)]
+pub struct WireControlNet {
+    /// `enabled`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub enabled: Option<bool>,
+    /// `models`: the ControlNet units.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub models: Option<Vec<WireControlNetUnit>>,
+}
+
+/// One entry of `data.controlnet.models`.
+#[derive(Debug, Clone, PartialEq, Default, Serialize)]
+pub struct WireControlNetUnit {
+    /// `type`: what the control image shows (`canny`, `depth`, …); a label.
+    #[serde(rename = "type", skip_serializing_if = "Option::is_none")]
+    pub kind: Option<String>,
+    /// `model_path`: the ControlNet under `<models_root>/controlnet/`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub model_path: Option<String>,
+    /// `control_image`: a file path, a `data:` URL or base64 image data.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub control_image: Option<String>,
+    /// `conditioning_scale`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub conditioning_scale: Option<f64>,
+    /// `guidance_start`: the fraction of the steps after which the unit starts.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub guidance_start: Option<f64>,
+    /// `guidance_end`: the fraction of the steps after which it stops.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub guidance_end: Option<f64>,
+    /// `preprocessor`: a name, or an object with a `type`/`name` (the seed's `preprocessor` settings).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub preprocessor: Option<Value>,
 }
 
 /// `data.output`.
@@ -374,7 +411,7 @@ impl WireData {
             dimensions: obj.child("dimensions")?.map(|o| WireDimensions::decode(&o, warnings)).transpose()?,
             scheduler: obj.get("scheduler").map(|v| WireScheduler::decode(v, &obj.path_of("scheduler"))).transpose()?,
             lora: obj.child("lora")?.map(|o| WireLora::decode(&o, warnings)).transpose()?,
-            controlnet: obj.get("controlnet").cloned(),
+            controlnet: WireControlNet::decode(obj, warnings)?,
             output: obj.child("output")?.map(|o| WireOutput::decode(&o, warnings)).transpose()?,
             batch: obj.child("batch")?.map(|o| WireBatch::decode(&o, warnings)).transpose()?,
             metadata: obj.child("metadata")?.map(|o| WireMetadata::decode(&o, warnings)).transpose()?,
@@ -504,6 +541,56 @@ impl WireLora {
         obj.warn_unknown(&["enabled", "models"], warnings);
         Ok(lora)
     }
+}
+
+/// Keys of one `data.controlnet.models[i]` entry.
+const CONTROLNET_UNIT_KEYS: &[&str] =
+    &["type", "model_path", "control_image", "conditioning_scale", "guidance_start", "guidance_end", "preprocessor"];
+
+impl WireControlNet {
+    /// `controlnet` of the `data` object `parent`: an object, or a bare `true`/`false` for `enabled`.
+    fn decode(parent: &Obj<'_>, warnings: &mut Vec<String>) -> Result<Option<Self>> {
+        let path = parent.path_of("controlnet");
+        match parent.get("controlnet") {
+            None => Ok(None),
+            Some(Value::Bool(b)) => Ok(Some(WireControlNet { enabled: Some(*b), models: None })),
+            Some(Value::Object(map)) => {
+                let obj = Obj { map, path };
+                let models = match obj.get("models") {
+                    None => None,
+                    Some(Value::Array(items)) => Some(units(items, &obj.path_of("models"), warnings)?),
+                    Some(other) => return Err(type_error(&obj.path_of("models"), "an array", other)),
+                };
+                let cn = WireControlNet { enabled: obj.boolean("enabled")?, models };
+                obj.warn_unknown(&["enabled", "models"], warnings);
+                Ok(Some(cn))
+            }
+            Some(other) => Err(type_error(&path, "an object {\"enabled\", \"models\"}", other)),
+        }
+    }
+}
+
+/// The ControlNet units of the array `items` at `base`.
+fn units(items: &[Value], base: &str, warnings: &mut Vec<String>) -> Result<Vec<WireControlNetUnit>> {
+    let mut units = Vec::with_capacity(items.len());
+    for (i, item) in items.iter().enumerate() {
+        let path = format!("{base}[{i}]");
+        let Value::Object(map) = item else {
+            return Err(type_error(&path, "an object {\"model_path\", \"control_image\", ...}", item));
+        };
+        let u = Obj { map, path };
+        units.push(WireControlNetUnit {
+            kind: u.string("type")?,
+            model_path: u.string("model_path")?,
+            control_image: u.string("control_image")?,
+            conditioning_scale: u.float("conditioning_scale")?,
+            guidance_start: u.float("guidance_start")?,
+            guidance_end: u.float("guidance_end")?,
+            preprocessor: u.get("preprocessor").cloned(),
+        });
+        u.warn_unknown(CONTROLNET_UNIT_KEYS, warnings);
+    }
+    Ok(units)
 }
 
 impl WireOutput {
@@ -803,13 +890,16 @@ mod tests {
     fn unknown_keys_become_warnings_with_paths() {
         let (r, mut w) = decode(json!({"extra": 1, "data": {
             "prompt": "x", "foo": 1, "models": {"bar": 2}, "lora": {"models": [{"name": "a", "baz": 1}]},
-            "controlnet": {"anything": "goes"}, "output": {"upscale": {"factor": 2, "scale": 4}, "qux": 1}
+            "controlnet": {"anything": "goes", "models": [{"model_path": "c", "weight": 1}]},
+            "output": {"upscale": {"factor": 2, "scale": 4}, "qux": 1}
         }}));
         r.unwrap();
         w.sort();
         assert_eq!(
             w,
             [
+                "ignored unknown field data.controlnet.anything",
+                "ignored unknown field data.controlnet.models[0].weight",
                 "ignored unknown field data.foo",
                 "ignored unknown field data.lora.models[0].baz",
                 "ignored unknown field data.models.bar",
@@ -823,6 +913,31 @@ mod tests {
         assert_eq!(r.message_type.as_deref(), Some("inference_request"));
         assert_eq!(r.request_id.as_deref(), Some("r"));
         assert_eq!(w, ["ignored unknown field data.z"]);
+    }
+
+    #[test]
+    fn controlnet_forms() {
+        let unit = |name: &str| WireControlNetUnit { model_path: Some(name.into()), ..Default::default() };
+        let (r, _) = decode(json!({"prompt": "x", "controlnet": false}));
+        assert_eq!(r.unwrap().data.controlnet, Some(WireControlNet { enabled: Some(false), models: None }));
+        let (r, _) = decode(json!({"prompt": "x", "controlnet": {"models": [{"model_path": "a"}]}}));
+        assert_eq!(r.unwrap().data.controlnet, Some(WireControlNet { enabled: None, models: Some(vec![unit("a")]) }));
+        for (bad, field) in [
+            (json!({"controlnet": "canny"}), "data.controlnet"),
+            (json!({"controlnet": {"models": {}}}), "data.controlnet.models"),
+            (json!({"controlnet": {"models": [3]}}), "data.controlnet.models[0]"),
+            (json!({"controlnet": [{"model_path": "a"}]}), "data.controlnet"),
+            (
+                json!({"controlnet": {"models": [{"conditioning_scale": "1"}]}}),
+                "data.controlnet.models[0].conditioning_scale",
+            ),
+            (json!({"controlnet": {"enabled": "yes"}}), "data.controlnet.enabled"),
+        ] {
+            match decode(bad).0 {
+                Err(Error::InvalidField { field: f, .. }) => assert_eq!(f, field),
+                other => panic!("{field}: {other:?}"),
+            }
+        }
     }
 
     #[test]
@@ -843,7 +958,9 @@ mod tests {
             "prompt": "x", "negative_prompt": "", "models": {"base": "m"},
             "hyperparameters": {"num_inference_steps": 20, "guidance_scale": 6.5, "seed": u64::MAX},
             "scheduler": {"type": "EulerDiscreteScheduler", "timestep_spacing": "trailing"},
-            "lora": {"enabled": false, "models": []}, "controlnet": {"enabled": false},
+            "lora": {"enabled": false, "models": []},
+            "controlnet": {"enabled": true, "models": [{"type": "canny", "model_path": "c", "control_image": "e.png",
+                "conditioning_scale": 0.5, "guidance_start": 0.1, "guidance_end": 0.9, "preprocessor": "none"}]},
             "output": {"format": "png", "upscale": {"enabled": false}}, "batch": {"size": 2},
             "metadata": {"tags": ["a"], "timeout": 10.5}
         }});
