@@ -25,5 +25,7 @@ mod schedulers;
 mod lora;
 // A custom VAE and the SDXL refiner: parity with diffusers (vae=, ensemble of experts), errors.
 mod stages;
+// ControlNet: the UNet's residual inputs, parity with diffusers' ControlNet pipeline, errors.
+mod controlnet;
 // The upscaler: torch parity, A1111's passes and Lanczos resize, tiling, request path, errors.
 mod upscale;

@@ -3,6 +3,8 @@
 
 pub mod cache;
 pub mod cancel;
+pub mod controlnets;
+pub mod file_models;
 pub mod manage;
 pub mod memory;
 pub mod options;
@@ -45,7 +47,8 @@ pub struct Engine {
     cancels: CancelRegistry,
     warnings: Vec<String>,
     lora_files: crate::lora::LoraFileCache,
-    upscalers: upscalers::UpscalerCache,
+    upscalers: file_models::FileModels<crate::pipeline::upscale::Upscaler>,
+    controlnets: file_models::FileModels<crate::pipeline::controlnet::ControlNet>,
 }
 
 /// The result of one `generate` call.
@@ -102,6 +105,7 @@ impl Engine {
                 cuda: options.cuda.clone().unwrap_or_default(),
                 fuse_attention: options.fuse_attention.unwrap_or(true),
                 subpixel_upsample: options.subpixel_upsample,
+                controlnet_inputs: false,
             },
             cache: PipelineCache::new(options.max_cached_models.unwrap_or(3), options.memory_threshold.unwrap_or(0.8)),
             slots: Slots::new(options.max_concurrent_runs.unwrap_or(1)),
@@ -110,7 +114,8 @@ impl Engine {
             cancels: CancelRegistry::default(),
             warnings,
             lora_files: Default::default(),
-            upscalers: Default::default(),
+            upscalers: file_models::FileModels::new("upscaler"),
+            controlnets: file_models::FileModels::new("ControlNet"),
         })
     }
 
@@ -206,9 +211,10 @@ impl Engine {
         let (width, height) = pipeline.image_size(params)?;
         self.limits.check_size(width, height)?;
         let upscale = params.output.upscale.as_ref().map(|u| self.prepare_upscale(u, width, height)).transpose()?;
+        let (controlnets, controlnet_load_time) = self.prepare_controlnets(&params.controlnets, width, height)?;
         let vae_tiling = self.options.vae_tiling.unwrap_or(false);
         let mut ctx = RunContext { progress: &mut progress, cancel, started, vae_tiling };
-        let mut out = pipeline.generate(params, &mut ctx, refiner.as_deref())?;
+        let mut out = pipeline.generate(params, &mut ctx, refiner.as_deref(), &controlnets)?;
         let t_upscale = Instant::now();
         if let Some(u) = &upscale {
             out.images = self.upscale_images(u, std::mem::take(&mut out.images), &params.request_id, &mut ctx)?;
@@ -259,6 +265,7 @@ impl Engine {
                         vae_model: params.vae.clone(),
                     },
                     loras: params.loras.iter().map(Into::into).collect(),
+                    controlnets: params.controlnets.iter().map(Into::into).collect(),
                     upscale: upscale.as_ref().map(upscalers::PreparedUpscale::info),
                 },
             });
@@ -268,7 +275,7 @@ impl Engine {
         let metrics = ProcessingMetrics {
             total_time: started.elapsed().as_secs_f64(),
             inference_time: t.text_encoding + t.denoising + t.vae_decode,
-            model_load_time: model_load_time + upscale.as_ref().map_or(0.0, |u| u.load_seconds),
+            model_load_time: model_load_time + controlnet_load_time + upscale.as_ref().map_or(0.0, |u| u.load_seconds),
             text_encoding_time: t.text_encoding,
             denoising_time: t.denoising,
             denoising_step_avg: t.denoising / f64::from(params.steps.max(1) * params.batch_size.max(1)),
@@ -320,11 +327,12 @@ impl Engine {
         }
         // With a refiner, the refiner's VAE decodes: the custom VAE goes to it alone (loaded once, not twice).
         let base_vae = if params.refiner.is_some() { None } else { vae.as_deref() };
-        let (base, mut seconds) = self.load_model(Role::Base(field), name, &loras, base_vae, warnings)?;
+        let controlnets = !params.controlnets.is_empty();
+        let (base, mut seconds) = self.load_model(Role::Base(field), name, &loras, base_vae, controlnets, warnings)?;
         let refiner = match &params.refiner {
             Some(refiner) => {
                 let none = crate::lora::LoraSet::empty();
-                let (r, s) = self.load_model(Role::Refiner, refiner, &none, vae.as_deref(), warnings)?;
+                let (r, s) = self.load_model(Role::Refiner, refiner, &none, vae.as_deref(), false, warnings)?;
                 if r.model_dir().vae.scale_factor != base.model_dir().vae.scale_factor {
                     return Err(Error::field(
                         Role::Refiner.field(),
@@ -339,14 +347,16 @@ impl Engine {
         Ok((base, refiner, seconds))
     }
 
-    /// The model `name` for `role`, with `loras` merged and the custom VAE folder `vae`, from the cache or
-    /// loaded (sharing the unchanged graphs of a loaded variant of the same folder).
+    /// The model `name` for `role`, with `loras` merged, the custom VAE folder `vae` and, with `controlnets`, a
+    /// UNet that takes ControlNet residuals, from the cache or loaded (sharing the unchanged graphs of a loaded
+    /// variant of the same folder).
     fn load_model(
         &self,
         role: Role,
         name: &str,
         loras: &crate::lora::LoraSet,
         vae: Option<&std::path::Path>,
+        controlnets: bool,
         warnings: &mut Vec<String>,
     ) -> Result<(Arc<SdxlPipeline>, f64)> {
         let mut key = self.key(name, role.field())?;
@@ -357,14 +367,17 @@ impl Engine {
         if let Some(vae) = vae {
             variant.push(format!("vae:{}", vae.display()));
         }
+        if controlnets {
+            variant.push("controlnet".into());
+        }
         key.variant = variant.join(" ");
+        let sessions = SessionConfig { controlnet_inputs: controlnets, ..self.sessions.clone() };
         let (pipeline, outcome) = self.cache.get_or_load(
             &key,
             || self.load_needs(&key),
             || {
                 let reuse = if key.variant.is_empty() { None } else { self.cache.find_folder(&key.folder) };
-                let (env, sessions) = (&self.runtime.env, &self.sessions);
-                SdxlPipeline::load_variant(env, &key.folder, sessions, loras, vae, reuse.as_deref())
+                SdxlPipeline::load_variant(&self.runtime.env, &key.folder, &sessions, loras, vae, reuse.as_deref())
             },
         )?;
         warnings.extend(outcome.evicted.iter().map(|m| format!("unloaded model {m} to make room")));
@@ -421,9 +434,12 @@ impl Engine {
                 let before = memory::process_rss();
                 let unloaded = self.cache.unload(&name);
                 let unloaded_upscalers = self.upscalers.unload(&name);
+                let unloaded_controlnets = self.controlnets.unload(&name);
                 Ok(json!({ "model": name, "unloaded": unloaded, "unloaded_upscalers": unloaded_upscalers,
+                           "unloaded_controlnets": unloaded_controlnets,
                            "process_rss_before": before, "process_rss_after": memory::process_rss(),
-                           "loaded_models": self.cache.loaded(), "loaded_upscalers": self.upscalers.loaded() }))
+                           "loaded_models": self.cache.loaded(), "loaded_upscalers": self.upscalers.loaded(),
+                           "loaded_controlnets": self.controlnets.loaded() }))
             }
         };
         match result {
@@ -458,6 +474,7 @@ impl Engine {
             },
             "loaded_models": self.cache.loaded(),
             "loaded_upscalers": self.upscalers.loaded(),
+            "loaded_controlnets": self.controlnets.loaded(),
             "models_root": self.options.models_root,
             "limits": {
                 "max_request_bytes": self.limits.max_json_bytes,

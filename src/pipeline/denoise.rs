@@ -3,9 +3,11 @@
 
 use ndarray::{concatenate, Array1, Array2, Array3, ArrayD, Axis, IxDyn};
 
+use super::controlnet::{ControlRun, ControlUnit};
 use super::{Progress, ProgressEvent, Stage};
 use crate::error::{Error, Result};
 use crate::rng::NoiseSource;
+use crate::runtime::controlnet_inputs::{down_input, MID_INPUT};
 use crate::runtime::tensor::{float_value, Elem};
 use crate::runtime::{BoundGraph, CancelToken, ModelSession};
 use crate::schedulers::Scheduler;
@@ -43,6 +45,8 @@ pub struct DenoiseContext<'a> {
     pub started: std::time::Instant,
     /// Requested steps (progress reports count these, not UNet calls).
     pub steps: u32,
+    /// ControlNet units adding residuals to every UNet call (the UNet then has their inputs); empty for none.
+    pub controlnets: &'a [ControlUnit],
 }
 
 /// Run the evaluations `range` of `scheduler` (all of them, or a base model's first part and a refiner's rest) on
@@ -66,6 +70,16 @@ pub fn denoise(
     }
     let mut unet = bind_unet(ctx.unet, cond)?;
     let sample_elem = ctx.unet.input("sample")?.elem;
+    let mut control = match ctx.controlnets {
+        [] => None,
+        units => Some(ControlRun::bind(units, cond)?),
+    };
+    let residual_inputs: Vec<String> = match ctx.controlnets.first() {
+        Some(unit) => {
+            (0..unit.net().down_residuals()).map(down_input).chain(std::iter::once(MID_INPUT.to_string())).collect()
+        }
+        None => Vec::new(),
+    };
     let mut reported = 0;
     for (i, &t) in timesteps.iter().enumerate().skip(range.start).take(run.len()) {
         ctx.cancel.check()?;
@@ -77,11 +91,20 @@ pub fn denoise(
             scaled
         };
         let n = sample.shape()[0];
-        let changing = vec![
+        let last = i + 1 == range.end;
+        let residuals = match control.as_mut() {
+            Some(c) => c.residuals(&sample, t, (i, timesteps.len()), last, ctx.cancel)?,
+            None => Vec::new(),
+        };
+        let mut changing = vec![
             ("sample".to_string(), float_value(sample, sample_elem, "unet", "sample")?),
             ("timestep".to_string(), timestep_value(ctx.unet, t, n)?),
         ];
-        let out = unet.run(changing, i + 1 == range.end, ctx.cancel)?;
+        for (name, r) in residual_inputs.iter().zip(residuals) {
+            changing.push((name.clone(), float_value(r, ctx.unet.input(name)?.elem, "unet", name)?));
+        }
+        let out =
+            unet.run(changing, last, ctx.cancel)?.pop().ok_or_else(|| Error::Internal("no UNet output".into()))?;
         let noise_pred = if ctx.guided {
             let uncond = out.slice_axis(Axis(0), (0..batch).into());
             let text = out.slice_axis(Axis(0), (batch..2 * batch).into());
@@ -116,15 +139,16 @@ pub fn denoise(
     Ok((latents, run.len() as u32))
 }
 
-/// The `timestep` input shaped and typed as the graph declares it: a scalar (optimum), `[1]`, or `[N]`.
-fn timestep_value(unet: &ModelSession, t: f32, n: usize) -> Result<ort::value::DynValue> {
-    let spec = unet.input("timestep")?;
+/// The `timestep` input of the UNet or a ControlNet shaped and typed as the graph declares it: a scalar
+/// (optimum), `[1]`, or `[N]`.
+pub(super) fn timestep_value(graph: &ModelSession, t: f32, n: usize) -> Result<ort::value::DynValue> {
+    let spec = graph.input("timestep")?;
     let shape: Vec<usize> = match spec.shape.as_slice() {
         [] => vec![],
         [1] => vec![1],
         [_] => vec![n],
         other => {
-            return Err(Error::model_invalid(unet.path(), format!("unsupported timestep input shape {other:?}")));
+            return Err(Error::model_invalid(graph.path(), format!("unsupported timestep input shape {other:?}")));
         }
     };
     let numel = shape.iter().product::<usize>().max(1);
@@ -139,7 +163,7 @@ fn timestep_value(unet: &ModelSession, t: f32, n: usize) -> Result<ort::value::D
                 .map_err(|e| Error::Internal(format!("timestep array: {e}")))?;
             crate::runtime::tensor::ids_value(a, Elem::I64, "unet", "timestep")
         }
-        other => Err(Error::model_invalid(unet.path(), format!("unsupported timestep element type {other:?}"))),
+        other => Err(Error::model_invalid(graph.path(), format!("unsupported timestep element type {other:?}"))),
     }
 }
 
@@ -154,7 +178,7 @@ fn bind_unet<'s>(unet: &'s ModelSession, cond: &UnetConditioning) -> Result<Boun
         input("text_embeds", cond.text_embeds.clone().into_dyn())?,
         input("time_ids", cond.time_ids.clone().into_dyn())?,
     ];
-    unet.bind(fixed, "out_sample")
+    unet.bind(fixed, &["out_sample"])
 }
 
 /// SDXL micro-conditioning: `original_size + crops_coords_top_left + target_size` = `[h, w, 0, 0, h, w]`

@@ -1,9 +1,11 @@
 //! SDXL text-to-image, as diffusers' `StableDiffusionXLPipeline` does it: prompts → both text encoders →
 //! conditioning → seeded noise → denoising loop → VAE decode → RGB8; optionally handing the latents to an SDXL
-//! refiner for the last part of the schedule (`experts.rs`) and decoding with a custom VAE ([`decode`]).
+//! refiner for the last part of the schedule (`experts.rs`), conditioned by ControlNets ([`controlnet`]), and
+//! decoding with a custom VAE ([`decode`]).
 //!
 //! Touches ONNX Runtime only through [`crate::runtime`].
 
+pub mod controlnet;
 pub mod decode;
 pub mod denoise;
 mod experts;
@@ -17,6 +19,7 @@ use std::time::Instant;
 
 use ndarray::{concatenate, Array2, Array3, ArrayD, Axis, IxDyn};
 
+use self::controlnet::ControlUnit;
 use self::decode::VaeDecoder;
 use self::denoise::{denoise, time_ids, DenoiseContext, UnetConditioning};
 use self::experts::{stage_range, Expert};
@@ -168,8 +171,11 @@ impl SdxlPipeline {
     ///
     /// `reuse` is a pipeline already loaded from the same folder: every graph whose merged weights would be the
     /// same (the VAE when it is the same one; a text encoder no LoRA of either set touches; equal file hashes and
-    /// weights) shares its session instead of being loaded again. With no LoRA this is a plain load: no graph is
-    /// parsed.
+    /// weights; the UNet when both have ControlNet inputs or neither) shares its session instead of being loaded
+    /// again. With no LoRA this is a plain load: no graph is parsed.
+    ///
+    /// With [`SessionConfig::controlnet_inputs`] the UNet gets ControlNet residual inputs
+    /// ([`crate::runtime::controlnet_inputs`]) and the pipeline can run ControlNets.
     pub fn load_variant(
         env: &ort::environment::Environment,
         root: &Path,
@@ -180,6 +186,8 @@ impl SdxlPipeline {
     ) -> Result<Self> {
         let dir = ModelDir::open(root)?;
         let reuse = reuse.filter(|r| r.dir.root == dir.root);
+        // A UNet with ControlNet inputs is another graph.
+        let reuse_unet = reuse.filter(|r| r.takes_controlnets() == config.controlnet_inputs);
         // A refiner has no first text encoder (and takes no LoRA: the engine gives LoRAs to the base only).
         let components: &[Component] =
             if dir.refiner { &[Component::TextEncoder2, Component::Unet] } else { &Component::ALL };
@@ -191,7 +199,8 @@ impl SdxlPipeline {
         let load_component = |component: Component| -> Result<LoadedGraph> {
             let stage = component.folder();
             let path = dir.graph(stage);
-            let previous = reuse.and_then(|r| Some((r.session(component)?, r.graph_keys[key_slot(component)])));
+            let from = if component == Component::Unet { reuse_unet } else { reuse };
+            let previous = from.and_then(|r| Some((r.session(component)?, r.graph_keys[key_slot(component)])));
             if !loras.touches(component) {
                 return match previous {
                     Some((s, 0)) => Ok((s, 0, Vec::new())),
@@ -262,6 +271,43 @@ impl SdxlPipeline {
         };
         crate::runtime::heap::release_free_memory();
         Ok(SdxlPipeline { dir, text, unet, vae, graph_keys, lora })
+    }
+
+    /// True when the UNet has ControlNet residual inputs (loaded with [`SessionConfig::controlnet_inputs`]).
+    pub fn takes_controlnets(&self) -> bool {
+        self.unet.input(crate::runtime::controlnet_inputs::MID_INPUT).is_ok()
+    }
+
+    /// How many skip connections the UNet has ControlNet inputs for (0 without [`Self::takes_controlnets`]).
+    fn residual_inputs(&self) -> usize {
+        let prefix = crate::runtime::controlnet_inputs::down_input(0);
+        let prefix = prefix.trim_end_matches('0');
+        self.unet.inputs().iter().filter(|i| i.name.starts_with(prefix)).count()
+    }
+
+    /// Refuses `controlnets` this pipeline cannot run: with a refiner, or made for another UNet.
+    fn check_controlnets(&self, controlnets: &[ControlUnit], refiner: bool) -> Result<()> {
+        if controlnets.is_empty() {
+            return Ok(());
+        }
+        if refiner {
+            return Err(Error::unsupported("data.controlnet", "ControlNet with a refiner is not supported yet"));
+        }
+        let inputs = self.residual_inputs();
+        for unit in controlnets {
+            if unit.net().down_residuals() != inputs {
+                return Err(Error::field(
+                    format!("{}.model_path", unit.field()),
+                    format!(
+                        "{} returns {} skip-connection residuals but the UNet of this model takes {inputs}: it is a \
+                         ControlNet for another model architecture",
+                        unit.net().path().display(),
+                        unit.net().down_residuals()
+                    ),
+                ));
+            }
+        }
+        Ok(())
     }
 
     /// The session of a LoRA-patchable graph (`None`: a refiner's missing first text encoder).
@@ -364,13 +410,16 @@ impl SdxlPipeline {
     /// Generate every image of `params`; with `refiner`, the base denoises the first
     /// `params.refiner_switch_at` of the schedule and the refiner the rest (diffusers' ensemble of experts:
     /// `denoising_end` on the base, `denoising_start` on the refiner, the latents handed over as they are and the
-    /// step noise drawn from the same generators), then the refiner's VAE decodes.
+    /// step noise drawn from the same generators), then the refiner's VAE decodes. `controlnets` condition the
+    /// base model at every step (its UNet must [`Self::takes_controlnets`]).
     pub fn generate(
         &self,
         params: &GenerateParams,
         ctx: &mut RunContext<'_>,
         refiner: Option<&SdxlPipeline>,
+        controlnets: &[ControlUnit],
     ) -> Result<PipelineOutput> {
+        self.check_controlnets(controlnets, refiner.is_some())?;
         let mut warnings = self.dir.warnings.clone();
         let names: Vec<&str> = params.loras.iter().map(|l| l.name.as_str()).collect();
         warnings.extend(self.lora.warnings(&names));
@@ -446,6 +495,7 @@ impl SdxlPipeline {
                     batch_size: batch,
                     started: ctx.started,
                     steps: params.steps,
+                    controlnets: if std::ptr::eq(stage.model, self) { controlnets } else { &[] },
                 };
                 let (out, evals) = denoise(start, &cond_n, scheduler.as_mut(), range.clone(), &mut noise, &mut dctx)?;
                 timings.denoising += t1.elapsed().as_secs_f64();

@@ -22,19 +22,21 @@ use crate::error::{Error, Result};
 pub struct BoundGraph<'s> {
     graph: &'s ModelSession,
     binding: IoBinding,
-    output: String,
+    outputs: Vec<String>,
 }
 
 impl std::fmt::Debug for BoundGraph<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("BoundGraph").field("graph", &self.graph.path()).field("output", &self.output).finish()
+        f.debug_struct("BoundGraph").field("graph", &self.graph.path()).field("outputs", &self.outputs).finish()
     }
 }
 
 impl ModelSession {
-    /// Bind `fixed` inputs once and the output `wanted` to host memory, for repeated [`BoundGraph::run`]s.
-    pub fn bind(&self, fixed: Vec<(String, DynValue)>, wanted: &str) -> Result<BoundGraph<'_>> {
-        self.check_output(wanted)?;
+    /// Bind `fixed` inputs once and the outputs `wanted` to host memory, for repeated [`BoundGraph::run`]s.
+    pub fn bind(&self, fixed: Vec<(String, DynValue)>, wanted: &[&str]) -> Result<BoundGraph<'_>> {
+        for name in wanted {
+            self.check_output(name)?;
+        }
         let fail = |what: &str, e: ort::Error| Error::Inference {
             stage: self.stage(),
             message: format!("cannot bind {what}: {}", explain(e.to_string())),
@@ -46,18 +48,26 @@ impl ModelSession {
         }
         let host = MemoryInfo::new(AllocationDevice::CPU, 0, AllocatorType::Device, MemoryType::Default)
             .map_err(|e| fail("host memory", e))?;
-        binding.bind_output_to_device(wanted, &host).map_err(|e| fail(&format!("output `{wanted}`"), e))?;
-        Ok(BoundGraph { graph: self, binding, output: wanted.to_string() })
+        for name in wanted {
+            binding.bind_output_to_device(*name, &host).map_err(|e| fail(&format!("output `{name}`"), e))?;
+        }
+        Ok(BoundGraph { graph: self, binding, outputs: wanted.iter().map(|n| n.to_string()).collect() })
     }
 }
 
 impl BoundGraph<'_> {
-    /// Bind `changing` inputs (replacing their previous values), run, and return the output as f32. With `last`,
+    /// Bind `changing` inputs (replacing their previous values), run, and return the outputs as f32, in the order
+    /// they were bound. With `last`,
     /// the graph's memory arena gives its free memory back after the call, so the activations of a loop do not
     /// stay reserved through the stages after it (the VAE decode is the memory peak of a run).
     ///
     /// A cancel during the call terminates it and gives `Error::Cancelled`.
-    pub fn run(&mut self, changing: Vec<(String, DynValue)>, last: bool, cancel: &CancelToken) -> Result<ArrayD<f32>> {
+    pub fn run(
+        &mut self,
+        changing: Vec<(String, DynValue)>,
+        last: bool,
+        cancel: &CancelToken,
+    ) -> Result<Vec<ArrayD<f32>>> {
         let stage = self.graph.stage();
         cancel.check()?;
         for (name, value) in &changing {
@@ -69,17 +79,20 @@ impl BoundGraph<'_> {
         }
         let opts = cancel.begin_run(stage, self.graph.arenas().filter(|_| last))?;
         let binding = &self.binding;
-        let output = self.output.as_str();
+        let wanted = &self.outputs;
         let result = self.graph.with_session(|session| {
             let outputs = {
                 let _flush = FlushDenormals::new();
                 session.run_binding_with_options(binding, &opts)
             };
             match outputs {
-                Ok(outputs) => match outputs.get(output) {
-                    Some(v) => to_f32(v, stage, output),
-                    None => Err(Error::Inference { stage, message: format!("no output `{output}`") }),
-                },
+                Ok(outputs) => wanted
+                    .iter()
+                    .map(|name| match outputs.get(name) {
+                        Some(v) => to_f32(v, stage, name),
+                        None => Err(Error::Inference { stage, message: format!("no output `{name}`") }),
+                    })
+                    .collect(),
                 Err(e) => Err(Error::Inference { stage, message: explain(e.to_string()) }),
             }
         });

@@ -4,6 +4,7 @@
 
 pub mod binding;
 pub mod cancel;
+pub mod controlnet_inputs;
 pub mod cuda;
 pub mod denormals;
 pub mod fuse_attention;

@@ -18,7 +18,7 @@ use super::onnx_proto::{self, edit::Edit, OnnxModel};
 use super::optimized_cache::OptimizedCache;
 use super::overrides::{Parts, WeightOverrides};
 use super::tensor::{to_f32, Elem};
-use super::{fuse_attention, subpixel_upsample};
+use super::{controlnet_inputs, fuse_attention, subpixel_upsample};
 use crate::error::{Error, Result};
 
 /// Where graphs run.
@@ -117,6 +117,9 @@ pub struct SessionConfig {
     /// when loading them ([`super::subpixel_upsample`]): `None` (default) on the CPU only, `Some(true)` on every
     /// device, `Some(false)` never.
     pub subpixel_upsample: Option<bool>,
+    /// Give the UNet graph ControlNet residual inputs when loading it ([`super::controlnet_inputs`]). Off for an
+    /// engine's settings; a pipeline that runs ControlNets loads its UNet with a copy of them that sets it.
+    pub controlnet_inputs: bool,
 }
 
 impl Default for SessionConfig {
@@ -129,6 +132,7 @@ impl Default for SessionConfig {
             cuda: CudaOptions::default(),
             fuse_attention: true,
             subpixel_upsample: None,
+            controlnet_inputs: false,
         }
     }
 }
@@ -145,6 +149,11 @@ impl SessionConfig {
     /// measured against it).
     fn upsamples(&self, stage: &str) -> bool {
         self.subpixel_upsample.unwrap_or(self.device == Device::Cpu) && !stage.starts_with("text_encoder")
+    }
+
+    /// True when `stage`'s graph gets ControlNet residual inputs: the UNet's, when [`Self::controlnet_inputs`].
+    fn adds_residual_inputs(&self, stage: &str) -> bool {
+        self.controlnet_inputs && stage == "unet"
     }
 
     /// True when `model`, the `stage` graph, gets its attention fused: [`Self::fuses`] the stage and, on the CPU,
@@ -166,7 +175,20 @@ impl SessionConfig {
     ) -> Result<Rewrites> {
         let attention = if self.fuses_model(stage, model) { fuse_attention::plan(model, edit) } else { 0 };
         let upsamples = if self.upsamples(stage) { subpixel_upsample::plan(model, edit, keep)? } else { 0 };
-        Ok(Rewrites { attention, upsamples })
+        let mut residual_inputs = 0;
+        if self.adds_residual_inputs(stage) {
+            let float = model.weight_float_type().unwrap_or(onnx_proto::DT_FLOAT);
+            residual_inputs = controlnet_inputs::plan(model, edit, float);
+            if residual_inputs == 0 {
+                return Err(Error::model_invalid(
+                    model.path(),
+                    "ControlNet needs the UNet's skip connections, and this graph has none named as torch.onnx \
+                     exports them (`/up_blocks.<b>/Concat…`): export the UNet without ONNX Runtime's graph \
+                     optimizer (e.g. onnx/export_onnx.py)",
+                ));
+            }
+        }
+        Ok(Rewrites { attention, upsamples, residual_inputs })
     }
 
     /// The optimized-graph cache's name for `stage` under these settings (a rewritten graph is another graph).
@@ -177,6 +199,9 @@ impl SessionConfig {
         }
         if self.upsamples(stage) {
             name.push_str("+subpixel");
+        }
+        if self.adds_residual_inputs(stage) {
+            name.push_str("+controlnet");
         }
         name
     }
@@ -189,18 +214,24 @@ pub struct Rewrites {
     pub attention: usize,
     /// Upsample convolutions made sub-pixel ([`super::subpixel_upsample`]).
     pub upsamples: usize,
+    /// Skip connections given a ControlNet residual input ([`super::controlnet_inputs`]).
+    pub residual_inputs: usize,
 }
 
 impl Rewrites {
     fn any(self) -> bool {
-        self.attention + self.upsamples > 0
+        self.attention + self.upsamples + self.residual_inputs > 0
     }
 }
 
 impl std::ops::Add for Rewrites {
     type Output = Rewrites;
     fn add(self, other: Rewrites) -> Rewrites {
-        Rewrites { attention: self.attention + other.attention, upsamples: self.upsamples + other.upsamples }
+        Rewrites {
+            attention: self.attention + other.attention,
+            upsamples: self.upsamples + other.upsamples,
+            residual_inputs: self.residual_inputs + other.residual_inputs,
+        }
     }
 }
 
@@ -250,7 +281,7 @@ impl Source {
     /// The graph at `path` as it will be loaded: rewritten ([`SessionConfig::plan_rewrites`]) when any rewrite
     /// applies, else the file itself. Also returns what was rewritten.
     fn prepare(path: &Path, stage: &str, config: &SessionConfig) -> Result<(Source, Rewrites)> {
-        if !config.fuses(stage) && !config.upsamples(stage) {
+        if !config.fuses(stage) && !config.upsamples(stage) && !config.adds_residual_inputs(stage) {
             return Ok((Source::File(path.to_path_buf()), Rewrites::default()));
         }
         let model = OnnxModel::read(path)?;

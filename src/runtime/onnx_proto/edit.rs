@@ -1,6 +1,6 @@
 //! Writing an edited copy of a model: initializers replaced or moved to external data (merged LoRA weights),
-//! nodes and initializers left out or added (attention fusion, sub-pixel upsampling), operator sets imported.
-//! Every byte not edited is copied as it was.
+//! nodes and initializers left out or added (attention fusion, sub-pixel upsampling), node inputs rewired and graph
+//! inputs added (ControlNet residuals), operator sets imported. Every byte not edited is copied as it was.
 
 use std::collections::{HashMap, HashSet};
 
@@ -29,6 +29,10 @@ pub struct Edit {
     pub drop_values: HashSet<String>,
     /// Operator sets the edit needs, (domain, version), imported unless the model already imports the domain.
     pub opsets: Vec<(String, i64)>,
+    /// Node inputs read from another value: node index → (input position, new value name).
+    pub rewire: HashMap<usize, Vec<(usize, String)>>,
+    /// Serialized `ValueInfoProto`s ([`encode_tensor_input`]) added to the graph's inputs, after its own.
+    pub add_inputs: Vec<Vec<u8>>,
 }
 
 impl Edit {
@@ -42,6 +46,8 @@ impl Edit {
             && self.insert_nodes.is_empty()
             && self.drop_values.is_empty()
             && self.opsets.is_empty()
+            && self.rewire.is_empty()
+            && self.add_inputs.is_empty()
     }
 }
 
@@ -112,6 +118,46 @@ pub fn encode_node(
     node
 }
 
+/// A serialized `ValueInfoProto` for a graph input `name`: a tensor of `data_type` (a `TensorProto.DataType`) and
+/// rank `rank`, every dimension symbolic (`<name>_d<i>`), so any shape of that rank is accepted.
+pub fn encode_tensor_input(name: &str, data_type: i32, rank: usize) -> Vec<u8> {
+    let mut shape = Vec::new();
+    for i in 0..rank {
+        let mut dim = Vec::new();
+        put_bytes_field(&mut dim, 2, format!("{name}_d{i}").as_bytes());
+        put_bytes_field(&mut shape, 1, &dim);
+    }
+    let mut tensor = Vec::new();
+    put_varint(&mut tensor, 1 << 3);
+    put_varint(&mut tensor, data_type as u64);
+    put_bytes_field(&mut tensor, 2, &shape);
+    let mut kind = Vec::new();
+    put_bytes_field(&mut kind, 1, &tensor);
+    let mut info = Vec::new();
+    put_bytes_field(&mut info, 1, name.as_bytes());
+    put_bytes_field(&mut info, 2, &kind);
+    info
+}
+
+/// `node` (a serialized `NodeProto`) with the inputs at the given positions renamed; every other field as it was.
+fn rewired_node(bytes: &[u8], node: std::ops::Range<usize>, inputs: &[(usize, String)]) -> Result<Vec<u8>> {
+    let mut out = Vec::with_capacity(node.len() + 64);
+    let mut f = Fields::new(bytes, node);
+    let mut position = 0;
+    while let Some((field, _, whole)) = f.next_field().map_err(Error::Internal)? {
+        if field == 1 {
+            match inputs.iter().find(|(p, _)| *p == position) {
+                Some((_, name)) => put_bytes_field(&mut out, 1, name.as_bytes()),
+                None => out.extend_from_slice(&bytes[whole]),
+            }
+            position += 1;
+        } else {
+            out.extend_from_slice(&bytes[whole]);
+        }
+    }
+    Ok(out)
+}
+
 /// A serialized `TensorProto` holding `raw` (little-endian values of `data_type`) inline.
 pub fn encode_tensor(name: &str, dims: &[i64], data_type: i32, raw: &[u8]) -> Vec<u8> {
     let mut msg = Vec::with_capacity(raw.len() + name.len() + 32);
@@ -146,12 +192,16 @@ impl OnnxModel {
         let mut node_index = 0;
         while let Some((field, value, whole)) = g.next_field().map_err(bad)? {
             match (field, value) {
-                (1, _) => {
+                (1, node) => {
                     for inserted in edit.insert_nodes.get(&node_index).into_iter().flatten() {
                         put_bytes_field(&mut graph, 1, inserted);
                     }
-                    if !edit.drop_nodes.contains(&node_index) {
-                        graph.extend_from_slice(&self.bytes[whole]);
+                    match (edit.drop_nodes.contains(&node_index), edit.rewire.get(&node_index), node) {
+                        (true, _, _) => {}
+                        (false, Some(inputs), Value::Bytes(_, r)) => {
+                            put_bytes_field(&mut graph, 1, &rewired_node(&self.bytes, r, inputs)?)
+                        }
+                        _ => graph.extend_from_slice(&self.bytes[whole]),
                     }
                     node_index += 1;
                 }
@@ -169,6 +219,9 @@ impl OnnxModel {
         }
         for tensor in &edit.add_initializers {
             put_bytes_field(&mut graph, 5, tensor);
+        }
+        for input in &edit.add_inputs {
+            put_bytes_field(&mut graph, 11, input);
         }
         let imported: HashSet<&str> = self.opsets.iter().map(|(d, _)| d.as_str()).collect();
         let mut out = Vec::with_capacity(self.bytes.len() + graph.len());

@@ -1,0 +1,329 @@
+//! ControlNet, as diffusers' `StableDiffusionXLControlNetPipeline` runs it: at every UNet evaluation each unit's
+//! ControlNet sees the same (scaled, CFG-doubled) latents, timestep and text conditioning as the UNet, plus its
+//! control image; its residuals, times the unit's conditioning scale — zero outside the unit's
+//! `guidance_start`..`guidance_end` window — are summed over the units (`MultiControlNetModel`) and added to the
+//! UNet's skip connections and middle block, through the inputs [`crate::runtime::controlnet_inputs`] gives the
+//! UNet graph at load.
+//!
+//! # ControlNet graphs
+//!
+//! `<models_root>/controlnet/<name>/model.onnx` (what `onnx/export_onnx.py --controlnet` writes from a diffusers
+//! `ControlNetModel` folder) or `<models_root>/controlnet/<name>.onnx`. Inputs `sample`, `timestep`,
+//! `encoder_hidden_states`, `controlnet_cond` (the control image `[N, 3, H, W]` in [0, 1]), `text_embeds`,
+//! `time_ids` and optionally `conditioning_scale` (a scalar the graph multiplies its residuals by; without it
+//! sdxlrt multiplies them, the same float32 product). Outputs: the down residuals in diffusers' order, then the
+//! middle block's (`down_block_res_sample_<i>` and `mid_block_res_sample` are put in that order whatever their
+//! declared order; a graph with other names is read in declared order).
+//!
+//! # Control images
+//!
+//! Decoded to RGB ([`crate::image::source`]), resized to the output size with Pillow's Lanczos when their size
+//! differs (diffusers' `VaeImageProcessor` with `do_normalize=False`), divided by 255, and repeated for every row
+//! of the UNet batch.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use ndarray::{Array4, ArrayD, Axis, IxDyn};
+
+use super::denoise::{timestep_value, UnetConditioning};
+use crate::error::{Error, Result};
+use crate::image::RgbImage;
+use crate::model_files::FileKind;
+use crate::protocol::params::ControlNetRequest;
+use crate::runtime::tensor::{float_value, Elem};
+use crate::runtime::{BoundGraph, CancelToken, ModelSession, SessionConfig};
+
+/// ControlNet graph files: `<models_root>/controlnet/<name>.onnx`.
+const CONTROLNET_FILES: FileKind = FileKind { folder: "controlnet", extension: "onnx", what: "ControlNet" };
+
+/// The inputs a ControlNet graph must have besides the optional `conditioning_scale`.
+const REQUIRED_INPUTS: [&str; 6] =
+    ["sample", "timestep", "encoder_hidden_states", "controlnet_cond", "text_embeds", "time_ids"];
+
+/// The ControlNet graph `name` names (see the module docs): a folder holding `model.onnx`, or an `.onnx` file,
+/// under `<models_root>/controlnet/`, or either as an absolute path inside `models_root`; errors name `field`.
+pub fn resolve(models_root: &Path, name: &str, field: &str) -> Result<PathBuf> {
+    let folder = if Path::new(name).is_absolute() {
+        PathBuf::from(name)
+    } else {
+        models_root.join(CONTROLNET_FILES.folder).join(name)
+    };
+    if folder.is_dir() {
+        let inside = format!("{}/model.onnx", name.trim_end_matches(['/', '\\']));
+        return CONTROLNET_FILES.resolve(models_root, &inside, field);
+    }
+    CONTROLNET_FILES.resolve(models_root, name, field)
+}
+
+/// A loaded ControlNet graph.
+#[derive(Debug)]
+pub struct ControlNet {
+    session: ModelSession,
+    /// Output names: the down residuals in order, then the middle block's.
+    outputs: Vec<String>,
+    /// Whether the graph takes `conditioning_scale`.
+    scale_input: bool,
+}
+
+impl ControlNet {
+    /// Load the ControlNet graph at `path` with the engine's session settings and check its inputs and outputs.
+    pub fn load(env: &ort::environment::Environment, path: &Path, config: &SessionConfig) -> Result<Self> {
+        let session = ModelSession::load(env, path, "controlnet", config)?;
+        let invalid = |m: String| Error::model_invalid(path, m);
+        for name in REQUIRED_INPUTS {
+            if session.input(name).is_err() {
+                let have: Vec<&str> = session.inputs().iter().map(|i| i.name.as_str()).collect();
+                return Err(invalid(format!(
+                    "a ControlNet graph takes {REQUIRED_INPUTS:?} (and optionally conditioning_scale); this one has \
+                     no `{name}` (inputs {have:?}); export it with onnx/export_onnx.py --controlnet"
+                )));
+            }
+        }
+        let declared: Vec<String> = session.outputs().iter().map(|o| o.name.clone()).collect();
+        let ours: Vec<String> = (0..declared.len().saturating_sub(1))
+            .map(|i| format!("down_block_res_sample_{i}"))
+            .chain(std::iter::once("mid_block_res_sample".to_string()))
+            .collect();
+        let outputs = if declared.iter().all(|d| ours.contains(d)) { ours } else { declared };
+        if outputs.len() < 2 {
+            return Err(invalid(format!(
+                "a ControlNet graph returns its down residuals and its middle block's; this one has {} output(s)",
+                outputs.len()
+            )));
+        }
+        let scale_input = session.input("conditioning_scale").is_ok();
+        Ok(ControlNet { session, outputs, scale_input })
+    }
+
+    /// How many down residuals (skip connections) the graph returns.
+    pub fn down_residuals(&self) -> usize {
+        self.outputs.len() - 1
+    }
+
+    /// The file the graph was loaded from.
+    pub fn path(&self) -> &Path {
+        self.session.path()
+    }
+}
+
+/// One ControlNet unit of a request, ready to run: its graph, its control image as the UNet batch rows get it,
+/// its scale and its window.
+#[derive(Debug, Clone)]
+pub struct ControlUnit {
+    net: Arc<ControlNet>,
+    /// `[1, 3, H, W]` in [0, 1].
+    image: Array4<f32>,
+    scale: f32,
+    start: f64,
+    end: f64,
+    /// The request field of the unit (`data.controlnet.models[i]`).
+    field: String,
+}
+
+impl ControlUnit {
+    /// The unit `request` asks for, with `net` loaded, for `width` × `height` images: its control image read,
+    /// resized and scaled to [0, 1] (see the module docs).
+    pub fn new(net: Arc<ControlNet>, request: &ControlNetRequest, width: u32, height: u32) -> Result<Self> {
+        let field = format!("{}.control_image", request.field);
+        let image = crate::image::source::load(&request.control_image, &field)?;
+        Ok(ControlUnit {
+            net,
+            image: control_tensor(&image, width, height),
+            scale: request.conditioning_scale,
+            start: request.guidance_start,
+            end: request.guidance_end,
+            field: request.field.clone(),
+        })
+    }
+
+    /// The graph.
+    pub fn net(&self) -> &ControlNet {
+        &self.net
+    }
+
+    /// The request field of the unit.
+    pub fn field(&self) -> &str {
+        &self.field
+    }
+
+    /// The scale at evaluation `i` of `n` (the scheduler's whole timestep list): diffusers'
+    /// `controlnet_conditioning_scale * controlnet_keep[i]`, where `keep` is 0 when `i / n < start` or
+    /// `(i + 1) / n > end`, else 1.
+    pub fn scale_at(&self, i: usize, n: usize) -> f32 {
+        scale_in_window(self.scale, (self.start, self.end), i, n)
+    }
+}
+
+/// `scale` at evaluation `i` of `n`, 0 outside the window `(start, end)` (see [`ControlUnit::scale_at`]).
+fn scale_in_window(scale: f32, (start, end): (f64, f64), i: usize, n: usize) -> f32 {
+    let (i, n) = (i as f64, n as f64);
+    if i / n < start || (i + 1.0) / n > end {
+        0.0
+    } else {
+        scale
+    }
+}
+
+/// `image` resized to `width` × `height` (Pillow's Lanczos, only when the size differs) as `[1, 3, H, W]` / 255.
+pub fn control_tensor(image: &RgbImage, width: u32, height: u32) -> Array4<f32> {
+    let resized;
+    let image = if (image.width, image.height) == (width, height) {
+        image
+    } else {
+        resized = crate::image::lanczos::resize(image, width, height);
+        &resized
+    };
+    let (w, h) = (width as usize, height as usize);
+    Array4::from_shape_fn((1, 3, h, w), |(_, c, y, x)| f32::from(image.data[(y * w + x) * 3 + c]) / 255.0)
+}
+
+/// The units' graphs bound for one denoising loop, and the residual sum they give per evaluation.
+pub struct ControlRun<'u> {
+    units: &'u [ControlUnit],
+    bound: Vec<BoundGraph<'u>>,
+    /// Zero residuals of the loop's shapes, for evaluations where no unit applies.
+    zeros: Option<Vec<ArrayD<f32>>>,
+}
+
+impl<'u> ControlRun<'u> {
+    /// Bind every unit's graph with the loop's conditioning `cond` (`rows` UNet batch rows) and control image.
+    pub fn bind(units: &'u [ControlUnit], cond: &UnetConditioning) -> Result<Self> {
+        let rows = cond.encoder_hidden_states.shape()[0];
+        let mut bound = Vec::with_capacity(units.len());
+        for unit in units {
+            let session = &unit.net.session;
+            let input = |name: &str, a: ArrayD<f32>| -> Result<(String, ort::value::DynValue)> {
+                Ok((name.to_string(), float_value(a, session.input(name)?.elem, "controlnet", name)?))
+            };
+            let views = vec![unit.image.view(); rows];
+            let images = ndarray::concatenate(Axis(0), &views)
+                .map_err(|e| Error::Internal(format!("control image batch: {e}")))?;
+            let fixed = vec![
+                input("encoder_hidden_states", cond.encoder_hidden_states.clone().into_dyn())?,
+                input("text_embeds", cond.text_embeds.clone().into_dyn())?,
+                input("time_ids", cond.time_ids.clone().into_dyn())?,
+                input("controlnet_cond", images.into_dyn())?,
+            ];
+            let outputs: Vec<&str> = unit.net.outputs.iter().map(String::as_str).collect();
+            bound.push(session.bind(fixed, &outputs)?);
+        }
+        Ok(ControlRun { units, bound, zeros: None })
+    }
+
+    /// The summed residuals of evaluation `i` of `n` on the UNet input `sample` at timestep `t`: the down
+    /// residuals in order, then the middle block's. Units whose scale is 0 there are not run (their residuals
+    /// are zeros, as diffusers' product with 0 gives).
+    pub fn residuals(
+        &mut self,
+        sample: &ArrayD<f32>,
+        t: f32,
+        (i, n): (usize, usize),
+        last: bool,
+        cancel: &CancelToken,
+    ) -> Result<Vec<ArrayD<f32>>> {
+        let rows = sample.shape()[0];
+        let mut sum: Option<Vec<ArrayD<f32>>> = None;
+        for (unit, graph) in self.units.iter().zip(self.bound.iter_mut()) {
+            let scale = unit.scale_at(i, n);
+            if scale == 0.0 && (sum.is_some() || self.zeros.is_some()) {
+                continue;
+            }
+            let session = &unit.net.session;
+            let mut changing = vec![
+                (
+                    "sample".to_string(),
+                    float_value(sample.clone(), session.input("sample")?.elem, "controlnet", "sample")?,
+                ),
+                ("timestep".to_string(), timestep_value(session, t, rows)?),
+            ];
+            if unit.net.scale_input {
+                changing.push(("conditioning_scale".to_string(), scale_value(session, scale)?));
+            }
+            let mut out = graph.run(changing, last, cancel)?;
+            if !unit.net.scale_input {
+                // diffusers' `sample * conditioning_scale`, in float32
+                out.iter_mut().for_each(|r| r.mapv_inplace(|v| v * scale));
+            }
+            match &mut sum {
+                None => sum = Some(out),
+                Some(acc) => {
+                    for (a, r) in acc.iter_mut().zip(&out) {
+                        if a.shape() != r.shape() {
+                            return Err(Error::field(
+                                unit.field.as_str(),
+                                format!(
+                                    "this ControlNet's residuals have shape {:?} where the first unit's have {:?}",
+                                    r.shape(),
+                                    a.shape()
+                                ),
+                            ));
+                        }
+                        *a += r;
+                    }
+                }
+            }
+        }
+        let sum = match sum {
+            Some(s) => s,
+            None => self.zeros.clone().ok_or_else(|| Error::Internal("no ControlNet residuals".into()))?,
+        };
+        if self.zeros.is_none() {
+            self.zeros = Some(sum.iter().map(|r| ArrayD::zeros(r.raw_dim())).collect());
+        }
+        Ok(sum)
+    }
+}
+
+/// `conditioning_scale` shaped and typed as the graph declares it: a scalar or `[1]`.
+fn scale_value(graph: &ModelSession, scale: f32) -> Result<ort::value::DynValue> {
+    let spec = graph.input("conditioning_scale")?;
+    let shape: Vec<usize> = if spec.shape.is_empty() { vec![] } else { vec![1; spec.shape.len()] };
+    let a = ArrayD::from_shape_vec(IxDyn(&shape), vec![scale])
+        .map_err(|e| Error::Internal(format!("conditioning_scale: {e}")))?;
+    match spec.elem {
+        Elem::F32 | Elem::F16 => float_value(a, spec.elem, "controlnet", "conditioning_scale"),
+        other => Err(Error::model_invalid(graph.path(), format!("conditioning_scale of type {other:?}"))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_window_keeps_the_evaluations_diffusers_keeps() {
+        // diffusers, 5 timesteps, start 0.25, end 0.75: i/5 >= 0.25 from i = 2, (i+1)/5 <= 0.75 up to i = 2
+        let kept: Vec<f32> = (0..5).map(|i| scale_in_window(0.8, (0.25, 0.75), i, 5)).collect();
+        assert_eq!(kept, [0.0, 0.0, 0.8, 0.0, 0.0]);
+        // Heun, 5 steps = 9 evaluations: i/9 >= 0.25 from i = 3, (i+1)/9 <= 0.75 up to i = 5
+        let kept: Vec<usize> = (0..9).filter(|&i| scale_in_window(0.8, (0.25, 0.75), i, 9) > 0.0).collect();
+        assert_eq!(kept, [3, 4, 5]);
+        assert!((0..7).all(|i| scale_in_window(0.8, (0.0, 1.0), i, 7) == 0.8));
+    }
+
+    #[test]
+    fn control_images_are_resized_only_when_their_size_differs_and_scaled_to_one() {
+        let image = RgbImage { width: 2, height: 1, seed: 0, data: vec![0, 51, 255, 255, 0, 102] };
+        let t = control_tensor(&image, 2, 1);
+        assert_eq!(t.shape(), [1, 3, 1, 2]);
+        assert_eq!(t.iter().copied().collect::<Vec<_>>(), [0.0, 1.0, 0.2, 0.0, 1.0, 0.4]);
+        let big = control_tensor(&image, 4, 2);
+        assert_eq!(big.shape(), [1, 3, 2, 4]);
+    }
+
+    #[test]
+    fn controlnets_resolve_as_folders_or_files_inside_models_root() {
+        let root = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(root.path().join("controlnet/canny")).unwrap();
+        std::fs::write(root.path().join("controlnet/canny/model.onnx"), b"x").unwrap();
+        std::fs::write(root.path().join("controlnet/depth.onnx"), b"x").unwrap();
+        let real = |p: &str| root.path().join(p).canonicalize().unwrap();
+        assert_eq!(resolve(root.path(), "canny", "f").unwrap(), real("controlnet/canny/model.onnx"));
+        assert_eq!(resolve(root.path(), "depth", "f").unwrap(), real("controlnet/depth.onnx"));
+        let abs = root.path().join("controlnet/canny");
+        assert_eq!(resolve(root.path(), abs.to_str().unwrap(), "f").unwrap(), real("controlnet/canny/model.onnx"));
+        assert!(matches!(resolve(root.path(), "nope", "f"), Err(Error::InvalidField { .. })));
+        assert!(matches!(resolve(root.path(), "../x", "f"), Err(Error::InvalidField { .. })));
+    }
+}
