@@ -79,6 +79,15 @@ struct GenerateArgs {
     /// Upscale factor with --upscale.
     #[arg(long, default_value_t = 2, requires = "upscale")]
     upscale_factor: u32,
+    /// ControlNet under <models-root>/controlnet (a folder holding model.onnx, or NAME.onnx).
+    #[arg(long, requires = "control_image")]
+    controlnet: Option<String>,
+    /// The control image for --controlnet (already preprocessed, e.g. an edge map).
+    #[arg(long, requires = "controlnet")]
+    control_image: Option<PathBuf>,
+    /// ControlNet conditioning scale with --controlnet.
+    #[arg(long, default_value_t = 1.0, requires = "controlnet")]
+    controlnet_scale: f64,
     /// Output file (.png, .jpg or .webp).
     #[arg(long)]
     out: PathBuf,
@@ -170,6 +179,10 @@ fn generate(args: GenerateArgs) -> Result<String, String> {
         data["output"]["upscale"] =
             serde_json::json!({ "enabled": true, "factor": args.upscale_factor, "model": model });
     }
+    if let (Some(model), Some(image)) = (&args.controlnet, &args.control_image) {
+        let unit = serde_json::json!({ "model_path": model, "control_image": image, "conditioning_scale": args.controlnet_scale });
+        data["controlnet"] = serde_json::json!({ "enabled": true, "models": [unit] });
+    }
     let request = serde_json::json!({ "message_type": "inference_request", "request_id": "cli", "data": data });
 
     let options = CString::new(options.to_string()).map_err(|e| e.to_string())?;
@@ -226,6 +239,9 @@ fn main() -> ExitCode {
                         if let Some(name) = meta["model_info"][key].as_str() {
                             used.push(format!("{label} {name}"));
                         }
+                    }
+                    for unit in meta["controlnets"].as_array().into_iter().flatten() {
+                        used.push(format!("controlnet {}", unit["model"].as_str().unwrap_or("?")));
                     }
                     if let Some(name) = meta["upscale"]["model"].as_str() {
                         used.push(format!("upscaled by {name}"));

@@ -218,7 +218,7 @@ namespace SdxlRt.Tests
             r.Output.SavePath = "/tmp/out/a.jpg";
             r.Output.ReturnImageData = true;
             r.PostProcessing = new PostProcessingConfiguration { Upscale = new UpscaleConfiguration { Enabled = true, Factor = 4, Model = "RealESRGAN" } };
-            r.Conditioning.ControlNets.Add(new ControlNetConfiguration { Type = "canny", ControlImage = "edges.png", ConditioningScale = 0.5 });
+            r.Conditioning.ControlNets.Add(new ControlNetConfiguration { Type = "canny", ControlImage = "edges.png", ConditioningScale = 0.5, GuidanceEnd = 0.75 });
             string json = new EnhancedRequestTransformer().ToJson(r, "id-1");
             string expected =
                 "{\"message_type\":\"inference_request\",\"request_id\":\"id-1\",\"data\":{" +
@@ -229,7 +229,7 @@ namespace SdxlRt.Tests
                 "\"lora\":{\"enabled\":true,\"models\":[{\"name\":\"detail_v2\",\"weight\":0.8},{\"name\":\"style\",\"weight\":0.5}," +
                 "{\"name\":\"test_lora\",\"weight\":1.25}]}," +
                 "\"controlnet\":{\"enabled\":true,\"models\":[{\"type\":\"canny\",\"model_path\":null,\"control_image\":\"edges.png\"," +
-                "\"conditioning_scale\":0.5}]}," +
+                "\"conditioning_scale\":0.5,\"guidance_end\":0.75}]}," +
                 "\"output\":{\"format\":\"jpeg\",\"quality\":80,\"save_path\":\"/tmp/out/a.jpg\"," +
                 "\"upscale\":{\"enabled\":true,\"factor\":4,\"model\":\"RealESRGAN\"},\"return_image_data\":true}," +
                 "\"batch\":{\"size\":2,\"parallel\":false}," +
@@ -455,9 +455,9 @@ namespace SdxlRt.Tests
 
             var controlNet = Fixture.Small(1);
             controlNet.Conditioning.ControlNets.Add(new ControlNetConfiguration { Type = "canny", ControlImage = "edges.png" });
-            var unsupported = Assert.Throws<SdxlValidationException>(() => Fixture.Engine.GenerateEnhancedAsync(controlNet).GetAwaiter().GetResult(), "controlnet");
-            Assert.Equal(SdxlStatus.Unsupported, unsupported.Code, "controlnet code");
-            Assert.True(unsupported.Message.Contains("data.controlnet"), "message names the field: " + unsupported.Message);
+            var noModel = Assert.Throws<SdxlValidationException>(() => Fixture.Engine.GenerateEnhancedAsync(controlNet).GetAwaiter().GetResult(), "controlnet without a model");
+            Assert.Equal(SdxlStatus.InvalidRequest, noModel.Code, "controlnet code");
+            Assert.True(noModel.Message.Contains("data.controlnet.models[0].model_path"), "message names the field: " + noModel.Message);
 
             var missing = Fixture.Small(1);
             missing.Model.Base = "no-such-model";

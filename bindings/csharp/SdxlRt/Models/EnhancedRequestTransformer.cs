@@ -142,8 +142,9 @@ namespace SdxlRt
         }
 
         /// <summary>
-        /// <c>{"enabled": any units, "models": [{"type", "model_path", "control_image", "conditioning_scale"}]}</c>;
-        /// no units gives <c>{"enabled": false, "models": []}</c>.
+        /// <c>{"enabled": any units, "models": [{"type", "model_path", "control_image", "conditioning_scale"}]}</c>,
+        /// plus <c>guidance_start</c> / <c>guidance_end</c> when set; no units gives
+        /// <c>{"enabled": false, "models": []}</c>.
         /// </summary>
         internal ControlNetContract TransformControlNetConfig(List<ControlNetConfiguration> controlNets)
         {
@@ -158,6 +159,8 @@ namespace SdxlRt
                         ModelPath = cn.ModelPath,
                         ControlImage = cn.ControlImage,
                         ConditioningScale = cn.ConditioningScale,
+                        GuidanceStart = cn.GuidanceStart,
+                        GuidanceEnd = cn.GuidanceEnd,
                     });
                 }
             }
@@ -263,6 +266,8 @@ namespace SdxlRt
         [DataMember(Name = "model_path", Order = 1)] public string ModelPath;
         [DataMember(Name = "control_image", Order = 2)] public string ControlImage;
         [DataMember(Name = "conditioning_scale", Order = 3)] public double ConditioningScale;
+        [DataMember(Name = "guidance_start", Order = 4, EmitDefaultValue = false)] public double? GuidanceStart;
+        [DataMember(Name = "guidance_end", Order = 5, EmitDefaultValue = false)] public double? GuidanceEnd;
     }
 
     [DataContract]

@@ -58,7 +58,10 @@ namespace SdxlRt
         /// LoHa, LoKr, LyCORIS files; see the README's <c>lora</c> field).</summary>
         public List<LoRAConfiguration> LoRAs { get; set; } = new List<LoRAConfiguration>();
 
-        /// <summary>ControlNets (sdxlrt refuses a non-empty list until ControlNet support lands: SdxlStatus.Unsupported).</summary>
+        /// <summary>
+        /// ControlNet units conditioning the base model (diffusers' StableDiffusionXLControlNetPipeline; several are
+        /// summed); see the README's <c>controlnet</c> field.
+        /// </summary>
         public List<ControlNetConfiguration> ControlNets { get; set; } = new List<ControlNetConfiguration>();
     }
 
@@ -78,14 +81,26 @@ namespace SdxlRt
         /// <summary>The ControlNet type, e.g. <c>canny</c>.</summary>
         public string Type { get; set; }
 
-        /// <summary>The ControlNet model's path or name.</summary>
+        /// <summary>
+        /// The ControlNet: a folder holding <c>model.onnx</c> (or a <c>.onnx</c> file) under the engine's
+        /// <c>models_root/controlnet</c>, or a path inside <c>models_root</c>.
+        /// </summary>
         public string ModelPath { get; set; }
 
-        /// <summary>The control image (a path, or base64 data).</summary>
+        /// <summary>
+        /// The control image, already preprocessed (an edge map for canny): a file path, a <c>data:image/...;base64,</c>
+        /// URL or base64 data. It is resized to the output size.
+        /// </summary>
         public string ControlImage { get; set; }
 
-        /// <summary>The conditioning scale.</summary>
+        /// <summary>The conditioning scale (0-10).</summary>
         public double ConditioningScale { get; set; } = 1.0;
+
+        /// <summary>The fraction of the steps before which the unit does not apply; null for 0.</summary>
+        public double? GuidanceStart { get; set; }
+
+        /// <summary>The fraction of the steps after which the unit does not apply; null for 1.</summary>
+        public double? GuidanceEnd { get; set; }
     }
 
     /// <summary>The model suite.</summary>
