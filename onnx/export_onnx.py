@@ -21,10 +21,23 @@ layout (what a LoRA merge needs); `--fold` gives optimum's default (Linear weigh
 stored transposed). CLIPTextModel initializers get the `text_model.` prefix of real checkpoints.
 Graph bytes are deterministic: the same weights and options give the same files.
 
+ControlNet (`--controlnet`): SRC is a diffusers SDXL ControlNetModel folder (config.json +
+diffusion_pytorch_model[.fp16].safetensors); OUT gets
+  model.onnx [model.onnx_data], config.json (the ControlNetModel's, copied)
+    inputs   sample [B,4,h,w], timestep (f32 scalar [], as the UNet's), encoder_hidden_states [B,S,D],
+             controlnet_cond [B,3,H,W] (the control image in [0,1], RGB, H = 8h), conditioning_scale (f32 scalar []),
+             text_embeds [B,P], time_ids [B,6]
+    outputs  down_block_res_sample_0 .. down_block_res_sample_{n-1} (ControlNetModel.forward's
+             down_block_res_samples, in order), mid_block_res_sample; all already multiplied by conditioning_scale
+  = ControlNetModel.forward(..., added_cond_kwargs={text_embeds, time_ids}, guess_mode=False, return_dict=False).
+  --fold, --fp16 (timestep and conditioning_scale stay float32), --external-data controlnet, --check and
+  --fused-attention apply to it as to the UNet.
+
 Examples:
   python export_onnx.py /path/to/sdxl-diffusers-folder /path/to/out
   python export_onnx.py sd_xl_base_1.0.safetensors out --config /path/to/sdxl-diffusers-folder --fp16
   python export_onnx.py tiny-sdxl-diffusers out --external-data unet --check
+  python export_onnx.py --controlnet /path/to/controlnet-canny-sdxl-1.0 /path/to/out/controlnet-canny --check
 """
 
 from __future__ import annotations
@@ -38,6 +51,10 @@ from pathlib import Path
 import _common as c
 
 COMPONENTS = ("text_encoder", "text_encoder_2", "unet", "vae_decoder", "vae_encoder")
+# float inputs that stay float32 in --fp16 graphs (scalars)
+FLOAT32_INPUTS = ("timestep", "conditioning_scale")
+# SDXL base time ids: original size, crop top-left, target size
+SDXL_TIME_IDS = 6
 OPSET = 18
 TWO_GB = 2**31
 # graphs with more tensor bytes than this cannot be serialized as one protobuf (2 GB limit, minus headroom)
@@ -67,6 +84,19 @@ def load_pipeline(src: Path, config: str | None, local_files_only: bool):
     if config:
         kwargs["config"] = config
     return StableDiffusionXLPipeline.from_single_file(str(src), **kwargs)
+
+
+def load_controlnet(src: Path):
+    """A diffusers ControlNetModel folder, in float32 (a folder with only the fp16 variant's weights is upcast)."""
+    import torch
+    from diffusers import ControlNetModel
+
+    if not (src / "config.json").is_file():
+        sys.exit(f"error: {src} is not a diffusers ControlNetModel folder (no config.json)")
+    plain = any((src / f"diffusion_pytorch_model.{ext}").exists() for ext in ("safetensors", "bin"))
+    variant = None if plain or not any(src.glob("diffusion_pytorch_model.fp16.*")) else "fp16"
+    model = ControlNetModel.from_pretrained(str(src), torch_dtype=torch.float32, variant=variant)
+    return model.eval()
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -176,6 +206,76 @@ def unet_spec(unet, text_embeds_dim: int, batch: int = 2):
         ["out_sample"],
         axes,
     )
+
+
+def controlnet_text_embeds_dim(controlnet) -> int:
+    """The pooled text embedding's width a ControlNet expects: its added-condition input minus the 6 time ids (an SDXL
+    ControlNet goes with the base model; 1280 for the real ones)."""
+    cfg = controlnet.config
+    if cfg.addition_embed_type != "text_time":
+        sys.exit(f"error: not an SDXL ControlNet (addition_embed_type {cfg.addition_embed_type!r}, not 'text_time')")
+    return cfg.projection_class_embeddings_input_dim - SDXL_TIME_IDS * cfg.addition_time_embed_dim
+
+
+def controlnet_spec(controlnet, text_embeds_dim: int, batch: int = 2):
+    """A diffusers SDXL ControlNetModel: the UNet's inputs plus `controlnet_cond` (the control image in [0, 1]) and
+    `conditioning_scale` (a float32 scalar like `timestep`) -> the scaled down-block residuals and mid-block residual.
+    `text_embeds_dim`: the pooled text embedding's width (text_encoder_2's projection_dim); the rest of
+    `projection_class_embeddings_input_dim` must be 6 time ids."""
+    import torch
+
+    cfg = controlnet.config
+    n_ids = (cfg.projection_class_embeddings_input_dim - text_embeds_dim) // cfg.addition_time_embed_dim
+    if cfg.addition_embed_type != "text_time" or n_ids != SDXL_TIME_IDS:
+        sys.exit(f"error: the ControlNet's added-condition sizes give {n_ids} time ids (expected 6, an SDXL base's)")
+    g = torch.Generator().manual_seed(0)
+    up = 2 ** (len(cfg.block_out_channels) - 1)
+    # the control image is downsampled by the conditioning embedding's stride-2 convolutions (8, the VAE's factor)
+    cond_factor = 2 ** (len(cfg.conditioning_embedding_out_channels) - 1)
+    # a small non-square latent (multiples of the down factor), so a swapped height / width shows in --check
+    h = max(up, 8 // up * up)
+    w = h + up
+    sample = torch.randn(batch, cfg.in_channels, h, w, generator=g)
+    timestep = torch.tensor(601.0, dtype=torch.float32)
+    ehs = torch.randn(batch, 77, cfg.cross_attention_dim, generator=g)
+    cond = torch.rand(batch, cfg.conditioning_channels, h * cond_factor, w * cond_factor, generator=g)
+    scale = torch.tensor(0.75, dtype=torch.float32)
+    text_embeds = torch.randn(batch, text_embeds_dim, generator=g)
+    H, W = float(h * cond_factor), float(w * cond_factor)
+    time_ids = torch.tensor([[H, W, 0.0, 0.0, H, W]] * batch)
+    orig = controlnet.forward
+
+    def forward(sample, timestep, encoder_hidden_states, controlnet_cond, conditioning_scale, text_embeds, time_ids):
+        down, mid = orig(
+            sample,
+            timestep,
+            encoder_hidden_states,
+            controlnet_cond,
+            conditioning_scale=conditioning_scale,
+            added_cond_kwargs={"text_embeds": text_embeds, "time_ids": time_ids},
+            guess_mode=False,
+            return_dict=False,
+        )
+        return (*down, mid)
+
+    args = (sample, timestep, ehs, cond, scale, text_embeds, time_ids)
+    with torch.no_grad():
+        outs = forward(*args)
+    n = len(outs) - 1
+    names = [f"down_block_res_sample_{j}" for j in range(n)] + ["mid_block_res_sample"]
+    axes = {
+        "sample": {0: "batch_size", 2: "height", 3: "width"},
+        "encoder_hidden_states": {0: "batch_size", 1: "sequence_length"},
+        "controlnet_cond": {0: "batch_size", 2: "image_height", 3: "image_width"},
+        "text_embeds": {0: "batch_size"},
+        "time_ids": {0: "batch_size"},
+    }
+    for name, out in zip(names, outs):
+        f = h // out.shape[2]  # the residual's downsampling factor: 1, 2, 4, ...
+        axes[name] = {0: "batch_size", 2: "height" if f == 1 else f"height/{f}", 3: "width" if f == 1 else f"width/{f}"}
+    inputs = ["sample", "timestep", "encoder_hidden_states", "controlnet_cond", "conditioning_scale"]
+    inputs += ["text_embeds", "time_ids"]
+    return Spec(controlnet, forward, args, inputs, names, axes)
 
 
 def vae_decoder_spec(vae, batch: int = 2):
@@ -304,10 +404,11 @@ def to_fp16(model):
 
 
 def convert16(model, disable_shape_infer: bool = False):
-    """onnxruntime's float16 conversion of an in-memory graph (< 2 GB), `timestep` kept float32."""
+    """onnxruntime's float16 conversion of an in-memory graph (< 2 GB), `timestep` (and a ControlNet's
+    `conditioning_scale`) kept float32."""
     from onnxruntime.transformers.float16 import convert_float_to_float16
 
-    keep = [i.name for i in model.graph.input if i.name == "timestep"]
+    keep = [i.name for i in model.graph.input if i.name in FLOAT32_INPUTS]
     model = convert_float_to_float16(model, keep_io_types=keep, disable_shape_infer=disable_shape_infer)
     topological_sort(model.graph)  # the converter appends the input Cast nodes at the end
     return model
@@ -369,18 +470,24 @@ def trace_graph(spec: Spec, fold: bool, custom_opsets: dict[str, int] | None = N
     return model
 
 
-def trace_unet_fused_attention(pipe, fold: bool, trace=trace_graph):
-    """The UNet of `pipe` with its attention cores as com.microsoft MultiHeadAttention nodes
+def trace_fused_attention(spec: Spec, fold: bool, trace=trace_graph):
+    """`spec` (a UNet or ControlNet) with its module's attention cores as com.microsoft MultiHeadAttention nodes
     (onnx/fused_attention.py), traced by `trace(spec, fold, custom_opsets)`."""
     from fused_attention import DOMAIN, FusedAttnProcessor
 
-    unet = pipe.unet
-    saved = unet.attn_processors
-    unet.set_attn_processor(FusedAttnProcessor())
+    module = spec.module
+    saved = module.attn_processors
+    module.set_attn_processor(FusedAttnProcessor())
     try:
-        return trace(component_spec(pipe, "unet", None), fold, custom_opsets={DOMAIN: 1})
+        return trace(spec, fold, custom_opsets={DOMAIN: 1})
     finally:
-        unet.set_attn_processor(saved)
+        module.set_attn_processor(saved)
+
+
+def trace_unet_fused_attention(pipe, fold: bool, trace=trace_graph):
+    """The UNet of `pipe` with its attention cores as com.microsoft MultiHeadAttention nodes, traced by
+    `trace(spec, fold, custom_opsets)`."""
+    return trace_fused_attention(component_spec(pipe, "unet", None), fold, trace)
 
 
 def trace_unet_for_fusion(pipe):
@@ -510,6 +617,18 @@ def write_component_config(pipe, component: str, src: Path | None, out: Path) ->
     c.write_json(dst / "config.json", dict(sorted(config.items())))
 
 
+def write_controlnet_config(controlnet, src: Path | None, out: Path) -> None:
+    """out/config.json: the ControlNet folder's config.json, copied, else written from the model's config."""
+    if src is not None and (src / "config.json").is_file():
+        shutil.copyfile(src / "config.json", out / "config.json")
+        return
+    import diffusers
+
+    config = {k: v for k, v in dict(controlnet.config).items() if not k.startswith("_")}
+    config.update({"_class_name": type(controlnet).__name__, "_diffusers_version": diffusers.__version__})
+    c.write_json(out / "config.json", dict(sorted(config.items())))
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # check: ORT vs torch on the example inputs
 
@@ -609,10 +728,43 @@ def export(
     return results
 
 
+def export_controlnet(
+    src: Path | None,
+    out: Path,
+    fp16: bool = False,
+    fold: bool = False,
+    external: bool | None = None,
+    check: bool = False,
+    fused_attention: bool = False,
+    controlnet=None,
+) -> float | None:
+    """Export a diffusers SDXL ControlNetModel (the folder `src`, or the loaded `controlnet`) as out/model.onnx +
+    out/config.json. external=None: external data only over 2 GB. Returns max |ORT - torch| when `check`."""
+    if controlnet is None:
+        controlnet = load_controlnet(src)
+    spec = controlnet_spec(controlnet, controlnet_text_embeds_dim(controlnet))
+    out.mkdir(parents=True, exist_ok=True)
+    out_file = out / "model.onnx"
+    model = trace_fused_attention(spec, fold) if fused_attention else trace_graph(spec, fold)
+    finish_graph(model, out_file, external, fp16)
+    write_controlnet_config(controlnet, src, out)
+    if not check:
+        print(f"  controlnet: {out_file}", flush=True)
+        return None
+    diff = check_graph(spec, out_file)
+    print(f"  controlnet: max |ORT - torch| = {diff:.3g}", flush=True)
+    return diff
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("src", type=Path, help="diffusers SDXL folder or single-file .safetensors/.ckpt checkpoint")
     ap.add_argument("out", type=Path, help="output folder (optimum layout)")
+    ap.add_argument(
+        "--controlnet",
+        action="store_true",
+        help="SRC is a diffusers SDXL ControlNetModel folder: write OUT/model.onnx + OUT/config.json",
+    )
     ap.add_argument(
         "--fp16", action="store_true", help="float16 weights and float inputs/outputs (timestep stays float32)"
     )
@@ -642,9 +794,7 @@ def main() -> None:
         action="store_true",
         help="tokenizer folders without tokenizer.json (vocab.json + merges.txt)",
     )
-    ap.add_argument(
-        "--components", default=",".join(COMPONENTS), help="comma-separated subset of " + ",".join(COMPONENTS)
-    )
+    ap.add_argument("--components", help="comma-separated subset of " + ",".join(COMPONENTS) + " (default: all)")
     ap.add_argument("--config", help="single-file input only: diffusers folder (or repo id) with the pipeline configs")
     ap.add_argument("--local-files-only", action="store_true", help="single-file input only: never download configs")
     ap.add_argument("--check", action="store_true", help="compare each graph with torch in onnxruntime")
@@ -663,8 +813,23 @@ def main() -> None:
     args = ap.parse_args()
 
     external = {s for s in args.external_data.split(",") if s}
-    components = tuple(s for s in args.components.split(",") if s)
-    for s in external | set(components):
+    if args.controlnet:
+        pipeline_only = {
+            "--vae-fp32": args.vae_fp32,
+            "--int32-input-ids": args.int32_input_ids,
+            "--no-tokenizer-json": args.no_tokenizer_json,
+            "--components": args.components is not None,
+            "--config": args.config is not None,
+            "--local-files-only": args.local_files_only,
+            "--ort-optimize": args.ort_optimize,
+        }
+        bad = [k for k, v in pipeline_only.items() if v]
+        if bad:
+            sys.exit(f"error: {', '.join(bad)} do not apply to --controlnet")
+        if external - {"controlnet"}:
+            sys.exit("error: with --controlnet, --external-data takes only 'controlnet'")
+    components = tuple(s for s in (args.components or ",".join(COMPONENTS)).split(",") if s)
+    for s in (set() if args.controlnet else external) | set(components):
         if s not in COMPONENTS:
             sys.exit(f"error: unknown component {s!r} (expected one of {', '.join(COMPONENTS)})")
     if args.vae_fp32 and not args.fp16:
@@ -673,6 +838,17 @@ def main() -> None:
 
     torch.set_num_threads(max(1, min(torch.get_num_threads(), 4)))
     print(f"exporting {args.src} -> {args.out}", flush=True)
+    if args.controlnet:
+        export_controlnet(
+            args.src,
+            args.out,
+            fp16=args.fp16,
+            fold=args.fold,
+            external=True if external else None,
+            check=args.check,
+            fused_attention=args.fused_attention,
+        )
+        return
     export(
         args.src,
         args.out,

@@ -89,8 +89,9 @@ def generators(seed: int, batch: int):
     return [torch.Generator("cpu").manual_seed(seed + i) for i in range(batch)]
 
 
-def run_case(pipe, name: str) -> tuple[dict, dict]:
-    """Run one case through diffusers; return (tensors, metadata)."""
+def run_case(pipe, name: str, call_kwargs: dict | None = None) -> tuple[dict, dict]:
+    """Run one case through diffusers; return (tensors, metadata). `call_kwargs`: more arguments for the pipeline
+    call (make_controlnet.py's control images and scales)."""
     import numpy as np
     import torch
     from diffusers.utils.torch_utils import randn_tensor
@@ -168,6 +169,7 @@ def run_case(pipe, name: str) -> tuple[dict, dict]:
             height=H,
             num_images_per_prompt=B,
             generator=generators(p["seed"], B),
+            **(call_kwargs or {}),
         )
     finally:
         for h in hooks:
@@ -179,7 +181,8 @@ def run_case(pipe, name: str) -> tuple[dict, dict]:
     t["timesteps"] = pipe.scheduler.timesteps.to(torch.float32).clone()
     t["sigmas"] = pipe.scheduler.sigmas.to(torch.float32).clone()
     assert [float(u["timestep"]) for u in unet_calls] == [float(x) for x in t["timesteps"]]
-    assert len(steps) == p["steps"]
+    # one loop iteration per timestep: steps, or 2 * steps - 1 for a second-order scheduler (Heun)
+    assert len(steps) == len(t["timesteps"]) == (p["steps"] if pipe.scheduler.order == 1 else 2 * p["steps"] - 1)
     for i, lat in enumerate(steps):
         t[f"latents_step_{i}"] = lat
     t["image"] = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32))

@@ -1,0 +1,474 @@
+"""Write the ControlNet fixtures: two tiny seeded SDXL ControlNets, control images, and their diffusers goldens.
+
+Models (tests/fixtures/controlnet/<name>/: model.onnx + config.json, written by export_onnx.py's --controlnet export
+of the saved diffusers folder, so the inputs / outputs are those documented there):
+
+  tiny-controlnet/     ControlNetModel.from_unet(the tiny UNet of build_tiny.py), default
+                       conditioning_embedding_out_channels (16, 32, 96, 256): three stride-2 convolutions, i.e. the
+                       control image is 8x the latent size (the tiny VAE's scale factor, like real SDXL). Then EVERY
+                       parameter is re-drawn from torch.Generator().manual_seed(31), the zero-initialized ones too
+                       (controlnet_down_blocks.*, controlnet_mid_block, controlnet_cond_embedding.conv_out), so the
+                       residuals are far from zero and no weight equals the UNet's: Linear / Conv2d weights normal
+                       with std 1/sqrt(fan_in), x 2 in the conditioning embedding's convolutions before conv_out
+                       (COND_GAIN: without it the SiLU stack shrinks the image's signal and the control image hardly
+                       matters), biases std 0.1 x the same gain, GroupNorm / LayerNorm weights 1 + std 0.1 and
+                       biases std 0.1.
+                       642,688 parameters; 6 down residuals + mid, at 64x64 (latents 8x8): [B,16,8,8] x3,
+                       [B,16,4,4], [B,32,4,4] x2; mid [B,32,4,4]
+  tiny-controlnet-b/   the same architecture, seed 32 (for multi-ControlNet)
+
+Control images (drawn with PIL / numpy, no random numbers), PNG RGB, in tests/fixtures/controlnet/:
+
+  control_64.png       64x64, canny-like: 1-px white edges on black (circle, lines), grey edges (128, 192, 64) and
+                       one orange polyline (R != B, so a channel-order swap changes the result)
+  control_64_b.png     64x64, depth / normal-map-like: smooth gradients and a shaded sphere, R, G, B different
+  control_80x60.png    80 wide x 60 high, sharp coloured shapes and a 4-px checker (so the resize matters); used for a
+                       96x64 request: diffusers resizes it to 96x64 with PIL's Lanczos (VaeImageProcessor.resize)
+
+Goldens (tests/fixtures/goldens/<case>.safetensors): diffusers' StableDiffusionXLControlNetPipeline (fp32, CPU, 1
+thread, no watermark) on the torch tiny model, built from the base pipeline's components; goldens.py's cfg_neg as the
+base case (prompt, negative, guidance 5, 5 steps Euler, seed 0, 64x64) run through goldens.run_case, so every tensor
+and metadata key of goldens.py is there. The control image is passed as the PIL image loaded from the PNG, so
+diffusers' own preprocessing runs (resize to width x height with Lanczos, / 255, no normalization).
+
+  controlnet               cfg_neg + tiny-controlnet, control_64.png, controlnet_conditioning_scale 0.8
+  controlnet_resized       the same at width 96, height 64 with control_80x60.png (resized to 96x64), scale 1.0
+  controlnet_multi         two units (MultiControlNetModel): tiny-controlnet + control_64.png at 0.7 and
+                           tiny-controlnet-b + control_64_b.png at 0.5
+  controlnet_window        HeunDiscreteScheduler (9 evaluations for 5 steps), control_guidance_start 0.25,
+                           control_guidance_end 0.75, scale 1.0: the ControlNet counts at evaluations 3, 4, 5 only (0-based)
+  controlnet_batch2_nocfg  batch_size 2 (one generator per image, seeds 0 and 1), guidance_scale 1.0, no negative
+                           prompt, scale 0.9
+
+Extra tensors (float32):
+  control_image_<k> [1,3,H,W]      unit k's preprocessed control image, as VaeImageProcessor.preprocess returned it
+                                   (before prepare_image's repeat_interleave(batch) and the CFG concatenation)
+  cn_down_0 .. cn_down_{n-1}, cn_mid
+                                   unit 0's outputs at the first evaluation, as the pipeline got them (already times
+                                   its conditioning scale; batch kept: [2B,...] with CFG, negative half first)
+  controlnet_scales [L,K]          the conditioning_scale each unit's forward got at each of the L evaluations
+                                   (controlnet_conditioning_scale x diffusers' controlnet_keep)
+Extra metadata (strings; JSON lists, one entry per unit in unit order): controlnets (folder names), control_images
+(file names), conditioning_scales, control_guidance_start, control_guidance_end; scheduler (class name) when not Euler.
+
+Measured here: mean |image_u8 with ControlNet - the same request without| (printed by this script; max in brackets):
+  controlnet 13.7/255 (103), controlnet_resized 14.2/255 (144), controlnet_multi 13.9/255 (111),
+  controlnet_window 3.0/255 (34; the ControlNet acts in 3 of 9 evaluations), controlnet_batch2_nocfg 13.3/255 (98);
+  0 or 255 pixels 2.8-4.1 % with the ControlNet, 3.1-4.2 % without. The control image itself matters: a black image
+  instead changes `controlnet` by 9.9/255 (mean), B and R swapped by 1.1/255 (max 20/255); a bilinear resize instead
+  of Lanczos changes `controlnet_resized` by up to 7/255; a keep window off by one evaluation moves
+  `controlnet_window`'s latents by 0.57 or more.
+The script checks each exported ONNX ControlNet against torch on the inputs the pipeline gave it (its first
+evaluation with a conditioning scale other than 0): max |diff| / max(1, max |torch|) <= 1e-4 (1.5e-6 here).
+
+Usage: python make_controlnet.py [--model DIR] [--out tests/fixtures]   (model: build_tiny.py's output)
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import math
+from pathlib import Path
+
+import _common as c
+import goldens
+
+UNITS = {"tiny-controlnet": 31, "tiny-controlnet-b": 32}  # folder name -> seed
+# Linear / Conv2d weights: normal, std 1/sqrt(fan_in) x gain; the zero-initialized output convolutions' gain:
+HEAD_GAIN = 1.0
+# the gain of the conditioning embedding's convolutions before conv_out (SiLU between them; at 1 the image's signal
+# fades through the 7 layers and the control image hardly changes the result)
+COND_GAIN = 2.0
+NORM_STD = 0.1  # GroupNorm / LayerNorm: weight 1 + NORM_STD * randn, bias NORM_STD * randn
+BIAS_STD = 0.1  # Linear / Conv2d biases: BIAS_STD * randn (x the module's gain)
+
+IMAGES = ("control_64.png", "control_64_b.png", "control_80x60.png")
+BASE_CASE = goldens.CASES["cfg_neg"]
+UNIT_A = dict(controlnets=("tiny-controlnet",), control_images=("control_64.png",))
+CASES = {
+    "controlnet": dict(BASE_CASE, **UNIT_A, conditioning_scales=(0.8,)),
+    "controlnet_resized": dict(
+        BASE_CASE,
+        width=96,
+        height=64,
+        controlnets=("tiny-controlnet",),
+        control_images=("control_80x60.png",),
+        conditioning_scales=(1.0,),
+    ),
+    "controlnet_multi": dict(
+        BASE_CASE,
+        controlnets=("tiny-controlnet", "tiny-controlnet-b"),
+        control_images=("control_64.png", "control_64_b.png"),
+        conditioning_scales=(0.7, 0.5),
+    ),
+    # second order: 2N-1 evaluations, and diffusers' controlnet_keep is computed per evaluation
+    "controlnet_window": dict(
+        BASE_CASE,
+        **UNIT_A,
+        conditioning_scales=(1.0,),
+        scheduler="HeunDiscreteScheduler",
+        control_guidance_start=0.25,
+        control_guidance_end=0.75,
+    ),
+    "controlnet_batch2_nocfg": dict(
+        BASE_CASE, **UNIT_A, conditioning_scales=(0.9,), negative_prompt=None, guidance_scale=1.0, batch_size=2
+    ),
+}
+CONTROL_KEYS = (
+    "controlnets",
+    "control_images",
+    "conditioning_scales",
+    "control_guidance_start",
+    "control_guidance_end",
+    "scheduler",
+)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# models
+
+
+def build_controlnet(unet, seed: int):
+    """ControlNetModel.from_unet(unet) with every parameter re-drawn from torch.Generator().manual_seed(seed)."""
+    import torch
+    from diffusers import ControlNetModel
+    from torch import nn
+
+    cn = ControlNetModel.from_unet(unet)
+    heads = {cn.controlnet_cond_embedding.conv_out, cn.controlnet_mid_block, *cn.controlnet_down_blocks}
+    embedding = {cn.controlnet_cond_embedding.conv_in, *cn.controlnet_cond_embedding.blocks}
+    g = torch.Generator("cpu").manual_seed(seed)
+    drawn = set()
+    with torch.no_grad():
+        for _, module in cn.named_modules():
+            params = dict(module.named_parameters(recurse=False))
+            if not params:
+                continue
+            w, b = params.pop("weight"), params.pop("bias", None)
+            assert not params, f"unexpected parameters {list(params)} in {type(module).__name__}"
+            if isinstance(module, (nn.GroupNorm, nn.LayerNorm)):
+                w.copy_(1.0 + NORM_STD * torch.randn(w.shape, generator=g))
+                if b is not None:
+                    b.copy_(NORM_STD * torch.randn(b.shape, generator=g))
+            elif isinstance(module, (nn.Linear, nn.Conv2d)):
+                gain = HEAD_GAIN if module in heads else COND_GAIN if module in embedding else 1.0
+                w.copy_(torch.randn(w.shape, generator=g) * (gain / math.sqrt(w[0].numel())))
+                if b is not None:
+                    b.copy_(torch.randn(b.shape, generator=g) * (gain * BIAS_STD))
+            else:
+                raise TypeError(f"no init rule for {type(module).__name__}")
+            drawn.update(id(p) for p in (w, b) if p is not None)
+    assert drawn == {id(p) for p in cn.parameters()}, "some parameters were not re-drawn"
+    return cn.eval()
+
+
+def export_units(base, out: Path, work: Path) -> dict:
+    """Build, save (diffusers folder in `work`) and export (out/controlnet/<name>/) both ControlNets."""
+    import shutil
+
+    import export_onnx as e
+
+    units = {}
+    for name, seed in UNITS.items():
+        cn = build_controlnet(base.unet, seed)
+        src = work / "controlnet-diffusers" / name
+        shutil.rmtree(src, ignore_errors=True)
+        cn.save_pretrained(str(src), safe_serialization=True)
+        dst = out / "controlnet" / name
+        shutil.rmtree(dst, ignore_errors=True)
+        diff = e.export_controlnet(src, dst, check=True)
+        assert diff < 1e-4, diff
+        n_params = sum(p.numel() for p in cn.parameters())
+        size = sum(f.stat().st_size for f in dst.iterdir())
+        print(f"  {name}: seed {seed}, {n_params:,} parameters, {size:,} bytes", flush=True)
+        units[name] = cn
+    return units
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# control images
+
+
+def draw_control_64():
+    """Canny-like edges: white, grey and one orange line on black."""
+    from PIL import Image, ImageDraw
+
+    img = Image.new("RGB", (64, 64), (0, 0, 0))
+    d = ImageDraw.Draw(img)
+    d.ellipse((8, 6, 40, 38), outline=(255, 255, 255), width=1)
+    d.line((2, 60, 61, 44), fill=(255, 255, 255), width=1)
+    d.line((20, 2, 20, 30), fill=(255, 255, 255), width=1)
+    d.rectangle((36, 30, 58, 54), outline=(128, 128, 128), width=1)
+    d.line((4, 4, 30, 58), fill=(192, 192, 192), width=1)
+    d.line([(42, 4), (50, 16), (61, 6)], fill=(255, 160, 32), width=1)
+    d.point([(x, 50) for x in range(6, 31, 3)], fill=(64, 64, 64))
+    return img
+
+
+def draw_control_64_b():
+    """Depth / normal-map-like: smooth gradients and a shaded sphere, different in R, G and B."""
+    import numpy as np
+    from PIL import Image
+
+    y, x = np.mgrid[0:64, 0:64] / 63.0
+    depth = 0.15 + 0.55 * y
+    r2 = (x - 0.62) ** 2 + (y - 0.4) ** 2
+    sphere = np.sqrt(np.clip(0.3**2 - r2, 0.0, None)) / 0.3
+    depth = np.where(r2 < 0.3**2, np.maximum(depth, 0.45 + 0.55 * sphere), depth)
+    rgb = np.stack([depth, 0.8 * depth + 0.2 * x, depth * (1.0 - 0.6 * x)], axis=-1)
+    return Image.fromarray(np.rint(np.clip(rgb, 0.0, 1.0) * 255.0).astype(np.uint8), "RGB")
+
+
+def draw_control_80x60():
+    """Sharp coloured shapes and a 4-px checker on black, 80 wide x 60 high."""
+    from PIL import Image, ImageDraw
+
+    img = Image.new("RGB", (80, 60), (0, 0, 0))
+    d = ImageDraw.Draw(img)
+    for i in range(6):
+        for j in range(6):
+            if (i + j) % 2 == 0:
+                d.rectangle((52 + 4 * i, 4 + 4 * j, 55 + 4 * i, 7 + 4 * j), fill=(255, 255, 255))
+    d.line((6, 54, 30, 8), fill=(255, 0, 0), width=2)
+    d.line((30, 8, 46, 40), fill=(0, 255, 0), width=2)
+    d.line((10, 30, 70, 44), fill=(0, 96, 255), width=1)
+    d.ellipse((8, 36, 24, 52), fill=(255, 200, 0))
+    d.rectangle((56, 40, 74, 56), outline=(160, 160, 160), width=1)
+    return img
+
+
+def write_images(folder: Path) -> None:
+    for name, draw in zip(IMAGES, (draw_control_64, draw_control_64_b, draw_control_80x60)):
+        buf = io.BytesIO()
+        draw().save(buf, format="PNG", optimize=False)
+        c.write_bytes_if_changed(folder / name, buf.getvalue())
+
+
+def load_image(path: Path):
+    from PIL import Image
+
+    with Image.open(path) as img:
+        img.load()
+        assert img.mode == "RGB", (path, img.mode)
+        return img.copy()
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# goldens
+
+
+def case_params(name: str) -> dict:
+    defaults = {"width": 64, "height": 64, "batch_size": 1, "control_guidance_start": 0.0, "control_guidance_end": 1.0}
+    return {**defaults, **CASES[name]}
+
+
+def controlnet_keep(n_evals: int, start: float, end: float) -> list[float]:
+    """diffusers' controlnet_keep (pipeline_controlnet_sd_xl.py, step 7.1), per loop iteration."""
+    return [1.0 - float(i / n_evals < start or (i + 1) / n_evals > end) for i in range(n_evals)]
+
+
+def controlnet_pipeline(base, nets):
+    from diffusers import StableDiffusionXLControlNetPipeline
+
+    pipe = StableDiffusionXLControlNetPipeline(
+        vae=base.vae,
+        text_encoder=base.text_encoder,
+        text_encoder_2=base.text_encoder_2,
+        tokenizer=base.tokenizer,
+        tokenizer_2=base.tokenizer_2,
+        unet=base.unet,
+        controlnet=nets[0] if len(nets) == 1 else list(nets),
+        scheduler=base.scheduler,
+        force_zeros_for_empty_prompt=base.config.force_zeros_for_empty_prompt,
+        add_watermarker=False,
+    )
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def run_golden_case(pipe, name: str, p: dict, call_kwargs: dict | None = None) -> tuple[dict, dict]:
+    """goldens.run_case on `pipe` with case `name` = goldens.py's keys of `p` (and `pipe.scheduler` swapped for
+    p["scheduler"])."""
+    import diffusers
+
+    saved_cases, saved_scheduler = dict(goldens.CASES), pipe.scheduler
+    goldens.CASES[name] = {k: v for k, v in p.items() if k not in CONTROL_KEYS}
+    if "scheduler" in p:
+        pipe.scheduler = getattr(diffusers, p["scheduler"]).from_config(pipe.scheduler.config)
+    try:
+        return goldens.run_case(pipe, name, call_kwargs=call_kwargs)
+    finally:
+        pipe.scheduler = saved_scheduler
+        goldens.CASES.clear()
+        goldens.CASES.update(saved_cases)
+
+
+def controlnet_case(base, units: dict, images: Path, name: str) -> tuple[dict, dict, list]:
+    """Run case `name`; returns (tensors, metadata, per unit the (inputs, outputs) of its first evaluation with a
+    conditioning scale other than 0)."""
+    import inspect
+
+    import torch
+    from diffusers import ControlNetModel
+
+    p = case_params(name)
+    nets = [units[n] for n in p["controlnets"]]
+    K, B = len(nets), p["batch_size"]
+    cfg = p["guidance_scale"] > 1.0
+    scales = [float(s) for s in p["conditioning_scales"]]
+    pil = [load_image(images / f) for f in p["control_images"]]
+    pipe = controlnet_pipeline(base, nets)
+    call = dict(
+        image=pil[0] if K == 1 else pil,
+        controlnet_conditioning_scale=scales[0] if K == 1 else scales,
+        control_guidance_start=p["control_guidance_start"],
+        control_guidance_end=p["control_guidance_end"],
+    )
+
+    preprocessed: list = []
+    orig_preprocess = pipe.control_image_processor.preprocess
+
+    def preprocess(*args, **kwargs):
+        out = orig_preprocess(*args, **kwargs)
+        preprocessed.append(out.clone())
+        return out
+
+    pipe.control_image_processor.preprocess = preprocess
+    calls: list[list] = [[] for _ in nets]
+    signature = inspect.signature(ControlNetModel.forward)
+
+    def recorder(k):
+        def hook(module, args, kwargs, output):
+            a = signature.bind(module, *args, **kwargs).arguments
+            rec = {"scale": float(a["conditioning_scale"])}
+            # inputs and outputs of the first evaluation (the golden's), and of the first with a scale other than 0
+            # (the ONNX check's); cloned: MultiControlNetModel adds the next unit's residuals in place
+            if not calls[k] or (rec["scale"] != 0.0 and not any(r["scale"] != 0.0 for r in calls[k])):
+                rec["inputs"] = {
+                    "sample": a["sample"].clone(),
+                    "timestep": torch.as_tensor(a["timestep"]).clone(),
+                    "encoder_hidden_states": a["encoder_hidden_states"].clone(),
+                    "controlnet_cond": a["controlnet_cond"].clone(),
+                    "conditioning_scale": torch.tensor(rec["scale"], dtype=torch.float32),
+                    "text_embeds": a["added_cond_kwargs"]["text_embeds"].clone(),
+                    "time_ids": a["added_cond_kwargs"]["time_ids"].clone(),
+                }
+                assert not a.get("guess_mode") and a["return_dict"] is False
+                down, mid = output
+                rec["outputs"] = [d.clone() for d in down] + [mid.clone()]
+            calls[k].append(rec)
+
+        return hook
+
+    hooks = [net.register_forward_hook(recorder(k), with_kwargs=True) for k, net in enumerate(nets)]
+    try:
+        tensors, meta = run_golden_case(pipe, name, p, call)
+    finally:
+        for h in hooks:
+            h.remove()
+        del pipe.control_image_processor.preprocess
+
+    L = len(tensors["timesteps"])
+    assert len(preprocessed) == K and all(len(u) == L for u in calls), (len(preprocessed), [len(u) for u in calls])
+    keep = controlnet_keep(L, p["control_guidance_start"], p["control_guidance_end"])
+    got_scales = [[u[i]["scale"] for u in calls] for i in range(L)]
+    assert got_scales == [[s * kp for s in scales] for kp in keep], (got_scales, keep)
+    for k in range(K):
+        image = preprocessed[k]
+        assert image.shape == (1, 3, p["height"], p["width"]) and image.dtype == torch.float32
+        # prepare_image: repeat_interleave(batch) then, with CFG, the same images again for the negative half
+        fed = torch.cat([image.repeat_interleave(B, dim=0)] * (2 if cfg else 1))
+        assert torch.equal(calls[k][0]["inputs"]["controlnet_cond"], fed), k
+        tensors[f"control_image_{k}"] = image
+    first = calls[0][0]["outputs"]
+    for j, d in enumerate(first[:-1]):
+        tensors[f"cn_down_{j}"] = d
+    tensors["cn_mid"] = first[-1]
+    tensors["controlnet_scales"] = torch.tensor(got_scales, dtype=torch.float32)
+    tensors = {k: v.detach().contiguous() for k, v in tensors.items()}
+
+    meta["controlnets"] = json.dumps(list(p["controlnets"]))
+    meta["control_images"] = json.dumps(list(p["control_images"]))
+    meta["conditioning_scales"] = json.dumps(scales)
+    meta["control_guidance_start"] = json.dumps([float(p["control_guidance_start"])] * K)
+    meta["control_guidance_end"] = json.dumps([float(p["control_guidance_end"])] * K)
+    if "scheduler" in p:
+        meta["scheduler"] = p["scheduler"]
+    active = [next(r for r in u if r["scale"] != 0.0) for u in calls]
+    return tensors, meta, [(r["inputs"], r["outputs"]) for r in active]
+
+
+def image_difference(base, name: str, with_cn: dict) -> dict:
+    """How much the ControlNet changes the image: the same request on the base pipeline, compared."""
+    import numpy as np
+
+    tensors, _ = run_golden_case(base, name, case_params(name))
+    a = with_cn["image_u8"].numpy().astype(np.float64)
+    b = tensors["image_u8"].numpy().astype(np.float64)
+    image = with_cn["image"].numpy()
+    assert np.isfinite(image).all()
+    return {
+        "mean_diff": float(np.abs(a - b).mean() / 255.0),
+        "max_diff": float(np.abs(a - b).max() / 255.0),
+        "clipped_cn": float(((a == 0) | (a == 255)).mean()),
+        "clipped_base": float(((b == 0) | (b == 255)).mean()),
+    }
+
+
+def check_onnx(folder: Path, name: str, unit: str, first: tuple) -> float:
+    """onnxruntime on the exported graph vs torch, on the inputs the pipeline gave one unit (`first`)."""
+    import numpy as np
+    import onnxruntime as ort
+
+    inputs, outputs = first
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = 2
+    sess = ort.InferenceSession(str(folder / unit / "model.onnx"), opts, providers=["CPUExecutionProvider"])
+    got = sess.run(None, {k: v.numpy().astype(np.float32) for k, v in inputs.items()})
+    assert len(got) == len(outputs)
+    worst = 0.0
+    for g, w in zip(got, outputs):
+        w = w.numpy()
+        assert g.shape == w.shape, (g.shape, w.shape)
+        worst = max(worst, float(np.abs(g.astype(np.float64) - w).max() / max(1.0, float(np.abs(w).max()))))
+    print(f"  {name} / {unit}: ORT vs torch, max |diff| / max(1, max |torch|) = {worst:.3g}", flush=True)
+    assert worst <= 1e-4, worst
+    return worst
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", type=Path, default=c.TINY_DIFFUSERS, help="torch tiny SDXL (build_tiny.py)")
+    ap.add_argument("--out", type=Path, default=c.FIXTURES)
+    ap.add_argument("--cases", default=",".join(CASES))
+    args = ap.parse_args()
+    folder = args.out / "controlnet"
+    base = c.load_pipeline(args.model)
+    units = export_units(base, args.out, c.WORK)
+    write_images(folder)
+    cases = [s for s in args.cases.split(",") if s]
+    unknown = [s for s in cases if s not in CASES]
+    if unknown:
+        ap.error(f"unknown cases {unknown}; known: {', '.join(CASES)}")
+    for name in cases:
+        tensors, meta, firsts = controlnet_case(base, units, folder, name)
+        for unit, first in zip(CASES[name]["controlnets"], firsts):
+            check_onnx(folder, name, unit, first)
+        d = image_difference(base, name, tensors)
+        shapes = ", ".join(f"{k}{list(tensors[k].shape)}" for k in sorted(tensors) if k.startswith(("cn_", "control")))
+        print(f"{name}: {shapes}", flush=True)
+        mean, worst = d["mean_diff"] * 255, d["max_diff"] * 255
+        print(
+            f"  {name}: mean |with - without ControlNet| = {mean:.1f}/255 (max {worst:.0f}),"
+            f" clipped pixels {d['clipped_cn']:.1%} (without: {d['clipped_base']:.1%})",
+            flush=True,
+        )
+        # the ControlNet must change the image clearly (a test that drops it must fail), without saturating it
+        assert mean >= (2.0 if name == "controlnet_window" else 10.0) and d["clipped_cn"] < 0.1, d
+        c.write_golden(args.out / "goldens" / f"{name}.safetensors", tensors, meta)
+
+
+if __name__ == "__main__":
+    main()
