@@ -6,51 +6,10 @@ use sdxlrt::engine::Engine;
 use sdxlrt::pipeline::SdxlPipeline;
 use sdxlrt::runtime::SessionConfig;
 
-use crate::util::{copy_dir, fixtures, max_u8_diff, options_json, Capture, Golden};
+use crate::util::{check_case, copy_dir, fixtures, max_u8_diff, options_json, Capture, Golden};
 
 fn engine() -> Engine {
     Engine::new(Some(&options_json())).expect("engine")
-}
-
-/// The latents after every UNet evaluation, in the order they came, per first image index of a batch chunk. A
-/// refiner's evaluation indices restart inside the base's (Heun re-evaluates the switch timestep), so an ordered
-/// list, not a map by index.
-#[derive(Default)]
-struct Sequence(std::collections::BTreeMap<u32, Vec<Vec<f32>>>);
-
-impl sdxlrt::pipeline::Progress for Sequence {
-    fn report(&mut self, _: &sdxlrt::pipeline::ProgressEvent<'_>) -> bool {
-        true
-    }
-    fn on_latents(&mut self, image_index: u32, step: Option<usize>, latents: ndarray::ArrayViewD<'_, f32>) {
-        if step.is_some() {
-            self.0.entry(image_index).or_default().push(latents.iter().copied().collect());
-        }
-    }
-}
-
-/// Run golden `case` on `engine` (the batch as one tensor, or one image at a time); check the latents after every
-/// UNet evaluation, base then refiner, and the images; return the response JSON.
-fn check_case(engine: &Engine, case: &str, parallel: bool) -> serde_json::Value {
-    let g = Golden::load(case);
-    let mut seen = Sequence::default();
-    let outcome = engine.generate(&g.request("tiny-sdxl", parallel), &mut seen, true);
-    assert!(outcome.error.is_none(), "{case}: {:?}\n{}", outcome.error, outcome.response_json);
-    let evaluations = g.tensors.keys().filter(|k| k.starts_with("latents_step_")).count();
-    for (chunk, steps) in &seen.0 {
-        assert_eq!(steps.len(), evaluations, "{case}: latents of the chunk at image {chunk}, base and refiner");
-    }
-    for i in 0..evaluations {
-        let got: Vec<f32> = seen.0.values().flat_map(|steps| steps[i].iter().copied()).collect();
-        let want = &g.t(&format!("latents_step_{i}")).f32;
-        assert_close!(got, want, 1e-4, 1e-5, "{case} (parallel {parallel}): latents after evaluation {i}");
-    }
-    let want = &g.t("image_u8").u8;
-    let got: Vec<u8> = outcome.images.iter().flat_map(|im| im.data.iter().copied()).collect();
-    assert_eq!(got.len(), want.len(), "{case}: image size");
-    let (worst, at) = max_u8_diff(&got, want);
-    assert!(worst <= 1, "{case}: image differs from diffusers by {worst}/255 at byte {at}");
-    serde_json::from_str(&outcome.response_json).unwrap()
 }
 
 /// Largest per-pixel difference between the image of golden `a` and golden `b`.

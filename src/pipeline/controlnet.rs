@@ -13,7 +13,8 @@
 //! `time_ids` and optionally `conditioning_scale` (a scalar the graph multiplies its residuals by; without it
 //! sdxlrt multiplies them, the same float32 product). Outputs: the down residuals in diffusers' order, then the
 //! middle block's (`down_block_res_sample_<i>` and `mid_block_res_sample` are put in that order whatever their
-//! declared order; a graph with other names is read in declared order).
+//! declared order; a graph with other names is read in declared order). A `config.json` beside it saying
+//! `global_pool_conditions` (diffusers' guess mode) is refused.
 //!
 //! # Control images
 //!
@@ -69,8 +70,9 @@ pub struct ControlNet {
 impl ControlNet {
     /// Load the ControlNet graph at `path` with the engine's session settings and check its inputs and outputs.
     pub fn load(env: &ort::environment::Environment, path: &Path, config: &SessionConfig) -> Result<Self> {
-        let session = ModelSession::load(env, path, "controlnet", config)?;
         let invalid = |m: String| Error::model_invalid(path, m);
+        refuse_guess_mode(path)?;
+        let session = ModelSession::load(env, path, "controlnet", config)?;
         for name in REQUIRED_INPUTS {
             if session.input(name).is_err() {
                 let have: Vec<&str> = session.inputs().iter().map(|i| i.name.as_str()).collect();
@@ -105,6 +107,27 @@ impl ControlNet {
     pub fn path(&self) -> &Path {
         self.session.path()
     }
+}
+
+/// Refuses a ControlNet whose `config.json` (beside a `model.onnx`, when there is one) says `global_pool_conditions`:
+/// diffusers runs those (e.g. the shuffle ControlNets) in guess mode — the ControlNet on the positive half only,
+/// its residuals weighted per block and pooled — which sdxlrt does not do yet.
+fn refuse_guess_mode(path: &Path) -> Result<()> {
+    if path.file_name().is_none_or(|f| f != "model.onnx") {
+        return Ok(()); // a bare `<name>.onnx` has no config of its own
+    }
+    let config = path.with_file_name("config.json");
+    let Ok(text) = std::fs::read_to_string(&config) else { return Ok(()) };
+    let value: serde_json::Value = serde_json::from_str(&text)
+        .map_err(|e| Error::model_invalid(&config, format!("the ControlNet's config.json is not JSON: {e}")))?;
+    if value.get("global_pool_conditions").and_then(serde_json::Value::as_bool) == Some(true) {
+        return Err(Error::model_invalid(
+            &config,
+            "this ControlNet has global_pool_conditions, which diffusers runs in guess mode; sdxlrt does not support \
+             guess mode yet",
+        ));
+    }
+    Ok(())
 }
 
 /// One ControlNet unit of a request, ready to run: its graph, its control image as the UNet batch rows get it,
@@ -310,6 +333,20 @@ mod tests {
         assert_eq!(t.iter().copied().collect::<Vec<_>>(), [0.0, 1.0, 0.2, 0.0, 1.0, 0.4]);
         let big = control_tensor(&image, 4, 2);
         assert_eq!(big.shape(), [1, 3, 2, 4]);
+    }
+
+    #[test]
+    fn guess_mode_controlnets_are_refused_by_their_config() {
+        let dir = tempfile::tempdir().unwrap();
+        let model = dir.path().join("model.onnx");
+        assert!(refuse_guess_mode(&model).is_ok(), "no config.json");
+        std::fs::write(dir.path().join("config.json"), r#"{"global_pool_conditions": false}"#).unwrap();
+        assert!(refuse_guess_mode(&model).is_ok());
+        std::fs::write(dir.path().join("config.json"), r#"{"global_pool_conditions": true}"#).unwrap();
+        let e = refuse_guess_mode(&model).unwrap_err().to_string();
+        assert!(e.contains("guess mode"), "{e}");
+        std::fs::write(dir.path().join("config.json"), "{").unwrap();
+        assert!(refuse_guess_mode(&model).is_err());
     }
 
     #[test]

@@ -273,6 +273,23 @@ impl Golden {
         if let Some(name) = self.meta.get("scheduler") {
             data["scheduler"] = serde_json::json!(name);
         }
+        // onnx/make_controlnet.py's cases: ControlNet units (models, control images, scales, windows)
+        if let Some(nets) = self.meta.get("controlnets") {
+            let list = |key: &str| -> Vec<serde_json::Value> { serde_json::from_str(&self.meta[key]).unwrap() };
+            let (images, scales) = (list("control_images"), list("conditioning_scales"));
+            let (starts, ends) = (list("control_guidance_start"), list("control_guidance_end"));
+            let nets: Vec<String> = serde_json::from_str(nets).unwrap();
+            let units: Vec<serde_json::Value> = nets
+                .iter()
+                .enumerate()
+                .map(|(k, net)| {
+                    let image = fixtures().join("controlnet").join(images[k].as_str().unwrap());
+                    serde_json::json!({"type": "test", "model_path": net, "control_image": image,
+                        "conditioning_scale": scales[k], "guidance_start": starts[k], "guidance_end": ends[k]})
+                })
+                .collect();
+            data["controlnet"] = serde_json::json!({ "enabled": true, "models": units });
+        }
         serde_json::json!({ "message_type": "inference_request", "request_id": self.name, "data": data }).to_string()
     }
 }
@@ -323,4 +340,46 @@ macro_rules! assert_close {
             Err(msg) => panic!("{msg}"),
         }
     };
+}
+
+/// The latents after every UNet evaluation, in the order they came, per first image index of a batch chunk. A
+/// refiner's evaluation indices restart inside the base's (Heun re-evaluates the switch timestep), so an ordered
+/// list, not a map by index.
+#[derive(Default)]
+pub struct Sequence(std::collections::BTreeMap<u32, Vec<Vec<f32>>>);
+
+impl sdxlrt::pipeline::Progress for Sequence {
+    fn report(&mut self, _: &sdxlrt::pipeline::ProgressEvent<'_>) -> bool {
+        true
+    }
+    fn on_latents(&mut self, image_index: u32, step: Option<usize>, latents: ndarray::ArrayViewD<'_, f32>) {
+        if step.is_some() {
+            self.0.entry(image_index).or_default().push(latents.iter().copied().collect());
+        }
+    }
+}
+
+/// Run golden `case` on `engine` (the batch as one tensor, or one image at a time); check the latents after every
+/// UNet evaluation (base then refiner) within 1e-4 + 1e-5·|x| and the images within ±1/255; return the response
+/// JSON.
+pub fn check_case(engine: &sdxlrt::engine::Engine, case: &str, parallel: bool) -> serde_json::Value {
+    let g = Golden::load(case);
+    let mut seen = Sequence::default();
+    let outcome = engine.generate(&g.request("tiny-sdxl", parallel), &mut seen, true);
+    assert!(outcome.error.is_none(), "{case}: {:?}\n{}", outcome.error, outcome.response_json);
+    let evaluations = g.tensors.keys().filter(|k| k.starts_with("latents_step_")).count();
+    for (chunk, steps) in &seen.0 {
+        assert_eq!(steps.len(), evaluations, "{case}: latents of the chunk at image {chunk}, base and refiner");
+    }
+    for i in 0..evaluations {
+        let got: Vec<f32> = seen.0.values().flat_map(|steps| steps[i].iter().copied()).collect();
+        let want = &g.t(&format!("latents_step_{i}")).f32;
+        assert_close!(got, want, 1e-4, 1e-5, "{case} (parallel {parallel}): latents after evaluation {i}");
+    }
+    let want = &g.t("image_u8").u8;
+    let got: Vec<u8> = outcome.images.iter().flat_map(|im| im.data.iter().copied()).collect();
+    assert_eq!(got.len(), want.len(), "{case}: image size");
+    let (worst, at) = max_u8_diff(&got, want);
+    assert!(worst <= 1, "{case}: image differs from diffusers by {worst}/255 at byte {at}");
+    serde_json::from_str(&outcome.response_json).unwrap()
 }
