@@ -45,7 +45,9 @@ cp "$CS_OUT/lib/SdxlRt.dll" target/release/libsdxlrt.so "$BIN/"
 # the binding's own lookup is what the tests exercise.
 cp "$ORT_LIB" "$BIN/"
 DATA="$CS_OUT/test-data"
-python3 "$CS_DIR/tools/golden_to_raw.py" tests/fixtures/goldens/cfg_neg.safetensors "$DATA"
+for case in cfg_neg controlnet; do
+    python3 "$CS_DIR/tools/golden_to_raw.py" "tests/fixtures/goldens/$case.safetensors" "$DATA"
+done
 
 export SDXLRT_FIXTURES="$PWD/tests/fixtures" SDXLRT_TEST_DATA="$DATA" RUST_BACKTRACE=0
 

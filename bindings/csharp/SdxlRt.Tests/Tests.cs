@@ -309,6 +309,27 @@ namespace SdxlRt.Tests
         }
 
         [Test]
+        public static void controlnet_pixels_equal_the_rust_parity_golden()
+        {
+            EnhancedSDXLRequest req = Fixture.CfgNeg();
+            req.Conditioning.ControlNets.Add(new ControlNetConfiguration
+            {
+                Type = "edges",
+                ModelPath = "tiny-controlnet",
+                ControlImage = Path.Combine(Fixture.Fixtures, "controlnet", "control_64.png"),
+                ConditioningScale = 0.8,
+            });
+            EnhancedSDXLResponse r = Fixture.Engine.GenerateImagesAsync(req).GetAwaiter().GetResult();
+            Assert.True(r.Success, "success");
+            GeneratedImage img = r.GeneratedImages[0];
+            Fixture.SamePixels(Fixture.GoldenPixels("controlnet"), img.Pixels.Data, "controlnet image_u8");
+            Assert.Equal(1, img.Metadata.ControlNets.Count, "one unit in the metadata");
+            Assert.Equal("tiny-controlnet", img.Metadata.ControlNets[0].Model, "unit model");
+            Assert.Equal("edges", img.Metadata.ControlNets[0].Type, "unit type");
+            Assert.Equal(1.0, img.Metadata.ControlNets[0].GuidanceEnd, "unit guidance end");
+        }
+
+        [Test]
         public static void generate_enhanced_returns_the_seed_response_without_raw_pixels()
         {
             var req = Fixture.Small(7);

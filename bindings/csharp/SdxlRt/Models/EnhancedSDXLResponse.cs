@@ -111,6 +111,7 @@ namespace SdxlRt
                     Scheduler = g.Metadata.Scheduler,
                     ModelInfo = new ModelInfo { BaseModel = mi.BaseModel, RefinerModel = mi.RefinerModel, VaeModel = mi.VaeModel },
                     Upscale = UpscaleInfo.From(g.Metadata.Upscale),
+                    ControlNets = ControlNetInfo.From(g.Metadata.ControlNets),
                 };
             }
             return img;
@@ -137,6 +138,48 @@ namespace SdxlRt
 
         /// <summary>How the image was upscaled after generation; null when it was not.</summary>
         public UpscaleInfo Upscale { get; set; }
+
+        /// <summary>The ControlNet units that conditioned the image, in request order; empty when none did.</summary>
+        public List<ControlNetInfo> ControlNets { get; set; } = new List<ControlNetInfo>();
+    }
+
+    /// <summary>One ControlNet unit that conditioned an image.</summary>
+    public class ControlNetInfo
+    {
+        /// <summary>The ControlNet as requested (<c>model_path</c>).</summary>
+        public string Model { get; set; }
+
+        /// <summary>The unit's type label as requested; null when not given.</summary>
+        public string Type { get; set; }
+
+        /// <summary>The conditioning scale.</summary>
+        public double ConditioningScale { get; set; }
+
+        /// <summary>The fraction of the steps where the unit started applying.</summary>
+        public double GuidanceStart { get; set; }
+
+        /// <summary>The fraction of the steps where it stopped.</summary>
+        public double GuidanceEnd { get; set; }
+
+        internal static List<ControlNetInfo> From(List<ControlNetInfoContract> units)
+        {
+            var list = new List<ControlNetInfo>();
+            if (units != null)
+            {
+                foreach (ControlNetInfoContract u in units)
+                {
+                    list.Add(new ControlNetInfo
+                    {
+                        Model = u.Model,
+                        Type = u.Type,
+                        ConditioningScale = u.ConditioningScale,
+                        GuidanceStart = u.GuidanceStart,
+                        GuidanceEnd = u.GuidanceEnd,
+                    });
+                }
+            }
+            return list;
+        }
     }
 
     /// <summary>What <c>data.output.upscale</c> did to an image.</summary>
@@ -308,6 +351,17 @@ namespace SdxlRt
         [DataMember(Name = "scheduler")] public string Scheduler;
         [DataMember(Name = "model_info")] public ModelInfoContract ModelInfo;
         [DataMember(Name = "upscale")] public UpscaleInfoContract Upscale;
+        [DataMember(Name = "controlnets")] public List<ControlNetInfoContract> ControlNets;
+    }
+
+    [DataContract]
+    internal sealed class ControlNetInfoContract
+    {
+        [DataMember(Name = "model")] public string Model;
+        [DataMember(Name = "type")] public string Type;
+        [DataMember(Name = "conditioning_scale")] public double ConditioningScale;
+        [DataMember(Name = "guidance_start")] public double GuidanceStart;
+        [DataMember(Name = "guidance_end")] public double GuidanceEnd;
     }
 
     [DataContract]
