@@ -285,13 +285,10 @@ impl SdxlPipeline {
         self.unet.inputs().iter().filter(|i| i.name.starts_with(prefix)).count()
     }
 
-    /// Refuses `controlnets` this pipeline cannot run: with a refiner, or made for another UNet.
-    fn check_controlnets(&self, controlnets: &[ControlUnit], refiner: bool) -> Result<()> {
+    /// Refuses `controlnets` made for another UNet.
+    fn check_controlnets(&self, controlnets: &[ControlUnit]) -> Result<()> {
         if controlnets.is_empty() {
             return Ok(());
-        }
-        if refiner {
-            return Err(Error::unsupported("data.controlnet", "ControlNet with a refiner is not supported yet"));
         }
         let inputs = self.residual_inputs();
         for unit in controlnets {
@@ -411,7 +408,8 @@ impl SdxlPipeline {
     /// `params.refiner_switch_at` of the schedule and the refiner the rest (diffusers' ensemble of experts:
     /// `denoising_end` on the base, `denoising_start` on the refiner, the latents handed over as they are and the
     /// step noise drawn from the same generators), then the refiner's VAE decodes. `controlnets` condition the
-    /// base model at every step (its UNet must [`Self::takes_controlnets`]).
+    /// base model at every step (its UNet must [`Self::takes_controlnets`]), not the refiner, as diffusers'
+    /// ControlNet pipeline with `denoising_end` followed by the refiner does.
     pub fn generate(
         &self,
         params: &GenerateParams,
@@ -419,7 +417,7 @@ impl SdxlPipeline {
         refiner: Option<&SdxlPipeline>,
         controlnets: &[ControlUnit],
     ) -> Result<PipelineOutput> {
-        self.check_controlnets(controlnets, refiner.is_some())?;
+        self.check_controlnets(controlnets)?;
         let mut warnings = self.dir.warnings.clone();
         let names: Vec<&str> = params.loras.iter().map(|l| l.name.as_str()).collect();
         warnings.extend(self.lora.warnings(&names));

@@ -277,13 +277,6 @@ pub fn normalize(wire: &WireRequest, limits: &RequestLimits, warnings: &mut Vec<
     }
 
     let controlnets = super::controlnet::controlnet_requests(d.controlnet.as_ref(), warnings)?;
-    if refiner.is_some() && !controlnets.is_empty() {
-        return Err(Error::unsupported(
-            "data.controlnet",
-            "ControlNet together with data.models.refiner is not supported yet (diffusers has no pipeline for it to \
-             check against); drop one of them",
-        ));
-    }
 
     let dims = d.dimensions.clone().unwrap_or_default();
     let width = merge("data.width", d.width, "data.dimensions.width", dims.width)?
@@ -884,7 +877,7 @@ mod tests {
     }
 
     #[test]
-    fn controlnet_units_reach_the_params_and_refuse_a_refiner() {
+    fn controlnet_units_reach_the_params() {
         let unit = json!({"type": "canny", "model_path": "cn", "control_image": "e.png", "conditioning_scale": 0.5});
         let p = parse_value(minimal(json!({"controlnet": {"enabled": true, "models": [unit.clone()]}}))).unwrap();
         let got: Vec<(&str, Option<&str>, f32)> =
@@ -893,9 +886,11 @@ mod tests {
         let p = parse_value(minimal(json!({"controlnet": {"enabled": false, "models": [{"type": "canny"}]}}))).unwrap();
         assert!(p.params.controlnets.is_empty());
         assert!(p.warnings.iter().any(|w| w.contains("1 ControlNet unit(s) ignored")), "{:?}", p.warnings);
-        let r = parse_value(minimal(json!({"controlnet": {"models": [unit]}, "models": {"refiner": "r"}})));
-        assert!(matches!(&r, Err(e) if e.code().as_str() == "unsupported"), "{r:?}");
-        assert_eq!(unsupported_field(r), "data.controlnet");
+        let p = parse_value(minimal(json!({"controlnet": {"models": [unit]}, "models": {"refiner": "r"}}))).unwrap();
+        assert_eq!((p.params.controlnets.len(), p.params.refiner.as_deref()), (1, Some("r")));
+        let unit = json!({"model_path": "cn", "control_image": "e.png", "preprocessor": "canny"});
+        let r = parse_value(minimal(json!({"controlnet": {"models": [unit]}})));
+        assert_eq!(unsupported_field(r), "data.controlnet.models[0].preprocessor");
     }
 
     #[test]
