@@ -19,7 +19,9 @@ All graphs: TorchScript exporter (dynamo=False), opset 18, dynamic batch / seque
 By default constant folding is OFF, so initializer names are the diffusers/transformers parameter names in torch
 layout (what a LoRA merge needs); `--fold` gives optimum's default (Linear weights renamed onnx::MatMul_N and
 stored transposed). CLIPTextModel initializers get the `text_model.` prefix of real checkpoints.
-Graph bytes are deterministic: the same weights and options give the same files.
+Graph bytes are deterministic: the same weights and options give the same files. Copied configs (model_index.json,
+scheduler_config.json, each config.json) lose `_name_or_path`, the path a model was loaded from that diffusers'
+save_pretrained writes, so no file depends on where the source lay.
 
 ControlNet (`--controlnet`): SRC is a diffusers SDXL ControlNetModel folder (config.json +
 diffusion_pytorch_model[.fp16].safetensors); OUT gets
@@ -587,23 +589,45 @@ def copy_tokenizer(pipe, src: Path | None, name: str, out: Path, with_json: bool
     c.write_tokenizer_folder(dst, model["vocab"], merges, str(tok.pad_token), with_json)
 
 
+def drop_name_or_path(path: Path) -> None:
+    """Remove `_name_or_path` from the JSON config at `path`, if it has one (the folder or file a model was loaded
+    from: diffusers keeps it in a loaded model's config and save_pretrained writes it, so a machine path would end up
+    in the export and its bytes would depend on where the source lay). A file without it is left as it is; one with
+    it is rewritten in diffusers' own format (indent 2, sorted keys, trailing newline) minus that key."""
+    import json
+
+    config = json.loads(path.read_text(encoding="utf-8"))
+    if isinstance(config, dict) and "_name_or_path" in config:
+        del config["_name_or_path"]
+        c.write_json(path, dict(sorted(config.items())))
+
+
+def copy_config(src: Path, dst: Path) -> None:
+    """Copy a config file byte for byte, less `_name_or_path` (drop_name_or_path)."""
+    shutil.copyfile(src, dst)
+    drop_name_or_path(dst)
+
+
 def write_configs(pipe, src: Path | None, out: Path) -> None:
     if src is not None and src.is_dir():
-        shutil.copyfile(src / "model_index.json", out / "model_index.json")
+        copy_config(src / "model_index.json", out / "model_index.json")
         (out / "scheduler").mkdir(exist_ok=True)
-        shutil.copyfile(src / "scheduler" / "scheduler_config.json", out / "scheduler" / "scheduler_config.json")
+        copy_config(src / "scheduler" / "scheduler_config.json", out / "scheduler" / "scheduler_config.json")
     else:
         pipe.save_config(str(out))
         pipe.scheduler.save_config(str(out / "scheduler"))
+        drop_name_or_path(out / "model_index.json")
+        drop_name_or_path(out / "scheduler" / "scheduler_config.json")
 
 
 def write_component_config(pipe, component: str, src: Path | None, out: Path) -> None:
-    """config.json next to each graph: copied from the diffusers folder, else written from the model config."""
+    """config.json next to each graph: copied from the diffusers folder, else written from the model config; either
+    way without `_name_or_path`."""
     dst = out / component
     dst.mkdir(parents=True, exist_ok=True)
     source_dir = {"vae_decoder": "vae", "vae_encoder": "vae"}.get(component, component)
     if src is not None and (src / source_dir / "config.json").exists():
-        shutil.copyfile(src / source_dir / "config.json", dst / "config.json")
+        copy_config(src / source_dir / "config.json", dst / "config.json")
         return
     model = getattr(pipe, source_dir)
     if component.startswith("text_encoder"):
@@ -618,9 +642,10 @@ def write_component_config(pipe, component: str, src: Path | None, out: Path) ->
 
 
 def write_controlnet_config(controlnet, src: Path | None, out: Path) -> None:
-    """out/config.json: the ControlNet folder's config.json, copied, else written from the model's config."""
+    """out/config.json: the ControlNet folder's config.json, copied (less `_name_or_path`), else written from the
+    model's config."""
     if src is not None and (src / "config.json").is_file():
-        shutil.copyfile(src / "config.json", out / "config.json")
+        copy_config(src / "config.json", out / "config.json")
         return
     import diffusers
 

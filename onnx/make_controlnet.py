@@ -28,8 +28,9 @@ Control images (drawn with PIL / numpy, no random numbers), PNG RGB, in tests/fi
 Goldens (tests/fixtures/goldens/<case>.safetensors): diffusers' StableDiffusionXLControlNetPipeline (fp32, CPU, 1
 thread, no watermark) on the torch tiny model, built from the base pipeline's components; goldens.py's cfg_neg as the
 base case (prompt, negative, guidance 5, 5 steps Euler, seed 0, 64x64) run through goldens.run_case, so every tensor
-and metadata key of goldens.py is there. The control image is passed as the PIL image loaded from the PNG, so
-diffusers' own preprocessing runs (resize to width x height with Lanczos, / 255, no normalization).
+and metadata key of goldens.py is there (controlnet_refiner: make_stages.py's refiner golden keys instead, below).
+The control image is passed as the PIL image loaded from the PNG, so diffusers' own preprocessing runs (resize to
+width x height with Lanczos, / 255, no normalization).
 
   controlnet               cfg_neg + tiny-controlnet, control_64.png, controlnet_conditioning_scale 0.8
   controlnet_resized       the same at width 96, height 64 with control_80x60.png (resized to 96x64), scale 1.0
@@ -39,6 +40,18 @@ diffusers' own preprocessing runs (resize to width x height with Lanczos, / 255,
                            control_guidance_end 0.75, scale 1.0: the ControlNet counts at evaluations 3, 4, 5 only (0-based)
   controlnet_batch2_nocfg  batch_size 2 (one generator per image, seeds 0 and 1), guidance_scale 1.0, no negative
                            prompt, scale 0.9
+  controlnet_refiner       make_stages.py's `refiner` case (10 Euler steps, the ensemble of experts run by
+                           make_stages.run_refiner) with StableDiffusionXLControlNetPipeline as the base:
+                           tiny-controlnet, control_64.png, scale 0.8, denoising_end 0.8, output_type "latent" (8
+                           steps, all with the ControlNet); then the tiny refiner (make_stages.build_refiner, the
+                           torch model of tests/fixtures/tiny-sdxl-refiner/) without ControlNet, denoising_start 0.8
+                           (2 steps), same prompts, guidance and generator object. Its tensors and metadata are those
+                           of make_stages.py's refiner goldens (init_noise, base_timesteps [8], refiner_timesteps [2],
+                           refiner_*prompt_embeds, refiner_add_*time_ids, latents_step_0..9 = 8 base then 2 refiner
+                           steps, image, image_u8; refiner, refiner_start, base_steps, ...), not goldens.py's, plus
+                           the ControlNet ones below (controlnet_scales: the 8 base evaluations). diffusers builds
+                           controlnet_keep over the whole timestep list (10) before denoising_end cuts it
+                           (pipeline_controlnet_sd_xl.py steps 7.1 and 8.1): a guidance window is relative to all 10.
 
 Extra tensors (float32):
   control_image_<k> [1,3,H,W]      unit k's preprocessed control image, as VaeImageProcessor.preprocess returned it
@@ -53,7 +66,8 @@ Extra metadata (strings; JSON lists, one entry per unit in unit order): controln
 
 Measured here: mean |image_u8 with ControlNet - the same request without| (printed by this script; max in brackets):
   controlnet 13.7/255 (103), controlnet_resized 14.2/255 (144), controlnet_multi 13.9/255 (111),
-  controlnet_window 3.0/255 (34; the ControlNet acts in 3 of 9 evaluations), controlnet_batch2_nocfg 13.3/255 (98);
+  controlnet_window 3.0/255 (34; the ControlNet acts in 3 of 9 evaluations), controlnet_batch2_nocfg 13.3/255 (98),
+  controlnet_refiner 13.2/255 (109; "without" is make_stages.py's `refiner` golden, reproduced bit for bit);
   0 or 255 pixels 2.8-4.1 % with the ControlNet, 3.1-4.2 % without. The control image itself matters: a black image
   instead changes `controlnet` by 9.9/255 (mean), B and R swapped by 1.1/255 (max 20/255); a bilinear resize instead
   of Lanczos changes `controlnet_resized` by up to 7/255; a keep window off by one evaluation moves
@@ -74,6 +88,7 @@ from pathlib import Path
 
 import _common as c
 import goldens
+import make_stages as stages
 
 UNITS = {"tiny-controlnet": 31, "tiny-controlnet-b": 32}  # folder name -> seed
 # Linear / Conv2d weights: normal, std 1/sqrt(fan_in) x gain; the zero-initialized output convolutions' gain:
@@ -115,15 +130,12 @@ CASES = {
     "controlnet_batch2_nocfg": dict(
         BASE_CASE, **UNIT_A, conditioning_scales=(0.9,), negative_prompt=None, guidance_scale=1.0, batch_size=2
     ),
+    # make_stages.py's `refiner` (10 Euler steps, base denoising_end 0.8 -> tiny refiner denoising_start 0.8) with
+    # the ControlNet on the base's 8 steps; the refiner gets none
+    "controlnet_refiner": dict(stages.CASES["refiner"], **UNIT_A, conditioning_scales=(0.8,)),
 }
-CONTROL_KEYS = (
-    "controlnets",
-    "control_images",
-    "conditioning_scales",
-    "control_guidance_start",
-    "control_guidance_end",
-    "scheduler",
-)
+# the keys of a case that describe its ControlNet units (not goldens.py's / make_stages.py's)
+UNIT_KEYS = ("controlnets", "control_images", "conditioning_scales", "control_guidance_start", "control_guidance_end")
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -265,8 +277,19 @@ def case_params(name: str) -> dict:
 
 
 def controlnet_keep(n_evals: int, start: float, end: float) -> list[float]:
-    """diffusers' controlnet_keep (pipeline_controlnet_sd_xl.py, step 7.1), per loop iteration."""
+    """diffusers' controlnet_keep (pipeline_controlnet_sd_xl.py, step 7.1), per loop iteration. n_evals: the length of
+    the whole timestep list, also with denoising_end (diffusers builds controlnet_keep before step 8.1 cuts the list,
+    so a refiner case keeps the first base-step entries of the full list's)."""
     return [1.0 - float(i / n_evals < start or (i + 1) / n_evals > end) for i in range(n_evals)]
+
+
+def schedule_evaluations(p: dict) -> int:
+    """Loop iterations of the whole schedule of case parameters `p`: steps, or 2 steps - 1 for a second-order
+    scheduler (Heun)."""
+    import diffusers
+
+    order = getattr(diffusers, p.get("scheduler", "EulerDiscreteScheduler")).order
+    return p["steps"] if order == 1 else 2 * p["steps"] - 1
 
 
 def controlnet_pipeline(base, nets):
@@ -294,7 +317,7 @@ def run_golden_case(pipe, name: str, p: dict, call_kwargs: dict | None = None) -
     import diffusers
 
     saved_cases, saved_scheduler = dict(goldens.CASES), pipe.scheduler
-    goldens.CASES[name] = {k: v for k, v in p.items() if k not in CONTROL_KEYS}
+    goldens.CASES[name] = {k: v for k, v in p.items() if k not in (*UNIT_KEYS, "scheduler")}
     if "scheduler" in p:
         pipe.scheduler = getattr(diffusers, p["scheduler"]).from_config(pipe.scheduler.config)
     try:
@@ -305,9 +328,19 @@ def run_golden_case(pipe, name: str, p: dict, call_kwargs: dict | None = None) -
         goldens.CASES.update(saved_cases)
 
 
-def controlnet_case(base, units: dict, images: Path, name: str) -> tuple[dict, dict, list]:
-    """Run case `name`; returns (tensors, metadata, per unit the (inputs, outputs) of its first evaluation with a
-    conditioning scale other than 0)."""
+def run_request(pipe, refiner, name: str, p: dict, call_kwargs: dict | None = None) -> tuple[dict, dict]:
+    """Case `name` (parameters `p`) on `pipe`: goldens.run_case (run_golden_case), or for a case with a refiner
+    make_stages.py's ensemble of experts (run_refiner) with `pipe` as the base and `call_kwargs` for its call only."""
+    if "refiner" not in p:
+        return run_golden_case(pipe, name, p, call_kwargs)
+    assert refiner is not None and p["refiner"] == "tiny-sdxl-refiner", p["refiner"]
+    return stages.run_refiner(pipe, refiner, {k: v for k, v in p.items() if k not in UNIT_KEYS}, call_kwargs)
+
+
+def controlnet_case(base, units: dict, images: Path, name: str, refiner=None) -> tuple[dict, dict, list]:
+    """Run case `name` (`refiner`: make_stages.build_refiner's pipeline, for a case with a refiner); returns
+    (tensors, metadata, per unit the (inputs, outputs) of its first evaluation with a conditioning scale other than
+    0)."""
     import inspect
 
     import torch
@@ -364,15 +397,19 @@ def controlnet_case(base, units: dict, images: Path, name: str) -> tuple[dict, d
 
     hooks = [net.register_forward_hook(recorder(k), with_kwargs=True) for k, net in enumerate(nets)]
     try:
-        tensors, meta = run_golden_case(pipe, name, p, call)
+        tensors, meta = run_request(pipe, refiner, name, p, call)
     finally:
         for h in hooks:
             h.remove()
         del pipe.control_image_processor.preprocess
 
-    L = len(tensors["timesteps"])
+    # L: the ControlNet's evaluations = the base loop's iterations (with a refiner: before its denoising_end);
+    # controlnet_keep is diffusers' over the whole schedule, cut to those
+    L = len(tensors["base_timesteps" if "refiner" in p else "timesteps"])
     assert len(preprocessed) == K and all(len(u) == L for u in calls), (len(preprocessed), [len(u) for u in calls])
-    keep = controlnet_keep(L, p["control_guidance_start"], p["control_guidance_end"])
+    n_evals = schedule_evaluations(p)
+    assert L == n_evals if "refiner" not in p else L < n_evals, (L, n_evals)
+    keep = controlnet_keep(n_evals, p["control_guidance_start"], p["control_guidance_end"])[:L]
     got_scales = [[u[i]["scale"] for u in calls] for i in range(L)]
     assert got_scales == [[s * kp for s in scales] for kp in keep], (got_scales, keep)
     for k in range(K):
@@ -400,11 +437,12 @@ def controlnet_case(base, units: dict, images: Path, name: str) -> tuple[dict, d
     return tensors, meta, [(r["inputs"], r["outputs"]) for r in active]
 
 
-def image_difference(base, name: str, with_cn: dict) -> dict:
-    """How much the ControlNet changes the image: the same request on the base pipeline, compared."""
+def image_difference(base, refiner, name: str, with_cn: dict) -> dict:
+    """How much the ControlNet changes the image: the same request on the base pipeline (a refiner case: then the
+    refiner; this is make_stages.py's golden of the same case), compared."""
     import numpy as np
 
-    tensors, _ = run_golden_case(base, name, case_params(name))
+    tensors, _ = run_request(base, refiner, name, case_params(name))
     a = with_cn["image_u8"].numpy().astype(np.float64)
     b = tensors["image_u8"].numpy().astype(np.float64)
     image = with_cn["image"].numpy()
@@ -452,11 +490,13 @@ def main() -> None:
     unknown = [s for s in cases if s not in CASES]
     if unknown:
         ap.error(f"unknown cases {unknown}; known: {', '.join(CASES)}")
+    # the tiny refiner (make_stages.py's torch pipeline: the weights of tests/fixtures/tiny-sdxl-refiner/)
+    refiner = stages.build_refiner(base) if any("refiner" in CASES[s] for s in cases) else None
     for name in cases:
-        tensors, meta, firsts = controlnet_case(base, units, folder, name)
+        tensors, meta, firsts = controlnet_case(base, units, folder, name, refiner)
         for unit, first in zip(CASES[name]["controlnets"], firsts):
             check_onnx(folder, name, unit, first)
-        d = image_difference(base, name, tensors)
+        d = image_difference(base, refiner, name, tensors)
         shapes = ", ".join(f"{k}{list(tensors[k].shape)}" for k in sorted(tensors) if k.startswith(("cn_", "control")))
         print(f"{name}: {shapes}", flush=True)
         mean, worst = d["mean_diff"] * 255, d["max_diff"] * 255

@@ -29,6 +29,8 @@ Goldens (tests/fixtures/goldens/<case>.safetensors, the tensors and metadata of 
 Refiner goldens add: refiner_prompt_embeds [1,77,32], refiner_pooled_prompt_embeds [1,32] (and the negative
 ones), refiner_add_time_ids [1,5] / refiner_add_neg_time_ids [1,5], base_timesteps, refiner_timesteps,
 latents_step_<i> for every base step then every refiner step (one sequence), and `refiner_start` metadata.
+make_controlnet.py's `controlnet_refiner` runs the same ensemble (run_refiner, build_refiner) with a ControlNet
+pipeline as the base.
 
 Usage: python make_stages.py [--model DIR] [--out tests/fixtures]   (model: build_tiny.py's output)
 """
@@ -159,12 +161,21 @@ def export_models(base, vae_b, refiner, model: Path, out: Path, work: Path) -> N
 
 def refiner_case(base, refiner, name: str) -> tuple[dict, dict]:
     """diffusers' ensemble of experts for case `name`: tensors and metadata of the golden."""
+    return run_refiner(base, refiner, {"width": 64, "height": 64, "batch_size": 1, **CASES[name]})
+
+
+def run_refiner(base, refiner, p: dict, base_kwargs: dict | None = None) -> tuple[dict, dict]:
+    """diffusers' ensemble of experts for the case parameters `p` (keys of CASES' refiner cases, with width, height
+    and batch_size): the base pipeline `base` with denoising_end=REFINER_START and output_type "latent", then
+    `refiner` with denoising_start=REFINER_START on those latents, the same prompts, steps, guidance and generator
+    object. `base_kwargs`: more arguments for the base call only (make_controlnet.py's control images and scales;
+    `base` is then a StableDiffusionXLControlNetPipeline). Returns the golden's tensors and metadata (every item of
+    `p` as a string, plus refiner_start and base_steps)."""
     import diffusers
     import numpy as np
     import torch
     from diffusers.utils.torch_utils import randn_tensor
 
-    p = {"width": 64, "height": 64, "batch_size": 1, **CASES[name]}
     B, H, W = p["batch_size"], p["height"], p["width"]
     saved = base.scheduler, refiner.scheduler
     if "scheduler" in p:
@@ -199,7 +210,13 @@ def refiner_case(base, refiner, name: str) -> tuple[dict, dict]:
         generator = goldens.generators(p["seed"], B)  # the same object(s) for both calls
         with torch.no_grad():
             latents = base(
-                **common, width=W, height=H, denoising_end=REFINER_START, output_type="latent", generator=generator
+                **common,
+                **(base_kwargs or {}),
+                width=W,
+                height=H,
+                denoising_end=REFINER_START,
+                output_type="latent",
+                generator=generator,
             ).images
             t["base_timesteps"] = base.scheduler.timesteps[: len(steps)].to(torch.float32).clone()
             n_base = len(steps)
