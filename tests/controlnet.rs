@@ -144,7 +144,13 @@ fn the_controlnet_goldens_differ_from_each_other_and_from_the_plain_image() {
         a.iter().zip(b).map(|(x, y)| f64::from(x.abs_diff(*y))).sum::<f64>() / a.len() as f64
     };
     // cfg_neg is the same request without the ControlNet.
-    for (a, b) in [("controlnet", "cfg_neg"), ("controlnet_multi", "controlnet"), ("controlnet_window", "controlnet")] {
+    let pairs = [
+        ("controlnet", "cfg_neg"),
+        ("controlnet_multi", "controlnet"),
+        ("controlnet_window", "controlnet"),
+        ("controlnet_refiner", "refiner"),
+    ];
+    for (a, b) in pairs {
         let d = mean_diff(a, b);
         assert!(d > 5.0, "{a} vs {b}: mean difference {d:.2}/255, too small for the test to tell them apart");
     }
@@ -223,4 +229,12 @@ fn a_lora_merges_into_the_unet_that_takes_the_controlnet() {
     assert_eq!(meta["controlnets"][0]["model"], "tiny-controlnet");
     let (worst, _) = max_u8_diff(&plain.images[0].data, &both.images[0].data);
     assert!(worst > 10, "the LoRA changed the ControlNet image by only {worst}/255");
+}
+
+#[test]
+fn with_a_refiner_the_controlnet_conditions_the_base_models_part_as_diffusers_does() {
+    let reply = check_case(&engine(), "controlnet_refiner", true);
+    let meta = &reply["data"]["generated_images"][0]["metadata"];
+    assert_eq!(meta["model_info"]["refiner_model"], "tiny-sdxl-refiner");
+    assert_eq!(meta["controlnets"][0]["model"], "tiny-controlnet");
 }
