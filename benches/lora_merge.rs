@@ -9,10 +9,13 @@
 //! base byte on every core: the memory-traffic floor). Random data generation is not timed; weights are generated
 //! and merged in batches of about 1 GiB to keep memory bounded. `SDXLRT_BENCH_PARTS=text_encoder` limits the run to
 //! some parts; `SDXLRT_BENCH_MICRO=out,cols,reps,rank` times one weight on one thread instead.
+//! `SDXLRT_BENCH_FACTORS=bf16` makes the LoRA's factors bfloat16 values (a LoRA saved in bf16, which CPUs with
+//! AVX512_BF16 merge with the pair kernel), instead of float16 values (a LoRA saved in fp16, the default).
 //!
 //! Measured 2026-11-27 on the 2-core Zen 4 VM (AVX-512), idle, median of 3: wall 1.11 s, CPU 2.14 s, 87 GFLOP per
 //! CPU-second (before the fused in-place kernel: 16.9 s wall, 31.9 s CPU). The goal (≤ 1 s on 2 cores) is
-//! not met: 187 GFLOP at the measured FMA peak of two cores (~225 GFLOP/s) alone takes ~0.83 s. Details and the
+//! not met: 187 GFLOP at the measured FMA peak of two cores (~225 GFLOP/s) alone takes ~0.83 s. With bf16 factors
+//! (2026-12-02, `SDXLRT_BENCH_FACTORS=bf16`, the AVX512_BF16 pair kernel): wall 0.69–0.79 s. Details and the
 //! breakdown: docs/benchmarks.md, "LoRA merge".
 
 use std::sync::Mutex;
@@ -24,6 +27,24 @@ use sdxlrt::lora::merge;
 use sdxlrt::runtime::onnx_proto::{encode_floats, DT_FLOAT16};
 
 const RANK: usize = 32;
+
+/// The LoRA file's dtype the factors' values are rounded to (`SDXLRT_BENCH_FACTORS`: `f16`, the default, or `bf16`).
+fn factor_dtype() -> &'static str {
+    match std::env::var("SDXLRT_BENCH_FACTORS").as_deref() {
+        Ok("bf16") => "bf16",
+        Ok("f16") | Err(_) => "f16",
+        Ok(other) => panic!("SDXLRT_BENCH_FACTORS={other}: f16 or bf16"),
+    }
+}
+
+/// `n` random factor values as a LoRA file of [`factor_dtype`] holds them.
+fn factor(rng: &mut Rng, n: usize) -> Vec<f32> {
+    let values = rng.fill(n, 0.1);
+    match factor_dtype() {
+        "bf16" => values.into_iter().map(|v| half::bf16::from_f32(v).to_f32()).collect(),
+        _ => values.into_iter().map(|v| half::f16::from_f32(v).to_f32()).collect(),
+    }
+}
 
 /// (out, in) of every Linear a kohya LoRA targets in the SDXL base UNet (diffusers config: block_out_channels
 /// 320/640/1280, transformer_layers_per_block 1/2/10, cross_attention_dim 2048, GEGLU feed-forward ×4).
@@ -160,8 +181,8 @@ fn bench(name: &str, shapes: &[(usize, usize)], threads: usize, rng: &mut Rng) -
         let mut jobs: Vec<Job> = chunk
             .iter()
             .map(|&(out, cols)| {
-                let down = Mat { shape: vec![RANK, cols], data: rng.fill(RANK * cols, 0.1) };
-                let up = Mat { shape: vec![out, RANK], data: rng.fill(out * RANK, 0.1) };
+                let down = Mat { shape: vec![RANK, cols], data: factor(rng, RANK * cols) };
+                let up = Mat { shape: vec![out, RANK], data: factor(rng, out * RANK) };
                 let base = encode_floats(&rng.fill(out * cols, 0.05), DT_FLOAT16);
                 Job { patch: Patch::LoRa { down, up }, base, out, cols }
             })
@@ -191,8 +212,8 @@ fn micro(spec: &str, rng: &mut Rng) {
     let v: Vec<usize> =
         spec.split(',').map(|x| x.trim().parse().expect("SDXLRT_BENCH_MICRO=out,cols,reps,rank")).collect();
     let [out, cols, reps, rank] = v[..] else { panic!("SDXLRT_BENCH_MICRO=out,cols,reps,rank") };
-    let down = Mat { shape: vec![rank, cols], data: rng.fill(rank * cols, 0.1) };
-    let up = Mat { shape: vec![out, rank], data: rng.fill(out * rank, 0.1) };
+    let down = Mat { shape: vec![rank, cols], data: factor(rng, rank * cols) };
+    let up = Mat { shape: vec![out, rank], data: factor(rng, out * rank) };
     let mut base = encode_floats(&rng.fill(out * cols, 0.05), DT_FLOAT16);
     let patch = Patch::LoRa { down, up };
     let start = thread_cpu();
@@ -206,7 +227,7 @@ fn micro(spec: &str, rng: &mut Rng) {
 
 fn main() {
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
-    println!("rank-{RANK} LoRA merge into float16 SDXL weights, {threads} threads");
+    println!("rank-{RANK} {} LoRA merge into float16 SDXL weights, {threads} threads", factor_dtype());
     let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
     if let Ok(spec) = std::env::var("SDXLRT_BENCH_MICRO") {
         micro(&spec, &mut rng);

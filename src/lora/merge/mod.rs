@@ -336,6 +336,13 @@ struct Term<'a> {
     b: std::borrow::Cow<'a, [f32]>,
     k: usize,
     s: f32,
+    /// Every factor value is an exact bfloat16 and `k` is even: the AVX-512 path may use its bf16 pair kernel.
+    bf16: bool,
+}
+
+/// True when every value has a zero low half, i.e. is exactly a bfloat16 (a factor read from a bf16 file).
+fn bf16_exact(values: &[f32]) -> bool {
+    values.iter().all(|v| v.to_bits() & 0xFFFF == 0)
 }
 
 /// `[rows, cols]` → `[cols, rows]`.
@@ -352,8 +359,11 @@ fn transpose(data: &[f32], rows: usize, cols: usize) -> Vec<f32> {
 /// Which implementation [`apply_in_place`] uses for LoRA terms (tests compare them).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Path {
-    /// The fastest the CPU supports.
+    /// The fastest the CPU supports (the bf16 pair kernel for bf16 factors on AVX512_BF16 CPUs).
     Auto,
+    /// The AVX-512 f32 kernel even for bf16 factors.
+    #[cfg_attr(not(test), allow(dead_code))]
+    Avx512,
     /// The AVX2 kernel even on AVX-512 CPUs (where available).
     #[cfg_attr(not(test), allow(dead_code))]
     Avx2,
@@ -453,13 +463,15 @@ fn apply_with(
         .filter_map(|(patch, s)| match patch {
             Patch::LoRa { down, up } => {
                 let k = down.rows();
+                let bf16 = k % 2 == 0 && path == Path::Auto && bf16_exact(&down.data) && bf16_exact(&up.data);
                 Some(match layout {
-                    Layout::Torch => Term { a: (&up.data[..]).into(), b: (&down.data[..]).into(), k, s: *s },
+                    Layout::Torch => Term { a: (&up.data[..]).into(), b: (&down.data[..]).into(), k, s: *s, bf16 },
                     Layout::Transposed => Term {
                         a: transpose(&down.data, k, cols).into(),
                         b: transpose(&up.data, out, k).into(),
                         k,
                         s: *s,
+                        bf16,
                     },
                 })
             }
@@ -470,7 +482,11 @@ fn apply_with(
     {
         // SAFETY (both calls): the CPU has the features (checked); `base` holds m·n values of `data_type` (checked
         // above), every term's `a` is [m, k] and `b` [k, n] (delta_shape checked above), and there is a term.
-        if path == Path::Auto && avx512::available() {
+        if path == Path::Auto && lora_terms.iter().any(|t| t.bf16) && avx512::bf16_available() {
+            unsafe { avx512::apply_bf16(base, data_type, m, n, &lora_terms) };
+            return Ok(());
+        }
+        if matches!(path, Path::Auto | Path::Avx512) && avx512::available() {
             unsafe { avx512::apply(base, data_type, m, n, &lora_terms) };
             return Ok(());
         }
@@ -788,6 +804,45 @@ mod tests {
 
     fn lora(out: usize, cols: usize, rank: usize, seed: u32) -> Patch {
         Patch::LoRa { down: mat(&[rank, cols], seed), up: mat(&[out, rank], seed + 1) }
+    }
+
+    /// `patch` with every factor value cut to a bfloat16 (what a bf16 LoRA file holds once read).
+    fn to_bf16(patch: Patch) -> Patch {
+        let cut =
+            |m: Mat| Mat { data: m.data.iter().map(|v| f32::from_bits(v.to_bits() & 0xFFFF_0000)).collect(), ..m };
+        match patch {
+            Patch::LoRa { down, up } => Patch::LoRa { down: cut(down), up: cut(up) },
+            other => other,
+        }
+    }
+
+    #[test]
+    fn bf16_factors_merge_to_the_same_bits_on_every_path() {
+        use crate::runtime::onnx_proto::{DT_FLOAT, DT_FLOAT16};
+        // On AVX512_BF16 CPUs `Auto` runs the pair kernel for the even-rank terms (rank 3 keeps the f32 loop).
+        for (si, &(out, cols)) in [(6, 64), (17, 97), (13, 2100), (5, 90), (64, 40)].iter().enumerate() {
+            let seed = 300 + 10 * si as u32;
+            let p1 = to_bf16(lora(out, cols, 32, seed));
+            let (p2, p3) = (to_bf16(lora(out, cols, 4, seed + 2)), to_bf16(lora(out, cols, 3, seed + 4)));
+            let mixed = lora(out, cols, 8, seed + 6); // not bf16: the f32 loop beside the pair kernel
+            let term_sets: [Vec<(&Patch, f32)>; 3] =
+                [vec![(&p1, 0.4)], vec![(&p1, 0.7), (&p2, -0.3)], vec![(&p3, 1.0), (&p1, 0.25), (&mixed, 2.0)]];
+            let base_f: Vec<f32> = mat(&[out, cols], seed + 9).data.iter().map(|v| v * 8.0).collect();
+            for dt in [DT_FLOAT16, DT_FLOAT] {
+                let raw = encode_floats(&base_f, dt);
+                for layout in [Layout::Torch, Layout::Transposed] {
+                    for terms in &term_sets {
+                        let want = reference(&raw, dt, out, cols, layout, terms);
+                        for path in [Path::Auto, Path::Avx512, Path::Avx2, Path::Portable] {
+                            let mut got = raw.clone();
+                            apply_with(&mut got, dt, out, cols, layout, terms, path).unwrap();
+                            assert!(got == want, "{out}x{cols} dt {dt} {layout:?} {} terms {path:?}", terms.len());
+                        }
+                    }
+                }
+            }
+        }
+        assert!(bf16_exact(&[1.0, -0.5, 2f32.powi(-60)]) && !bf16_exact(&[1.0, 0.1]));
     }
 
     #[test]
