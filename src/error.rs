@@ -178,3 +178,12 @@ impl Error {
         Error::ModelInvalid { path: path.into(), message: message.into() }
     }
 }
+
+/// `(field, message)` of an [`Error::InvalidField`] result; panics on anything else (unit tests).
+#[cfg(test)]
+pub(crate) fn invalid_field<T: std::fmt::Debug>(r: Result<T>) -> (String, String) {
+    match r {
+        Err(Error::InvalidField { field, message }) => (field, message),
+        other => panic!("expected InvalidField, got {other:?}"),
+    }
+}

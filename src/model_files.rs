@@ -68,13 +68,9 @@ mod tests {
     const KIND: FileKind = FileKind { folder: "things", extension: "onnx", what: "thing" };
 
     fn message(r: Result<PathBuf>) -> String {
-        match r {
-            Err(Error::InvalidField { field, message }) => {
-                assert_eq!(field, "f");
-                message
-            }
-            other => panic!("expected InvalidField, got {other:?}"),
-        }
+        let (field, message) = crate::error::invalid_field(r);
+        assert_eq!(field, "f");
+        message
     }
 
     #[test]

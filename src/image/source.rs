@@ -85,13 +85,9 @@ mod tests {
     }
 
     fn message(r: Result<RgbImage>) -> String {
-        match r {
-            Err(Error::InvalidField { field, message }) => {
-                assert_eq!(field, "f");
-                message
-            }
-            other => panic!("expected InvalidField, got {other:?}"),
-        }
+        let (field, message) = crate::error::invalid_field(r);
+        assert_eq!(field, "f");
+        message
     }
 
     #[test]

@@ -538,6 +538,7 @@ fn one_of(values: &[&str]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::error::invalid_field;
     use serde_json::json;
 
     /// What the seed's C# `TransformEnhancedSDXLRequest` sends for a plain text-to-image request, serialized the
@@ -609,13 +610,6 @@ mod tests {
         let (field, message) = invalid_field(parse_request(two, &limits));
         assert_eq!(field, "data.lora.models");
         assert!(message.contains("at most 1"), "{message}");
-    }
-
-    fn invalid_field(r: Result<ParsedRequest>) -> (String, String) {
-        match r {
-            Err(Error::InvalidField { field, message }) => (field, message),
-            other => panic!("expected InvalidField, got {other:?}"),
-        }
     }
 
     fn unsupported_field(r: Result<ParsedRequest>) -> String {
