@@ -201,6 +201,12 @@ fn bad_units_are_errors_naming_the_field_and_the_engine_keeps_working() {
         assert!(reply["error"].as_str().unwrap().contains(field), "{field}: {}", reply["error"]);
     }
     std::fs::remove_file(&not_png).unwrap();
+    // A graph that is not a ControlNet (inside models_root, so it resolves) is refused for what it lacks.
+    let unet = fixtures().join("tiny-sdxl/unet/model.onnx").canonicalize().unwrap();
+    let outcome = engine.generate(&with("model_path", unet.to_str().unwrap().into()), &mut NoProgress, false);
+    let reply: serde_json::Value = serde_json::from_str(&outcome.response_json).unwrap();
+    assert_eq!(reply["error_code"], "model_invalid", "{reply}");
+    assert!(reply["error"].as_str().unwrap().contains("controlnet_cond"), "{}", reply["error"]);
     let outcome = engine.generate(&good.to_string(), &mut NoProgress, true);
     assert!(outcome.error.is_none(), "the engine still works: {}", outcome.response_json);
     let status: serde_json::Value =

@@ -1,5 +1,6 @@
-//! The denoising loop: scale → UNet (CFG batch of 2) → guidance → scheduler step, with progress and cancellation
-//! checked at every UNet call. Mirrors the loop in diffusers' `StableDiffusionXLPipeline.__call__`.
+//! The denoising loop: scale → ControlNets, if any → UNet (CFG batch of 2) → guidance → scheduler step, with progress
+//! and cancellation checked at every UNet call. Mirrors the loop in diffusers' `StableDiffusionXLPipeline.__call__`
+//! (and `StableDiffusionXLControlNetPipeline.__call__`).
 
 use ndarray::{concatenate, Array1, Array2, Array3, ArrayD, Axis, IxDyn};
 
@@ -156,12 +157,12 @@ pub(super) fn timestep_value(graph: &ModelSession, t: f32, n: usize) -> Result<o
         Elem::F32 | Elem::F16 => {
             let a = ArrayD::from_shape_vec(IxDyn(&shape), vec![t; numel])
                 .map_err(|e| Error::Internal(format!("timestep array: {e}")))?;
-            float_value(a, spec.elem, "unet", "timestep")
+            float_value(a, spec.elem, graph.stage(), "timestep")
         }
         Elem::I64 => {
             let a = ArrayD::from_shape_vec(IxDyn(&shape), vec![t.round() as i64; numel])
                 .map_err(|e| Error::Internal(format!("timestep array: {e}")))?;
-            crate::runtime::tensor::ids_value(a, Elem::I64, "unet", "timestep")
+            crate::runtime::tensor::ids_value(a, Elem::I64, graph.stage(), "timestep")
         }
         other => Err(Error::model_invalid(graph.path(), format!("unsupported timestep element type {other:?}"))),
     }
