@@ -76,7 +76,11 @@ MODELS = {
 }
 # model -> (ControlNet folder name under <models_root>/controlnet/ for sdxlrt, its diffusers folder, control image)
 CONTROLNETS = {
-    "bench": ("bench-controlnet", BENCH_ROOT / "bench-controlnet-diffusers", BENCH_ROOT / "bench-controlnet-control.png"),
+    "bench": (
+        "bench-controlnet",
+        BENCH_ROOT / "bench-controlnet-diffusers",
+        BENCH_ROOT / "bench-controlnet-control.png",
+    ),
     "tiny": (
         "tiny-controlnet",
         Path(os.environ.get("SDXLRT_WORK", str(HOME_CACHE / "work"))) / "controlnet-diffusers" / "tiny-controlnet",
@@ -439,7 +443,8 @@ def summarize(res: dict, contenders: list[str]) -> dict:
             te = med([r["stages"].get("text_encoder", 0) + r["stages"].get("text_encoder_2", 0) for r in rs])
             # with a ControlNet: UNet + ControlNet forwards (the denoising loop's model time), ControlNet apart too
             un = med([r["stages"].get("unet", 0) + r["stages"].get("controlnet", 0) for r in rs])
-            cnet = med([r["stages"]["controlnet"] for r in rs]) if all("controlnet" in r["stages"] for r in rs) else None
+            has_cn = all("controlnet" in r["stages"] for r in rs)
+            cnet = med([r["stages"]["controlnet"] for r in rs]) if has_cn else None
             va = med([r["stages"].get("vae_decoder", 0) for r in rs])
             other = f"outside timed parts {med([r['wall_s'] - sum(v for v in r['stages'].values()) for r in rs]):.3f}"
         stage_meds[c] = {"text": te, "unet": un, "vae": va, "per_step": un / steps}

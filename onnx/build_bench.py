@@ -289,7 +289,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--root", type=Path, default=BENCH_ROOT, help="output root (default %(default)s)")
     ap.add_argument("--skip-diffusers", action="store_true", help="reuse an existing diffusers folder; export only")
-    ap.add_argument("--controlnet", action="store_true", help="then also build the bench ControlNet (bench/run.py --controlnet)")
+    ap.add_argument(
+        "--controlnet", action="store_true", help="then also build the bench ControlNet (bench/run.py --controlnet)"
+    )
     ap.add_argument(
         "--controlnet-only",
         action="store_true",
