@@ -22,6 +22,16 @@ each, then --rounds rounds of (sdxlrt, optimum, diffusers), 1 s pause before eac
 any moment. Images: the warm-up images are compared pairwise (uint8 max |diff|, float max |diff| where both have
 floats), and every timed image is compared with its contender's warm-up image.
 
+With --controlnet every contender runs the same request with one ControlNet (onnx/build_bench.py --controlnet:
+ControlNetModel.from_unet(the bench UNet), random weights; the 512x512 edge image; --controlnet-scale 0.8): sdxlrt
+through the request's data.controlnet, diffusers through StableDiffusionXLControlNetPipeline built from the bench
+pipeline's components + the ControlNet (optimum-onnx has no SDXL ControlNet pipeline). Two more contenders exist then,
+sdxlrt_plain and diffusers_plain: the same library / pipeline without the ControlNet, in the same interleaved rounds,
+so the summary shows what the ControlNet costs per step in each.
+
+    $BENCH_PY onnx/build_bench.py --controlnet-only        # once, after the bench model (~35 s)
+    $BENCH_PY bench/run.py --controlnet --contenders sdxlrt,sdxlrt_plain,diffusers,diffusers_plain
+
 Results: bench/runs/<date>-<host>[-<label>]/ (results.json, summary.md, env.txt, time_<contender>.txt); images
 (.npy) under ~/.cache/sdxlrt/bench/images/<same name>/ (not committed).
 """
@@ -52,6 +62,8 @@ VENV_ONNX = Path(os.environ.get("SDXLRT_ONNX_VENV", str(HOME_CACHE / "venv-onnx"
 VENV_OPT = Path(os.environ.get("SDXLRT_OPT_VENV", str(HOME_CACHE / "venv-opt")))
 REPLY_PREFIX = "@@BENCH "
 CONTENDERS = ("sdxlrt", "optimum", "diffusers")
+# with --controlnet: the same contenders without the ControlNet, for its cost
+PLAIN = ("sdxlrt_plain", "diffusers_plain")
 
 MODELS = {
     # name: (ONNX folder, diffusers folder, default size)
@@ -60,6 +72,19 @@ MODELS = {
         REPO / "tests" / "fixtures" / "tiny-sdxl",
         Path(os.environ.get("SDXLRT_WORK", str(HOME_CACHE / "work"))) / "tiny-sdxl-diffusers",
         64,
+    ),
+}
+# model -> (ControlNet folder name under <models_root>/controlnet/ for sdxlrt, its diffusers folder, control image)
+CONTROLNETS = {
+    "bench": (
+        "bench-controlnet",
+        BENCH_ROOT / "bench-controlnet-diffusers",
+        BENCH_ROOT / "bench-controlnet-control.png",
+    ),
+    "tiny": (
+        "tiny-controlnet",
+        Path(os.environ.get("SDXLRT_WORK", str(HOME_CACHE / "work"))) / "controlnet-diffusers" / "tiny-controlnet",
+        REPO / "tests" / "fixtures" / "controlnet" / "control_64.png",
     ),
 }
 
@@ -118,6 +143,8 @@ def worker_cmd(name: str, args, onnx_dir: Path, diffusers_dir: Path, ort_lib: st
         "--size",
         str(args.size),
     ]
+    if args.controlnet and not name.endswith("_plain"):
+        gen += ["--controlnet", json.dumps(args.controlnet)]
     script = str(HERE / "worker.py")
     if name.startswith("sdxlrt"):
         py = str(VENV_ONNX / "bin" / "python")  # only numpy + ctypes are used
@@ -200,6 +227,13 @@ def main() -> None:
         "sdxlrt_arena_all='{\"cpu_memory_arena\": \"all\"}' (NAME must start with sdxlrt_; add it to --contenders "
         "or it is appended)",
     )
+    ap.add_argument(
+        "--controlnet",
+        action="store_true",
+        help="every image with the model's ControlNet (bench: onnx/build_bench.py --controlnet); contenders "
+        "sdxlrt_plain / diffusers_plain run without it",
+    )
+    ap.add_argument("--controlnet-scale", type=float, default=0.8, help="its conditioning scale (default 0.8)")
     ap.add_argument("--prompt", default="a photo of a cat")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--steps", type=int, default=8)
@@ -227,11 +261,24 @@ def main() -> None:
         if vname not in contenders:
             contenders.append(vname)
     for c in contenders:
-        if c not in CONTENDERS and c not in args.variants:
-            sys.exit(f"error: unknown contender {c!r}")
+        if c not in CONTENDERS and c not in args.variants and not (args.controlnet and c in PLAIN):
+            sys.exit(f"error: unknown contender {c!r}" + (" (sdxlrt_plain / diffusers_plain need --controlnet)"
+                                                          if c in PLAIN else ""))
     for d in (onnx_dir, diffusers_dir):
         if not (d / "model_index.json").exists():
             sys.exit(f"error: {d} is not a model folder (build it: onnx/build_bench.py, or onnx/build_tiny.py)")
+    args.controlnet = None if not args.controlnet else dict(
+        zip(("name", "diffusers_dir", "image"), map(str, CONTROLNETS[args.model])), scale=args.controlnet_scale
+    )
+    cn_dirs: list[Path] = []
+    if args.controlnet:
+        if "optimum" in contenders:
+            sys.exit("error: --controlnet: optimum-onnx has no SDXL ControlNet pipeline (leave it out of --contenders)")
+        cn_dirs = [onnx_dir.parent / "controlnet" / args.controlnet["name"], Path(args.controlnet["diffusers_dir"])]
+        for f in (cn_dirs[0] / "model.onnx", cn_dirs[1] / "config.json", Path(args.controlnet["image"])):
+            if not f.exists():
+                sys.exit(f"error: {f} missing (build it: onnx/build_bench.py --controlnet-only, or "
+                         "onnx/make_controlnet.py)")
     if any(c.startswith("sdxlrt") for c in contenders) and not os.path.exists(args.lib):
         sys.exit(f"error: {args.lib} missing: cargo build --release --lib")
     ort_glob = VENV_OPT / "lib" / "python3*" / "site-packages" / "onnxruntime" / "capi" / "libonnxruntime.so*"
@@ -266,6 +313,7 @@ def main() -> None:
             f"source: {args.lib_source or 'the working tree above'})",
             f"onnxruntime for sdxlrt: {ort_lib}",
             "venv-onnx: " + sh(f"{VENV_ONNX}/bin/python -m pip list 2>/dev/null | grep -iE '^(torch|diffusers|transformers|onnxruntime|numpy) '"),
+            f"controlnet: {json.dumps(args.controlnet)}",
             "venv-opt: " + sh(f"{VENV_OPT}/bin/python -m pip list 2>/dev/null | grep -iE '^(torch|diffusers|transformers|onnxruntime|optimum|optimum-onnx|numpy) '"),
         ]
     )
@@ -279,7 +327,8 @@ def main() -> None:
         "onnx_dir": str(onnx_dir),
         "diffusers_dir": str(diffusers_dir),
         "request": {"prompt": args.prompt, "negative_prompt": None, "seed": args.seed, "steps": args.steps,
-                    "guidance": args.guidance, "width": args.size, "height": args.size, "scheduler": "EulerDiscrete"},
+                    "guidance": args.guidance, "width": args.size, "height": args.size, "scheduler": "EulerDiscrete",
+                    "controlnet": args.controlnet},
         "contenders": contenders,
         "variants": args.variants,
         "rounds": args.rounds,
@@ -287,7 +336,7 @@ def main() -> None:
         "lib": args.lib,
         "lib_source": args.lib_source or "working tree",
     }
-    results["page_cache_warm_s"] = warm_page_cache(onnx_dir, diffusers_dir)
+    results["page_cache_warm_s"] = warm_page_cache(onnx_dir, diffusers_dir, *cn_dirs)
 
     # 1. load only, in fresh processes, interleaved
     loads: dict = {c: [] for c in contenders}
@@ -304,7 +353,7 @@ def main() -> None:
                 "rss_after_load_kib": info["rss_kib"],
                 "hwm_after_load_kib": bye["hwm_kib"],
             }
-            for k in ("engine_create_s", "preload_s"):
+            for k in ("engine_create_s", "preload_s", "prime_wall_s"):
                 if k in info:
                     rec[k] = info[k]
             loads[c].append(rec)
@@ -368,12 +417,19 @@ def main() -> None:
 
 def summarize(res: dict, contenders: list[str]) -> dict:
     n: dict = {}
+    cn = res["request"].get("controlnet")
+    steps = res["request"]["steps"]
     lines = [f"# {res['model']} model, {res['request']['width']}x{res['request']['height']}, "
-             f"{res['request']['steps']} steps, {res['rounds']} rounds ({res['started']})", ""]
+             f"{steps} steps, {res['rounds']} rounds ({res['started']})", ""]
+    if cn:
+        lines += [f"ControlNet `{cn['name']}` (diffusers: {cn['diffusers_dir']}), control image {cn['image']}, "
+                  f"conditioning scale {cn['scale']}, for every contender except *_plain.", ""]
     walls = {c: [r["wall_s"] for r in res["runs"][c]] for c in contenders}
     n["wall_median_s"] = {c: med(walls[c]) for c in contenders}
-    lines.append("| contender | wall median | min | max | raw (s) | warm-up | text enc | denoise/UNet | VAE decode | other |")
-    lines.append("|---|---|---|---|---|---|---|---|---|---|")
+    cn_col = " of which ControlNet |" if cn else ""
+    lines.append("| contender | wall median | min | max | raw (s) | warm-up | text enc | denoise/UNet | per step |"
+                 + cn_col + " VAE decode | other |")
+    lines.append("|---|---|---|---|---|---|---|---|---|" + ("---|" if cn else "") + "---|---|")
     stage_meds: dict = {}
     for c in contenders:
         rs = res["runs"][c]
@@ -382,23 +438,46 @@ def summarize(res: dict, contenders: list[str]) -> dict:
             un = med([r["stages"]["denoising"] for r in rs])
             va = med([r["stages"]["vae_decode"] for r in rs])
             other = f"encode+base64 {med([r['stages']['encode_save'] for r in rs]):.3f}"
+            cnet = None
         else:
             te = med([r["stages"].get("text_encoder", 0) + r["stages"].get("text_encoder_2", 0) for r in rs])
-            un = med([r["stages"].get("unet", 0) for r in rs])
+            # with a ControlNet: UNet + ControlNet forwards (the denoising loop's model time), ControlNet apart too
+            un = med([r["stages"].get("unet", 0) + r["stages"].get("controlnet", 0) for r in rs])
+            has_cn = all("controlnet" in r["stages"] for r in rs)
+            cnet = med([r["stages"]["controlnet"] for r in rs]) if has_cn else None
             va = med([r["stages"].get("vae_decoder", 0) for r in rs])
             other = f"outside timed parts {med([r['wall_s'] - sum(v for v in r['stages'].values()) for r in rs]):.3f}"
-        stage_meds[c] = {"text": te, "unet": un, "vae": va}
+        stage_meds[c] = {"text": te, "unet": un, "vae": va, "per_step": un / steps}
+        if cnet is not None:
+            stage_meds[c]["controlnet"] = cnet
+        cn_cell = (f" {cnet:.3f} |" if cnet is not None else " — |") if cn else ""
         lines.append(f"| {c} | **{med(walls[c]):.3f}** | {min(walls[c]):.3f} | {max(walls[c]):.3f} | "
                      f"{', '.join(f'{w:.2f}' for w in walls[c])} | {res['warmup'][c]['wall_s']:.3f} | {te:.3f} | "
-                     f"{un:.3f} | {va:.3f} | {other} |")
+                     f"{un:.3f} | {un / steps:.3f} |{cn_cell} {va:.3f} | {other} |")
     n["stage_medians_s"] = stage_meds
     lines += ["", "sdxlrt stages are its processing_metrics (Rust wall time around each stage, so they include the "
-              "scheduler math and tensor copies); optimum stages are the summed ONNX Runtime `session.run` times "
-              "(proxy); diffusers stages are the summed module forward times.", ""]
+              "scheduler math and tensor copies; with a ControlNet its denoise includes the ControlNet's runs, which "
+              "it does not time apart); optimum stages are the summed ONNX Runtime `session.run` times "
+              "(proxy); diffusers stages are the summed module forward times (with a ControlNet, denoise/UNet = "
+              "UNet + ControlNet forwards). per step = denoise / steps (one CFG batch of 2 per step).", ""]
+
+    if cn:
+        n["controlnet_cost"] = {}
+        for a, b in (("sdxlrt", "sdxlrt_plain"), ("diffusers", "diffusers_plain")):
+            if a in contenders and b in contenders:
+                sa, sb = stage_meds[a]["per_step"], stage_meds[b]["per_step"]
+                wa, wb = n["wall_median_s"][a], n["wall_median_s"][b]
+                n["controlnet_cost"][a] = {"per_step_s": sa - sb, "per_step_rel": sa / sb - 1, "wall_s": wa - wb,
+                                           "wall_rel": wa / wb - 1}
+                lines.append(f"ControlNet cost in {a}: per step {sb:.3f} → {sa:.3f} s (+{sa - sb:.3f} s, "
+                             f"{sa / sb - 1:+.1%}); wall {wb:.2f} → {wa:.2f} s ({wa / wb - 1:+.1%})")
+        lines.append("")
 
     ratios = {}
     pairs = [("sdxlrt", "optimum"), ("sdxlrt", "diffusers"), ("optimum", "diffusers")]
-    pairs += [(v, b) for v in contenders if v.startswith("sdxlrt_") for b in ("sdxlrt", "optimum", "diffusers")]
+    pairs += [("sdxlrt", "sdxlrt_plain"), ("diffusers", "diffusers_plain"), ("sdxlrt_plain", "diffusers_plain")]
+    pairs += [(v, b) for v in contenders if v.startswith("sdxlrt_") and v not in PLAIN
+              for b in ("sdxlrt", "optimum", "diffusers")]
     for a, b in pairs:
         if a in contenders and b in contenders:
             ratios[f"{a}/{b}"] = n["wall_median_s"][a] / n["wall_median_s"][b]
@@ -437,14 +516,16 @@ def summarize(res: dict, contenders: list[str]) -> dict:
         n["peak_rss_gib"][c] = rss
         extra = ""
         if c.startswith("sdxlrt") and ls:
+            primed = all("prime_wall_s" in x for x in res["load_rounds"][c])
             extra = (f" (engine_create {med([x['engine_create_s'] for x in res['load_rounds'][c]]):.3f} + "
-                     f"preload {med([x['preload_s'] for x in res['load_rounds'][c]]):.3f})")
+                     + ("model_load_time of the 64² 1-step priming request " if primed else "preload ")
+                     + f"{med([x['preload_s'] for x in res['load_rounds'][c]]):.3f})")
         lines.append(f"| {c} | **{med(ls):.3f}**{extra} | {', '.join(f'{x:.2f}' for x in ls)} | {med(ready):.3f} | "
                      f"{res['workers'][c]['load']['load_s']:.3f} | **{rss:.2f} GiB** | "
                      f"{res['final_hwm_kib'][c] / 2**20:.2f} GiB |")
 
     lines += ["", "Images (warm-up image of each contender): " + "; ".join(
-        f"{k}: uint8 max |diff| {v['u8_max']} ({v['u8_pixels_differing']} pixels differ)"
+        f"{k}: uint8 max |diff| {v['u8_max']}, mean {v['u8_mean']:.3f} ({v['u8_pixels_differing']} pixels differ)"
         + (f", float max |diff| {v['f32_max']:.3g}" if "f32_max" in v else "")
         for k, v in res["images"]["pairs_warmup"].items())]
     lines.append("Repeatability (max uint8 |diff| of each timed image vs its own warm-up): " + ", ".join(

@@ -3,6 +3,10 @@
     python worker.py sdxlrt    --model-dir DIR --lib target/release/libsdxlrt.so --ort LIBONNXRUNTIME
     python worker.py optimum   --model-dir DIR          (venv-opt: optimum-onnx ORTStableDiffusionXLPipeline)
     python worker.py diffusers --model-dir DIR          (venv-onnx: diffusers StableDiffusionXLPipeline, PyTorch CPU)
+    ... --controlnet JSON   every image with one ControlNet: {"name": folder under models_root/controlnet/ (sdxlrt),
+                            "diffusers_dir": its diffusers ControlNetModel folder (diffusers), "image": control image
+                            file, "scale": conditioning scale}. sdxlrt: the request's data.controlnet; diffusers:
+                            StableDiffusionXLControlNetPipeline from the base pipeline's components + the ControlNet.
 
 Commands (one JSON object per line on stdin), replies on stdout as lines starting with REPLY_PREFIX:
     {"cmd": "load"}                      -> {"load_s", "rss_kib", ...}   engine/pipeline creation until ready to run
@@ -33,6 +37,8 @@ GUIDANCE = 5.0
 SIZE = 512
 # LoRAs of every sdxlrt request: [{"name": ..., "weight": ...}] (bench/lora_fullsize.py)
 LORAS: list[dict] = []
+# the ControlNet of every image (--controlnet), or None
+CONTROLNET: dict | None = None
 
 
 def proc_status_kib(field: str) -> int:
@@ -135,37 +141,65 @@ class Sdxlrt:
             raise RuntimeError(f"sdxl_engine_create status {status}: {self.lib.sdxl_last_error()!r}")
         self.engine = engine
         t1 = time.perf_counter()
-        pre = self._call({"message_type": "preload_model", "request_id": "preload", "data": {"model_name": self.model}})
-        t2 = time.perf_counter()
+        extra = {}
+        if CONTROLNET is None:
+            pre = self._call(
+                {"message_type": "preload_model", "request_id": "preload", "data": {"model_name": self.model}}
+            )
+            t2 = time.perf_counter()
+            preload_s = t2 - t1
+        else:
+            # preload_model loads the plain model; a ControlNet request needs the model's ControlNet variant (a UNet
+            # with residual inputs) and the ControlNet's session, which only a ControlNet request loads: one 1-step
+            # 64x64 request with the same ControlNet (the control image resized), whose own model_load_time (sdxlrt's
+            # measure of loading, not computing) counts as preload
+            pre = self._call(self._request(steps=1, size=64, request_id="prime"))
+            t2 = time.perf_counter()
+            preload_s = pre["data"]["processing_metrics"]["model_load_time"]
+            extra = {"prime_wall_s": t2 - t1, "prime_metrics": pre["data"]["processing_metrics"]}
+            pre = {"data": {"primed": True}}
         status_msg = self._call({"message_type": "status", "request_id": "status"})
         return {
-            "load_s": t2 - t0,
+            "load_s": (t1 - t0) + preload_s,
             "engine_create_s": t1 - t0,
-            "preload_s": t2 - t1,
+            "preload_s": preload_s,
+            **extra,
             "preload_reply": pre.get("data"),
             "status": status_msg.get("data"),
             "version": self.lib.sdxl_version().decode(),
             "engine_options": options,
         }
 
-    def run(self, save: str | None) -> dict:
-        import numpy as np
-
-        C = self.C
-        self.n += 1
+    def _request(self, steps: int, size: int, request_id: str) -> dict:
         request = {
             "message_type": "inference_request",
-            "request_id": f"bench-{self.n}",
+            "request_id": request_id,
             "data": {
                 "prompt": PROMPT,
                 "models": {"base": self.model},
-                "hyperparameters": {"num_inference_steps": STEPS, "guidance_scale": GUIDANCE, "seed": SEED},
-                "dimensions": {"width": SIZE, "height": SIZE},
+                "hyperparameters": {"num_inference_steps": steps, "guidance_scale": GUIDANCE, "seed": SEED},
+                "dimensions": {"width": size, "height": size},
                 "scheduler": "EulerDiscreteScheduler",
             },
         }
         if LORAS:
             request["data"]["lora"] = {"enabled": True, "models": LORAS}
+        if CONTROLNET is not None:
+            unit = {
+                "type": "canny",
+                "model_path": CONTROLNET["name"],
+                "control_image": os.path.abspath(CONTROLNET["image"]),
+                "conditioning_scale": CONTROLNET["scale"],
+            }
+            request["data"]["controlnet"] = {"enabled": True, "models": [unit]}
+        return request
+
+    def run(self, save: str | None) -> dict:
+        import numpy as np
+
+        C = self.C
+        self.n += 1
+        request = self._request(STEPS, SIZE, f"bench-{self.n}")
         body = json.dumps(request).encode()
         out = C.c_void_p()
         batch = C.POINTER(self.Batch)()
@@ -200,6 +234,7 @@ class Sdxlrt:
                 "onnxruntime": m.get("onnxruntime_time"),
             },
             "unet_evaluations": m["unet_evaluations"],
+            "controlnets": resp["data"]["generated_images"][0]["metadata"].get("controlnets"),
             "peak_memory_reported": m.get("peak_memory"),
             "image_data_chars": len(image_data) if image_data else 0,
             "warnings": resp.get("warnings"),
@@ -266,13 +301,14 @@ class DiffusersLike:
 
     pipe = None
     acc: dict
+    call_kwargs: dict = {}
 
     def run(self, save: str | None) -> dict:
         import numpy as np
 
         self.acc.clear()
         t0 = time.perf_counter()
-        f32 = pipeline_image(self.pipe)
+        f32 = pipeline_image(self.pipe, **self.call_kwargs)
         wall = time.perf_counter() - t0
         if save:
             np.save(save + ".f32.npy", f32)
@@ -326,14 +362,40 @@ class Diffusers(DiffusersLike):
 
         t0 = time.perf_counter()
         pipe = StableDiffusionXLPipeline.from_pretrained(self.model_dir, torch_dtype=torch.float32)
+        extra = {}
+        if CONTROLNET is not None:
+            from diffusers import ControlNetModel, StableDiffusionXLControlNetPipeline
+            from PIL import Image
+
+            controlnet = ControlNetModel.from_pretrained(CONTROLNET["diffusers_dir"], torch_dtype=torch.float32)
+            # onnx/make_controlnet.py's controlnet_pipeline: the base pipeline's components + the ControlNet
+            pipe = StableDiffusionXLControlNetPipeline(
+                vae=pipe.vae,
+                text_encoder=pipe.text_encoder,
+                text_encoder_2=pipe.text_encoder_2,
+                tokenizer=pipe.tokenizer,
+                tokenizer_2=pipe.tokenizer_2,
+                unet=pipe.unet,
+                controlnet=controlnet,
+                scheduler=pipe.scheduler,
+                force_zeros_for_empty_prompt=pipe.config.force_zeros_for_empty_prompt,
+                add_watermarker=False,
+            )
+            with Image.open(CONTROLNET["image"]) as img:
+                img.load()
+                image = img.convert("RGB")
+            # the PIL image, so diffusers' own preprocessing runs (a resize only if the size differs, / 255)
+            self.call_kwargs = {"image": image, "controlnet_conditioning_scale": CONTROLNET["scale"]}
+            extra["pipeline"] = type(pipe).__name__
         load = time.perf_counter() - t0
         pipe.set_progress_bar_config(disable=True)
-        for name in ("text_encoder", "text_encoder_2", "unet"):
+        for name in ("text_encoder", "text_encoder_2", "unet") + (("controlnet",) if CONTROLNET is not None else ()):
             module = getattr(pipe, name)
             module.forward = timed(module.forward, name, self.acc)
         pipe.vae.decode = timed(pipe.vae.decode, "vae_decoder", self.acc)
         self.pipe = pipe
         return {
+            **extra,
             "load_s": load,
             "torch_version": torch.__version__,
             "diffusers_version": diffusers.__version__,
@@ -344,7 +406,7 @@ class Diffusers(DiffusersLike):
 
 
 def main() -> None:
-    global PROMPT, SEED, STEPS, GUIDANCE, SIZE
+    global PROMPT, SEED, STEPS, GUIDANCE, SIZE, CONTROLNET
     ap = argparse.ArgumentParser()
     ap.add_argument("mode", choices=["sdxlrt", "optimum", "diffusers"])
     ap.add_argument("--model-dir", required=True)
@@ -356,8 +418,12 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=STEPS)
     ap.add_argument("--guidance", type=float, default=GUIDANCE)
     ap.add_argument("--size", type=int, default=SIZE)
+    ap.add_argument("--controlnet", help="JSON: one ControlNet for every image (see the module docstring)")
     args = ap.parse_args()
     PROMPT, SEED, STEPS, GUIDANCE, SIZE = args.prompt, args.seed, args.steps, args.guidance, args.size
+    CONTROLNET = json.loads(args.controlnet) if args.controlnet else None
+    if CONTROLNET is not None and args.mode == "optimum":
+        ap.error("--controlnet: optimum-onnx has no SDXL ControlNet pipeline")
     worker = {"sdxlrt": Sdxlrt, "optimum": Optimum, "diffusers": Diffusers}[args.mode](args)
     reply({"ready": True, "import_s": time.perf_counter() - T_START, "pid": os.getpid()})
     for line in sys.stdin:

@@ -25,6 +25,18 @@ Components (cpu_perf_anchors.md §1):
 Seeds: torch.manual_seed(0) before the UNet, the VAE and text_encoder, 1 before text_encoder_2; then every parameter
 that random init leaves constant gets N(0, 0.02) noise from a generator seeded 1234 (build_tiny.py's
 perturb_constant_params), so a wrong weight mapping changes the image.
+
+With --controlnet (after the model) or --controlnet-only (from an existing <root>/bench-sdxl-diffusers), the bench
+ControlNet for `bench/run.py --controlnet`:
+    <root>/bench-controlnet-diffusers/              ControlNetModel.from_unet(the bench UNet), then every parameter
+                                                    re-drawn from seed 33 by onnx/make_controlnet.py's
+                                                    build_controlnet (the rules of its tiny ControlNets); diffusers
+                                                    loads it
+    <root>/models/controlnet/bench-controlnet/      export_onnx.py --controlnet of that folder (model.onnx +
+                                                    config.json + BUILD_INFO.json): sdxlrt's `model_path`
+                                                    "bench-controlnet"
+    <root>/bench-controlnet-control.png             the control image, 512x512 RGB, canny-like edges drawn with PIL
+                                                    (no random numbers)
 """
 
 from __future__ import annotations
@@ -44,6 +56,9 @@ import export_onnx
 
 BENCH_ROOT = Path(os.environ.get("SDXLRT_BENCH_DIR", str(Path.home() / ".cache" / "sdxlrt" / "bench")))
 MODEL_NAME = "bench-sdxl"
+CONTROLNET_NAME = "bench-controlnet"
+CONTROLNET_SEED = 33
+CONTROL_IMAGE = "bench-controlnet-control.png"
 FIXTURE = c.FIXTURES / "tiny-sdxl"
 
 # stabilityai/stable-diffusion-xl-base-1.0 unet/config.json, with BENCH_CHANGES applied on top.
@@ -196,10 +211,92 @@ def sha256(path: Path) -> str:
     return h.hexdigest()
 
 
+def draw_control_512():
+    """Canny-like edges at 512x512: white, grey and orange lines, circles and boxes on black (the bench's control
+    image; make_controlnet.py's control_64.png drawn at the bench size, with more shapes and 2-3 px lines)."""
+    from PIL import Image, ImageDraw
+
+    img = Image.new("RGB", (512, 512), (0, 0, 0))
+    d = ImageDraw.Draw(img)
+    d.ellipse((64, 48, 320, 304), outline=(255, 255, 255), width=3)
+    d.ellipse((140, 120, 244, 224), outline=(255, 255, 255), width=2)
+    d.line((16, 480, 488, 352), fill=(255, 255, 255), width=3)
+    d.line((160, 16, 160, 240), fill=(255, 255, 255), width=2)
+    d.rectangle((288, 240, 464, 432), outline=(128, 128, 128), width=3)
+    d.rectangle((320, 280, 420, 400), outline=(255, 255, 255), width=2)
+    d.line((32, 32, 240, 464), fill=(192, 192, 192), width=2)
+    d.line([(336, 32), (400, 128), (488, 48)], fill=(255, 160, 32), width=3)
+    d.polygon([(40, 380), (120, 300), (200, 420)], outline=(255, 255, 255), width=2)
+    for x in range(48, 248, 24):
+        d.ellipse((x, 396, x + 6, 402), fill=(64, 64, 64))
+    return img
+
+
+def build_controlnet(root: Path) -> dict:
+    """The bench ControlNet from the bench UNet in <root>/bench-sdxl-diffusers (see the module docstring)."""
+    import io
+
+    import torch
+    from diffusers import UNet2DConditionModel
+
+    import make_controlnet
+
+    t0 = time.perf_counter()
+    unet = UNet2DConditionModel.from_pretrained(str(root / "bench-sdxl-diffusers" / "unet"), torch_dtype=torch.float32)
+    cn = make_controlnet.build_controlnet(unet, CONTROLNET_SEED)
+    del unet
+    src = root / f"{CONTROLNET_NAME}-diffusers"
+    shutil.rmtree(src, ignore_errors=True)
+    cn.save_pretrained(str(src), safe_serialization=True)
+    n_params = sum(p.numel() for p in cn.parameters())
+    del cn
+    dst = root / "models" / "controlnet" / CONTROLNET_NAME
+    shutil.rmtree(dst, ignore_errors=True)
+    t1 = time.perf_counter()
+    diff = export_onnx.export_controlnet(src, dst, check=True)
+    # absolute max |ORT - torch| of export_onnx's check inputs (the residuals of random weights are O(1-10))
+    if diff > 1e-3:
+        sys.exit(f"error: the exported ControlNet differs from torch by {diff:.3g}")
+    buf = io.BytesIO()
+    draw_control_512().save(buf, format="PNG", optimize=False)
+    c.write_bytes_if_changed(root / CONTROL_IMAGE, buf.getvalue())
+    info = {
+        "controlnet": CONTROLNET_NAME,
+        "from": "ControlNetModel.from_unet(bench-sdxl-diffusers/unet), every parameter re-drawn by "
+        f"onnx/make_controlnet.py build_controlnet, seed {CONTROLNET_SEED}",
+        "params": n_params,
+        "onnx_vs_torch_max_abs_diff": diff,
+        "export": "onnx/export_onnx.py --controlnet defaults (no constant folding, fp32)",
+        "export_seconds": round(time.perf_counter() - t1, 1),
+        "control_image": str(root / CONTROL_IMAGE),
+        "control_image_sha256": sha256(root / CONTROL_IMAGE),
+        "files": {
+            f.name: {"bytes": f.stat().st_size, "sha256": sha256(f)}
+            for f in sorted(dst.iterdir())
+            if f.is_file() and f.name != "BUILD_INFO.json"
+        },
+    }
+    c.write_json(dst / "BUILD_INFO.json", info)
+    print(
+        f"built {src} and {dst} ({n_params:,} parameters, ORT vs torch {diff:.3g}) and {root / CONTROL_IMAGE} in "
+        f"{time.perf_counter() - t0:.1f} s",
+        flush=True,
+    )
+    return info
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--root", type=Path, default=BENCH_ROOT, help="output root (default %(default)s)")
     ap.add_argument("--skip-diffusers", action="store_true", help="reuse an existing diffusers folder; export only")
+    ap.add_argument(
+        "--controlnet", action="store_true", help="then also build the bench ControlNet (bench/run.py --controlnet)"
+    )
+    ap.add_argument(
+        "--controlnet-only",
+        action="store_true",
+        help="build only the bench ControlNet, from the existing <root>/bench-sdxl-diffusers",
+    )
     args = ap.parse_args()
 
     import diffusers
@@ -209,6 +306,11 @@ def main() -> None:
     import transformers
 
     torch.set_num_threads(max(1, min(torch.get_num_threads(), 2)))
+    if args.controlnet_only:
+        if not (args.root / "bench-sdxl-diffusers" / "unet" / "config.json").exists():
+            sys.exit(f"error: --controlnet-only needs {args.root / 'bench-sdxl-diffusers'} (run without it first)")
+        build_controlnet(args.root)
+        return
     diffusers_dir = args.root / "bench-sdxl-diffusers"
     onnx_dir = args.root / "models" / MODEL_NAME
     info = {
@@ -264,6 +366,8 @@ def main() -> None:
     for name, meta in files.items():
         if name.endswith(".onnx") or name.endswith("_data"):
             print(f"  {name}: {meta['bytes']:,} bytes", flush=True)
+    if args.controlnet:
+        build_controlnet(args.root)
 
 
 if __name__ == "__main__":
