@@ -56,25 +56,36 @@ fn unet_output(session: &ModelSession, residuals: Vec<(String, ArrayD<f32>)>) ->
 #[test]
 fn a_unet_given_controlnet_inputs_is_the_plain_unet_at_zero_residuals_and_moves_with_them() {
     let engine = engine();
+    // Our export, optimum's constant-folded one and the float16 one.
+    for model in ["tiny-sdxl", "tiny-sdxl-folded", "tiny-sdxl-fp16"] {
+        check_residual_inputs(&engine, model);
+    }
+}
+
+fn check_residual_inputs(engine: &Engine, model: &str) {
     let env = &engine.runtime().env;
-    let path = fixtures().join("tiny-sdxl/unet/model.onnx");
+    let path = fixtures().join(model).join("unet/model.onnx");
     let plain_config = SessionConfig { intra_op_threads: Some(1), ..Default::default() };
     let plain = ModelSession::load(env, &path, "unet", &plain_config).unwrap();
     let config = SessionConfig { controlnet_inputs: true, ..plain_config.clone() };
     let with_inputs = ModelSession::load(env, &path, "unet", &config).unwrap();
-    assert_eq!(with_inputs.rewrites().unwrap().residual_inputs, 6);
+    assert_eq!(with_inputs.rewrites().unwrap().residual_inputs, 6, "{model}");
     let names: Vec<String> = (0..6).map(down_input).chain([MID_INPUT.to_string()]).collect();
     let zeros: Vec<(String, ArrayD<f32>)> =
         names.iter().zip(SKIPS).map(|(n, s)| (n.clone(), ArrayD::zeros(IxDyn(&s)))).collect();
     let reference = unet_output(&plain, Vec::new());
-    assert_eq!(unet_output(&with_inputs, zeros.clone()), reference, "zero residuals change nothing, to the bit");
+    assert_eq!(
+        unet_output(&with_inputs, zeros.clone()),
+        reference,
+        "{model}: zero residuals change nothing, to the bit"
+    );
     // Each residual reaches the output (conv_in's skip, the deepest skip, the middle block).
     for k in [0, 5, 6] {
         let mut r = zeros.clone();
         r[k].1 = filled(&SKIPS[k], 7 + k as u32);
         let moved = unet_output(&with_inputs, r);
         let diff = moved.iter().zip(&reference).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
-        assert!(diff > 1e-3, "residual {} moved the output by only {diff}", names[k]);
+        assert!(diff > 1e-3, "{model}: residual {} moved the output by only {diff}", names[k]);
     }
 }
 
