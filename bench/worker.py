@@ -25,6 +25,7 @@ import json
 import os
 import sys
 import time
+from pathlib import Path
 
 T_START = time.perf_counter()
 REPLY_PREFIX = "@@BENCH "
@@ -364,23 +365,15 @@ class Diffusers(DiffusersLike):
         pipe = StableDiffusionXLPipeline.from_pretrained(self.model_dir, torch_dtype=torch.float32)
         extra = {}
         if CONTROLNET is not None:
-            from diffusers import ControlNetModel, StableDiffusionXLControlNetPipeline
+            from diffusers import ControlNetModel
             from PIL import Image
 
             controlnet = ControlNetModel.from_pretrained(CONTROLNET["diffusers_dir"], torch_dtype=torch.float32)
-            # onnx/make_controlnet.py's controlnet_pipeline: the base pipeline's components + the ControlNet
-            pipe = StableDiffusionXLControlNetPipeline(
-                vae=pipe.vae,
-                text_encoder=pipe.text_encoder,
-                text_encoder_2=pipe.text_encoder_2,
-                tokenizer=pipe.tokenizer,
-                tokenizer_2=pipe.tokenizer_2,
-                unet=pipe.unet,
-                controlnet=controlnet,
-                scheduler=pipe.scheduler,
-                force_zeros_for_empty_prompt=pipe.config.force_zeros_for_empty_prompt,
-                add_watermarker=False,
-            )
+            # the goldens' construction: the base pipeline's components + the ControlNet
+            sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "onnx"))
+            from make_controlnet import controlnet_pipeline
+
+            pipe = controlnet_pipeline(pipe, [controlnet])
             with Image.open(CONTROLNET["image"]) as img:
                 img.load()
                 image = img.convert("RGB")
