@@ -280,8 +280,7 @@ impl SdxlPipeline {
 
     /// How many skip connections the UNet has ControlNet inputs for (0 without [`Self::takes_controlnets`]).
     fn residual_inputs(&self) -> usize {
-        let prefix = crate::runtime::controlnet_inputs::down_input(0);
-        let prefix = prefix.trim_end_matches('0');
+        let prefix = crate::runtime::controlnet_inputs::DOWN_INPUT_PREFIX;
         self.unet.inputs().iter().filter(|i| i.name.starts_with(prefix)).count()
     }
 

@@ -17,9 +17,12 @@ use super::onnx_proto::edit::{encode_node, encode_tensor_input, Edit};
 use super::onnx_proto::graph::Graph;
 use super::onnx_proto::OnnxModel;
 
+/// The graph inputs of the skip connections are this followed by their index.
+pub const DOWN_INPUT_PREFIX: &str = "down_block_additional_residual_";
+
 /// The graph input of skip connection `i` (diffusers' order: `conv_in` first).
 pub fn down_input(i: usize) -> String {
-    format!("down_block_additional_residual_{i}")
+    format!("{DOWN_INPUT_PREFIX}{i}")
 }
 
 /// The graph input of the middle block's residual.
