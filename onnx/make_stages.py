@@ -164,13 +164,17 @@ def refiner_case(base, refiner, name: str) -> tuple[dict, dict]:
     return run_refiner(base, refiner, {"width": 64, "height": 64, "batch_size": 1, **CASES[name]})
 
 
-def run_refiner(base, refiner, p: dict, base_kwargs: dict | None = None) -> tuple[dict, dict]:
+def run_refiner(
+    base, refiner, p: dict, base_kwargs: dict | None = None, base_size: dict | None = None, init_noise: bool = True
+) -> tuple[dict, dict]:
     """diffusers' ensemble of experts for the case parameters `p` (keys of CASES' refiner cases, with width, height
     and batch_size): the base pipeline `base` with denoising_end=REFINER_START and output_type "latent", then
     `refiner` with denoising_start=REFINER_START on those latents, the same prompts, steps, guidance and generator
     object. `base_kwargs`: more arguments for the base call only (make_controlnet.py's control images and scales;
-    `base` is then a StableDiffusionXLControlNetPipeline). Returns the golden's tensors and metadata (every item of
-    `p` as a string, plus refiner_start and base_steps)."""
+    `base` is then a StableDiffusionXLControlNetPipeline; make_img2img.py's init image and strength). `base_size`:
+    the base call's size arguments (default width and height from `p`; {} for an img2img base, which takes none).
+    `init_noise`: record the raw initial noise (a txt2img base's first draw; an img2img base has none). Returns the
+    golden's tensors and metadata (every item of `p` as a string, plus refiner_start and base_steps)."""
     import diffusers
     import numpy as np
     import torch
@@ -199,27 +203,32 @@ def run_refiner(base, refiner, p: dict, base_kwargs: dict | None = None) -> tupl
         callback_on_step_end_tensor_inputs=["latents"],
     )
     unet_calls: list = []
-    hook = refiner.unet.register_forward_pre_hook(
-        lambda mod, args, kwargs: unet_calls.append(
-            {"timestep": args[1], "encoder_hidden_states": kwargs["encoder_hidden_states"], **kwargs["added_cond_kwargs"]}
-        ),
-        with_kwargs=True,
-    )
+    base_calls: list = []
+    def record_refiner(_mod, args, kwargs):
+        ehs = kwargs["encoder_hidden_states"]
+        unet_calls.append({"timestep": args[1], "encoder_hidden_states": ehs, **kwargs["added_cond_kwargs"]})
+
+    hooks = [
+        refiner.unet.register_forward_pre_hook(record_refiner, with_kwargs=True),
+        # the base's timesteps as its UNet got them (an img2img base starts inside the scheduler's list)
+        base.unet.register_forward_pre_hook(lambda mod, args: base_calls.append(float(args[1]))),
+    ]
     try:
-        t["init_noise"] = randn_tensor((B, 4, H // 8, W // 8), generator=goldens.generators(p["seed"], B))
+        if init_noise:
+            t["init_noise"] = randn_tensor((B, 4, H // 8, W // 8), generator=goldens.generators(p["seed"], B))
         generator = goldens.generators(p["seed"], B)  # the same object(s) for both calls
         with torch.no_grad():
             latents = base(
                 **common,
                 **(base_kwargs or {}),
-                width=W,
-                height=H,
+                **(dict(width=W, height=H) if base_size is None else base_size),
                 denoising_end=REFINER_START,
                 output_type="latent",
                 generator=generator,
             ).images
-            t["base_timesteps"] = base.scheduler.timesteps[: len(steps)].to(torch.float32).clone()
             n_base = len(steps)
+            assert len(base_calls) == n_base, (len(base_calls), n_base)
+            t["base_timesteps"] = torch.tensor(base_calls, dtype=torch.float32)
             scores = {k: p[k] for k in ("aesthetic_score", "negative_aesthetic_score") if k in p}
             image = refiner(
                 **common,
@@ -230,13 +239,15 @@ def run_refiner(base, refiner, p: dict, base_kwargs: dict | None = None) -> tupl
                 generator=generator,
             ).images
     finally:
-        hook.remove()
+        for h in hooks:
+            h.remove()
         base.scheduler, refiner.scheduler = saved
     t["refiner_timesteps"] = torch.tensor([float(u["timestep"]) for u in unet_calls], dtype=torch.float32)
     ehs, te, tid = unet_calls[0]["encoder_hidden_states"], unet_calls[0]["text_embeds"], unet_calls[0]["time_ids"]
     assert ehs.shape[0] == 2 * B and torch.equal(latents, steps[n_base - 1])
     t["refiner_negative_prompt_embeds"], t["refiner_prompt_embeds"] = ehs[:1].clone(), ehs[B : B + 1].clone()
-    t["refiner_negative_pooled_prompt_embeds"], t["refiner_pooled_prompt_embeds"] = te[:1].clone(), te[B : B + 1].clone()
+    t["refiner_negative_pooled_prompt_embeds"] = te[:1].clone()
+    t["refiner_pooled_prompt_embeds"] = te[B : B + 1].clone()
     t["refiner_add_neg_time_ids"], t["refiner_add_time_ids"] = tid[:1].clone(), tid[B : B + 1].clone()
     for i, lat in enumerate(steps):
         t[f"latents_step_{i}"] = lat
