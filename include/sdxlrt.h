@@ -144,6 +144,10 @@ enum sdxl_stage
    * count the upscaler's tiles over all its passes for `image_index`.
    */
   SDXL_STAGE_UPSCALING = 5,
+  /**
+   * Encoding the init image (`data.init_image`) with the VAE encoder, before denoising (image-to-image).
+   */
+  SDXL_STAGE_IMAGE_ENCODING = 6,
 };
 #ifndef __cplusplus
 #if __STDC_VERSION__ >= 202311L
@@ -210,7 +214,7 @@ typedef struct sdxl_progress {
    */
   uint32_t step;
   /**
-   * Steps in this stage (denoising: the requested steps).
+   * Steps in this stage (denoising: the requested steps; image-to-image: the `int(steps × strength)` that run).
    */
   uint32_t total_steps;
   /**

@@ -27,5 +27,7 @@ mod lora;
 mod stages;
 // ControlNet: the UNet's residual inputs, parity with diffusers' ControlNet pipeline, errors.
 mod controlnet;
+// Image-to-image: parity with diffusers' img2img pipeline (every scheduler, resize, batch, ControlNet, refiner), errors.
+mod img2img;
 // The upscaler: torch parity, A1111's passes and Lanczos resize, tiling, request path, errors.
 mod upscale;

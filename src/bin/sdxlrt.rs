@@ -88,6 +88,12 @@ struct GenerateArgs {
     /// ControlNet conditioning scale with --controlnet.
     #[arg(long, default_value_t = 1.0, requires = "controlnet")]
     controlnet_scale: f64,
+    /// Image-to-image: start from this image (resized to --width x --height when given, else its own size).
+    #[arg(long)]
+    init_image: Option<PathBuf>,
+    /// With --init-image: the share of the steps that run (0-1; int(steps x strength) steps).
+    #[arg(long, default_value_t = 0.8, requires = "init_image")]
+    strength: f64,
     /// Output file (.png, .jpg or .webp).
     #[arg(long)]
     out: PathBuf,
@@ -124,6 +130,7 @@ unsafe extern "C" fn on_progress(user_data: *mut c_void, p: *const sdxl_progress
         sdxl_stage::Decoding => "decode",
         sdxl_stage::Saving => "save",
         sdxl_stage::Upscaling => "upscale",
+        sdxl_stage::ImageEncoding => "encode",
     };
     bar.set_message(format!("{stage} image {}/{}", p.image_index + 1, p.batch_size));
     if p.stage == sdxl_stage::Denoising {
@@ -182,6 +189,10 @@ fn generate(args: GenerateArgs) -> Result<String, String> {
     if let (Some(model), Some(image)) = (&args.controlnet, &args.control_image) {
         let unit = serde_json::json!({ "model_path": model, "control_image": image, "conditioning_scale": args.controlnet_scale });
         data["controlnet"] = serde_json::json!({ "enabled": true, "models": [unit] });
+    }
+    if let Some(image) = &args.init_image {
+        data["init_image"] = serde_json::json!(image);
+        data["hyperparameters"]["strength"] = serde_json::json!(args.strength);
     }
     let request = serde_json::json!({ "message_type": "inference_request", "request_id": "cli", "data": data });
 

@@ -5,6 +5,7 @@ pub mod cache;
 pub mod cancel;
 pub mod controlnets;
 pub mod file_models;
+mod init_image;
 pub mod manage;
 pub mod memory;
 pub mod options;
@@ -31,7 +32,7 @@ use crate::image::RgbImage;
 use crate::pipeline::{Progress, ProgressEvent, RunContext, SdxlPipeline, Stage};
 use crate::protocol::normalize::{parse_request, RequestLimits};
 use crate::protocol::params::GenerateParams;
-use crate::protocol::response::{GeneratedImage, ImageMetadata, ModelInfo, ProcessingMetrics, Response};
+use crate::protocol::response::{GeneratedImage, ImageMetadata, InitImageInfo, ModelInfo, ProcessingMetrics, Response};
 use crate::runtime::optimized_cache::OptimizedCache;
 use crate::runtime::{ArenaPolicy, CancelToken, Device, SessionConfig};
 
@@ -207,14 +208,23 @@ impl Engine {
         let _slot = self.slots.acquire(params.priority, cancel)?;
         let (pipeline, refiner, model_load_time) =
             self.pipelines(&model_name, params, &mut progress, started, warnings)?;
-        // The request may leave the size to the model: check the limits on the size it will get, before any work.
-        let (width, height) = pipeline.image_size(params)?;
+        let init_source = params.init_image.as_deref().map(Self::read_init_image).transpose()?;
+        // The request may leave the size to the model (or the init image): check the limits on the size it will
+        // get, before any work.
+        let (width, height) = pipeline.image_size(params, init_source.as_ref().map(|i| (i.width, i.height)))?;
         self.limits.check_size(width, height)?;
         let upscale = params.output.upscale.as_ref().map(|u| self.prepare_upscale(u, width, height)).transpose()?;
         let (controlnets, controlnet_load_time) = self.prepare_controlnets(&params.controlnets, width, height)?;
+        let (init, encoder_load_time) = match &init_source {
+            Some(image) => {
+                let (init, seconds) = self.prepare_init_image(&pipeline, image, width, height)?;
+                (Some(init), seconds)
+            }
+            None => (None, 0.0),
+        };
         let vae_tiling = self.options.vae_tiling.unwrap_or(false);
         let mut ctx = RunContext { progress: &mut progress, cancel, started, vae_tiling };
-        let mut out = pipeline.generate(params, &mut ctx, refiner.as_deref(), &controlnets)?;
+        let mut out = pipeline.generate(params, &mut ctx, refiner.as_deref(), &controlnets, init.as_ref())?;
         let t_upscale = Instant::now();
         if let Some(u) = &upscale {
             out.images = self.upscale_images(u, std::mem::take(&mut out.images), &params.request_id, &mut ctx)?;
@@ -267,6 +277,12 @@ impl Engine {
                     loras: params.loras.iter().map(Into::into).collect(),
                     controlnets: params.controlnets.iter().map(Into::into).collect(),
                     upscale: upscale.as_ref().map(upscalers::PreparedUpscale::info),
+                    init_image: init_source.as_ref().map(|source| InitImageInfo {
+                        strength: params.strength,
+                        denoising_steps: out.timings.denoising_steps,
+                        source_width: source.width,
+                        source_height: source.height,
+                    }),
                 },
             });
         }
@@ -274,17 +290,21 @@ impl Engine {
         let t = &out.timings;
         let metrics = ProcessingMetrics {
             total_time: started.elapsed().as_secs_f64(),
-            inference_time: t.text_encoding + t.denoising + t.vae_decode,
-            model_load_time: model_load_time + controlnet_load_time + upscale.as_ref().map_or(0.0, |u| u.load_seconds),
+            inference_time: t.text_encoding + t.vae_encode + t.denoising + t.vae_decode,
+            model_load_time: model_load_time
+                + controlnet_load_time
+                + encoder_load_time
+                + upscale.as_ref().map_or(0.0, |u| u.load_seconds),
             text_encoding_time: t.text_encoding,
             denoising_time: t.denoising,
-            denoising_step_avg: t.denoising / f64::from(params.steps.max(1) * params.batch_size.max(1)),
+            denoising_step_avg: t.denoising / f64::from(t.denoising_steps.max(1) * params.batch_size.max(1)),
             vae_decode_time: t.vae_decode,
+            vae_encode_time: t.vae_encode,
             encode_save_time: t_save.elapsed().as_secs_f64(),
             upscale_time,
             onnxruntime_time: cancel.onnxruntime_seconds(),
             unet_evaluations: t.unet_evaluations,
-            steps: params.steps,
+            steps: t.denoising_steps,
             device_name: self.sessions.device.name(),
             device_memory_used: memory::device_memory_used(self.sessions.device),
             peak_memory: peak.peak(),

@@ -22,6 +22,8 @@ pub enum sdxl_stage {
     /// Upscaling each image (`data.output.upscale`), after decoding and before saving; `step`/`total_steps`
     /// count the upscaler's tiles over all its passes for `image_index`.
     Upscaling = 5,
+    /// Encoding the init image (`data.init_image`) with the VAE encoder, before denoising (image-to-image).
+    ImageEncoding = 6,
 }
 
 /// One progress report. Borrowed for the duration of the callback only; copy what you keep.
@@ -32,7 +34,7 @@ pub struct sdxl_progress {
     pub stage: sdxl_stage,
     /// Steps completed in this stage (denoising: 1..=total_steps).
     pub step: u32,
-    /// Steps in this stage (denoising: the requested steps).
+    /// Steps in this stage (denoising: the requested steps; image-to-image: the `int(steps × strength)` that run).
     pub total_steps: u32,
     /// Which image of the batch (0-based).
     pub image_index: u32,
@@ -76,6 +78,7 @@ impl Progress for CallbackProgress {
             Stage::Decoding => sdxl_stage::Decoding,
             Stage::Saving => sdxl_stage::Saving,
             Stage::Upscaling => sdxl_stage::Upscaling,
+            Stage::ImageEncoding => sdxl_stage::ImageEncoding,
         };
         let report = sdxl_progress {
             stage,

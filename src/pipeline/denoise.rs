@@ -44,8 +44,11 @@ pub struct DenoiseContext<'a> {
     pub batch_size: u32,
     /// Request start (progress reports).
     pub started: std::time::Instant,
-    /// Requested steps (progress reports count these, not UNet calls).
+    /// Steps this run goes through (progress reports count these, not UNet calls): the requested ones, or
+    /// image-to-image's `int(steps × strength)`.
     pub steps: u32,
+    /// Steps of the schedule image-to-image skips (progress reports count from the first step that runs).
+    pub skipped_steps: u32,
     /// ControlNet units adding residuals to every UNet call (the UNet then has their inputs); empty for none.
     pub controlnets: &'a [ControlUnit],
 }
@@ -93,8 +96,12 @@ pub fn denoise(
         };
         let n = sample.shape()[0];
         let last = i + 1 == range.end;
+        // The guidance windows count evaluations over the schedule that runs: image-to-image's starts after the
+        // skipped steps (diffusers' ControlNet img2img pipeline builds controlnet_keep over its cut list).
+        let skipped = ctx.skipped_steps as usize * scheduler.order();
+        let window = (i - skipped.min(i), timesteps.len() - skipped.min(timesteps.len()));
         let residuals = match control.as_mut() {
-            Some(c) => c.residuals(&sample, t, (i, timesteps.len()), last, ctx.cancel)?,
+            Some(c) => c.residuals(&sample, t, window, last, ctx.cancel)?,
             None => Vec::new(),
         };
         let mut changing = vec![
@@ -119,7 +126,7 @@ pub fn denoise(
         };
         latents = scheduler.step(noise_pred.view(), i, latents.view(), noise)?;
         ctx.progress.on_latents(ctx.image_index, Some(i), latents.view());
-        let done = scheduler.completed_steps(i);
+        let done = scheduler.completed_steps(i).saturating_sub(ctx.skipped_steps as usize);
         if done != reported {
             reported = done;
             let event = ProgressEvent {

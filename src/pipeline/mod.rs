@@ -8,6 +8,7 @@
 pub mod controlnet;
 pub mod decode;
 pub mod denoise;
+pub mod encode;
 mod experts;
 pub mod model_dir;
 pub mod text;
@@ -22,6 +23,7 @@ use ndarray::{concatenate, Array2, Array3, ArrayD, Axis, IxDyn};
 use self::controlnet::ControlUnit;
 use self::decode::VaeDecoder;
 use self::denoise::{denoise, time_ids, DenoiseContext, UnetConditioning};
+use self::encode::{InitImage, VaeEncoder};
 use self::experts::{stage_range, Expert};
 use self::model_dir::ModelDir;
 use self::text::{PromptEmbeds, TextEncoders};
@@ -49,6 +51,8 @@ pub enum Stage {
     Saving,
     /// Running the upscaler (`data.output.upscale`); steps count tiles over all passes of one image.
     Upscaling,
+    /// VAE-encoding the init image (`data.init_image`, image-to-image).
+    ImageEncoding,
 }
 
 /// One progress report.
@@ -113,8 +117,12 @@ pub struct StageTimings {
     pub denoising: f64,
     /// VAE decode(s).
     pub vae_decode: f64,
+    /// VAE encode of the init image (image-to-image; 0 otherwise).
+    pub vae_encode: f64,
     /// UNet evaluations (CFG batches count once).
     pub unet_evaluations: u32,
+    /// Scheduler steps each image went through: the requested steps, or image-to-image's `int(steps × strength)`.
+    pub denoising_steps: u32,
 }
 
 /// Images and facts of one run.
@@ -147,6 +155,8 @@ pub struct SdxlPipeline {
     /// [`crate::lora::GraphPlan::key`] of text_encoder, text_encoder_2 and unet (0: base weights).
     graph_keys: [u64; 3],
     lora: LoraReport,
+    /// The VAE encoder beside `vae`'s decoder, loaded on the first image-to-image request.
+    encoder: once_cell::sync::OnceCell<Arc<VaeEncoder>>,
 }
 
 /// A loaded text encoder or UNet: its session, its [`crate::lora::GraphPlan::key`] and the LoRA keys it matched.
@@ -270,7 +280,7 @@ impl SdxlPipeline {
             None => load_vae()?,
         };
         crate::runtime::heap::release_free_memory();
-        Ok(SdxlPipeline { dir, text, unet, vae, graph_keys, lora })
+        Ok(SdxlPipeline { dir, text, unet, vae, graph_keys, lora, encoder: once_cell::sync::OnceCell::new() })
     }
 
     /// True when the UNet has ControlNet residual inputs (loaded with [`SessionConfig::controlnet_inputs`]).
@@ -321,6 +331,12 @@ impl SdxlPipeline {
         Some(self.unet.rewrites()? + self.vae.session().rewrites()?)
     }
 
+    /// The VAE encoder of this pipeline's VAE ([`VaeEncoder::graph_beside`] its decoder), loaded by `load` from that
+    /// path on first use and kept with the pipeline.
+    pub fn vae_encoder(&self, load: impl FnOnce(&Path) -> Result<VaeEncoder>) -> Result<Arc<VaeEncoder>> {
+        self.encoder.get_or_try_init(|| load(&VaeEncoder::graph_beside(self.vae.folder())).map(Arc::new)).cloned()
+    }
+
     /// The LoRAs merged into this pipeline and the warnings about them.
     pub fn lora_report(&self) -> &LoraReport {
         &self.lora
@@ -344,12 +360,29 @@ impl SdxlPipeline {
         &self.text
     }
 
-    /// The image size a request gets on this model: its width/height, or the model's default, checked against
-    /// what the exported UNet can do.
-    pub fn image_size(&self, params: &GenerateParams) -> Result<(u32, u32)> {
-        let default = self.dir.default_image_size();
-        let (w, h) = (params.width.unwrap_or(default), params.height.unwrap_or(default));
+    /// The image size a request gets on this model, checked against what the exported UNet can do: its
+    /// width/height; else, with an init image of size `init_image`, that size rounded down to the multiple the UNet
+    /// needs (diffusers' img2img keeps the image's size, rounded down to a multiple of 8); else the model's default.
+    pub fn image_size(&self, params: &GenerateParams, init_image: Option<(u32, u32)>) -> Result<(u32, u32)> {
         let m = self.dir.size_multiple();
+        let (w, h) = match init_image {
+            Some((iw, ih)) => {
+                if (params.width.is_none() && iw < m) || (params.height.is_none() && ih < m) {
+                    return Err(Error::field(
+                        "data.init_image",
+                        format!(
+                            "the image is {iw}×{ih}: without data.dimensions the image's size, rounded down to a \
+                             multiple of {m}, is used, so it needs at least {m} pixels per side"
+                        ),
+                    ));
+                }
+                (params.width.unwrap_or(iw - iw % m), params.height.unwrap_or(ih - ih % m))
+            }
+            None => {
+                let default = self.dir.default_image_size();
+                (params.width.unwrap_or(default), params.height.unwrap_or(default))
+            }
+        };
         for (field, v) in [("data.dimensions.width", w), ("data.dimensions.height", h)] {
             if v == 0 || v % m != 0 {
                 return Err(Error::field(
@@ -409,28 +442,52 @@ impl SdxlPipeline {
     /// step noise drawn from the same generators), then the refiner's VAE decodes. `controlnets` condition the
     /// base model at every step (its UNet must [`Self::takes_controlnets`]), not the refiner, as diffusers'
     /// ControlNet pipeline with `denoising_end` followed by the refiner does.
+    ///
+    /// With `init` (image-to-image, diffusers' `StableDiffusionXLImg2ImgPipeline`), the base starts at step
+    /// `steps − int(steps × strength)` from the init image's latents ([`encode`]) noised to that level; a refiner
+    /// still takes over at `refiner_switch_at` of the whole schedule (diffusers' `denoising_start` ignores
+    /// strength).
     pub fn generate(
         &self,
         params: &GenerateParams,
         ctx: &mut RunContext<'_>,
         refiner: Option<&SdxlPipeline>,
         controlnets: &[ControlUnit],
+        init: Option<&InitImage>,
     ) -> Result<PipelineOutput> {
         self.check_controlnets(controlnets)?;
         let mut warnings = self.dir.warnings.clone();
         let names: Vec<&str> = params.loras.iter().map(|l| l.name.as_str()).collect();
         warnings.extend(self.lora.warnings(&names));
-        let (width, height) = self.image_size(params)?;
+        let (width, height) = self.image_size(params, init.map(InitImage::size))?;
         let stages: Vec<Expert<'_>> = std::iter::once(Expert::new(self, params)?)
             .chain(refiner.map(|r| Expert::new(r, params)).transpose()?)
             .collect();
         // The evaluations each stage runs: all of them, or the base's first part and the refiner's rest. Building
         // the schedulers here also makes option errors come before any work.
+        // Image-to-image skips the first `skipped` steps (diffusers' `get_timesteps`: t_start · order evaluations).
+        let skipped = match init {
+            Some(_) => params.steps - crate::protocol::normalize::img2img_steps(params.steps, params.strength),
+            None => 0,
+        };
         let mut ranges = Vec::with_capacity(stages.len());
         for (k, stage) in stages.iter().enumerate() {
             let scheduler = stage.scheduler.build(params.steps as usize)?;
             let train = stage.model.dir.scheduler.num_train_timesteps;
-            ranges.push(stage_range(scheduler.as_ref(), train, k, &stages).unwrap_or(0..scheduler.timesteps().len()));
+            let mut range =
+                stage_range(scheduler.as_ref(), train, k, &stages).unwrap_or(0..scheduler.timesteps().len());
+            if k == 0 {
+                let begin = (skipped as usize * scheduler.order()).min(scheduler.timesteps().len());
+                range = begin..range.end.max(begin);
+            }
+            ranges.push(range);
+        }
+        if init.is_some() && ranges.len() > 1 && ranges[0].is_empty() {
+            warnings.push(format!(
+                "the base model got no step: strength {} starts the schedule after refiner_switch_at {}, so the \
+                 refiner denoises the noised init image from the switch point",
+                params.strength, params.refiner_switch_at
+            ));
         }
         if ranges.len() > 1 && ranges[1].is_empty() {
             warnings.push(format!(
@@ -454,6 +511,18 @@ impl SdxlPipeline {
         let decoder = &stages.last().expect("the base stage").model.vae;
         let scale = self.dir.vae.scale_factor;
         let (lh, lw) = ((height / scale) as usize, (width / scale) as usize);
+        timings.denoising_steps = params.steps - skipped;
+        // The init image's posterior, once for the whole batch (diffusers encodes the same image per generator).
+        let moments = match init {
+            Some(init) => {
+                self.report(ctx, &params.request_id, Stage::ImageEncoding, 0, 1, 0, batch)?;
+                let t = Instant::now();
+                let moments = init.encoder.moments(init.pixels.clone(), LATENT_CHANNELS, (lh, lw), ctx.cancel)?;
+                timings.vae_encode = t.elapsed().as_secs_f64();
+                Some(moments)
+            }
+            None => None,
+        };
         let mut images = Vec::with_capacity(batch as usize);
         let mut first = 0usize;
         while first < batch as usize {
@@ -469,13 +538,26 @@ impl SdxlPipeline {
                 let start = match latents.take() {
                     Some(handed_over) => handed_over,
                     None => {
-                        let shape = [n, 4, lh, lw];
-                        let sigma = scheduler.init_noise_sigma();
-                        let init = ArrayD::from_shape_vec(IxDyn(&shape), noise.randn(&shape))
-                            .map_err(|e| Error::Internal(format!("initial noise: {e}")))?
-                            .mapv(|v| v * sigma);
-                        ctx.progress.on_latents(first as u32, None, init.view());
-                        init
+                        let shape = [n, LATENT_CHANNELS, lh, lw];
+                        let initial = |values: Vec<f32>| {
+                            ArrayD::from_shape_vec(IxDyn(&shape), values)
+                                .map_err(|e| Error::Internal(format!("initial noise: {e}")))
+                        };
+                        let start = match &moments {
+                            // diffusers' img2img prepare_latents: each generator draws the posterior sample, then
+                            // the noise add_noise scales to the first step's level.
+                            Some(moments) => {
+                                let image = encode::image_latents(moments, &noise.randn(&shape), n, self.vae.info())?;
+                                let added = initial(noise.randn(&shape))?;
+                                scheduler.add_noise(image.into_dyn().view(), added.view(), range.start)
+                            }
+                            None => {
+                                let sigma = scheduler.init_noise_sigma();
+                                initial(noise.randn(&shape))?.mapv(|v| v * sigma)
+                            }
+                        };
+                        ctx.progress.on_latents(first as u32, None, start.view());
+                        start
                     }
                 };
                 let (ids, neg_ids) = stage.model.time_ids(height, width, params.refiner_aesthetic_scores);
@@ -491,7 +573,8 @@ impl SdxlPipeline {
                     image_index: first as u32,
                     batch_size: batch,
                     started: ctx.started,
-                    steps: params.steps,
+                    steps: params.steps - skipped,
+                    skipped_steps: skipped,
                     controlnets: if std::ptr::eq(stage.model, self) { controlnets } else { &[] },
                 };
                 let (out, evals) = denoise(start, &cond_n, scheduler.as_mut(), range.clone(), &mut noise, &mut dctx)?;
@@ -552,6 +635,9 @@ impl SdxlPipeline {
         }
     }
 }
+
+/// Latent channels of SDXL's VAE (the UNet's `sample` channels).
+const LATENT_CHANNELS: usize = 4;
 
 /// The UNet's conditioning for `n` images: `[uncond × n, cond × n]` when guided, else `cond × n`
 /// (diffusers' `torch.cat([negative_prompt_embeds, prompt_embeds])` after `repeat` per image), with the time ids

@@ -31,7 +31,7 @@ pub const DEFAULT_GUIDANCE_SCALE: f32 = 5.0;
 /// Largest accepted `guidance_scale`.
 pub const MAX_GUIDANCE_SCALE: f64 = 100.0;
 /// Default `data.hyperparameters.strength` (the seed's C# default).
-pub const DEFAULT_STRENGTH: f32 = 0.8;
+pub const DEFAULT_STRENGTH: f64 = 0.8;
 /// Default `data.hyperparameters.refiner_switch_at`: diffusers' documented `high_noise_frac` and A1111's default
 /// "switch at".
 pub const DEFAULT_REFINER_SWITCH_AT: f64 = 0.8;
@@ -226,11 +226,27 @@ pub fn normalize(wire: &WireRequest, limits: &RequestLimits, warnings: &mut Vec<
     let strength = merge("data.strength", d.strength, "data.hyperparameters.strength", h.strength)?;
     let strength = match strength {
         None => DEFAULT_STRENGTH,
-        Some(s) if (0.0..=1.0).contains(&s) => s as f32,
+        Some(s) if (0.0..=1.0).contains(&s) => s,
         Some(s) => {
             return Err(Error::field("data.hyperparameters.strength", format!("must be a number from 0 to 1, got {s}")))
         }
     };
+    let init_image = match &d.init_image {
+        Some(text) if text.trim().is_empty() => {
+            return Err(Error::field("data.init_image", "is empty: give a file path, a data: URL or base64 image data"))
+        }
+        other => other.clone(),
+    };
+    if init_image.is_some() && img2img_steps(steps, strength) == 0 {
+        return Err(Error::field(
+            "data.hyperparameters.strength",
+            format!(
+                "{strength} leaves none of the {steps} steps to run: image-to-image runs int(steps × strength) steps, \
+                 so raise strength to at least {} or use more steps",
+                1.0 / f64::from(steps)
+            ),
+        ));
+    }
 
     let named = |name: Option<&String>| name.filter(|n| !n.trim().is_empty()).cloned();
     let refiner = named(d.models.as_ref().and_then(|m| m.refiner.as_ref()));
@@ -353,6 +369,7 @@ pub fn normalize(wire: &WireRequest, limits: &RequestLimits, warnings: &mut Vec<
         steps,
         guidance_scale,
         seed,
+        init_image,
         strength,
         width,
         height,
@@ -365,6 +382,12 @@ pub fn normalize(wire: &WireRequest, limits: &RequestLimits, warnings: &mut Vec<
         loras,
         controlnets,
     })
+}
+
+/// The steps image-to-image runs for `steps` and `strength`: diffusers' `get_timesteps`,
+/// `min(int(steps × strength), steps)` (float64 product, truncated); the first `steps − that` are skipped.
+pub fn img2img_steps(steps: u32, strength: f64) -> u32 {
+    ((f64::from(steps) * strength) as u32).min(steps)
 }
 
 /// Largest accepted absolute LoRA weight. Real use stays within ±2; the bound only catches typos (e.g. 80 for 0.8).
@@ -637,6 +660,7 @@ mod tests {
             steps: 30,
             guidance_scale: 7.0,
             seed: 12345,
+            init_image: None,
             strength: 0.8,
             width: Some(1024),
             height: Some(768),
@@ -781,6 +805,13 @@ mod tests {
             (minimal(json!({"hyperparameters": {"seed": "42"}})), "data.hyperparameters.seed", "integer"),
             (minimal(json!({"hyperparameters": {"strength": 1.5}})), "data.hyperparameters.strength", "0 to 1"),
             (minimal(json!({"hyperparameters": {"strength": -0.1}})), "data.hyperparameters.strength", "0 to 1"),
+            (minimal(json!({"init_image": " "})), "data.init_image", "empty"),
+            (minimal(json!({"init_image": 7})), "data.init_image", "string"),
+            (
+                minimal(json!({"init_image": "a.png", "hyperparameters": {"num_inference_steps": 4, "strength": 0.2}})),
+                "data.hyperparameters.strength",
+                "at least 0.25",
+            ),
             (minimal(json!({"dimensions": {"width": 1001}})), "data.dimensions.width", "multiple of 8"),
             (minimal(json!({"dimensions": {"width": 0}})), "data.dimensions.width", "multiple of 8"),
             (minimal(json!({"dimensions": {"height": -8}})), "data.dimensions.height", "multiple of 8"),
@@ -838,6 +869,19 @@ mod tests {
             .unwrap()
             .params;
         assert_eq!((p.guidance_scale, p.strength, p.seed), (0.0, 0.0, 0));
+    }
+
+    #[test]
+    fn init_image_is_read_and_strength_counts_steps_as_diffusers() {
+        let p =
+            parse_value(minimal(json!({"init_image": "in.png", "hyperparameters": {"strength": 0.6}}))).unwrap().params;
+        assert_eq!((p.init_image.as_deref(), p.strength), (Some("in.png"), 0.6));
+        // int(steps * strength) in float64, truncated: 0.29 * 100 = 28.999999999999996 runs 28 steps, as Python.
+        assert_eq!(img2img_steps(100, 0.29), 28);
+        assert_eq!((img2img_steps(5, 0.6), img2img_steps(30, 1.0), img2img_steps(4, 0.2)), (3, 30, 0));
+        // Text-to-image ignores strength, however small.
+        let p = parse_value(minimal(json!({"hyperparameters": {"strength": 0.0}}))).unwrap().params;
+        assert_eq!((p.init_image, p.strength), (None, 0.0));
     }
 
     #[test]

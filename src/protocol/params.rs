@@ -45,8 +45,13 @@ pub struct GenerateParams {
     /// Seed of the first image; image `i` of a batch uses `seed + i`. Resolved here: a missing, null or -1 seed
     /// becomes a random one, reported back in the response metadata.
     pub seed: u64,
-    /// img2img strength (`data.hyperparameters.strength`) in [0, 1]. Only image-to-image modes use it.
-    pub strength: f32,
+    /// The image to start from (`data.init_image`: a file path, a `data:` URL or base64 image data): image-to-image
+    /// as diffusers' `StableDiffusionXLImg2ImgPipeline` does it. `None`: text-to-image.
+    pub init_image: Option<String>,
+    /// How much of the schedule image-to-image runs (`data.hyperparameters.strength`, in [0, 1], default 0.8):
+    /// the last `int(steps × strength)` steps, starting from the init image noised to that level (diffusers'
+    /// `strength`, A1111's denoising strength). Text-to-image ignores it (the seed's callers always send it).
+    pub strength: f64,
     /// Image width in pixels (`data.dimensions.width`): a positive multiple of 8, or `None` for the model default.
     pub width: Option<u32>,
     /// Image height in pixels (`data.dimensions.height`): a positive multiple of 8, or `None` for the model default.

@@ -68,7 +68,7 @@ pub struct GeneratedImage {
 pub struct ImageMetadata {
     /// The seed this image used (the request's resolved seed + its batch index).
     pub seed: u64,
-    /// Denoising steps.
+    /// Denoising steps requested (image-to-image runs `init_image.denoising_steps` of them).
     pub steps: u32,
     /// Guidance scale.
     pub guidance_scale: f32,
@@ -88,6 +88,22 @@ pub struct ImageMetadata {
     /// How the image was upscaled after decoding; absent when it was not.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub upscale: Option<UpscaleInfo>,
+    /// The init image it started from (image-to-image); absent for text-to-image.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub init_image: Option<InitImageInfo>,
+}
+
+/// `metadata.init_image`: how image-to-image used `data.init_image` (the image itself is not echoed).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct InitImageInfo {
+    /// The strength it ran with.
+    pub strength: f64,
+    /// The steps that ran: `int(steps × strength)`.
+    pub denoising_steps: u32,
+    /// The init image's width as given (it was resized to the image's width when they differ).
+    pub source_width: u32,
+    /// The init image's height as given.
+    pub source_height: u32,
 }
 
 /// `metadata.upscale`: what `data.output.upscale` did to the image.
@@ -176,7 +192,7 @@ pub struct ModelInfo {
 pub struct ProcessingMetrics {
     /// From receiving the request to the reply, parsing and model loading included.
     pub total_time: f64,
-    /// Text encoding + denoising + VAE decode.
+    /// Text encoding + VAE encode (image-to-image) + denoising + VAE decode.
     pub inference_time: f64,
     /// Loading the model's sessions for this request (0 when it was already loaded).
     #[serde(default)]
@@ -189,6 +205,9 @@ pub struct ProcessingMetrics {
     pub denoising_step_avg: f64,
     /// The VAE decoder.
     pub vae_decode_time: f64,
+    /// The VAE encoder on the init image (image-to-image, `data.init_image`); 0 otherwise.
+    #[serde(default)]
+    pub vae_encode_time: f64,
     /// Image encoding, base64 and file writing.
     pub encode_save_time: f64,
     /// The upscaler's passes and resizes (`data.output.upscale`), the whole batch; 0 without upscaling.
@@ -200,7 +219,7 @@ pub struct ProcessingMetrics {
     pub onnxruntime_time: f64,
     /// UNet runs (a CFG batch of 2 counts once; a batch run one image at a time counts per image).
     pub unet_evaluations: u32,
-    /// Denoising steps per image.
+    /// Denoising steps per image: the requested ones, or image-to-image's `int(steps × strength)`.
     pub steps: u32,
     /// The execution provider and device, e.g. `CPU` or `CUDA:0 (NVIDIA H100)`.
     pub device_name: String,
@@ -341,6 +360,7 @@ mod tests {
                 loras: Vec::new(),
                 controlnets: Vec::new(),
                 upscale: None,
+                init_image: None,
             },
         }
     }
@@ -394,6 +414,7 @@ mod tests {
                 "unet_evaluations",
                 "upscale_time",
                 "vae_decode_time",
+                "vae_encode_time",
             ]
         );
         assert!(m["device_memory_used"].is_null());

@@ -81,6 +81,9 @@ pub struct WireData {
     /// `negative_prompt_2`: the negative text for the second encoder.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub negative_prompt_2: Option<String>,
+    /// `init_image`: the image to start from (image-to-image): a file path, a `data:` URL or base64 image data.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub init_image: Option<String>,
     /// Legacy `model_name` (the seed sends it together with `models.base`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub model_name: Option<String>,
@@ -342,6 +345,7 @@ const DATA_KEYS: &[&str] = &[
     "negative_prompt",
     "prompt_2",
     "negative_prompt_2",
+    "init_image",
     "model_name",
     "models",
     "hyperparameters",
@@ -402,6 +406,7 @@ impl WireData {
             negative_prompt: obj.string("negative_prompt")?,
             prompt_2: obj.string("prompt_2")?,
             negative_prompt_2: obj.string("negative_prompt_2")?,
+            init_image: obj.string("init_image")?,
             model_name: obj.string("model_name")?,
             models: obj.child("models")?.map(|o| WireModels::decode(&o, warnings)).transpose()?,
             hyperparameters: obj

@@ -770,6 +770,17 @@ macro_rules! sigma_grid_methods {
         fn set_begin_index(&mut self, begin_index: usize) {
             self.grid.begin_index = Some(begin_index);
         }
+
+        /// `original + noise · σ` at `sigmas[index]`.
+        fn add_noise(
+            &self,
+            original: ndarray::ArrayViewD<'_, f32>,
+            noise: ndarray::ArrayViewD<'_, f32>,
+            index: usize,
+        ) -> ndarray::ArrayD<f32> {
+            let sigma = self.grid.sigmas[index];
+            ndarray::Zip::from(&original).and(&noise).map_collect(|&x, &e| x + e * sigma)
+        }
     };
     (1) => {
         sigma_grid_methods!(@grid);

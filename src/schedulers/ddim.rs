@@ -331,6 +331,13 @@ impl Scheduler for DdimScheduler {
         self.begin_index = Some(begin_index);
     }
 
+    /// `ᾱ_t^½ · original + (1 − ᾱ_t)^½ · noise` at the timestep of evaluation `index`.
+    fn add_noise(&self, original: ArrayViewD<'_, f32>, noise: ArrayViewD<'_, f32>, index: usize) -> ArrayD<f32> {
+        let a = self.alpha_cumprod(self.timesteps[index]);
+        let (sa, sb) = (a.sqrt(), (1.0 - a).sqrt());
+        Zip::from(&original).and(&noise).map_collect(|&x, &e| sa * x + sb * e)
+    }
+
     fn completed_steps(&self, index: usize) -> usize {
         index + 1
     }
@@ -338,7 +345,7 @@ impl Scheduler for DdimScheduler {
 
 #[cfg(test)]
 mod tests {
-    use ndarray::{ArrayD, IxDyn, Zip};
+    use ndarray::{ArrayD, IxDyn};
     use serde_json::{json, Map, Value};
 
     use super::super::testutil::{
@@ -372,10 +379,7 @@ mod tests {
         let mut sample = dummy_sample_deter();
         let begin = t_start.unwrap_or(0);
         if t_start.is_some() {
-            // add_noise: ᾱ_t^½ x + (1 − ᾱ_t)^½ ε at the first remaining timestep.
-            let a = s.alpha_cumprod(s.timesteps[begin]);
-            let (sa, sb) = (a.sqrt(), (1.0 - a).sqrt());
-            Zip::from(&mut sample).and(&dummy_noise_deter()).for_each(|x, &n| *x = sa * *x + sb * n);
+            sample = s.add_noise(sample.view(), dummy_noise_deter().view(), begin);
             s.set_begin_index(begin);
         }
         for i in begin..s.timesteps().len() {

@@ -637,6 +637,17 @@ macro_rules! grid_scheduler_methods {
             self.grid.begin_index = Some(begin_index);
         }
 
+        /// `α_t · original + σ_t · noise` with `(α_t, σ_t) = _sigma_to_alpha_sigma_t(sigmas[index])`.
+        fn add_noise(
+            &self,
+            original: ndarray::ArrayViewD<'_, f32>,
+            noise: ndarray::ArrayViewD<'_, f32>,
+            index: usize,
+        ) -> ndarray::ArrayD<f32> {
+            let (alpha, sigma) = super::dpm_family::alpha_sigma_t(self.grid.sigmas[index]);
+            ndarray::Zip::from(&original).and(&noise).map_collect(|&x, &e| alpha * x + sigma * e)
+        }
+
         fn completed_steps(&self, index: usize) -> usize {
             index + 1
         }

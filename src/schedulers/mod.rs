@@ -9,7 +9,7 @@
 //! ```text
 //! let resolved = schedulers::resolve(request_name, &overrides, &model_config)?;
 //! let mut s = resolved.build(steps)?;
-//! latents *= s.init_noise_sigma();
+//! latents *= s.init_noise_sigma();             // img2img: s.add_noise(image_latents, noise, begin)
 //! for i in begin..s.timesteps().len() {
 //!     let x = s.scale_model_input(latents.view(), i);
 //!     let eps = unet(x, s.timesteps()[i]);           // CFG etc. in the pipeline
@@ -97,6 +97,12 @@ pub trait Scheduler: Send {
     /// Sets the first evaluation index (img2img, diffusers' `set_begin_index(t_start * order)`); calls before it
     /// are errors.
     fn set_begin_index(&mut self, begin_index: usize);
+    /// Noises `original` to the level of evaluation `index` (diffusers' `add_noise` at the begin index, which is
+    /// how img2img starts): `x + σ·ε` for the sigma schedulers, `α_t·x + σ_t·ε` for the DPM-Solver family,
+    /// `ᾱ_t^½·x + (1 − ᾱ_t)^½·ε` for DDIM; float32 op by op as torch.
+    ///
+    /// Panics if `index` is not below `timesteps().len()` or the shapes differ (pipeline bugs, never user input).
+    fn add_noise(&self, original: ArrayViewD<'_, f32>, noise: ArrayViewD<'_, f32>, index: usize) -> ArrayD<f32>;
     /// Which user-visible step (1-based) has completed after evaluation `index` (Heun/KDPM2 call the UNet twice per
     /// step).
     fn completed_steps(&self, index: usize) -> usize;

@@ -5,7 +5,7 @@
 
 use std::collections::VecDeque;
 
-use ndarray::{ArrayD, IxDyn, Zip};
+use ndarray::{ArrayD, IxDyn};
 use serde_json::{json, Map, Value};
 
 use super::{resolve, Scheduler, SchedulerConfig};
@@ -189,8 +189,7 @@ pub(crate) fn full_loop(
     let begin = t_start.map_or(0, |t| t * s.order());
     if t_start.is_some() {
         s.set_begin_index(begin);
-        let sigma = s.sigmas()[begin];
-        Zip::from(&mut sample).and(&dummy_noise_deter()).for_each(|x, &n| *x += n * sigma);
+        sample = s.add_noise(sample.view(), dummy_noise_deter().view(), begin);
     }
     for i in begin..s.timesteps().len() {
         let t = s.timesteps()[i];
@@ -301,8 +300,7 @@ pub(crate) fn dpm_unit_loop(class: &str, config: &Value, steps: usize, start: us
     let mut s = r.build(steps).expect("builds");
     let mut sample = dummy_sample_deter();
     if add_noise {
-        let (alpha, sigma) = super::dpm_family::alpha_sigma_t(s.sigmas()[start]);
-        sample = Zip::from(&sample).and(&dummy_noise_deter()).map_collect(|&x, &e| alpha * x + sigma * e);
+        sample = s.add_noise(sample.view(), dummy_noise_deter().view(), start);
     }
     s.set_begin_index(start);
     let mut none = ScriptedNoise::none();

@@ -290,6 +290,11 @@ impl Golden {
                 .collect();
             data["controlnet"] = serde_json::json!({ "enabled": true, "models": units });
         }
+        // onnx/make_img2img.py's cases: the init image and the strength
+        if let Some(image) = self.meta.get("init_image") {
+            data["init_image"] = serde_json::json!(fixtures().join("img2img").join(image));
+            data["hyperparameters"]["strength"] = serde_json::json!(self.meta::<f64>("strength"));
+        }
         serde_json::json!({ "message_type": "inference_request", "request_id": self.name, "data": data }).to_string()
     }
 }
@@ -346,15 +351,24 @@ macro_rules! assert_close {
 /// refiner's evaluation indices restart inside the base's (Heun re-evaluates the switch timestep), so an ordered
 /// list, not a map by index.
 #[derive(Default)]
-pub struct Sequence(std::collections::BTreeMap<u32, Vec<Vec<f32>>>);
+pub struct Sequence {
+    /// The latents after each evaluation, per chunk.
+    steps: std::collections::BTreeMap<u32, Vec<Vec<f32>>>,
+    /// The starting latents (noise × init_noise_sigma, or image-to-image's noised init latents), per chunk.
+    initial: std::collections::BTreeMap<u32, Vec<f32>>,
+}
 
 impl sdxlrt::pipeline::Progress for Sequence {
     fn report(&mut self, _: &sdxlrt::pipeline::ProgressEvent<'_>) -> bool {
         true
     }
     fn on_latents(&mut self, image_index: u32, step: Option<usize>, latents: ndarray::ArrayViewD<'_, f32>) {
-        if step.is_some() {
-            self.0.entry(image_index).or_default().push(latents.iter().copied().collect());
+        let values = latents.iter().copied().collect();
+        match step {
+            Some(_) => self.steps.entry(image_index).or_default().push(values),
+            None => {
+                self.initial.insert(image_index, values);
+            }
         }
     }
 }
@@ -368,11 +382,16 @@ pub fn check_case(engine: &sdxlrt::engine::Engine, case: &str, parallel: bool) -
     let outcome = engine.generate(&g.request("tiny-sdxl", parallel), &mut seen, true);
     assert!(outcome.error.is_none(), "{case}: {:?}\n{}", outcome.error, outcome.response_json);
     let evaluations = g.tensors.keys().filter(|k| k.starts_with("latents_step_")).count();
-    for (chunk, steps) in &seen.0 {
+    for (chunk, steps) in &seen.steps {
         assert_eq!(steps.len(), evaluations, "{case}: latents of the chunk at image {chunk}, base and refiner");
     }
+    // onnx/make_img2img.py's goldens: the init image's latents noised to the first step's level
+    if let Some(want) = g.tensors.get("noised_latents") {
+        let got: Vec<f32> = seen.initial.values().flatten().copied().collect();
+        assert_close!(got, want.f32, 1e-4, 1e-5, "{case} (parallel {parallel}): noised init latents");
+    }
     for i in 0..evaluations {
-        let got: Vec<f32> = seen.0.values().flat_map(|steps| steps[i].iter().copied()).collect();
+        let got: Vec<f32> = seen.steps.values().flat_map(|steps| steps[i].iter().copied()).collect();
         let want = &g.t(&format!("latents_step_{i}")).f32;
         assert_close!(got, want, 1e-4, 1e-5, "{case} (parallel {parallel}): latents after evaluation {i}");
     }

@@ -1,0 +1,222 @@
+//! Image-to-image (`data.init_image` + `strength`): parity with diffusers' `StableDiffusionXLImg2ImgPipeline` on
+//! goldens made by onnx/make_img2img.py from the same tiny weights — the noised init latents and the latents after
+//! every step ≤ 1e-4 + 1e-5·|x|, images within ±1/255 — for every scheduler, a resized init image, a batch, full
+//! and low strength, a ControlNet and a refiner; then sizes, progress, metadata and errors.
+
+use ndarray::Array4;
+use sdxlrt::engine::Engine;
+use sdxlrt::image::source;
+use sdxlrt::pipeline::encode::{image_latents, pixels, VaeEncoder};
+use sdxlrt::pipeline::model_dir::ModelDir;
+use sdxlrt::pipeline::{NoProgress, Progress, ProgressEvent, Stage};
+use sdxlrt::runtime::{CancelToken, SessionConfig};
+
+use crate::util::{check_case, fixtures, max_u8_diff, options_json, Golden};
+
+fn engine() -> Engine {
+    Engine::new(Some(&options_json())).expect("engine")
+}
+
+fn reply(engine: &Engine, request: &str) -> serde_json::Value {
+    serde_json::from_str(&engine.generate(request, &mut NoProgress, false).response_json).unwrap()
+}
+
+fn tensor4(t: &crate::util::Tensor) -> Array4<f32> {
+    let s = &t.shape;
+    Array4::from_shape_vec((s[0], s[1], s[2], s[3]), t.f32.clone()).unwrap()
+}
+
+#[test]
+fn img2img_matches_diffusers_with_every_scheduler() {
+    let engine = engine();
+    for case in [
+        "img2img",
+        "img2img_euler_a",
+        "img2img_ddim",
+        "img2img_dpmpp_2m",
+        "img2img_dpmpp_single",
+        "img2img_unipc",
+        "img2img_lms",
+        "img2img_heun",
+        "img2img_kdpm2",
+        "img2img_kdpm2_a",
+    ] {
+        check_case(&engine, case, false);
+    }
+}
+
+#[test]
+fn the_response_says_how_the_init_image_was_used() {
+    let reply = check_case(&engine(), "img2img", true);
+    let meta = &reply["data"]["generated_images"][0]["metadata"];
+    assert_eq!(meta["steps"], 5, "{meta}");
+    assert_eq!(
+        meta["init_image"],
+        serde_json::json!({"strength": 0.6, "denoising_steps": 3, "source_width": 64,
+        "source_height": 64})
+    );
+    let metrics = &reply["data"]["processing_metrics"];
+    assert_eq!((metrics["steps"].as_u64(), metrics["unet_evaluations"].as_u64()), (Some(3), Some(3)), "{metrics}");
+    assert!(metrics["vae_encode_time"].as_f64().unwrap() > 0.0, "{metrics}");
+}
+
+#[test]
+fn an_init_image_of_another_size_is_resized_with_lanczos_as_diffusers_preprocess_does() {
+    check_case(&engine(), "img2img_resized", true);
+    let g = Golden::load("img2img_resized");
+    let image = source::load(fixtures().join("img2img/init_80x60.png").to_str().unwrap(), "test").unwrap();
+    let got = pixels(&image, 96, 64);
+    assert_eq!(got.shape(), g.t("init_image").shape.as_slice());
+    assert_eq!(got.iter().copied().collect::<Vec<f32>>(), g.t("init_image").f32, "pixels differ from diffusers'");
+}
+
+#[test]
+fn a_batch_draws_each_images_posterior_and_noise_from_its_own_generator() {
+    let engine = engine();
+    check_case(&engine, "img2img_batch2", false);
+    check_case(&engine, "img2img_batch2", true);
+}
+
+#[test]
+fn full_and_low_strength_run_the_steps_diffusers_runs() {
+    let engine = engine();
+    // Strength 1 starts at the first timestep that runs (667 with leading spacing), not at pure noise.
+    check_case(&engine, "img2img_full", true);
+    // 25 × 0.12 is 3.0 in float64 (3 steps); a float32 strength would give 2.
+    check_case(&engine, "img2img_low_strength", true);
+}
+
+#[test]
+fn a_controlnets_window_counts_the_steps_image_to_image_runs() {
+    let reply = check_case(&engine(), "img2img_controlnet", true);
+    assert_eq!(reply["data"]["generated_images"][0]["metadata"]["controlnets"][0]["model"], "tiny-controlnet");
+}
+
+#[test]
+fn the_refiner_takes_over_from_an_image_to_image_base_as_diffusers_does() {
+    let reply = check_case(&engine(), "img2img_refiner", true);
+    assert_eq!(reply["data"]["generated_images"][0]["metadata"]["model_info"]["refiner_model"], "tiny-sdxl-refiner");
+}
+
+#[test]
+fn the_vae_encoder_and_the_posterior_sample_match_diffusers() {
+    let engine = engine();
+    let g = Golden::load("img2img");
+    let config = SessionConfig { intra_op_threads: Some(1), ..Default::default() };
+    let path = VaeEncoder::graph_beside(&fixtures().join("tiny-sdxl/vae_decoder"));
+    let encoder = VaeEncoder::load(&engine.runtime().env, &path, &config).unwrap();
+    let image = source::load(fixtures().join("img2img/init_64.png").to_str().unwrap(), "test").unwrap();
+    let input = pixels(&image, 64, 64);
+    assert_eq!(input.iter().copied().collect::<Vec<f32>>(), g.t("init_image").f32, "pixels differ from diffusers'");
+    let moments = encoder.moments(input, 4, (8, 8), &CancelToken::new()).unwrap();
+    let got: Vec<f32> = moments.iter().copied().collect();
+    assert_close!(got, g.t("encoder_moments").f32, 1e-4, 1e-5, "VAE encoder moments");
+    let vae = ModelDir::open(&fixtures().join("tiny-sdxl")).unwrap().vae;
+    let z = image_latents(&tensor4(g.t("encoder_moments")), &g.t("encoder_noise").f32, 1, &vae).unwrap();
+    let got: Vec<f32> = z.iter().copied().collect();
+    assert_close!(got, g.t("image_latents").f32, 1e-6, 1e-6, "posterior sample × scaling_factor");
+}
+
+#[test]
+fn the_init_images_content_reaches_the_latents() {
+    // The goldens would not catch an ignored init image if it did not matter: a flat grey one moves the first
+    // step's latents far beyond the tolerance.
+    let engine = engine();
+    let g = Golden::load("img2img");
+    let mut request: serde_json::Value = serde_json::from_str(&g.request("tiny-sdxl", true)).unwrap();
+    let grey = image::RgbImage::from_pixel(64, 64, image::Rgb([128, 128, 128]));
+    let mut png = Vec::new();
+    grey.write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png).unwrap();
+    use base64::Engine as _;
+    request["data"]["init_image"] = base64::engine::general_purpose::STANDARD.encode(&png).into();
+    let outcome = engine.generate(&request.to_string(), &mut NoProgress, true);
+    assert!(outcome.error.is_none(), "{}", outcome.response_json);
+    let (worst, _) = max_u8_diff(&outcome.images[0].data, &g.t("image_u8").u8);
+    assert!(worst >= 5, "a grey init image changed the image by only {worst}/255");
+}
+
+#[test]
+fn without_dimensions_the_init_images_size_rounded_down_is_used() {
+    let engine = engine();
+    let g = Golden::load("img2img");
+    let mut request: serde_json::Value = serde_json::from_str(&g.request("tiny-sdxl", true)).unwrap();
+    request["data"].as_object_mut().unwrap().remove("dimensions");
+    request["data"]["init_image"] = fixtures().join("img2img/init_80x60.png").to_str().unwrap().into();
+    let outcome = engine.generate(&request.to_string(), &mut NoProgress, true);
+    assert!(outcome.error.is_none(), "{}", outcome.response_json);
+    let m = ModelDir::open(&fixtures().join("tiny-sdxl")).unwrap().size_multiple();
+    assert_eq!((outcome.images[0].width, outcome.images[0].height), (80 - 80 % m, 60 - 60 % m));
+    let reply: serde_json::Value = serde_json::from_str(&outcome.response_json).unwrap();
+    let info = &reply["data"]["generated_images"][0]["metadata"]["init_image"];
+    assert_eq!((info["source_width"].as_u64(), info["source_height"].as_u64()), (Some(80), Some(60)));
+}
+
+/// Records the stages and the denoising steps reported.
+#[derive(Default)]
+struct Stages(Vec<(Stage, u32, u32)>);
+
+impl Progress for Stages {
+    fn report(&mut self, event: &ProgressEvent<'_>) -> bool {
+        self.0.push((event.stage, event.step, event.total_steps));
+        true
+    }
+}
+
+#[test]
+fn progress_reports_the_encode_stage_and_counts_only_the_steps_that_run() {
+    let engine = engine();
+    let g = Golden::load("img2img_heun");
+    let mut seen = Stages::default();
+    let outcome = engine.generate(&g.request("tiny-sdxl", true), &mut seen, false);
+    assert!(outcome.error.is_none(), "{}", outcome.response_json);
+    let encode = seen.0.iter().position(|s| s.0 == Stage::ImageEncoding).expect("an ImageEncoding report");
+    let first_step = seen.0.iter().position(|s| s.0 == Stage::Denoising).unwrap();
+    assert!(encode < first_step);
+    let steps: Vec<(u32, u32)> = seen.0.iter().filter(|s| s.0 == Stage::Denoising).map(|s| (s.1, s.2)).collect();
+    // Heun, 6 steps at strength 0.5: 3 steps run (5 UNet evaluations), reported 1/3, 2/3, 3/3.
+    assert_eq!(steps, [(1, 3), (2, 3), (3, 3)]);
+}
+
+#[test]
+fn bad_init_images_are_errors_naming_the_field_and_the_engine_keeps_working() {
+    let engine = engine();
+    let g = Golden::load("img2img");
+    let good: serde_json::Value = serde_json::from_str(&g.request("tiny-sdxl", true)).unwrap();
+    let with = |path: &[&str], value: serde_json::Value| {
+        let mut r = good.clone();
+        let mut at = &mut r["data"];
+        for key in path {
+            at = &mut at[*key];
+        }
+        *at = value;
+        r.to_string()
+    };
+    let tiny = std::env::temp_dir().join(format!("sdxlrt-4x4-{}.png", std::process::id()));
+    image::RgbImage::from_pixel(4, 4, image::Rgb([9, 9, 9])).save(&tiny).unwrap();
+    let no_size = {
+        let mut r: serde_json::Value =
+            serde_json::from_str(&with(&["init_image"], tiny.to_str().unwrap().into())).unwrap();
+        r["data"].as_object_mut().unwrap().remove("dimensions");
+        r.to_string()
+    };
+    let cases = [
+        (with(&["init_image"], "/no/such/photo.png".into()), "invalid_request", "data.init_image"),
+        (with(&["init_image"], "".into()), "invalid_request", "data.init_image"),
+        (no_size, "invalid_request", "data.init_image"),
+        (with(&["hyperparameters", "strength"], 0.1.into()), "invalid_request", "data.hyperparameters.strength"),
+        // The float16 export has no vae_encoder; tiny-vae-b is a decoder alone.
+        (with(&["models", "base"], "tiny-sdxl-fp16".into()), "model_not_found", "vae_encoder"),
+        (with(&["models", "vae"], "tiny-vae-b".into()), "model_not_found", "vae_encoder"),
+    ];
+    for (request, code, needle) in cases {
+        let reply = reply(&engine, &request);
+        assert_eq!(reply["success"], false, "{needle}");
+        assert_eq!(reply["error_code"], code, "{needle}: {reply}");
+        assert!(reply["error"].as_str().unwrap().contains(needle), "{needle}: {}", reply["error"]);
+    }
+    std::fs::remove_file(&tiny).unwrap();
+    let outcome = engine.generate(&good.to_string(), &mut NoProgress, true);
+    assert!(outcome.error.is_none(), "the engine still works: {}", outcome.response_json);
+    let (worst, at) = max_u8_diff(&outcome.images[0].data, &g.t("image_u8").u8);
+    assert!(worst <= 1, "after the errors the image differs from diffusers by {worst}/255 at {at}");
+}
