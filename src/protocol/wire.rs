@@ -393,6 +393,9 @@ impl WireRequest {
     }
 }
 
+/// The names other tools give an inpainting mask (diffusers `mask_image`, A1111 `mask`): refused, not ignored.
+const INPAINT_KEYS: &[&str] = &["mask_image", "mask"];
+
 impl WireData {
     fn decode(obj: &Obj<'_>, warnings: &mut Vec<String>) -> Result<Self> {
         Self::decode_with_extra(obj, &[], warnings)
@@ -427,7 +430,16 @@ impl WireData {
             width: obj.int("width")?,
             height: obj.int("height")?,
         };
-        let known: Vec<&str> = DATA_KEYS.iter().chain(extra_keys).copied().collect();
+        // An inpainting mask must not be dropped with a warning: the request would redraw the whole image.
+        for key in INPAINT_KEYS {
+            if obj.get(key).is_some_and(|v| !v.is_null()) {
+                return Err(Error::unsupported(
+                    obj.path_of(key),
+                    "inpainting is not implemented yet; send data.init_image without a mask for image-to-image",
+                ));
+            }
+        }
+        let known: Vec<&str> = DATA_KEYS.iter().chain(extra_keys).chain(INPAINT_KEYS).copied().collect();
         obj.warn_unknown(&known, warnings);
         Ok(data)
     }
@@ -918,6 +930,22 @@ mod tests {
         assert_eq!(r.message_type.as_deref(), Some("inference_request"));
         assert_eq!(r.request_id.as_deref(), Some("r"));
         assert_eq!(w, ["ignored unknown field data.z"]);
+    }
+
+    #[test]
+    fn an_inpainting_mask_is_refused_not_ignored() {
+        for key in ["mask_image", "mask"] {
+            let (r, _) = decode(json!({"data": {"prompt": "x", "init_image": "a.png", key: "m.png"}}));
+            match r {
+                Err(Error::Unsupported { field, message }) => {
+                    assert_eq!(field, format!("data.{key}"));
+                    assert!(message.contains("inpainting"), "{message}");
+                }
+                other => panic!("{key}: {other:?}"),
+            }
+        }
+        let (r, w) = decode(json!({"data": {"prompt": "x", "mask_image": null}}));
+        assert!(r.is_ok() && w.is_empty(), "{w:?}");
     }
 
     #[test]
