@@ -1,6 +1,7 @@
 // End-to-end tests of the C# binding on the tiny SDXL fixture (tests/fixtures/tiny-sdxl), run on mono and on the
 // .NET 8 runtime by scripts/csharp_test.sh. Environment: SDXLRT_FIXTURES (tests/fixtures) and SDXLRT_TEST_DATA
-// (the cfg_neg golden's image_u8 as raw bytes plus its metadata, written by tools/golden_to_raw.py).
+// (the cfg_neg, controlnet and img2img goldens' image_u8 as raw bytes plus their metadata, written by
+// tools/golden_to_raw.py).
 using System;
 using System.Collections.Generic;
 using System.IO;
@@ -119,6 +120,39 @@ namespace SdxlRt.Tests
             return r;
         }
 
+        /// <summary>The img2img golden's request (diffusers' StableDiffusionXLImg2ImgPipeline from init_64.png).</summary>
+        public static EnhancedSDXLRequest Img2Img()
+        {
+            Dictionary<string, string> m = GoldenMeta("img2img");
+            var r = new EnhancedSDXLRequest();
+            r.Conditioning.Prompt = m["prompt"];
+            r.Conditioning.NegativePrompt = m["negative_prompt"];
+            r.Conditioning.InitImage = Path.Combine(Fixtures, "img2img", m["init_image"]);
+            r.Model.Base = "tiny-sdxl";
+            r.Scheduler.Steps = int.Parse(m["steps"]);
+            r.Scheduler.GuidanceScale = double.Parse(m["guidance_scale"], System.Globalization.CultureInfo.InvariantCulture);
+            r.Hyperparameters.Seed = long.Parse(m["seed"]);
+            r.Hyperparameters.Strength = double.Parse(m["strength"], System.Globalization.CultureInfo.InvariantCulture);
+            r.Hyperparameters.Width = int.Parse(m["width"]);
+            r.Hyperparameters.Height = int.Parse(m["height"]);
+            r.Hyperparameters.BatchSize = int.Parse(m["batch_size"]);
+            return r;
+        }
+
+        /// <summary>Every byte within ±<paramref name="tolerance"/> of the golden's (diffusers' float32 math rounds
+        /// to 8 bits a step away from sdxlrt's on some pixels, as tests/img2img.rs allows).</summary>
+        public static void NearPixels(byte[] want, byte[] got, int tolerance, string what)
+        {
+            Assert.Equal(want.Length, got.Length, what + ": byte count");
+            for (int i = 0; i < want.Length; i++)
+            {
+                if (Math.Abs(want[i] - got[i]) > tolerance)
+                {
+                    throw new AssertionException(what + ": byte " + i + " differs by more than " + tolerance + ": expected " + want[i] + ", got " + got[i]);
+                }
+            }
+        }
+
         public static void SamePixels(byte[] want, byte[] got, string what)
         {
             Assert.Equal(want.Length, got.Length, what + ": byte count");
@@ -182,6 +216,26 @@ namespace SdxlRt.Tests
         }
 
         [Test]
+        public static void the_init_image_is_sent_only_when_given_and_keeps_the_seeds_routing()
+        {
+            var r = new EnhancedSDXLRequest();
+            r.Conditioning.Prompt = "p";
+            r.Model.Base = "m";
+            var t = new EnhancedRequestTransformer();
+            string plain = t.ToJson(r, "id-0");
+            Assert.True(!plain.Contains("init_image"), "no init_image key for text-to-image: " + plain);
+            Assert.True(plain.Contains("\"strength\":0.8"), "the seed's default strength: " + plain);
+            r.Conditioning.InitImage = "data:image/png;base64,iVBORw0KGgo=";
+            r.Hyperparameters.Strength = 0.6;
+            string json = t.ToJson(r, "id-0");
+            Assert.True(json.Contains("\"init_image\":\"data:image/png;base64,iVBORw0KGgo=\""), "init_image sent: " + json);
+            Assert.True(json.Contains("\"strength\":0.6"), "strength sent: " + json);
+            Assert.Equal("sdxl_worker", t.DetermineWorkerType(r), "image-to-image alone keeps the seed's plain worker");
+            var back = Json.Deserialize<InferenceRequestMessage>(json);
+            Assert.Equal(r.Conditioning.InitImage, back.Data.InitImage, "init_image round trip");
+        }
+
+        [Test]
         public static void the_refiner_switch_point_is_sent_only_when_given()
         {
             var r = new EnhancedSDXLRequest();
@@ -212,6 +266,7 @@ namespace SdxlRt.Tests
             r.Model.Base = "m";
             r.Model.Refiner = "ref";
             r.Hyperparameters.Strength = 0.35;
+            r.Conditioning.InitImage = "/srv/in/start.png";
             r.Hyperparameters.BatchSize = 2;
             r.Output.Format = "JPEG";
             r.Output.Quality = 80;
@@ -234,7 +289,7 @@ namespace SdxlRt.Tests
                 "\"upscale\":{\"enabled\":true,\"factor\":4,\"model\":\"RealESRGAN\"},\"return_image_data\":true}," +
                 "\"batch\":{\"size\":2,\"parallel\":false}," +
                 "\"metadata\":{\"request_id\":\"id-1\",\"priority\":\"normal\",\"timeout\":300," +
-                "\"tags\":[\"enhanced_sdxl\",\"c_sharp_service\"]}}}";
+                "\"tags\":[\"enhanced_sdxl\",\"c_sharp_service\"]},\"init_image\":\"/srv/in/start.png\"}}";
             Assert.Equal(expected, json, "transformer JSON with every feature");
             var t = new EnhancedRequestTransformer();
             Assert.Equal("sdxl_worker", t.DetermineWorkerType(new EnhancedSDXLRequest()), "plain request worker");
@@ -260,10 +315,11 @@ namespace SdxlRt.Tests
                 "\"image_data\":\"iVBO\",\"format\":\"png\",\"width\":64,\"height\":32,\"metadata\":{\"seed\":18446744073709551615," +
                 "\"steps\":30,\"guidance_scale\":7.5,\"scheduler\":\"EulerDiscreteScheduler\",\"scheduler_options\":{\"x\":1}," +
                 "\"model_info\":{\"base_model\":\"sdxl\",\"refiner_model\":null,\"vae_model\":null}," +
-                "\"upscale\":{\"model\":\"4x\",\"factor\":3,\"model_scale\":4,\"passes\":1}}}]," +
+                "\"upscale\":{\"model\":\"4x\",\"factor\":3,\"model_scale\":4,\"passes\":1}," +
+                "\"init_image\":{\"strength\":0.6,\"denoising_steps\":18,\"source_width\":80,\"source_height\":60}}}]," +
                 "\"processing_metrics\":{\"total_time\":2.5,\"inference_time\":2.0,\"text_encoding_time\":0.1," +
                 "\"denoising_time\":1.5,\"denoising_step_avg\":null,\"vae_decode_time\":0.3,\"encode_save_time\":0.1," +
-                "\"upscale_time\":0.25," +
+                "\"upscale_time\":0.25,\"vae_encode_time\":0.125," +
                 "\"unet_evaluations\":30,\"steps\":30,\"device_name\":\"CPU\",\"device_memory_used\":null,\"peak_memory\":123}}," +
                 "\"warnings\":[\"w\"],\"error\":null,\"error_code\":null}";
             EnhancedSDXLResponse r = EnhancedSDXLResponse.FromJson(json);
@@ -282,8 +338,21 @@ namespace SdxlRt.Tests
             Assert.Equal(4, g.Metadata.Upscale.ModelScale, "upscale model scale");
             Assert.Equal(1, g.Metadata.Upscale.Passes, "upscale passes");
             Assert.Equal((double?)0.25, r.ProcessingMetrics.UpscaleTime, "upscale time");
-            string plain = json.Replace(",\"upscale\":{\"model\":\"4x\",\"factor\":3,\"model_scale\":4,\"passes\":1}", "");
-            Assert.True(EnhancedSDXLResponse.FromJson(plain).GeneratedImages[0].Metadata.Upscale == null, "no upscale");
+            InitImageInfo init = g.Metadata.InitImage;
+            Assert.True(init != null, "init image metadata");
+            Assert.Equal(0.6, init.Strength, "init strength");
+            Assert.Equal(18, init.DenoisingSteps, "init denoising steps");
+            Assert.Equal(80, init.SourceWidth, "init source width");
+            Assert.Equal(60, init.SourceHeight, "init source height");
+            Assert.Equal((double?)0.125, r.ProcessingMetrics.VaeEncodeTime, "vae encode time");
+            string plain = json.Replace(",\"upscale\":{\"model\":\"4x\",\"factor\":3,\"model_scale\":4,\"passes\":1}", "")
+                .Replace(",\"init_image\":{\"strength\":0.6,\"denoising_steps\":18,\"source_width\":80,\"source_height\":60}", "")
+                .Replace("\"vae_encode_time\":0.125,", "");
+            Assert.True(plain != json && !plain.Contains("init_image") && !plain.Contains("vae_encode"), "stripped: " + plain);
+            EnhancedSDXLResponse t2i = EnhancedSDXLResponse.FromJson(plain);
+            Assert.True(t2i.GeneratedImages[0].Metadata.Upscale == null, "no upscale");
+            Assert.True(t2i.GeneratedImages[0].Metadata.InitImage == null, "no init image (text-to-image)");
+            Assert.Equal(null, t2i.ProcessingMetrics.VaeEncodeTime, "no vae_encode_time key");
         }
     }
 
@@ -327,6 +396,56 @@ namespace SdxlRt.Tests
             Assert.Equal("tiny-controlnet", img.Metadata.ControlNets[0].Model, "unit model");
             Assert.Equal("edges", img.Metadata.ControlNets[0].Type, "unit type");
             Assert.Equal(1.0, img.Metadata.ControlNets[0].GuidanceEnd, "unit guidance end");
+        }
+
+        [Test]
+        public static void img2img_pixels_equal_the_rust_parity_golden_with_metadata_and_progress()
+        {
+            EnhancedSDXLRequest req = Fixture.Img2Img();
+            Assert.Equal((double?)0.6, req.Hyperparameters.Strength, "the golden's strength");
+            Assert.Equal((int?)5, req.Scheduler.Steps, "the golden's steps");
+            var events = new List<GenerationProgress>();
+            EnhancedSDXLResponse r = Fixture.Engine.GenerateImagesAsync(req, new SyncProgress(p => events.Add(p)))
+                .GetAwaiter().GetResult();
+            Assert.True(r.Success, "success: " + r.Error);
+            Assert.Equal(1, r.GeneratedImages.Count, "images");
+            GeneratedImage img = r.GeneratedImages[0];
+            Assert.Equal(64, img.Pixels.Width, "width");
+            Assert.Equal(64, img.Pixels.Height, "height");
+            Fixture.NearPixels(Fixture.GoldenPixels("img2img"), img.Pixels.Data, 1, "img2img image_u8");
+
+            InitImageInfo init = img.Metadata.InitImage;
+            Assert.True(init != null, "metadata.init_image");
+            Assert.Equal(0.6, init.Strength, "strength");
+            Assert.Equal(3, init.DenoisingSteps, "int(5 × 0.6) steps ran");
+            Assert.Equal(64, init.SourceWidth, "source width");
+            Assert.Equal(64, init.SourceHeight, "source height");
+            Assert.Equal(5, img.Metadata.Steps, "steps requested");
+            Assert.Equal(3, r.ProcessingMetrics.Steps, "steps that ran");
+            Assert.Equal(3, r.ProcessingMetrics.UnetEvaluations, "one UNet call per step run");
+            Assert.True(r.ProcessingMetrics.VaeEncodeTime > 0, "vae encode time: " + r.ProcessingMetrics.VaeEncodeTime);
+
+            int encode = events.FindIndex(p => p.Stage == SdxlStage.ImageEncoding);
+            int denoise = events.FindIndex(p => p.Stage == SdxlStage.Denoising);
+            Assert.True(encode >= 0, "an ImageEncoding report: " + string.Join("; ", events));
+            Assert.True(denoise > encode, "ImageEncoding before Denoising: " + string.Join("; ", events));
+            Assert.True(events.FindIndex(p => p.Stage == SdxlStage.TextEncoding) < encode, "text encoding first");
+            var steps = new List<string>();
+            foreach (GenerationProgress p in events)
+            {
+                if (p.Stage == SdxlStage.Denoising)
+                {
+                    steps.Add(p.Step + "/" + p.TotalSteps);
+                }
+            }
+            Assert.Equal("1/3,2/3,3/3", string.Join(",", steps), "denoising counts the steps that run");
+
+            // The same request without the init image is text-to-image again.
+            req.Conditioning.InitImage = null;
+            EnhancedSDXLResponse t2i = Fixture.Engine.GenerateEnhancedAsync(req).GetAwaiter().GetResult();
+            Assert.True(t2i.GeneratedImages[0].Metadata.InitImage == null, "no init_image metadata for text-to-image");
+            Assert.Equal((double?)0.0, t2i.ProcessingMetrics.VaeEncodeTime, "no VAE encode");
+            Assert.Equal(5, t2i.ProcessingMetrics.Steps, "all steps run");
         }
 
         [Test]

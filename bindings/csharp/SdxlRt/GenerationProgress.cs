@@ -8,15 +8,20 @@ namespace SdxlRt
     public sealed class GenerationProgress
     {
         /// <summary>
-        /// The stage: loading, text encoding, denoising, decoding, then upscaling (only when the request upscales;
-        /// its steps count the upscaler's tiles of one image) and saving.
+        /// The stage: loading, text encoding, image encoding (only with an init image, image-to-image: one report
+        /// before denoising), denoising, decoding, then upscaling (only when the request upscales; its steps count
+        /// the upscaler's tiles of one image) and saving. Reports come in that order; the enum's numeric values do
+        /// not follow it (<see cref="SdxlStage.ImageEncoding"/> is 6).
         /// </summary>
         public SdxlStage Stage { get; internal set; }
 
         /// <summary>Steps completed in this stage (denoising: 1..TotalSteps).</summary>
         public int Step { get; internal set; }
 
-        /// <summary>Steps in this stage (denoising: the requested steps).</summary>
+        /// <summary>
+        /// Steps in this stage (denoising: the requested steps; image-to-image: the <c>int(steps × strength)</c> that
+        /// run).
+        /// </summary>
         public int TotalSteps { get; internal set; }
 
         /// <summary>Which image of the batch (0-based).</summary>

@@ -113,6 +113,10 @@ namespace SdxlRt
         /// count the upscaler's tiles over all its passes for `image_index`.
         /// </summary>
         Upscaling = 5,
+        /// <summary>
+        /// Encoding the init image (`data.init_image`) with the VAE encoder, before denoising (image-to-image).
+        /// </summary>
+        ImageEncoding = 6,
     }
 
     /// <summary>
@@ -178,7 +182,7 @@ namespace SdxlRt
         /// </summary>
         public uint step;
         /// <summary>
-        /// Steps in this stage (denoising: the requested steps).
+        /// Steps in this stage (denoising: the requested steps; image-to-image: the `int(steps × strength)` that run).
         /// </summary>
         public uint total_steps;
         /// <summary>

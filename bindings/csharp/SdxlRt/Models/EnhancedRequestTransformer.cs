@@ -61,6 +61,7 @@ namespace SdxlRt
                     NegativePrompt = cond.NegativePrompt,
                     Prompt2 = cond.Prompt2,
                     NegativePrompt2 = cond.NegativePrompt2,
+                    InitImage = cond.InitImage,
                     ModelName = model.Base,
                     Hyperparameters = new HyperparametersContract
                     {
@@ -100,7 +101,8 @@ namespace SdxlRt
 
         /// <summary>
         /// The seed's routing: <c>enhanced_sdxl_worker</c> when LoRAs, ControlNets or a refiner are requested, else
-        /// <c>sdxl_worker</c> (sdxlrt serves both).
+        /// <c>sdxl_worker</c> (sdxlrt serves both alike). An init image (image-to-image) does not change it, as
+        /// upscaling does not: the seed's routing is kept as it was.
         /// </summary>
         public string DetermineWorkerType(EnhancedSDXLRequest request)
         {
@@ -208,6 +210,7 @@ namespace SdxlRt
         [DataMember(Name = "metadata", Order = 12)] public MetadataContract Metadata;
         [DataMember(Name = "prompt_2", Order = 13, EmitDefaultValue = false)] public string Prompt2;
         [DataMember(Name = "negative_prompt_2", Order = 14, EmitDefaultValue = false)] public string NegativePrompt2;
+        [DataMember(Name = "init_image", Order = 15, EmitDefaultValue = false)] public string InitImage;
     }
 
     [DataContract]

@@ -63,6 +63,17 @@ namespace SdxlRt
         /// summed); see the README's <c>controlnet</c> field.
         /// </summary>
         public List<ControlNetConfiguration> ControlNets { get; set; } = new List<ControlNetConfiguration>();
+
+        /// <summary>
+        /// Image-to-image (diffusers' StableDiffusionXLImg2ImgPipeline): the image to start from, as a file path, a
+        /// <c>data:image/...;base64,</c> URL or base64 image data (raise <see cref="SdxlEngineOptions.MaxRequestBytes"/>
+        /// for large inline images); null for text-to-image. It is resized (Lanczos) to
+        /// <see cref="HyperparameterConfiguration.Width"/> × <see cref="HyperparameterConfiguration.Height"/> when
+        /// they differ from its size; without them the image's own size is used, rounded down to the multiple the
+        /// model needs (8 for SDXL). <see cref="HyperparameterConfiguration.Strength"/> says how much of the schedule
+        /// runs. Sent as <c>data.init_image</c> only when set.
+        /// </summary>
+        public string InitImage { get; set; }
     }
 
     /// <summary>One LoRA adapter.</summary>
@@ -153,7 +164,12 @@ namespace SdxlRt
         /// <summary>The seed (image i of a batch uses Seed + i); null for a random seed (reported in the reply).</summary>
         public long? Seed { get; set; }
 
-        /// <summary>img2img strength; null sends the seed's default 0.8.</summary>
+        /// <summary>
+        /// Image-to-image strength, 0 to 1: with <see cref="ConditioningConfiguration.InitImage"/>, how much of the
+        /// schedule runs: <c>int(steps × strength)</c> steps, from the init image noised to that point (1 runs the
+        /// whole schedule on the fully noised image). A strength that leaves no step to run is an error; without
+        /// an init image it is ignored. Null sends the seed's default 0.8.
+        /// </summary>
         public double? Strength { get; set; }
 
         /// <summary>Width in pixels (a multiple of 8); null for the model's default.</summary>

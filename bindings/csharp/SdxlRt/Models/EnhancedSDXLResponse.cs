@@ -112,6 +112,7 @@ namespace SdxlRt
                     ModelInfo = new ModelInfo { BaseModel = mi.BaseModel, RefinerModel = mi.RefinerModel, VaeModel = mi.VaeModel },
                     Upscale = UpscaleInfo.From(g.Metadata.Upscale),
                     ControlNets = ControlNetInfo.From(g.Metadata.ControlNets),
+                    InitImage = InitImageInfo.From(g.Metadata.InitImage),
                 };
             }
             return img;
@@ -124,7 +125,9 @@ namespace SdxlRt
         /// <summary>The seed this image used.</summary>
         public ulong Seed { get; set; }
 
-        /// <summary>Denoising steps.</summary>
+        /// <summary>
+        /// Denoising steps requested (image-to-image runs <see cref="InitImageInfo.DenoisingSteps"/> of them).
+        /// </summary>
         public int Steps { get; set; }
 
         /// <summary>Guidance scale.</summary>
@@ -141,6 +144,40 @@ namespace SdxlRt
 
         /// <summary>The ControlNet units that conditioned the image, in request order; empty when none did.</summary>
         public List<ControlNetInfo> ControlNets { get; set; } = new List<ControlNetInfo>();
+
+        /// <summary>How the init image was used (image-to-image); null for text-to-image.</summary>
+        public InitImageInfo InitImage { get; set; }
+    }
+
+    /// <summary>How image-to-image used <see cref="ConditioningConfiguration.InitImage"/> (the image is not echoed).</summary>
+    public class InitImageInfo
+    {
+        /// <summary>The strength it ran with.</summary>
+        public double Strength { get; set; }
+
+        /// <summary>The denoising steps that ran: <c>int(steps × strength)</c>.</summary>
+        public int DenoisingSteps { get; set; }
+
+        /// <summary>The init image's width as given (it was resized when it differs from the image's width).</summary>
+        public int SourceWidth { get; set; }
+
+        /// <summary>The init image's height as given.</summary>
+        public int SourceHeight { get; set; }
+
+        internal static InitImageInfo From(InitImageInfoContract i)
+        {
+            if (i == null)
+            {
+                return null;
+            }
+            return new InitImageInfo
+            {
+                Strength = i.Strength,
+                DenoisingSteps = i.DenoisingSteps,
+                SourceWidth = i.SourceWidth,
+                SourceHeight = i.SourceHeight,
+            };
+        }
     }
 
     /// <summary>One ControlNet unit that conditioned an image.</summary>
@@ -226,7 +263,7 @@ namespace SdxlRt
         /// <summary>From receiving the request to the reply.</summary>
         public double? TotalTime { get; set; }
 
-        /// <summary>Text encoding + denoising + VAE decode.</summary>
+        /// <summary>Text encoding + VAE encode (image-to-image) + denoising + VAE decode.</summary>
         public double? InferenceTime { get; set; }
 
         /// <summary>Both text encoders.</summary>
@@ -240,6 +277,9 @@ namespace SdxlRt
 
         /// <summary>The VAE decoder.</summary>
         public double? VaeDecodeTime { get; set; }
+
+        /// <summary>The VAE encoder on the init image (image-to-image); 0 without one.</summary>
+        public double? VaeEncodeTime { get; set; }
 
         /// <summary>Image encoding and writing.</summary>
         public double? EncodeSaveTime { get; set; }
@@ -256,7 +296,9 @@ namespace SdxlRt
         /// <summary>UNet runs.</summary>
         public int UnetEvaluations { get; set; }
 
-        /// <summary>Denoising steps per image.</summary>
+        /// <summary>
+        /// Denoising steps per image that ran: the requested ones, or image-to-image's <c>int(steps × strength)</c>.
+        /// </summary>
         public int Steps { get; set; }
 
         /// <summary>The execution provider and device, e.g. CPU.</summary>
@@ -278,6 +320,7 @@ namespace SdxlRt
                 DenoisingTime = m.DenoisingTime,
                 DenoisingStepAvg = m.DenoisingStepAvg,
                 VaeDecodeTime = m.VaeDecodeTime,
+                VaeEncodeTime = m.VaeEncodeTime,
                 EncodeSaveTime = m.EncodeSaveTime,
                 UpscaleTime = m.UpscaleTime,
                 ModelLoadTime = m.ModelLoadTime,
@@ -352,6 +395,16 @@ namespace SdxlRt
         [DataMember(Name = "model_info")] public ModelInfoContract ModelInfo;
         [DataMember(Name = "upscale")] public UpscaleInfoContract Upscale;
         [DataMember(Name = "controlnets")] public List<ControlNetInfoContract> ControlNets;
+        [DataMember(Name = "init_image")] public InitImageInfoContract InitImage;
+    }
+
+    [DataContract]
+    internal sealed class InitImageInfoContract
+    {
+        [DataMember(Name = "strength")] public double Strength;
+        [DataMember(Name = "denoising_steps")] public int DenoisingSteps;
+        [DataMember(Name = "source_width")] public int SourceWidth;
+        [DataMember(Name = "source_height")] public int SourceHeight;
     }
 
     [DataContract]
@@ -390,6 +443,7 @@ namespace SdxlRt
         [DataMember(Name = "denoising_time")] public double? DenoisingTime;
         [DataMember(Name = "denoising_step_avg")] public double? DenoisingStepAvg;
         [DataMember(Name = "vae_decode_time")] public double? VaeDecodeTime;
+        [DataMember(Name = "vae_encode_time")] public double? VaeEncodeTime;
         [DataMember(Name = "encode_save_time")] public double? EncodeSaveTime;
         [DataMember(Name = "upscale_time")] public double? UpscaleTime;
         [DataMember(Name = "model_load_time")] public double? ModelLoadTime;
