@@ -19,8 +19,9 @@ The mask as diffusers 0.42.1 makes it (pipe.mask_processor = VaeImageProcessor(d
 do_convert_grayscale=True)), for a PIL mask with height / width given:
   1. resize to W x H with Pillow's Lanczos (Image.resize((W, H), Image.LANCZOS, reducing_gap=None)) in the PNG's own
      mode, BEFORE the grayscale conversion (Pillow returns a plain copy when the size is already W x H)
-  2. convert("L"): Pillow's integer luma L = (19595 R + 38470 G + 7471 B + 0x8000) >> 16 (checked here against all
-     2^24 colours; neither round() nor trunc() of 0.299 R + 0.587 G + 0.114 B); an L image stays as it is
+  2. convert("L"): Pillow's integer luma L = (19595 R + 38470 G + 7471 B + 0x8000) >> 16 (equal to Pillow 13.0.0's
+     for all 2^24 colours, checked once; the script asserts it for the mask's colours), neither round() nor trunc()
+     of 0.299 R + 0.587 G + 0.114 B; an L image stays as it is
   3. float32 / 255, binarized: < 0.5 -> 0, >= 0.5 -> 1 (L <= 127 keeps, L >= 128 repaints): `mask` [1,1,H,W]
   4. masked_image = init_image * (mask < 0.5) (-0.0 where the init image is negative)
   5. the mask latents: torch.nn.functional.interpolate(mask, size=(H/8, W/8)), default mode "nearest", which takes
@@ -602,6 +603,7 @@ def pixel_stats(folder: Path, name: str, tensors: dict) -> tuple[float, float]:
 
 def main() -> None:
     import numpy as np
+    from PIL import Image
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", type=Path, default=c.TINY_DIFFUSERS, help="torch tiny SDXL (build_tiny.py)")
@@ -621,6 +623,11 @@ def main() -> None:
         ref, _ = mask_variants(img, W, H)
         # at least 30 % of the latent cells masked and 30 % kept; the threshold cells as THRESHOLD_CELLS says
         assert 0.3 <= float(ref[::8, ::8].mean()) <= 0.7, (mask, float(ref[::8, ::8].mean()))
+        if img.mode == "RGB":
+            colours = np.unique(np.asarray(img).reshape(-1, 3), axis=0)
+            got = np.asarray(Image.fromarray(colours[None], "RGB").convert("L"))[0].astype(np.int64)
+            c64 = colours.astype(np.int64)
+            assert np.array_equal(got, (19595 * c64[:, 0] + 38470 * c64[:, 1] + 7471 * c64[:, 2] + 0x8000) >> 16)
         if mask == "mask_64.png":
             for k, (colour, want) in enumerate(THRESHOLD_CELLS):
                 assert ref[24 + 8 * (k // 2), 8 * (k % 2)] == want and ref[24:48, :16].sum() == 3 * 64, colour
