@@ -220,8 +220,11 @@ def draw_init_80x60():
     return img
 
 
-def write_images(folder: Path) -> None:
-    for name, draw in zip(IMAGES, (draw_init_64, draw_init_80x60)):
+def write_images(folder: Path, drawings: dict | None = None) -> None:
+    """Write PNGs {file name: function returning a PIL image} (default: the init images) into `folder`."""
+    if drawings is None:
+        drawings = dict(zip(IMAGES, (draw_init_64, draw_init_80x60)))
+    for name, draw in drawings.items():
         buf = io.BytesIO()
         draw().save(buf, format="PNG", optimize=False)
         c.write_bytes_if_changed(folder / name, buf.getvalue())
@@ -244,10 +247,12 @@ def init_image(folder: Path, p: dict, grey: bool = False):
 # pipelines
 
 
-def img2img_pipeline(base):
+def img2img_pipeline(base, cls=None):
+    """StableDiffusionXLImg2ImgPipeline (or `cls`, a pipeline class with the same constructor, e.g.
+    StableDiffusionXLInpaintPipeline) on the base pipeline's components."""
     from diffusers import StableDiffusionXLImg2ImgPipeline
 
-    pipe = StableDiffusionXLImg2ImgPipeline(
+    pipe = (cls or StableDiffusionXLImg2ImgPipeline)(
         vae=base.vae,
         text_encoder=base.text_encoder,
         text_encoder_2=base.text_encoder_2,
@@ -287,8 +292,68 @@ def controlnet_img2img_pipeline(base, net):
 # goldens
 
 
-def case_params(name: str) -> dict:
-    return {"width": 64, "height": 64, "batch_size": 1, **CASES[name]}
+def case_params(name: str, cases: dict | None = None) -> dict:
+    return {"width": 64, "height": 64, "batch_size": 1, **(CASES if cases is None else cases)[name]}
+
+
+def case_meta(p: dict) -> dict:
+    """The metadata of case parameters `p`: goldens.py's keys, init_image, strength, scheduler (when not Euler)."""
+    meta = dict(
+        prompt=p["prompt"],
+        negative_prompt=p["negative_prompt"],
+        guidance_scale=repr(float(p["guidance_scale"])),
+        steps=str(p["steps"]),
+        seed=str(p["seed"]),
+        width=str(p["width"]),
+        height=str(p["height"]),
+        batch_size=str(p["batch_size"]),
+        init_image=p["init_image"],
+        strength=repr(float(p["strength"])),
+    )
+    if "scheduler" in p:
+        meta["scheduler"] = p["scheduler"]
+    return meta
+
+
+def call_pipeline(pipe, p: dict, call: dict) -> dict:
+    """Run case parameters `p` (prompts, guidance, steps, batch, goldens.generators) on `pipe` with the further call
+    arguments `call`, the pipeline's scheduler replaced by `cls.from_config(its config)` for the call when `p` names
+    a class; returns latents_step_<i> (the latents each loop iteration ends with, as callback_on_step_end sees them),
+    image (output_type "np") and image_u8 ((image * 255).round())."""
+    import diffusers
+    import numpy as np
+    import torch
+
+    saved = pipe.scheduler
+    steps: list = []
+
+    def on_step_end(_pipe, i, _t, kwargs):
+        assert i == len(steps)
+        steps.append(kwargs["latents"].clone())
+        return kwargs
+
+    if "scheduler" in p:
+        pipe.scheduler = getattr(diffusers, p["scheduler"]).from_config(pipe.scheduler.config)
+    try:
+        with torch.no_grad():
+            out = pipe(
+                prompt=p["prompt"],
+                negative_prompt=p["negative_prompt"],
+                guidance_scale=p["guidance_scale"],
+                num_inference_steps=p["steps"],
+                num_images_per_prompt=p["batch_size"],
+                generator=goldens.generators(p["seed"], p["batch_size"]),
+                output_type="np",
+                callback_on_step_end=on_step_end,
+                callback_on_step_end_tensor_inputs=["latents"],
+                **call,
+            ).images
+    finally:
+        pipe.scheduler = saved
+    t = {f"latents_step_{i}": lat for i, lat in enumerate(steps)}
+    t["image"] = torch.from_numpy(np.ascontiguousarray(out, dtype=np.float32))
+    t["image_u8"] = torch.from_numpy((out * 255).round().astype("uint8"))
+    return t
 
 
 def t_start(p: dict) -> int:
@@ -403,8 +468,6 @@ class Capture:
 def run_case(pipes: dict, refiner, folder: Path, name: str, grey: bool = False) -> tuple[dict, dict, list]:
     """Run case `name` (`grey`: with a flat grey init image instead); returns (tensors, metadata, the ControlNet's
     (inputs, outputs) at its first active evaluation, or [])."""
-    import diffusers
-    import numpy as np
     import torch
     from diffusers.utils.torch_utils import randn_tensor
 
@@ -424,45 +487,15 @@ def run_case(pipes: dict, refiner, folder: Path, name: str, grey: bool = False) 
             control_guidance_start=p["control_guidance_start"],
             control_guidance_end=p["control_guidance_end"],
         )
-    t: dict = {}
     meta: dict = {}
-    saved = pipe.scheduler
-    steps: list = []
-
-    def on_step_end(_pipe, i, _t, kwargs):
-        assert i == len(steps)
-        steps.append(kwargs["latents"].clone())
-        return kwargs
-
     with Capture(pipe, net) as cap:
         if "refiner" in p:
             assert p["refiner"] == "tiny-sdxl-refiner" and "scheduler" not in p
             golden = {k: v for k, v in p.items() if k in (*GOLDEN_KEYS, "refiner")}
             t, meta = stages.run_refiner(pipe, refiner, golden, call, base_size={}, init_noise=False)
         else:
-            if "scheduler" in p:
-                pipe.scheduler = getattr(diffusers, p["scheduler"]).from_config(pipe.scheduler.config)
-            try:
-                with torch.no_grad():
-                    out = pipe(
-                        prompt=p["prompt"],
-                        negative_prompt=p["negative_prompt"],
-                        guidance_scale=p["guidance_scale"],
-                        num_inference_steps=p["steps"],
-                        num_images_per_prompt=B,
-                        generator=goldens.generators(p["seed"], B),
-                        output_type="np",
-                        callback_on_step_end=on_step_end,
-                        callback_on_step_end_tensor_inputs=["latents"],
-                        **call,
-                    ).images
-            finally:
-                pipe.scheduler = saved
+            t = call_pipeline(pipe, p, call)
             t["timesteps"] = torch.tensor([u["timestep"] for u in cap.unet], dtype=torch.float32)
-            for i, lat in enumerate(steps):
-                t[f"latents_step_{i}"] = lat
-            t["image"] = torch.from_numpy(np.ascontiguousarray(out, dtype=np.float32))
-            t["image_u8"] = torch.from_numpy((out * 255).round().astype("uint8"))
 
     # the init image: preprocessed once ([1,3,H,W] in [-1,1]); the encoder got it once per generator (batch 2 with a
     # list of generators: image[i:i+1] with generator[i]) or once for the batch
@@ -508,7 +541,8 @@ def run_case(pipes: dict, refiner, folder: Path, name: str, grey: bool = False) 
     else:
         L = len(evaluated)
         n = p["steps"] - t_start(p)
-        assert L == len(steps) == (n if fresh.order == 1 else 2 * n - 1), (L, len(steps), n)
+        n_steps = sum(k.startswith("latents_step_") for k in t)
+        assert L == n_steps == (n if fresh.order == 1 else 2 * n - 1), (L, n_steps, n)
         assert evaluated == [float(x) for x in fresh.timesteps[first:]]
     # time ids (orig_h, orig_w, crop_top, crop_left, target_h, target_w), the same for every row
     tid = cap.unet[0]["time_ids"]
@@ -533,20 +567,7 @@ def run_case(pipes: dict, refiner, folder: Path, name: str, grey: bool = False) 
         meta["control_guidance_start"] = json.dumps([float(p["control_guidance_start"])] * K)
         meta["control_guidance_end"] = json.dumps([float(p["control_guidance_end"])] * K)
 
-    meta.update(
-        prompt=p["prompt"],
-        negative_prompt=p["negative_prompt"],
-        guidance_scale=repr(float(p["guidance_scale"])),
-        steps=str(p["steps"]),
-        seed=str(p["seed"]),
-        width=str(W),
-        height=str(H),
-        batch_size=str(B),
-        init_image=p["init_image"],
-        strength=repr(float(p["strength"])),
-    )
-    if "scheduler" in p:
-        meta["scheduler"] = p["scheduler"]
+    meta.update(case_meta(p))
     assert p.get("scheduler", EULER) == sched_cls.__name__, (p.get("scheduler"), sched_cls.__name__)
     return {k: v.detach().contiguous() for k, v in t.items()}, meta, firsts
 
