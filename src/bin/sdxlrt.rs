@@ -91,6 +91,9 @@ struct GenerateArgs {
     /// Image-to-image: start from this image (resized to --width x --height when given, else its own size).
     #[arg(long)]
     init_image: Option<PathBuf>,
+    /// Inpainting with --init-image: redraw only where this mask is white (black keeps the image).
+    #[arg(long, requires = "init_image")]
+    mask_image: Option<PathBuf>,
     /// With --init-image: the share of the steps that run (0-1; int(steps x strength) steps).
     #[arg(long, default_value_t = 0.8, requires = "init_image")]
     strength: f64,
@@ -193,6 +196,9 @@ fn generate(args: GenerateArgs) -> Result<String, String> {
     if let Some(image) = &args.init_image {
         data["init_image"] = serde_json::json!(image);
         data["hyperparameters"]["strength"] = serde_json::json!(args.strength);
+    }
+    if let Some(mask) = &args.mask_image {
+        data["mask_image"] = serde_json::json!(mask);
     }
     let request = serde_json::json!({ "message_type": "inference_request", "request_id": "cli", "data": data });
 

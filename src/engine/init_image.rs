@@ -1,5 +1,6 @@
-//! The engine's image-to-image input (`data.init_image`): the image read before any work, and the VAE encoder of
-//! the pipeline that encodes it, loaded on the pipeline's first image-to-image request and kept with it.
+//! The engine's image-to-image and inpainting inputs (`data.init_image`, `data.mask_image`): the images read
+//! before any work, and the VAE encoder of the pipeline that encodes, loaded on the pipeline's first such request
+//! and kept with it.
 
 use std::time::Instant;
 
@@ -7,23 +8,34 @@ use super::Engine;
 use crate::error::Result;
 use crate::image::RgbImage;
 use crate::pipeline::encode::{self, InitImage, VaeEncoder};
-use crate::pipeline::SdxlPipeline;
+use crate::pipeline::{inpaint, SdxlPipeline};
+use crate::protocol::params::GenerateParams;
 
-/// The request field of the init image.
-pub(super) const FIELD: &str = "data.init_image";
+/// A request's init image and mask as decoded, before they are sized for the run.
+pub(super) struct SourceImages {
+    /// `data.init_image`.
+    pub image: RgbImage,
+    /// `data.mask_image`.
+    pub mask: Option<RgbImage>,
+}
 
 impl Engine {
-    /// The init image `text` names or holds (a path, a `data:` URL or base64), decoded to RGB8.
-    pub(super) fn read_init_image(text: &str) -> Result<RgbImage> {
-        crate::image::source::load(text, FIELD)
+    /// The images `params` carries (paths, `data:` URLs or base64), decoded to RGB8; `None` for text-to-image.
+    pub(super) fn read_init_images(params: &GenerateParams) -> Result<Option<SourceImages>> {
+        let Some(text) = &params.init_image else { return Ok(None) };
+        let image = crate::image::source::load(text, "data.init_image")?;
+        let mask =
+            params.mask_image.as_deref().map(|m| crate::image::source::load(m, "data.mask_image")).transpose()?;
+        Ok(Some(SourceImages { image, mask }))
     }
 
-    /// `image` ready for `pipeline` at `width` × `height`: resized and scaled ([`encode::pixels`]) with the encoder
-    /// of the pipeline's VAE; also the seconds spent loading that encoder (0 once it is loaded).
+    /// `source` ready for `pipeline` at `width` × `height` (resized and scaled: [`encode::pixels`],
+    /// [`inpaint::mask_pixels`]) with the encoder of the pipeline's VAE; also the seconds spent loading that
+    /// encoder (0 once it is loaded).
     pub(super) fn prepare_init_image(
         &self,
         pipeline: &SdxlPipeline,
-        image: &RgbImage,
+        source: &SourceImages,
         width: u32,
         height: u32,
     ) -> Result<(InitImage, f64)> {
@@ -34,6 +46,11 @@ impl Engine {
             VaeEncoder::load(&self.runtime.env, path, &self.sessions)
         })?;
         let seconds = if loaded { started.elapsed().as_secs_f64() } else { 0.0 };
-        Ok((InitImage { encoder, pixels: encode::pixels(image, width, height) }, seconds))
+        let init = InitImage {
+            encoder,
+            pixels: encode::pixels(&source.image, width, height),
+            mask: source.mask.as_ref().map(|m| inpaint::mask_pixels(m, width, height)),
+        };
+        Ok((init, seconds))
     }
 }

@@ -208,10 +208,11 @@ impl Engine {
         let _slot = self.slots.acquire(params.priority, cancel)?;
         let (pipeline, refiner, model_load_time) =
             self.pipelines(&model_name, params, &mut progress, started, warnings)?;
-        let init_source = params.init_image.as_deref().map(Self::read_init_image).transpose()?;
+        let init_source = Self::read_init_images(params)?;
         // The request may leave the size to the model (or the init image): check the limits on the size it will
         // get, before any work.
-        let (width, height) = pipeline.image_size(params, init_source.as_ref().map(|i| (i.width, i.height)))?;
+        let (width, height) =
+            pipeline.image_size(params, init_source.as_ref().map(|s| (s.image.width, s.image.height)))?;
         self.limits.check_size(width, height)?;
         let upscale = params.output.upscale.as_ref().map(|u| self.prepare_upscale(u, width, height)).transpose()?;
         let (controlnets, controlnet_load_time) = self.prepare_controlnets(&params.controlnets, width, height)?;
@@ -280,8 +281,8 @@ impl Engine {
                     init_image: init_source.as_ref().map(|source| InitImageInfo {
                         strength: params.strength,
                         denoising_steps: out.timings.denoising_steps,
-                        source_width: source.width,
-                        source_height: source.height,
+                        source_width: source.image.width,
+                        source_height: source.image.height,
                     }),
                 },
             });

@@ -5,6 +5,7 @@
 use ndarray::{concatenate, Array1, Array2, Array3, ArrayD, Axis, IxDyn};
 
 use super::controlnet::{ControlRun, ControlUnit};
+use super::inpaint::Blend;
 use super::{Progress, ProgressEvent, Stage};
 use crate::error::{Error, Result};
 use crate::rng::NoiseSource;
@@ -51,6 +52,8 @@ pub struct DenoiseContext<'a> {
     pub skipped_steps: u32,
     /// ControlNet units adding residuals to every UNet call (the UNet then has their inputs); empty for none.
     pub controlnets: &'a [ControlUnit],
+    /// Inpainting: what replaces the latents outside the mask after every step; `None` for none.
+    pub inpaint: Option<&'a Blend>,
 }
 
 /// Run the evaluations `range` of `scheduler` (all of them, or a base model's first part and a refiner's rest) on
@@ -125,6 +128,9 @@ pub fn denoise(
             out
         };
         latents = scheduler.step(noise_pred.view(), i, latents.view(), noise)?;
+        if let Some(blend) = ctx.inpaint {
+            blend.apply(&mut latents, scheduler, i);
+        }
         ctx.progress.on_latents(ctx.image_index, Some(i), latents.view());
         let done = scheduler.completed_steps(i).saturating_sub(ctx.skipped_steps as usize);
         if done != reported {

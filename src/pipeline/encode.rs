@@ -106,6 +106,9 @@ pub struct InitImage {
     pub encoder: Arc<VaeEncoder>,
     /// `[1, 3, H, W]` in [-1, 1], at the request's size.
     pub pixels: Array4<f32>,
+    /// Inpainting's mask at the request's size (`[H, W]`, 1 = redraw; [`super::inpaint::mask_pixels`]); `None`:
+    /// the whole image is redrawn (image-to-image).
+    pub mask: Option<ndarray::Array2<f32>>,
 }
 
 impl InitImage {

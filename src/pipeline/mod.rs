@@ -10,6 +10,7 @@ pub mod decode;
 pub mod denoise;
 pub mod encode;
 mod experts;
+pub mod inpaint;
 pub mod model_dir;
 pub mod text;
 pub mod upscale;
@@ -523,6 +524,26 @@ impl SdxlPipeline {
             }
             None => None,
         };
+        // Inpainting: the latent mask, and the init image's latents, which diffusers' inpaint pipeline draws once
+        // from the first generator (seed + 0) for the whole batch.
+        let inpaint = match (init.and_then(|i| i.mask.as_ref()), &moments) {
+            (Some(mask), Some(moments)) => {
+                let channels = self.unet.input("sample")?.shape.get(1).copied().unwrap_or(-1);
+                if channels > LATENT_CHANNELS as i64 {
+                    return Err(Error::unsupported(
+                        "data.mask_image",
+                        format!(
+                            "this model's UNet takes {channels} input channels (an inpainting UNet, which also takes \
+                             the mask and the masked image); sdxlrt inpaints with standard 4-channel UNets only yet"
+                        ),
+                    ));
+                }
+                let first_draw = crate::rng::TorchGenerator::new(params.seed).randn(LATENT_CHANNELS * lh * lw);
+                let image = encode::image_latents(moments, &first_draw, 1, self.vae.info())?;
+                Some((inpaint::latent_mask(mask, lh, lw), image))
+            }
+            _ => None,
+        };
         let mut images = Vec::with_capacity(batch as usize);
         let mut first = 0usize;
         while first < batch as usize {
@@ -530,6 +551,7 @@ impl SdxlPipeline {
             let seed = params.seed.wrapping_add(first as u64);
             let mut noise = BatchGenerators::new(seed, n);
             let mut latents = None;
+            let mut blend: Option<inpaint::Blend> = None;
             for ((stage, (cond, uncond)), range) in stages.iter().zip(&conditions).zip(&ranges) {
                 let mut scheduler = stage.scheduler.build(params.steps as usize)?;
                 if range.start > 0 {
@@ -543,15 +565,41 @@ impl SdxlPipeline {
                             ArrayD::from_shape_vec(IxDyn(&shape), values)
                                 .map_err(|e| Error::Internal(format!("initial noise: {e}")))
                         };
-                        let start = match &moments {
+                        let start = match (&inpaint, &moments) {
+                            // diffusers' inpaint prepare_latents: the first generator draws the image's posterior
+                            // sample, every generator its noise, then the first generator the masked image's
+                            // posterior sample (which a 4-channel UNet does not use); strength 1 starts from pure
+                            // noise.
+                            (Some((mask, image)), _) => {
+                                let numel = LATENT_CHANNELS * lh * lw;
+                                let first_generator = |noise: &mut BatchGenerators| {
+                                    if first == 0 {
+                                        noise.get_mut(0).map(|g| g.randn(numel));
+                                    }
+                                };
+                                first_generator(&mut noise);
+                                let added = initial(noise.randn(&shape))?;
+                                first_generator(&mut noise);
+                                let views = vec![image.view(); n];
+                                let image = concatenate(Axis(0), &views)
+                                    .map_err(|e| Error::Internal(format!("image latents batch: {e}")))?
+                                    .into_dyn();
+                                let start = if params.strength == 1.0 {
+                                    added.mapv(|v| v * scheduler.init_noise_sigma())
+                                } else {
+                                    scheduler.add_noise(image.view(), added.view(), range.start)
+                                };
+                                blend = Some(inpaint::Blend { mask: mask.clone(), image_latents: image, noise: added });
+                                start
+                            }
                             // diffusers' img2img prepare_latents: each generator draws the posterior sample, then
                             // the noise add_noise scales to the first step's level.
-                            Some(moments) => {
+                            (None, Some(moments)) => {
                                 let image = encode::image_latents(moments, &noise.randn(&shape), n, self.vae.info())?;
                                 let added = initial(noise.randn(&shape))?;
                                 scheduler.add_noise(image.into_dyn().view(), added.view(), range.start)
                             }
-                            None => {
+                            (None, None) => {
                                 let sigma = scheduler.init_noise_sigma();
                                 initial(noise.randn(&shape))?.mapv(|v| v * sigma)
                             }
@@ -576,6 +624,7 @@ impl SdxlPipeline {
                     steps: params.steps - skipped,
                     skipped_steps: skipped,
                     controlnets: if std::ptr::eq(stage.model, self) { controlnets } else { &[] },
+                    inpaint: blend.as_ref(),
                 };
                 let (out, evals) = denoise(start, &cond_n, scheduler.as_mut(), range.clone(), &mut noise, &mut dctx)?;
                 timings.denoising += t1.elapsed().as_secs_f64();

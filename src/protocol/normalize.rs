@@ -231,12 +231,17 @@ pub fn normalize(wire: &WireRequest, limits: &RequestLimits, warnings: &mut Vec<
             return Err(Error::field("data.hyperparameters.strength", format!("must be a number from 0 to 1, got {s}")))
         }
     };
-    let init_image = match &d.init_image {
-        Some(text) if text.trim().is_empty() => {
-            return Err(Error::field("data.init_image", "is empty: give a file path, a data: URL or base64 image data"))
+    let image_text = |field: &str, text: &Option<String>| match text {
+        Some(t) if t.trim().is_empty() => {
+            Err(Error::field(field, "is empty: give a file path, a data: URL or base64 image data"))
         }
-        other => other.clone(),
+        other => Ok(other.clone()),
     };
+    let init_image = image_text("data.init_image", &d.init_image)?;
+    let mask_image = image_text("data.mask_image", &d.mask_image)?;
+    if mask_image.is_some() && init_image.is_none() {
+        return Err(Error::field("data.mask_image", "needs data.init_image, the image whose masked part is redrawn"));
+    }
     if init_image.is_some() && img2img_steps(steps, strength) == 0 {
         return Err(Error::field(
             "data.hyperparameters.strength",
@@ -293,6 +298,22 @@ pub fn normalize(wire: &WireRequest, limits: &RequestLimits, warnings: &mut Vec<
     }
 
     let controlnets = super::controlnet::controlnet_requests(d.controlnet.as_ref(), warnings)?;
+    // Inpainting runs diffusers' StableDiffusionXLInpaintPipeline alone; its ControlNet and refiner variants are
+    // other pipelines.
+    if mask_image.is_some() {
+        if !controlnets.is_empty() {
+            return Err(Error::unsupported(
+                "data.controlnet",
+                "ControlNets with inpainting (data.mask_image) are not implemented yet",
+            ));
+        }
+        if refiner.is_some() {
+            return Err(Error::unsupported(
+                "data.models.refiner",
+                "a refiner with inpainting (data.mask_image) is not implemented yet",
+            ));
+        }
+    }
 
     let dims = d.dimensions.clone().unwrap_or_default();
     let width = merge("data.width", d.width, "data.dimensions.width", dims.width)?
@@ -370,6 +391,7 @@ pub fn normalize(wire: &WireRequest, limits: &RequestLimits, warnings: &mut Vec<
         guidance_scale,
         seed,
         init_image,
+        mask_image,
         strength,
         width,
         height,
@@ -661,6 +683,7 @@ mod tests {
             guidance_scale: 7.0,
             seed: 12345,
             init_image: None,
+            mask_image: None,
             strength: 0.8,
             width: Some(1024),
             height: Some(768),
@@ -807,6 +830,8 @@ mod tests {
             (minimal(json!({"hyperparameters": {"strength": -0.1}})), "data.hyperparameters.strength", "0 to 1"),
             (minimal(json!({"init_image": " "})), "data.init_image", "empty"),
             (minimal(json!({"init_image": 7})), "data.init_image", "string"),
+            (minimal(json!({"mask_image": "m.png"})), "data.mask_image", "needs data.init_image"),
+            (minimal(json!({"init_image": "a.png", "mask_image": ""})), "data.mask_image", "empty"),
             (
                 minimal(json!({"init_image": "a.png", "hyperparameters": {"num_inference_steps": 4, "strength": 0.2}})),
                 "data.hyperparameters.strength",
@@ -929,6 +954,20 @@ mod tests {
         let unit = json!({"model_path": "cn", "control_image": "e.png", "preprocessor": "canny"});
         let r = parse_value(minimal(json!({"controlnet": {"models": [unit]}})));
         assert_eq!(unsupported_field(r), "data.controlnet.models[0].preprocessor");
+    }
+
+    #[test]
+    fn inpainting_is_read_and_refused_with_a_controlnet_or_refiner() {
+        let inpaint = json!({"init_image": "a.png", "mask_image": "m.png"});
+        let p = parse_value(minimal(inpaint.clone())).unwrap().params;
+        assert_eq!((p.init_image.as_deref(), p.mask_image.as_deref()), (Some("a.png"), Some("m.png")));
+        let unit = json!({"model_path": "cn", "control_image": "e.png"});
+        let mut with_cn = inpaint.clone();
+        with_cn["controlnet"] = json!({"models": [unit]});
+        assert_eq!(unsupported_field(parse_value(minimal(with_cn))), "data.controlnet");
+        let mut with_refiner = inpaint;
+        with_refiner["models"] = json!({"base": "m", "refiner": "r"});
+        assert_eq!(unsupported_field(parse_value(minimal(with_refiner))), "data.models.refiner");
     }
 
     #[test]

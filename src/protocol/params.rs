@@ -48,6 +48,9 @@ pub struct GenerateParams {
     /// The image to start from (`data.init_image`: a file path, a `data:` URL or base64 image data): image-to-image
     /// as diffusers' `StableDiffusionXLImg2ImgPipeline` does it. `None`: text-to-image.
     pub init_image: Option<String>,
+    /// With `init_image`, the part to redraw (`data.mask_image`, same forms; white = redraw, black = keep):
+    /// inpainting as diffusers' `StableDiffusionXLInpaintPipeline` does it with a standard 4-channel UNet.
+    pub mask_image: Option<String>,
     /// How much of the schedule image-to-image runs (`data.hyperparameters.strength`, in [0, 1], default 0.8):
     /// the last `int(steps × strength)` steps, starting from the init image noised to that level (diffusers'
     /// `strength`, A1111's denoising strength). Text-to-image ignores it (the seed's callers always send it).

@@ -84,6 +84,9 @@ pub struct WireData {
     /// `init_image`: the image to start from (image-to-image): a file path, a `data:` URL or base64 image data.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub init_image: Option<String>,
+    /// `mask_image`: with `init_image`, the part to redraw (inpainting; white = redraw), as `init_image` is given.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mask_image: Option<String>,
     /// Legacy `model_name` (the seed sends it together with `models.base`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub model_name: Option<String>,
@@ -346,6 +349,7 @@ const DATA_KEYS: &[&str] = &[
     "prompt_2",
     "negative_prompt_2",
     "init_image",
+    "mask_image",
     "model_name",
     "models",
     "hyperparameters",
@@ -393,8 +397,8 @@ impl WireRequest {
     }
 }
 
-/// The names other tools give an inpainting mask (diffusers `mask_image`, A1111 `mask`): refused, not ignored.
-const INPAINT_KEYS: &[&str] = &["mask_image", "mask"];
+/// Names other tools give an inpainting mask (A1111 `mask`): refused, not ignored.
+const OTHER_MASK_KEYS: &[&str] = &["mask"];
 
 impl WireData {
     fn decode(obj: &Obj<'_>, warnings: &mut Vec<String>) -> Result<Self> {
@@ -410,6 +414,7 @@ impl WireData {
             prompt_2: obj.string("prompt_2")?,
             negative_prompt_2: obj.string("negative_prompt_2")?,
             init_image: obj.string("init_image")?,
+            mask_image: obj.string("mask_image")?,
             model_name: obj.string("model_name")?,
             models: obj.child("models")?.map(|o| WireModels::decode(&o, warnings)).transpose()?,
             hyperparameters: obj
@@ -430,16 +435,14 @@ impl WireData {
             width: obj.int("width")?,
             height: obj.int("height")?,
         };
-        // An inpainting mask must not be dropped with a warning: the request would redraw the whole image.
-        for key in INPAINT_KEYS {
+        // A mask under another tool's name must not be dropped with a warning: the request would redraw the whole
+        // image.
+        for key in OTHER_MASK_KEYS {
             if obj.get(key).is_some_and(|v| !v.is_null()) {
-                return Err(Error::unsupported(
-                    obj.path_of(key),
-                    "inpainting is not implemented yet; send data.init_image without a mask for image-to-image",
-                ));
+                return Err(Error::field(obj.path_of(key), "the inpainting mask is data.mask_image"));
             }
         }
-        let known: Vec<&str> = DATA_KEYS.iter().chain(extra_keys).chain(INPAINT_KEYS).copied().collect();
+        let known: Vec<&str> = DATA_KEYS.iter().chain(extra_keys).chain(OTHER_MASK_KEYS).copied().collect();
         obj.warn_unknown(&known, warnings);
         Ok(data)
     }
@@ -933,19 +936,18 @@ mod tests {
     }
 
     #[test]
-    fn an_inpainting_mask_is_refused_not_ignored() {
-        for key in ["mask_image", "mask"] {
-            let (r, _) = decode(json!({"data": {"prompt": "x", "init_image": "a.png", key: "m.png"}}));
-            match r {
-                Err(Error::Unsupported { field, message }) => {
-                    assert_eq!(field, format!("data.{key}"));
-                    assert!(message.contains("inpainting"), "{message}");
-                }
-                other => panic!("{key}: {other:?}"),
+    fn a_mask_under_another_name_is_refused_not_ignored() {
+        let (r, _) = decode(json!({"data": {"prompt": "x", "init_image": "a.png", "mask": "m.png"}}));
+        match r {
+            Err(Error::InvalidField { field, message }) => {
+                assert_eq!(field, "data.mask");
+                assert!(message.contains("data.mask_image"), "{message}");
             }
+            other => panic!("{other:?}"),
         }
-        let (r, w) = decode(json!({"data": {"prompt": "x", "mask_image": null}}));
+        let (r, w) = decode(json!({"data": {"prompt": "x", "mask": null, "mask_image": "m.png"}}));
         assert!(r.is_ok() && w.is_empty(), "{w:?}");
+        assert_eq!(r.unwrap().data.mask_image.as_deref(), Some("m.png"));
     }
 
     #[test]

@@ -295,6 +295,10 @@ impl Golden {
             data["init_image"] = serde_json::json!(fixtures().join("img2img").join(image));
             data["hyperparameters"]["strength"] = serde_json::json!(self.meta::<f64>("strength"));
         }
+        // onnx/make_inpaint.py's cases: the mask
+        if let Some(mask) = self.meta.get("mask_image") {
+            data["mask_image"] = serde_json::json!(fixtures().join("inpaint").join(mask));
+        }
         serde_json::json!({ "message_type": "inference_request", "request_id": self.name, "data": data }).to_string()
     }
 }
