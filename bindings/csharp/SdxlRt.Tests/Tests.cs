@@ -139,6 +139,27 @@ namespace SdxlRt.Tests
             return r;
         }
 
+        /// <summary>The inpaint golden's request (diffusers' StableDiffusionXLInpaintPipeline, init_64.png and
+        /// mask_64.png).</summary>
+        public static EnhancedSDXLRequest Inpaint()
+        {
+            Dictionary<string, string> m = GoldenMeta("inpaint");
+            var r = new EnhancedSDXLRequest();
+            r.Conditioning.Prompt = m["prompt"];
+            r.Conditioning.NegativePrompt = m["negative_prompt"];
+            r.Conditioning.InitImage = Path.Combine(Fixtures, "img2img", m["init_image"]);
+            r.Conditioning.MaskImage = Path.Combine(Fixtures, "inpaint", m["mask_image"]);
+            r.Model.Base = "tiny-sdxl";
+            r.Scheduler.Steps = int.Parse(m["steps"]);
+            r.Scheduler.GuidanceScale = double.Parse(m["guidance_scale"], System.Globalization.CultureInfo.InvariantCulture);
+            r.Hyperparameters.Seed = long.Parse(m["seed"]);
+            r.Hyperparameters.Strength = double.Parse(m["strength"], System.Globalization.CultureInfo.InvariantCulture);
+            r.Hyperparameters.Width = int.Parse(m["width"]);
+            r.Hyperparameters.Height = int.Parse(m["height"]);
+            r.Hyperparameters.BatchSize = int.Parse(m["batch_size"]);
+            return r;
+        }
+
         /// <summary>Every byte within ±<paramref name="tolerance"/> of the golden's (diffusers' float32 math rounds
         /// to 8 bits a step away from sdxlrt's on some pixels, as tests/img2img.rs allows).</summary>
         public static void NearPixels(byte[] want, byte[] got, int tolerance, string what)
@@ -446,6 +467,18 @@ namespace SdxlRt.Tests
             Assert.True(t2i.GeneratedImages[0].Metadata.InitImage == null, "no init_image metadata for text-to-image");
             Assert.Equal((double?)0.0, t2i.ProcessingMetrics.VaeEncodeTime, "no VAE encode");
             Assert.Equal(5, t2i.ProcessingMetrics.Steps, "all steps run");
+        }
+
+        [Test]
+        public static void inpainting_pixels_equal_the_rust_parity_golden()
+        {
+            EnhancedSDXLRequest req = Fixture.Inpaint();
+            EnhancedSDXLResponse r = Fixture.Engine.GenerateImagesAsync(req).GetAwaiter().GetResult();
+            Assert.True(r.Success, "success: " + r.Error);
+            Fixture.NearPixels(Fixture.GoldenPixels("inpaint"), r.GeneratedImages[0].Pixels.Data, 1, "inpaint image_u8");
+            Assert.Equal(4, r.ProcessingMetrics.Steps, "int(5 × 0.8) steps ran");
+            string json = new EnhancedRequestTransformer().ToJson(req, "inpaint-json");
+            Assert.True(json.Contains("\"mask_image\":"), "mask_image sent: " + json);
         }
 
         [Test]

@@ -62,6 +62,7 @@ namespace SdxlRt
                     Prompt2 = cond.Prompt2,
                     NegativePrompt2 = cond.NegativePrompt2,
                     InitImage = cond.InitImage,
+                    MaskImage = cond.MaskImage,
                     ModelName = model.Base,
                     Hyperparameters = new HyperparametersContract
                     {
@@ -211,6 +212,7 @@ namespace SdxlRt
         [DataMember(Name = "prompt_2", Order = 13, EmitDefaultValue = false)] public string Prompt2;
         [DataMember(Name = "negative_prompt_2", Order = 14, EmitDefaultValue = false)] public string NegativePrompt2;
         [DataMember(Name = "init_image", Order = 15, EmitDefaultValue = false)] public string InitImage;
+        [DataMember(Name = "mask_image", Order = 16, EmitDefaultValue = false)] public string MaskImage;
     }
 
     [DataContract]

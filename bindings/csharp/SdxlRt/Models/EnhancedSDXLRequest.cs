@@ -74,6 +74,13 @@ namespace SdxlRt
         /// runs. Sent as <c>data.init_image</c> only when set.
         /// </summary>
         public string InitImage { get; set; }
+
+        /// <summary>
+        /// Inpainting, with <see cref="InitImage"/>: a mask in the same forms; only its white part is redrawn (black
+        /// keeps the image), as diffusers' StableDiffusionXLInpaintPipeline does with a standard 4-channel UNet. Null
+        /// for none. Sent as <c>data.mask_image</c> only when set.
+        /// </summary>
+        public string MaskImage { get; set; }
     }
 
     /// <summary>One LoRA adapter.</summary>
