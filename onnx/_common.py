@@ -2,7 +2,9 @@
 
 Paths, the SDXL scheduler config, deterministic file writing, the CLIP byte-level BPE vocabulary builder, the CLIP
 tokenizer folder writer, and the pieces the diffusers golden writers share (goldens.py, scheduler_pipeline_goldens.py,
-make_lora.py). Nothing here imports torch at module level (only inside functions), so `make_tokenizer.py` stays fast.
+make_lora.py; make_img2img.py, make_inpaint.py and make_controlnet.py: pipelines built on the base pipeline's
+components, the --model / --out / --cases command line). Nothing here imports torch at module level (only inside
+functions), so `make_tokenizer.py` stays fast.
 """
 
 from __future__ import annotations
@@ -224,7 +226,8 @@ def write_safetensors(path: Path, tensors: dict, metadata: dict[str, str] | None
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# diffusers pipeline goldens (goldens.py, scheduler_pipeline_goldens.py); torch and diffusers are imported lazily.
+# diffusers pipeline goldens (goldens.py, scheduler_pipeline_goldens.py, make_img2img.py, make_inpaint.py,
+# make_controlnet.py, ...); torch and diffusers are imported lazily.
 
 
 def load_pipeline(model: Path):
@@ -235,6 +238,26 @@ def load_pipeline(model: Path):
 
     torch.set_num_threads(1)
     pipe = StableDiffusionXLPipeline.from_pretrained(str(model), torch_dtype=torch.float32, add_watermarker=False)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def pipeline_from_base(base, cls, **kwargs):
+    """Pipeline class `cls` on the base pipeline's components: `base`'s vae, text_encoder(_2), tokenizer(_2), unet,
+    scheduler and force_zeros_for_empty_prompt, no watermarker, progress bar off. `kwargs` are further constructor
+    arguments (controlnet=, requires_aesthetics_score=)."""
+    pipe = cls(
+        vae=base.vae,
+        text_encoder=base.text_encoder,
+        text_encoder_2=base.text_encoder_2,
+        tokenizer=base.tokenizer,
+        tokenizer_2=base.tokenizer_2,
+        unet=base.unet,
+        scheduler=base.scheduler,
+        force_zeros_for_empty_prompt=base.config.force_zeros_for_empty_prompt,
+        add_watermarker=False,
+        **kwargs,
+    )
     pipe.set_progress_bar_config(disable=True)
     return pipe
 
@@ -320,3 +343,22 @@ def goldens_main(doc: str, known_cases, write, verify) -> None:
         verify(args.verify, args.out, cases)
     else:
         write(args.model, args.out, cases)
+
+
+def fixtures_args(doc: str, known_cases):
+    """Command line of the fixture writers with cases (make_img2img.py, make_inpaint.py, make_controlnet.py):
+    --model (torch tiny SDXL, default TINY_DIFFUSERS), --out (the fixtures folder, default FIXTURES) and --cases
+    (comma-separated names from `known_cases`, default all of them; an unknown name is a usage error).
+    Returns (args, the cases)."""
+    import argparse
+
+    ap = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", type=Path, default=TINY_DIFFUSERS, help="torch tiny SDXL (build_tiny.py)")
+    ap.add_argument("--out", type=Path, default=FIXTURES)
+    ap.add_argument("--cases", default=",".join(known_cases))
+    args = ap.parse_args()
+    cases = [s for s in args.cases.split(",") if s]
+    unknown = [s for s in cases if s not in known_cases]
+    if unknown:
+        ap.error(f"unknown cases {unknown}; known: {', '.join(known_cases)}")
+    return args, cases

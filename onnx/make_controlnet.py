@@ -37,7 +37,8 @@ width x height with Lanczos, / 255, no normalization).
   controlnet_multi         two units (MultiControlNetModel): tiny-controlnet + control_64.png at 0.7 and
                            tiny-controlnet-b + control_64_b.png at 0.5
   controlnet_window        HeunDiscreteScheduler (9 evaluations for 5 steps), control_guidance_start 0.25,
-                           control_guidance_end 0.75, scale 1.0: the ControlNet counts at evaluations 3, 4, 5 only (0-based)
+                           control_guidance_end 0.75, scale 1.0: the ControlNet counts at evaluations 3, 4, 5 only
+                           (0-based)
   controlnet_batch2_nocfg  batch_size 2 (one generator per image, seeds 0 and 1), guidance_scale 1.0, no negative
                            prompt, scale 0.9
   controlnet_refiner       make_stages.py's `refiner` case (10 Euler steps, the ensemble of experts run by
@@ -75,12 +76,12 @@ Measured here: mean |image_u8 with ControlNet - the same request without| (print
 The script checks each exported ONNX ControlNet against torch on the inputs the pipeline gave it (its first
 evaluation with a conditioning scale other than 0): max |diff| / max(1, max |torch|) <= 1e-4 (1.5e-6 here).
 
-Usage: python make_controlnet.py [--model DIR] [--out tests/fixtures]   (model: build_tiny.py's output)
+Usage: python make_controlnet.py [--model DIR] [--out tests/fixtures] [--cases controlnet,...]
+       (model: build_tiny.py's output)
 """
 
 from __future__ import annotations
 
-import argparse
 import io
 import json
 import math
@@ -293,22 +294,12 @@ def schedule_evaluations(p: dict) -> int:
 
 
 def controlnet_pipeline(base, nets):
+    """StableDiffusionXLControlNetPipeline with the ControlNets `nets` (one: that model, more: a MultiControlNetModel)
+    on the base pipeline's components (_common.pipeline_from_base); bench/worker.py builds its pipeline with it."""
     from diffusers import StableDiffusionXLControlNetPipeline
 
-    pipe = StableDiffusionXLControlNetPipeline(
-        vae=base.vae,
-        text_encoder=base.text_encoder,
-        text_encoder_2=base.text_encoder_2,
-        tokenizer=base.tokenizer,
-        tokenizer_2=base.tokenizer_2,
-        unet=base.unet,
-        controlnet=nets[0] if len(nets) == 1 else list(nets),
-        scheduler=base.scheduler,
-        force_zeros_for_empty_prompt=base.config.force_zeros_for_empty_prompt,
-        add_watermarker=False,
-    )
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
+    controlnet = nets[0] if len(nets) == 1 else list(nets)
+    return c.pipeline_from_base(base, StableDiffusionXLControlNetPipeline, controlnet=controlnet)
 
 
 def run_golden_case(pipe, name: str, p: dict, call_kwargs: dict | None = None) -> tuple[dict, dict]:
@@ -477,19 +468,11 @@ def check_onnx(folder: Path, name: str, unit: str, first: tuple) -> float:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model", type=Path, default=c.TINY_DIFFUSERS, help="torch tiny SDXL (build_tiny.py)")
-    ap.add_argument("--out", type=Path, default=c.FIXTURES)
-    ap.add_argument("--cases", default=",".join(CASES))
-    args = ap.parse_args()
+    args, cases = c.fixtures_args(__doc__, CASES)
     folder = args.out / "controlnet"
     base = c.load_pipeline(args.model)
     units = export_units(base, args.out, c.WORK)
     write_images(folder)
-    cases = [s for s in args.cases.split(",") if s]
-    unknown = [s for s in cases if s not in CASES]
-    if unknown:
-        ap.error(f"unknown cases {unknown}; known: {', '.join(CASES)}")
     # the tiny refiner (make_stages.py's torch pipeline: the weights of tests/fixtures/tiny-sdxl-refiner/)
     refiner = stages.build_refiner(base) if any("refiner" in CASES[s] for s in cases) else None
     for name in cases:

@@ -121,7 +121,6 @@ Usage: python make_img2img.py [--model DIR] [--out tests/fixtures] [--cases img2
 
 from __future__ import annotations
 
-import argparse
 import io
 import json
 from pathlib import Path
@@ -247,45 +246,14 @@ def init_image(folder: Path, p: dict, grey: bool = False):
 # pipelines
 
 
-def img2img_pipeline(base, cls=None):
-    """StableDiffusionXLImg2ImgPipeline (or `cls`, a pipeline class with the same constructor, e.g.
-    StableDiffusionXLInpaintPipeline) on the base pipeline's components."""
+def img2img_pipeline(base, cls=None, **kwargs):
+    """StableDiffusionXLImg2ImgPipeline (or `cls`, a pipeline class with the same constructor arguments, e.g.
+    StableDiffusionXLInpaintPipeline, or StableDiffusionXLControlNetImg2ImgPipeline with controlnet= in `kwargs`) on
+    the base pipeline's components (_common.pipeline_from_base), requires_aesthetics_score False."""
     from diffusers import StableDiffusionXLImg2ImgPipeline
 
-    pipe = (cls or StableDiffusionXLImg2ImgPipeline)(
-        vae=base.vae,
-        text_encoder=base.text_encoder,
-        text_encoder_2=base.text_encoder_2,
-        tokenizer=base.tokenizer,
-        tokenizer_2=base.tokenizer_2,
-        unet=base.unet,
-        scheduler=base.scheduler,
-        requires_aesthetics_score=False,
-        force_zeros_for_empty_prompt=base.config.force_zeros_for_empty_prompt,
-        add_watermarker=False,
-    )
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
-
-
-def controlnet_img2img_pipeline(base, net):
-    from diffusers import StableDiffusionXLControlNetImg2ImgPipeline
-
-    pipe = StableDiffusionXLControlNetImg2ImgPipeline(
-        vae=base.vae,
-        text_encoder=base.text_encoder,
-        text_encoder_2=base.text_encoder_2,
-        tokenizer=base.tokenizer,
-        tokenizer_2=base.tokenizer_2,
-        unet=base.unet,
-        controlnet=net,
-        scheduler=base.scheduler,
-        requires_aesthetics_score=False,
-        force_zeros_for_empty_prompt=base.config.force_zeros_for_empty_prompt,
-        add_watermarker=False,
-    )
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
+    cls = cls or StableDiffusionXLImg2ImgPipeline
+    return c.pipeline_from_base(base, cls, requires_aesthetics_score=False, **kwargs)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -618,21 +586,18 @@ def difference(a: dict, b: dict) -> tuple[float, float, float]:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model", type=Path, default=c.TINY_DIFFUSERS, help="torch tiny SDXL (build_tiny.py)")
-    ap.add_argument("--out", type=Path, default=c.FIXTURES)
-    ap.add_argument("--cases", default=",".join(CASES))
-    args = ap.parse_args()
-    cases = [s for s in args.cases.split(",") if s]
-    unknown = [s for s in cases if s not in CASES]
-    if unknown:
-        ap.error(f"unknown cases {unknown}; known: {', '.join(CASES)}")
+    from diffusers import StableDiffusionXLControlNetImg2ImgPipeline
+
+    args, cases = c.fixtures_args(__doc__, CASES)
     write_images(args.out / "img2img")
     base = c.load_pipeline(args.model)
     # the ControlNet of tests/fixtures/controlnet/tiny-controlnet/ (make_controlnet.py rebuilds it from its seed; the
     # ONNX check below runs that file on the inputs this pipeline gave the torch one)
     net = cn.build_controlnet(base.unet, cn.UNITS["tiny-controlnet"])
-    pipes = {"img2img": img2img_pipeline(base), "controlnet": controlnet_img2img_pipeline(base, net)}
+    pipes = {
+        "img2img": img2img_pipeline(base),
+        "controlnet": img2img_pipeline(base, StableDiffusionXLControlNetImg2ImgPipeline, controlnet=net),
+    }
     refiner = stages.build_refiner(base)
     check_resize(pipes["img2img"], args.out / "img2img")
     for name in cases:

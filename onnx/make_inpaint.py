@@ -130,7 +130,6 @@ Usage: python make_inpaint.py [--model DIR] [--out tests/fixtures] [--cases inpa
 
 from __future__ import annotations
 
-import argparse
 import functools
 import sys
 from pathlib import Path
@@ -605,15 +604,7 @@ def main() -> None:
     import numpy as np
     from PIL import Image
 
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model", type=Path, default=c.TINY_DIFFUSERS, help="torch tiny SDXL (build_tiny.py)")
-    ap.add_argument("--out", type=Path, default=c.FIXTURES)
-    ap.add_argument("--cases", default=",".join(CASES))
-    args = ap.parse_args()
-    cases = [s for s in args.cases.split(",") if s]
-    unknown = [s for s in cases if s not in CASES]
-    if unknown:
-        ap.error(f"unknown cases {unknown}; known: {', '.join(CASES)}")
+    args, cases = c.fixtures_args(__doc__, CASES)
     for img in i2i.IMAGES:
         assert (args.out / "img2img" / img).exists(), f"{args.out / 'img2img' / img}: run make_img2img.py first"
     i2i.write_images(args.out / "inpaint", dict(zip(MASKS, (draw_mask_64, draw_mask_80x60))))
