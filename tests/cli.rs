@@ -44,6 +44,30 @@ fn refiner_vae_and_upscaler_flags_reach_the_request() {
 }
 
 #[test]
+fn init_image_and_mask_flags_inpaint_as_the_golden() {
+    // onnx/make_inpaint.py's `inpaint` case through the command line: the image diffusers made, within 1/255.
+    let g = crate::util::Golden::load("inpaint");
+    let fixtures = crate::util::fixtures();
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("inpainted.png");
+    let run = cli()
+        .args(["generate", "--prompt", &g.meta["prompt"], "--negative-prompt", &g.meta["negative_prompt"]])
+        .args(["--steps", &g.meta["steps"], "--seed", &g.meta["seed"], "--strength", &g.meta["strength"]])
+        .arg("--init-image")
+        .arg(fixtures.join("img2img").join(&g.meta["init_image"]))
+        .arg("--mask-image")
+        .arg(fixtures.join("inpaint").join(&g.meta["mask_image"]))
+        .arg("--out")
+        .arg(&out)
+        .output()
+        .unwrap();
+    assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
+    let img = image::open(&out).unwrap().to_rgb8();
+    let (worst, at) = crate::util::max_u8_diff(img.as_raw(), &g.t("image_u8").u8);
+    assert!(worst <= 1, "the CLI's inpainted image differs from diffusers by {worst}/255 at byte {at}");
+}
+
+#[test]
 fn a_missing_or_wrong_onnx_runtime_is_a_clear_error_not_a_crash() {
     let dir = tempfile::tempdir().unwrap();
     let not_a_lib = dir.path().join("libonnxruntime.so.1.31.1");

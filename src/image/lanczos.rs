@@ -16,6 +16,16 @@ const PRECISION_BITS: u32 = 22;
 /// Pillow's Lanczos support (`LANCZOS` filter: `{lanczos_filter, 3.0}`).
 const SUPPORT: f64 = 3.0;
 
+/// `image` at `width` × `height`: itself when it has that size (Pillow's `resize` returns a copy then), else
+/// [`resize`]d. How diffusers' image processors size control images, init images and masks.
+pub fn at_size(image: &RgbImage, width: u32, height: u32) -> std::borrow::Cow<'_, RgbImage> {
+    if (image.width, image.height) == (width, height) {
+        std::borrow::Cow::Borrowed(image)
+    } else {
+        std::borrow::Cow::Owned(resize(image, width, height))
+    }
+}
+
 /// `image` resized to `width` × `height` as Pillow's LANCZOS resize does (an axis whose size does not change
 /// is not resampled, as in Pillow).
 pub fn resize(image: &RgbImage, width: u32, height: u32) -> RgbImage {

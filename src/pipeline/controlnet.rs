@@ -190,13 +190,7 @@ fn scale_in_window(scale: f32, (start, end): (f64, f64), i: usize, n: usize) -> 
 
 /// `image` resized to `width` × `height` (Pillow's Lanczos, only when the size differs) as `[1, 3, H, W]` / 255.
 pub fn control_tensor(image: &RgbImage, width: u32, height: u32) -> Array4<f32> {
-    let resized;
-    let image = if (image.width, image.height) == (width, height) {
-        image
-    } else {
-        resized = crate::image::lanczos::resize(image, width, height);
-        &resized
-    };
+    let image = crate::image::lanczos::at_size(image, width, height);
     let (w, h) = (width as usize, height as usize);
     Array4::from_shape_fn((1, 3, h, w), |(_, c, y, x)| f32::from(image.data[(y * w + x) * 3 + c]) / 255.0)
 }

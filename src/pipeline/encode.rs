@@ -122,13 +122,7 @@ impl InitImage {
 /// differs (diffusers' `VaeImageProcessor.resize`), then `2 · (v / 255) − 1` in float32 (`pil_to_numpy`, then
 /// `normalize`), as `[1, 3, H, W]`.
 pub fn pixels(image: &RgbImage, width: u32, height: u32) -> Array4<f32> {
-    let resized;
-    let image = if (image.width, image.height) == (width, height) {
-        image
-    } else {
-        resized = crate::image::lanczos::resize(image, width, height);
-        &resized
-    };
+    let image = crate::image::lanczos::at_size(image, width, height);
     let (w, h) = (width as usize, height as usize);
     Array4::from_shape_fn((1, 3, h, w), |(_, c, y, x)| 2.0 * (f32::from(image.data[(y * w + x) * 3 + c]) / 255.0) - 1.0)
 }

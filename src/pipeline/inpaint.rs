@@ -15,13 +15,7 @@ use crate::schedulers::Scheduler;
 /// (`convert("L")`: `(R·19595 + G·38470 + B·7471 + 2¹⁵) >> 16`, the identity on a grey image), then `/ 255` and
 /// `< 0.5 → 0, else 1`.
 pub fn mask_pixels(mask: &RgbImage, width: u32, height: u32) -> Array2<f32> {
-    let resized;
-    let image = if (mask.width, mask.height) == (width, height) {
-        mask
-    } else {
-        resized = crate::image::lanczos::resize(mask, width, height);
-        &resized
-    };
+    let image = crate::image::lanczos::at_size(mask, width, height);
     let w = width as usize;
     Array2::from_shape_fn((height as usize, w), |(y, x)| {
         let p = &image.data[(y * w + x) * 3..][..3];

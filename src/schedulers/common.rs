@@ -778,8 +778,7 @@ macro_rules! sigma_grid_methods {
             noise: ndarray::ArrayViewD<'_, f32>,
             index: usize,
         ) -> ndarray::ArrayD<f32> {
-            let sigma = self.grid.sigmas[index];
-            ndarray::Zip::from(&original).and(&noise).map_collect(|&x, &e| x + e * sigma)
+            super::common::noised(original, noise, 1.0, self.grid.sigmas[index])
         }
     };
     (1) => {
@@ -810,6 +809,17 @@ macro_rules! sigma_grid_methods {
     };
 }
 pub(crate) use sigma_grid_methods;
+
+/// `a · original + b · noise` element by element in float32: every scheduler's `add_noise` (the sigma schedulers'
+/// `original + noise · σ` is `a = 1`, the same bits).
+pub(crate) fn noised(
+    original: ndarray::ArrayViewD<'_, f32>,
+    noise: ndarray::ArrayViewD<'_, f32>,
+    a: f32,
+    b: f32,
+) -> ndarray::ArrayD<f32> {
+    ndarray::Zip::from(&original).and(&noise).map_collect(|&x, &e| a * x + b * e)
+}
 
 /// Checks a `step` call: `index` in range and not before `begin_index`, equal shapes. Errors are
 /// [`Error::Internal`] (pipeline bugs, never user input).

@@ -334,8 +334,7 @@ impl Scheduler for DdimScheduler {
     /// `ᾱ_t^½ · original + (1 − ᾱ_t)^½ · noise` at the timestep of evaluation `index`.
     fn add_noise(&self, original: ArrayViewD<'_, f32>, noise: ArrayViewD<'_, f32>, index: usize) -> ArrayD<f32> {
         let a = self.alpha_cumprod(self.timesteps[index]);
-        let (sa, sb) = (a.sqrt(), (1.0 - a).sqrt());
-        Zip::from(&original).and(&noise).map_collect(|&x, &e| sa * x + sb * e)
+        super::common::noised(original, noise, a.sqrt(), (1.0 - a).sqrt())
     }
 
     fn completed_steps(&self, index: usize) -> usize {

@@ -645,7 +645,7 @@ macro_rules! grid_scheduler_methods {
             index: usize,
         ) -> ndarray::ArrayD<f32> {
             let (alpha, sigma) = super::dpm_family::alpha_sigma_t(self.grid.sigmas[index]);
-            ndarray::Zip::from(&original).and(&noise).map_collect(|&x, &e| alpha * x + sigma * e)
+            super::common::noised(original, noise, alpha, sigma)
         }
 
         fn completed_steps(&self, index: usize) -> usize {

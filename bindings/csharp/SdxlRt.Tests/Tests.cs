@@ -103,60 +103,31 @@ namespace SdxlRt.Tests
             return r;
         }
 
-        /// <summary>The cfg_neg golden's request, built with the seed's object model.</summary>
-        public static EnhancedSDXLRequest CfgNeg()
+        /// <summary>The request of a golden written by the repo's onnx/ scripts (its metadata: cfg_neg, img2img,
+        /// inpaint), built with the seed's object model; an init image and mask when the golden has them.</summary>
+        public static EnhancedSDXLRequest FromGolden(string name)
         {
-            Dictionary<string, string> m = GoldenMeta("cfg_neg");
+            Dictionary<string, string> m = GoldenMeta(name);
+            var culture = System.Globalization.CultureInfo.InvariantCulture;
             var r = new EnhancedSDXLRequest();
             r.Conditioning.Prompt = m["prompt"];
             r.Conditioning.NegativePrompt = m["negative_prompt"];
             r.Model.Base = "tiny-sdxl";
             r.Scheduler.Steps = int.Parse(m["steps"]);
-            r.Scheduler.GuidanceScale = double.Parse(m["guidance_scale"], System.Globalization.CultureInfo.InvariantCulture);
+            r.Scheduler.GuidanceScale = double.Parse(m["guidance_scale"], culture);
             r.Hyperparameters.Seed = long.Parse(m["seed"]);
             r.Hyperparameters.Width = int.Parse(m["width"]);
             r.Hyperparameters.Height = int.Parse(m["height"]);
             r.Hyperparameters.BatchSize = int.Parse(m["batch_size"]);
-            return r;
-        }
-
-        /// <summary>The img2img golden's request (diffusers' StableDiffusionXLImg2ImgPipeline from init_64.png).</summary>
-        public static EnhancedSDXLRequest Img2Img()
-        {
-            Dictionary<string, string> m = GoldenMeta("img2img");
-            var r = new EnhancedSDXLRequest();
-            r.Conditioning.Prompt = m["prompt"];
-            r.Conditioning.NegativePrompt = m["negative_prompt"];
-            r.Conditioning.InitImage = Path.Combine(Fixtures, "img2img", m["init_image"]);
-            r.Model.Base = "tiny-sdxl";
-            r.Scheduler.Steps = int.Parse(m["steps"]);
-            r.Scheduler.GuidanceScale = double.Parse(m["guidance_scale"], System.Globalization.CultureInfo.InvariantCulture);
-            r.Hyperparameters.Seed = long.Parse(m["seed"]);
-            r.Hyperparameters.Strength = double.Parse(m["strength"], System.Globalization.CultureInfo.InvariantCulture);
-            r.Hyperparameters.Width = int.Parse(m["width"]);
-            r.Hyperparameters.Height = int.Parse(m["height"]);
-            r.Hyperparameters.BatchSize = int.Parse(m["batch_size"]);
-            return r;
-        }
-
-        /// <summary>The inpaint golden's request (diffusers' StableDiffusionXLInpaintPipeline, init_64.png and
-        /// mask_64.png).</summary>
-        public static EnhancedSDXLRequest Inpaint()
-        {
-            Dictionary<string, string> m = GoldenMeta("inpaint");
-            var r = new EnhancedSDXLRequest();
-            r.Conditioning.Prompt = m["prompt"];
-            r.Conditioning.NegativePrompt = m["negative_prompt"];
-            r.Conditioning.InitImage = Path.Combine(Fixtures, "img2img", m["init_image"]);
-            r.Conditioning.MaskImage = Path.Combine(Fixtures, "inpaint", m["mask_image"]);
-            r.Model.Base = "tiny-sdxl";
-            r.Scheduler.Steps = int.Parse(m["steps"]);
-            r.Scheduler.GuidanceScale = double.Parse(m["guidance_scale"], System.Globalization.CultureInfo.InvariantCulture);
-            r.Hyperparameters.Seed = long.Parse(m["seed"]);
-            r.Hyperparameters.Strength = double.Parse(m["strength"], System.Globalization.CultureInfo.InvariantCulture);
-            r.Hyperparameters.Width = int.Parse(m["width"]);
-            r.Hyperparameters.Height = int.Parse(m["height"]);
-            r.Hyperparameters.BatchSize = int.Parse(m["batch_size"]);
+            if (m.ContainsKey("init_image"))
+            {
+                r.Conditioning.InitImage = Path.Combine(Fixtures, "img2img", m["init_image"]);
+                r.Hyperparameters.Strength = double.Parse(m["strength"], culture);
+            }
+            if (m.ContainsKey("mask_image"))
+            {
+                r.Conditioning.MaskImage = Path.Combine(Fixtures, "inpaint", m["mask_image"]);
+            }
             return r;
         }
 
@@ -382,7 +353,7 @@ namespace SdxlRt.Tests
         [Test]
         public static void generated_pixels_equal_the_rust_parity_golden()
         {
-            EnhancedSDXLResponse r = Fixture.Engine.GenerateImagesAsync(Fixture.CfgNeg()).GetAwaiter().GetResult();
+            EnhancedSDXLResponse r = Fixture.Engine.GenerateImagesAsync(Fixture.FromGolden("cfg_neg")).GetAwaiter().GetResult();
             Assert.True(r.Success, "success");
             Assert.Equal(1, r.GeneratedImages.Count, "images");
             GeneratedImage img = r.GeneratedImages[0];
@@ -401,7 +372,7 @@ namespace SdxlRt.Tests
         [Test]
         public static void controlnet_pixels_equal_the_rust_parity_golden()
         {
-            EnhancedSDXLRequest req = Fixture.CfgNeg();
+            EnhancedSDXLRequest req = Fixture.FromGolden("cfg_neg");
             req.Conditioning.ControlNets.Add(new ControlNetConfiguration
             {
                 Type = "edges",
@@ -422,7 +393,7 @@ namespace SdxlRt.Tests
         [Test]
         public static void img2img_pixels_equal_the_rust_parity_golden_with_metadata_and_progress()
         {
-            EnhancedSDXLRequest req = Fixture.Img2Img();
+            EnhancedSDXLRequest req = Fixture.FromGolden("img2img");
             Assert.Equal((double?)0.6, req.Hyperparameters.Strength, "the golden's strength");
             Assert.Equal((int?)5, req.Scheduler.Steps, "the golden's steps");
             var events = new List<GenerationProgress>();
@@ -472,7 +443,7 @@ namespace SdxlRt.Tests
         [Test]
         public static void inpainting_pixels_equal_the_rust_parity_golden()
         {
-            EnhancedSDXLRequest req = Fixture.Inpaint();
+            EnhancedSDXLRequest req = Fixture.FromGolden("inpaint");
             EnhancedSDXLResponse r = Fixture.Engine.GenerateImagesAsync(req).GetAwaiter().GetResult();
             Assert.True(r.Success, "success: " + r.Error);
             Fixture.NearPixels(Fixture.GoldenPixels("inpaint"), r.GeneratedImages[0].Pixels.Data, 1, "inpaint image_u8");
@@ -670,7 +641,7 @@ namespace SdxlRt.Tests
             var tasks = new List<Task<EnhancedSDXLResponse>>();
             for (int i = 0; i < 4; i++)
             {
-                EnhancedSDXLRequest r = i == 0 ? Fixture.CfgNeg() : Fixture.Small(100 + i, 3);
+                EnhancedSDXLRequest r = i == 0 ? Fixture.FromGolden("cfg_neg") : Fixture.Small(100 + i, 3);
                 tasks.Add(Fixture.Engine.GenerateImagesAsync(r));
             }
             Task.WaitAll(tasks.ToArray());
