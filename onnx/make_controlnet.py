@@ -328,6 +328,25 @@ def run_request(pipe, refiner, name: str, p: dict, call_kwargs: dict | None = No
     return stages.run_refiner(pipe, refiner, {k: v for k, v in p.items() if k not in UNIT_KEYS}, call_kwargs)
 
 
+def controlnet_io(a: dict, scale: float, output) -> tuple[dict, list]:
+    """One ControlNetModel.forward call's inputs, named as the ONNX ControlNet takes them, and its outputs (down
+    residuals, then mid), cloned (MultiControlNetModel adds the next unit's residuals in place). `a`: the call's
+    bound arguments; `scale`: its conditioning scale."""
+    import torch
+
+    inputs = {
+        "sample": a["sample"].clone(),
+        "timestep": torch.as_tensor(a["timestep"]).clone(),
+        "encoder_hidden_states": a["encoder_hidden_states"].clone(),
+        "controlnet_cond": a["controlnet_cond"].clone(),
+        "conditioning_scale": torch.tensor(scale, dtype=torch.float32),
+        "text_embeds": a["added_cond_kwargs"]["text_embeds"].clone(),
+        "time_ids": a["added_cond_kwargs"]["time_ids"].clone(),
+    }
+    down, mid = output
+    return inputs, [d.clone() for d in down] + [mid.clone()]
+
+
 def controlnet_case(base, units: dict, images: Path, name: str, refiner=None) -> tuple[dict, dict, list]:
     """Run case `name` (`refiner`: make_stages.build_refiner's pipeline, for a case with a refiner); returns
     (tensors, metadata, per unit the (inputs, outputs) of its first evaluation with a conditioning scale other than
@@ -370,18 +389,8 @@ def controlnet_case(base, units: dict, images: Path, name: str, refiner=None) ->
             # inputs and outputs of the first evaluation (the golden's), and of the first with a scale other than 0
             # (the ONNX check's); cloned: MultiControlNetModel adds the next unit's residuals in place
             if not calls[k] or (rec["scale"] != 0.0 and not any(r["scale"] != 0.0 for r in calls[k])):
-                rec["inputs"] = {
-                    "sample": a["sample"].clone(),
-                    "timestep": torch.as_tensor(a["timestep"]).clone(),
-                    "encoder_hidden_states": a["encoder_hidden_states"].clone(),
-                    "controlnet_cond": a["controlnet_cond"].clone(),
-                    "conditioning_scale": torch.tensor(rec["scale"], dtype=torch.float32),
-                    "text_embeds": a["added_cond_kwargs"]["text_embeds"].clone(),
-                    "time_ids": a["added_cond_kwargs"]["time_ids"].clone(),
-                }
+                rec["inputs"], rec["outputs"] = controlnet_io(a, rec["scale"], output)
                 assert not a.get("guess_mode") and a["return_dict"] is False
-                down, mid = output
-                rec["outputs"] = [d.clone() for d in down] + [mid.clone()]
             calls[k].append(rec)
 
         return hook

@@ -406,17 +406,7 @@ class Capture:
                 rec = {"scale": float(a["conditioning_scale"])}
                 # the first evaluation with a scale other than 0: the ONNX check's inputs and outputs
                 if rec["scale"] != 0.0 and not any(r["scale"] != 0.0 for r in self.cn_calls):
-                    rec["inputs"] = {
-                        "sample": a["sample"].clone(),
-                        "timestep": torch.as_tensor(a["timestep"]).clone(),
-                        "encoder_hidden_states": a["encoder_hidden_states"].clone(),
-                        "controlnet_cond": a["controlnet_cond"].clone(),
-                        "conditioning_scale": torch.tensor(rec["scale"], dtype=torch.float32),
-                        "text_embeds": a["added_cond_kwargs"]["text_embeds"].clone(),
-                        "time_ids": a["added_cond_kwargs"]["time_ids"].clone(),
-                    }
-                    down, mid = output
-                    rec["outputs"] = [d.clone() for d in down] + [mid.clone()]
+                    rec["inputs"], rec["outputs"] = cn.controlnet_io(a, rec["scale"], output)
                 self.cn_calls.append(rec)
 
             pipe.control_image_processor.preprocess = control_preprocess
