@@ -12,6 +12,7 @@ pub mod encode;
 mod experts;
 pub mod inpaint;
 pub mod model_dir;
+mod start;
 pub mod text;
 pub mod upscale;
 
@@ -19,7 +20,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Instant;
 
-use ndarray::{concatenate, Array2, Array3, ArrayD, Axis, IxDyn};
+use ndarray::{concatenate, Array2, Array3, Axis};
 
 use self::controlnet::ControlUnit;
 use self::decode::VaeDecoder;
@@ -27,13 +28,14 @@ use self::denoise::{denoise, time_ids, DenoiseContext, UnetConditioning};
 use self::encode::{InitImage, VaeEncoder};
 use self::experts::{stage_range, Expert};
 use self::model_dir::ModelDir;
+use self::start::Origin;
 use self::text::{PromptEmbeds, TextEncoders};
 use crate::error::{Error, Result};
 use crate::image::RgbImage;
 use crate::lora::formats::Component;
 use crate::lora::{AppliedLora, LoraReport, LoraSet};
 use crate::protocol::params::GenerateParams;
-use crate::rng::{BatchGenerators, NoiseSource};
+use crate::rng::BatchGenerators;
 use crate::runtime::onnx_proto::OnnxModel;
 use crate::runtime::{CancelToken, ModelSession, Placement, SessionConfig};
 
@@ -317,6 +319,21 @@ impl SdxlPipeline {
         Ok(())
     }
 
+    /// Refuses inpainting on a UNet that takes more than the latents (a 9-channel inpainting UNet).
+    fn check_inpainting_unet(&self) -> Result<()> {
+        let channels = self.unet.input("sample")?.shape.get(1).copied().unwrap_or(-1);
+        if channels > LATENT_CHANNELS as i64 {
+            return Err(Error::unsupported(
+                "data.mask_image",
+                format!(
+                    "this model's UNet takes {channels} input channels (an inpainting UNet, which also takes the mask \
+                     and the masked image); sdxlrt inpaints with standard 4-channel UNets only yet"
+                ),
+            ));
+        }
+        Ok(())
+    }
+
     /// The session of a LoRA-patchable graph (`None`: a refiner's missing first text encoder).
     fn session(&self, component: Component) -> Option<Arc<ModelSession>> {
         match component {
@@ -524,26 +541,11 @@ impl SdxlPipeline {
             }
             None => None,
         };
-        // Inpainting: the latent mask, and the init image's latents, which diffusers' inpaint pipeline draws once
-        // from the first generator (seed + 0) for the whole batch.
-        let inpaint = match (init.and_then(|i| i.mask.as_ref()), &moments) {
-            (Some(mask), Some(moments)) => {
-                let channels = self.unet.input("sample")?.shape.get(1).copied().unwrap_or(-1);
-                if channels > LATENT_CHANNELS as i64 {
-                    return Err(Error::unsupported(
-                        "data.mask_image",
-                        format!(
-                            "this model's UNet takes {channels} input channels (an inpainting UNet, which also takes \
-                             the mask and the masked image); sdxlrt inpaints with standard 4-channel UNets only yet"
-                        ),
-                    ));
-                }
-                let first_draw = crate::rng::TorchGenerator::new(params.seed).randn(LATENT_CHANNELS * lh * lw);
-                let image = encode::image_latents(moments, &first_draw, 1, self.vae.info())?;
-                Some((inpaint::latent_mask(mask, lh, lw), image))
-            }
-            _ => None,
-        };
+        let mask = init.and_then(|i| i.mask.as_ref());
+        if mask.is_some() {
+            self.check_inpainting_unet()?;
+        }
+        let origin = Origin::new(moments, mask, (params.seed, params.strength), self.vae.info())?;
         let mut images = Vec::with_capacity(batch as usize);
         let mut first = 0usize;
         while first < batch as usize {
@@ -561,49 +563,9 @@ impl SdxlPipeline {
                     Some(handed_over) => handed_over,
                     None => {
                         let shape = [n, LATENT_CHANNELS, lh, lw];
-                        let initial = |values: Vec<f32>| {
-                            ArrayD::from_shape_vec(IxDyn(&shape), values)
-                                .map_err(|e| Error::Internal(format!("initial noise: {e}")))
-                        };
-                        let start = match (&inpaint, &moments) {
-                            // diffusers' inpaint prepare_latents: the first generator draws the image's posterior
-                            // sample, every generator its noise, then the first generator the masked image's
-                            // posterior sample (which a 4-channel UNet does not use); strength 1 starts from pure
-                            // noise.
-                            (Some((mask, image)), _) => {
-                                let numel = LATENT_CHANNELS * lh * lw;
-                                let first_generator = |noise: &mut BatchGenerators| {
-                                    if first == 0 {
-                                        noise.get_mut(0).map(|g| g.randn(numel));
-                                    }
-                                };
-                                first_generator(&mut noise);
-                                let added = initial(noise.randn(&shape))?;
-                                first_generator(&mut noise);
-                                let views = vec![image.view(); n];
-                                let image = concatenate(Axis(0), &views)
-                                    .map_err(|e| Error::Internal(format!("image latents batch: {e}")))?
-                                    .into_dyn();
-                                let start = if params.strength == 1.0 {
-                                    added.mapv(|v| v * scheduler.init_noise_sigma())
-                                } else {
-                                    scheduler.add_noise(image.view(), added.view(), range.start)
-                                };
-                                blend = Some(inpaint::Blend { mask: mask.clone(), image_latents: image, noise: added });
-                                start
-                            }
-                            // diffusers' img2img prepare_latents: each generator draws the posterior sample, then
-                            // the noise add_noise scales to the first step's level.
-                            (None, Some(moments)) => {
-                                let image = encode::image_latents(moments, &noise.randn(&shape), n, self.vae.info())?;
-                                let added = initial(noise.randn(&shape))?;
-                                scheduler.add_noise(image.into_dyn().view(), added.view(), range.start)
-                            }
-                            (None, None) => {
-                                let sigma = scheduler.init_noise_sigma();
-                                initial(noise.randn(&shape))?.mapv(|v| v * sigma)
-                            }
-                        };
+                        let (start, chunk_blend) =
+                            origin.latents(shape, &mut noise, first == 0, scheduler.as_ref(), range.start)?;
+                        blend = chunk_blend;
                         ctx.progress.on_latents(first as u32, None, start.view());
                         start
                     }
