@@ -56,12 +56,12 @@ impl Blend {
     /// `proper` is the image latents noised to evaluation `index + 1`'s level, or as they are after the last
     /// evaluation. Float32 as torch.
     pub fn apply(&self, latents: &mut ArrayD<f32>, scheduler: &dyn Scheduler, index: usize) {
-        let proper = if index + 1 < scheduler.timesteps().len() {
-            scheduler.add_noise(self.image_latents.view(), self.noise.view(), index + 1)
+        if index + 1 < scheduler.timesteps().len() {
+            let proper = scheduler.add_noise(self.image_latents.view(), self.noise.view(), index + 1);
+            blend(latents, proper.view(), &self.mask);
         } else {
-            self.image_latents.clone()
-        };
-        blend(latents, proper.view(), &self.mask);
+            blend(latents, self.image_latents.view(), &self.mask);
+        }
     }
 }
 

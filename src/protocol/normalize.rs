@@ -248,7 +248,7 @@ pub fn normalize(wire: &WireRequest, limits: &RequestLimits, warnings: &mut Vec<
             format!(
                 "{strength} leaves none of the {steps} steps to run: image-to-image runs int(steps × strength) steps, \
                  so raise strength to at least {} or use more steps",
-                1.0 / f64::from(steps)
+                min_img2img_strength(steps)
             ),
         ));
     }
@@ -410,6 +410,16 @@ pub fn normalize(wire: &WireRequest, limits: &RequestLimits, warnings: &mut Vec<
 /// `min(int(steps × strength), steps)` (float64 product, truncated); the first `steps − that` are skipped.
 pub fn img2img_steps(steps: u32, strength: f64) -> u32 {
     ((f64::from(steps) * strength) as u32).min(steps)
+}
+
+/// The smallest strength with three decimals that runs at least one of `steps` steps ([`img2img_steps`]; `1 /
+/// steps` itself can fall short, e.g. 49 × (1/49) is 0.9999999999999999 in float64).
+fn min_img2img_strength(steps: u32) -> f64 {
+    let mut thousandths = (1000.0 / f64::from(steps.max(1))).ceil();
+    while img2img_steps(steps, thousandths / 1000.0) == 0 {
+        thousandths += 1.0;
+    }
+    thousandths / 1000.0
 }
 
 /// Largest accepted absolute LoRA weight. Real use stays within ±2; the bound only catches typos (e.g. 80 for 0.8).
@@ -904,6 +914,13 @@ mod tests {
         // int(steps * strength) in float64, truncated: 0.29 * 100 = 28.999999999999996 runs 28 steps, as Python.
         assert_eq!(img2img_steps(100, 0.29), 28);
         assert_eq!((img2img_steps(5, 0.6), img2img_steps(30, 1.0), img2img_steps(4, 0.2)), (3, 30, 0));
+        // The strength the error suggests runs a step, for every step count (1 / 49 alone would not).
+        assert_eq!(img2img_steps(49, 1.0 / 49.0), 0);
+        for steps in 1..=500 {
+            let s = min_img2img_strength(steps);
+            assert!(img2img_steps(steps, s) >= 1 && s <= 1.0, "{steps} steps: {s}");
+        }
+        assert_eq!((min_img2img_strength(4), min_img2img_strength(3)), (0.25, 0.334));
         // Text-to-image ignores strength, however small.
         let p = parse_value(minimal(json!({"hyperparameters": {"strength": 0.0}}))).unwrap().params;
         assert_eq!((p.init_image, p.strength), (None, 0.0));
