@@ -117,6 +117,33 @@ fn a_model_whose_files_would_pass_the_memory_threshold_evicts_idle_ones_first() 
 }
 
 #[test]
+fn a_graph_loaded_into_a_cached_model_evicts_only_under_memory_pressure() {
+    // A full cache does not evict for the VAE encoder (it is no new entry); memory pressure evicts idle models but
+    // not the one in use.
+    let opts = serde_json::json!({"models_root": fixtures(), "max_cached_models": 2}).to_string();
+    let engine = Engine::new(Some(&opts)).unwrap();
+    cached(&engine, "tiny-sdxl-folded", 0);
+    let (held, _) = cached(&engine, "tiny-sdxl", 0);
+    assert!(engine.cache().make_memory_room(0).is_empty(), "a full cache alone evicts nothing");
+    assert_eq!(engine.cache().make_memory_room(u64::MAX / 2), vec!["tiny-sdxl-folded"]);
+    assert_eq!(engine.cache().loaded().iter().map(|m| m.name.as_str()).collect::<Vec<_>>(), ["tiny-sdxl"]);
+    drop(held);
+}
+
+#[test]
+fn status_says_whether_a_models_vae_encoder_is_loaded() {
+    let engine = AbiEngine::fixtures();
+    let encoder_loaded =
+        || engine.generate(r#"{"message_type": "status"}"#).json["data"]["loaded_models"][0]["vae_encoder"].clone();
+    assert_eq!(engine.generate(&gen("tiny-sdxl", serde_json::json!({}))).status, sdxl_status::Ok);
+    assert_eq!(encoder_loaded(), false, "text-to-image does not load it");
+    let init = fixtures().join("img2img/init_64.png");
+    let reply = engine.generate(&gen("tiny-sdxl", serde_json::json!({"init_image": init})));
+    assert_eq!(reply.status, sdxl_status::Ok, "{}", reply.json);
+    assert_eq!(encoder_loaded(), true, "the first image-to-image request loads it and the model keeps it");
+}
+
+#[test]
 fn a_model_in_use_is_never_evicted_and_unloading_releases_sessions() {
     let opts = serde_json::json!({"models_root": fixtures(), "max_cached_models": 1}).to_string();
     let engine = Engine::new(Some(&opts)).unwrap();

@@ -54,6 +54,8 @@ pub struct LoadedModel {
     /// Upsample convolutions of the UNet and VAE made sub-pixel at load (engine option `subpixel_upsample`);
     /// null when its graphs came from the optimized-graph cache.
     pub subpixel_upsamples: Option<usize>,
+    /// Whether its VAE encoder is loaded (on the first image-to-image or inpainting request; kept with the model).
+    pub vae_encoder: bool,
 }
 
 /// The cache.
@@ -109,7 +111,7 @@ impl PipelineCache {
         if let Some(p) = self.hit(key) {
             return Ok((p, CacheOutcome::default()));
         }
-        let mut outcome = CacheOutcome { evicted: self.make_room(needs()), ..Default::default() };
+        let mut outcome = CacheOutcome { evicted: self.make_room(needs(), true), ..Default::default() };
         let started = Instant::now();
         let pipeline = Arc::new(load()?);
         outcome.load_seconds = started.elapsed().as_secs_f64();
@@ -122,13 +124,20 @@ impl PipelineCache {
         Ok((pipeline, outcome))
     }
 
-    /// Evict least-recently-used idle pipelines while the cache is full or memory use plus `needs` bytes is above
-    /// the threshold.
-    fn make_room(&self, needs: u64) -> Vec<String> {
+    /// Evict least-recently-used idle pipelines while memory use plus `needs` bytes is above the threshold, before
+    /// a loaded pipeline loads another graph of its own (the VAE encoder on its first image-to-image request). The
+    /// pipeline that loads is in use, so it stays. Returns the evicted models' names.
+    pub fn make_memory_room(&self, needs: u64) -> Vec<String> {
+        self.make_room(needs, false)
+    }
+
+    /// Evict least-recently-used idle pipelines while memory use plus `needs` bytes is above the threshold or, for
+    /// a `new_entry`, while the cache is full.
+    fn make_room(&self, needs: u64, new_entry: bool) -> Vec<String> {
         let mut evicted = Vec::new();
         loop {
             let mut entries = self.entries.lock();
-            let full = entries.len() >= self.max_models;
+            let full = new_entry && entries.len() >= self.max_models;
             let pressed = memory::system_memory()
                 .is_some_and(|(total, available)| over_threshold(total, available, needs, self.memory_threshold));
             if !(full || pressed) {
@@ -190,11 +199,17 @@ impl PipelineCache {
                 load_seconds: e.load_seconds,
                 fused_attention: e.pipeline.rewrites().map(|r| r.attention),
                 subpixel_upsamples: e.pipeline.rewrites().map(|r| r.upsamples),
+                vae_encoder: e.pipeline.vae_encoder_loaded(),
             })
             .collect();
         rows.sort_by(|a, b| a.idle_seconds.total_cmp(&b.idle_seconds));
         rows
     }
+}
+
+/// The reply's warning for a model the cache evicted to make room.
+pub fn eviction_warning(model: &str) -> String {
+    format!("unloaded model {model} to make room")
 }
 
 /// Whether taking `needs` more bytes would bring system memory use (of `total`, `available` free) above

@@ -8,6 +8,7 @@ use super::Engine;
 use crate::error::Result;
 use crate::image::RgbImage;
 use crate::pipeline::encode::{self, InitImage, VaeEncoder};
+use crate::pipeline::model_dir::ModelDir;
 use crate::pipeline::{inpaint, SdxlPipeline};
 use crate::protocol::params::GenerateParams;
 
@@ -31,18 +32,22 @@ impl Engine {
 
     /// `source` ready for `pipeline` at `width` × `height` (resized and scaled: [`encode::pixels`],
     /// [`inpaint::mask_pixels`]) with the encoder of the pipeline's VAE; also the seconds spent loading that
-    /// encoder (0 once it is loaded).
+    /// encoder (0 once it is loaded). Before the encoder loads, idle models are unloaded while memory use plus its
+    /// graph would pass the cache's threshold (reported in `warnings`, as for a model load).
     pub(super) fn prepare_init_image(
         &self,
         pipeline: &SdxlPipeline,
         source: &SourceImages,
-        width: u32,
-        height: u32,
+        (width, height): (u32, u32),
+        warnings: &mut Vec<String>,
     ) -> Result<(InitImage, f64)> {
         let started = Instant::now();
         let mut loaded = false;
         let encoder = pipeline.vae_encoder(|path| {
             loaded = true;
+            let graph = path.parent().unwrap_or(path);
+            let evicted = self.cache.make_memory_room(self.host_bytes(|| ModelDir::folder_bytes(graph)));
+            warnings.extend(evicted.iter().map(|m| super::cache::eviction_warning(m)));
             VaeEncoder::load(&self.runtime.env, path, &self.sessions)
         })?;
         let seconds = if loaded { started.elapsed().as_secs_f64() } else { 0.0 };

@@ -218,7 +218,7 @@ impl Engine {
         let (controlnets, controlnet_load_time) = self.prepare_controlnets(&params.controlnets, width, height)?;
         let (init, encoder_load_time) = match &init_source {
             Some(image) => {
-                let (init, seconds) = self.prepare_init_image(&pipeline, image, width, height)?;
+                let (init, seconds) = self.prepare_init_image(&pipeline, image, (width, height), warnings)?;
                 (Some(init), seconds)
             }
             None => (None, 0.0),
@@ -401,7 +401,7 @@ impl Engine {
                 SdxlPipeline::load_variant(&self.runtime.env, &key.folder, &sessions, loras, vae, reuse.as_deref())
             },
         )?;
-        warnings.extend(outcome.evicted.iter().map(|m| format!("unloaded model {m} to make room")));
+        warnings.extend(outcome.evicted.iter().map(|m| cache::eviction_warning(m)));
         role.check(pipeline.model_dir().refiner, name)?;
         Ok((pipeline, outcome.load_seconds))
     }
@@ -409,8 +409,14 @@ impl Engine {
     /// Host memory a load of `key` takes at least: its graph files on the CPU; on a GPU the weights go to the
     /// device (its memory is not what the cache's threshold watches).
     fn load_needs(&self, key: &PipelineKey) -> u64 {
+        self.host_bytes(|| crate::pipeline::model_dir::ModelDir::graph_bytes(&key.folder))
+    }
+
+    /// Host memory graphs of `file_bytes` take when loaded: their files on the CPU, 0 on a GPU (see
+    /// [`Self::load_needs`]).
+    fn host_bytes(&self, file_bytes: impl FnOnce() -> u64) -> u64 {
         match self.sessions.device {
-            Device::Cpu => crate::pipeline::model_dir::ModelDir::graph_bytes(&key.folder),
+            Device::Cpu => file_bytes(),
             Device::Cuda(_) => 0,
         }
     }

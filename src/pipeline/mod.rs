@@ -355,6 +355,11 @@ impl SdxlPipeline {
         self.encoder.get_or_try_init(|| load(&VaeEncoder::graph_beside(self.vae.folder())).map(Arc::new)).cloned()
     }
 
+    /// Whether [`Self::vae_encoder`] has loaded the encoder.
+    pub fn vae_encoder_loaded(&self) -> bool {
+        self.encoder.get().is_some()
+    }
+
     /// The LoRAs merged into this pipeline and the warnings about them.
     pub fn lora_report(&self) -> &LoraReport {
         &self.lora

@@ -178,7 +178,14 @@ impl ModelDir {
     pub fn graph_bytes(root: &Path) -> u64 {
         ["text_encoder", "text_encoder_2", "unet", "vae_decoder"]
             .iter()
-            .filter_map(|folder| std::fs::read_dir(root.join(folder)).ok())
+            .map(|f| Self::folder_bytes(&root.join(f)))
+            .sum()
+    }
+
+    /// Bytes of the files directly in `folder` (a graph and its external data); 0 when it is missing.
+    pub fn folder_bytes(folder: &Path) -> u64 {
+        std::fs::read_dir(folder)
+            .into_iter()
             .flat_map(|entries| entries.filter_map(|e| e.ok()?.metadata().ok()))
             .filter(|m| m.is_file())
             .map(|m| m.len())
