@@ -33,3 +33,5 @@ mod img2img;
 mod inpaint;
 // The upscaler: torch parity, A1111's passes and Lanczos resize, tiling, request path, errors.
 mod upscale;
+// Inpainting only the masked area (padding_mask_crop): the crop, fill and overlay, parity with diffusers.
+mod inpaint_crop;

@@ -1,7 +1,9 @@
 //! Decoded VAE output → RGB8 pixels → PNG/JPEG/WebP bytes → files written atomically; images read from a request
-//! (control images) and Pillow's Lanczos resize ([`lanczos`]).
+//! (control images) and Pillow's Lanczos resize ([`lanczos`]); the crop and overlay of inpainting only the masked
+//! area ([`mask_crop`]).
 
 pub mod lanczos;
+pub mod mask_crop;
 pub mod source;
 
 use std::io::Write;

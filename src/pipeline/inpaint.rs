@@ -18,9 +18,8 @@ pub fn mask_pixels(mask: &RgbImage, width: u32, height: u32) -> Array2<f32> {
     let image = crate::image::lanczos::at_size(mask, width, height);
     let w = width as usize;
     Array2::from_shape_fn((height as usize, w), |(y, x)| {
-        let p = &image.data[(y * w + x) * 3..][..3];
-        let l = (u32::from(p[0]) * 19595 + u32::from(p[1]) * 38470 + u32::from(p[2]) * 7471 + 0x8000) >> 16;
-        if (l as f32) / 255.0 < 0.5 {
+        let l = crate::image::mask_crop::luma(&image.data[(y * w + x) * 3..]);
+        if f32::from(l) / 255.0 < 0.5 {
             0.0
         } else {
             1.0

@@ -1,0 +1,200 @@
+"""Write the fixtures of inpainting the masked area only (diffusers' `padding_mask_crop`, A1111's "inpaint area: only
+masked"): two masks, the image operations' golden, and two pipeline goldens.
+
+diffusers 0.42.1 StableDiffusionXLInpaintPipeline with padding_mask_crop=pad (VaeImageProcessor):
+  1. crops_coords = mask_processor.get_crop_region(mask_image, width, height, pad): the bounding box of the mask's
+     non-zero L pixels (no binarization), grown by `pad` (clipped to the image), then grown on one axis (Python
+     int() and // on the float ratio) to the processing size's aspect ratio, shifted back inside the image
+  2. the init image and the mask are cropped to crops_coords and resized with resize_mode "fill"
+     (_resize_and_fill): Lanczos to fit inside width x height keeping the aspect ratio (integer //), centred in a
+     black RGB canvas, the empty bands filled with resizes of the outermost rows / columns (Pillow boxes of zero
+     height / width, e.g. resize((W, n), box=(0, 0, W, 0)): Lanczos taps of rows 0..2 around centre 0)
+  3. the usual inpainting at width x height (make_inpaint.py: binarized mask, 4-channel UNet, blend per step)
+  4. apply_overlay(mask_image, init image, image, crops_coords): the output is resized back to the crop's size with
+     resize_mode "crop" (Lanczos to cover it, centred, the excess cut), pasted at the crop's corner on a black canvas
+     of the init image's size, and the init image is composited over it with alpha = 255 - L(mask): Pillow's
+     paste into a transparent "RGBa" image through the inverted mask (DIV255 blends), "RGBa" -> "RGBA"
+     (255 v / a, truncated), then Image.alpha_composite's integer formula (7-bit coefficients)
+  The reply has the init image's size; outside the mask it keeps the init image's pixels exactly.
+
+Masks (tests/fixtures/inpaint/, mode L, for init_80x60.png; no random numbers):
+  mask_crop_80x60.png   a disc (ellipse (46, 10)-(64, 28)) and a bar (50, 30)-(53, 41), blurred with Pillow's
+                        GaussianBlur(2): grey edges (the overlay blends them), 18 x 40 px of non-zero pixels, far
+                        from the image's edges except at none
+  mask_strip_80x60.png  a 6-px wide column strip (x 12..17, y 2..57) and a 1-px row (y 30, x 8..70) with hard edges:
+                        the crop region spans (nearly) the whole image on one axis, so "fill" resizes pad bands
+
+Image-operations golden (tests/fixtures/goldens/mask_crop_ops.safetensors): per case k (OPS below): region_k
+int64 [4] (x1, y1, x2, y2), init_k uint8 [H, W, 3] and mask_k uint8 [H, W] (the cropped, "fill"-resized init image
+and the mask as the pipeline's processors make them, before / 255 and binarization), generated_k uint8 [H, W, 3] (a
+deterministic pattern standing in for the generated image) and overlay_k uint8 [60, 80, 3]
+(image_processor.apply_overlay of it). Metadata: ops (JSON list of [mask, width, height, pad]).
+
+Pipeline goldens (tests/fixtures/goldens/<case>.safetensors), as make_inpaint.py's (Euler, cfg_neg's prompts,
+guidance 5, seed 0, init_80x60.png) with padding_mask_crop: latents_step_<i> (callback_on_step_end's latents),
+image_u8 [1, 60, 80, 3] (the overlaid PIL output). Metadata as make_inpaint.py's plus padding_mask_crop.
+
+  case              mask                  width x height  pad  steps  strength
+  inpaint_crop      mask_crop_80x60.png   64 x 64         4    5      0.8
+  inpaint_crop_fill mask_strip_80x60.png  96 x 64         2    4      0.75
+
+Usage: python make_inpaint_crop.py [--model DIR] [--out tests/fixtures] [--cases inpaint_crop,...]
+       (--out must hold img2img/init_80x60.png (make_img2img.py) already)
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+
+import _common as c
+import goldens
+import make_controlnet as cn
+import make_img2img as i2i
+import make_inpaint as inp
+
+INIT = "init_80x60.png"
+MASKS = ("mask_crop_80x60.png", "mask_strip_80x60.png")
+OPS = (
+    ("mask_crop_80x60.png", 64, 64, 4),  # square crop inside the image: no fill band
+    ("mask_crop_80x60.png", 96, 64, 0),  # wider than the mask: grown horizontally
+    ("mask_strip_80x60.png", 96, 64, 2),  # the whole image (80 x 60) for 96 x 64: fill columns left and right
+    ("mask_strip_80x60.png", 64, 128, 0),  # 80 x 60 for 64 x 128: fill rows above and below
+    ("mask_crop_80x60.png", 40, 64, 30),  # a large pad clipped to the image, grown and shifted back inside
+)
+BASE = dict(i2i.BASE_CASE, init_image=INIT)
+CASES = {
+    "inpaint_crop": dict(BASE, width=64, height=64, mask_image=MASKS[0], padding_mask_crop=4, steps=5, strength=0.8),
+    "inpaint_crop_fill": dict(
+        BASE, width=96, height=64, mask_image=MASKS[1], padding_mask_crop=2, steps=4, strength=0.75
+    ),
+}
+
+
+def draw_mask_crop():
+    from PIL import Image, ImageDraw, ImageFilter
+
+    img = Image.new("L", (80, 60), 0)
+    d = ImageDraw.Draw(img)
+    d.ellipse((46, 10, 64, 28), fill=255)
+    d.rectangle((50, 30, 53, 41), fill=255)
+    return img.filter(ImageFilter.GaussianBlur(2))
+
+
+def draw_mask_strip():
+    from PIL import Image, ImageDraw
+
+    img = Image.new("L", (80, 60), 0)
+    d = ImageDraw.Draw(img)
+    d.rectangle((12, 2, 17, 57), fill=255)
+    d.line((8, 30, 70, 30), fill=255, width=1)
+    return img
+
+
+def write_masks(folder: Path) -> None:
+    for name, draw in zip(MASKS, (draw_mask_crop, draw_mask_strip)):
+        buf = io.BytesIO()
+        draw().save(buf, format="PNG", optimize=False)
+        c.write_bytes_if_changed(folder / name, buf.getvalue())
+
+
+def pattern(width: int, height: int):
+    """A deterministic RGB image standing in for a generated one."""
+    import numpy as np
+    from PIL import Image
+
+    y, x = np.mgrid[0:height, 0:width]
+    rgb = np.stack([(7 * x + 3 * y) % 256, (5 * y + 11 * x * y) % 256, (255 - 4 * x) % 256], axis=-1)
+    return Image.fromarray(rgb.astype(np.uint8), "RGB")
+
+
+def write_ops(folder: Path) -> None:
+    """The image-operations golden (see the module docstring)."""
+    import numpy as np
+    from diffusers.image_processor import VaeImageProcessor
+
+    image_processor = VaeImageProcessor(vae_scale_factor=8)
+    mask_processor = VaeImageProcessor(
+        vae_scale_factor=8, do_normalize=False, do_binarize=True, do_convert_grayscale=True
+    )
+    init = cn.load_image(folder / "img2img" / INIT)
+    tensors = {}
+    for k, (mask_name, W, H, pad) in enumerate(OPS):
+        mask = inp.load_mask(folder / "inpaint" / mask_name)
+        region = mask_processor.get_crop_region(mask, W, H, pad=pad)
+        tensors[f"region_{k}"] = np.array(region, dtype=np.int64)
+        filled = image_processor.resize(init.crop(region), H, W, resize_mode="fill").convert("RGB")
+        tensors[f"init_{k}"] = np.asarray(filled)
+        mask_filled = mask_processor.convert_to_grayscale(mask_processor.resize(mask.crop(region), H, W, "fill"))
+        tensors[f"mask_{k}"] = np.asarray(mask_filled)
+        # the processors' tensors are these bytes / 255 (and, for the init image, * 2 - 1)
+        pre = image_processor.preprocess(init, height=H, width=W, crops_coords=region, resize_mode="fill")
+        assert np.array_equal(pre[0].permute(1, 2, 0).numpy(), np.asarray(filled) / np.float32(127.5) - 1)
+        pre_mask = mask_processor.preprocess(mask, height=H, width=W, crops_coords=region, resize_mode="fill")
+        assert np.array_equal(pre_mask[0, 0].numpy(), (np.asarray(mask_filled) / np.float32(255) >= 0.5) * 1.0)
+        generated = pattern(W, H)
+        tensors[f"generated_{k}"] = np.asarray(generated)
+        tensors[f"overlay_{k}"] = np.asarray(image_processor.apply_overlay(mask, init, generated, region))
+        x1, y1, x2, y2 = region
+        print(f"  ops {k}: {mask_name} {W}x{H} pad {pad}: region {region} ({x2 - x1}x{y2 - y1})", flush=True)
+    c.write_safetensors(folder / "goldens" / "mask_crop_ops.safetensors", tensors, {"ops": json.dumps(OPS)})
+
+
+def run_case(pipe, folder: Path, name: str) -> tuple[dict, dict]:
+    import numpy as np
+    import torch
+
+    p = i2i.case_params(name, CASES)
+    steps: list = []
+
+    def on_step_end(_pipe, i, _t, kwargs):
+        steps.append(kwargs["latents"].clone())
+        return kwargs
+
+    with torch.no_grad():
+        out = pipe(
+            prompt=p["prompt"],
+            negative_prompt=p["negative_prompt"],
+            guidance_scale=p["guidance_scale"],
+            num_inference_steps=p["steps"],
+            generator=goldens.generators(p["seed"], p["batch_size"]),
+            image=cn.load_image(folder / "img2img" / p["init_image"]),
+            mask_image=inp.load_mask(folder / "inpaint" / p["mask_image"]),
+            height=p["height"],
+            width=p["width"],
+            strength=p["strength"],
+            padding_mask_crop=p["padding_mask_crop"],
+            output_type="pil",
+            callback_on_step_end=on_step_end,
+            callback_on_step_end_tensor_inputs=["latents"],
+        ).images
+    t = {f"latents_step_{i}": lat.contiguous() for i, lat in enumerate(steps)}
+    t["image_u8"] = torch.from_numpy(np.stack([np.asarray(im) for im in out]))
+    meta = dict(i2i.case_meta(p), mask_image=p["mask_image"], padding_mask_crop=str(p["padding_mask_crop"]))
+    return t, meta
+
+
+def main() -> None:
+    import numpy as np
+
+    args, cases = c.fixtures_args(__doc__, CASES)
+    assert (args.out / "img2img" / INIT).exists(), "run make_img2img.py first"
+    write_masks(args.out / "inpaint")
+    write_ops(args.out)
+    pipe = inp.inpaint_pipeline(c.load_pipeline(args.model))
+    init = np.asarray(cn.load_image(args.out / "img2img" / INIT)).astype(np.int64)
+    for name in cases:
+        tensors, meta = run_case(pipe, args.out, name)
+        image = tensors["image_u8"][0].numpy().astype(np.int64)
+        mask = np.asarray(inp.load_mask(args.out / "inpaint" / CASES[name]["mask_image"]).convert("L"))
+        kept = mask == 0
+        assert image.shape == init.shape and np.array_equal(image[kept], init[kept]), name
+        changed = np.abs(image - init)[mask == 255]
+        print(f"{name}: {len(steps := [k for k in tensors if k.startswith('latents_step_')])} evaluations;"
+              f" inside the mask |image - init| mean {changed.mean():.1f}/255; outside: equal", flush=True)
+        c.write_golden(args.out / "goldens" / f"{name}.safetensors", tensors, meta)
+
+
+if __name__ == "__main__":
+    main()
