@@ -11,7 +11,8 @@
 #   (tiny-sdxl-fused-unet/ holds only unet/: tests pair it with tiny-sdxl's other graphs)
 # (goldens/ holds goldens.py's cases, scheduler_pipeline_goldens.py's sched_*.safetensors, make_lora.py's lora_*,
 # make_stages.py's custom_vae / refiner*, make_controlnet.py's controlnet*, make_img2img.py's img2img*,
-# make_inpaint.py's inpaint* and make_upscaler.py's upscale_x2.safetensors)
+# make_inpaint.py's inpaint*, make_inpaint_crop.py's inpaint_crop* / mask_crop_ops and make_upscaler.py's
+# upscale_x2.safetensors)
 # The torch model is built in $SDXLRT_WORK (default ~/.cache/sdxlrt/work), outside the repository.
 #
 # Goldens come from torch CPU kernels, whose last bits depend on the CPU's vector ISA (see README.md), so
@@ -78,6 +79,8 @@ echo "== init images (img2img/) and diffusers img2img goldens (goldens/img2img*)
 "$py" make_img2img.py --model "$model" --out "$out"
 echo "== masks (inpaint/) and diffusers inpainting goldens (goldens/inpaint*)" >&2
 "$py" make_inpaint.py --model "$model" --out "$out"
+echo "== masks for inpainting only the masked area (inpaint/) and its diffusers goldens (goldens/inpaint_crop*)" >&2
+"$py" make_inpaint_crop.py --model "$model" --out "$out"
 echo "== upscaler fixtures (upscalers/) and torch + PIL goldens (goldens/upscale_x2.safetensors)" >&2
 "$py" make_upscaler.py --out "$out"
 

@@ -5,7 +5,10 @@
 use sdxlrt::image::mask_crop::{crop, crop_region, fill, overlay, CropRegion};
 use sdxlrt::image::{source, RgbImage};
 
-use crate::util::{fixtures, Golden};
+use sdxlrt::engine::Engine;
+use sdxlrt::pipeline::NoProgress;
+
+use crate::util::{check_case, fixtures, options_json, Golden};
 
 fn load(path: &str) -> RgbImage {
     source::load(fixtures().join(path).to_str().unwrap(), "test").unwrap()
@@ -49,4 +52,63 @@ fn crop_fill_and_overlay_equal_diffusers_image_processor_to_the_byte() {
         let got = overlay(&init, &mask, &generated, region);
         same_bytes(&got.data, &g.t(&format!("overlay_{k}")).u8, 80 * 3, &format!("case {k}: overlay"));
     }
+}
+
+#[test]
+fn only_the_masks_area_is_inpainted_and_put_back_as_diffusers_does() {
+    let engine = Engine::new(Some(&options_json())).unwrap();
+    // inpaint_crop: a 50 x 50 area for 64 x 64; inpaint_crop_fill: the whole 80 x 60 image for 96 x 64 (fill bands)
+    for (case, region) in [("inpaint_crop", [30, 1, 80, 51]), ("inpaint_crop_fill", [0, 0, 80, 60])] {
+        let reply = check_case(&engine, case, false);
+        let image = &reply["data"]["generated_images"][0];
+        assert_eq!(
+            (image["width"].as_u64(), image["height"].as_u64()),
+            (Some(80), Some(60)),
+            "{case}: the init image's size"
+        );
+        assert_eq!(image["metadata"]["init_image"]["mask_crop"], serde_json::json!(region), "{case}");
+    }
+}
+
+#[test]
+fn outside_the_mask_the_init_images_pixels_stay_exactly() {
+    let engine = Engine::new(Some(&options_json())).unwrap();
+    let g = Golden::load("inpaint_crop");
+    let outcome = engine.generate(&g.request("tiny-sdxl", false), &mut NoProgress, true);
+    assert!(outcome.error.is_none(), "{}", outcome.response_json);
+    let (init, mask) = (load("img2img/init_80x60.png"), load("inpaint/mask_crop_80x60.png"));
+    let image = &outcome.images[0];
+    let (mut kept, mut redrawn) = (0, 0);
+    for ((got, want), m) in image.data.chunks(3).zip(init.data.chunks(3)).zip(mask.data.chunks(3)) {
+        match m[0] {
+            0 => {
+                assert_eq!(got, want);
+                kept += 1;
+            }
+            255 => redrawn += u32::from(got != want),
+            _ => {}
+        }
+    }
+    assert!(kept > 3500 && redrawn > 30, "kept {kept}, redrawn {redrawn}");
+}
+
+#[test]
+fn a_mask_of_another_size_or_with_nothing_masked_is_refused_naming_the_mask() {
+    let engine = Engine::new(Some(&options_json())).unwrap();
+    let g = Golden::load("inpaint_crop");
+    let with_mask = |mask: &str| {
+        let mut request: serde_json::Value = serde_json::from_str(&g.request("tiny-sdxl", false)).unwrap();
+        request["data"]["mask_image"] = serde_json::json!(fixtures().join(mask));
+        let outcome = engine.generate(&request.to_string(), &mut NoProgress, false);
+        let reply: serde_json::Value = serde_json::from_str(&outcome.response_json).unwrap();
+        reply["error"].to_string()
+    };
+    let other_size = with_mask("inpaint/mask_64.png");
+    assert!(other_size.contains("data.mask_image") && other_size.contains("64×64"), "{other_size}");
+    let black = tempfile::tempdir().unwrap();
+    let path = black.path().join("black.png");
+    image::RgbImage::new(80, 60).save(&path).unwrap();
+    let nothing = with_mask(path.to_str().unwrap());
+    assert!(nothing.contains("data.mask_image") && nothing.contains("black everywhere"), "{nothing}");
+    check_case(&engine, "inpaint_crop", false);
 }

@@ -209,23 +209,30 @@ impl Engine {
         let (pipeline, refiner, model_load_time) =
             self.pipelines(&model_name, params, &mut progress, started, warnings)?;
         let init_source = Self::read_init_images(params)?;
-        // The request may leave the size to the model (or the init image): check the limits on the size it will
-        // get, before any work.
+        let source_size = init_source.as_ref().map(|s| (s.image.width, s.image.height));
+        // The request may leave the size to the model (or the init image, unless only the mask's area is
+        // inpainted): check the limits on the size it will get, before any work.
         let (width, height) =
-            pipeline.image_size(params, init_source.as_ref().map(|s| (s.image.width, s.image.height)))?;
+            pipeline.image_size(params, source_size.filter(|_| params.padding_mask_crop.is_none()))?;
         self.limits.check_size(width, height)?;
-        let upscale = params.output.upscale.as_ref().map(|u| self.prepare_upscale(u, width, height)).transpose()?;
+        // The images leave at the init image's size when the mask's area is inpainted and put back.
+        let (out_w, out_h) = source_size.filter(|_| params.padding_mask_crop.is_some()).unwrap_or((width, height));
+        let upscale = params.output.upscale.as_ref().map(|u| self.prepare_upscale(u, out_w, out_h)).transpose()?;
         let (controlnets, controlnet_load_time) = self.prepare_controlnets(&params.controlnets, width, height)?;
-        let (init, encoder_load_time) = match &init_source {
-            Some(image) => {
-                let (init, seconds) = self.prepare_init_image(&pipeline, image, (width, height), warnings)?;
-                (Some(init), seconds)
+        let prepared = match &init_source {
+            Some(source) => {
+                Some(self.prepare_init_image(&pipeline, source, (width, height), params.padding_mask_crop, warnings)?)
             }
-            None => (None, 0.0),
+            None => None,
         };
         let vae_tiling = self.options.vae_tiling.unwrap_or(false);
         let mut ctx = RunContext { progress: &mut progress, cancel, started, vae_tiling };
-        let mut out = pipeline.generate(params, &mut ctx, refiner.as_deref(), &controlnets, init.as_ref())?;
+        let init = prepared.as_ref().map(|p| &p.init);
+        let mut out = pipeline.generate(params, &mut ctx, refiner.as_deref(), &controlnets, init)?;
+        let region = prepared.as_ref().and_then(|p| p.region);
+        if let Some(source) = &init_source {
+            out.images = init_image::put_back(source, region, std::mem::take(&mut out.images));
+        }
         let t_upscale = Instant::now();
         if let Some(u) = &upscale {
             out.images = self.upscale_images(u, std::mem::take(&mut out.images), &params.request_id, &mut ctx)?;
@@ -283,6 +290,7 @@ impl Engine {
                         denoising_steps: out.timings.denoising_steps,
                         source_width: source.image.width,
                         source_height: source.image.height,
+                        mask_crop: region.map(|r| [r.x1, r.y1, r.x2, r.y2]),
                     }),
                 },
             });
@@ -294,7 +302,7 @@ impl Engine {
             inference_time: t.text_encoding + t.vae_encode + t.denoising + t.vae_decode,
             model_load_time: model_load_time
                 + controlnet_load_time
-                + encoder_load_time
+                + prepared.as_ref().map_or(0.0, |p| p.encoder_load_seconds)
                 + upscale.as_ref().map_or(0.0, |u| u.load_seconds),
             text_encoding_time: t.text_encoding,
             denoising_time: t.denoising,

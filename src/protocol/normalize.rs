@@ -242,6 +242,18 @@ pub fn normalize(wire: &WireRequest, limits: &RequestLimits, warnings: &mut Vec<
     if mask_image.is_some() && init_image.is_none() {
         return Err(Error::field("data.mask_image", "needs data.init_image, the image whose masked part is redrawn"));
     }
+    let padding_mask_crop = match d.padding_mask_crop {
+        None => None,
+        Some(_) if mask_image.is_none() => {
+            return Err(Error::field(
+                "data.padding_mask_crop",
+                "needs data.mask_image: it inpaints only the area around the mask",
+            ))
+        }
+        Some(pad) => Some(u32::try_from(pad).map_err(|_| {
+            Error::field("data.padding_mask_crop", format!("must be a number of pixels from 0 up, got {pad}"))
+        })?),
+    };
     if init_image.is_some() && img2img_steps(steps, strength) == 0 {
         return Err(Error::field(
             "data.hyperparameters.strength",
@@ -392,6 +404,7 @@ pub fn normalize(wire: &WireRequest, limits: &RequestLimits, warnings: &mut Vec<
         seed,
         init_image,
         mask_image,
+        padding_mask_crop,
         strength,
         width,
         height,
@@ -694,6 +707,7 @@ mod tests {
             seed: 12345,
             init_image: None,
             mask_image: None,
+            padding_mask_crop: None,
             strength: 0.8,
             width: Some(1024),
             height: Some(768),
@@ -843,6 +857,16 @@ mod tests {
             (minimal(json!({"mask_image": "m.png"})), "data.mask_image", "needs data.init_image"),
             (minimal(json!({"init_image": "a.png", "mask_image": ""})), "data.mask_image", "empty"),
             (
+                minimal(json!({"init_image": "a.png", "padding_mask_crop": 8})),
+                "data.padding_mask_crop",
+                "needs data.mask_image",
+            ),
+            (
+                minimal(json!({"init_image": "a.png", "mask_image": "m.png", "padding_mask_crop": -1})),
+                "data.padding_mask_crop",
+                "from 0 up",
+            ),
+            (
                 minimal(json!({"init_image": "a.png", "hyperparameters": {"num_inference_steps": 4, "strength": 0.2}})),
                 "data.hyperparameters.strength",
                 "at least 0.25",
@@ -978,6 +1002,10 @@ mod tests {
         let inpaint = json!({"init_image": "a.png", "mask_image": "m.png"});
         let p = parse_value(minimal(inpaint.clone())).unwrap().params;
         assert_eq!((p.init_image.as_deref(), p.mask_image.as_deref()), (Some("a.png"), Some("m.png")));
+        assert_eq!(p.padding_mask_crop, None);
+        let mut cropped = inpaint.clone();
+        cropped["padding_mask_crop"] = json!(32);
+        assert_eq!(parse_value(minimal(cropped)).unwrap().params.padding_mask_crop, Some(32));
         let unit = json!({"model_path": "cn", "control_image": "e.png"});
         let mut with_cn = inpaint.clone();
         with_cn["controlnet"] = json!({"models": [unit]});

@@ -51,6 +51,11 @@ pub struct GenerateParams {
     /// With `init_image`, the part to redraw (`data.mask_image`, same forms; white = redraw, black = keep):
     /// inpainting as diffusers' `StableDiffusionXLInpaintPipeline` does it with a standard 4-channel UNet.
     pub mask_image: Option<String>,
+    /// With `mask_image`, inpaint only the mask's bounding box grown by this many pixels (`data.padding_mask_crop`,
+    /// diffusers' `padding_mask_crop`, A1111's "inpaint area: only masked"): that region, grown to the request's
+    /// aspect ratio, is cut out, inpainted at the request's size and put back into the init image through the mask,
+    /// so the reply has the init image's size. `None`: the whole image is inpainted.
+    pub padding_mask_crop: Option<u32>,
     /// How much of the schedule image-to-image runs (`data.hyperparameters.strength`, in [0, 1], default 0.8):
     /// the last `int(steps × strength)` steps, starting from the init image noised to that level (diffusers'
     /// `strength`, A1111's denoising strength). Text-to-image ignores it (the seed's callers always send it).

@@ -104,6 +104,10 @@ pub struct InitImageInfo {
     pub source_width: u32,
     /// The init image's height as given.
     pub source_height: u32,
+    /// With `data.padding_mask_crop`: the region of the init image that was inpainted, `[x1, y1, x2, y2]` (columns
+    /// `x1..x2`, rows `y1..y2`; diffusers' `crops_coords`), generated at the request's size and put back.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mask_crop: Option<[u32; 4]>,
 }
 
 /// `metadata.upscale`: what `data.output.upscale` did to the image.

@@ -87,6 +87,10 @@ pub struct WireData {
     /// `mask_image`: with `init_image`, the part to redraw (inpainting; white = redraw), as `init_image` is given.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub mask_image: Option<String>,
+    /// `padding_mask_crop`: with `mask_image`, inpaint only the mask's bounding box grown by this many pixels
+    /// (diffusers' `padding_mask_crop`, A1111's "only masked" with its padding).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub padding_mask_crop: Option<i64>,
     /// Legacy `model_name` (the seed sends it together with `models.base`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub model_name: Option<String>,
@@ -350,6 +354,7 @@ const DATA_KEYS: &[&str] = &[
     "negative_prompt_2",
     "init_image",
     "mask_image",
+    "padding_mask_crop",
     "model_name",
     "models",
     "hyperparameters",
@@ -415,6 +420,7 @@ impl WireData {
             negative_prompt_2: obj.string("negative_prompt_2")?,
             init_image: obj.string("init_image")?,
             mask_image: obj.string("mask_image")?,
+            padding_mask_crop: obj.int("padding_mask_crop")?,
             model_name: obj.string("model_name")?,
             models: obj.child("models")?.map(|o| WireModels::decode(&o, warnings)).transpose()?,
             hyperparameters: obj

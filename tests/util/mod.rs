@@ -299,6 +299,10 @@ impl Golden {
         if let Some(mask) = self.meta.get("mask_image") {
             data["mask_image"] = serde_json::json!(fixtures().join("inpaint").join(mask));
         }
+        // onnx/make_inpaint_crop.py's cases: only the mask's area
+        if self.meta.contains_key("padding_mask_crop") {
+            data["padding_mask_crop"] = serde_json::json!(self.meta::<u32>("padding_mask_crop"));
+        }
         serde_json::json!({ "message_type": "inference_request", "request_id": self.name, "data": data }).to_string()
     }
 }
