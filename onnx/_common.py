@@ -245,8 +245,8 @@ def load_pipeline(model: Path):
 def pipeline_from_base(base, cls, **kwargs):
     """Pipeline class `cls` on the base pipeline's components: `base`'s vae, text_encoder(_2), tokenizer(_2), unet,
     scheduler and force_zeros_for_empty_prompt, no watermarker, progress bar off. `kwargs` are further constructor
-    arguments (controlnet=, requires_aesthetics_score=)."""
-    pipe = cls(
+    arguments (controlnet=, requires_aesthetics_score=) or replace a component of `base` (unet=)."""
+    components = dict(
         vae=base.vae,
         text_encoder=base.text_encoder,
         text_encoder_2=base.text_encoder_2,
@@ -256,8 +256,8 @@ def pipeline_from_base(base, cls, **kwargs):
         scheduler=base.scheduler,
         force_zeros_for_empty_prompt=base.config.force_zeros_for_empty_prompt,
         add_watermarker=False,
-        **kwargs,
     )
+    pipe = cls(**{**components, **kwargs})
     pipe.set_progress_bar_config(disable=True)
     return pipe
 

@@ -295,9 +295,10 @@ def inpaint_pipeline(base):
 class Capture(i2i.Capture):
     """make_img2img.Capture (the preprocessed init image, its VAE encoding and posterior randn, prepare_latents'
     add_noise, every UNet call), plus: the mask processor's output, prepare_latents' outputs (latents, noise,
-    image_latents), prepare_mask_latents' mask and masked image in and mask out and its encoder call, each loop
-    step's scheduler.step output and add_noise, and every randn_tensor call in the VAE, pipeline and scheduler modules
-    with its generator(s) and the phase of the call (prepare_latents, prepare_mask_latents, loop)."""
+    image_latents), prepare_mask_latents' mask and masked image in, its mask and masked image latents out and its
+    encoder call, each loop step's scheduler.step output and add_noise, and every randn_tensor call in the VAE,
+    pipeline and scheduler modules with its generator(s) and the phase of the call (prepare_latents,
+    prepare_mask_latents, loop)."""
 
     def __init__(self, pipe, sched_cls):
         super().__init__(pipe)
@@ -356,7 +357,14 @@ class Capture(i2i.Capture):
             finally:
                 for h in hooks:
                     h.remove()
-            self.mask_calls.append(dict(mask_in=mask.clone(), masked_image=masked_image.clone(), mask=out[0].clone()))
+            self.mask_calls.append(
+                dict(
+                    mask_in=mask.clone(),
+                    masked_image=masked_image.clone(),
+                    mask=out[0].clone(),
+                    masked_image_latents=out[1].clone(),
+                )
+            )
             self.phase = "loop"
             return out
 

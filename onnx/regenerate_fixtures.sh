@@ -7,12 +7,12 @@
 #
 # Owned outputs (tests/fixtures/rng/ and tests/fixtures/schedulers/ belong to other tools and are left alone):
 #   clip-vocab-full/  tokenizer_ids.json  tiny-sdxl/  tiny-sdxl-folded/  tiny-sdxl-fp16/  tiny-sdxl-fused-unet/
-#   goldens/  loras/  tiny-sdxl-refiner/  vae/  upscalers/  controlnet/  img2img/  inpaint/
-#   (tiny-sdxl-fused-unet/ holds only unet/: tests pair it with tiny-sdxl's other graphs)
+#   goldens/  loras/  tiny-sdxl-refiner/  vae/  upscalers/  controlnet/  img2img/  inpaint/  tiny-sdxl-inpaint-unet/
+#   (tiny-sdxl-fused-unet/ and tiny-sdxl-inpaint-unet/ hold only unet/: tests pair it with tiny-sdxl's other graphs)
 # (goldens/ holds goldens.py's cases, scheduler_pipeline_goldens.py's sched_*.safetensors, make_lora.py's lora_*,
 # make_stages.py's custom_vae / refiner*, make_controlnet.py's controlnet*, make_img2img.py's img2img*,
-# make_inpaint.py's inpaint*, make_inpaint_crop.py's inpaint_crop* / mask_crop_ops and make_upscaler.py's
-# upscale_x2.safetensors)
+# make_inpaint.py's inpaint and inpaint_*, make_inpaint_unet.py's inpaint9*, make_inpaint_crop.py's inpaint_crop*
+# and mask_crop_ops, and make_upscaler.py's upscale_x2.safetensors)
 # The torch model is built in $SDXLRT_WORK (default ~/.cache/sdxlrt/work), outside the repository.
 #
 # Goldens come from torch CPU kernels, whose last bits depend on the CPU's vector ISA (see README.md), so
@@ -22,7 +22,7 @@ set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 fixtures="$(cd "$here/../tests/fixtures" && pwd)"
 owned=(clip-vocab-full tokenizer_ids.json tiny-sdxl tiny-sdxl-folded tiny-sdxl-fp16 tiny-sdxl-fused-unet goldens loras
-    tiny-sdxl-refiner vae upscalers controlnet img2img inpaint)
+    tiny-sdxl-refiner vae upscalers controlnet img2img inpaint tiny-sdxl-inpaint-unet)
 
 mode=write
 case "${1:-}" in
@@ -77,8 +77,10 @@ echo "== tiny ControlNets and control images (controlnet/) and their diffusers g
 "$py" make_controlnet.py --model "$model" --out "$out"
 echo "== init images (img2img/) and diffusers img2img goldens (goldens/img2img*)" >&2
 "$py" make_img2img.py --model "$model" --out "$out"
-echo "== masks (inpaint/) and diffusers inpainting goldens (goldens/inpaint*)" >&2
+echo "== masks (inpaint/) and diffusers inpainting goldens (goldens/inpaint, inpaint_*)" >&2
 "$py" make_inpaint.py --model "$model" --out "$out"
+echo "== tiny 9-channel inpainting UNet (tiny-sdxl-inpaint-unet/) and its diffusers inpainting goldens (goldens/inpaint9*)" >&2
+"$py" make_inpaint_unet.py --model "$model" --out "$out"
 echo "== masks for inpainting only the masked area (inpaint/) and its diffusers goldens (goldens/inpaint_crop*)" >&2
 "$py" make_inpaint_crop.py --model "$model" --out "$out"
 echo "== upscaler fixtures (upscalers/) and torch + PIL goldens (goldens/upscale_x2.safetensors)" >&2

@@ -1,14 +1,17 @@
 //! Inpainting (`data.mask_image` with `data.init_image`): parity with diffusers' `StableDiffusionXLInpaintPipeline`
-//! (standard 4-channel UNet) on goldens made by onnx/make_inpaint.py from the same tiny weights — the starting
-//! latents and the latents after every step and mask blend ≤ 1e-4 + 1e-5·|x|, images within ±1/255 — then the
-//! mask's preprocessing and errors.
+//! on goldens made from the same tiny weights — with the standard 4-channel UNet (onnx/make_inpaint.py) and with a
+//! 9-channel inpainting UNet (onnx/make_inpaint_unet.py) — the starting latents and the latents after every step
+//! (and mask blend) ≤ 1e-4 + 1e-5·|x|, images within ±1/255; then the mask's preprocessing and errors.
 
 use sdxlrt::engine::Engine;
 use sdxlrt::image::source;
 use sdxlrt::pipeline::inpaint::{latent_mask, mask_pixels};
 use sdxlrt::pipeline::NoProgress;
 
-use crate::util::{check_case, fixtures, max_u8_diff, options_json, Golden};
+use crate::util::{check_case, check_case_on, fixtures, inpaint_unet_root, max_u8_diff, options_json, Golden};
+
+/// The request model holding the 9-channel inpainting UNet ([`inpaint_unet_root`]).
+const INPAINT_MODEL: &str = "tiny-sdxl-inpaint";
 
 fn engine() -> Engine {
     Engine::new(Some(&options_json())).expect("engine")
@@ -96,4 +99,64 @@ fn bad_masks_are_errors_naming_the_field_and_the_engine_keeps_working() {
     assert!(outcome.error.is_none(), "the engine still works: {}", outcome.response_json);
     let (worst, at) = max_u8_diff(&outcome.images[0].data, &g.t("image_u8").u8);
     assert!(worst <= 1, "after the errors the image differs from diffusers by {worst}/255 at {at}");
+}
+
+#[test]
+fn a_9_channel_inpainting_unet_matches_diffusers() {
+    let (_root, options) = inpaint_unet_root();
+    let engine = Engine::new(Some(&options)).expect("engine");
+    for case in ["inpaint9", "inpaint9_dpmpp_2m"] {
+        check_case_on(&engine, INPAINT_MODEL, case, false);
+    }
+}
+
+#[test]
+fn at_strength_one_an_inpainting_unet_starts_from_noise_without_encoding_the_image() {
+    // diffusers draws no posterior sample of the init image then: the first generator's draws are the noise and
+    // the masked image's sample, so the run checks the order of the draws too.
+    let (_root, options) = inpaint_unet_root();
+    let engine = Engine::new(Some(&options)).expect("engine");
+    check_case_on(&engine, INPAINT_MODEL, "inpaint9_full", true);
+}
+
+#[test]
+fn an_inpainting_unet_batch_shares_the_first_generators_masked_image_as_diffusers_does() {
+    let (_root, options) = inpaint_unet_root();
+    let engine = Engine::new(Some(&options)).expect("engine");
+    check_case_on(&engine, INPAINT_MODEL, "inpaint9_batch2", false);
+    check_case_on(&engine, INPAINT_MODEL, "inpaint9_batch2", true);
+}
+
+#[test]
+fn an_inpainting_unet_without_a_mask_is_an_error_naming_the_mask_and_the_engine_keeps_working() {
+    let (_root, options) = inpaint_unet_root();
+    let engine = Engine::new(Some(&options)).expect("engine");
+    let g = Golden::load("inpaint9");
+    let good: serde_json::Value = serde_json::from_str(&g.request(INPAINT_MODEL, true)).unwrap();
+    let without = |keys: &[&str]| {
+        let mut r = good.clone();
+        for key in keys {
+            r["data"].as_object_mut().unwrap().remove(*key);
+        }
+        r.to_string()
+    };
+    let mut controlnet = good.clone();
+    controlnet["data"]["controlnet"] =
+        serde_json::json!({"models": [{"model_path": "tiny-controlnet", "control_image": "x"}]});
+    let cases = [
+        (without(&["mask_image", "init_image"]), "invalid_request", "data.mask_image"), // text-to-image
+        (without(&["mask_image"]), "invalid_request", "data.mask_image"),               // image-to-image
+        (controlnet.to_string(), "unsupported", "data.controlnet"),
+    ];
+    for (request, code, needle) in cases {
+        let reply: serde_json::Value =
+            serde_json::from_str(&engine.generate(&request, &mut NoProgress, false).response_json).unwrap();
+        assert_eq!(reply["error_code"], code, "{needle}: {reply}");
+        let error = reply["error"].as_str().unwrap();
+        assert!(error.contains(needle), "{needle}: {error}");
+        if needle == "data.mask_image" {
+            assert!(error.contains("inpainting UNet"), "the error says why: {error}");
+        }
+    }
+    check_case_on(&engine, INPAINT_MODEL, "inpaint9", true);
 }

@@ -29,7 +29,7 @@ mod stages;
 mod controlnet;
 // Image-to-image: parity with diffusers' img2img pipeline (every scheduler, resize, batch, ControlNet, refiner), errors.
 mod img2img;
-// Inpainting: parity with diffusers' inpaint pipeline (schedulers, strength 1, batch, resized mask), errors.
+// Inpainting: parity with diffusers' inpaint pipeline (schedulers, strength 1, batch, resized mask, 9-channel UNet), errors.
 mod inpaint;
 // The upscaler: torch parity, A1111's passes and Lanczos resize, tiling, request path, errors.
 mod upscale;

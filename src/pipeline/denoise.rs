@@ -1,11 +1,12 @@
-//! The denoising loop: scale → ControlNets, if any → UNet (CFG batch of 2) → guidance → scheduler step, with progress
-//! and cancellation checked at every UNet call. Mirrors the loop in diffusers' `StableDiffusionXLPipeline.__call__`
-//! (and `StableDiffusionXLControlNetPipeline.__call__`).
+//! The denoising loop: scale → ControlNets, if any → UNet (CFG batch of 2; an inpainting UNet also gets the mask and
+//! masked-image channels) → guidance → scheduler step (→ inpainting's blend with a 4-channel UNet), with progress and
+//! cancellation checked at every UNet call. Mirrors the loop in diffusers' `StableDiffusionXLPipeline.__call__` (and
+//! `StableDiffusionXLControlNetPipeline.__call__`, `StableDiffusionXLInpaintPipeline.__call__`).
 
 use ndarray::{concatenate, Array1, Array2, Array3, ArrayD, Axis, IxDyn};
 
 use super::controlnet::{ControlRun, ControlUnit};
-use super::inpaint::Blend;
+use super::inpaint::{self, Inpainting};
 use super::{Progress, ProgressEvent, Stage};
 use crate::error::{Error, Result};
 use crate::rng::NoiseSource;
@@ -52,8 +53,9 @@ pub struct DenoiseContext<'a> {
     pub skipped_steps: u32,
     /// ControlNet units adding residuals to every UNet call (the UNet then has their inputs); empty for none.
     pub controlnets: &'a [ControlUnit],
-    /// Inpainting: what replaces the latents outside the mask after every step; `None` for none.
-    pub inpaint: Option<&'a Blend>,
+    /// Inpainting: the blend after every step (4-channel UNet) or the mask channels of every UNet call (9-channel
+    /// inpainting UNet); `None` for none.
+    pub inpaint: Option<&'a Inpainting>,
 }
 
 /// Run the evaluations `range` of `scheduler` (all of them, or a base model's first part and a refiner's rest) on
@@ -87,6 +89,11 @@ pub fn denoise(
         }
         None => Vec::new(),
     };
+    // A 9-channel UNet's mask and masked-image channels, one row per UNet row.
+    let mask_channels = match ctx.inpaint {
+        Some(Inpainting::Channels(channels)) => Some(channels.rows(if ctx.guided { 2 * batch } else { batch })?),
+        _ => None,
+    };
     let mut reported = 0;
     for (i, &t) in timesteps.iter().enumerate().skip(range.start).take(run.len()) {
         ctx.cancel.check()?;
@@ -106,6 +113,10 @@ pub fn denoise(
         let residuals = match control.as_mut() {
             Some(c) => c.residuals(&sample, t, window, last, ctx.cancel)?,
             None => Vec::new(),
+        };
+        let sample = match &mask_channels {
+            Some(extra) => inpaint::unet_sample(sample, extra)?,
+            None => sample,
         };
         let mut changing = vec![
             ("sample".to_string(), float_value(sample, sample_elem, "unet", "sample")?),
@@ -128,7 +139,7 @@ pub fn denoise(
             out
         };
         latents = scheduler.step(noise_pred.view(), i, latents.view(), noise)?;
-        if let Some(blend) = ctx.inpaint {
+        if let Some(Inpainting::Blend(blend)) = ctx.inpaint {
             blend.apply(&mut latents, scheduler, i);
         }
         ctx.progress.on_latents(ctx.image_index, Some(i), latents.view());

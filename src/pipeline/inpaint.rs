@@ -1,11 +1,18 @@
-//! Inpainting (`data.mask_image` with `data.init_image`) with a standard 4-channel UNet, as diffusers'
-//! `StableDiffusionXLInpaintPipeline` does it: the mask is resized to the request's size (Pillow's Lanczos, only
-//! when the size differs), made grey (Pillow's `convert("L")`), scaled to [0, 1] and binarized at 0.5 (white =
-//! redraw), then shrunk to the latents' size (torch's nearest `interpolate`). After every scheduler step the
-//! latents outside the mask are replaced by the init image's latents noised to the next step's level (the clean
-//! latents after the last step), so only the masked part is redrawn ([`Blend`]).
+//! Inpainting (`data.mask_image` with `data.init_image`), as diffusers' `StableDiffusionXLInpaintPipeline` does it:
+//! the mask is resized to the request's size (Pillow's Lanczos, only when the size differs), made grey (Pillow's
+//! `convert("L")`), scaled to [0, 1] and binarized at 0.5 (white = redraw), then shrunk to the latents' size
+//! (torch's nearest `interpolate`). Then, by the UNet's `sample` channels ([`Inpainting`]):
+//!
+//! - a standard 4-channel UNet: after every scheduler step the latents outside the mask are replaced by the init
+//!   image's latents noised to the next step's level (the clean latents after the last step), so only the masked
+//!   part is redrawn ([`Blend`]);
+//! - a 9-channel inpainting UNet (diffusers/stable-diffusion-xl-1.0-inpainting-0.1's kind): every UNet call takes
+//!   the mask and the latents of the masked image ([`masked_pixels`]) beside the latents ([`MaskChannels`]); no
+//!   blend.
 
-use ndarray::{Array2, ArrayD, ArrayViewD, Axis, Zip};
+use ndarray::{concatenate, Array2, Array4, ArrayD, ArrayViewD, Axis, Zip};
+
+use crate::error::{Error, Result};
 
 use crate::image::RgbImage;
 use crate::schedulers::Scheduler;
@@ -36,6 +43,80 @@ pub fn latent_mask(mask: &Array2<f32>, h: usize, w: usize) -> Array2<f32> {
         ((dst as f32 * scale).floor() as usize).min(input - 1)
     };
     Array2::from_shape_fn((h, w), |(y, x)| mask[[index(y, in_h, h), index(x, in_w, w)]])
+}
+
+/// What a UNet's `sample` input takes, read from its channel count.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UnetInput {
+    /// The latents only (4 channels): a standard UNet; it inpaints with the [`Blend`].
+    Latents,
+    /// The latents, the mask and the masked image's latents (4 + 1 + 4 = 9 channels): an inpainting UNet.
+    Inpainting,
+}
+
+impl UnetInput {
+    /// The kind of the UNet graph at `path` whose `sample` input declares `channels` channels (-1: a dynamic
+    /// dimension, taken as the latents only). Another count is [`Error::ModelInvalid`], as diffusers' inpaint
+    /// pipeline refuses it ("should have either 4 or 9 input channels").
+    pub fn from_channels(channels: i64, path: &std::path::Path) -> Result<Self> {
+        const LATENTS: i64 = super::LATENT_CHANNELS as i64;
+        match channels {
+            -1 | LATENTS => Ok(UnetInput::Latents),
+            c if c == 2 * LATENTS + 1 => Ok(UnetInput::Inpainting),
+            c => Err(Error::model_invalid(
+                path,
+                format!(
+                    "the UNet's sample input has {c} channels: a UNet takes {LATENTS} (the latents) or {} (an                      inpainting UNet: the latents, the mask and the masked image's latents)",
+                    2 * LATENTS + 1
+                ),
+            )),
+        }
+    }
+}
+
+/// The init image with the part to redraw blanked, as the 9-channel UNet's masked image: diffusers'
+/// `init_image * (mask < 0.5)` on `pixels` `[1, 3, H, W]` in [-1, 1] and the `[H, W]` `mask` (1 = redraw), in
+/// float32 (so −0.0 where a blanked pixel was negative, as torch gives).
+pub fn masked_pixels(pixels: &Array4<f32>, mask: &Array2<f32>) -> Array4<f32> {
+    let keep = mask.mapv(|m| if m < 0.5 { 1.0 } else { 0.0 });
+    pixels * &keep
+}
+
+/// How the denoising loop inpaints, by the UNet's kind.
+#[derive(Debug, Clone)]
+pub enum Inpainting {
+    /// A standard 4-channel UNet: the latents outside the mask are replaced after every step.
+    Blend(Blend),
+    /// A 9-channel inpainting UNet: it takes the mask and the masked image's latents at every call.
+    Channels(MaskChannels),
+}
+
+/// What a 9-channel inpainting UNet takes beside the latents: the latent mask and the masked image's latents,
+/// the same for every image of the request (diffusers encodes the masked image once, with the first generator).
+#[derive(Debug, Clone)]
+pub struct MaskChannels {
+    /// `[h, w]`, 1 where the image is redrawn.
+    pub mask: Array2<f32>,
+    /// The masked image's latents `[1, C, h, w]` (scaled).
+    pub masked_image_latents: Array4<f32>,
+}
+
+impl MaskChannels {
+    /// The UNet's extra channels for a batch of `rows` (CFG's two halves included): `[rows, 1 + C, h, w]`, every
+    /// row the mask then the masked image's latents (diffusers repeats both per image and doubles them for CFG).
+    pub fn rows(&self, rows: usize) -> Result<Array4<f32>> {
+        let mask = self.mask.view().insert_axis(Axis(0)).insert_axis(Axis(0));
+        let row = concatenate(Axis(1), &[mask, self.masked_image_latents.view()])
+            .map_err(|e| Error::Internal(format!("mask channels: {e}")))?;
+        concatenate(Axis(0), &vec![row.view(); rows]).map_err(|e| Error::Internal(format!("mask channels: {e}")))
+    }
+}
+
+/// diffusers' 9-channel UNet input: `torch.cat([latent_model_input, mask, masked_image_latents], dim=1)`, with
+/// `extra` from [`MaskChannels::rows`] for the rows of `sample` (the scaled latents, CFG-doubled).
+pub fn unet_sample(sample: ArrayD<f32>, extra: &Array4<f32>) -> Result<ArrayD<f32>> {
+    concatenate(Axis(1), &[sample.view(), extra.view().into_dyn()])
+        .map_err(|e| Error::Internal(format!("inpainting UNet sample {:?} + {:?}: {e}", sample.shape(), extra.shape())))
 }
 
 /// What the loop blends in after every step: the latent mask, the init image's latents and the noise that
@@ -94,6 +175,43 @@ mod tests {
         // 4 → 2 rows: 0, 2; 6 → 4 columns: scale 1.5 → 0, 1, 3, 4.
         let got = latent_mask(&mask, 2, 4);
         assert_eq!(got.into_raw_vec_and_offset().0, [0.0, 1.0, 3.0, 4.0, 12.0, 13.0, 15.0, 16.0]);
+    }
+
+    #[test]
+    fn a_unet_takes_4_or_9_channels_and_any_other_count_is_an_invalid_model() {
+        let path = std::path::Path::new("/m/unet/model.onnx");
+        assert_eq!(UnetInput::from_channels(4, path).unwrap(), UnetInput::Latents);
+        assert_eq!(UnetInput::from_channels(-1, path).unwrap(), UnetInput::Latents);
+        assert_eq!(UnetInput::from_channels(9, path).unwrap(), UnetInput::Inpainting);
+        for channels in [0, 5, 8, 13] {
+            let err = UnetInput::from_channels(channels, path).unwrap_err();
+            assert!(matches!(err, Error::ModelInvalid { .. }), "{channels}: {err:?}");
+            assert!(err.to_string().contains(&format!("{channels} channels")), "{err}");
+        }
+    }
+
+    #[test]
+    fn the_masked_image_blanks_the_redrawn_pixels_with_torchs_signed_zero() {
+        let pixels = Array4::from_shape_vec((1, 2, 1, 2), vec![0.5, -0.5, -0.25, 1.0]).unwrap();
+        let mask = Array2::from_shape_vec((1, 2), vec![1.0, 0.0]).unwrap();
+        let masked = masked_pixels(&pixels, &mask);
+        assert_eq!(masked.iter().copied().collect::<Vec<_>>(), [0.0, -0.5, 0.0, 1.0]);
+        assert!(masked[[0, 1, 0, 0]].is_sign_negative(), "-0.25 × 0 is -0.0 in torch");
+    }
+
+    #[test]
+    fn the_inpainting_unet_gets_latents_then_mask_then_masked_image_latents() {
+        let channels = MaskChannels {
+            mask: Array2::from_shape_vec((1, 2), vec![1.0, 0.0]).unwrap(),
+            masked_image_latents: Array4::from_shape_vec((1, 2, 1, 2), vec![3.0, 4.0, 5.0, 6.0]).unwrap(),
+        };
+        let extra = channels.rows(2).unwrap();
+        assert_eq!(extra.shape(), [2, 3, 1, 2]);
+        let sample = ArrayD::from_shape_vec(ndarray::IxDyn(&[2, 1, 1, 2]), vec![7.0, 8.0, 9.0, 10.0]).unwrap();
+        let got = unet_sample(sample, &extra).unwrap();
+        assert_eq!(got.shape(), [2, 4, 1, 2]);
+        let want = [7.0, 8.0, 1.0, 0.0, 3.0, 4.0, 5.0, 6.0, 9.0, 10.0, 1.0, 0.0, 3.0, 4.0, 5.0, 6.0];
+        assert_eq!(got.iter().copied().collect::<Vec<_>>(), want);
     }
 
     #[test]

@@ -27,6 +27,7 @@ use self::decode::VaeDecoder;
 use self::denoise::{denoise, time_ids, DenoiseContext, UnetConditioning};
 use self::encode::{InitImage, VaeEncoder};
 use self::experts::{stage_range, Expert};
+use self::inpaint::{Inpainting, UnetInput};
 use self::model_dir::ModelDir;
 use self::start::Origin;
 use self::text::{PromptEmbeds, TextEncoders};
@@ -158,6 +159,8 @@ pub struct SdxlPipeline {
     /// [`crate::lora::GraphPlan::key`] of text_encoder, text_encoder_2 and unet (0: base weights).
     graph_keys: [u64; 3],
     lora: LoraReport,
+    /// What the UNet's `sample` takes: the latents, or also the mask and masked image (an inpainting UNet).
+    unet_input: UnetInput,
     /// The VAE encoder beside `vae`'s decoder, loaded on the first image-to-image request.
     encoder: once_cell::sync::OnceCell<Arc<VaeEncoder>>,
 }
@@ -278,12 +281,15 @@ impl SdxlPipeline {
         for name in ["sample", "timestep", "encoder_hidden_states", "text_embeds", "time_ids"] {
             unet.input(name)?;
         }
+        let unet_input =
+            UnetInput::from_channels(unet.input("sample")?.shape.get(1).copied().unwrap_or(-1), unet.path())?;
         let vae = match vae_decoder {
             Some(loaded) => loaded?,
             None => load_vae()?,
         };
         crate::runtime::heap::release_free_memory();
-        Ok(SdxlPipeline { dir, text, unet, vae, graph_keys, lora, encoder: once_cell::sync::OnceCell::new() })
+        let encoder = once_cell::sync::OnceCell::new();
+        Ok(SdxlPipeline { dir, text, unet, vae, graph_keys, lora, unet_input, encoder })
     }
 
     /// True when the UNet has ControlNet residual inputs (loaded with [`SessionConfig::controlnet_inputs`]).
@@ -319,19 +325,57 @@ impl SdxlPipeline {
         Ok(())
     }
 
-    /// Refuses inpainting on a UNet that takes more than the latents (a 9-channel inpainting UNet).
-    fn check_inpainting_unet(&self) -> Result<()> {
-        let channels = self.unet.input("sample")?.shape.get(1).copied().unwrap_or(-1);
-        if channels > LATENT_CHANNELS as i64 {
-            return Err(Error::unsupported(
+    /// Refuses a request an inpainting UNet cannot run: one without a mask (text-to-image, plain image-to-image;
+    /// diffusers' other SDXL pipelines would fail on the channel count), or one that hands its latents to a
+    /// `refiner` that is an inpainting UNet.
+    fn check_unet_inputs(&self, refiner: Option<&SdxlPipeline>, init: Option<&InitImage>) -> Result<()> {
+        let masked = init.is_some_and(|i| i.mask.is_some());
+        if self.unet_input == UnetInput::Inpainting && !masked {
+            return Err(Error::field(
                 "data.mask_image",
-                format!(
-                    "this model's UNet takes {channels} input channels (an inpainting UNet, which also takes the mask \
-                     and the masked image); sdxlrt inpaints with standard 4-channel UNets only yet"
-                ),
+                "this model's UNet is an inpainting UNet (9 input channels: the latents, the mask and the masked \
+                 image): it only inpaints, so it needs data.init_image and data.mask_image (white = redraw)",
+            ));
+        }
+        if refiner.is_some_and(|r| r.unet_input == UnetInput::Inpainting) {
+            return Err(Error::field(
+                "data.models.refiner",
+                "the refiner's UNet is an inpainting UNet (9 input channels): a refiner needs a standard UNet",
             ));
         }
         Ok(())
+    }
+
+    /// What the run starts from ([`Origin`]), with the VAE encodes it needs (progress stage `ImageEncoding`,
+    /// `timings.vae_encode`): noise without `init`; else the init image's posterior for image-to-image and
+    /// inpainting, except with an inpainting UNet at strength 1, where diffusers never encodes the image; and with
+    /// a mask and an inpainting UNet also the posterior of the masked image ([`inpaint::masked_pixels`]).
+    fn origin(
+        &self,
+        init: Option<&InitImage>,
+        params: &GenerateParams,
+        latent: (usize, usize),
+        ctx: &mut RunContext<'_>,
+        timings: &mut StageTimings,
+    ) -> Result<Origin> {
+        let Some(init) = init else { return Ok(Origin::Noise) };
+        self.report(ctx, &params.request_id, Stage::ImageEncoding, 0, 1, 0, params.batch_size)?;
+        let t = Instant::now();
+        let encode = |pixels| init.encoder.moments(pixels, LATENT_CHANNELS, latent, ctx.cancel);
+        let (seed, strength, vae) = (params.seed, params.strength, self.vae.info());
+        let origin = match (&init.mask, self.unet_input) {
+            (None, _) => Origin::image(encode(init.pixels.clone())?, vae),
+            (Some(mask), UnetInput::Latents) => {
+                Origin::inpaint(&encode(init.pixels.clone())?, mask, (seed, strength), vae)?
+            }
+            (Some(mask), UnetInput::Inpainting) => {
+                let image = if strength < 1.0 { Some(encode(init.pixels.clone())?) } else { None };
+                let masked = encode(inpaint::masked_pixels(&init.pixels, mask))?;
+                Origin::inpaint_unet(image.as_ref(), &masked, mask, seed, vae)?
+            }
+        };
+        timings.vae_encode = t.elapsed().as_secs_f64();
+        Ok(origin)
     }
 
     /// The session of a LoRA-patchable graph (`None`: a refiner's missing first text encoder).
@@ -469,7 +513,9 @@ impl SdxlPipeline {
     /// With `init` (image-to-image, diffusers' `StableDiffusionXLImg2ImgPipeline`), the base starts at step
     /// `steps − int(steps × strength)` from the init image's latents ([`encode`]) noised to that level; a refiner
     /// still takes over at `refiner_switch_at` of the whole schedule (diffusers' `denoising_start` ignores
-    /// strength).
+    /// strength). With the init image's mask it inpaints (diffusers' `StableDiffusionXLInpaintPipeline`,
+    /// [`inpaint`]): a standard UNet blends after every step, an inpainting UNet (9 channels) takes the mask and the
+    /// masked image's latents at every call and needs a mask.
     pub fn generate(
         &self,
         params: &GenerateParams,
@@ -479,6 +525,7 @@ impl SdxlPipeline {
         init: Option<&InitImage>,
     ) -> Result<PipelineOutput> {
         self.check_controlnets(controlnets)?;
+        self.check_unet_inputs(refiner, init)?;
         let mut warnings = self.dir.warnings.clone();
         let names: Vec<&str> = params.loras.iter().map(|l| l.name.as_str()).collect();
         warnings.extend(self.lora.warnings(&names));
@@ -535,22 +582,9 @@ impl SdxlPipeline {
         let scale = self.dir.vae.scale_factor;
         let (lh, lw) = ((height / scale) as usize, (width / scale) as usize);
         timings.denoising_steps = params.steps - skipped;
-        // The init image's posterior, once for the whole batch (diffusers encodes the same image per generator).
-        let moments = match init {
-            Some(init) => {
-                self.report(ctx, &params.request_id, Stage::ImageEncoding, 0, 1, 0, batch)?;
-                let t = Instant::now();
-                let moments = init.encoder.moments(init.pixels.clone(), LATENT_CHANNELS, (lh, lw), ctx.cancel)?;
-                timings.vae_encode = t.elapsed().as_secs_f64();
-                Some(moments)
-            }
-            None => None,
-        };
-        let mask = init.and_then(|i| i.mask.as_ref());
-        if mask.is_some() {
-            self.check_inpainting_unet()?;
-        }
-        let origin = Origin::new(moments, mask, (params.seed, params.strength), self.vae.info())?;
+        // The init image (and masked image) encoded once for the whole batch (diffusers encodes the same image per
+        // generator).
+        let origin = self.origin(init, params, (lh, lw), ctx, &mut timings)?;
         let mut images = Vec::with_capacity(batch as usize);
         let mut first = 0usize;
         while first < batch as usize {
@@ -558,7 +592,7 @@ impl SdxlPipeline {
             let seed = params.seed.wrapping_add(first as u64);
             let mut noise = BatchGenerators::new(seed, n);
             let mut latents = None;
-            let mut blend: Option<inpaint::Blend> = None;
+            let mut inpainting: Option<Inpainting> = None;
             for ((stage, (cond, uncond)), range) in stages.iter().zip(&conditions).zip(&ranges) {
                 let mut scheduler = stage.scheduler.build(params.steps as usize)?;
                 if range.start > 0 {
@@ -568,9 +602,9 @@ impl SdxlPipeline {
                     Some(handed_over) => handed_over,
                     None => {
                         let shape = [n, LATENT_CHANNELS, lh, lw];
-                        let (start, chunk_blend) =
+                        let (start, chunk_inpainting) =
                             origin.latents(shape, &mut noise, first == 0, scheduler.as_ref(), range.start)?;
-                        blend = chunk_blend;
+                        inpainting = chunk_inpainting;
                         ctx.progress.on_latents(first as u32, None, start.view());
                         start
                     }
@@ -591,7 +625,7 @@ impl SdxlPipeline {
                     steps: params.steps - skipped,
                     skipped_steps: skipped,
                     controlnets: if std::ptr::eq(stage.model, self) { controlnets } else { &[] },
-                    inpaint: blend.as_ref(),
+                    inpaint: inpainting.as_ref(),
                 };
                 let (out, evals) = denoise(start, &cond_n, scheduler.as_mut(), range.clone(), &mut noise, &mut dctx)?;
                 timings.denoising += t1.elapsed().as_secs_f64();

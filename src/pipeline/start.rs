@@ -1,12 +1,13 @@
 //! The latents a run starts from, per batch chunk: seeded noise × `init_noise_sigma` (text-to-image), the init
 //! image's latents noised to the first step that runs (image-to-image, diffusers' img2img `prepare_latents`), or
-//! those with the mask blend the loop applies after every step (inpainting, diffusers' inpaint `prepare_latents`).
-//! The generator draws are diffusers', in its order.
+//! inpainting's start (diffusers' inpaint `prepare_latents` and `prepare_mask_latents`) with what the loop inpaints
+//! with: the mask blend after every step (a 4-channel UNet) or the mask and masked-image channels of every UNet call
+//! (a 9-channel inpainting UNet). The generator draws are diffusers', in its order.
 
 use ndarray::{concatenate, Array2, Array4, ArrayD, Axis, IxDyn};
 
 use super::encode;
-use super::inpaint::{self, Blend};
+use super::inpaint::{self, Blend, Inpainting, MaskChannels};
 use super::model_dir::VaeInfo;
 use crate::error::{Error, Result};
 use crate::rng::{BatchGenerators, NoiseSource, TorchGenerator};
@@ -18,32 +19,58 @@ pub(super) enum Origin {
     Noise,
     /// The init image's posterior `[1, 2C, h, w]` (image-to-image) and the VAE's scaling.
     Image { moments: Array4<f32>, vae: VaeInfo },
-    /// Inpainting: the latent mask `[h, w]` and the init image's latents `[1, C, h, w]`, which diffusers' inpaint
-    /// pipeline draws once, from the first generator (seed + 0), for the whole batch; `pure_noise` at strength 1
-    /// (diffusers' `is_strength_max`: the run starts from noise × `init_noise_sigma`).
+    /// Inpainting with a 4-channel UNet: the latent mask `[h, w]` and the init image's latents `[1, C, h, w]`,
+    /// which diffusers' inpaint pipeline draws once, from the first generator (seed + 0), for the whole batch;
+    /// `pure_noise` at strength 1 (diffusers' `is_strength_max`: the run starts from noise × `init_noise_sigma`).
     Inpaint { mask: Array2<f32>, image: Array4<f32>, pure_noise: bool },
+    /// Inpainting with a 9-channel inpainting UNet: the init image's latents `[1, C, h, w]` (`None` at strength 1:
+    /// the run starts from noise × `init_noise_sigma` and diffusers never encodes the image) and what the UNet
+    /// takes beside the latents; both drawn once, from the first generator.
+    InpaintUnet { image: Option<Array4<f32>>, channels: MaskChannels },
 }
 
 impl Origin {
-    /// The origin of a request with `seed` and `strength`: noise without `moments`; with them, image-to-image, or
-    /// inpainting with `mask` (at the image's size).
-    pub(super) fn new(
-        moments: Option<Array4<f32>>,
-        mask: Option<&Array2<f32>>,
+    /// Image-to-image from the init image's posterior `moments`.
+    pub(super) fn image(moments: Array4<f32>, vae: &VaeInfo) -> Self {
+        Origin::Image { moments, vae: vae.clone() }
+    }
+
+    /// Inpainting with a 4-channel UNet: the init image's posterior `moments` and the `mask` at the image's size,
+    /// for a request with `seed` and `strength`. The first generator's first draw is the image's posterior sample.
+    pub(super) fn inpaint(
+        moments: &Array4<f32>,
+        mask: &Array2<f32>,
         (seed, strength): (u64, f64),
         vae: &VaeInfo,
     ) -> Result<Self> {
-        let Some(moments) = moments else { return Ok(Origin::Noise) };
-        let Some(mask) = mask else { return Ok(Origin::Image { moments, vae: vae.clone() }) };
-        let (c, h, w) = (moments.shape()[1] / 2, moments.shape()[2], moments.shape()[3]);
+        let (c, h, w) = latent_dims(moments);
         let first_draw = TorchGenerator::new(seed).randn(c * h * w);
-        let image = encode::image_latents(&moments, &first_draw, 1, vae)?;
+        let image = encode::image_latents(moments, &first_draw, 1, vae)?;
         Ok(Origin::Inpaint { mask: inpaint::latent_mask(mask, h, w), image, pure_noise: strength == 1.0 })
+    }
+
+    /// Inpainting with a 9-channel inpainting UNet: the init image's posterior `moments` (`None` at strength 1),
+    /// the masked image's `masked_moments` and the `mask` at the image's size, for a request with `seed`. The first
+    /// generator draws the image's posterior sample (when encoded), its noise, then the masked image's sample.
+    pub(super) fn inpaint_unet(
+        moments: Option<&Array4<f32>>,
+        masked_moments: &Array4<f32>,
+        mask: &Array2<f32>,
+        seed: u64,
+        vae: &VaeInfo,
+    ) -> Result<Self> {
+        let (c, h, w) = latent_dims(masked_moments);
+        let mut first = TorchGenerator::new(seed);
+        let image = moments.map(|m| encode::image_latents(m, &first.randn(c * h * w), 1, vae)).transpose()?;
+        first.randn(c * h * w); // the first image's noise, drawn again with the batch chunk's
+        let masked_image_latents = encode::image_latents(masked_moments, &first.randn(c * h * w), 1, vae)?;
+        let channels = MaskChannels { mask: inpaint::latent_mask(mask, h, w), masked_image_latents };
+        Ok(Origin::InpaintUnet { image, channels })
     }
 
     /// The starting latents of the chunk `shape` (`[n, C, h, w]`) whose generators are `noise` (`first_chunk`:
     /// it holds the request's first generator), for `scheduler` starting at evaluation `begin`; with inpainting
-    /// also the loop's [`Blend`].
+    /// also what the loop inpaints with.
     pub(super) fn latents(
         &self,
         shape: [usize; 4],
@@ -51,42 +78,75 @@ impl Origin {
         first_chunk: bool,
         scheduler: &dyn Scheduler,
         begin: usize,
-    ) -> Result<(ArrayD<f32>, Option<Blend>)> {
-        let draw = |noise: &mut BatchGenerators| {
-            ArrayD::from_shape_vec(IxDyn(&shape), noise.randn(&shape))
-                .map_err(|e| Error::Internal(format!("initial noise: {e}")))
-        };
+    ) -> Result<(ArrayD<f32>, Option<Inpainting>)> {
+        let pure_noise = |added: &ArrayD<f32>| added.mapv(|v| v * scheduler.init_noise_sigma());
         match self {
-            Origin::Noise => Ok((draw(noise)?.mapv(|v| v * scheduler.init_noise_sigma()), None)),
+            Origin::Noise => Ok((pure_noise(&draw(noise, shape)?), None)),
             // img2img: each generator draws its image's posterior sample, then the noise add_noise scales.
             Origin::Image { moments, vae } => {
                 let image = encode::image_latents(moments, &noise.randn(&shape), shape[0], vae)?;
-                let added = draw(noise)?;
+                let added = draw(noise, shape)?;
                 Ok((scheduler.add_noise(image.into_dyn().view(), added.view(), begin), None))
             }
-            // inpaint: the first generator draws the image's posterior sample, every generator its noise, then the
-            // first generator the masked image's posterior sample (which a 4-channel UNet does not use).
-            Origin::Inpaint { mask, image, pure_noise } => {
-                let numel: usize = shape[1..].iter().product();
-                let first_generator = |noise: &mut BatchGenerators| {
-                    if first_chunk {
-                        noise.get_mut(0).map(|g| g.randn(numel));
-                    }
+            Origin::Inpaint { mask, image, pure_noise: from_noise } => {
+                let added = inpaint_noise(noise, shape, first_chunk, true)?;
+                let image = repeat(image, shape[0])?;
+                let start = match from_noise {
+                    true => pure_noise(&added),
+                    false => scheduler.add_noise(image.view(), added.view(), begin),
                 };
-                first_generator(noise);
-                let added = draw(noise)?;
-                first_generator(noise);
-                let views = vec![image.view(); shape[0]];
-                let image = concatenate(Axis(0), &views)
-                    .map_err(|e| Error::Internal(format!("image latents batch: {e}")))?
-                    .into_dyn();
-                let start = if *pure_noise {
-                    added.mapv(|v| v * scheduler.init_noise_sigma())
-                } else {
-                    scheduler.add_noise(image.view(), added.view(), begin)
+                let blend = Blend { mask: mask.clone(), image_latents: image, noise: added };
+                Ok((start, Some(Inpainting::Blend(blend))))
+            }
+            Origin::InpaintUnet { image, channels } => {
+                let added = inpaint_noise(noise, shape, first_chunk, image.is_some())?;
+                let start = match image {
+                    None => pure_noise(&added),
+                    Some(image) => scheduler.add_noise(repeat(image, shape[0])?.view(), added.view(), begin),
                 };
-                Ok((start, Some(Blend { mask: mask.clone(), image_latents: image, noise: added })))
+                Ok((start, Some(Inpainting::Channels(channels.clone()))))
             }
         }
     }
+}
+
+/// `(C, h, w)` of the latents a posterior `[1, 2C, h, w]` gives.
+fn latent_dims(moments: &Array4<f32>) -> (usize, usize, usize) {
+    (moments.shape()[1] / 2, moments.shape()[2], moments.shape()[3])
+}
+
+/// Noise of `shape` from the chunk's generators (one image's slice each).
+fn draw(noise: &mut BatchGenerators, shape: [usize; 4]) -> Result<ArrayD<f32>> {
+    ArrayD::from_shape_vec(IxDyn(&shape), noise.randn(&shape))
+        .map_err(|e| Error::Internal(format!("initial noise: {e}")))
+}
+
+/// The inpaint pipeline's draws for one chunk, in diffusers' order: the first generator's image posterior sample
+/// (`image_encoded`: when diffusers encodes the init image), every generator's noise, then the first generator's
+/// masked-image posterior sample (diffusers draws it for either kind of UNet). The posterior samples were drawn
+/// once by [`Origin`]'s constructor, so here they only advance the first generator; returns the noise.
+fn inpaint_noise(
+    noise: &mut BatchGenerators,
+    shape: [usize; 4],
+    first_chunk: bool,
+    image_encoded: bool,
+) -> Result<ArrayD<f32>> {
+    let numel: usize = shape[1..].iter().product();
+    let skip_first = |noise: &mut BatchGenerators| {
+        if first_chunk {
+            noise.get_mut(0).map(|g| g.randn(numel));
+        }
+    };
+    if image_encoded {
+        skip_first(noise);
+    }
+    let added = draw(noise, shape)?;
+    skip_first(noise);
+    Ok(added)
+}
+
+/// `image` `[1, C, h, w]` repeated to `n` rows.
+fn repeat(image: &Array4<f32>, n: usize) -> Result<ArrayD<f32>> {
+    let views = vec![image.view(); n];
+    Ok(concatenate(Axis(0), &views).map_err(|e| Error::Internal(format!("image latents batch: {e}")))?.into_dyn())
 }

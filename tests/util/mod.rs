@@ -65,6 +65,18 @@ pub fn fused_attention_root() -> (tempfile::TempDir, String) {
     (root, options)
 }
 
+/// A models_root holding `tiny-sdxl-inpaint` (tiny-sdxl with the 9-channel inpainting UNet of
+/// onnx/make_inpaint_unet.py, tests/fixtures/tiny-sdxl-inpaint-unet/unet/), and engine options for it.
+pub fn inpaint_unet_root() -> (tempfile::TempDir, String) {
+    let root = tempfile::tempdir().unwrap();
+    let model = root.path().join("tiny-sdxl-inpaint");
+    copy_dir(&fixtures().join("tiny-sdxl"), &model);
+    std::fs::remove_dir_all(model.join("unet")).unwrap();
+    copy_dir(&fixtures().join("tiny-sdxl-inpaint-unet/unet"), &model.join("unet"));
+    let options = serde_json::json!({ "models_root": root.path(), "intra_op_threads": 1 }).to_string();
+    (root, options)
+}
+
 /// Engine options for the bundled fixtures (ONNX Runtime from ORT_DYLIB_PATH, as scripts/test.sh sets it).
 pub fn options_json() -> String {
     serde_json::json!({ "models_root": fixtures(), "intra_op_threads": 1 }).to_string()
@@ -385,9 +397,14 @@ impl sdxlrt::pipeline::Progress for Sequence {
 /// UNet evaluation (base then refiner) within 1e-4 + 1e-5·|x| and the images within ±1/255; return the response
 /// JSON.
 pub fn check_case(engine: &sdxlrt::engine::Engine, case: &str, parallel: bool) -> serde_json::Value {
+    check_case_on(engine, "tiny-sdxl", case, parallel)
+}
+
+/// [`check_case`] with the request's base model `model`.
+pub fn check_case_on(engine: &sdxlrt::engine::Engine, model: &str, case: &str, parallel: bool) -> serde_json::Value {
     let g = Golden::load(case);
     let mut seen = Sequence::default();
-    let outcome = engine.generate(&g.request("tiny-sdxl", parallel), &mut seen, true);
+    let outcome = engine.generate(&g.request(model, parallel), &mut seen, true);
     assert!(outcome.error.is_none(), "{case}: {:?}\n{}", outcome.error, outcome.response_json);
     let evaluations = g.tensors.keys().filter(|k| k.starts_with("latents_step_")).count();
     for (chunk, steps) in &seen.steps {
