@@ -15,6 +15,7 @@ pub mod model_dir;
 mod start;
 pub mod text;
 pub mod upscale;
+pub mod vae_tiles;
 
 use std::path::Path;
 use std::sync::Arc;
