@@ -108,7 +108,7 @@ pub struct RunContext<'a> {
     pub cancel: &'a CancelToken,
     /// When the request started.
     pub started: Instant,
-    /// Decode in tiles as diffusers' `vae.enable_tiling()` does (engine option `vae_tiling`).
+    /// Encode and decode in tiles as diffusers' `vae.enable_tiling()` does (engine option `vae_tiling`).
     pub vae_tiling: bool,
 }
 
@@ -536,7 +536,9 @@ impl SdxlPipeline {
             Some(init) => {
                 self.report(ctx, &params.request_id, Stage::ImageEncoding, 0, 1, 0, batch)?;
                 let t = Instant::now();
-                let moments = init.encoder.moments(init.pixels.clone(), LATENT_CHANNELS, (lh, lw), ctx.cancel)?;
+                let tiling = ctx.vae_tiling.then(|| vae_tiles::Tiling::encode(self.vae.info()));
+                let moments =
+                    init.encoder.moments(init.pixels.clone(), LATENT_CHANNELS, (lh, lw), tiling, ctx.cancel)?;
                 timings.vae_encode = t.elapsed().as_secs_f64();
                 Some(moments)
             }
