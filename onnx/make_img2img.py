@@ -42,6 +42,8 @@ starting latents are scheduler.add_noise(image_latents, noise, that list's first
                                                                           2.99999993 with 0.12 as a float32 (-> 2)
   img2img_controlnet    Euler + tiny-controlnet          5      0.8       4 (601, 401, 201, 1)
   img2img_refiner       Euler, then the tiny refiner     10     0.6       4 + 2 (501, 401, 301, 201 | 101, 1)
+  img2img_vae_tiled     Euler, 128x96, init_64.png,      4      0.75      3 (501, 251, 1)
+                        vae.enable_tiling()
 
 (The second-order schedulers' lists start at index 2 x t_start = 6, the second entry of the pair at 333 in Heun's
 list; 2 (steps - t_start) - 1 evaluations. DPMSolverSinglestepScheduler logs that it sets lower_order_final=True.)
@@ -59,14 +61,19 @@ model of tests/fixtures/tiny-sdxl-refiner/) with the img2img pipeline as the bas
 10 steps, denoising_end 0.8, output_type "latent" (of the 6 timesteps left after strength, the 4 >= 200), then the
 refiner with denoising_start 0.8 on those latents (timesteps < 200: 101, 1), same prompts, guidance and generator
 object.
+img2img_vae_tiled: `pipe.vae.enable_tiling()` for the call (disabled after), so diffusers' AutoencoderKL.encode runs
+_tiled_encode (the image is larger than the tiny VAE's sample_size 64 both ways): 64-px pixel tiles every 48 px, rows
+at 0 and 48, columns at 0, 48 and 96 (the last 32 px wide), each through encoder + quant_conv alone, the moments
+blended over int(8 x 0.25) = 2 latent lines with the tile above and to the left (blend_v, blend_h) and each tile's
+top-left 6 x 6 kept; the decode is tiled too (tiled_decode, as make_stages.py's vae_tiled).
 
 Tensors per case (float32 unless noted; batch dimension kept; h, w = H/8, W/8):
   init_image [1,3,H,W]              the preprocessed init image the pipeline encoded (VaeImageProcessor.preprocess:
                                     / 255, * 2 - 1: in [-1, 1])
   encoder_moments [E,8,h,w]         the VAE encoder's output (quant_conv's: mean and logvar concatenated on dim 1,
-                                    the ONNX vae_encoder's `latent_parameters`); E = 1, or B with a list of
-                                    generators (diffusers then encodes image[i:i+1] once per generator; the rows are
-                                    equal)
+                                    the ONNX vae_encoder's `latent_parameters`; with tiling, AutoencoderKL._encode's:
+                                    the tiles' moments blended and joined); E = 1, or B with a list of generators
+                                    (diffusers then encodes image[i:i+1] once per generator; the rows are equal)
   encoder_noise [B,4,h,w]           the randn the posterior sample drew (DiagonalGaussianDistribution.sample)
   image_latents [B,4,h,w]           scaling_factor * (mean + exp(0.5 * clamp(logvar, -30, 20)) * encoder_noise),
                                     checked bit for bit (the tiny VAE has no latents_mean / latents_std)
@@ -84,6 +91,8 @@ Tensors per case (float32 unless noted; batch dimension kept; h, w = H/8, W/8):
   image_u8 uint8 [B,H,W,3]          (image * 255).round()
   img2img_controlnet adds control_image_0 [1,3,H,W] (the preprocessed control image, in [0, 1]) and
   controlnet_scales [L,1] (the conditioning scale the ControlNet's forward got at each evaluation);
+  img2img_vae_tiled adds encoder_moments_untiled [1,8,h,w] (encoder + quant_conv on the whole image: what an
+  untiled encode gives);
   img2img_refiner adds make_stages.py's refiner tensors (refiner_prompt_embeds [1,77,32],
   refiner_pooled_prompt_embeds [1,32], the negative ones, refiner_add_time_ids / refiner_add_neg_time_ids [1,5]).
 Generator draws (checked by redrawing from fresh generators): per generator, first the posterior's randn (shape
@@ -95,25 +104,30 @@ Metadata (strings): goldens.py's prompt, negative_prompt, guidance_scale (repr(f
 batch_size; init_image (file name in tests/fixtures/img2img/), strength (repr(float)), scheduler (class name, only when
 not Euler); img2img_controlnet: make_controlnet.py's controlnets, control_images, conditioning_scales,
 control_guidance_start, control_guidance_end (JSON lists, one entry per unit); img2img_refiner: refiner,
-refiner_start, base_steps (make_stages.py's).
+refiner_start, base_steps (make_stages.py's); img2img_vae_tiled: vae_tiling "true" (make_stages.py's key; the Rust
+engine option of that name).
 
 Checks (asserted): the ONNX vae_encoder (tests/fixtures/tiny-sdxl/vae_encoder/model.onnx, onnxruntime) on init_image
-vs torch's encoder_moments: max |diff| / max(1, max |torch|) <= 1e-4 (5.4e-6 at 64x64, 4.2e-6 at 96x64 here); the
+vs torch's encoder_moments (encoder_moments_untiled for img2img_vae_tiled): max |diff| / max(1, max |torch|) <= 1e-4
+(5.4e-6 at 64x64, 4.2e-6 at 96x64, 8.1e-6 at 128x96 here); the encoder ran once per encode, or with tiling once per
+tile on exactly the tile's pixels (img2img_vae_tiled: 6 tiles), and the posterior got quant_conv's output (untiled)
+or the blended moments (tiled), which differ from encoder_moments_untiled by max > 0.1 (1.45 here, mean 0.143); the
 init image matters: the same request with a flat grey (128, 128, 128) init image instead changes image_u8 by at least
 5/255 (max) and 0.5/255 (mean; 5/255 for img2img_low_strength); img2img_full only prints it; the ControlNet matters
 (img2img_controlnet without it: max >= 5/255).
 
 Measured here, |image_u8 - the same request with the grey init image|, mean (max), and the last latents' max |diff|:
   img2img 1.5 (14) 0.21, euler_a 1.9 (21), ddim 2.0 (20), dpmpp_2m 1.4 (13), dpmpp_single 1.0 (11), unipc 1.4 (13),
-  lms 2.0 (17), heun 2.0 (19), kdpm2 2.0 (17), kdpm2_a 1.8 (22), resized 0.9 (9) 0.17, batch2 1.3 (17),
-  full 0.5 (5) 0.21, low_strength 8.0 (73) 0.24, controlnet 0.7 (6) 0.21, refiner 1.0 (10) 0.20 (all /255; latents
-  0.20-0.22 where not given). The tiny model keeps little of the init image in the pixels: its random VAE's posterior
-  has std ~1.06 (logvar ~0) while the mean moves by ~0.2 between init_64 and grey, and x 0.13025 that is ~0.03 in
-  the latents against noise of sigma ~1-5; the last latents still differ by ~0.2, which the random decoder maps to a
-  few /255. Lower strength keeps more (img2img_low_strength). Other sensitivities: R and B of init_64 swapped change
-  img2img by 1.4/255 (max 12, latents 0.14); a bilinear resize instead of Lanczos changes img2img_resized by 0.13/255
-  (max 2, latents 0.028); controlnet_keep over the whole 5-step list ([0, 0.8, 0.8, 0.8]) changes img2img_controlnet
-  by 3.3/255 (max 26, latents 0.68); dropping the ControlNet changes it by 3.1/255 (max 26, latents 0.67).
+  lms 2.0 (17), heun 2.0 (19), kdpm2 2.0 (17), kdpm2_a 1.8 (22), resized 0.9 (9) 0.17, batch2 1.3 (17), full 0.5 (5)
+  0.21, low_strength 8.0 (73) 0.24, controlnet 0.7 (6) 0.21, refiner 1.0 (10) 0.20, vae_tiled 0.8 (7) 0.11 (all /255;
+  latents 0.20-0.22 where not given). The tiny model keeps little of the init image in the pixels: its random VAE's
+  posterior has std ~1.06 (logvar ~0) while the mean moves by ~0.2 between init_64 and grey, and x 0.13025 that is
+  ~0.03 in the latents against noise of sigma ~1-5; the last latents still differ by ~0.2, which the random decoder
+  maps to a few /255. Lower strength keeps more (img2img_low_strength). Other sensitivities: R and B of init_64
+  swapped change img2img by 1.4/255 (max 12, latents 0.14); a bilinear resize instead of Lanczos changes
+  img2img_resized by 0.13/255 (max 2, latents 0.028); controlnet_keep over the whole 5-step list ([0, 0.8, 0.8, 0.8])
+  changes img2img_controlnet by 3.3/255 (max 26, latents 0.68); dropping the ControlNet changes it by 3.1/255 (max 26,
+  latents 0.67).
 
 Usage: python make_img2img.py [--model DIR] [--out tests/fixtures] [--cases img2img,...]
        (model: build_tiny.py's output; --out must hold tiny-sdxl/ and controlnet/ (make_controlnet.py's) already)
@@ -171,6 +185,9 @@ CASES = {
     ),
     # ensemble of experts with img2img as the base: 10 steps x 0.6 = 6 evaluations, 4 before denoising_end 0.8
     "img2img_refiner": dict(INIT_64, steps=10, strength=0.6, refiner="tiny-sdxl-refiner"),
+    # vae.enable_tiling(): init_64.png resized to 128x96, larger than the tiny VAE's 64-px tiles both ways, so the
+    # encode runs 2 x 3 overlapping pixel tiles (and the decode 2 x 3 latent tiles)
+    "img2img_vae_tiled": dict(INIT_64, width=128, height=96, steps=4, strength=0.75, vae_tiling=True),
 }
 # goldens.py's keys of a case (the rest is img2img's, the ControlNet's or the refiner's)
 GOLDEN_KEYS = ("prompt", "negative_prompt", "guidance_scale", "steps", "seed", "width", "height", "batch_size")
@@ -280,6 +297,8 @@ def case_meta(p: dict) -> dict:
     )
     if "scheduler" in p:
         meta["scheduler"] = p["scheduler"]
+    if p.get("vae_tiling"):
+        meta["vae_tiling"] = "true"
     return meta
 
 
@@ -324,6 +343,15 @@ def call_pipeline(pipe, p: dict, call: dict) -> dict:
     return t
 
 
+def encoder_tiles(vae, x) -> list:
+    """The pixel tiles AutoencoderKL._tiled_encode gives the encoder, row by row: tile_sample_min_size squares (cut
+    at the image's edges) every int(tile_sample_min_size * (1 - tile_overlap_factor)) pixels."""
+    size = vae.tile_sample_min_size
+    stride = int(size * (1 - vae.tile_overlap_factor))
+    rows, cols = range(0, x.shape[2], stride), range(0, x.shape[3], stride)
+    return [x[:, :, i : i + size, j : j + size] for i in rows for j in cols]
+
+
 def t_start(p: dict) -> int:
     """diffusers' get_timesteps: the first step left after `strength` (times the scheduler's order in the list)."""
     return p["steps"] - min(int(p["steps"] * p["strength"]), p["steps"])
@@ -331,12 +359,14 @@ def t_start(p: dict) -> int:
 
 class Capture:
     """Records, while installed on an img2img pipeline, what the pipeline did with its init image: the preprocessed
-    image, the VAE encoder's inputs and moments, the posterior's randn, add_noise's inputs and output, every UNet
-    call's timestep and time ids (and a ControlNet's scales and control image)."""
+    image, the VAE encoder's inputs and moments per encoder call (per tile with tiling), the moments the posterior
+    got (`AutoencoderKL._encode`'s output: tiles blended), the posterior's randn, add_noise's inputs and output, every
+    UNet call's timestep and time ids (and a ControlNet's scales and control image)."""
 
     def __init__(self, pipe, net=None):
         self.pipe, self.net = pipe, net
         self.preprocessed, self.control, self.encoder_in, self.moments, self.posterior_noise = [], [], [], [], []
+        self.encoded = []
         self.add_noise, self.unet, self.cn_calls = [], [], []
 
     def __enter__(self):
@@ -370,15 +400,24 @@ class Capture:
                                            timesteps=timesteps.clone(), noised=out.clone(), scheduler=sched))
                 return out
 
+            orig_encode = vae._encode
+
+            def encode(x):
+                out = orig_encode(x)
+                self.encoded.append(out.clone())
+                return out
+
             hooks = [
                 vae.encoder.register_forward_pre_hook(lambda mod, a: self.encoder_in.append(a[0].clone())),
                 vae.quant_conv.register_forward_hook(lambda mod, a, out: self.moments.append(out.clone())),
             ]
             sched.add_noise = add_noise
             vae_module.randn_tensor = posterior_randn
+            vae._encode = encode
             try:
                 return self.orig_prepare(*args, **kwargs)
             finally:
+                del vae._encode
                 vae_module.randn_tensor = orig_randn
                 del sched.add_noise
                 for h in hooks:
@@ -446,22 +485,38 @@ def run_case(pipes: dict, refiner, folder: Path, name: str, grey: bool = False) 
             control_guidance_end=p["control_guidance_end"],
         )
     meta: dict = {}
-    with Capture(pipe, net) as cap:
-        if "refiner" in p:
-            assert p["refiner"] == "tiny-sdxl-refiner" and "scheduler" not in p
-            golden = {k: v for k, v in p.items() if k in (*GOLDEN_KEYS, "refiner")}
-            t, meta = stages.run_refiner(pipe, refiner, golden, call, base_size={}, init_noise=False)
-        else:
-            t = call_pipeline(pipe, p, call)
-            t["timesteps"] = torch.tensor([u["timestep"] for u in cap.unet], dtype=torch.float32)
+    tiled = bool(p.get("vae_tiling"))
+    if tiled:
+        pipe.vae.enable_tiling()
+    try:
+        with Capture(pipe, net) as cap:
+            if "refiner" in p:
+                assert p["refiner"] == "tiny-sdxl-refiner" and "scheduler" not in p
+                golden = {k: v for k, v in p.items() if k in (*GOLDEN_KEYS, "refiner")}
+                t, meta = stages.run_refiner(pipe, refiner, golden, call, base_size={}, init_noise=False)
+            else:
+                t = call_pipeline(pipe, p, call)
+                t["timesteps"] = torch.tensor([u["timestep"] for u in cap.unet], dtype=torch.float32)
+    finally:
+        pipe.vae.disable_tiling()
 
-    # the init image: preprocessed once ([1,3,H,W] in [-1,1]); the encoder got it once per generator (batch 2 with a
-    # list of generators: image[i:i+1] with generator[i]) or once for the batch
+    # the init image: preprocessed once ([1,3,H,W] in [-1,1]); encoded once per generator (batch 2 with a list of
+    # generators: image[i:i+1] with generator[i]) or once for the batch; each encode runs the encoder once, or with
+    # tiling once per tile (encoder_tiles), and hands the posterior the moments (tiled: blended and cropped)
     assert len(cap.preprocessed) == 1 and cap.preprocessed[0].shape == (1, 3, H, W), [x.shape for x in cap.preprocessed]
     t["init_image"] = cap.preprocessed[0]
-    assert len(cap.encoder_in) == len(cap.moments) == len(cap.posterior_noise) == (B if B > 1 else 1)
-    assert all(torch.equal(x, t["init_image"]) for x in cap.encoder_in)
-    t["encoder_moments"] = torch.cat(cap.moments)
+    tiles = encoder_tiles(pipe.vae, t["init_image"]) if tiled else [t["init_image"]]
+    assert len(cap.encoded) == len(cap.posterior_noise) == (B if B > 1 else 1)
+    assert len(cap.encoder_in) == len(cap.moments) == len(cap.encoded) * len(tiles), (len(cap.encoder_in), len(tiles))
+    assert all(torch.equal(x, tiles[k % len(tiles)]) for k, x in enumerate(cap.encoder_in))
+    if tiled:
+        assert len(tiles) > 1
+        # the untiled encode of the same image, for the check that tiling changes the moments (main)
+        with torch.no_grad():
+            t["encoder_moments_untiled"] = pipe.vae.quant_conv(pipe.vae.encoder(t["init_image"]))
+    else:
+        assert all(torch.equal(x, m) for x, m in zip(cap.encoded, cap.moments))
+    t["encoder_moments"] = torch.cat(cap.encoded)
     t["encoder_noise"] = torch.cat(cap.posterior_noise)
     assert len(cap.add_noise) == 1
     an = cap.add_noise[0]
@@ -548,7 +603,8 @@ def check_resize(pipe, folder: Path) -> None:
 
 
 def check_encoder(model: Path, name: str, tensors: dict) -> float:
-    """onnxruntime's vae_encoder on the golden's init_image vs the torch moments."""
+    """onnxruntime's vae_encoder on the golden's init_image vs the torch moments (of the untiled encode for a tiled
+    case: encoder_moments_untiled)."""
     import numpy as np
     import onnxruntime as ort
 
@@ -556,7 +612,7 @@ def check_encoder(model: Path, name: str, tensors: dict) -> float:
     opts.intra_op_num_threads = 2
     sess = ort.InferenceSession(str(model / "vae_encoder" / "model.onnx"), opts, providers=["CPUExecutionProvider"])
     got = sess.run(None, {"sample": tensors["init_image"].numpy()})[0]
-    want = tensors["encoder_moments"].numpy()
+    want = tensors.get("encoder_moments_untiled", tensors["encoder_moments"]).numpy()
     assert got.shape == (1, *want.shape[1:]), (got.shape, want.shape)
     worst = float(np.abs(got.astype(np.float64) - want).max() / max(1.0, float(np.abs(want).max())))
     print(f"  {name}: vae_encoder ORT vs torch, max |diff| / max(1, max |torch|) = {worst:.3g}", flush=True)
@@ -595,6 +651,12 @@ def main() -> None:
         tensors, meta, firsts = run_case(pipes, refiner, args.out, name)
         grey, _, _ = run_case(pipes, refiner, args.out, name, grey=True)
         check_encoder(args.out / "tiny-sdxl", name, tensors)
+        if "encoder_moments_untiled" in tensors:
+            # tiling must change the moments clearly (a tiled encode that runs untiled must fail the Rust tests)
+            diff = (tensors["encoder_moments"] - tensors["encoder_moments_untiled"]).abs()
+            print(f"  {name}: tiled vs untiled moments: max |diff| {diff.max():.3g}, mean {diff.mean():.3g}",
+                  flush=True)
+            assert float(diff.max()) > 0.1, float(diff.max())
         for first in firsts:
             cn.check_onnx(args.out / "controlnet", name, "tiny-controlnet", first)
         mean, worst, lat = difference(tensors, grey)

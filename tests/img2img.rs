@@ -1,13 +1,14 @@
 //! Image-to-image (`data.init_image` + `strength`): parity with diffusers' `StableDiffusionXLImg2ImgPipeline` on
 //! goldens made by onnx/make_img2img.py from the same tiny weights — the noised init latents and the latents after
 //! every step ≤ 1e-4 + 1e-5·|x|, images within ±1/255 — for every scheduler, a resized init image, a batch, full
-//! and low strength, a ControlNet and a refiner; then sizes, progress, metadata and errors.
+//! and low strength, a ControlNet, a refiner and a tiled VAE; then sizes, progress, metadata and errors.
 
 use ndarray::Array4;
 use sdxlrt::engine::Engine;
 use sdxlrt::image::source;
 use sdxlrt::pipeline::encode::{image_latents, pixels, VaeEncoder};
 use sdxlrt::pipeline::model_dir::ModelDir;
+use sdxlrt::pipeline::vae_tiles::Tiling;
 use sdxlrt::pipeline::{NoProgress, Progress, ProgressEvent, Stage};
 use sdxlrt::runtime::{CancelToken, SessionConfig};
 
@@ -102,19 +103,73 @@ fn the_refiner_takes_over_from_an_image_to_image_base_as_diffusers_does() {
 fn the_vae_encoder_and_the_posterior_sample_match_diffusers() {
     let engine = engine();
     let g = Golden::load("img2img");
-    let config = SessionConfig { intra_op_threads: Some(1), ..Default::default() };
-    let path = VaeEncoder::graph_beside(&fixtures().join("tiny-sdxl/vae_decoder"));
-    let encoder = VaeEncoder::load(&engine.runtime().env, &path, &config).unwrap();
+    let encoder = tiny_encoder(&engine);
     let image = source::load(fixtures().join("img2img/init_64.png").to_str().unwrap(), "test").unwrap();
     let input = pixels(&image, 64, 64);
     assert_eq!(input.iter().copied().collect::<Vec<f32>>(), g.t("init_image").f32, "pixels differ from diffusers'");
-    let moments = encoder.moments(input, 4, (8, 8), &CancelToken::new()).unwrap();
+    let moments = encoder.moments(input, 4, (8, 8), None, &CancelToken::new()).unwrap();
     let got: Vec<f32> = moments.iter().copied().collect();
     assert_close!(got, g.t("encoder_moments").f32, 1e-4, 1e-5, "VAE encoder moments");
     let vae = ModelDir::open(&fixtures().join("tiny-sdxl")).unwrap().vae;
     let z = image_latents(&tensor4(g.t("encoder_moments")), &g.t("encoder_noise").f32, 1, &vae).unwrap();
     let got: Vec<f32> = z.iter().copied().collect();
     assert_close!(got, g.t("image_latents").f32, 1e-6, 1e-6, "posterior sample × scaling_factor");
+}
+
+/// The tiny model's VAE encoder, as the engine loads it.
+fn tiny_encoder(engine: &Engine) -> VaeEncoder {
+    let config = SessionConfig { intra_op_threads: Some(1), ..Default::default() };
+    let path = VaeEncoder::graph_beside(&fixtures().join("tiny-sdxl/vae_decoder"));
+    VaeEncoder::load(&engine.runtime().env, &path, &config).unwrap()
+}
+
+#[test]
+fn tiled_vae_encode_matches_diffusers_enable_tiling() {
+    // 128 x 96 with the tiny VAE's 64-pixel tiles: 2 x 3 pixel tiles, their moments blended where they meet (and
+    // the decode tiled as well).
+    let options = serde_json::json!({"models_root": fixtures(), "intra_op_threads": 1, "vae_tiling": true});
+    let tiled = Engine::new(Some(&options.to_string())).unwrap();
+    check_case(&tiled, "img2img_vae_tiled", true);
+    // The encode alone: the blended moments, and the posterior sample drawn from them.
+    let g = Golden::load("img2img_vae_tiled");
+    let encoder = tiny_encoder(&tiled);
+    let image = source::load(fixtures().join("img2img/init_64.png").to_str().unwrap(), "test").unwrap();
+    let input = pixels(&image, 128, 96);
+    assert_eq!(input.iter().copied().collect::<Vec<f32>>(), g.t("init_image").f32, "pixels differ from diffusers'");
+    let vae = ModelDir::open(&fixtures().join("tiny-sdxl")).unwrap().vae;
+    let cancel = CancelToken::new();
+    let moments = encoder.moments(input.clone(), 4, (12, 16), Some(Tiling::encode(&vae)), &cancel).unwrap();
+    let got: Vec<f32> = moments.iter().copied().collect();
+    assert_close!(got, g.t("encoder_moments").f32, 1e-4, 1e-5, "tiled VAE encoder moments");
+    let z = image_latents(&moments, &g.t("encoder_noise").f32, 1, &vae).unwrap();
+    let got: Vec<f32> = z.iter().copied().collect();
+    assert_close!(got, g.t("image_latents").f32, 1e-4, 1e-5, "image latents from the tiled moments");
+    // Untiled, the same image gives diffusers' untiled moments, far from the tiled ones (so the test sees tiling).
+    let plain = encoder.moments(input, 4, (12, 16), None, &cancel).unwrap();
+    let got: Vec<f32> = plain.iter().copied().collect();
+    assert_close!(got, g.t("encoder_moments_untiled").f32, 1e-4, 1e-5, "untiled VAE encoder moments");
+    let apart = got.iter().zip(&g.t("encoder_moments").f32).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max);
+    assert!(apart > 0.5, "tiled and untiled moments differ by only {apart}");
+}
+
+#[test]
+fn an_image_no_larger_than_one_tile_encodes_exactly_as_untiled() {
+    // diffusers tiles only an image larger than sample_size (64 here) in either dimension.
+    let engine = engine();
+    let encoder = tiny_encoder(&engine);
+    let vae = ModelDir::open(&fixtures().join("tiny-sdxl")).unwrap().vae;
+    let image = source::load(fixtures().join("img2img/init_64.png").to_str().unwrap(), "test").unwrap();
+    let cancel = CancelToken::new();
+    for (w, h) in [(64, 64), (64, 48), (40, 64)] {
+        let input = pixels(&image, w, h);
+        let latent = (h as usize / 8, w as usize / 8);
+        let tiled = encoder.moments(input.clone(), 4, latent, Some(Tiling::encode(&vae)), &cancel).unwrap();
+        let plain = encoder.moments(input, 4, latent, None, &cancel).unwrap();
+        assert_eq!(tiled, plain, "{w} x {h}");
+    }
+    // And through the engine: the 64 x 64 golden with the option on.
+    let options = serde_json::json!({"models_root": fixtures(), "intra_op_threads": 1, "vae_tiling": true});
+    check_case(&Engine::new(Some(&options.to_string())).unwrap(), "img2img", true);
 }
 
 #[test]

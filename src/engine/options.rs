@@ -71,9 +71,10 @@ pub struct EngineOptions {
     /// The upscaler's tiles (`data.output.upscale`): `{"tile": 512, "overlap": 16}`, the longest window side fed to
     /// the model and the context pixels around each window's kept part. Smaller tiles bound memory further.
     pub upscale_tiling: Option<crate::pipeline::upscale::tiles::Tiling>,
-    /// Decode images larger than the VAE's `sample_size` (1024 for SDXL) in tiles, as diffusers'
-    /// `vae.enable_tiling()` does: overlapping latent tiles decoded one at a time and blended, so the decoder's
-    /// memory stays that of one 1024² tile at any size; the pixels differ slightly where tiles meet. Default false.
+    /// Decode images, and encode init images (image-to-image, inpainting), larger than the VAE's `sample_size`
+    /// (1024 for SDXL) in either dimension in tiles, as diffusers' `vae.enable_tiling()` does: overlapping tiles run
+    /// one at a time and blended (the decoder's pixels; the encoder's moments), so the graph's memory stays that of
+    /// one 1024² tile at any size; the result differs from an untiled run, most where tiles meet. Default false.
     pub vae_tiling: Option<bool>,
 }
 

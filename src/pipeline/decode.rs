@@ -8,9 +8,10 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use ndarray::{s, Array3, Array4, ArrayD, Axis, Ix3, Ix4};
+use ndarray::{Array3, Array4, ArrayD, Axis, Ix3, Ix4};
 
 use super::model_dir::{ModelDir, VaeInfo};
+use super::vae_tiles::Tiling;
 use crate::error::{Error, Result};
 use crate::image::RgbImage;
 use crate::runtime::tensor::float_value;
@@ -98,13 +99,12 @@ impl VaeDecoder {
     }
 
     /// Decode one latent `[1, C, h, w]` into an image; with `tiled`, as diffusers' `vae.enable_tiling()` does
-    /// ([`Self::decode_tiles`]).
+    /// ([`Tiling::decode`]: latents larger than `sample_size / scale_factor` in tiles of that size, 25 % overlap).
     pub fn decode(&self, latent: ArrayD<f32>, seed: u64, tiled: bool, cancel: &CancelToken) -> Result<RgbImage> {
         let latent = self.unscale(latent)?;
-        let tile = self.tile_latents();
-        let (h, w) = (latent.shape()[2], latent.shape()[3]);
-        let chw = if tiled && (h > tile || w > tile) {
-            self.decode_tiles(latent, cancel)?
+        let tiling = Tiling::decode(&self.info);
+        let chw = if tiled && tiling.applies(latent.shape()[2], latent.shape()[3]) {
+            tiling.run(&latent, cancel, |tile| self.run(tile, cancel))?
         } else {
             self.run(latent, cancel)?
         };
@@ -148,70 +148,5 @@ impl VaeDecoder {
             ));
         }
         Ok(chw)
-    }
-
-    /// Latent pixels per tile side: `sample_size / scale_factor` (diffusers' `tile_latent_min_size`; 128 for SDXL).
-    fn tile_latents(&self) -> usize {
-        (self.info.sample_size / self.info.scale_factor).max(1) as usize
-    }
-
-    /// diffusers' `AutoencoderKL.tiled_decode`: latent tiles of `sample_size / scale_factor` with a 25 % overlap, each
-    /// decoded alone; each tile's top and left `sample_size / 4` pixels blended linearly with the (already blended)
-    /// tile above and to the left, then its top-left `sample_size · 3/4` pixels kept. The decoder's memory is
-    /// that of one tile; the image differs from an untiled decode where tiles meet.
-    fn decode_tiles(&self, latent: Array4<f32>, cancel: &CancelToken) -> Result<Array3<f32>> {
-        const OVERLAP: f64 = 0.25;
-        let tile = self.tile_latents();
-        let stride = ((tile as f64 * (1.0 - OVERLAP)) as usize).max(1);
-        let sample = self.info.sample_size as usize;
-        let blend = (sample as f64 * OVERLAP) as usize;
-        let keep = sample - blend;
-        let (h, w) = (latent.shape()[2], latent.shape()[3]);
-        let mut rows: Vec<Vec<Array3<f32>>> = Vec::new();
-        for i in (0..h).step_by(stride) {
-            let mut row = Vec::new();
-            for j in (0..w).step_by(stride) {
-                cancel.check()?;
-                let part = latent.slice(s![.., .., i..(i + tile).min(h), j..(j + tile).min(w)]).to_owned();
-                row.push(self.run(part, cancel)?);
-            }
-            rows.push(row);
-        }
-        for i in 0..rows.len() {
-            for j in 0..rows[i].len() {
-                let mut t = std::mem::take(&mut rows[i][j]);
-                if i > 0 {
-                    blend_into(&rows[i - 1][j], &mut t, Axis(1), blend);
-                }
-                if j > 0 {
-                    blend_into(&rows[i][j - 1], &mut t, Axis(2), blend);
-                }
-                rows[i][j] = t;
-            }
-        }
-        let crop = |t: &Array3<f32>| t.slice(s![.., ..keep.min(t.shape()[1]), ..keep.min(t.shape()[2])]).to_owned();
-        let join = |e: ndarray::ShapeError| Error::Internal(format!("joining VAE tiles: {e}"));
-        let mut strips = Vec::with_capacity(rows.len());
-        for row in &rows {
-            let kept: Vec<Array3<f32>> = row.iter().map(crop).collect();
-            let views: Vec<_> = kept.iter().map(|t| t.view()).collect();
-            strips.push(ndarray::concatenate(Axis(2), &views).map_err(join)?);
-        }
-        let views: Vec<_> = strips.iter().map(|t| t.view()).collect();
-        ndarray::concatenate(Axis(1), &views).map_err(join)
-    }
-}
-
-/// diffusers' `blend_v` (`axis` 1, rows) / `blend_h` (`axis` 2, columns): the first `extent` lines of `b` (at most
-/// as many as either tile has) become `a`'s last lines · (1 − k/extent) + `b`'s · k/extent, in float32 as torch does.
-fn blend_into(a: &Array3<f32>, b: &mut Array3<f32>, axis: Axis, extent: usize) {
-    let extent = extent.min(a.len_of(axis)).min(b.len_of(axis));
-    let base = a.len_of(axis) - extent;
-    for k in 0..extent {
-        let t = k as f64 / extent as f64;
-        let (wa, wb) = ((1.0 - t) as f32, t as f32);
-        let from = a.index_axis(axis, base + k);
-        let mut to = b.index_axis_mut(axis, k);
-        ndarray::Zip::from(&mut to).and(&from).for_each(|y, &x| *y = x * wa + *y * wb);
     }
 }

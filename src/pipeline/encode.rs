@@ -1,8 +1,9 @@
 //! Image-to-image's start (`data.init_image`), as diffusers' `StableDiffusionXLImg2ImgPipeline.prepare_latents`
 //! does it: the init image resized to the request's size (Pillow's Lanczos, only when the size differs) and scaled
-//! to [-1, 1] → `vae_encoder` (the posterior's mean and log-variance) → one posterior sample per image, drawn from
-//! that image's generator → × the VAE's `scaling_factor` → noised by the scheduler to the level of the first step
-//! that runs ([`crate::schedulers::Scheduler::add_noise`], in the pipeline).
+//! to [-1, 1] → `vae_encoder` (the posterior's mean and log-variance; with the engine option `vae_tiling`, in
+//! blended tiles as diffusers' `vae.enable_tiling()` does, [`super::vae_tiles`]) → one posterior sample per image,
+//! drawn from that image's generator → × the VAE's `scaling_factor` → noised by the scheduler to the level of the
+//! first step that runs ([`crate::schedulers::Scheduler::add_noise`], in the pipeline).
 //!
 //! The encoder is the graph `vae_encoder/model.onnx` beside the decoder that decodes the request: a model folder's
 //! own, or a custom VAE's (`models_root/vae/<name>/vae_encoder/model.onnx`). It must output `latent_parameters`
@@ -15,6 +16,7 @@ use std::sync::Arc;
 use ndarray::{s, Array4, Axis, Ix4};
 
 use super::model_dir::VaeInfo;
+use super::vae_tiles::Tiling;
 use crate::error::{Error, Result};
 use crate::image::RgbImage;
 use crate::runtime::tensor::float_value;
@@ -75,23 +77,44 @@ impl VaeEncoder {
     }
 
     /// The posterior's parameters `[1, 2C, h, w]` (mean, then log-variance) of `pixels` `[1, 3, H, W]` in [-1, 1],
-    /// checked against the `channels` latent channels and the `latent` size `(h, w)` the request needs.
+    /// checked against the `channels` latent channels and the `latent` size `(h, w)` the request needs. With
+    /// `tiling` ([`Tiling::encode`]; engine option `vae_tiling`), an image larger than one tile in either dimension
+    /// is encoded as diffusers' `AutoencoderKL._tiled_encode` does: pixel tiles of `sample_size` with a 25 %
+    /// overlap, encoded one at a time, their moments blended where they meet and joined ([`Tiling::run`]).
     pub fn moments(
         &self,
         pixels: Array4<f32>,
         channels: usize,
         latent: (usize, usize),
+        tiling: Option<Tiling>,
         cancel: &CancelToken,
     ) -> Result<Array4<f32>> {
+        let out = match tiling {
+            Some(t) if t.applies(pixels.shape()[2], pixels.shape()[3]) => t
+                .run(&pixels, cancel, |tile| Ok(self.run(tile, channels, cancel)?.index_axis_move(Axis(0), 0)))?
+                .insert_axis(Axis(0)),
+            _ => self.run(pixels, channels, cancel)?,
+        };
+        let want = [1, 2 * channels, latent.0, latent.1];
+        if out.shape() != want {
+            return Err(Error::model_invalid(
+                self.session.path(),
+                format!("the VAE encoder gives {MOMENTS} of shape {:?}, not {want:?}", out.shape()),
+            ));
+        }
+        Ok(out)
+    }
+
+    /// One encoder run: `[1, 3, H, W]` → `[1, 2 · channels, h, w]` (h, w not checked).
+    fn run(&self, pixels: Array4<f32>, channels: usize, cancel: &CancelToken) -> Result<Array4<f32>> {
         let spec = self.session.input("sample")?;
         let value = float_value(pixels.into_dyn(), spec.elem, "vae_encoder", "sample")?;
         let out = self.session.run(vec![("sample".to_string(), value)], &[MOMENTS], cancel)?.remove(0);
         let shape = out.shape().to_vec();
-        let want = [1, 2 * channels, latent.0, latent.1];
-        if shape != want {
+        if shape.len() != 4 || shape[..2] != [1, 2 * channels] {
             return Err(Error::model_invalid(
                 self.session.path(),
-                format!("the VAE encoder gives {MOMENTS} of shape {shape:?}, not {want:?}"),
+                format!("the VAE encoder gives {MOMENTS} of shape {shape:?}, not [1, {}, h, w]", 2 * channels),
             ));
         }
         out.into_dimensionality::<Ix4>().map_err(|e| Error::Internal(format!("encoder output: {e}")))

@@ -15,6 +15,7 @@ pub mod model_dir;
 mod start;
 pub mod text;
 pub mod upscale;
+pub mod vae_tiles;
 
 use std::path::Path;
 use std::sync::Arc;
@@ -108,7 +109,7 @@ pub struct RunContext<'a> {
     pub cancel: &'a CancelToken,
     /// When the request started.
     pub started: Instant,
-    /// Decode in tiles as diffusers' `vae.enable_tiling()` does (engine option `vae_tiling`).
+    /// Encode and decode in tiles as diffusers' `vae.enable_tiling()` does (engine option `vae_tiling`).
     pub vae_tiling: bool,
 }
 
@@ -361,7 +362,9 @@ impl SdxlPipeline {
         let Some(init) = init else { return Ok(Origin::Noise) };
         self.report(ctx, &params.request_id, Stage::ImageEncoding, 0, 1, 0, params.batch_size)?;
         let t = Instant::now();
-        let encode = |pixels| init.encoder.moments(pixels, LATENT_CHANNELS, latent, ctx.cancel);
+        // diffusers' enable_tiling() tiles every encode: the init image's and the masked image's
+        let tiling = ctx.vae_tiling.then(|| vae_tiles::Tiling::encode(self.vae.info()));
+        let encode = |pixels| init.encoder.moments(pixels, LATENT_CHANNELS, latent, tiling, ctx.cancel);
         let (seed, strength, vae) = (params.seed, params.strength, self.vae.info());
         let origin = match (&init.mask, self.unet_input) {
             (None, _) => Origin::image(encode(init.pixels.clone())?, vae),
