@@ -19,8 +19,8 @@ diffusers 0.42.1 StableDiffusionXLInpaintPipeline with padding_mask_crop=pad (Va
 
 Masks (tests/fixtures/inpaint/, mode L, for init_80x60.png; no random numbers):
   mask_crop_80x60.png   a disc (ellipse (46, 10)-(64, 28)) and a bar (50, 30)-(53, 41), blurred with Pillow's
-                        GaussianBlur(2): grey edges (the overlay blends them), 18 x 40 px of non-zero pixels, far
-                        from the image's edges except at none
+                        GaussianBlur(2): 150 grey levels at the edges (the overlay blends them), non-zero pixels in
+                        columns 41..69 and rows 5..46, 47 pixels fully white
   mask_strip_80x60.png  a 6-px wide column strip (x 12..17, y 2..57) and a 1-px row (y 30, x 8..70) with hard edges:
                         the crop region spans (nearly) the whole image on one axis, so "fill" resizes pad bands
 
