@@ -68,6 +68,33 @@ fn init_image_and_mask_flags_inpaint_as_the_golden() {
 }
 
 #[test]
+fn the_padding_mask_crop_flag_inpaints_only_the_masks_area_as_the_golden() {
+    // onnx/make_inpaint_crop.py's `inpaint_crop`: 64 x 64 generated for the mask's area, put back into 80 x 60.
+    let g = crate::util::Golden::load("inpaint_crop");
+    let fixtures = crate::util::fixtures();
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("only-masked.png");
+    let run = cli()
+        .args(["generate", "--prompt", &g.meta["prompt"], "--negative-prompt", &g.meta["negative_prompt"]])
+        .args(["--steps", &g.meta["steps"], "--seed", &g.meta["seed"], "--strength", &g.meta["strength"]])
+        .args(["--width", &g.meta["width"], "--height", &g.meta["height"]])
+        .arg("--init-image")
+        .arg(fixtures.join("img2img").join(&g.meta["init_image"]))
+        .arg("--mask-image")
+        .arg(fixtures.join("inpaint").join(&g.meta["mask_image"]))
+        .args(["--padding-mask-crop", &g.meta["padding_mask_crop"]])
+        .arg("--out")
+        .arg(&out)
+        .output()
+        .unwrap();
+    assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
+    let img = image::open(&out).unwrap().to_rgb8();
+    assert_eq!(img.dimensions(), (80, 60));
+    let (worst, at) = crate::util::max_u8_diff(img.as_raw(), &g.t("image_u8").u8);
+    assert!(worst <= 1, "the CLI's image differs from diffusers by {worst}/255 at byte {at}");
+}
+
+#[test]
 fn a_missing_or_wrong_onnx_runtime_is_a_clear_error_not_a_crash() {
     let dir = tempfile::tempdir().unwrap();
     let not_a_lib = dir.path().join("libonnxruntime.so.1.31.1");

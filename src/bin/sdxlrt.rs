@@ -94,6 +94,10 @@ struct GenerateArgs {
     /// Inpainting with --init-image: redraw only where this mask is white (black keeps the image).
     #[arg(long, requires = "init_image")]
     mask_image: Option<PathBuf>,
+    /// With --mask-image: inpaint only the mask's area grown by this many pixels, at --width x --height, and put
+    /// it back into the init image (the output keeps the init image's size).
+    #[arg(long, requires = "mask_image")]
+    padding_mask_crop: Option<u32>,
     /// With --init-image: the share of the steps that run (0-1; int(steps x strength) steps).
     #[arg(long, default_value_t = 0.8, requires = "init_image")]
     strength: f64,
@@ -199,6 +203,9 @@ fn generate(args: GenerateArgs) -> Result<String, String> {
     }
     if let Some(mask) = &args.mask_image {
         data["mask_image"] = serde_json::json!(mask);
+    }
+    if let Some(pad) = args.padding_mask_crop {
+        data["padding_mask_crop"] = serde_json::json!(pad);
     }
     let request = serde_json::json!({ "message_type": "inference_request", "request_id": "cli", "data": data });
 

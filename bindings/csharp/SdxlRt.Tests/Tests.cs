@@ -128,6 +128,10 @@ namespace SdxlRt.Tests
             {
                 r.Conditioning.MaskImage = Path.Combine(Fixtures, "inpaint", m["mask_image"]);
             }
+            if (m.ContainsKey("padding_mask_crop"))
+            {
+                r.Conditioning.PaddingMaskCrop = int.Parse(m["padding_mask_crop"]);
+            }
             return r;
         }
 
@@ -450,6 +454,20 @@ namespace SdxlRt.Tests
             Assert.Equal(4, r.ProcessingMetrics.Steps, "int(5 × 0.8) steps ran");
             string json = new EnhancedRequestTransformer().ToJson(req, "inpaint-json");
             Assert.True(json.Contains("\"mask_image\":"), "mask_image sent: " + json);
+        }
+
+        [Test]
+        public static void inpainting_only_the_masks_area_returns_the_init_images_size_and_the_golden_pixels()
+        {
+            EnhancedSDXLRequest req = Fixture.FromGolden("inpaint_crop");
+            Assert.Equal((int?)4, req.Conditioning.PaddingMaskCrop, "the golden's padding");
+            EnhancedSDXLResponse r = Fixture.Engine.GenerateImagesAsync(req).GetAwaiter().GetResult();
+            Assert.True(r.Success, "success: " + r.Error);
+            GeneratedImage img = r.GeneratedImages[0];
+            Assert.Equal(80, img.Pixels.Width, "the init image's width");
+            Assert.Equal(60, img.Pixels.Height, "the init image's height");
+            Fixture.NearPixels(Fixture.GoldenPixels("inpaint_crop"), img.Pixels.Data, 1, "inpaint_crop image_u8");
+            Assert.Equal("30,1,80,51", string.Join(",", img.Metadata.InitImage.MaskCrop), "the region inpainted");
         }
 
         [Test]

@@ -63,6 +63,7 @@ namespace SdxlRt
                     NegativePrompt2 = cond.NegativePrompt2,
                     InitImage = cond.InitImage,
                     MaskImage = cond.MaskImage,
+                    PaddingMaskCrop = cond.PaddingMaskCrop,
                     ModelName = model.Base,
                     Hyperparameters = new HyperparametersContract
                     {
@@ -213,6 +214,7 @@ namespace SdxlRt
         [DataMember(Name = "negative_prompt_2", Order = 14, EmitDefaultValue = false)] public string NegativePrompt2;
         [DataMember(Name = "init_image", Order = 15, EmitDefaultValue = false)] public string InitImage;
         [DataMember(Name = "mask_image", Order = 16, EmitDefaultValue = false)] public string MaskImage;
+        [DataMember(Name = "padding_mask_crop", Order = 17, EmitDefaultValue = false)] public int? PaddingMaskCrop;
     }
 
     [DataContract]

@@ -77,10 +77,20 @@ namespace SdxlRt
 
         /// <summary>
         /// Inpainting, with <see cref="InitImage"/>: a mask in the same forms; only its white part is redrawn (black
-        /// keeps the image), as diffusers' StableDiffusionXLInpaintPipeline does with a standard 4-channel UNet. Null
-        /// for none. Sent as <c>data.mask_image</c> only when set.
+        /// keeps the image), as diffusers' StableDiffusionXLInpaintPipeline does with a standard 4-channel UNet or a
+        /// 9-channel inpainting UNet. Null for none. Sent as <c>data.mask_image</c> only when set.
         /// </summary>
         public string MaskImage { get; set; }
+
+        /// <summary>
+        /// With <see cref="MaskImage"/>: inpaint only the mask's area, grown by this many pixels (diffusers'
+        /// <c>padding_mask_crop</c>, A1111's "inpaint area: only masked"). The area is generated at
+        /// <see cref="HyperparameterConfiguration.Width"/> × <see cref="HyperparameterConfiguration.Height"/> and put
+        /// back into the init image through the mask, so the image keeps the init image's size and its pixels where the
+        /// mask is black; the mask must have the init image's size. Null: the whole image. Sent as
+        /// <c>data.padding_mask_crop</c> only when set.
+        /// </summary>
+        public int? PaddingMaskCrop { get; set; }
     }
 
     /// <summary>One LoRA adapter.</summary>

@@ -164,6 +164,10 @@ namespace SdxlRt
         /// <summary>The init image's height as given.</summary>
         public int SourceHeight { get; set; }
 
+        /// <summary>With <see cref="ConditioningConfiguration.PaddingMaskCrop"/>: the region of the init image that was
+        /// inpainted, <c>[x1, y1, x2, y2]</c> (columns x1..x2, rows y1..y2); null otherwise.</summary>
+        public int[] MaskCrop { get; set; }
+
         internal static InitImageInfo From(InitImageInfoContract i)
         {
             if (i == null)
@@ -176,6 +180,7 @@ namespace SdxlRt
                 DenoisingSteps = i.DenoisingSteps,
                 SourceWidth = i.SourceWidth,
                 SourceHeight = i.SourceHeight,
+                MaskCrop = i.MaskCrop,
             };
         }
     }
@@ -405,6 +410,7 @@ namespace SdxlRt
         [DataMember(Name = "denoising_steps")] public int DenoisingSteps;
         [DataMember(Name = "source_width")] public int SourceWidth;
         [DataMember(Name = "source_height")] public int SourceHeight;
+        [DataMember(Name = "mask_crop")] public int[] MaskCrop;
     }
 
     [DataContract]
