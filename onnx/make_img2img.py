@@ -302,11 +302,12 @@ def case_meta(p: dict) -> dict:
     return meta
 
 
-def call_pipeline(pipe, p: dict, call: dict) -> dict:
+def call_pipeline(pipe, p: dict, call: dict, output_type: str = "np") -> dict:
     """Run case parameters `p` (prompts, guidance, steps, batch, goldens.generators) on `pipe` with the further call
     arguments `call`, the pipeline's scheduler replaced by `cls.from_config(its config)` for the call when `p` names
     a class; returns latents_step_<i> (the latents each loop iteration ends with, as callback_on_step_end sees them),
-    image (output_type "np") and image_u8 ((image * 255).round())."""
+    image (output_type "np") and image_u8 ((image * 255).round()); with output_type "pil" (what the pipeline's
+    apply_overlay needs) only image_u8, the PIL images' bytes."""
     import diffusers
     import numpy as np
     import torch
@@ -330,7 +331,7 @@ def call_pipeline(pipe, p: dict, call: dict) -> dict:
                 num_inference_steps=p["steps"],
                 num_images_per_prompt=p["batch_size"],
                 generator=goldens.generators(p["seed"], p["batch_size"]),
-                output_type="np",
+                output_type=output_type,
                 callback_on_step_end=on_step_end,
                 callback_on_step_end_tensor_inputs=["latents"],
                 **call,
@@ -338,6 +339,9 @@ def call_pipeline(pipe, p: dict, call: dict) -> dict:
     finally:
         pipe.scheduler = saved
     t = {f"latents_step_{i}": lat for i, lat in enumerate(steps)}
+    if output_type == "pil":
+        t["image_u8"] = torch.from_numpy(np.stack([np.asarray(im) for im in out]))
+        return t
     t["image"] = torch.from_numpy(np.ascontiguousarray(out, dtype=np.float32))
     t["image_u8"] = torch.from_numpy((out * 255).round().astype("uint8"))
     return t

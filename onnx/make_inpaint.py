@@ -425,6 +425,33 @@ def draws_per_generator(draws: list, seed: int, batch: int) -> tuple[list, list]
     return per, used
 
 
+def checked_draws(draws: list, p: dict, name: str, first_draws: list, n_step: int) -> list:
+    """The logged draws per generator (draws_per_generator), checked: each one redrawn bit for bit from fresh
+    goldens.generators, the used generators' states afterwards equal the fresh ones' (no other draw took place), and
+    the names in order: generator 0 `first_draws`, the others "noise", then `n_step` "step noise" each."""
+    import torch
+    from diffusers.utils.torch_utils import randn_tensor
+
+    B = p["batch_size"]
+    per, used = draws_per_generator(draws, p["seed"], B)
+    fresh_gens = goldens.generators(p["seed"], B)
+    fresh_gens = fresh_gens if isinstance(fresh_gens, list) else [fresh_gens]
+    for i, g in enumerate(fresh_gens):
+        for draw, x in per[i]:
+            assert torch.equal(randn_tensor(x.shape, generator=g), x), (name, i, draw)
+        assert torch.equal(g.get_state(), used[i].get_state()), (name, i)
+    for i in range(B):
+        want = (first_draws if i == 0 else ["noise"]) + ["step noise"] * n_step
+        assert [d for d, _ in per[i]] == want, (name, i, [d for d, _ in per[i]])
+    return per
+
+
+def call_args(p: dict, image, mask, **extra) -> dict:
+    """The inpaint pipeline's call arguments besides make_img2img.call_pipeline's: image=, mask_image=, the case's
+    height, width and strength, and `extra`."""
+    return dict(image=image, mask_image=mask, height=p["height"], width=p["width"], strength=p["strength"], **extra)
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # goldens
 
@@ -433,7 +460,6 @@ def run_case(pipes: dict, folder: Path, name: str) -> tuple[dict, dict, dict]:
     """Run case `name` on the inpaint pipeline; returns (tensors, metadata, {draw names per generator})."""
     import diffusers
     import torch
-    from diffusers.utils.torch_utils import randn_tensor
 
     p = i2i.case_params(name, CASES)
     B, H, W = p["batch_size"], p["height"], p["width"]
@@ -441,13 +467,8 @@ def run_case(pipes: dict, folder: Path, name: str) -> tuple[dict, dict, dict]:
     cfg = p["guidance_scale"] > 1.0
     pipe = pipes["inpaint"]
     sched_cls = getattr(diffusers, p.get("scheduler", i2i.EULER))
-    call = dict(
-        image=cn.load_image(folder / "img2img" / p["init_image"]),
-        mask_image=load_mask(folder / "inpaint" / p["mask_image"]),
-        height=H,
-        width=W,
-        strength=p["strength"],
-    )
+    image, mask = cn.load_image(folder / "img2img" / p["init_image"]), load_mask(folder / "inpaint" / p["mask_image"])
+    call = call_args(p, image, mask)
     with Capture(pipe, sched_cls) as cap:
         t = i2i.call_pipeline(pipe, p, call)
     evaluated = [u["timestep"] for u in cap.unet]
@@ -494,18 +515,8 @@ def run_case(pipes: dict, folder: Path, name: str) -> tuple[dict, dict, dict]:
 
     # every draw, per generator, redrawn from fresh generators; afterwards the used generators' states equal the
     # fresh ones' (no other draw took place)
-    per, used = draws_per_generator(cap.draws, p["seed"], B)
-    fresh_gens = goldens.generators(p["seed"], B)
-    fresh_gens = fresh_gens if isinstance(fresh_gens, list) else [fresh_gens]
-    for i, g in enumerate(fresh_gens):
-        for draw, x in per[i]:
-            assert torch.equal(randn_tensor(x.shape, generator=g), x), (name, i, draw)
-        assert torch.equal(g.get_state(), used[i].get_state()), (name, i)
     n_step = L if sched_cls.__name__ == EULER_A else 0
-    first_draws = ["image posterior", "noise", "masked-image posterior"]
-    for i in range(B):
-        want = (first_draws if i == 0 else ["noise"]) + ["step noise"] * n_step
-        assert [d for d, _ in per[i]] == want, (name, i, [d for d, _ in per[i]])
+    per = checked_draws(cap.draws, p, name, ["image posterior", "noise", "masked-image posterior"], n_step)
     assert torch.equal(per[0][0][1], t["encoder_noise"]) and torch.equal(per[0][2][1], t["masked_encoder_noise"])
     assert torch.equal(torch.cat([per[i][0 if i else 1][1] for i in range(B)]), t["noise"])
 
@@ -567,13 +578,8 @@ def run_with_mask(pipes: dict, folder: Path, name: str, mask) -> dict:
     from PIL import Image
 
     p = i2i.case_params(name, CASES)
-    call = dict(
-        image=cn.load_image(folder / "img2img" / p["init_image"]),
-        mask_image=Image.fromarray((mask * 255).astype(np.uint8), "L"),
-        height=p["height"],
-        width=p["width"],
-        strength=p["strength"],
-    )
+    image = cn.load_image(folder / "img2img" / p["init_image"])
+    call = call_args(p, image, Image.fromarray((mask * 255).astype(np.uint8), "L"))
     return i2i.call_pipeline(pipes["inpaint"], p, call)
 
 

@@ -49,7 +49,6 @@ import json
 from pathlib import Path
 
 import _common as c
-import goldens
 import make_controlnet as cn
 import make_img2img as i2i
 import make_inpaint as inp
@@ -142,35 +141,11 @@ def write_ops(folder: Path) -> None:
 
 
 def run_case(pipe, folder: Path, name: str) -> tuple[dict, dict]:
-    import numpy as np
-    import torch
-
     p = i2i.case_params(name, CASES)
-    steps: list = []
-
-    def on_step_end(_pipe, i, _t, kwargs):
-        steps.append(kwargs["latents"].clone())
-        return kwargs
-
-    with torch.no_grad():
-        out = pipe(
-            prompt=p["prompt"],
-            negative_prompt=p["negative_prompt"],
-            guidance_scale=p["guidance_scale"],
-            num_inference_steps=p["steps"],
-            generator=goldens.generators(p["seed"], p["batch_size"]),
-            image=cn.load_image(folder / "img2img" / p["init_image"]),
-            mask_image=inp.load_mask(folder / "inpaint" / p["mask_image"]),
-            height=p["height"],
-            width=p["width"],
-            strength=p["strength"],
-            padding_mask_crop=p["padding_mask_crop"],
-            output_type="pil",
-            callback_on_step_end=on_step_end,
-            callback_on_step_end_tensor_inputs=["latents"],
-        ).images
-    t = {f"latents_step_{i}": lat.contiguous() for i, lat in enumerate(steps)}
-    t["image_u8"] = torch.from_numpy(np.stack([np.asarray(im) for im in out]))
+    image = cn.load_image(folder / "img2img" / p["init_image"])
+    mask = inp.load_mask(folder / "inpaint" / p["mask_image"])
+    call = inp.call_args(p, image, mask, padding_mask_crop=p["padding_mask_crop"])
+    t = {k: v.contiguous() for k, v in i2i.call_pipeline(pipe, p, call, output_type="pil").items()}
     meta = dict(i2i.case_meta(p), mask_image=p["mask_image"], padding_mask_crop=str(p["padding_mask_crop"]))
     return t, meta
 

@@ -85,7 +85,6 @@ import shutil
 from pathlib import Path
 
 import _common as c
-import goldens
 import make_img2img as i2i
 import make_inpaint as mi
 
@@ -172,7 +171,6 @@ def run_case(pipe, folder: Path, name: str, grey: bool = False) -> tuple[dict, d
     generator})."""
     import diffusers
     import torch
-    from diffusers.utils.torch_utils import randn_tensor
 
     p = i2i.case_params(name, CASES)
     B, H, W = p["batch_size"], p["height"], p["width"]
@@ -180,13 +178,8 @@ def run_case(pipe, folder: Path, name: str, grey: bool = False) -> tuple[dict, d
     rows = 2 * B if p["guidance_scale"] > 1.0 else B
     full = p["strength"] == 1.0
     sched_cls = getattr(diffusers, p.get("scheduler", i2i.EULER))
-    call = dict(
-        image=i2i.init_image(folder / "img2img", p, grey),
-        mask_image=mi.load_mask(folder / "inpaint" / p["mask_image"]),
-        height=H,
-        width=W,
-        strength=p["strength"],
-    )
+    image, mask = i2i.init_image(folder / "img2img", p, grey), mi.load_mask(folder / "inpaint" / p["mask_image"])
+    call = mi.call_args(p, image, mask)
     with Capture(pipe, sched_cls) as cap:
         t = i2i.call_pipeline(pipe, p, call)
     evaluated = [u["timestep"] for u in cap.unet]
@@ -224,18 +217,9 @@ def run_case(pipe, folder: Path, name: str, grey: bool = False) -> tuple[dict, d
     assert mil.shape == (rows, 4, h, w) and torch.equal(mil, t["masked_image_latents"].repeat(rows, 1, 1, 1))
 
     # every draw, per generator, redrawn from fresh generators; no other draw took place
-    per, used = mi.draws_per_generator(cap.draws, p["seed"], B)
-    fresh_gens = goldens.generators(p["seed"], B)
-    fresh_gens = fresh_gens if isinstance(fresh_gens, list) else [fresh_gens]
-    for i, g in enumerate(fresh_gens):
-        for draw, x in per[i]:
-            assert torch.equal(randn_tensor(x.shape, generator=g), x), (name, i, draw)
-        assert torch.equal(g.get_state(), used[i].get_state()), (name, i)
     n_step = L if sched_cls.__name__ == mi.EULER_A else 0
     first_draws = ([] if full else ["image posterior"]) + ["noise", "masked-image posterior"]
-    for i in range(B):
-        want = (first_draws if i == 0 else ["noise"]) + ["step noise"] * n_step
-        assert [d for d, _ in per[i]] == want, (name, i, [d for d, _ in per[i]])
+    per = mi.checked_draws(cap.draws, p, name, first_draws, n_step)
     noise_at = first_draws.index("noise")
     assert torch.equal(torch.cat([per[i][noise_at if i == 0 else 0][1] for i in range(B)]), t["noise"])
 
