@@ -43,10 +43,9 @@ fn refiner_vae_and_upscaler_flags_reach_the_request() {
     assert!(stdout.contains("tiny-sdxl-refiner") && stdout.contains("tiny-vae-b"), "{stdout}");
 }
 
-#[test]
-fn init_image_and_mask_flags_inpaint_as_the_golden() {
-    // onnx/make_inpaint.py's `inpaint` case through the command line: the image diffusers made, within 1/255.
-    let g = crate::util::Golden::load("inpaint");
+/// The CLI run of an inpainting golden `g` (prompts, steps, seed, strength, init image, mask) with `extra` flags:
+/// the image it wrote.
+fn inpaint_golden(g: &crate::util::Golden, extra: &[&str]) -> image::RgbImage {
     let fixtures = crate::util::fixtures();
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("inpainted.png");
@@ -57,12 +56,20 @@ fn init_image_and_mask_flags_inpaint_as_the_golden() {
         .arg(fixtures.join("img2img").join(&g.meta["init_image"]))
         .arg("--mask-image")
         .arg(fixtures.join("inpaint").join(&g.meta["mask_image"]))
+        .args(extra)
         .arg("--out")
         .arg(&out)
         .output()
         .unwrap();
     assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
-    let img = image::open(&out).unwrap().to_rgb8();
+    image::open(&out).unwrap().to_rgb8()
+}
+
+#[test]
+fn init_image_and_mask_flags_inpaint_as_the_golden() {
+    // onnx/make_inpaint.py's `inpaint` case through the command line: the image diffusers made, within 1/255.
+    let g = crate::util::Golden::load("inpaint");
+    let img = inpaint_golden(&g, &[]);
     let (worst, at) = crate::util::max_u8_diff(img.as_raw(), &g.t("image_u8").u8);
     assert!(worst <= 1, "the CLI's inpainted image differs from diffusers by {worst}/255 at byte {at}");
 }
@@ -71,24 +78,8 @@ fn init_image_and_mask_flags_inpaint_as_the_golden() {
 fn the_padding_mask_crop_flag_inpaints_only_the_masks_area_as_the_golden() {
     // onnx/make_inpaint_crop.py's `inpaint_crop`: 64 x 64 generated for the mask's area, put back into 80 x 60.
     let g = crate::util::Golden::load("inpaint_crop");
-    let fixtures = crate::util::fixtures();
-    let dir = tempfile::tempdir().unwrap();
-    let out = dir.path().join("only-masked.png");
-    let run = cli()
-        .args(["generate", "--prompt", &g.meta["prompt"], "--negative-prompt", &g.meta["negative_prompt"]])
-        .args(["--steps", &g.meta["steps"], "--seed", &g.meta["seed"], "--strength", &g.meta["strength"]])
-        .args(["--width", &g.meta["width"], "--height", &g.meta["height"]])
-        .arg("--init-image")
-        .arg(fixtures.join("img2img").join(&g.meta["init_image"]))
-        .arg("--mask-image")
-        .arg(fixtures.join("inpaint").join(&g.meta["mask_image"]))
-        .args(["--padding-mask-crop", &g.meta["padding_mask_crop"]])
-        .arg("--out")
-        .arg(&out)
-        .output()
-        .unwrap();
-    assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
-    let img = image::open(&out).unwrap().to_rgb8();
+    let (w, h, pad) = (&g.meta["width"], &g.meta["height"], &g.meta["padding_mask_crop"]);
+    let img = inpaint_golden(&g, &["--width", w, "--height", h, "--padding-mask-crop", pad]);
     assert_eq!(img.dimensions(), (80, 60));
     let (worst, at) = crate::util::max_u8_diff(img.as_raw(), &g.t("image_u8").u8);
     assert!(worst <= 1, "the CLI's image differs from diffusers by {worst}/255 at byte {at}");
