@@ -1,7 +1,8 @@
 //! Decoded VAE output → RGB8 pixels → PNG/JPEG/WebP bytes → files written atomically; images read from a request
 //! (control images) and Pillow's Lanczos resize ([`lanczos`]); the crop and overlay of inpainting only the masked
-//! area ([`mask_crop`]).
+//! area ([`mask_crop`]); Pillow's Gaussian blur of a mask ([`blur`]).
 
+pub mod blur;
 pub mod lanczos;
 pub mod mask_crop;
 pub mod source;
