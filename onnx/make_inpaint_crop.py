@@ -1,5 +1,6 @@
 """Write the fixtures of inpainting the masked area only (diffusers' `padding_mask_crop`, A1111's "inpaint area: only
-masked"): two masks, the image operations' golden, and two pipeline goldens.
+masked"): two masks, the image operations' golden, the mask blur's golden (`data.mask_blur`) and three pipeline
+goldens.
 
 diffusers 0.42.1 StableDiffusionXLInpaintPipeline with padding_mask_crop=pad (VaeImageProcessor):
   1. crops_coords = mask_processor.get_crop_region(mask_image, width, height, pad): the bounding box of the mask's
@@ -30,13 +31,23 @@ and the mask as the pipeline's processors make them, before / 255 and binarizati
 deterministic pattern standing in for the generated image) and overlay_k uint8 [60, 80, 3]
 (image_processor.apply_overlay of it). Metadata: ops (JSON list of [mask, width, height, pad]).
 
+Mask-blur golden (tests/fixtures/goldens/mask_blur_ops.safetensors): diffusers' VaeImageProcessor.blur(image,
+blur_factor=r), i.e. Pillow 13.0.0's image.filter(ImageFilter.GaussianBlur(r)) (ImagingGaussianBlur: three extended
+box passes per axis in 24-bit fixed point), of each image in BLUR_IMAGES at each radius in BLUR_RADII (0, fractional,
+and 33, larger than the small images): blur_<image>_<k> uint8 [H, W] (the L masks) or [H, W, 3] (RGB), and
+input_<image> for the images made here (seeded numpy noise; the masks are the fixture PNGs). Metadata: images
+(JSON {name: fixture path or ""}), radii (JSON list).
+
 Pipeline goldens (tests/fixtures/goldens/<case>.safetensors), as make_inpaint.py's (Euler, cfg_neg's prompts,
 guidance 5, seed 0, init_80x60.png) with padding_mask_crop: latents_step_<i> (callback_on_step_end's latents),
-image_u8 [1, 60, 80, 3] (the overlaid PIL output). Metadata as make_inpaint.py's plus padding_mask_crop.
+image_u8 [1, 60, 80, 3] (the overlaid PIL output). Metadata as make_inpaint.py's plus padding_mask_crop (and
+mask_blur: the mask given to the pipeline is mask_processor.blur(mask, blur_factor=mask_blur), as diffusers' docs do
+it, so the crop region, the resized mask and the overlay all see the blurred mask).
 
-  case              mask                  width x height  pad  steps  strength
-  inpaint_crop      mask_crop_80x60.png   64 x 64         4    5      0.8
-  inpaint_crop_fill mask_strip_80x60.png  96 x 64         2    4      0.75
+  case              mask                  width x height  pad  steps  strength  mask_blur
+  inpaint_crop      mask_crop_80x60.png   64 x 64         4    5      0.8       -
+  inpaint_crop_fill mask_strip_80x60.png  96 x 64         2    4      0.75      -
+  inpaint_crop_blur mask_crop_80x60.png   64 x 64         4    4      0.8       4
 
 Usage: python make_inpaint_crop.py [--model DIR] [--out tests/fixtures] [--cases inpaint_crop,...]
        (--out must hold img2img/init_80x60.png (make_img2img.py) already)
@@ -68,7 +79,19 @@ CASES = {
     "inpaint_crop_fill": dict(
         BASE, width=96, height=64, mask_image=MASKS[1], padding_mask_crop=2, steps=4, strength=0.75
     ),
+    "inpaint_crop_blur": dict(
+        BASE, width=64, height=64, mask_image=MASKS[0], padding_mask_crop=4, mask_blur=4, steps=4, strength=0.8
+    ),
 }
+# The mask-blur golden: fixture masks (L) and seeded noise (RGB; the small ones are narrower than the large radii).
+BLUR_IMAGES = {
+    "mask_crop": "inpaint/mask_crop_80x60.png",
+    "mask_strip": "inpaint/mask_strip_80x60.png",
+    "noise_31x23": "",
+    "noise_5x3": "",
+    "noise_1x7": "",
+}
+BLUR_RADII = (0, 0.5, 1, 2, 4, 7.3, 33)
 
 
 def draw_mask_crop():
@@ -140,13 +163,48 @@ def write_ops(folder: Path) -> None:
     c.write_safetensors(folder / "goldens" / "mask_crop_ops.safetensors", tensors, {"ops": json.dumps(OPS)})
 
 
+def noise(name: str):
+    """A seeded RGB noise image, `noise_<W>x<H>` (numpy RandomState seeded with W * 1000 + H)."""
+    import numpy as np
+    from PIL import Image
+
+    w, h = (int(v) for v in name.removeprefix("noise_").split("x"))
+    return Image.fromarray(np.random.RandomState(w * 1000 + h).randint(0, 256, (h, w, 3), dtype=np.uint8), "RGB")
+
+
+def write_blur_ops(folder: Path) -> None:
+    """The mask-blur golden (see the module docstring)."""
+    import numpy as np
+    from diffusers.image_processor import VaeImageProcessor
+
+    tensors = {}
+    for name, path in BLUR_IMAGES.items():
+        image = inp.load_mask(folder / path) if path else noise(name)
+        if not path:
+            tensors[f"input_{name}"] = np.asarray(image)
+        for k, radius in enumerate(BLUR_RADII):
+            tensors[f"blur_{name}_{k}"] = np.asarray(VaeImageProcessor.blur(image, blur_factor=radius))
+        print(f"  blur {name} ({image.mode} {image.width}x{image.height}): radii {BLUR_RADII}", flush=True)
+    meta = {"images": json.dumps(BLUR_IMAGES), "radii": json.dumps(BLUR_RADII)}
+    c.write_safetensors(folder / "goldens" / "mask_blur_ops.safetensors", tensors, meta)
+
+
+def case_mask(folder: Path, p: dict):
+    """The case's mask as the pipeline gets it: the fixture, blurred by mask_processor.blur with `mask_blur`."""
+    from diffusers.image_processor import VaeImageProcessor
+
+    mask = inp.load_mask(folder / "inpaint" / p["mask_image"])
+    return VaeImageProcessor.blur(mask, blur_factor=p["mask_blur"]) if "mask_blur" in p else mask
+
+
 def run_case(pipe, folder: Path, name: str) -> tuple[dict, dict]:
     p = i2i.case_params(name, CASES)
     image = cn.load_image(folder / "img2img" / p["init_image"])
-    mask = inp.load_mask(folder / "inpaint" / p["mask_image"])
-    call = inp.call_args(p, image, mask, padding_mask_crop=p["padding_mask_crop"])
+    call = inp.call_args(p, image, case_mask(folder, p), padding_mask_crop=p["padding_mask_crop"])
     t = {k: v.contiguous() for k, v in i2i.call_pipeline(pipe, p, call, output_type="pil").items()}
     meta = dict(i2i.case_meta(p), mask_image=p["mask_image"], padding_mask_crop=str(p["padding_mask_crop"]))
+    if "mask_blur" in p:
+        meta["mask_blur"] = repr(p["mask_blur"])
     return t, meta
 
 
@@ -157,17 +215,18 @@ def main() -> None:
     assert (args.out / "img2img" / INIT).exists(), "run make_img2img.py first"
     write_masks(args.out / "inpaint")
     write_ops(args.out)
+    write_blur_ops(args.out)
     pipe = inp.inpaint_pipeline(c.load_pipeline(args.model))
     init = np.asarray(cn.load_image(args.out / "img2img" / INIT)).astype(np.int64)
     for name in cases:
         tensors, meta = run_case(pipe, args.out, name)
         image = tensors["image_u8"][0].numpy().astype(np.int64)
-        mask = np.asarray(inp.load_mask(args.out / "inpaint" / CASES[name]["mask_image"]).convert("L"))
+        mask = np.asarray(case_mask(args.out, CASES[name]).convert("L"))
         kept = mask == 0
         assert image.shape == init.shape and np.array_equal(image[kept], init[kept]), name
-        changed = np.abs(image - init)[mask == 255]
+        changed = np.abs(image - init)[mask >= 128]
         print(f"{name}: {len(steps := [k for k in tensors if k.startswith('latents_step_')])} evaluations;"
-              f" inside the mask |image - init| mean {changed.mean():.1f}/255; outside: equal", flush=True)
+              f" where the mask is >= 128 |image - init| mean {changed.mean():.1f}/255; outside: equal", flush=True)
         c.write_golden(args.out / "goldens" / f"{name}.safetensors", tensors, meta)
 
 
