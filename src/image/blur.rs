@@ -191,4 +191,3 @@ mod tests {
         assert!(row[0] <= row[1] && row[1] <= row[2], "{row:?}");
     }
 }
-
