@@ -86,6 +86,18 @@ fn the_padding_mask_crop_flag_inpaints_only_the_masks_area_as_the_golden() {
 }
 
 #[test]
+fn the_mask_blur_flag_blurs_the_mask_as_the_golden() {
+    // onnx/make_inpaint_crop.py's `inpaint_crop_blur`: the mask blurred by 4 before its area is inpainted.
+    let g = crate::util::Golden::load("inpaint_crop_blur");
+    let (w, h, pad) = (&g.meta["width"], &g.meta["height"], &g.meta["padding_mask_crop"]);
+    let args = ["--width", w, "--height", h, "--padding-mask-crop", pad, "--mask-blur", &g.meta["mask_blur"]];
+    let img = inpaint_golden(&g, &args);
+    assert_eq!(img.dimensions(), (80, 60));
+    let (worst, at) = crate::util::max_u8_diff(img.as_raw(), &g.t("image_u8").u8);
+    assert!(worst <= 1, "the CLI's image differs from diffusers by {worst}/255 at byte {at}");
+}
+
+#[test]
 fn a_missing_or_wrong_onnx_runtime_is_a_clear_error_not_a_crash() {
     let dir = tempfile::tempdir().unwrap();
     let not_a_lib = dir.path().join("libonnxruntime.so.1.31.1");

@@ -1,7 +1,11 @@
-//! Inpainting only the masked area (`data.padding_mask_crop`): the crop region, the "fill" resize and the overlay
-//! equal diffusers' `VaeImageProcessor` to the byte (goldens by onnx/make_inpaint_crop.py), and whole requests match
-//! diffusers' `StableDiffusionXLInpaintPipeline(padding_mask_crop=…)`.
+//! Inpainting only the masked area (`data.padding_mask_crop`) and blurring the mask (`data.mask_blur`): the crop
+//! region, the "fill" resize, the overlay and the blur equal diffusers' `VaeImageProcessor` (Pillow) to the byte
+//! (goldens by onnx/make_inpaint_crop.py), and whole requests match diffusers'
+//! `StableDiffusionXLInpaintPipeline(padding_mask_crop=…)`, with the mask given through `mask_processor.blur`.
 
+use std::collections::BTreeMap;
+
+use sdxlrt::image::blur::gaussian_blur;
 use sdxlrt::image::mask_crop::{crop, crop_region, fill, overlay, CropRegion};
 use sdxlrt::image::{source, RgbImage};
 
@@ -111,4 +115,68 @@ fn a_mask_of_another_size_or_with_nothing_masked_is_refused_naming_the_mask() {
     let nothing = with_mask(path.to_str().unwrap());
     assert!(nothing.contains("data.mask_image") && nothing.contains("black everywhere"), "{nothing}");
     check_case(&engine, "inpaint_crop", false);
+}
+
+#[test]
+fn mask_blur_equals_pillows_gaussian_blur_to_the_byte() {
+    // VaeImageProcessor.blur(image, blur_factor=r) = Pillow's GaussianBlur(r): L masks and RGB noise, radii 0 to 33
+    // (33 is larger than the 5 x 3 and 1 x 7 images)
+    let g = Golden::load("mask_blur_ops");
+    let images: BTreeMap<String, String> = serde_json::from_str(&g.meta["images"]).unwrap();
+    let radii: Vec<f64> = serde_json::from_str(&g.meta["radii"]).unwrap();
+    assert!(images.len() >= 5 && radii.len() >= 7);
+    for (name, path) in &images {
+        let input = if path.is_empty() { rgb(g.t(&format!("input_{name}"))) } else { load(path) };
+        for (k, radius) in radii.iter().enumerate() {
+            let want = g.t(&format!("blur_{name}_{k}"));
+            assert_eq!(want.shape[..2], [input.height as usize, input.width as usize], "{name}");
+            let got = gaussian_blur(&input, *radius as f32);
+            let what = format!("{name} ({}x{}) radius {radius}", input.width, input.height);
+            if want.shape.len() == 2 {
+                // an L mask: read as grey RGB, every channel blurs as the L image
+                let grey: Vec<u8> = got.data.chunks(3).map(|p| p[0]).collect();
+                assert!(got.data.chunks(3).all(|p| p[0] == p[1] && p[1] == p[2]), "{what}: grey");
+                same_bytes(&grey, &want.u8, input.width as usize, &what);
+            } else {
+                same_bytes(&got.data, &want.u8, input.width as usize * 3, &what);
+            }
+        }
+    }
+}
+
+#[test]
+fn a_blurred_masks_area_is_inpainted_and_put_back_as_diffusers_does() {
+    // inpaint_crop_blur: mask_crop_80x60.png blurred by 4 reaches further, so its region is larger than the
+    // unblurred mask's ([30, 1, 80, 51] in inpaint_crop): the region, the run's mask and the overlay see the blur
+    let engine = Engine::new(Some(&options_json())).unwrap();
+    let g = Golden::load("inpaint_crop_blur");
+    assert_eq!(g.meta["mask_blur"], "4");
+    let reply = check_case(&engine, "inpaint_crop_blur", false);
+    let image = &reply["data"]["generated_images"][0];
+    assert_eq!((image["width"].as_u64(), image["height"].as_u64()), (Some(80), Some(60)));
+    let blurred = gaussian_blur(&load("inpaint/mask_crop_80x60.png"), 4.0);
+    let r = crop_region(&blurred, 64, 64, 4).unwrap();
+    assert_eq!(image["metadata"]["init_image"]["mask_crop"], serde_json::json!([r.x1, r.y1, r.x2, r.y2]));
+    assert_ne!([r.x1, r.y1, r.x2, r.y2], [30, 1, 80, 51]);
+}
+
+#[test]
+fn a_negative_mask_blur_or_one_without_a_mask_is_refused_naming_the_field() {
+    let engine = Engine::new(Some(&options_json())).unwrap();
+    let g = Golden::load("inpaint_crop_blur");
+    let error = |edit: &dyn Fn(&mut serde_json::Value)| {
+        let mut request: serde_json::Value = serde_json::from_str(&g.request("tiny-sdxl", false)).unwrap();
+        edit(&mut request["data"]);
+        let outcome = engine.generate(&request.to_string(), &mut NoProgress, false);
+        assert!(outcome.error.is_some() && outcome.images.is_empty(), "{}", outcome.response_json);
+        let reply: serde_json::Value = serde_json::from_str(&outcome.response_json).unwrap();
+        reply["error"].to_string()
+    };
+    let negative = error(&|d| d["mask_blur"] = serde_json::json!(-1.5));
+    assert!(negative.contains("data.mask_blur") && negative.contains("-1.5"), "{negative}");
+    let no_mask = error(&|d| {
+        d.as_object_mut().unwrap().remove("mask_image");
+        d.as_object_mut().unwrap().remove("padding_mask_crop");
+    });
+    assert!(no_mask.contains("data.mask_blur") && no_mask.contains("needs data.mask_image"), "{no_mask}");
 }

@@ -98,6 +98,10 @@ struct GenerateArgs {
     /// it back into the init image (the output keeps the init image's size).
     #[arg(long, requires = "mask_image")]
     padding_mask_crop: Option<u32>,
+    /// With --mask-image: blur the mask first by this radius in pixels (Pillow's GaussianBlur, as diffusers'
+    /// mask_processor.blur; A1111's "mask blur", there 4 by default).
+    #[arg(long, requires = "mask_image")]
+    mask_blur: Option<f64>,
     /// With --init-image: the share of the steps that run (0-1; int(steps x strength) steps).
     #[arg(long, default_value_t = 0.8, requires = "init_image")]
     strength: f64,
@@ -206,6 +210,9 @@ fn generate(args: GenerateArgs) -> Result<String, String> {
     }
     if let Some(pad) = args.padding_mask_crop {
         data["padding_mask_crop"] = serde_json::json!(pad);
+    }
+    if let Some(radius) = args.mask_blur {
+        data["mask_blur"] = serde_json::json!(radius);
     }
     let request = serde_json::json!({ "message_type": "inference_request", "request_id": "cli", "data": data });
 

@@ -1,5 +1,5 @@
 //! The engine's image-to-image and inpainting inputs (`data.init_image`, `data.mask_image`): the images read
-//! before any work, cut to the mask's area with `data.padding_mask_crop` (and the results put back afterwards), and
+//! before any work (the mask blurred by `data.mask_blur`), cut to the mask's area with `data.padding_mask_crop` (and the results put back afterwards), and
 //! the VAE encoder of the pipeline that encodes, loaded on the pipeline's first such request and kept with it.
 
 use std::borrow::Cow;
@@ -7,6 +7,7 @@ use std::time::Instant;
 
 use super::Engine;
 use crate::error::{Error, Result};
+use crate::image::blur;
 use crate::image::mask_crop::{self, CropRegion};
 use crate::image::RgbImage;
 use crate::pipeline::encode::{self, InitImage, VaeEncoder};
@@ -18,17 +19,25 @@ use crate::protocol::params::GenerateParams;
 pub(super) struct SourceImages {
     /// `data.init_image`.
     pub image: RgbImage,
-    /// `data.mask_image`.
+    /// `data.mask_image`, blurred by `data.mask_blur`.
     pub mask: Option<RgbImage>,
 }
 
 impl Engine {
     /// The images `params` carries (paths, `data:` URLs or base64), decoded to RGB8; `None` for text-to-image.
+    /// With `data.mask_blur` the mask is blurred here, as decoded ([`blur::gaussian_blur`]), so that everything
+    /// after sees the blurred mask, as diffusers' pipeline does when its caller blurs the mask first.
     pub(super) fn read_init_images(params: &GenerateParams) -> Result<Option<SourceImages>> {
         let Some(text) = &params.init_image else { return Ok(None) };
         let image = crate::image::source::load(text, "data.init_image")?;
         let mask =
-            params.mask_image.as_deref().map(|m| crate::image::source::load(m, "data.mask_image")).transpose()?;
+            params.mask_image.as_deref().map(|m| crate::image::source::load(m, "data.mask_image")).transpose()?.map(
+                |mask| match params.mask_blur {
+                    // Pillow receives the radius as a C float (Python's `PyArg_ParseTuple("f")` rounds the double).
+                    Some(radius) if radius > 0.0 => blur::gaussian_blur(&mask, radius as f32),
+                    _ => mask,
+                },
+            );
         Ok(Some(SourceImages { image, mask }))
     }
 

@@ -41,6 +41,9 @@ pub const DEFAULT_AESTHETIC_SCORE: f32 = 6.0;
 pub const DEFAULT_NEGATIVE_AESTHETIC_SCORE: f32 = 2.5;
 /// Largest accepted aesthetic score: the refiner was trained on 0–10 ratings; a bound catches typos only.
 pub const MAX_AESTHETIC_SCORE: f64 = 10.0;
+/// Largest accepted `data.mask_blur` (pixels): far past any useful blur (A1111's slider stops at 64), it catches
+/// typos and keeps Pillow's `float` radius and 24-bit box weights in range.
+pub const MAX_MASK_BLUR: f64 = 1024.0;
 /// Default `data.output.quality`.
 pub const DEFAULT_QUALITY: u8 = 95;
 /// Random seeds are drawn from `0..RANDOM_SEED_BOUND` (2^32), so every caller's integer type can hold them.
@@ -254,6 +257,22 @@ pub fn normalize(wire: &WireRequest, limits: &RequestLimits, warnings: &mut Vec<
             Error::field("data.padding_mask_crop", format!("must be a number of pixels from 0 up, got {pad}"))
         })?),
     };
+    let mask_blur = match d.mask_blur {
+        None => None,
+        Some(_) if mask_image.is_none() => {
+            return Err(Error::field(
+                "data.mask_blur",
+                "needs data.mask_image: it is the radius the mask is blurred by",
+            ))
+        }
+        Some(r) if (0.0..=MAX_MASK_BLUR).contains(&r) => Some(r),
+        Some(r) => {
+            return Err(Error::field(
+                "data.mask_blur",
+                format!("must be a radius in pixels from 0 to {MAX_MASK_BLUR}, got {r}"),
+            ))
+        }
+    };
     if init_image.is_some() && img2img_steps(steps, strength) == 0 {
         return Err(Error::field(
             "data.hyperparameters.strength",
@@ -405,6 +424,7 @@ pub fn normalize(wire: &WireRequest, limits: &RequestLimits, warnings: &mut Vec<
         init_image,
         mask_image,
         padding_mask_crop,
+        mask_blur,
         strength,
         width,
         height,
@@ -708,6 +728,7 @@ mod tests {
             init_image: None,
             mask_image: None,
             padding_mask_crop: None,
+            mask_blur: None,
             strength: 0.8,
             width: Some(1024),
             height: Some(768),
@@ -866,6 +887,22 @@ mod tests {
                 "data.padding_mask_crop",
                 "from 0 up",
             ),
+            (minimal(json!({"init_image": "a.png", "mask_blur": 4})), "data.mask_blur", "needs data.mask_image"),
+            (
+                minimal(json!({"init_image": "a.png", "mask_image": "m.png", "mask_blur": -0.5})),
+                "data.mask_blur",
+                "from 0 to 1024",
+            ),
+            (
+                minimal(json!({"init_image": "a.png", "mask_image": "m.png", "mask_blur": 1024.5})),
+                "data.mask_blur",
+                "from 0 to 1024",
+            ),
+            (
+                minimal(json!({"init_image": "a.png", "mask_image": "m.png", "mask_blur": "4"})),
+                "data.mask_blur",
+                "number",
+            ),
             (
                 minimal(json!({"init_image": "a.png", "hyperparameters": {"num_inference_steps": 4, "strength": 0.2}})),
                 "data.hyperparameters.strength",
@@ -1006,6 +1043,12 @@ mod tests {
         let mut cropped = inpaint.clone();
         cropped["padding_mask_crop"] = json!(32);
         assert_eq!(parse_value(minimal(cropped)).unwrap().params.padding_mask_crop, Some(32));
+        assert_eq!(p.mask_blur, None);
+        for radius in [0.0, 4.0, 7.3] {
+            let mut blurred = inpaint.clone();
+            blurred["mask_blur"] = json!(radius);
+            assert_eq!(parse_value(minimal(blurred)).unwrap().params.mask_blur, Some(radius));
+        }
         let unit = json!({"model_path": "cn", "control_image": "e.png"});
         let mut with_cn = inpaint.clone();
         with_cn["controlnet"] = json!({"models": [unit]});

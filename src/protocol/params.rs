@@ -56,6 +56,11 @@ pub struct GenerateParams {
     /// aspect ratio, is cut out, inpainted at the request's size and put back into the init image through the mask,
     /// so the reply has the init image's size. `None`: the whole image is inpainted.
     pub padding_mask_crop: Option<u32>,
+    /// With `mask_image`, the mask is first blurred by this radius in pixels (`data.mask_blur`, ≥ 0, fractions
+    /// allowed): Pillow's `ImageFilter.GaussianBlur(radius)` to the byte ([`crate::image::blur`]), as diffusers'
+    /// `mask_processor.blur(mask, blur_factor=radius)` does before the pipeline is called (A1111's "mask blur"), so
+    /// the crop region, the mask the run gets and the overlay all see the blurred mask. `None` (or `0`): no blur.
+    pub mask_blur: Option<f64>,
     /// How much of the schedule image-to-image runs (`data.hyperparameters.strength`, in [0, 1], default 0.8):
     /// the last `int(steps × strength)` steps, starting from the init image noised to that level (diffusers'
     /// `strength`, A1111's denoising strength). Text-to-image ignores it (the seed's callers always send it).

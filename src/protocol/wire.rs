@@ -91,6 +91,10 @@ pub struct WireData {
     /// (diffusers' `padding_mask_crop`, A1111's "only masked" with its padding).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub padding_mask_crop: Option<i64>,
+    /// `mask_blur`: with `mask_image`, blur the mask first by this radius in pixels (diffusers'
+    /// `mask_processor.blur(mask, blur_factor)`, Pillow's `GaussianBlur`; A1111's "mask blur").
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mask_blur: Option<f64>,
     /// Legacy `model_name` (the seed sends it together with `models.base`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub model_name: Option<String>,
@@ -355,6 +359,7 @@ const DATA_KEYS: &[&str] = &[
     "init_image",
     "mask_image",
     "padding_mask_crop",
+    "mask_blur",
     "model_name",
     "models",
     "hyperparameters",
@@ -421,6 +426,7 @@ impl WireData {
             init_image: obj.string("init_image")?,
             mask_image: obj.string("mask_image")?,
             padding_mask_crop: obj.int("padding_mask_crop")?,
+            mask_blur: obj.float("mask_blur")?,
             model_name: obj.string("model_name")?,
             models: obj.child("models")?.map(|o| WireModels::decode(&o, warnings)).transpose()?,
             hyperparameters: obj

@@ -315,6 +315,9 @@ impl Golden {
         if self.meta.contains_key("padding_mask_crop") {
             data["padding_mask_crop"] = serde_json::json!(self.meta::<u32>("padding_mask_crop"));
         }
+        if self.meta.contains_key("mask_blur") {
+            data["mask_blur"] = serde_json::json!(self.meta::<f64>("mask_blur"));
+        }
         serde_json::json!({ "message_type": "inference_request", "request_id": self.name, "data": data }).to_string()
     }
 }
