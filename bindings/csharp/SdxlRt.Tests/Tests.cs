@@ -132,6 +132,10 @@ namespace SdxlRt.Tests
             {
                 r.Conditioning.PaddingMaskCrop = int.Parse(m["padding_mask_crop"]);
             }
+            if (m.ContainsKey("mask_blur"))
+            {
+                r.Conditioning.MaskBlur = double.Parse(m["mask_blur"], culture);
+            }
             return r;
         }
 
@@ -468,6 +472,23 @@ namespace SdxlRt.Tests
             Assert.Equal(60, img.Pixels.Height, "the init image's height");
             Fixture.NearPixels(Fixture.GoldenPixels("inpaint_crop"), img.Pixels.Data, 1, "inpaint_crop image_u8");
             Assert.Equal("30,1,80,51", string.Join(",", img.Metadata.InitImage.MaskCrop), "the region inpainted");
+        }
+
+        [Test]
+        public static void a_blurred_mask_is_sent_as_mask_blur_and_gives_the_golden_pixels()
+        {
+            EnhancedSDXLRequest req = Fixture.FromGolden("inpaint_crop_blur");
+            Assert.Equal((double?)4.0, req.Conditioning.MaskBlur, "the golden's blur");
+            string json = new EnhancedRequestTransformer().ToJson(req, "blur-json");
+            Assert.True(json.Contains("\"mask_blur\":4"), "mask_blur sent: " + json);
+            EnhancedSDXLResponse r = Fixture.Engine.GenerateImagesAsync(req).GetAwaiter().GetResult();
+            Assert.True(r.Success, "success: " + r.Error);
+            Fixture.NearPixels(Fixture.GoldenPixels("inpaint_crop_blur"), r.GeneratedImages[0].Pixels.Data, 1,
+                "inpaint_crop_blur image_u8");
+            req.Conditioning.MaskBlur = -1;
+            var e = Assert.Throws<SdxlValidationException>(
+                () => Fixture.Engine.GenerateImagesAsync(req).GetAwaiter().GetResult(), "a negative blur");
+            Assert.True(e.Message.Contains("data.mask_blur"), "message names the field: " + e.Message);
         }
 
         [Test]

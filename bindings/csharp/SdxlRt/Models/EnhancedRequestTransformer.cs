@@ -64,6 +64,7 @@ namespace SdxlRt
                     InitImage = cond.InitImage,
                     MaskImage = cond.MaskImage,
                     PaddingMaskCrop = cond.PaddingMaskCrop,
+                    MaskBlur = cond.MaskBlur,
                     ModelName = model.Base,
                     Hyperparameters = new HyperparametersContract
                     {
@@ -215,6 +216,7 @@ namespace SdxlRt
         [DataMember(Name = "init_image", Order = 15, EmitDefaultValue = false)] public string InitImage;
         [DataMember(Name = "mask_image", Order = 16, EmitDefaultValue = false)] public string MaskImage;
         [DataMember(Name = "padding_mask_crop", Order = 17, EmitDefaultValue = false)] public int? PaddingMaskCrop;
+        [DataMember(Name = "mask_blur", Order = 18, EmitDefaultValue = false)] public double? MaskBlur;
     }
 
     [DataContract]

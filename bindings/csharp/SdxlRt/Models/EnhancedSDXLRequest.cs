@@ -91,6 +91,14 @@ namespace SdxlRt
         /// <c>data.padding_mask_crop</c> only when set.
         /// </summary>
         public int? PaddingMaskCrop { get; set; }
+
+        /// <summary>
+        /// With <see cref="MaskImage"/>: blur the mask first by this radius in pixels (≥ 0, fractions allowed; at most
+        /// 1024), exactly as diffusers' <c>mask_processor.blur(mask, blur_factor)</c> (Pillow's <c>GaussianBlur</c>)
+        /// does before its pipeline runs, A1111's "mask blur" (4 there): soft edges for the blend back into the init
+        /// image with <see cref="PaddingMaskCrop"/>. Null or 0: no blur. Sent as <c>data.mask_blur</c> only when set.
+        /// </summary>
+        public double? MaskBlur { get; set; }
     }
 
     /// <summary>One LoRA adapter.</summary>
