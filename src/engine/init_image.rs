@@ -1,6 +1,7 @@
 //! The engine's image-to-image and inpainting inputs (`data.init_image`, `data.mask_image`): the images read
-//! before any work (the mask blurred by `data.mask_blur`), cut to the mask's area with `data.padding_mask_crop` (and the results put back afterwards), and
-//! the VAE encoder of the pipeline that encodes, loaded on the pipeline's first such request and kept with it.
+//! before any work (the mask blurred by `data.mask_blur`), cut to the mask's area with `data.padding_mask_crop` (and
+//! the results put back afterwards), and the VAE encoder of the pipeline that encodes, loaded on the pipeline's
+//! first such request and kept with it.
 
 use std::borrow::Cow;
 use std::time::Instant;

@@ -66,7 +66,8 @@ impl UnetInput {
             c => Err(Error::model_invalid(
                 path,
                 format!(
-                    "the UNet's sample input has {c} channels: a UNet takes {LATENTS} (the latents) or {} (an                      inpainting UNet: the latents, the mask and the masked image's latents)",
+                    "the UNet's sample input has {c} channels: a UNet takes {LATENTS} (the latents) or {} (an inpainting \
+                     UNet: the latents, the mask and the masked image's latents)",
                     2 * LATENTS + 1
                 ),
             )),
@@ -187,6 +188,7 @@ mod tests {
             let err = UnetInput::from_channels(channels, path).unwrap_err();
             assert!(matches!(err, Error::ModelInvalid { .. }), "{channels}: {err:?}");
             assert!(err.to_string().contains(&format!("{channels} channels")), "{err}");
+            assert!(err.to_string().contains("or 9 (an inpainting UNet"), "one sentence, no gap: {err}");
         }
     }
 
