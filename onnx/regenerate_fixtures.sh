@@ -56,8 +56,8 @@ echo "== ONNX export: tiny-sdxl (no constant folding, unet with external data)" 
 "$py" export_onnx.py "$model" "$out/tiny-sdxl" --external-data unet --check
 echo "== ONNX export: tiny-sdxl-folded (constant folding, int32 input_ids, no tokenizer.json)" >&2
 "$py" export_onnx.py "$model" "$out/tiny-sdxl-folded" --fold --int32-input-ids --no-tokenizer-json --check
-echo "== ONNX export: tiny-sdxl-fp16 (float16 graphs, the graphs txt2img needs)" >&2
-"$py" export_onnx.py "$model" "$out/tiny-sdxl-fp16" --fp16 --components text_encoder,text_encoder_2,unet,vae_decoder
+echo "== ONNX export: tiny-sdxl-fp16 (float16 graphs)" >&2
+"$py" export_onnx.py "$model" "$out/tiny-sdxl-fp16" --fp16 --components text_encoder,text_encoder_2,unet,vae_decoder,vae_encoder
 echo "== ONNX export: tiny-sdxl-fused-unet (UNet attention as com.microsoft MultiHeadAttention nodes)" >&2
 "$py" export_onnx.py "$model" "$work/tiny-sdxl-fused" --fused-attention --check --components unet
 mkdir -p "$out/tiny-sdxl-fused-unet" && cp -r "$work/tiny-sdxl-fused/unet" "$out/tiny-sdxl-fused-unet/"

@@ -376,9 +376,9 @@ macro_rules! assert_close {
 #[derive(Default)]
 pub struct Sequence {
     /// The latents after each evaluation, per chunk.
-    steps: std::collections::BTreeMap<u32, Vec<Vec<f32>>>,
+    pub steps: std::collections::BTreeMap<u32, Vec<Vec<f32>>>,
     /// The starting latents (noise × init_noise_sigma, or image-to-image's noised init latents), per chunk.
-    initial: std::collections::BTreeMap<u32, Vec<f32>>,
+    pub initial: std::collections::BTreeMap<u32, Vec<f32>>,
 }
 
 impl sdxlrt::pipeline::Progress for Sequence {
