@@ -44,6 +44,10 @@ starting latents are scheduler.add_noise(image_latents, noise, that list's first
   img2img_refiner       Euler, then the tiny refiner     10     0.6       4 + 2 (501, 401, 301, 201 | 101, 1)
   img2img_vae_tiled     Euler, 128x96, init_64.png,      4      0.75      3 (501, 251, 1)
                         vae.enable_tiling()
+  img2img_on_refiner    Euler, the tiny refiner alone    10     0.3       3 (201, 101, 1)
+  img2img_on_refiner_batch2
+                        EulerAncestral, the tiny         6      0.5       3 (333, 167, 1)
+                        refiner alone, batch 2
 
 (The second-order schedulers' lists start at index 2 x t_start = 6, the second entry of the pair at 333 in Heun's
 list; 2 (steps - t_start) - 1 evaluations. DPMSolverSinglestepScheduler logs that it sets lower_order_final=True.)
@@ -61,6 +65,11 @@ model of tests/fixtures/tiny-sdxl-refiner/) with the img2img pipeline as the bas
 10 steps, denoising_end 0.8, output_type "latent" (of the 6 timesteps left after strength, the 4 >= 200), then the
 refiner with denoising_start 0.8 on those latents (timesteps < 200: 101, 1), same prompts, guidance and generator
 object.
+img2img_on_refiner, img2img_on_refiner_batch2: the refiner alone refines the init image (the common "refine an
+existing image" use): StableDiffusionXLImg2ImgPipeline built from make_stages.build_refiner's components (the torch
+model of tests/fixtures/tiny-sdxl-refiner/, requires_aesthetics_score True, text_encoder_2 only, the base model's
+VAE), default aesthetic scores: time ids (H, W, 0, 0, 6.0) on the positive rows and (H, W, 0, 0, 2.5) on the negative
+ones (add_time_ids, add_neg_time_ids [1,5]); metadata model "tiny-sdxl-refiner".
 img2img_vae_tiled: `pipe.vae.enable_tiling()` for the call (disabled after), so diffusers' AutoencoderKL.encode runs
 _tiled_encode (the image is larger than the tiny VAE's sample_size 64 both ways): 64-px pixel tiles every 48 px, rows
 at 0 and 48, columns at 0, 48 and 96 (the last 32 px wide), each through encoder + quant_conv alone, the moments
@@ -119,7 +128,8 @@ init image matters: the same request with a flat grey (128, 128, 128) init image
 Measured here, |image_u8 - the same request with the grey init image|, mean (max), and the last latents' max |diff|:
   img2img 1.5 (14) 0.21, euler_a 1.9 (21), ddim 2.0 (20), dpmpp_2m 1.4 (13), dpmpp_single 1.0 (11), unipc 1.4 (13),
   lms 2.0 (17), heun 2.0 (19), kdpm2 2.0 (17), kdpm2_a 1.8 (22), resized 0.9 (9) 0.17, batch2 1.3 (17), full 0.5 (5)
-  0.21, low_strength 8.0 (73) 0.24, controlnet 0.7 (6) 0.21, refiner 1.0 (10) 0.20, vae_tiled 0.8 (7) 0.11 (all /255;
+  0.21, low_strength 8.0 (73) 0.24, controlnet 0.7 (6) 0.21, refiner 1.0 (10) 0.20, vae_tiled 0.8 (7) 0.11,
+  on_refiner 3.6 (46) 0.16, on_refiner_batch2 1.8 (19) 0.21 (all /255;
   latents 0.20-0.22 where not given). The tiny model keeps little of the init image in the pixels: its random VAE's
   posterior has std ~1.06 (logvar ~0) while the mean moves by ~0.2 between init_64 and grey, and x 0.13025 that is
   ~0.03 in the latents against noise of sigma ~1-5; the last latents still differ by ~0.2, which the random decoder
@@ -147,6 +157,7 @@ import make_stages as stages
 IMAGES = ("init_64.png", "init_80x60.png")
 GREY = (128, 128, 128)  # the flat init image of the "does the init image matter" comparison
 EULER = "EulerDiscreteScheduler"
+REFINER = "tiny-sdxl-refiner"  # make_stages.py's refiner fixture
 
 BASE_CASE = goldens.CASES["cfg_neg"]  # prompt, negative "blurry, low quality", guidance 5, seed 0
 INIT_64 = dict(BASE_CASE, init_image="init_64.png")
@@ -185,6 +196,14 @@ CASES = {
     ),
     # ensemble of experts with img2img as the base: 10 steps x 0.6 = 6 evaluations, 4 before denoising_end 0.8
     "img2img_refiner": dict(INIT_64, steps=10, strength=0.6, refiner="tiny-sdxl-refiner"),
+    # the refiner alone as an image-to-image model (StableDiffusionXLImg2ImgPipeline on the refiner's components, the
+    # usual "refine an image" use): its text_encoder_2 only, time ids (h, w, 0, 0, aesthetic score 6 / 2.5);
+    # 10 steps x 0.3 = 3 evaluations
+    "img2img_on_refiner": dict(INIT_64, steps=10, strength=0.3, model=REFINER),
+    # ancestral: the refiner's step noise per generator, after each generator's posterior and add_noise draws
+    "img2img_on_refiner_batch2": dict(
+        INIT_64, steps=6, strength=0.5, model=REFINER, batch_size=2, scheduler="EulerAncestralDiscreteScheduler"
+    ),
     # vae.enable_tiling(): init_64.png resized to 128x96, larger than the tiny VAE's 64-px tiles both ways, so the
     # encode runs 2 x 3 overlapping pixel tiles (and the decode 2 x 3 latent tiles)
     "img2img_vae_tiled": dict(INIT_64, width=128, height=96, steps=4, strength=0.75, vae_tiling=True),
@@ -299,6 +318,8 @@ def case_meta(p: dict) -> dict:
         meta["scheduler"] = p["scheduler"]
     if p.get("vae_tiling"):
         meta["vae_tiling"] = "true"
+    if "model" in p:
+        meta["model"] = p["model"]
     return meta
 
 
@@ -478,7 +499,8 @@ def run_case(pipes: dict, refiner, folder: Path, name: str, grey: bool = False) 
     cfg = p["guidance_scale"] > 1.0
     image = init_image(folder / "img2img", p, grey)
     net = pipes["controlnet"].controlnet if "controlnets" in p else None
-    pipe = pipes["controlnet" if net is not None else "img2img"]
+    on_refiner = p.get("model") == REFINER
+    pipe = refiner if on_refiner else pipes["controlnet" if net is not None else "img2img"]
     call = dict(image=image, strength=p["strength"])
     if net is not None:
         assert p["controlnets"] == ("tiny-controlnet",), p["controlnets"]
@@ -561,11 +583,17 @@ def run_case(pipes: dict, refiner, folder: Path, name: str, grey: bool = False) 
         n_steps = sum(k.startswith("latents_step_") for k in t)
         assert L == n_steps == (n if fresh.order == 1 else 2 * n - 1), (L, n_steps, n)
         assert evaluated == [float(x) for x in fresh.timesteps[first:]]
-    # time ids (orig_h, orig_w, crop_top, crop_left, target_h, target_w), the same for every row
+    # time ids (orig_h, orig_w, crop_top, crop_left, target_h, target_w), the same for every row; a refiner's
+    # (orig_h, orig_w, crop_top, crop_left, aesthetic score): 2.5 on the negative rows, 6.0 on the positive ones
     tid = cap.unet[0]["time_ids"]
-    assert tid.shape[0] == (2 * B if cfg else B) and bool((tid == tid[:1]).all())
-    assert tid[0].tolist() == [H, W, 0, 0, H, W], tid[0].tolist()
-    t["add_time_ids"] = tid[:1].clone()
+    assert tid.shape[0] == (2 * B if cfg else B)
+    if on_refiner:
+        assert cfg and tid[:B].tolist() == [[H, W, 0, 0, 2.5]] * B and tid[B:].tolist() == [[H, W, 0, 0, 6.0]] * B
+        t["add_neg_time_ids"] = tid[:1].clone()
+        t["add_time_ids"] = tid[B : B + 1].clone()
+    else:
+        assert bool((tid == tid[:1]).all()) and tid[0].tolist() == [H, W, 0, 0, H, W], tid[0].tolist()
+        t["add_time_ids"] = tid[:1].clone()
 
     firsts = []
     if net is not None:

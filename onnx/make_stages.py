@@ -10,7 +10,9 @@ Models (made from the torch tiny model of build_tiny.py; real architectures, tin
                                           refiner's architecture (UNet conditioned on text_encoder_2 only, 5 time
                                           ids with the aesthetic score; requires_aesthetics_score, no
                                           force_zeros_for_empty_prompt) with its own random UNet; text_encoder_2,
-                                          tokenizer_2 and VAE are the base model's, as in Stability's release
+                                          tokenizer_2 and VAE (decoder and encoder: a refiner also refines an
+                                          image alone, make_img2img.py's img2img_on_refiner*) are the base
+                                          model's, as in Stability's release
 
 Goldens (tests/fixtures/goldens/<case>.safetensors, the tensors and metadata of goldens.py plus the ones below):
 
@@ -156,7 +158,7 @@ def export_models(base, vae_b, refiner, model: Path, out: Path, work: Path) -> N
     shutil.copytree(model / "tokenizer_2", src / "tokenizer_2")
     dst = out / "tiny-sdxl-refiner"
     shutil.rmtree(dst, ignore_errors=True)
-    e.export(src, dst, components=("text_encoder_2", "unet", "vae_decoder"), check=True, pipe=refiner)
+    e.export(src, dst, components=("text_encoder_2", "unet", "vae_decoder", "vae_encoder"), check=True, pipe=refiner)
 
 
 def refiner_case(base, refiner, name: str) -> tuple[dict, dict]:

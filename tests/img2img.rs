@@ -12,7 +12,7 @@ use sdxlrt::pipeline::vae_tiles::Tiling;
 use sdxlrt::pipeline::{NoProgress, Progress, ProgressEvent, Stage};
 use sdxlrt::runtime::{CancelToken, SessionConfig};
 
-use crate::util::{check_case, fixtures, max_u8_diff, options_json, Golden};
+use crate::util::{check_case, check_case_on, fixtures, max_u8_diff, options_json, Golden};
 
 fn engine() -> Engine {
     Engine::new(Some(&options_json())).expect("engine")
@@ -319,4 +319,36 @@ fn a_model_folder_without_a_vae_encoder_is_refused_for_img2img_naming_the_folder
     assert!(error.contains("no-encoder") && error.contains("vae_encoder"), "{error}");
     let outcome = engine.generate(&Golden::load("cfg_neg").request("no-encoder", true), &mut NoProgress, true);
     assert!(outcome.error.is_none(), "text-to-image needs no encoder: {}", outcome.response_json);
+}
+
+#[test]
+fn a_refiner_alone_refines_an_init_image_as_diffusers_img2img_pipeline_does() {
+    let engine = engine();
+    let reply = check_case_on(&engine, "tiny-sdxl-refiner", "img2img_on_refiner", false);
+    assert_eq!(reply["warnings"], serde_json::json!([]), "{reply}");
+    let meta = &reply["data"]["generated_images"][0]["metadata"];
+    assert_eq!(meta["model_info"]["base_model"], "tiny-sdxl-refiner", "{meta}");
+    check_case_on(&engine, "tiny-sdxl-refiner", "img2img_on_refiner_batch2", false);
+    check_case_on(&engine, "tiny-sdxl-refiner", "img2img_on_refiner_batch2", true);
+}
+
+#[test]
+fn aesthetic_scores_steer_a_refiner_alone_and_are_reported_ignored_without_one() {
+    let engine = engine();
+    let g = Golden::load("img2img_on_refiner");
+    let with_scores = |model: &str| {
+        let mut r: serde_json::Value = serde_json::from_str(&g.request(model, true)).unwrap();
+        r["data"]["hyperparameters"]["refiner_aesthetic_score"] = 9.0.into();
+        r.to_string()
+    };
+    let on_refiner = engine.generate(&with_scores("tiny-sdxl-refiner"), &mut NoProgress, true);
+    assert!(on_refiner.error.is_none(), "{}", on_refiner.response_json);
+    let (moved, _) = max_u8_diff(&on_refiner.images[0].data, &g.t("image_u8").u8);
+    assert!(moved >= 5, "the score is the refiner's fifth time id: it must change the image (by {moved}/255)");
+    let reply: serde_json::Value = serde_json::from_str(&on_refiner.response_json).unwrap();
+    assert_eq!(reply["warnings"], serde_json::json!([]), "{reply}");
+    let on_base = engine.generate(&with_scores("tiny-sdxl"), &mut NoProgress, true);
+    let reply: serde_json::Value = serde_json::from_str(&on_base.response_json).unwrap();
+    let warnings = reply["warnings"].to_string();
+    assert!(warnings.contains("refiner_aesthetic_score") && warnings.contains("no SDXL refiner runs"), "{reply}");
 }

@@ -137,7 +137,8 @@ fn wrong_vae_and_refiner_names_are_clear_errors_and_the_engine_keeps_working() {
         (serde_json::json!({"base": "tiny-sdxl", "vae": "../tiny-sdxl"}), "invalid_request", "data.models.vae"),
         (serde_json::json!({"base": "tiny-sdxl", "vae": "no-config"}), "model_not_found", "config.json"),
         (serde_json::json!({"base": "tiny-sdxl", "vae": "scale-4"}), "invalid_request", "data.models.vae"),
-        (serde_json::json!({"base": "tiny-sdxl-refiner"}), "invalid_request", "data.models.refiner"),
+        // a refiner alone refines an init image; from noise it is refused
+        (serde_json::json!({"base": "tiny-sdxl-refiner"}), "invalid_request", "data.init_image"),
         (serde_json::json!({"base": "tiny-sdxl", "refiner": "tiny-sdxl"}), "invalid_request", "not an SDXL refiner"),
         (serde_json::json!({"base": "tiny-sdxl", "refiner": "nope"}), "model_not_found", "nope"),
     ];

@@ -578,13 +578,10 @@ impl Role {
         }
     }
 
-    /// A refiner (model_index.json `requires_aesthetics_score`) only as a refiner, and only a refiner as one.
+    /// Only a refiner (model_index.json `requires_aesthetics_score`) as the refiner. A refiner may be the base
+    /// model too: alone it refines an init image (the pipeline refuses it without one).
     fn check(self, refiner: bool, name: &str) -> Result<()> {
         match (self, refiner) {
-            (Role::Base(field), true) => Err(Error::field(
-                field,
-                format!("`{name}` is an SDXL refiner (requires_aesthetics_score): name it in data.models.refiner and a base model here"),
-            )),
             (Role::Refiner, false) => Err(Error::field(
                 "data.models.refiner",
                 format!("`{name}` is not an SDXL refiner (its model_index.json lacks requires_aesthetics_score: true)"),

@@ -326,10 +326,18 @@ impl SdxlPipeline {
         Ok(())
     }
 
-    /// Refuses a request an inpainting UNet cannot run: one without a mask (text-to-image, plain image-to-image;
-    /// diffusers' other SDXL pipelines would fail on the channel count), or one that hands its latents to a
-    /// `refiner` that is an inpainting UNet.
+    /// Refuses a request this model's UNet cannot run: a refiner's without an init image (diffusers runs a refiner
+    /// alone only in its image-to-image and inpainting pipelines), an inpainting UNet's without a mask (text-to-image,
+    /// plain image-to-image; diffusers' other SDXL pipelines would fail on the channel count), or one that hands its
+    /// latents to a `refiner` that is an inpainting UNet.
     fn check_unet_inputs(&self, refiner: Option<&SdxlPipeline>, init: Option<&InitImage>) -> Result<()> {
+        if self.dir.refiner && init.is_none() {
+            return Err(Error::field(
+                "data.init_image",
+                "this model is an SDXL refiner: as the base model it refines an image (data.init_image, \
+                 image-to-image or inpainting); to refine a base model's latents, name it in data.models.refiner",
+            ));
+        }
         let masked = init.is_some_and(|i| i.mask.is_some());
         if self.unet_input == UnetInput::Inpainting && !masked {
             return Err(Error::field(
@@ -536,6 +544,13 @@ impl SdxlPipeline {
         let stages: Vec<Expert<'_>> = std::iter::once(Expert::new(self, params)?)
             .chain(refiner.map(|r| Expert::new(r, params)).transpose()?)
             .collect();
+        if params.refiner_aesthetic_scores.is_some() && !stages.iter().any(|s| s.model.dir.refiner) {
+            warnings.push(
+                "data.hyperparameters.refiner_aesthetic_score and refiner_negative_aesthetic_score are ignored: no \
+                 SDXL refiner runs"
+                    .into(),
+            );
+        }
         // The evaluations each stage runs: all of them, or the base's first part and the refiner's rest. Building
         // the schedulers here also makes option errors come before any work.
         // Image-to-image skips the first `skipped` steps (diffusers' `get_timesteps`: t_start · order evaluations).
@@ -612,7 +627,7 @@ impl SdxlPipeline {
                         start
                     }
                 };
-                let (ids, neg_ids) = stage.model.time_ids(height, width, params.refiner_aesthetic_scores);
+                let (ids, neg_ids) = stage.model.time_ids(height, width, params.aesthetic_scores());
                 let cond_n = unet_conditioning(cond, uncond.as_ref(), n, &ids, &neg_ids)?;
                 let t1 = Instant::now();
                 let mut dctx = DenoiseContext {

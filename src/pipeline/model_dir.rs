@@ -27,7 +27,7 @@ pub struct ModelDir {
     /// `vae_decoder/config.json`.
     pub vae: VaeInfo,
     /// `model_index.json` `requires_aesthetics_score`: an SDXL refiner (text_encoder_2 only, 5 time ids with the
-    /// aesthetic score), usable only as `data.models.refiner`.
+    /// aesthetic score): `data.models.refiner`, or alone the base model of image-to-image and inpainting.
     pub refiner: bool,
     /// Notes about defaults used for missing configs.
     pub warnings: Vec<String>,

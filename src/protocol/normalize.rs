@@ -309,23 +309,17 @@ pub fn normalize(wire: &WireRequest, limits: &RequestLimits, warnings: &mut Vec<
             )),
         }
     };
-    let refiner_aesthetic_scores = (
-        score("refiner_aesthetic_score", h.refiner_aesthetic_score, DEFAULT_AESTHETIC_SCORE)?,
-        score(
-            "refiner_negative_aesthetic_score",
-            h.refiner_negative_aesthetic_score,
-            DEFAULT_NEGATIVE_AESTHETIC_SCORE,
-        )?,
-    );
-    if refiner.is_none() {
-        let given = [
-            ("refiner_switch_at", h.refiner_switch_at.is_some()),
-            ("refiner_aesthetic_score", h.refiner_aesthetic_score.is_some()),
-            ("refiner_negative_aesthetic_score", h.refiner_negative_aesthetic_score.is_some()),
-        ];
-        for (key, _) in given.iter().filter(|g| g.1) {
-            warnings.push(format!("data.hyperparameters.{key} is ignored: no data.models.refiner"));
-        }
+    // Read even without a refiner: a refiner can also be the base model (refining an init image), which only the
+    // engine knows; the pipeline warns when no refiner runs.
+    let refiner_aesthetic_scores = match (h.refiner_aesthetic_score, h.refiner_negative_aesthetic_score) {
+        (None, None) => None,
+        (positive, negative) => Some((
+            score("refiner_aesthetic_score", positive, DEFAULT_AESTHETIC_SCORE)?,
+            score("refiner_negative_aesthetic_score", negative, DEFAULT_NEGATIVE_AESTHETIC_SCORE)?,
+        )),
+    };
+    if refiner.is_none() && h.refiner_switch_at.is_some() {
+        warnings.push("data.hyperparameters.refiner_switch_at is ignored: no data.models.refiner".into());
     }
 
     let controlnets = super::controlnet::controlnet_requests(d.controlnet.as_ref(), warnings)?;
@@ -720,7 +714,7 @@ mod tests {
             model: Some("cyberrealisticPony_v125".into()),
             refiner: None,
             refiner_switch_at: 0.8,
-            refiner_aesthetic_scores: (6.0, 2.5),
+            refiner_aesthetic_scores: None,
             vae: None,
             steps: 30,
             guidance_scale: 7.0,
@@ -1008,9 +1002,12 @@ mod tests {
         }
         let scores = json!({"refiner_aesthetic_score": 7.5, "refiner_negative_aesthetic_score": 1});
         let p = parse_value(minimal(json!({"models": {"refiner": "r"}, "hyperparameters": scores}))).unwrap();
-        assert_eq!(p.params.refiner_aesthetic_scores, (7.5, 1.0));
+        assert_eq!(p.params.refiner_aesthetic_scores, Some((7.5, 1.0)));
         assert!(p.warnings.is_empty(), "{:?}", p.warnings);
-        assert_eq!(parse_value(minimal(json!({}))).unwrap().params.refiner_aesthetic_scores, (6.0, 2.5));
+        assert_eq!(parse_value(minimal(json!({}))).unwrap().params.aesthetic_scores(), (6.0, 2.5));
+        let one = parse_value(minimal(json!({"hyperparameters": {"refiner_negative_aesthetic_score": 3}}))).unwrap();
+        assert_eq!(one.params.refiner_aesthetic_scores, Some((6.0, 3.0)));
+        assert!(one.warnings.is_empty(), "a refiner may be the base model: the pipeline warns: {:?}", one.warnings);
         for (key, bad) in [("refiner_aesthetic_score", -1.0), ("refiner_negative_aesthetic_score", 11.0)] {
             let r = parse_value(minimal(json!({"hyperparameters": {key: bad}})));
             assert_eq!(invalid_field(r).0, format!("data.hyperparameters.{key}"), "for {bad}");

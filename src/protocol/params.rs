@@ -31,9 +31,10 @@ pub struct GenerateParams {
     /// and `denoising_start` on the refiner, A1111's "switch at".
     pub refiner_switch_at: f64,
     /// The refiner's aesthetic scores, positive and negative (`data.hyperparameters.refiner_aesthetic_score`,
-    /// `refiner_negative_aesthetic_score`; diffusers' `aesthetic_score` / `negative_aesthetic_score`, defaults 6.0
-    /// and 2.5, as A1111's and ComfyUI's): the last of the refiner's 5 time ids.
-    pub refiner_aesthetic_scores: (f32, f32),
+    /// `refiner_negative_aesthetic_score`; diffusers' `aesthetic_score` / `negative_aesthetic_score`): the last of
+    /// a refiner's 5 time ids. `None` when the request gives neither: diffusers' defaults 6.0 and 2.5 (A1111's and
+    /// ComfyUI's too, [`Self::aesthetic_scores`]).
+    pub refiner_aesthetic_scores: Option<(f32, f32)>,
     /// Custom VAE (`data.models.vae`): a VAE decoder folder under `models_root/vae/` that decodes instead of the
     /// model's own.
     pub vae: Option<String>,
@@ -88,6 +89,14 @@ pub struct GenerateParams {
     /// ControlNet units conditioning the base model (`data.controlnet.models`, when `data.controlnet.enabled` is
     /// not false), in order; their residuals are summed, as diffusers' `MultiControlNetModel` does.
     pub controlnets: Vec<ControlNetRequest>,
+}
+
+impl GenerateParams {
+    /// The aesthetic scores a refiner's time ids get, positive and negative: the request's, or diffusers' defaults.
+    pub fn aesthetic_scores(&self) -> (f32, f32) {
+        use crate::protocol::normalize::{DEFAULT_AESTHETIC_SCORE, DEFAULT_NEGATIVE_AESTHETIC_SCORE};
+        self.refiner_aesthetic_scores.unwrap_or((DEFAULT_AESTHETIC_SCORE, DEFAULT_NEGATIVE_AESTHETIC_SCORE))
+    }
 }
 
 /// One validated `data.lora.models[i]` entry. The engine resolves `name` to a file (see [`crate::lora`]).
