@@ -50,6 +50,10 @@ padding_mask_crop (the pipeline resizes both itself); generators as goldens.py (
   inpaint_batch2     EulerAncestral, batch 2 (seeds 0, 1)   5      0.8       4 (601, 401, 201, 1)
   inpaint_resized    Euler, 96x64, init_80x60.png and       4      0.75      3 (501, 251, 1)
                      mask_80x60.png
+  inpaint_on_refiner Euler, the tiny refiner alone          10     0.5       5 (401, 301, 201, 101, 1)
+                     (StableDiffusionXLInpaintPipeline on make_stages.build_refiner's components,
+                     requires_aesthetics_score: time ids (H, W, 0, 0, 6.0) / (H, W, 0, 0, 2.5), add_time_ids and
+                     add_neg_time_ids [1,5]; metadata model "tiny-sdxl-refiner")
 (timesteps as img2img, make_img2img.py: init = min(int(steps x strength), steps), t_start = steps - init, the loop over
 timesteps[t_start x order :], set_begin_index(t_start x order))
 
@@ -156,6 +160,9 @@ CASES = {
     "inpaint_resized": dict(
         BASE, width=96, height=64, init_image="init_80x60.png", mask_image="mask_80x60.png", steps=4, strength=0.75
     ),
+    # the refiner alone inpaints (the inpaint pipeline on make_stages.py's refiner: its time ids with the aesthetic
+    # scores); 10 steps x 0.5 = 5 evaluations
+    "inpaint_on_refiner": dict(BASE, steps=10, strength=0.5, model=i2i.REFINER),
 }
 
 # mask variants (mask_variants) whose effect on the image main() prints
@@ -290,6 +297,20 @@ def inpaint_pipeline(base):
     from diffusers import StableDiffusionXLInpaintPipeline
 
     return i2i.img2img_pipeline(base, StableDiffusionXLInpaintPipeline)
+
+
+def refiner_inpaint_pipeline(refiner):
+    """StableDiffusionXLInpaintPipeline on the components of make_stages.build_refiner's pipeline `refiner`."""
+    from diffusers import StableDiffusionXLInpaintPipeline
+
+    pipe = StableDiffusionXLInpaintPipeline(
+        **{k: v for k, v in refiner.components.items() if k not in ("image_encoder", "feature_extractor")},
+        requires_aesthetics_score=True,
+        force_zeros_for_empty_prompt=False,
+        add_watermarker=False,
+    )
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
 
 
 class Capture(i2i.Capture):
@@ -465,7 +486,8 @@ def run_case(pipes: dict, folder: Path, name: str) -> tuple[dict, dict, dict]:
     B, H, W = p["batch_size"], p["height"], p["width"]
     h, w = H // 8, W // 8
     cfg = p["guidance_scale"] > 1.0
-    pipe = pipes["inpaint"]
+    on_refiner = p.get("model") == i2i.REFINER
+    pipe = pipes["refiner_inpaint" if on_refiner else "inpaint"]
     sched_cls = getattr(diffusers, p.get("scheduler", i2i.EULER))
     image, mask = cn.load_image(folder / "img2img" / p["init_image"]), load_mask(folder / "inpaint" / p["mask_image"])
     call = call_args(p, image, mask)
@@ -563,9 +585,15 @@ def run_case(pipes: dict, folder: Path, name: str) -> tuple[dict, dict, dict]:
     assert torch.equal(last[keep], t["image_latents"][keep])
 
     tid = cap.unet[0]["time_ids"]
-    assert tid.shape[0] == (2 * B if cfg else B) and bool((tid == tid[:1]).all())
-    assert tid[0].tolist() == [H, W, 0, 0, H, W], tid[0].tolist()
-    t["add_time_ids"] = tid[:1].clone()
+    assert tid.shape[0] == (2 * B if cfg else B)
+    if on_refiner:
+        # the refiner's: (H, W, 0, 0, aesthetic score) with 2.5 on the negative rows, 6.0 on the positive ones
+        assert cfg and tid[:B].tolist() == [[H, W, 0, 0, 2.5]] * B and tid[B:].tolist() == [[H, W, 0, 0, 6.0]] * B
+        t["add_neg_time_ids"] = tid[:1].clone()
+        t["add_time_ids"] = tid[B : B + 1].clone()
+    else:
+        assert bool((tid == tid[:1]).all()) and tid[0].tolist() == [H, W, 0, 0, H, W], tid[0].tolist()
+        t["add_time_ids"] = tid[:1].clone()
 
     meta = dict(i2i.case_meta(p), mask_image=p["mask_image"])
     draws = {i: [d for d, _ in per[i]] for i in range(B)}
@@ -593,7 +621,7 @@ def compare_img2img(pipes: dict, folder: Path, name: str, tensors: dict) -> tupl
     key = f"{name}/img2img"
     i2i.CASES[key] = {k: v for k, v in CASES[name].items() if k != "mask_image"}
     try:
-        other, _, _ = i2i.run_case({"img2img": pipes["img2img"]}, None, folder, key)
+        other, _, _ = i2i.run_case({"img2img": pipes["img2img"]}, pipes["refiner_img2img"], folder, key)
     finally:
         del i2i.CASES[key]
     if tensors["image_latents"].shape[0] == 1:
@@ -640,7 +668,13 @@ def main() -> None:
         for k, v in changes.items():
             print(f"    {k}: {v}", flush=True)
     base = c.load_pipeline(args.model)
-    pipes = {"inpaint": inpaint_pipeline(base), "img2img": i2i.img2img_pipeline(base)}
+    refiner = i2i.stages.build_refiner(base)
+    pipes = {
+        "inpaint": inpaint_pipeline(base),
+        "img2img": i2i.img2img_pipeline(base),
+        "refiner_inpaint": refiner_inpaint_pipeline(refiner),
+        "refiner_img2img": refiner,
+    }
     for name in cases:
         tensors, meta, draws = run_case(pipes, args.out, name)
         i2i.check_encoder(args.out / "tiny-sdxl", name, tensors)

@@ -160,3 +160,9 @@ fn an_inpainting_unet_without_a_mask_is_an_error_naming_the_mask_and_the_engine_
     }
     check_case_on(&engine, INPAINT_MODEL, "inpaint9", true);
 }
+
+#[test]
+fn a_refiner_alone_inpaints_as_diffusers_inpaint_pipeline_does() {
+    let reply = check_case_on(&engine(), "tiny-sdxl-refiner", "inpaint_on_refiner", false);
+    assert_eq!(reply["warnings"], serde_json::json!([]), "{reply}");
+}
