@@ -166,3 +166,16 @@ fn a_refiner_alone_inpaints_as_diffusers_inpaint_pipeline_does() {
     let reply = check_case_on(&engine(), "tiny-sdxl-refiner", "inpaint_on_refiner", false);
     assert_eq!(reply["warnings"], serde_json::json!([]), "{reply}");
 }
+
+#[test]
+fn the_response_says_how_much_of_the_image_the_mask_redrew() {
+    let g = Golden::load("inpaint");
+    let reply = check_case(&engine(), "inpaint", true);
+    let mask = &reply["data"]["generated_images"][0]["metadata"]["init_image"]["mask"];
+    let want = g.t("mask").f32.iter().map(|&m| f64::from(m)).sum::<f64>() / g.t("mask").f32.len() as f64;
+    assert_eq!(*mask, serde_json::json!({"blur": 0.0, "redrawn_fraction": want}), "diffusers' binarized mask");
+    assert!((want - 0.4626).abs() < 1e-4, "{want}");
+    let img2img = check_case(&engine(), "img2img", true);
+    let init = &img2img["data"]["generated_images"][0]["metadata"]["init_image"];
+    assert!(init.get("mask").is_none(), "image-to-image has no mask: {init}");
+}

@@ -158,6 +158,7 @@ fn a_blurred_masks_area_is_inpainted_and_put_back_as_diffusers_does() {
     let r = crop_region(&blurred, 64, 64, 4).unwrap();
     assert_eq!(image["metadata"]["init_image"]["mask_crop"], serde_json::json!([r.x1, r.y1, r.x2, r.y2]));
     assert_eq!([r.x1, r.y1, r.x2, r.y2], [23, 0, 80, 57], "diffusers' get_crop_region of the blurred mask");
+    assert_eq!(image["metadata"]["init_image"]["mask"]["blur"], 4.0, "the blur is echoed");
 }
 
 #[test]

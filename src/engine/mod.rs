@@ -32,7 +32,9 @@ use crate::image::RgbImage;
 use crate::pipeline::{Progress, ProgressEvent, RunContext, SdxlPipeline, Stage};
 use crate::protocol::normalize::{parse_request, RequestLimits};
 use crate::protocol::params::GenerateParams;
-use crate::protocol::response::{GeneratedImage, ImageMetadata, InitImageInfo, ModelInfo, ProcessingMetrics, Response};
+use crate::protocol::response::{
+    GeneratedImage, ImageMetadata, InitImageInfo, MaskInfo, ModelInfo, ProcessingMetrics, Response,
+};
 use crate::runtime::optimized_cache::OptimizedCache;
 use crate::runtime::{ArenaPolicy, CancelToken, Device, SessionConfig};
 
@@ -291,6 +293,10 @@ impl Engine {
                         source_width: source.image.width,
                         source_height: source.image.height,
                         mask_crop: region.map(|r| [r.x1, r.y1, r.x2, r.y2]),
+                        mask: prepared.as_ref().and_then(|p| p.init.mask.as_ref()).map(|mask| MaskInfo {
+                            blur: params.mask_blur.unwrap_or(0.0),
+                            redrawn_fraction: mask.iter().filter(|&&m| m >= 0.5).count() as f64 / mask.len() as f64,
+                        }),
                     }),
                 },
             });

@@ -108,6 +108,19 @@ pub struct InitImageInfo {
     /// `x1..x2`, rows `y1..y2`; diffusers' `crops_coords`), generated at the request's size and put back.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mask_crop: Option<[u32; 4]>,
+    /// With `data.mask_image` (inpainting): how the mask was used.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mask: Option<MaskInfo>,
+}
+
+/// `metadata.init_image.mask`: the mask of an inpainting request.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MaskInfo {
+    /// The blur radius applied to it (`data.mask_blur`; 0: none).
+    pub blur: f64,
+    /// The share of the generated pixels the mask marked for redrawing (white after binarizing at 0.5), from 0 to
+    /// 1; with `data.padding_mask_crop`, of the cropped region's.
+    pub redrawn_fraction: f64,
 }
 
 /// `metadata.upscale`: what `data.output.upscale` did to the image.

@@ -456,6 +456,9 @@ namespace SdxlRt.Tests
             Assert.True(r.Success, "success: " + r.Error);
             Fixture.NearPixels(Fixture.GoldenPixels("inpaint"), r.GeneratedImages[0].Pixels.Data, 1, "inpaint image_u8");
             Assert.Equal(4, r.ProcessingMetrics.Steps, "int(5 × 0.8) steps ran");
+            MaskInfo mask = r.GeneratedImages[0].Metadata.InitImage.Mask;
+            Assert.True(mask != null && mask.Blur == 0.0, "metadata.init_image.mask without a blur");
+            Assert.True(Math.Abs(mask.RedrawnFraction - 0.462646484375) < 1e-12, "diffusers' binarized mask share: " + mask.RedrawnFraction);
             string json = new EnhancedRequestTransformer().ToJson(req, "inpaint-json");
             Assert.True(json.Contains("\"mask_image\":"), "mask_image sent: " + json);
         }
@@ -485,6 +488,7 @@ namespace SdxlRt.Tests
             Assert.True(r.Success, "success: " + r.Error);
             Fixture.NearPixels(Fixture.GoldenPixels("inpaint_crop_blur"), r.GeneratedImages[0].Pixels.Data, 1,
                 "inpaint_crop_blur image_u8");
+            Assert.True(r.GeneratedImages[0].Metadata.InitImage.Mask.Blur == 4.0, "the blur is echoed");
             req.Conditioning.MaskBlur = -1;
             var e = Assert.Throws<SdxlValidationException>(
                 () => Fixture.Engine.GenerateImagesAsync(req).GetAwaiter().GetResult(), "a negative blur");

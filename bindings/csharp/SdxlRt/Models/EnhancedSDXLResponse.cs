@@ -168,6 +168,10 @@ namespace SdxlRt
         /// inpainted, <c>[x1, y1, x2, y2]</c> (columns x1..x2, rows y1..y2); null otherwise.</summary>
         public int[] MaskCrop { get; set; }
 
+        /// <summary>With <see cref="ConditioningConfiguration.MaskImage"/> (inpainting): how the mask was used; null
+        /// otherwise.</summary>
+        public MaskInfo Mask { get; set; }
+
         internal static InitImageInfo From(InitImageInfoContract i)
         {
             if (i == null)
@@ -181,8 +185,20 @@ namespace SdxlRt
                 SourceWidth = i.SourceWidth,
                 SourceHeight = i.SourceHeight,
                 MaskCrop = i.MaskCrop,
+                Mask = i.Mask == null ? null : new MaskInfo { Blur = i.Mask.Blur, RedrawnFraction = i.Mask.RedrawnFraction },
             };
         }
+    }
+
+    /// <summary>How an inpainting request used its mask.</summary>
+    public class MaskInfo
+    {
+        /// <summary>The blur radius applied to it (<see cref="ConditioningConfiguration.MaskBlur"/>; 0: none).</summary>
+        public double Blur { get; set; }
+
+        /// <summary>The share of the generated pixels the mask marked for redrawing (white after binarizing at 0.5),
+        /// from 0 to 1; with <see cref="ConditioningConfiguration.PaddingMaskCrop"/>, of the cropped region's.</summary>
+        public double RedrawnFraction { get; set; }
     }
 
     /// <summary>One ControlNet unit that conditioned an image.</summary>
@@ -411,6 +427,14 @@ namespace SdxlRt
         [DataMember(Name = "source_width")] public int SourceWidth;
         [DataMember(Name = "source_height")] public int SourceHeight;
         [DataMember(Name = "mask_crop")] public int[] MaskCrop;
+        [DataMember(Name = "mask")] public MaskInfoContract Mask;
+    }
+
+    [DataContract]
+    internal sealed class MaskInfoContract
+    {
+        [DataMember(Name = "blur")] public double Blur;
+        [DataMember(Name = "redrawn_fraction")] public double RedrawnFraction;
     }
 
     [DataContract]
