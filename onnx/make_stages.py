@@ -167,7 +167,13 @@ def refiner_case(base, refiner, name: str) -> tuple[dict, dict]:
 
 
 def run_refiner(
-    base, refiner, p: dict, base_kwargs: dict | None = None, base_size: dict | None = None, init_noise: bool = True
+    base,
+    refiner,
+    p: dict,
+    base_kwargs: dict | None = None,
+    base_size: dict | None = None,
+    init_noise: bool = True,
+    refiner_kwargs: dict | None = None,
 ) -> tuple[dict, dict]:
     """diffusers' ensemble of experts for the case parameters `p` (keys of CASES' refiner cases, with width, height
     and batch_size): the base pipeline `base` with denoising_end=REFINER_START and output_type "latent", then
@@ -175,7 +181,8 @@ def run_refiner(
     object. `base_kwargs`: more arguments for the base call only (make_controlnet.py's control images and scales;
     `base` is then a StableDiffusionXLControlNetPipeline; make_img2img.py's init image and strength). `base_size`:
     the base call's size arguments (default width and height from `p`; {} for an img2img base, which takes none).
-    `init_noise`: record the raw initial noise (a txt2img base's first draw; an img2img base has none). Returns the
+    `init_noise`: record the raw initial noise (a txt2img base's first draw; an img2img base has none).
+    `refiner_kwargs`: more arguments for the refiner call (make_micro_conditioning.py's sizes). Returns the
     golden's tensors and metadata (every item of `p` as a string, plus refiner_start and base_steps)."""
     import diffusers
     import numpy as np
@@ -235,6 +242,7 @@ def run_refiner(
             image = refiner(
                 **common,
                 **scores,
+                **(refiner_kwargs or {}),
                 image=latents,
                 denoising_start=REFINER_START,
                 output_type="np",

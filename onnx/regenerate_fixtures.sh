@@ -83,6 +83,8 @@ echo "== tiny 9-channel inpainting UNet (tiny-sdxl-inpaint-unet/) and its diffus
 "$py" make_inpaint_unet.py --model "$model" --out "$out"
 echo "== masks for inpainting only the masked area (inpaint/) and its diffusers goldens (goldens/inpaint_crop*)" >&2
 "$py" make_inpaint_crop.py --model "$model" --out "$out"
+echo "== diffusers goldens of the size micro-conditioning (goldens/micro_conditioning*)" >&2
+"$py" make_micro_conditioning.py --model "$model" --out "$out"
 echo "== upscaler fixtures (upscalers/) and torch + PIL goldens (goldens/upscale_x2.safetensors)" >&2
 "$py" make_upscaler.py --out "$out"
 

@@ -116,3 +116,24 @@ fn a_missing_or_wrong_onnx_runtime_is_a_clear_error_not_a_crash() {
         assert!(stderr.contains("ONNX Runtime unavailable"), "{stderr}");
     }
 }
+
+#[test]
+fn micro_conditioning_flags_reach_the_request_and_give_diffusers_image() {
+    let g = crate::util::Golden::load("micro_conditioning");
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("micro.png");
+    let run = cli()
+        .args(["generate", "--prompt", &g.meta["prompt"], "--negative-prompt", &g.meta["negative_prompt"]])
+        .args(["--steps", &g.meta["steps"], "--seed", &g.meta["seed"], "--guidance-scale", &g.meta["guidance_scale"]])
+        .args(["--width", "64", "--height", "64", "--original-size", "1024x768", "--target-size", "1024x1024"])
+        .args(["--crop-top-left", "32,16", "--out"])
+        .arg(&out)
+        .output()
+        .unwrap();
+    assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
+    let (worst, at) = crate::util::max_u8_diff(image::open(&out).unwrap().to_rgb8().as_raw(), &g.t("image_u8").u8);
+    assert!(worst <= 1, "the CLI's image differs from diffusers by {worst}/255 at byte {at}");
+    let bad = cli().args(["generate", "--prompt", "x", "--original-size", "1024", "--out"]).arg(&out).output().unwrap();
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("1024x768"), "{}", String::from_utf8_lossy(&bad.stderr));
+}

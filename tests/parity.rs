@@ -330,3 +330,16 @@ fn an_fp16_export_runs_and_stays_close_to_the_fp32_golden() {
     // Nor are its float16 upsample convolutions made sub-pixel (float32 weights only).
     assert_eq!(fp16["subpixel_upsamples"], serde_json::json!(0));
 }
+
+/// SDXL's size micro-conditioning (`data.dimensions.original_size`, `crops_coords_top_left`, `target_size`) as
+/// diffusers' arguments of those names, in text-to-image, image-to-image and the ensemble with the refiner (whose
+/// negative rows keep crop (0, 0)): onnx/make_micro_conditioning.py's goldens, each ≥ 5/255 from the same request
+/// without them.
+#[test]
+fn size_micro_conditioning_matches_diffusers_in_each_pipeline() {
+    let engine = engine();
+    for case in ["micro_conditioning", "micro_conditioning_img2img", "micro_conditioning_refiner"] {
+        let reply = crate::util::check_case(&engine, case, false);
+        assert_eq!(reply["warnings"], serde_json::json!([]), "{case}: {reply}");
+    }
+}

@@ -58,6 +58,15 @@ struct GenerateArgs {
     /// Height in pixels (default: the model's).
     #[arg(long)]
     height: Option<u32>,
+    /// SDXL size micro-conditioning: the original size the model should imagine, WIDTHxHEIGHT (default: the image's).
+    #[arg(long, value_parser = pair('x'))]
+    original_size: Option<(u32, u32)>,
+    /// SDXL size micro-conditioning: the target size, WIDTHxHEIGHT (default: the image's).
+    #[arg(long, value_parser = pair('x'))]
+    target_size: Option<(u32, u32)>,
+    /// SDXL size micro-conditioning: the crop's top-left corner, TOP,LEFT (default 0,0).
+    #[arg(long, value_parser = pair(','))]
+    crop_top_left: Option<(u32, u32)>,
     /// Scheduler (diffusers class name or A1111 name; default: the model's).
     #[arg(long)]
     scheduler: Option<String>,
@@ -181,6 +190,14 @@ fn generate(args: GenerateArgs) -> Result<String, String> {
     if args.width.is_some() || args.height.is_some() {
         data["dimensions"] = serde_json::json!({ "width": args.width, "height": args.height });
     }
+    let micro = [
+        args.original_size.map(|(w, h)| ("original_size", serde_json::json!({ "width": w, "height": h }))),
+        args.target_size.map(|(w, h)| ("target_size", serde_json::json!({ "width": w, "height": h }))),
+        args.crop_top_left.map(|(t, l)| ("crops_coords_top_left", serde_json::json!({ "top": t, "left": l }))),
+    ];
+    for (key, value) in micro.into_iter().flatten() {
+        data["dimensions"][key] = value;
+    }
     if let Some(s) = &args.scheduler {
         data["scheduler"] = serde_json::json!(s);
     }
@@ -300,5 +317,13 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
+    }
+}
+
+/// A clap parser of two numbers joined by `sep` (`1024x768`, `32,16`).
+fn pair(sep: char) -> impl Fn(&str) -> Result<(u32, u32), String> + Clone {
+    move |text: &str| {
+        let parsed = text.split_once(sep).and_then(|(a, b)| Some((a.trim().parse().ok()?, b.trim().parse().ok()?)));
+        parsed.ok_or_else(|| format!("expected two whole numbers joined by '{sep}', e.g. 1024{sep}768, got {text:?}"))
     }
 }

@@ -3,7 +3,7 @@
 //! cancellation checked at every UNet call. Mirrors the loop in diffusers' `StableDiffusionXLPipeline.__call__` (and
 //! `StableDiffusionXLControlNetPipeline.__call__`, `StableDiffusionXLInpaintPipeline.__call__`).
 
-use ndarray::{concatenate, Array1, Array2, Array3, ArrayD, Axis, IxDyn};
+use ndarray::{concatenate, Array2, Array3, ArrayD, Axis, IxDyn};
 
 use super::controlnet::{ControlRun, ControlUnit};
 use super::inpaint::{self, Inpainting};
@@ -204,10 +204,4 @@ fn bind_unet<'s>(unet: &'s ModelSession, cond: &UnetConditioning) -> Result<Boun
         input("time_ids", cond.time_ids.clone().into_dyn())?,
     ];
     unet.bind(fixed, &["out_sample"])
-}
-
-/// SDXL micro-conditioning: `original_size + crops_coords_top_left + target_size` = `[h, w, 0, 0, h, w]`
-/// (diffusers' `_get_add_time_ids` with the defaults).
-pub fn time_ids(height: u32, width: u32) -> Array1<f32> {
-    Array1::from(vec![height as f32, width as f32, 0.0, 0.0, height as f32, width as f32])
 }

@@ -25,7 +25,7 @@ use ndarray::{concatenate, Array2, Array3, Axis};
 
 use self::controlnet::ControlUnit;
 use self::decode::VaeDecoder;
-use self::denoise::{denoise, time_ids, DenoiseContext, UnetConditioning};
+use self::denoise::{denoise, DenoiseContext, UnetConditioning};
 use self::encode::{InitImage, VaeEncoder};
 use self::experts::{stage_range, Expert};
 use self::inpaint::{Inpainting, UnetInput};
@@ -503,15 +503,22 @@ impl SdxlPipeline {
         Ok((cond, Some(uncond)))
     }
 
-    /// SDXL's micro-conditioning for an image of `height` × `width`, positive and negative: a base model's
-    /// `[h, w, 0, 0, h, w]` for both; a refiner's `[h, w, 0, 0, score]` with the request's aesthetic scores
-    /// (diffusers' defaults 6.0 and 2.5).
-    fn time_ids(&self, height: u32, width: u32, scores: (f32, f32)) -> (Vec<f32>, Vec<f32>) {
-        let (h, w) = (height as f32, width as f32);
-        match self.dir.refiner {
-            false => (time_ids(height, width).to_vec(), time_ids(height, width).to_vec()),
-            true => (vec![h, w, 0.0, 0.0, scores.0], vec![h, w, 0.0, 0.0, scores.1]),
+    /// SDXL's micro-conditioning for an image of `height` × `width`, positive and negative rows: a base model's
+    /// `original_size + crops_coords_top_left + target_size` for both (diffusers' `_get_add_time_ids`; the sizes
+    /// default to the image's, the crop to (0, 0)); a refiner's `original_size + crops_coords_top_left + score` with
+    /// the request's aesthetic scores (diffusers' defaults 6.0 and 2.5) and crop (0, 0) on the negative row (diffusers'
+    /// `negative_crops_coords_top_left` default). Sizes are `(height, width)` there.
+    fn time_ids(&self, height: u32, width: u32, params: &GenerateParams) -> (Vec<f32>, Vec<f32>) {
+        let micro = &params.micro;
+        let hw = |size: Option<(u32, u32)>| size.map_or([height as f32, width as f32], |(w, h)| [h as f32, w as f32]);
+        let (original, target) = (hw(micro.original_size), hw(micro.target_size));
+        let crop = [micro.crops_coords_top_left.0 as f32, micro.crops_coords_top_left.1 as f32];
+        if !self.dir.refiner {
+            let ids = [original, crop, target].concat();
+            return (ids.clone(), ids);
         }
+        let (score, negative_score) = params.aesthetic_scores();
+        ([&original[..], &crop, &[score]].concat(), [&original[..], &[0.0, 0.0], &[negative_score]].concat())
     }
 
     /// Generate every image of `params`; with `refiner`, the base denoises the first
@@ -627,7 +634,7 @@ impl SdxlPipeline {
                         start
                     }
                 };
-                let (ids, neg_ids) = stage.model.time_ids(height, width, params.aesthetic_scores());
+                let (ids, neg_ids) = stage.model.time_ids(height, width, params);
                 let cond_n = unet_conditioning(cond, uncond.as_ref(), n, &ids, &neg_ids)?;
                 let t1 = Instant::now();
                 let mut dctx = DenoiseContext {

@@ -17,8 +17,10 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use serde_json::Value;
 
 use crate::error::{Error, Result};
-use crate::protocol::params::{GenerateParams, ImageFormat, LoraRequest, OutputParams, Priority, SchedulerChoice};
-use crate::protocol::wire::{WireData, WireRequest, WireScheduler};
+use crate::protocol::params::{
+    GenerateParams, ImageFormat, LoraRequest, MicroConditioning, OutputParams, Priority, SchedulerChoice,
+};
+use crate::protocol::wire::{WireData, WireDimensions, WireRequest, WireScheduler, WireSize};
 
 /// Accepted `message_type` values.
 pub const MESSAGE_TYPES: [&str; 2] = ["inference_request", "enhanced_inference_request"];
@@ -350,6 +352,7 @@ pub fn normalize(wire: &WireRequest, limits: &RequestLimits, warnings: &mut Vec<
     if let (Some(w), Some(h)) = (width, height) {
         limits.check_size(w, h)?;
     }
+    let micro = micro_conditioning(&dims)?;
 
     let scheduler = d.scheduler.as_ref().map(scheduler_choice).transpose()?;
 
@@ -422,6 +425,7 @@ pub fn normalize(wire: &WireRequest, limits: &RequestLimits, warnings: &mut Vec<
         strength,
         width,
         height,
+        micro,
         scheduler,
         batch_size,
         batch_parallel,
@@ -546,6 +550,47 @@ fn merge<T: PartialEq + std::fmt::Debug>(
 }
 
 /// A width or height: a positive multiple of 8 no larger than `max`.
+/// The largest number a micro-conditioning size or crop may hold (SDXL was trained on sizes up to a few thousand).
+const MAX_MICRO_CONDITIONING: i64 = 16384;
+
+/// `data.dimensions`' `original_size`, `target_size` (`{width, height}`, both needed, each 1..=16384) and
+/// `crops_coords_top_left` (`{top, left}`, each 0..=16384, a missing one 0).
+fn micro_conditioning(dims: &WireDimensions) -> Result<MicroConditioning> {
+    let number = |path: String, v: Option<i64>, min: i64| -> Result<Option<u32>> {
+        match v {
+            Some(v) if (min..=MAX_MICRO_CONDITIONING).contains(&v) => Ok(Some(v as u32)),
+            Some(v) => Err(Error::field(
+                path,
+                format!("must be a whole number from {min} to {MAX_MICRO_CONDITIONING}, got {v}"),
+            )),
+            None => Ok(None),
+        }
+    };
+    let size = |key: &str, s: &Option<WireSize>| -> Result<Option<(u32, u32)>> {
+        let Some(s) = s else { return Ok(None) };
+        let path = |side: &str| format!("data.dimensions.{key}.{side}");
+        let w = number(path("width"), s.width, 1)?;
+        let h = number(path("height"), s.height, 1)?;
+        match (w, h) {
+            (Some(w), Some(h)) => Ok(Some((w, h))),
+            (None, _) => Err(Error::field(path("width"), "missing: give both width and height")),
+            (_, None) => Err(Error::field(path("height"), "missing: give both width and height")),
+        }
+    };
+    let crop = match &dims.crops_coords_top_left {
+        None => (0, 0),
+        Some(c) => {
+            let path = |side: &str| format!("data.dimensions.crops_coords_top_left.{side}");
+            (number(path("top"), c.top, 0)?.unwrap_or(0), number(path("left"), c.left, 0)?.unwrap_or(0))
+        }
+    };
+    Ok(MicroConditioning {
+        original_size: size("original_size", &dims.original_size)?,
+        crops_coords_top_left: crop,
+        target_size: size("target_size", &dims.target_size)?,
+    })
+}
+
 fn check_side(path: &str, v: i64, max: u32) -> Result<u32> {
     if v > 0 && v % 8 == 0 && v <= i64::from(max) {
         Ok(v as u32)
@@ -726,6 +771,7 @@ mod tests {
             strength: 0.8,
             width: Some(1024),
             height: Some(768),
+            micro: MicroConditioning::default(),
             scheduler: Some(SchedulerChoice {
                 name: "DPMSolverMultistepScheduler".into(),
                 overrides: Default::default(),
@@ -979,6 +1025,32 @@ mod tests {
         // Text-to-image ignores strength, however small.
         let p = parse_value(minimal(json!({"hyperparameters": {"strength": 0.0}}))).unwrap().params;
         assert_eq!((p.init_image, p.strength), (None, 0.0));
+    }
+
+    #[test]
+    fn size_micro_conditioning_is_read_as_width_height_and_top_left_and_checked() {
+        let dims = json!({"width": 64, "height": 64, "original_size": {"width": 1024, "height": 768},
+            "crops_coords_top_left": {"top": 32}, "target_size": {"width": 512, "height": 256}});
+        let p = parse_value(minimal(json!({"dimensions": dims}))).unwrap();
+        assert!(p.warnings.is_empty(), "{:?}", p.warnings);
+        let want = MicroConditioning {
+            original_size: Some((1024, 768)),
+            crops_coords_top_left: (32, 0),
+            target_size: Some((512, 256)),
+        };
+        assert_eq!(p.params.micro, want);
+        assert_eq!(parse_value(minimal(json!({}))).unwrap().params.micro, MicroConditioning::default());
+        for (dims, field) in [
+            (json!({"original_size": {"width": 1024}}), "data.dimensions.original_size.height"),
+            (json!({"target_size": {"width": 0, "height": 8}}), "data.dimensions.target_size.width"),
+            (json!({"target_size": {"width": 8, "height": 16385}}), "data.dimensions.target_size.height"),
+            (json!({"crops_coords_top_left": {"top": -1}}), "data.dimensions.crops_coords_top_left.top"),
+            (json!({"crops_coords_top_left": {"left": 1.5}}), "data.dimensions.crops_coords_top_left.left"),
+        ] {
+            assert_eq!(invalid_field(parse_value(minimal(json!({"dimensions": dims.clone()})))).0, field, "{dims}");
+        }
+        let typo = parse_value(minimal(json!({"dimensions": {"original_size": {"width": 8, "height": 8, "w": 1}}})));
+        assert_eq!(typo.unwrap().warnings, ["ignored unknown field data.dimensions.original_size.w"]);
     }
 
     #[test]

@@ -70,6 +70,8 @@ pub struct GenerateParams {
     pub width: Option<u32>,
     /// Image height in pixels (`data.dimensions.height`): a positive multiple of 8, or `None` for the model default.
     pub height: Option<u32>,
+    /// SDXL's size micro-conditioning (`data.dimensions.original_size`, `target_size`, `crops_coords_top_left`).
+    pub micro: MicroConditioning,
     /// Scheduler request (`data.scheduler`), resolved against the model's `scheduler_config.json` by
     /// [`crate::schedulers`]. `None` means the model's own scheduler.
     pub scheduler: Option<SchedulerChoice>,
@@ -203,4 +205,18 @@ pub struct UpscaleParams {
     pub model: String,
     /// `factor`: the final image is exactly `factor` × the generated width and height, 1..=8.
     pub factor: u32,
+}
+
+/// SDXL's size micro-conditioning: what the UNet's time ids tell it about the image — diffusers' `original_size`,
+/// `crops_coords_top_left` and `target_size` (ComfyUI's `CLIPTextEncodeSDXL` width / height, crop_w / crop_h,
+/// target_width / target_height). Every stage gets the same values, the negative rows too (a refiner's negative
+/// rows keep crop (0, 0), as diffusers' `negative_crops_coords_top_left` default).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct MicroConditioning {
+    /// `(width, height)` of the picture the model should imagine it was trained on; `None`: the image's size.
+    pub original_size: Option<(u32, u32)>,
+    /// `(top, left)` of the crop out of it; `(0, 0)` by default (an uncropped picture).
+    pub crops_coords_top_left: (u32, u32),
+    /// `(width, height)` the result should look like; `None`: the image's size.
+    pub target_size: Option<(u32, u32)>,
 }

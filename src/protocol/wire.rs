@@ -194,6 +194,33 @@ pub struct WireDimensions {
     /// `height` in pixels.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub height: Option<i64>,
+    /// `original_size`: `{width, height}`, SDXL's size micro-conditioning (diffusers' `original_size`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub original_size: Option<WireSize>,
+    /// `target_size`: `{width, height}` (diffusers' `target_size`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub target_size: Option<WireSize>,
+    /// `crops_coords_top_left`: `{top, left}` (diffusers' `crops_coords_top_left`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub crops_coords_top_left: Option<WireCrop>,
+}
+
+/// A `{width, height}` object of `data.dimensions`' micro-conditioning.
+#[derive(Debug, Clone, PartialEq, Default, Serialize)]
+pub struct WireSize {
+    /// `width` in pixels.
+    pub width: Option<i64>,
+    /// `height` in pixels.
+    pub height: Option<i64>,
+}
+
+/// `data.dimensions.crops_coords_top_left`: `{top, left}` in pixels.
+#[derive(Debug, Clone, PartialEq, Default, Serialize)]
+pub struct WireCrop {
+    /// `top`: rows cut off above.
+    pub top: Option<i64>,
+    /// `left`: columns cut off on the left.
+    pub left: Option<i64>,
 }
 
 /// `data.scheduler`: `"EulerDiscreteScheduler"` or `{"type": "...", "use_karras_sigmas": true, ...}`.
@@ -495,8 +522,26 @@ impl WireHyperparameters {
 
 impl WireDimensions {
     fn decode(obj: &Obj<'_>, warnings: &mut Vec<String>) -> Result<Self> {
-        let d = WireDimensions { width: obj.int("width")?, height: obj.int("height")? };
-        obj.warn_unknown(&["width", "height"], warnings);
+        let size = |key: &str, warnings: &mut Vec<String>| -> Result<Option<WireSize>> {
+            let Some(o) = obj.child(key)? else { return Ok(None) };
+            o.warn_unknown(&["width", "height"], warnings);
+            Ok(Some(WireSize { width: o.int("width")?, height: o.int("height")? }))
+        };
+        let crop = match obj.child("crops_coords_top_left")? {
+            Some(o) => {
+                o.warn_unknown(&["top", "left"], warnings);
+                Some(WireCrop { top: o.int("top")?, left: o.int("left")? })
+            }
+            None => None,
+        };
+        let d = WireDimensions {
+            width: obj.int("width")?,
+            height: obj.int("height")?,
+            original_size: size("original_size", warnings)?,
+            target_size: size("target_size", warnings)?,
+            crops_coords_top_left: crop,
+        };
+        obj.warn_unknown(&["width", "height", "original_size", "target_size", "crops_coords_top_left"], warnings);
         Ok(d)
     }
 }
@@ -853,7 +898,10 @@ mod tests {
         assert_eq!(bare.form, RequestForm::Bare);
         assert_eq!(env.request_id.as_deref(), Some("r1"));
         assert_eq!(env.data, bare.data);
-        assert_eq!(env.data.dimensions, Some(WireDimensions { width: Some(512), height: Some(768) }));
+        assert_eq!(
+            env.data.dimensions,
+            Some(WireDimensions { width: Some(512), height: Some(768), ..Default::default() })
+        );
     }
 
     #[test]

@@ -285,6 +285,11 @@ impl Golden {
         if let Some(name) = self.meta.get("scheduler") {
             data["scheduler"] = serde_json::json!(name);
         }
+        // onnx/make_micro_conditioning.py's cases: original_size, crops_coords_top_left, target_size
+        if let Some(micro) = self.meta.get("micro_conditioning") {
+            let micro: serde_json::Map<String, serde_json::Value> = serde_json::from_str(micro).unwrap();
+            data["dimensions"].as_object_mut().unwrap().extend(micro);
+        }
         // onnx/make_controlnet.py's cases: ControlNet units (models, control images, scales, windows)
         if let Some(nets) = self.meta.get("controlnets") {
             let list = |key: &str| -> Vec<serde_json::Value> { serde_json::from_str(&self.meta[key]).unwrap() };
