@@ -80,14 +80,6 @@ fn bad_masks_are_errors_naming_the_field_and_the_engine_keeps_working() {
         (with("mask_image", "/no/such/mask.png".into()), "invalid_request", "data.mask_image"),
         (no_image.to_string(), "invalid_request", "data.mask_image"),
         (with("mask", "m.png".into()), "invalid_request", "data.mask"),
-        (
-            with(
-                "controlnet",
-                serde_json::json!({"models": [{"model_path": "tiny-controlnet", "control_image": "x"}]}),
-            ),
-            "unsupported",
-            "data.controlnet",
-        ),
     ];
     for (request, code, needle) in cases {
         let reply: serde_json::Value =
@@ -140,13 +132,9 @@ fn an_inpainting_unet_without_a_mask_is_an_error_naming_the_mask_and_the_engine_
         }
         r.to_string()
     };
-    let mut controlnet = good.clone();
-    controlnet["data"]["controlnet"] =
-        serde_json::json!({"models": [{"model_path": "tiny-controlnet", "control_image": "x"}]});
     let cases = [
         (without(&["mask_image", "init_image"]), "invalid_request", "data.mask_image"), // text-to-image
         (without(&["mask_image"]), "invalid_request", "data.mask_image"),               // image-to-image
-        (controlnet.to_string(), "unsupported", "data.controlnet"),
     ];
     for (request, code, needle) in cases {
         let reply: serde_json::Value =

@@ -35,3 +35,5 @@ mod inpaint;
 mod upscale;
 // Inpainting only the masked area (padding_mask_crop): the crop, fill and overlay, parity with diffusers.
 mod inpaint_crop;
+// Inpainting with ControlNets: parity with diffusers' ControlNet inpaint pipeline (4- and 9-channel UNets, crop), errors.
+mod inpaint_controlnet;

@@ -1,21 +1,26 @@
 //! The engine's ControlNet units (`data.controlnet`): each unit's graph resolved under `models_root`, loaded once
 //! per file ([`super::file_models`]), and its control image read and sized for the run, before any image is
-//! generated: a missing model or an unreadable image fails the request at once.
+//! generated: a missing model or an unreadable image fails the request at once. With `data.padding_mask_crop` each
+//! control image is cut to the mask's area and "fill"-resized exactly as the init image is (diffusers'
+//! `StableDiffusionXLControlNetInpaintPipeline.prepare_control_image` with `crops_coords` and `resize_mode="fill"`).
 
 use std::sync::Arc;
 
 use super::Engine;
-use crate::error::Result;
+use crate::error::{Error, Result};
+use crate::image::mask_crop::{self, CropRegion};
 use crate::pipeline::controlnet::{self, ControlNet, ControlUnit};
 use crate::protocol::params::ControlNetRequest;
 
 impl Engine {
     /// The units `requests` ask for, ready for `width` × `height` images, and the seconds spent loading graphs.
+    /// `crop`: with `data.padding_mask_crop`, the region inpainted and the init image's size ([`crop_control`]).
     pub(super) fn prepare_controlnets(
         &self,
         requests: &[ControlNetRequest],
         width: u32,
         height: u32,
+        crop: Option<(CropRegion, (u32, u32))>,
     ) -> Result<(Vec<ControlUnit>, f64)> {
         let mut units = Vec::with_capacity(requests.len());
         let mut seconds = 0.0;
@@ -25,8 +30,41 @@ impl Engine {
             let (net, s): (Arc<ControlNet>, f64) =
                 self.controlnets.get_or_load(&path, || ControlNet::load(&self.runtime.env, &path, &self.sessions))?;
             seconds += s;
-            units.push(ControlUnit::new(net, request, width, height)?);
+            let unit = match crop {
+                None => ControlUnit::new(net, request, width, height)?,
+                Some((region, source)) => {
+                    let image_field = format!("{}.control_image", request.field);
+                    let image = crate::image::source::load(&request.control_image, &image_field)?;
+                    let cut = crop_control(&image, region, source, (width, height), &image_field)?;
+                    ControlUnit::from_image(net, request, &cut, width, height)
+                }
+            };
+            units.push(unit);
         }
         Ok((units, seconds))
     }
+}
+
+/// `image` cut to `region` and resized to `width` × `height` as the init image is with `data.padding_mask_crop`
+/// ([`mask_crop::crop`], [`mask_crop::fill`]). diffusers cuts the control image at the init image's crop
+/// coordinates whatever its size; sdxlrt needs it to be the init image's size (`source`), so that those
+/// coordinates mean the same pixels, and refuses it otherwise, naming `field`.
+fn crop_control(
+    image: &crate::image::RgbImage,
+    region: CropRegion,
+    source: (u32, u32),
+    (width, height): (u32, u32),
+    field: &str,
+) -> Result<crate::image::RgbImage> {
+    if (image.width, image.height) != source {
+        return Err(Error::field(
+            field,
+            format!(
+                "is {}×{} but the init image is {}×{}: with data.padding_mask_crop the control image must have the \
+                 init image's size, since the mask's area is cut from it as from the init image",
+                image.width, image.height, source.0, source.1
+            ),
+        ));
+    }
+    Ok(mask_crop::fill(&mask_crop::crop(image, region), width, height))
 }

@@ -220,13 +220,15 @@ impl Engine {
         // The images leave at the init image's size when the mask's area is inpainted and put back.
         let (out_w, out_h) = source_size.filter(|_| params.padding_mask_crop.is_some()).unwrap_or((width, height));
         let upscale = params.output.upscale.as_ref().map(|u| self.prepare_upscale(u, out_w, out_h)).transpose()?;
-        let (controlnets, controlnet_load_time) = self.prepare_controlnets(&params.controlnets, width, height)?;
         let prepared = match &init_source {
             Some(source) => {
                 Some(self.prepare_init_image(&pipeline, source, (width, height), params.padding_mask_crop, warnings)?)
             }
             None => None,
         };
+        // With data.padding_mask_crop the control images are cut to the mask's area as the init image is.
+        let crop = prepared.as_ref().and_then(|p| p.region).zip(source_size);
+        let (controlnets, controlnet_load_time) = self.prepare_controlnets(&params.controlnets, width, height, crop)?;
         let vae_tiling = self.options.vae_tiling.unwrap_or(false);
         let mut ctx = RunContext { progress: &mut progress, cancel, started, vae_tiling };
         let init = prepared.as_ref().map(|p| &p.init);

@@ -20,7 +20,15 @@
 //!
 //! Decoded to RGB ([`crate::image::source`]), resized to the output size with Pillow's Lanczos when their size
 //! differs (diffusers' `VaeImageProcessor` with `do_normalize=False`), divided by 255, and repeated for every row
-//! of the UNet batch.
+//! of the UNet batch. Inpainting only the mask's area (`data.padding_mask_crop`) cuts them to that area first, as
+//! the init image (the engine's `controlnets.rs`).
+//!
+//! # Inpainting
+//!
+//! With a mask the run is diffusers' `StableDiffusionXLControlNetInpaintPipeline`: the ControlNets get the 4
+//! scaled latent channels also when an inpainting UNet gets 9 (the latents, the mask, the masked image's latents),
+//! their windows count the evaluations left after `strength`, and a 4-channel UNet's latents are blended with the
+//! noised init image after every step as without ControlNets ([`super::denoise`]).
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -150,14 +158,26 @@ impl ControlUnit {
     pub fn new(net: Arc<ControlNet>, request: &ControlNetRequest, width: u32, height: u32) -> Result<Self> {
         let field = format!("{}.control_image", request.field);
         let image = crate::image::source::load(&request.control_image, &field)?;
-        Ok(ControlUnit {
+        Ok(Self::from_image(net, request, &image, width, height))
+    }
+
+    /// The unit `request` asks for with its control image already decoded (and, for inpainting only the mask's
+    /// area, already cut to it): `image` resized and scaled to [0, 1] (see the module docs).
+    pub fn from_image(
+        net: Arc<ControlNet>,
+        request: &ControlNetRequest,
+        image: &RgbImage,
+        width: u32,
+        height: u32,
+    ) -> Self {
+        ControlUnit {
             net,
-            image: control_tensor(&image, width, height),
+            image: control_tensor(image, width, height),
             scale: request.conditioning_scale,
             start: request.guidance_start,
             end: request.guidance_end,
             field: request.field.clone(),
-        })
+        }
     }
 
     /// The graph.

@@ -325,13 +325,14 @@ pub fn normalize(wire: &WireRequest, limits: &RequestLimits, warnings: &mut Vec<
     }
 
     let controlnets = super::controlnet::controlnet_requests(d.controlnet.as_ref(), warnings)?;
-    // Inpainting runs diffusers' StableDiffusionXLInpaintPipeline alone; its ControlNet and refiner variants are
-    // other pipelines.
+    // Inpainting runs diffusers' StableDiffusionXLInpaintPipeline, or with ControlNets its
+    // StableDiffusionXLControlNetInpaintPipeline; a refiner after the latter is not proven against diffusers.
     if mask_image.is_some() {
-        if !controlnets.is_empty() {
+        if !controlnets.is_empty() && refiner.is_some() {
             return Err(Error::unsupported(
                 "data.controlnet",
-                "ControlNets with inpainting (data.mask_image) are not implemented yet",
+                "ControlNets with inpainting (data.mask_image) and a refiner (data.models.refiner) together are not \
+                 implemented yet: drop the refiner or the ControlNets",
             ));
         }
         if refiner.is_some() {
@@ -1121,6 +1122,8 @@ mod tests {
         let unit = json!({"model_path": "cn", "control_image": "e.png"});
         let mut with_cn = inpaint.clone();
         with_cn["controlnet"] = json!({"models": [unit]});
+        assert_eq!(parse_value(minimal(with_cn.clone())).unwrap().params.controlnets.len(), 1);
+        with_cn["models"] = json!({"base": "m", "refiner": "r"});
         assert_eq!(unsupported_field(parse_value(minimal(with_cn))), "data.controlnet");
         let mut with_refiner = inpaint;
         with_refiner["models"] = json!({"base": "m", "refiner": "r"});
