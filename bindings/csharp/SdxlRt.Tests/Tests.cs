@@ -464,6 +464,24 @@ namespace SdxlRt.Tests
         }
 
         [Test]
+        public static void size_micro_conditioning_is_sent_in_dimensions_and_gives_the_golden_pixels()
+        {
+            EnhancedSDXLRequest req = Fixture.FromGolden("micro_conditioning");
+            string plain = new EnhancedRequestTransformer().ToJson(req, "plain-json");
+            Assert.True(!plain.Contains("original_size") && !plain.Contains("crops_coords"), "unset: not sent: " + plain);
+            req.Hyperparameters.OriginalSize = new ImageSize { Width = 1024, Height = 768 };
+            req.Hyperparameters.TargetSize = new ImageSize { Width = 1024, Height = 1024 };
+            req.Hyperparameters.CropsCoordsTopLeft = new CropCorner { Top = 32, Left = 16 };
+            string json = new EnhancedRequestTransformer().ToJson(req, "micro-json");
+            Assert.True(json.Contains("\"original_size\":{\"width\":1024,\"height\":768}"), "original_size sent: " + json);
+            Assert.True(json.Contains("\"crops_coords_top_left\":{\"top\":32,\"left\":16}"), "crop sent: " + json);
+            EnhancedSDXLResponse r = Fixture.Engine.GenerateImagesAsync(req).GetAwaiter().GetResult();
+            Assert.True(r.Success, "success: " + r.Error);
+            Fixture.NearPixels(Fixture.GoldenPixels("micro_conditioning"), r.GeneratedImages[0].Pixels.Data, 1,
+                "micro_conditioning image_u8");
+        }
+
+        [Test]
         public static void inpainting_only_the_masks_area_returns_the_init_images_size_and_the_golden_pixels()
         {
             EnhancedSDXLRequest req = Fixture.FromGolden("inpaint_crop");

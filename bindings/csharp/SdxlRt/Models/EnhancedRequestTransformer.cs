@@ -76,7 +76,15 @@ namespace SdxlRt
                         RefinerAestheticScore = model.RefinerAestheticScore,
                         RefinerNegativeAestheticScore = model.RefinerNegativeAestheticScore,
                     },
-                    Dimensions = new DimensionsContract { Width = hyper.Width, Height = hyper.Height },
+                    Dimensions = new DimensionsContract
+                    {
+                        Width = hyper.Width,
+                        Height = hyper.Height,
+                        OriginalSize = SizeContract.From(hyper.OriginalSize),
+                        TargetSize = SizeContract.From(hyper.TargetSize),
+                        CropsCoordsTopLeft = hyper.CropsCoordsTopLeft == null ? null
+                            : new CropContract { Top = hyper.CropsCoordsTopLeft.Top, Left = hyper.CropsCoordsTopLeft.Left },
+                    },
                     Scheduler = MapSchedulerType(sched.Type),
                     Models = new ModelsContract { Base = model.Base, Refiner = model.Refiner, Vae = model.Vae },
                     Lora = new LoraContract { Enabled = loras.Count > 0, Models = loras },
@@ -237,6 +245,28 @@ namespace SdxlRt
     {
         [DataMember(Name = "width", Order = 0)] public int? Width;
         [DataMember(Name = "height", Order = 1)] public int? Height;
+        [DataMember(Name = "original_size", Order = 2, EmitDefaultValue = false)] public SizeContract OriginalSize;
+        [DataMember(Name = "target_size", Order = 3, EmitDefaultValue = false)] public SizeContract TargetSize;
+        [DataMember(Name = "crops_coords_top_left", Order = 4, EmitDefaultValue = false)] public CropContract CropsCoordsTopLeft;
+    }
+
+    [DataContract]
+    internal sealed class SizeContract
+    {
+        [DataMember(Name = "width", Order = 0)] public int Width;
+        [DataMember(Name = "height", Order = 1)] public int Height;
+
+        internal static SizeContract From(ImageSize size)
+        {
+            return size == null ? null : new SizeContract { Width = size.Width, Height = size.Height };
+        }
+    }
+
+    [DataContract]
+    internal sealed class CropContract
+    {
+        [DataMember(Name = "top", Order = 0)] public int Top;
+        [DataMember(Name = "left", Order = 1)] public int Left;
     }
 
     [DataContract]

@@ -203,6 +203,20 @@ namespace SdxlRt
         /// <summary>Height in pixels (a multiple of 8); null for the model's default.</summary>
         public int? Height { get; set; }
 
+        /// <summary>
+        /// SDXL size micro-conditioning (diffusers' <c>original_size</c>): the size of the picture the model should
+        /// imagine the image was made from, e.g. smaller than the image for the look of an upscaled small picture;
+        /// null: the image's size. Sent as <c>data.dimensions.original_size</c> only when set.
+        /// </summary>
+        public ImageSize OriginalSize { get; set; }
+
+        /// <summary>SDXL size micro-conditioning (diffusers' <c>target_size</c>); null: the image's size.</summary>
+        public ImageSize TargetSize { get; set; }
+
+        /// <summary>SDXL size micro-conditioning (diffusers' <c>crops_coords_top_left</c>): the top-left corner of
+        /// the crop out of <see cref="OriginalSize"/>; null: (0, 0), an uncropped picture.</summary>
+        public CropCorner CropsCoordsTopLeft { get; set; }
+
         /// <summary>Images to generate; null sends 1.</summary>
         public int? BatchSize { get; set; }
     }
@@ -249,5 +263,25 @@ namespace SdxlRt
         /// There is no built-in one: null is an error unless <see cref="Factor"/> is 1.
         /// </summary>
         public string Model { get; set; }
+    }
+
+    /// <summary>A size in pixels, for the micro-conditioning.</summary>
+    public class ImageSize
+    {
+        /// <summary>Width in pixels, 1 to 16384.</summary>
+        public int Width { get; set; }
+
+        /// <summary>Height in pixels, 1 to 16384.</summary>
+        public int Height { get; set; }
+    }
+
+    /// <summary>The top-left corner of a crop, in pixels (0 to 16384 each).</summary>
+    public class CropCorner
+    {
+        /// <summary>Rows cut off above.</summary>
+        public int Top { get; set; }
+
+        /// <summary>Columns cut off on the left.</summary>
+        public int Left { get; set; }
     }
 }
