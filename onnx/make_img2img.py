@@ -583,17 +583,7 @@ def run_case(pipes: dict, refiner, folder: Path, name: str, grey: bool = False) 
         n_steps = sum(k.startswith("latents_step_") for k in t)
         assert L == n_steps == (n if fresh.order == 1 else 2 * n - 1), (L, n_steps, n)
         assert evaluated == [float(x) for x in fresh.timesteps[first:]]
-    # time ids (orig_h, orig_w, crop_top, crop_left, target_h, target_w), the same for every row; a refiner's
-    # (orig_h, orig_w, crop_top, crop_left, aesthetic score): 2.5 on the negative rows, 6.0 on the positive ones
-    tid = cap.unet[0]["time_ids"]
-    assert tid.shape[0] == (2 * B if cfg else B)
-    if on_refiner:
-        assert cfg and tid[:B].tolist() == [[H, W, 0, 0, 2.5]] * B and tid[B:].tolist() == [[H, W, 0, 0, 6.0]] * B
-        t["add_neg_time_ids"] = tid[:1].clone()
-        t["add_time_ids"] = tid[B : B + 1].clone()
-    else:
-        assert bool((tid == tid[:1]).all()) and tid[0].tolist() == [H, W, 0, 0, H, W], tid[0].tolist()
-        t["add_time_ids"] = tid[:1].clone()
+    check_time_ids(t, cap.unet[0]["time_ids"], p, on_refiner)
 
     firsts = []
     if net is not None:
@@ -615,6 +605,23 @@ def run_case(pipes: dict, refiner, folder: Path, name: str, grey: bool = False) 
     meta.update(case_meta(p))
     assert p.get("scheduler", EULER) == sched_cls.__name__, (p.get("scheduler"), sched_cls.__name__)
     return {k: v.detach().contiguous() for k, v in t.items()}, meta, firsts
+
+
+def check_time_ids(t: dict, tid, p: dict, on_refiner: bool) -> None:
+    """Assert the time ids `tid` a UNet call got for case parameters `p` and record them in `t`: a base model's
+    (orig_h, orig_w, crop_top, crop_left, target_h, target_w), the same on every row (add_time_ids); a refiner's
+    (orig_h, orig_w, crop_top, crop_left, aesthetic score), 2.5 on the negative rows and 6.0 on the positive ones
+    (add_neg_time_ids, add_time_ids)."""
+    B, H, W = p["batch_size"], p["height"], p["width"]
+    cfg = p["guidance_scale"] > 1.0
+    assert tid.shape[0] == (2 * B if cfg else B)
+    if on_refiner:
+        assert cfg and tid[:B].tolist() == [[H, W, 0, 0, 2.5]] * B and tid[B:].tolist() == [[H, W, 0, 0, 6.0]] * B
+        t["add_neg_time_ids"] = tid[:1].clone()
+        t["add_time_ids"] = tid[B : B + 1].clone()
+    else:
+        assert bool((tid == tid[:1]).all()) and tid[0].tolist() == [H, W, 0, 0, H, W], tid[0].tolist()
+        t["add_time_ids"] = tid[:1].clone()
 
 
 def check_resize(pipe, folder: Path) -> None:

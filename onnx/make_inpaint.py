@@ -584,16 +584,7 @@ def run_case(pipes: dict, folder: Path, name: str) -> tuple[dict, dict, dict]:
     keep = (m == 0).expand_as(last)
     assert torch.equal(last[keep], t["image_latents"][keep])
 
-    tid = cap.unet[0]["time_ids"]
-    assert tid.shape[0] == (2 * B if cfg else B)
-    if on_refiner:
-        # the refiner's: (H, W, 0, 0, aesthetic score) with 2.5 on the negative rows, 6.0 on the positive ones
-        assert cfg and tid[:B].tolist() == [[H, W, 0, 0, 2.5]] * B and tid[B:].tolist() == [[H, W, 0, 0, 6.0]] * B
-        t["add_neg_time_ids"] = tid[:1].clone()
-        t["add_time_ids"] = tid[B : B + 1].clone()
-    else:
-        assert bool((tid == tid[:1]).all()) and tid[0].tolist() == [H, W, 0, 0, H, W], tid[0].tolist()
-        t["add_time_ids"] = tid[:1].clone()
+    i2i.check_time_ids(t, cap.unet[0]["time_ids"], p, on_refiner)
 
     meta = dict(i2i.case_meta(p), mask_image=p["mask_image"])
     draws = {i: [d for d, _ in per[i]] for i in range(B)}
