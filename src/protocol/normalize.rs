@@ -329,19 +329,13 @@ pub fn normalize(wire: &WireRequest, limits: &RequestLimits, warnings: &mut Vec<
     }
 
     let controlnets = super::controlnet::controlnet_requests(d.controlnet.as_ref(), warnings)?;
-    // Inpainting runs diffusers' StableDiffusionXLInpaintPipeline alone; its ControlNet and refiner variants are
-    // other pipelines.
+    // Inpainting runs diffusers' StableDiffusionXLInpaintPipeline (with a refiner: twice, the base's latents handed
+    // to the refiner's); its ControlNet variant is another pipeline.
     if mask_image.is_some() {
         if !controlnets.is_empty() {
             return Err(Error::unsupported(
                 "data.controlnet",
                 "ControlNets with inpainting (data.mask_image) are not implemented yet",
-            ));
-        }
-        if refiner.is_some() {
-            return Err(Error::unsupported(
-                "data.models.refiner",
-                "a refiner with inpainting (data.mask_image) is not implemented yet",
             ));
         }
     }
@@ -1035,7 +1029,7 @@ mod tests {
     }
 
     #[test]
-    fn inpainting_is_read_and_refused_with_a_controlnet_or_refiner() {
+    fn inpainting_is_read_and_refused_with_a_controlnet() {
         let inpaint = json!({"init_image": "a.png", "mask_image": "m.png"});
         let p = parse_value(minimal(inpaint.clone())).unwrap().params;
         assert_eq!((p.init_image.as_deref(), p.mask_image.as_deref()), (Some("a.png"), Some("m.png")));
@@ -1053,9 +1047,16 @@ mod tests {
         let mut with_cn = inpaint.clone();
         with_cn["controlnet"] = json!({"models": [unit]});
         assert_eq!(unsupported_field(parse_value(minimal(with_cn))), "data.controlnet");
+    }
+
+    #[test]
+    fn inpainting_is_read_with_a_refiner() {
+        let inpaint = json!({"init_image": "a.png", "mask_image": "m.png", "padding_mask_crop": 8});
         let mut with_refiner = inpaint;
         with_refiner["models"] = json!({"base": "m", "refiner": "r"});
-        assert_eq!(unsupported_field(parse_value(minimal(with_refiner))), "data.models.refiner");
+        let p = parse_value(minimal(with_refiner)).unwrap().params;
+        assert_eq!((p.mask_image.as_deref(), p.refiner.as_deref()), (Some("m.png"), Some("r")));
+        assert_eq!(p.padding_mask_crop, Some(8));
     }
 
     #[test]
