@@ -136,7 +136,7 @@ pub fn unet_sample(sample: ArrayD<f32>, extra: &Array4<f32>) -> Result<ArrayD<f3
 /// The base stage keeps the init image's latents and blends with the noise its run started from. A refiner stage
 /// (diffusers' inpaint pipeline called with `image=` the base's latents and `denoising_start`) keeps the latents the
 /// base handed over, as they are, and blends with fresh noise it draws from the same generators
-/// ([`super::start::handed_over`]).
+/// (`start::handed_over`).
 #[derive(Debug, Clone)]
 pub struct Blend {
     /// `[h, w]`, 1 where the image is redrawn.

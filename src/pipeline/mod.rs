@@ -521,7 +521,7 @@ impl SdxlPipeline {
     /// masked image's latents at every call and needs a mask. A refiner inpaints too, as diffusers' documented
     /// recipe runs it (the inpaint pipeline on the refiner's components with `image=` the base's latents and
     /// `denoising_start`): its standard UNet blends the handed-over latents, noised with fresh noise drawn from the
-    /// chunk's generators after the base's draws ([`start::handed_over`]), into every step; a base that blends keeps
+    /// chunk's generators after the base's draws (`start::handed_over`), into every step; a base that blends keeps
     /// the clean init image's latents after its last evaluation (the blend's last step is the stage's).
     pub fn generate(
         &self,
