@@ -331,13 +331,11 @@ pub fn normalize(wire: &WireRequest, limits: &RequestLimits, warnings: &mut Vec<
     let controlnets = super::controlnet::controlnet_requests(d.controlnet.as_ref(), warnings)?;
     // Inpainting runs diffusers' StableDiffusionXLInpaintPipeline (with a refiner: twice, the base's latents handed
     // to the refiner's); its ControlNet variant is another pipeline.
-    if mask_image.is_some() {
-        if !controlnets.is_empty() {
-            return Err(Error::unsupported(
-                "data.controlnet",
-                "ControlNets with inpainting (data.mask_image) are not implemented yet",
-            ));
-        }
+    if mask_image.is_some() && !controlnets.is_empty() {
+        return Err(Error::unsupported(
+            "data.controlnet",
+            "ControlNets with inpainting (data.mask_image) are not implemented yet",
+        ));
     }
 
     let dims = d.dimensions.clone().unwrap_or_default();
