@@ -12,8 +12,9 @@
 # (goldens/ holds goldens.py's cases, scheduler_pipeline_goldens.py's sched_*.safetensors, make_lora.py's lora_*,
 # make_stages.py's custom_vae / refiner*, make_controlnet.py's controlnet*, make_img2img.py's img2img*,
 # make_inpaint.py's inpaint and inpaint_*, make_inpaint_unet.py's inpaint9*, make_inpaint_crop.py's inpaint_crop*
-# (inpaint_crop_blur too), mask_crop_ops and mask_blur_ops, make_inpaint_controlnet.py's inpaint*_controlnet*, and
-# make_upscaler.py's upscale_x2.safetensors)
+# (inpaint_crop_blur too), mask_crop_ops and mask_blur_ops, make_inpaint_controlnet.py's inpaint*_controlnet*,
+# make_inpaint_refiner.py's inpaint_refiner* and inpaint9_refiner, make_micro_conditioning.py's
+# micro_conditioning*, and make_upscaler.py's upscale_x2.safetensors)
 # The torch model is built in $SDXLRT_WORK (default ~/.cache/sdxlrt/work), outside the repository.
 #
 # Goldens come from torch CPU kernels, whose last bits depend on the CPU's vector ISA (see README.md), so
@@ -88,6 +89,8 @@ echo "== diffusers goldens of the size micro-conditioning (goldens/micro_conditi
 "$py" make_micro_conditioning.py --model "$model" --out "$out"
 echo "== diffusers goldens of inpainting with ControlNets (goldens/inpaint*_controlnet*)" >&2
 "$py" make_inpaint_controlnet.py --model "$model" --out "$out"
+echo "== diffusers goldens of inpainting with the refiner (goldens/inpaint_refiner*, inpaint9_refiner)" >&2
+"$py" make_inpaint_refiner.py --model "$model" --out "$out"
 echo "== upscaler fixtures (upscalers/) and torch + PIL goldens (goldens/upscale_x2.safetensors)" >&2
 "$py" make_upscaler.py --out "$out"
 

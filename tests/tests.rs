@@ -31,6 +31,8 @@ mod controlnet;
 mod img2img;
 // Inpainting: parity with diffusers' inpaint pipeline (schedulers, strength 1, batch, resized mask, 9-channel UNet), errors.
 mod inpaint;
+// Inpainting with the SDXL refiner: parity with diffusers' recipe (4- and 9-channel base, schedulers, batch, crop).
+mod inpaint_refiner;
 // The upscaler: torch parity, A1111's passes and Lanczos resize, tiling, request path, errors.
 mod upscale;
 // Inpainting only the masked area (padding_mask_crop): the crop, fill and overlay, parity with diffusers.

@@ -140,7 +140,7 @@ pub fn denoise(
         };
         latents = scheduler.step(noise_pred.view(), i, latents.view(), noise)?;
         if let Some(Inpainting::Blend(blend)) = ctx.inpaint {
-            blend.apply(&mut latents, scheduler, i);
+            blend.apply(&mut latents, scheduler, i, range.end);
         }
         ctx.progress.on_latents(ctx.image_index, Some(i), latents.view());
         let done = scheduler.completed_steps(i).saturating_sub(ctx.skipped_steps as usize);

@@ -92,6 +92,16 @@ pub enum Inpainting {
     Channels(MaskChannels),
 }
 
+impl Inpainting {
+    /// The latent mask `[h, w]` (1 where the image is redrawn).
+    pub fn mask(&self) -> &Array2<f32> {
+        match self {
+            Inpainting::Blend(blend) => &blend.mask,
+            Inpainting::Channels(channels) => &channels.mask,
+        }
+    }
+}
+
 /// What a 9-channel inpainting UNet takes beside the latents: the latent mask and the masked image's latents,
 /// the same for every image of the request (diffusers encodes the masked image once, with the first generator).
 #[derive(Debug, Clone)]
@@ -120,24 +130,33 @@ pub fn unet_sample(sample: ArrayD<f32>, extra: &Array4<f32>) -> Result<ArrayD<f3
         .map_err(|e| Error::Internal(format!("inpainting UNet sample {:?} + {:?}: {e}", sample.shape(), extra.shape())))
 }
 
-/// What the loop blends in after every step: the latent mask, the init image's latents and the noise that
-/// started the run, for the images of one batch chunk.
+/// What the loop blends in after every step: the latent mask, the latents the unmasked part is kept at and the
+/// noise that brings them to each step's level, for the images of one batch chunk.
+///
+/// The base stage keeps the init image's latents and blends with the noise its run started from. A refiner stage
+/// (diffusers' inpaint pipeline called with `image=` the base's latents and `denoising_start`) keeps the latents the
+/// base handed over, as they are, and blends with fresh noise it draws from the same generators
+/// (`start::handed_over`).
 #[derive(Debug, Clone)]
 pub struct Blend {
     /// `[h, w]`, 1 where the image is redrawn.
     pub mask: Array2<f32>,
-    /// The init image's latents `[n, C, h, w]` (scaled, not noised).
+    /// The latents kept outside the mask `[n, C, h, w]` (scaled, not noised): the init image's, or a refiner's
+    /// handed-over latents.
     pub image_latents: ArrayD<f32>,
-    /// The noise the run started with `[n, C, h, w]`.
+    /// The noise `image_latents` are noised with `[n, C, h, w]`.
     pub noise: ArrayD<f32>,
 }
 
 impl Blend {
-    /// diffusers' step after `scheduler.step` at evaluation `index`: `(1 − mask) · proper + mask · latents`, where
-    /// `proper` is the image latents noised to evaluation `index + 1`'s level, or as they are after the last
-    /// evaluation. Float32 as torch.
-    pub fn apply(&self, latents: &mut ArrayD<f32>, scheduler: &dyn Scheduler, index: usize) {
-        if index + 1 < scheduler.timesteps().len() {
+    /// diffusers' step after `scheduler.step` at evaluation `index` of a stage that runs the evaluations up to
+    /// `end` (exclusive): `(1 − mask) · proper + mask · latents`, where `proper` is the image latents noised to
+    /// evaluation `index + 1`'s level, or as they are after the stage's last evaluation. diffusers tests
+    /// `i < len(timesteps) - 1` against the timesteps the call runs, which `denoising_end` truncates: a base that
+    /// hands over to a refiner keeps the clean image latents after its last evaluation, not noised ones. Float32 as
+    /// torch.
+    pub fn apply(&self, latents: &mut ArrayD<f32>, scheduler: &dyn Scheduler, index: usize, end: usize) {
+        if index + 1 < end.min(scheduler.timesteps().len()) {
             let proper = scheduler.add_noise(self.image_latents.view(), self.noise.view(), index + 1);
             blend(latents, proper.view(), &self.mask);
         } else {
@@ -214,6 +233,35 @@ mod tests {
         assert_eq!(got.shape(), [2, 4, 1, 2]);
         let want = [7.0, 8.0, 1.0, 0.0, 3.0, 4.0, 5.0, 6.0, 9.0, 10.0, 1.0, 0.0, 3.0, 4.0, 5.0, 6.0];
         assert_eq!(got.iter().copied().collect::<Vec<_>>(), want);
+    }
+
+    #[test]
+    fn the_blend_keeps_clean_image_latents_after_the_last_evaluation_of_its_stage_not_of_the_schedule() {
+        // SDXL's Euler grid at 5 steps: 801, 601, 401, 201, 1. A base handing over after evaluation 2
+        // (denoising_end) ends its stage at 3: diffusers' `i < len(timesteps) - 1` is tested against the truncated
+        // list, so evaluation 2 blends the clean image latents, evaluation 1 those noised to evaluation 2's level.
+        let json =
+            include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/schedulers/sdxl_scheduler_config.json"));
+        let config = crate::schedulers::SchedulerConfig::from_json(json).unwrap();
+        let scheduler = crate::schedulers::resolve(None, &serde_json::Map::new(), &config).unwrap().build(5).unwrap();
+        let shape = ndarray::IxDyn(&[1, 1, 1, 2]);
+        let blend = Blend {
+            mask: Array2::from_shape_vec((1, 2), vec![1.0, 0.0]).unwrap(),
+            image_latents: ArrayD::from_elem(shape.clone(), 0.5),
+            noise: ArrayD::from_elem(shape.clone(), 1.0),
+        };
+        let blended = |index: usize, end: usize| {
+            let mut latents = ArrayD::from_elem(shape.clone(), 7.0);
+            blend.apply(&mut latents, scheduler.as_ref(), index, end);
+            latents.into_raw_vec_and_offset().0
+        };
+        let noised =
+            |index: usize| scheduler.add_noise(blend.image_latents.view(), blend.noise.view(), index)[[0, 0, 0, 1]];
+        assert_eq!(blended(2, 3), [7.0, 0.5], "the base's last evaluation keeps the clean latents");
+        assert_eq!(blended(1, 3), [7.0, noised(2)], "earlier ones the latents noised to the next level");
+        assert!(noised(3) != 0.5 && noised(2) != noised(3), "the levels differ: {} {}", noised(2), noised(3));
+        assert_eq!(blended(2, 5), [7.0, noised(3)], "inside the schedule of a single stage");
+        assert_eq!(blended(4, 5), [7.0, 0.5], "the schedule's last evaluation");
     }
 
     #[test]

@@ -533,7 +533,11 @@ impl SdxlPipeline {
     /// still takes over at `refiner_switch_at` of the whole schedule (diffusers' `denoising_start` ignores
     /// strength). With the init image's mask it inpaints (diffusers' `StableDiffusionXLInpaintPipeline`,
     /// [`inpaint`]): a standard UNet blends after every step, an inpainting UNet (9 channels) takes the mask and the
-    /// masked image's latents at every call and needs a mask.
+    /// masked image's latents at every call and needs a mask. A refiner inpaints too, as diffusers' documented
+    /// recipe runs it (the inpaint pipeline on the refiner's components with `image=` the base's latents and
+    /// `denoising_start`): its standard UNet blends the handed-over latents, noised with fresh noise drawn from the
+    /// chunk's generators after the base's draws (`start::handed_over`), into every step; a base that blends keeps
+    /// the clean init image's latents after its last evaluation (the blend's last step is the stage's).
     pub fn generate(
         &self,
         params: &GenerateParams,
@@ -624,7 +628,13 @@ impl SdxlPipeline {
                     scheduler.set_begin_index(range.start);
                 }
                 let start = match latents.take() {
-                    Some(handed_over) => handed_over,
+                    Some(handed_over) => {
+                        // A refiner inpaints the handed-over latents with noise drawn after all the base's draws.
+                        if let Some(base) = &inpainting {
+                            inpainting = Some(start::handed_over(&handed_over, base, &mut noise)?);
+                        }
+                        handed_over
+                    }
                     None => {
                         let shape = [n, LATENT_CHANNELS, lh, lw];
                         let (start, chunk_inpainting) =

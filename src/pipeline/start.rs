@@ -2,7 +2,8 @@
 //! image's latents noised to the first step that runs (image-to-image, diffusers' img2img `prepare_latents`), or
 //! inpainting's start (diffusers' inpaint `prepare_latents` and `prepare_mask_latents`) with what the loop inpaints
 //! with: the mask blend after every step (a 4-channel UNet) or the mask and masked-image channels of every UNet call
-//! (a 9-channel inpainting UNet). The generator draws are diffusers', in its order.
+//! (a 9-channel inpainting UNet); and a refiner's inpainting of the latents a base hands over ([`handed_over`]).
+//! The generator draws are diffusers', in its order.
 
 use ndarray::{concatenate, Array2, Array4, ArrayD, Axis, IxDyn};
 
@@ -108,6 +109,25 @@ impl Origin {
             }
         }
     }
+}
+
+/// How a refiner stage inpaints the latents `handed_over` by the base (either kind of base UNet; the refiner's is a
+/// 4-channel UNet), with `inpainting` the base's: diffusers' inpaint pipeline called with `image=` those latents
+/// and `denoising_start` takes them as its image latents as they are (no VAE encode, no posterior draw), starts
+/// from them (`add_noise=False`), draws fresh noise `randn(shape)` from the chunk's generators (after all of the
+/// base's draws) and encodes no masked image (the image is latents). Every refiner step then blends with the
+/// handed-over latents noised by that noise ([`Blend`]), with the mask made again from the same mask image.
+pub(super) fn handed_over(
+    handed_over: &ArrayD<f32>,
+    inpainting: &Inpainting,
+    noise: &mut BatchGenerators,
+) -> Result<Inpainting> {
+    let shape: [usize; 4] = handed_over
+        .shape()
+        .try_into()
+        .map_err(|_| Error::Internal(format!("handed-over latents of shape {:?}", handed_over.shape())))?;
+    let added = draw(noise, shape)?;
+    Ok(Inpainting::Blend(Blend { mask: inpainting.mask().clone(), image_latents: handed_over.clone(), noise: added }))
 }
 
 /// `(C, h, w)` of the latents a posterior `[1, 2C, h, w]` gives.

@@ -325,22 +325,15 @@ pub fn normalize(wire: &WireRequest, limits: &RequestLimits, warnings: &mut Vec<
     }
 
     let controlnets = super::controlnet::controlnet_requests(d.controlnet.as_ref(), warnings)?;
-    // Inpainting runs diffusers' StableDiffusionXLInpaintPipeline, or with ControlNets its
-    // StableDiffusionXLControlNetInpaintPipeline; a refiner after the latter is not proven against diffusers.
-    if mask_image.is_some() {
-        if !controlnets.is_empty() && refiner.is_some() {
-            return Err(Error::unsupported(
-                "data.controlnet",
-                "ControlNets with inpainting (data.mask_image) and a refiner (data.models.refiner) together are not \
-                 implemented yet: drop the refiner or the ControlNets",
-            ));
-        }
-        if refiner.is_some() {
-            return Err(Error::unsupported(
-                "data.models.refiner",
-                "a refiner with inpainting (data.mask_image) is not implemented yet",
-            ));
-        }
+    // Inpainting runs diffusers' StableDiffusionXLInpaintPipeline (with a refiner: twice, the base's latents handed
+    // to the refiner's), or with ControlNets its StableDiffusionXLControlNetInpaintPipeline; a refiner after the
+    // latter is not proven against diffusers.
+    if mask_image.is_some() && !controlnets.is_empty() && refiner.is_some() {
+        return Err(Error::unsupported(
+            "data.controlnet",
+            "ControlNets with inpainting (data.mask_image) and a refiner (data.models.refiner) together are not \
+             implemented yet: drop the refiner or the ControlNets",
+        ));
     }
 
     let dims = d.dimensions.clone().unwrap_or_default();
@@ -1105,7 +1098,7 @@ mod tests {
     }
 
     #[test]
-    fn inpainting_is_read_and_refused_with_a_controlnet_or_refiner() {
+    fn inpainting_is_read_and_refused_with_a_controlnet() {
         let inpaint = json!({"init_image": "a.png", "mask_image": "m.png"});
         let p = parse_value(minimal(inpaint.clone())).unwrap().params;
         assert_eq!((p.init_image.as_deref(), p.mask_image.as_deref()), (Some("a.png"), Some("m.png")));
@@ -1125,9 +1118,16 @@ mod tests {
         assert_eq!(parse_value(minimal(with_cn.clone())).unwrap().params.controlnets.len(), 1);
         with_cn["models"] = json!({"base": "m", "refiner": "r"});
         assert_eq!(unsupported_field(parse_value(minimal(with_cn))), "data.controlnet");
+    }
+
+    #[test]
+    fn inpainting_is_read_with_a_refiner() {
+        let inpaint = json!({"init_image": "a.png", "mask_image": "m.png", "padding_mask_crop": 8});
         let mut with_refiner = inpaint;
         with_refiner["models"] = json!({"base": "m", "refiner": "r"});
-        assert_eq!(unsupported_field(parse_value(minimal(with_refiner))), "data.models.refiner");
+        let p = parse_value(minimal(with_refiner)).unwrap().params;
+        assert_eq!((p.mask_image.as_deref(), p.refiner.as_deref()), (Some("m.png"), Some("r")));
+        assert_eq!(p.padding_mask_crop, Some(8));
     }
 
     #[test]
