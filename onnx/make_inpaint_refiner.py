@@ -108,7 +108,7 @@ import make_inpaint_unet as miu
 import make_stages as stages
 
 SWITCH = 0.6
-REFINER = "tiny-sdxl-refiner"
+REFINER = i2i.REFINER
 BASE = dict(mi.BASE, steps=5, strength=0.8)  # cfg_neg's prompts, guidance, seed; init_64.png, mask_64.png
 CASES = {
     "inpaint_refiner": dict(BASE),
@@ -157,27 +157,6 @@ class Capture(mi.Capture):
         self.hooks.append(pipe.unet.register_forward_pre_hook(lambda mod, a: self.unet_samples.append(a[0].clone())))
         self.unet_samples = []
         return self
-
-
-def refiner_pipeline(refiner):
-    """The tiny refiner (make_stages.build_refiner's img2img pipeline) as StableDiffusionXLInpaintPipeline with
-    requires_aesthetics_score, as the recipe builds it."""
-    from diffusers import StableDiffusionXLInpaintPipeline
-
-    pipe = StableDiffusionXLInpaintPipeline(
-        vae=refiner.vae,
-        text_encoder=None,
-        text_encoder_2=refiner.text_encoder_2,
-        tokenizer=None,
-        tokenizer_2=refiner.tokenizer_2,
-        unet=refiner.unet,
-        scheduler=refiner.scheduler,
-        requires_aesthetics_score=True,
-        force_zeros_for_empty_prompt=False,
-        add_watermarker=False,
-    )
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
 
 
 def crop_inputs(pipe, image, mask, p: dict):
@@ -391,7 +370,7 @@ def main() -> None:
         "4": mi.inpaint_pipeline(model),
         "9": i2i.img2img_pipeline(model, StableDiffusionXLInpaintPipeline, unet=miu.build_inpaint_unet(model)),
     }
-    refiner = refiner_pipeline(stages.build_refiner(model))
+    refiner = mi.refiner_inpaint_pipeline(stages.build_refiner(model))
     for name in cases:
         tensors, meta = run_case(bases, refiner, args.out, name)
         shown = sorted(k for k in tensors if not k.startswith("latents_step_"))
