@@ -100,8 +100,9 @@ CASES = {
 }
 
 
-def case_params(name: str) -> dict:
-    p = i2i.case_params(name, CASES)
+def case_params(name: str, cases: dict | None = None) -> dict:
+    """make_img2img.case_params with the units' default windows (0 to 1); `cases` defaults to CASES."""
+    p = i2i.case_params(name, CASES if cases is None else cases)
     K = len(p["controlnets"])
     p.setdefault("control_guidance_start", (0.0,) * K)
     p.setdefault("control_guidance_end", (1.0,) * K)
@@ -166,16 +167,33 @@ def load_inputs(folder: Path, p: dict):
     return image, mask, controls
 
 
+def controlnet_args(p: dict, controls: list) -> dict:
+    """The pipeline call's ControlNet arguments for case parameters `p` (case_params'): one unit as scalars, more as
+    lists (a MultiControlNetModel)."""
+    K = len(controls)
+    return dict(
+        control_image=controls[0] if K == 1 else controls,
+        controlnet_conditioning_scale=p["conditioning_scales"][0] if K == 1 else list(p["conditioning_scales"]),
+        control_guidance_start=p["control_guidance_start"][0] if K == 1 else list(p["control_guidance_start"]),
+        control_guidance_end=p["control_guidance_end"][0] if K == 1 else list(p["control_guidance_end"]),
+    )
+
+
+def controlnet_meta(p: dict) -> dict:
+    """The golden metadata of the ControlNet units of case parameters `p` (JSON lists, as the Rust tests read them)."""
+    return dict(
+        controlnets=json.dumps(list(p["controlnets"])),
+        control_images=json.dumps(list(p["control_images"])),
+        conditioning_scales=json.dumps([float(s) for s in p["conditioning_scales"]]),
+        control_guidance_start=json.dumps([float(s) for s in p["control_guidance_start"]]),
+        control_guidance_end=json.dumps([float(s) for s in p["control_guidance_end"]]),
+    )
+
+
 def call_args(p: dict, image, mask, controls: list | None) -> dict:
     extra = {"padding_mask_crop": p["padding_mask_crop"]} if "padding_mask_crop" in p else {}
     if controls is not None:
-        K = len(controls)
-        extra.update(
-            control_image=controls[0] if K == 1 else controls,
-            controlnet_conditioning_scale=p["conditioning_scales"][0] if K == 1 else list(p["conditioning_scales"]),
-            control_guidance_start=p["control_guidance_start"][0] if K == 1 else list(p["control_guidance_start"]),
-            control_guidance_end=p["control_guidance_end"][0] if K == 1 else list(p["control_guidance_end"]),
-        )
+        extra.update(controlnet_args(p, controls))
     return mi.call_args(p, image, mask, **extra)
 
 
@@ -280,11 +298,7 @@ def run_case(pipes: dict, nets: dict, folder: Path, name: str, with_controlnet: 
                 assert torch.equal(rec["time_ids"], cap.unet[i]["time_ids"])
                 assert torch.equal(rec["cond"], pre.repeat(rows, 1, 1, 1)), (name, k, i)
             firsts.append(next(r["io"] for r in cap.cn_calls[k] if "io" in r))
-        meta["controlnets"] = json.dumps(list(p["controlnets"]))
-        meta["control_images"] = json.dumps(list(p["control_images"]))
-        meta["conditioning_scales"] = json.dumps([float(s) for s in p["conditioning_scales"]])
-        meta["control_guidance_start"] = json.dumps([float(s) for s in p["control_guidance_start"]])
-        meta["control_guidance_end"] = json.dumps([float(s) for s in p["control_guidance_end"]])
+        meta.update(controlnet_meta(p))
     del t["noise"]  # checked above (checked_draws); the tests need the latents, not the draws
     return {k: v.detach().contiguous() for k, v in t.items()}, meta, firsts
 
