@@ -1,4 +1,5 @@
-"""Write diffusers' goldens of inpainting with the SDXL refiner (ensemble of experts), as diffusers' docs do it.
+"""Write diffusers' goldens of inpainting with the SDXL refiner (ensemble of experts), as diffusers' docs do it (also with
+ControlNets on the base).
 
 The documented recipe (diffusers 0.42.1, SDXL "refine image quality" with inpainting), with goldens.py's generators
 (one, or a list of seed + i: the same objects for both calls):
@@ -28,6 +29,11 @@ otherwise; each pipeline's scheduler is `cls.from_config(its config)` (Euler unl
   inpaint9_refiner              9-ch, Euler                 5      0.8       0.6     601, 401 | 201, 1
   inpaint_refiner_crop          4-ch, Euler, init_80x60.png, mask_crop_80x60.png (make_inpaint_crop.py), 64x64,
                                 padding_mask_crop 4         5      0.8       0.6     601, 401 | 201, 1
+  inpaint_controlnet_refiner    4-ch ControlNet base, Euler, tiny-controlnet (control_64, 0.8, window 0.2-0.5)
+                                                            5      0.8       0.6     601, 401 | 201, 1
+  inpaint_controlnet_refiner_euler_a_batch2  ControlNet base, EulerAncestral, batch 2 (seeds 0, 1), tiny-controlnet
+                                (control_64, 0.7, 0-0.5) + tiny-controlnet-b (control_64_b, 0.5, 0.25-1)
+                                                            5      0.8       0.6     601, 401 | 201, 1
 (the switch: discrete cut-off round(1000 - 0.6 x 1000) = 400; the base runs the timesteps >= 400 of those strength
 leaves it, the refiner those < 400 of the whole schedule: denoising_start ignores strength)
 
@@ -43,6 +49,13 @@ What the two calls do (pipeline_stable_diffusion_xl_inpaint.py; asserted below):
     mask is made again from the same mask image at the same height / width. After every refiner step latents = (1 -
     mask_latents) x add_noise(image_latents, noise, timesteps[i + 1]) + mask_latents x latents, at its last step
     image_latents as they are. Time ids: (H, W, 0, 0, aesthetic_score 6.0), negative (H, W, 0, 0, 2.5).
+  with ControlNets (inpaint_controlnet_refiner*): the base is StableDiffusionXLControlNetInpaintPipeline
+    (make_inpaint_controlnet.py's, the same denoising_end and output_type "latent"; its draws, blend and truncation
+    are the inpaint pipeline's), the refiner call is the same as without and gets no ControlNet. The base builds
+    controlnet_keep over the timesteps strength leaves (4) BEFORE denoising_end truncates them (to the base's 2), so
+    a window is cut by the switch: 0.2-0.5 gives scales 0, 0.8 (over the truncated list 0, 0; over all 5 steps,
+    the base's at 1 and 2 of them, 0.8, 0); in the batch case unit a's 0-0.5 gives 0.7, 0.7 (over the truncated list
+    or all 5: 0.7, 0), unit b's 0.25-1 gives 0, 0.5 (either way).
   padding_mask_crop: both calls refuse it with output_type "latent" / latent images (check_inputs: "The output type
     should be PIL when inpainting mask crop", "The image should be a PIL image"), so inpaint_refiner_crop composes
     diffusers' own steps around the recipe: crops_coords = mask_processor.get_crop_region(mask, W, H, pad), the init
@@ -68,18 +81,25 @@ Tensors per case (float32 unless noted; h, w = H/8, W/8; B the batch):
   latents_step_0 .. latents_step_{Lb+Lr-1} [B,4,h,w]
                                    the latents each loop iteration ends with (after the blend), the base's then the
                                    refiner's (callback_on_step_end's)
+  controlnet_scales [Lb,K]          (ControlNet cases) the scale each unit's forward got at each base evaluation
   image [B,H,W,3], image_u8 uint8 [B,H,W,3]
                                    the refiner's output (output_type "np"; image_u8 = (image * 255).round()); with
                                    padding_mask_crop only image_u8 [1,60,80,3], the overlaid PIL image
 Metadata: make_inpaint.py's (goldens.py's keys, init_image, mask_image, strength, scheduler when not Euler), refiner
 (tiny-sdxl-refiner), refiner_start (repr of the switch), base_steps (Lb); unet (inpaint9_*: the UNet's fixture
-folder); padding_mask_crop.
+folder); padding_mask_crop; make_inpaint_controlnet.controlnet_meta's unit lists (controlnets, control_images,
+conditioning_scales, control_guidance_start, control_guidance_end).
 
 Checks (asserted): the draws above; the refiner's preprocessed image, image_latents and starting latents are the
 handed-over latents; no VAE encode in the refiner call; the refiner's noise is its draw; every refiner step's blend
 recomputed bit for bit from scheduler.step's output and a fresh scheduler's add_noise (begin index = the refiner's
 first evaluation + i + 1), the last with handed_over itself; with a 4-channel base its last latents equal image_latents
-where mask_latents is 0; the time ids; evaluations as the table says. Printed: how far the base's last latents would
+where mask_latents is 0; the time ids; evaluations as the table says. With ControlNets (check_base_controlnets, as
+make_inpaint_controlnet.py checks its pipeline): at each base evaluation each unit got the UNet's sample, timestep,
+text conditioning and time ids and its control image repeated to every row, at conditioning_scale x controlnet_keep
+over the timesteps strength leaves; ONNX vs torch on each unit's first active evaluation; the same recipe without the
+ControlNets (the plain inpaint base) starts from the same latents and its image differs by >= 5/255 (measured: mean
+3.1 / 12.5, max 51 / 183). Printed: how far the base's last latents would
 be, in the unmasked cells, had it blended image latents noised to the refiner's first level (what testing the last
 step against the whole schedule gives), and how much the refiner's blend with the handed-over latents differs from
 one with the init image's latents (0 with a 4-channel base, whose handed-over latents are the clean image latents
@@ -91,12 +111,13 @@ timestep 201's level) and 2.799 (DPM++ 2M: 333); handed-over vs init image laten
 the handed-over ones: the Rust test then fails by 10.5 at the refiner's first step).
 
 Usage: python make_inpaint_refiner.py [--model DIR] [--out tests/fixtures] [--cases inpaint_refiner,...]
-       (--out must hold tiny-sdxl/, tiny-sdxl-refiner/, img2img/ and inpaint/ already: make_stages.py,
-       make_img2img.py, make_inpaint.py, make_inpaint_crop.py)
+       (--out must hold tiny-sdxl/, tiny-sdxl-refiner/, controlnet/, img2img/ and inpaint/ already:
+       make_stages.py, make_controlnet.py, make_img2img.py, make_inpaint.py, make_inpaint_crop.py)
 """
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import _common as c
@@ -104,6 +125,7 @@ import goldens
 import make_controlnet as cn
 import make_img2img as i2i
 import make_inpaint as mi
+import make_inpaint_controlnet as mic
 import make_inpaint_unet as miu
 import make_stages as stages
 
@@ -124,6 +146,17 @@ CASES = {
     "inpaint_refiner_crop": dict(
         BASE, init_image="init_80x60.png", mask_image="mask_crop_80x60.png", padding_mask_crop=4
     ),
+    # a ControlNet on the base only, its window cut by the switch: controlnet_keep over the 4 timesteps strength
+    # leaves gives the base's 2 evaluations [0, 1] (over the truncated 2 it would be [0, 0], over all 5 [1, 0])
+    "inpaint_controlnet_refiner": dict(
+        BASE, **mic.UNIT_A, conditioning_scales=(0.8,), control_guidance_start=(0.2,), control_guidance_end=(0.5,)
+    ),
+    # two units, ancestral, batch 2: unit a's window [1, 1] over the 4 left ([1, 0] over the truncated 2 or all 5)
+    "inpaint_controlnet_refiner_euler_a_batch2": dict(
+        BASE, batch_size=2, scheduler=mi.EULER_A, controlnets=("tiny-controlnet", "tiny-controlnet-b"),
+        control_images=("control_64.png", "control_64_b.png"), conditioning_scales=(0.7, 0.5),
+        control_guidance_start=(0.0, 0.25), control_guidance_end=(0.5, 1.0),
+    ),
 }
 EVALUATIONS = {  # base | refiner timesteps
     "inpaint_refiner": ([601, 401], [201, 1]),
@@ -132,6 +165,8 @@ EVALUATIONS = {  # base | refiner timesteps
     "inpaint_refiner_heun": ([601, 401, 401], [401, 201, 201, 1, 1]),
     "inpaint9_refiner": ([601, 401], [201, 1]),
     "inpaint_refiner_crop": ([601, 401], [201, 1]),
+    "inpaint_controlnet_refiner": ([601, 401], [201, 1]),
+    "inpaint_controlnet_refiner_euler_a_batch2": ([601, 401], [201, 1]),
 }
 
 
@@ -194,17 +229,24 @@ def check_crop_composition(base, image, mask, p: dict) -> None:
     print(f"  crop composition: {list(got.shape)} equal to the pipeline's padding_mask_crop output", flush=True)
 
 
-def run_case(bases: dict, refiner, folder: Path, name: str) -> tuple[dict, dict]:
-    """Run case `name` (the recipe: base with denoising_end, refiner with denoising_start on its latents)."""
+def run_case(bases: dict, refiner, folder: Path, name: str, with_controlnet: bool = True):
+    """Run case `name` (the recipe: base with denoising_end, refiner with denoising_start on its latents; a case with
+    ControlNets on bases["cn<K>"], the ControlNet inpaint pipeline, unless `with_controlnet` is False). Returns
+    (tensors, metadata, [per unit the (inputs, outputs) of its first active evaluation])."""
     import diffusers
     import numpy as np
     import torch
 
     p = i2i.case_params(name, CASES)
+    units = p.get("controlnets", ()) if with_controlnet else ()
+    if units:
+        p = mic.case_params(name, CASES)
     B, H, W = p["batch_size"], p["height"], p["width"]
     h, w = H // 8, W // 8
     rows = 2 * B
-    base = bases["9" if "unet" in p else "4"]
+    K = len(units)
+    base = bases[f"cn{K}"] if units else bases["9" if "unet" in p else "4"]
+    nets = (list(base.controlnet.nets) if K > 1 else [base.controlnet]) if units else []
     nine = base.unet.config.in_channels == 9
     sched_cls = getattr(diffusers, p.get("scheduler", i2i.EULER))
     image, mask = cn.load_image(folder / "img2img" / p["init_image"]), mi.load_mask(folder / "inpaint" / p["mask_image"])
@@ -213,6 +255,7 @@ def run_case(bases: dict, refiner, folder: Path, name: str) -> tuple[dict, dict]
         crops, image_in, mask_in = crop_inputs(base, image, mask, p)
     else:
         image_in, mask_in = image, mask
+    controls = [cn.load_image(folder / "controlnet" / f) for f in p["control_images"]] if units else []
 
     saved = base.scheduler, refiner.scheduler
     base.scheduler = sched_cls.from_config(base.scheduler.config)
@@ -240,8 +283,9 @@ def run_case(bases: dict, refiner, folder: Path, name: str) -> tuple[dict, dict]
     )
     try:
         with torch.no_grad():
-            with Capture(base, sched_cls) as bcap:
-                handed = base(**common, image=image_in, denoising_end=SWITCH, output_type="latent").images
+            extra = mic.controlnet_args(p, controls) if units else {}
+            with mic.Capture(base, sched_cls, nets) if units else Capture(base, sched_cls) as bcap:
+                handed = base(**common, **extra, image=image_in, denoising_end=SWITCH, output_type="latent").images
             n_base = len(steps)
             with Capture(refiner, sched_cls) as rcap:
                 out = refiner(**common, image=handed, denoising_start=SWITCH, output_type="np").images
@@ -279,6 +323,7 @@ def run_case(bases: dict, refiner, folder: Path, name: str) -> tuple[dict, dict]
     else:
         assert not bcap.loop_add_noise
     t["handed_over"] = handed.clone()
+    firsts = check_base_controlnets(p, bcap, base, controls, mask, Lb, rows, t) if units else []
 
     # the refiner: the handed-over latents as image, image_latents and start; no encode; its noise is its draw
     assert len(rcap.preprocessed) == 1 and torch.equal(rcap.preprocessed[0], handed)
@@ -356,25 +401,83 @@ def run_case(bases: dict, refiner, folder: Path, name: str) -> tuple[dict, dict]
         meta["unet"] = p["unet"]
     if "padding_mask_crop" in p:
         meta["padding_mask_crop"] = str(p["padding_mask_crop"])
-    return {k: v.detach().contiguous() for k, v in t.items()}, meta
+    if units:
+        meta.update(mic.controlnet_meta(p))
+    return {k: v.detach().contiguous() for k, v in t.items()}, meta, firsts
+
+
+def check_base_controlnets(p: dict, bcap, base, controls: list, mask, Lb: int, rows: int, t: dict) -> list:
+    """The base's ControlNets (make_inpaint_controlnet.Capture's records): at the base's Lb evaluations each unit got
+    the UNet's 4-channel sample, timestep, text conditioning and time ids and its control image repeated to every
+    row, at the scale conditioning_scale x controlnet_keep[i], controlnet_keep built over the timesteps strength
+    leaves (before denoising_end cuts the list). Sets t["controlnet_scales"] [Lb, K]; returns the units' first active
+    evaluations (for make_controlnet.check_onnx)."""
+    import torch
+
+    K = len(controls)
+    fresh = type(base.scheduler).from_config(base.scheduler.config)
+    fresh.set_timesteps(p["steps"])
+    left = len(fresh.timesteps) - i2i.t_start(p) * fresh.order
+    windows = list(zip(p["control_guidance_start"], p["control_guidance_end"]))
+
+    def scales(n: int, first: int = 0) -> list:
+        """The scales at the base's evaluations with controlnet_keep over n timesteps, the base's first at `first`."""
+        keep = [cn.controlnet_keep(n, s, e) for s, e in windows]
+        return [[p["conditioning_scales"][k] * keep[k][first + i] for k in range(K)] for i in range(Lb)]
+
+    got = [[bcap.cn_calls[k][i]["scale"] for k in range(K)] for i in range(Lb)]
+    assert all(len(calls) == Lb for calls in bcap.cn_calls) and got == scales(left), (got, scales(left))
+    # the switch cuts the window: over the truncated list, or over the whole schedule, the scales would differ
+    truncated, whole = scales(Lb), scales(len(fresh.timesteps), len(fresh.timesteps) - left)
+    assert truncated != got and whole != got, (got, truncated, whole)
+    print(f"  ControlNet scales at the base's evaluations {got} (over the truncated list: {truncated}, over the whole"
+          f" schedule: {whole})", flush=True)
+    t["controlnet_scales"] = torch.tensor(got, dtype=torch.float32)
+    firsts = []
+    for k in range(K):
+        pre = mic.expected_control(p, controls[k], mask)
+        for i, rec in enumerate(bcap.cn_calls[k]):
+            assert torch.equal(rec["sample"], bcap.samples[i][:, :4]), (k, i)
+            assert rec["timestep"] == bcap.unet[i]["timestep"]
+            assert torch.equal(rec["ehs"], bcap.unet_kwargs[i]["ehs"])
+            assert torch.equal(rec["time_ids"], bcap.unet[i]["time_ids"])
+            assert torch.equal(rec["cond"], pre.repeat(rows, 1, 1, 1)), (k, i)
+        firsts.append(next(r["io"] for r in bcap.cn_calls[k] if "io" in r))
+    return firsts
 
 
 def main() -> None:
     args, cases = c.fixtures_args(__doc__, CASES)
-    for folder, name in (("img2img", "init_64.png"), ("inpaint", "mask_crop_80x60.png"), (REFINER, "unet")):
+    for folder, name in (("img2img", "init_64.png"), ("inpaint", "mask_crop_80x60.png"), (REFINER, "unet"),
+                         ("controlnet", "tiny-controlnet")):
         assert (args.out / folder / name).exists(), f"{args.out / folder / name}: run the other make_*.py first"
+    from diffusers import StableDiffusionXLControlNetInpaintPipeline as cn_pipeline
     from diffusers import StableDiffusionXLInpaintPipeline
 
     model = c.load_pipeline(args.model)
+    refiner = mi.refiner_inpaint_pipeline(stages.build_refiner(model))
+    nets = {n: cn.build_controlnet(model.unet, seed) for n, seed in cn.UNITS.items()}
     bases = {
         "4": mi.inpaint_pipeline(model),
         "9": i2i.img2img_pipeline(model, StableDiffusionXLInpaintPipeline, unet=miu.build_inpaint_unet(model)),
+        # a list: the pipeline wraps it in a MultiControlNetModel
+        "cn1": i2i.img2img_pipeline(model, cn_pipeline, controlnet=nets["tiny-controlnet"]),
+        "cn2": i2i.img2img_pipeline(model, cn_pipeline, controlnet=list(nets.values())),
     }
-    refiner = mi.refiner_inpaint_pipeline(stages.build_refiner(model))
     for name in cases:
-        tensors, meta = run_case(bases, refiner, args.out, name)
+        tensors, meta, firsts = run_case(bases, refiner, args.out, name)
         shown = sorted(k for k in tensors if not k.startswith("latents_step_"))
         print(f"{name}: {', '.join(f'{k}{list(tensors[k].shape)}' for k in shown)}", flush=True)
+        if firsts:
+            for unit, first in zip(json.loads(meta["controlnets"]), firsts):
+                cn.check_onnx(args.out / "controlnet", name, unit, first)
+            # the ControlNets must matter (a test that drops them must fail)
+            without, _, _ = run_case(bases, refiner, args.out, name, with_controlnet=False)
+            assert tensors["noised_latents"].equal(without["noised_latents"]), name
+            mean, worst, lat = i2i.difference(tensors, without)
+            print(f"  {name}: |image_u8 - without ControlNet|: mean {mean:.1f}/255, max {worst:.0f}/255; last latents"
+                  f" max |diff| {lat:.3f}", flush=True)
+            assert worst >= 5.0, (name, mean, worst)
         c.write_golden(args.out / "goldens" / f"{name}.safetensors", tensors, meta)
 
 

@@ -12,8 +12,9 @@
 # (goldens/ holds goldens.py's cases, scheduler_pipeline_goldens.py's sched_*.safetensors, make_lora.py's lora_*,
 # make_stages.py's custom_vae / refiner*, make_controlnet.py's controlnet*, make_img2img.py's img2img*,
 # make_inpaint.py's inpaint and inpaint_*, make_inpaint_unet.py's inpaint9*, make_inpaint_crop.py's inpaint_crop*
-# (inpaint_crop_blur too), mask_crop_ops and mask_blur_ops, make_inpaint_controlnet.py's inpaint*_controlnet*,
-# make_inpaint_refiner.py's inpaint_refiner* and inpaint9_refiner, make_micro_conditioning.py's
+# (inpaint_crop_blur too), mask_crop_ops and mask_blur_ops, make_inpaint_controlnet.py's inpaint*_controlnet*
+# (but inpaint_controlnet_refiner*), make_inpaint_refiner.py's inpaint_refiner*, inpaint9_refiner and
+# inpaint_controlnet_refiner*, make_micro_conditioning.py's
 # micro_conditioning*, and make_upscaler.py's upscale_x2.safetensors)
 # The torch model is built in $SDXLRT_WORK (default ~/.cache/sdxlrt/work), outside the repository.
 #
