@@ -106,18 +106,6 @@ fn with_padding_mask_crop_a_control_image_of_another_size_is_refused_naming_it()
     assert!(error.contains("80×60") && error.contains("padding_mask_crop"), "{error}");
 }
 
-#[test]
-fn controlnets_with_inpainting_and_a_refiner_are_refused_naming_the_controlnet() {
-    let engine = engine();
-    let g = Golden::load("inpaint_controlnet");
-    let mut r = request(&g, "tiny-sdxl");
-    r["data"]["models"]["refiner"] = serde_json::json!("tiny-sdxl-refiner");
-    let (reply, _) = run(&engine, &r);
-    assert_eq!(reply["error_code"], "unsupported", "{reply}");
-    let error = reply["error"].as_str().unwrap();
-    assert!(error.contains("data.controlnet") && error.contains("data.models.refiner"), "{error}");
-}
-
 /// `model` (an ONNX `ModelProto`) with its graph's last output left out (protobuf: ModelProto.graph is field 7,
 /// GraphProto.output field 12; every other byte copied).
 fn without_last_output(model: &[u8]) -> Vec<u8> {

@@ -2,7 +2,9 @@
 //! recipe — the inpaint pipeline on the base with `denoising_end` and `output_type="latent"`, then on the refiner's
 //! components with `image=` those latents and `denoising_start` — on goldens made from the same tiny weights
 //! (onnx/make_inpaint_refiner.py): the starting latents and the latents after every base and refiner step (and mask
-//! blend) ≤ 1e-4 + 1e-5·|x|, images within ±1/255.
+//! blend) ≤ 1e-4 + 1e-5·|x|, images within ±1/255. With ControlNets too (onnx/make_inpaint_refiner.py's
+//! `inpaint_controlnet_refiner*`): diffusers' ControlNet inpaint pipeline as the base, the ControlNets
+//! conditioning the base only.
 
 use sdxlrt::engine::Engine;
 use sdxlrt::pipeline::NoProgress;
@@ -89,4 +91,22 @@ fn a_refiner_with_an_inpainting_unet_is_refused_by_name_and_the_engine_keeps_wor
     without_refiner["data"]["models"].as_object_mut().unwrap().remove("refiner");
     let outcome = engine.generate(&without_refiner.to_string(), &mut NoProgress, true);
     assert!(outcome.error.is_none(), "the engine still works: {}", outcome.response_json);
+}
+
+#[test]
+fn controlnets_condition_only_the_inpainting_base_with_windows_over_the_steps_strength_leaves() {
+    // diffusers' ControlNet inpaint pipeline on the base (denoising_end, latents out), then the inpaint pipeline on
+    // the refiner's components: the windows count the 4 evaluations strength leaves, before the switch cuts the list
+    // to the base's 2 (0.2..0.5 keeps the second: over the cut list it would keep none, over all 5 steps the first);
+    // the refiner runs without ControlNets. With two units, Euler ancestral and a batch of 2: one chunk and two.
+    let engine = engine();
+    let g = Golden::load("inpaint_controlnet_refiner");
+    assert_eq!(g.t("controlnet_scales").f32, [0.0, 0.8]);
+    let reply = check_case(&engine, "inpaint_controlnet_refiner", false);
+    let evaluations = g.t("base_timesteps").f32.len() + g.t("refiner_timesteps").f32.len();
+    assert_eq!(reply["data"]["processing_metrics"]["unet_evaluations"].as_u64(), Some(evaluations as u64));
+    let g = Golden::load("inpaint_controlnet_refiner_euler_a_batch2");
+    assert_eq!(g.t("controlnet_scales").f32, [0.7, 0.0, 0.7, 0.5]);
+    check_case(&engine, "inpaint_controlnet_refiner_euler_a_batch2", true);
+    check_case(&engine, "inpaint_controlnet_refiner_euler_a_batch2", false);
 }

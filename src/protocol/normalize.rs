@@ -325,17 +325,6 @@ pub fn normalize(wire: &WireRequest, limits: &RequestLimits, warnings: &mut Vec<
     }
 
     let controlnets = super::controlnet::controlnet_requests(d.controlnet.as_ref(), warnings)?;
-    // Inpainting runs diffusers' StableDiffusionXLInpaintPipeline (with a refiner: twice, the base's latents handed
-    // to the refiner's), or with ControlNets its StableDiffusionXLControlNetInpaintPipeline; a refiner after the
-    // latter is not proven against diffusers.
-    if mask_image.is_some() && !controlnets.is_empty() && refiner.is_some() {
-        return Err(Error::unsupported(
-            "data.controlnet",
-            "ControlNets with inpainting (data.mask_image) and a refiner (data.models.refiner) together are not \
-             implemented yet: drop the refiner or the ControlNets",
-        ));
-    }
-
     let dims = d.dimensions.clone().unwrap_or_default();
     let width = merge("data.width", d.width, "data.dimensions.width", dims.width)?
         .map(|w| check_side("data.dimensions.width", w, limits.max_width))
@@ -1098,7 +1087,7 @@ mod tests {
     }
 
     #[test]
-    fn inpainting_is_read_and_refused_with_a_controlnet() {
+    fn inpainting_is_read_with_controlnets_and_a_refiner() {
         let inpaint = json!({"init_image": "a.png", "mask_image": "m.png"});
         let p = parse_value(minimal(inpaint.clone())).unwrap().params;
         assert_eq!((p.init_image.as_deref(), p.mask_image.as_deref()), (Some("a.png"), Some("m.png")));
@@ -1116,8 +1105,10 @@ mod tests {
         let mut with_cn = inpaint.clone();
         with_cn["controlnet"] = json!({"models": [unit]});
         assert_eq!(parse_value(minimal(with_cn.clone())).unwrap().params.controlnets.len(), 1);
+        // with a refiner too (diffusers' ControlNet inpaint pipeline on the base, the inpaint pipeline on the refiner)
         with_cn["models"] = json!({"base": "m", "refiner": "r"});
-        assert_eq!(unsupported_field(parse_value(minimal(with_cn))), "data.controlnet");
+        let p = parse_value(minimal(with_cn)).unwrap().params;
+        assert_eq!((p.controlnets.len(), p.mask_image.as_deref(), p.refiner.as_deref()), (1, Some("m.png"), Some("r")));
     }
 
     #[test]
