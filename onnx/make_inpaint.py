@@ -446,21 +446,28 @@ def draws_per_generator(draws: list, seed: int, batch: int) -> tuple[list, list]
     return per, used
 
 
-def checked_draws(draws: list, p: dict, name: str, first_draws: list, n_step: int) -> list:
+def redrawn(draws: list, seed: int, B: int, name: str) -> dict:
     """The logged draws per generator (draws_per_generator), checked: each one redrawn bit for bit from fresh
-    goldens.generators, the used generators' states afterwards equal the fresh ones' (no other draw took place), and
-    the names in order: generator 0 `first_draws`, the others "noise", then `n_step` "step noise" each."""
+    goldens.generators(seed, B), and the used generators' states afterwards equal the fresh ones' (no other draw
+    took place)."""
     import torch
     from diffusers.utils.torch_utils import randn_tensor
 
-    B = p["batch_size"]
-    per, used = draws_per_generator(draws, p["seed"], B)
-    fresh_gens = goldens.generators(p["seed"], B)
+    per, used = draws_per_generator(draws, seed, B)
+    fresh_gens = goldens.generators(seed, B)
     fresh_gens = fresh_gens if isinstance(fresh_gens, list) else [fresh_gens]
     for i, g in enumerate(fresh_gens):
         for draw, x in per[i]:
             assert torch.equal(randn_tensor(x.shape, generator=g), x), (name, i, draw)
         assert torch.equal(g.get_state(), used[i].get_state()), (name, i)
+    return per
+
+
+def checked_draws(draws: list, p: dict, name: str, first_draws: list, n_step: int) -> list:
+    """The logged draws per generator, redrawn and checked (redrawn), and their names in order: generator 0
+    `first_draws`, the others "noise", then `n_step` "step noise" each."""
+    B = p["batch_size"]
+    per = redrawn(draws, p["seed"], B, name)
     for i in range(B):
         want = (first_draws if i == 0 else ["noise"]) + ["step noise"] * n_step
         assert [d for d, _ in per[i]] == want, (name, i, [d for d, _ in per[i]])
