@@ -352,3 +352,16 @@ fn aesthetic_scores_steer_a_refiner_alone_and_are_reported_ignored_without_one()
     let warnings = reply["warnings"].to_string();
     assert!(warnings.contains("refiner_aesthetic_score") && warnings.contains("no SDXL refiner runs"), "{reply}");
 }
+
+#[test]
+fn a_base_models_lora_on_a_refiner_alone_is_a_clear_error_and_the_engine_keeps_working() {
+    let engine = engine();
+    let g = Golden::load("img2img_on_refiner");
+    let mut request: serde_json::Value = serde_json::from_str(&g.request("tiny-sdxl-refiner", true)).unwrap();
+    request["data"]["lora"] = serde_json::json!({"enabled": true, "models": [{"name": "kohya_a", "weight": 0.8}]});
+    let reply = reply(&engine, &request.to_string());
+    assert_eq!(reply["error_code"], "model_invalid", "{reply}");
+    let error = reply["error"].as_str().unwrap();
+    assert!(error.contains("kohya_a.safetensors") && error.contains("another model"), "{error}");
+    check_case_on(&engine, "tiny-sdxl-refiner", "img2img_on_refiner", true);
+}
