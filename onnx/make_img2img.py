@@ -42,6 +42,9 @@ starting latents are scheduler.add_noise(image_latents, noise, that list's first
                                                                           2.99999993 with 0.12 as a float32 (-> 2)
   img2img_controlnet    Euler + tiny-controlnet          5      0.8       4 (601, 401, 201, 1)
   img2img_refiner       Euler, then the tiny refiner     10     0.6       4 + 2 (501, 401, 301, 201 | 101, 1)
+  img2img_refiner_full  Euler, then the tiny refiner     10     1.0       8 + 2 (901, …, 201 | 101, 1)
+  img2img_refiner_base_no_step
+                        Euler, then the tiny refiner     10     0.15      0 + 2 (| 101, 1): init noised at 1
   img2img_vae_tiled     Euler, 128x96, init_64.png,      4      0.75      3 (501, 251, 1)
                         vae.enable_tiling()
   img2img_on_refiner    Euler, the tiny refiner alone    10     0.3       3 (201, 101, 1)
@@ -64,7 +67,10 @@ img2img_refiner: make_stages.py's ensemble of experts (make_stages.run_refiner, 
 model of tests/fixtures/tiny-sdxl-refiner/) with the img2img pipeline as the base: image=init_64.png, strength 0.6,
 10 steps, denoising_end 0.8, output_type "latent" (of the 6 timesteps left after strength, the 4 >= 200), then the
 refiner with denoising_start 0.8 on those latents (timesteps < 200: 101, 1), same prompts, guidance and generator
-object.
+object. img2img_refiner_full: the same at strength 1 (the base runs the schedule's first 8 timesteps).
+img2img_refiner_base_no_step: strength 0.15 leaves the base one timestep (1), below the switch; diffusers' img2img
+pipeline noises the init latents at that timestep before it cuts its list at denoising_end, so the base runs no step
+and hands over the init latents noised at 1; the refiner (add_noise False with denoising_start) denoises them from 101.
 img2img_on_refiner, img2img_on_refiner_batch2: the refiner alone refines the init image (the common "refine an
 existing image" use): StableDiffusionXLImg2ImgPipeline built from make_stages.build_refiner's components (the torch
 model of tests/fixtures/tiny-sdxl-refiner/, requires_aesthetics_score True, text_encoder_2 only, the base model's
@@ -196,6 +202,11 @@ CASES = {
     ),
     # ensemble of experts with img2img as the base: 10 steps x 0.6 = 6 evaluations, 4 before denoising_end 0.8
     "img2img_refiner": dict(INIT_64, steps=10, strength=0.6, refiner="tiny-sdxl-refiner"),
+    # strength 1 with a refiner: the base starts at the schedule's first timestep
+    "img2img_refiner_full": dict(INIT_64, steps=10, strength=1.0, refiner="tiny-sdxl-refiner"),
+    # the base gets no step: strength 0.15 leaves one timestep (1), below the switch (200); the base hands over the
+    # init latents noised at 1 and the refiner denoises them from its first timestep (101), adding no noise
+    "img2img_refiner_base_no_step": dict(INIT_64, steps=10, strength=0.15, refiner="tiny-sdxl-refiner"),
     # the refiner alone as an image-to-image model (StableDiffusionXLImg2ImgPipeline on the refiner's components, the
     # usual "refine an image" use): its text_encoder_2 only, time ids (h, w, 0, 0, aesthetic score 6 / 2.5);
     # 10 steps x 0.3 = 3 evaluations
@@ -583,7 +594,8 @@ def run_case(pipes: dict, refiner, folder: Path, name: str, grey: bool = False) 
         n_steps = sum(k.startswith("latents_step_") for k in t)
         assert L == n_steps == (n if fresh.order == 1 else 2 * n - 1), (L, n_steps, n)
         assert evaluated == [float(x) for x in fresh.timesteps[first:]]
-    check_time_ids(t, cap.unet[0]["time_ids"], p, on_refiner)
+    if cap.unet:  # a base with no step before the switch never calls its UNet
+        check_time_ids(t, cap.unet[0]["time_ids"], p, on_refiner)
 
     firsts = []
     if net is not None:

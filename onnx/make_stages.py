@@ -254,7 +254,8 @@ def run_refiner(
         base.scheduler, refiner.scheduler = saved
     t["refiner_timesteps"] = torch.tensor([float(u["timestep"]) for u in unet_calls], dtype=torch.float32)
     ehs, te, tid = unet_calls[0]["encoder_hidden_states"], unet_calls[0]["text_embeds"], unet_calls[0]["time_ids"]
-    assert ehs.shape[0] == 2 * B and torch.equal(latents, steps[n_base - 1])
+    # the base's last latents are what it hands over (a base with no step hands over its initial latents)
+    assert ehs.shape[0] == 2 * B and (n_base == 0 or torch.equal(latents, steps[n_base - 1]))
     t["refiner_negative_prompt_embeds"], t["refiner_prompt_embeds"] = ehs[:1].clone(), ehs[B : B + 1].clone()
     t["refiner_negative_pooled_prompt_embeds"] = te[:1].clone()
     t["refiner_pooled_prompt_embeds"] = te[B : B + 1].clone()

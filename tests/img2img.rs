@@ -100,6 +100,20 @@ fn the_refiner_takes_over_from_an_image_to_image_base_as_diffusers_does() {
 }
 
 #[test]
+fn an_image_to_image_base_at_strength_one_hands_over_to_the_refiner_as_diffusers_does() {
+    check_case(&engine(), "img2img_refiner_full", true);
+}
+
+#[test]
+fn a_base_left_no_step_by_strength_hands_the_noised_init_image_to_the_refiner_as_diffusers_does() {
+    // strength 0.15 of 10 steps leaves timestep 1, below the switch (200): the base never runs, the refiner
+    // denoises the init latents noised at 1 from its own first timestep (101), adding no noise.
+    let reply = check_case(&engine(), "img2img_refiner_base_no_step", true);
+    assert_eq!(reply["data"]["processing_metrics"]["unet_evaluations"], 2);
+    assert!(reply["warnings"].to_string().contains("the base model got no step"), "{}", reply["warnings"]);
+}
+
+#[test]
 fn the_vae_encoder_and_the_posterior_sample_match_diffusers() {
     let engine = engine();
     let g = Golden::load("img2img");
