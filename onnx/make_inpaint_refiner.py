@@ -27,6 +27,7 @@ otherwise; each pipeline's scheduler is `cls.from_config(its config)` (Euler unl
                                                                                      1, 1 (the refiner's count made
                                                                                      odd: it re-evaluates 401)
   inpaint9_refiner              9-ch, Euler                 5      0.8       0.6     601, 401 | 201, 1
+  inpaint_refiner_blur          4-ch, Euler, mask_blur 4    5      0.8       0.6     601, 401 | 201, 1
   inpaint_refiner_crop          4-ch, Euler, init_80x60.png, mask_crop_80x60.png (make_inpaint_crop.py), 64x64,
                                 padding_mask_crop 4         5      0.8       0.6     601, 401 | 201, 1
   inpaint_controlnet_refiner    4-ch ControlNet base, Euler, tiny-controlnet (control_64, 0.8, window 0.2-0.5)
@@ -56,6 +57,8 @@ What the two calls do (pipeline_stable_diffusion_xl_inpaint.py; asserted below):
     a window is cut by the switch: 0.2-0.5 gives scales 0, 0.8 (over the truncated list 0, 0; over all 5 steps,
     the base's at 1 and 2 of them, 0.8, 0); in the batch case unit a's 0-0.5 gives 0.7, 0.7 (over the truncated list
     or all 5: 0.7, 0), unit b's 0.25-1 gives 0, 0.5 (either way).
+  mask_blur: the mask both calls get is make_inpaint_crop.case_mask's (mask_processor.blur(mask, blur_factor), as
+    diffusers' docs blur it before the pipeline).
   padding_mask_crop: both calls refuse it with output_type "latent" / latent images (check_inputs: "The output type
     should be PIL when inpainting mask crop", "The image should be a PIL image"), so inpaint_refiner_crop composes
     diffusers' own steps around the recipe: crops_coords = mask_processor.get_crop_region(mask, W, H, pad), the init
@@ -126,6 +129,7 @@ import make_controlnet as cn
 import make_img2img as i2i
 import make_inpaint as mi
 import make_inpaint_controlnet as mic
+import make_inpaint_crop as mcr
 import make_inpaint_unet as miu
 import make_stages as stages
 
@@ -142,6 +146,8 @@ CASES = {
     "inpaint_refiner_heun": dict(BASE, scheduler="HeunDiscreteScheduler"),
     # a 9-channel inpainting base (no blend) hands over latents the refiner blends with
     "inpaint9_refiner": dict(BASE, unet=miu.UNET_DIR),
+    # data.mask_blur: both stages get the blurred mask (diffusers' docs blur it with mask_processor.blur first)
+    "inpaint_refiner_blur": dict(BASE, mask_blur=4),
     # only the mask's area, composed from diffusers' processors (the pipeline refuses it with latents)
     "inpaint_refiner_crop": dict(
         BASE, init_image="init_80x60.png", mask_image="mask_crop_80x60.png", padding_mask_crop=4
@@ -164,6 +170,7 @@ EVALUATIONS = {  # base | refiner timesteps
     "inpaint_refiner_dpmpp_2m": ([665, 499], [333, 167]),
     "inpaint_refiner_heun": ([601, 401, 401], [401, 201, 201, 1, 1]),
     "inpaint9_refiner": ([601, 401], [201, 1]),
+    "inpaint_refiner_blur": ([601, 401], [201, 1]),
     "inpaint_refiner_crop": ([601, 401], [201, 1]),
     "inpaint_controlnet_refiner": ([601, 401], [201, 1]),
     "inpaint_controlnet_refiner_euler_a_batch2": ([601, 401], [201, 1]),
@@ -249,7 +256,7 @@ def run_case(bases: dict, refiner, folder: Path, name: str, with_controlnet: boo
     nets = (list(base.controlnet.nets) if K > 1 else [base.controlnet]) if units else []
     nine = base.unet.config.in_channels == 9
     sched_cls = getattr(diffusers, p.get("scheduler", i2i.EULER))
-    image, mask = cn.load_image(folder / "img2img" / p["init_image"]), mi.load_mask(folder / "inpaint" / p["mask_image"])
+    image, mask = cn.load_image(folder / "img2img" / p["init_image"]), mcr.case_mask(folder, p)
     if "padding_mask_crop" in p:
         check_crop_composition(base, image, mask, p)
         crops, image_in, mask_in = crop_inputs(base, image, mask, p)
@@ -393,6 +400,8 @@ def run_case(bases: dict, refiner, folder: Path, name: str, with_controlnet: boo
         meta["unet"] = p["unet"]
     if "padding_mask_crop" in p:
         meta["padding_mask_crop"] = str(p["padding_mask_crop"])
+    if "mask_blur" in p:
+        meta["mask_blur"] = repr(p["mask_blur"])
     if units:
         meta.update(mic.controlnet_meta(p))
     return {k: v.detach().contiguous() for k, v in t.items()}, meta, firsts

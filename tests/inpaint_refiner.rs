@@ -77,6 +77,16 @@ fn only_the_masked_area_is_inpainted_with_a_refiner_too() {
 }
 
 #[test]
+fn a_blurred_mask_reaches_both_stages() {
+    // data.mask_blur 4: the base and the refiner blend with the blurred mask (it moves the image by 8.5/255 on
+    // average from the sharp mask's inpaint_refiner), as diffusers' docs blur it before the pipeline. (The
+    // 4-channel pipelines binarize the mask, so only the blur's 0.5 contour matters here; radius 2 gives the same
+    // 8×8 mask. The blur itself is matched to the bit by tests/inpaint_crop.rs.)
+    let reply = check_case(&engine(), "inpaint_refiner_blur", false);
+    assert_eq!(reply["data"]["generated_images"][0]["metadata"]["init_image"]["mask"]["blur"], 4.0);
+}
+
+#[test]
 fn a_refiner_with_an_inpainting_unet_is_refused_by_name_and_the_engine_keeps_working() {
     let (_root, options) = root_with("tiny-sdxl", None, Some("tiny-sdxl-inpaint-unet"));
     let engine = Engine::new(Some(&options)).expect("engine");
