@@ -10,6 +10,9 @@ False) on the 3-channel uint8 image, the one channel then stacked three times. T
       ties_24x16      steps whose gradient |dx| + |dy| is exactly 100 or 200, so 100/200 thresholds tie, and steps
                       where two channels tie in magnitude but not in direction
       channels_40x30  each channel its own pattern (R vertical bands, G horizontal bands, B a diagonal ramp)
+      channel_ties_24x18  R = s(x) + s(y)/2 and G = s(x) - s(y)/2 for a staircase s: R and G have the same
+                      |dx| + |dy| everywhere but mirrored directions, so the first channel's winning a tie decides
+                      which diagonal non-maximum suppression looks along
       thin_1x9, thin_9x2, pixel_1x1   degenerate sizes (the border is replicated)
   controlnet/canny/<name>_<low>_<high>.png  cv2.Canny's output (8-bit greyscale PNG, 0 or 255) for each threshold
                                             pair: 100/200 (the docs' defaults), 100/100, 0/0, 300/600, 50.7/120.2
@@ -82,6 +85,15 @@ def channels() -> np.ndarray:
     return np.stack([r, g, b], axis=2).astype(np.uint8)
 
 
+def channel_ties() -> np.ndarray:
+    h, w = 18, 24
+    yy, xx = np.mgrid[0:h, 0:w]
+    step = lambda t: 25 * (t // 3)  # noqa: E731
+    r = step(xx) + step(yy) // 2
+    g = step(xx) - step(yy) // 2 + 64
+    return np.stack([r, g, np.full_like(r, 90)], axis=2).astype(np.uint8)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", type=Path, default=Path(__file__).resolve().parent.parent / "tests" / "fixtures")
@@ -94,6 +106,7 @@ def main() -> None:
         "flat_32x24": flat(rng),
         "ties_24x16": ties(),
         "channels_40x30": channels(),
+        "channel_ties_24x18": channel_ties(),
         "thin_1x9": rng.integers(0, 256, (9, 1, 3), dtype=np.uint8),
         "thin_9x2": rng.integers(0, 256, (2, 9, 3), dtype=np.uint8),
         "pixel_1x1": np.array([[[200, 10, 90]]], np.uint8),

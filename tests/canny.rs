@@ -36,7 +36,7 @@ fn load(name: &str) -> sdxlrt::image::RgbImage {
 #[test]
 fn edge_maps_equal_opencv_canny_bit_for_bit_on_every_golden() {
     let cases = cases();
-    assert_eq!(cases.len(), 42, "make_canny.py writes 7 inputs × 6 threshold pairs");
+    assert_eq!(cases.len(), 48, "make_canny.py writes 8 inputs × 6 threshold pairs");
     let mut failures = Vec::new();
     let mut edge_pixels = 0;
     for (input, low, high, edges) in &cases {
