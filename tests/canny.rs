@@ -157,3 +157,30 @@ fn bad_thresholds_and_unknown_preprocessors_are_errors_naming_the_field() {
     let warnings = reply["warnings"].to_string();
     assert!(warnings.contains("ignored unknown field data.controlnet.models[0].preprocessor.aperture_size"), "{reply}");
 }
+
+#[test]
+fn with_padding_mask_crop_canny_runs_on_the_whole_photo_before_the_cut() {
+    // Inpainting only the mask's area cuts the control image like the init image; the preprocessor sees the whole
+    // image first, as diffusers' docs run cv2.Canny before calling the pipeline. The init image itself is the photo.
+    let engine = engine();
+    let g = Golden::load("inpaint_controlnet_crop");
+    let mut r: serde_json::Value = serde_json::from_str(&g.request("tiny-sdxl", false)).unwrap();
+    let init = r["data"]["init_image"].as_str().unwrap().to_owned();
+    let edges = canny_rgb(&source::load(&init, "test").unwrap(), 100.0, 200.0);
+    let dir = tempfile::tempdir().unwrap();
+    let edges_path = dir.path().join("edges.png");
+    std::fs::write(&edges_path, edges.encode(sdxlrt::protocol::params::ImageFormat::Png, 95).unwrap()).unwrap();
+    let unit = &mut r["data"]["controlnet"]["models"][0];
+    unit["control_image"] = init.clone().into();
+    unit["preprocessor"] = "canny".into();
+    let (reply, with_canny) = generate(&engine, &r);
+    assert_eq!(
+        reply["data"]["generated_images"][0]["metadata"]["init_image"]["mask_crop"],
+        serde_json::json!([30, 1, 80, 51])
+    );
+    let unit = &mut r["data"]["controlnet"]["models"][0];
+    unit["control_image"] = edges_path.to_str().unwrap().into();
+    unit["preprocessor"] = serde_json::Value::Null;
+    let (_, from_edges) = generate(&engine, &r);
+    assert_eq!(with_canny, from_edges);
+}
