@@ -1,7 +1,7 @@
 //! The engine's ControlNet units (`data.controlnet`): each unit's graph resolved under `models_root`, loaded once
 //! per file ([`super::file_models`]), and its control image read and sized for the run, before any image is
 //! generated: a missing model or an unreadable image fails the request at once. A unit's `preprocessor` (Canny) runs
-//! on its control image as decoded, before anything else ([`control_image`]). With `data.padding_mask_crop` each
+//! on its control image as decoded, before anything else (`control_image`). With `data.padding_mask_crop` each
 //! control image is cut to the mask's area and "fill"-resized exactly as the init image is (diffusers'
 //! `StableDiffusionXLControlNetInpaintPipeline.prepare_control_image` with `crops_coords` and `resize_mode="fill"`).
 
