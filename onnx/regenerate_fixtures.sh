@@ -15,7 +15,8 @@
 # (inpaint_crop_blur too), mask_crop_ops and mask_blur_ops, make_inpaint_controlnet.py's inpaint*_controlnet*
 # (but inpaint_controlnet_refiner*), make_inpaint_refiner.py's inpaint_refiner*, inpaint9_refiner and
 # inpaint_controlnet_refiner*, make_micro_conditioning.py's
-# micro_conditioning*, and make_upscaler.py's upscale_x2.safetensors)
+# micro_conditioning*, and make_upscaler.py's upscale_x2.safetensors; controlnet/ holds make_controlnet.py's tiny
+# ControlNets and control images and make_canny.py's cv2.Canny goldens in controlnet/canny/)
 # The torch model is built in $SDXLRT_WORK (default ~/.cache/sdxlrt/work), outside the repository.
 #
 # Goldens come from torch CPU kernels, whose last bits depend on the CPU's vector ISA (see README.md), so
@@ -78,6 +79,8 @@ echo "== custom VAE (vae/), tiny refiner (tiny-sdxl-refiner/) and their diffuser
 "$py" make_stages.py --model "$model" --out "$out"
 echo "== tiny ControlNets and control images (controlnet/) and their diffusers goldens (goldens/controlnet*)" >&2
 "$py" make_controlnet.py --model "$model" --out "$out"
+echo "== Canny preprocessor goldens: RGB images and cv2.Canny's edge maps (controlnet/canny/)" >&2
+"$py" make_canny.py --out "$out"
 echo "== init images (img2img/) and diffusers img2img goldens (goldens/img2img*)" >&2
 "$py" make_img2img.py --model "$model" --out "$out"
 echo "== masks (inpaint/) and diffusers inpainting goldens (goldens/inpaint, inpaint_*)" >&2

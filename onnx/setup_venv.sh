@@ -3,7 +3,8 @@
 #
 #   PY=$(onnx/setup_venv.sh)
 #
-# Location: $SDXLRT_ONNX_VENV, default ~/.cache/sdxlrt/venv-onnx. An existing venv is reused as is.
+# Location: $SDXLRT_ONNX_VENV, default ~/.cache/sdxlrt/venv-onnx. An existing venv is reused as is, except that
+# OpenCV (make_canny.py's cv2.Canny), added to requirements.txt later than the rest, is installed into it when missing.
 # The PyPI torch wheel pulls ~4 GB of CUDA libraries (the tools run on CPU); to avoid that, point
 # PIP_EXTRA_INDEX_URL / PIP_INDEX_URL at a CPU-only torch wheel index before running this script.
 set -euo pipefail
@@ -14,5 +15,9 @@ if [ ! -x "$venv/bin/python" ]; then
     python3 -m venv "$venv" >&2
     "$venv/bin/python" -m pip install --upgrade pip >&2
     "$venv/bin/python" -m pip install -r "$here/requirements.txt" >&2
+fi
+if ! "$venv/bin/python" -c "import cv2" 2>/dev/null; then
+    echo "installing OpenCV into $venv" >&2
+    "$venv/bin/python" -m pip install "$(grep '^opencv-python-headless==' "$here/requirements.txt")" >&2
 fi
 echo "$venv/bin/python"

@@ -169,7 +169,7 @@ fn invalid_fields_are_named_with_allowed_values() {
 #[test]
 fn features_not_built_yet_are_errors_naming_the_field() {
     let engine = AbiEngine::fixtures();
-    let unit = serde_json::json!({"model_path": "c", "control_image": "e.png", "preprocessor": "canny"});
+    let unit = serde_json::json!({"model_path": "c", "control_image": "e.png", "preprocessor": "depth_midas"});
     let cases = [(serde_json::json!({"controlnet": {"models": [unit]}}), "data.controlnet.models[0].preprocessor")];
     for (extra, needle) in cases {
         let reply = engine.generate(&request(extra.clone()));

@@ -137,3 +137,29 @@ fn micro_conditioning_flags_reach_the_request_and_give_diffusers_image() {
     assert!(!bad.status.success());
     assert!(String::from_utf8_lossy(&bad.stderr).contains("1024x768"), "{}", String::from_utf8_lossy(&bad.stderr));
 }
+
+#[test]
+fn the_canny_flag_makes_the_control_image_from_a_photo_as_cv2_canny_does() {
+    let dir = tempfile::tempdir().unwrap();
+    let canny = crate::util::fixtures().join("controlnet/canny");
+    let run = |name: &str, control: &str, extra: &[&str]| {
+        let out = dir.path().join(name);
+        let run = cli()
+            .args(["generate", "--prompt", "a lighthouse", "--seed", "5", "--steps", "3"])
+            .args(["--controlnet", "tiny-controlnet", "--control-image"])
+            .arg(canny.join(control))
+            .args(extra)
+            .arg("--out")
+            .arg(&out)
+            .output()
+            .unwrap();
+        assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
+        std::fs::read(&out).unwrap()
+    };
+    let from_photo = run("photo.png", "photo_67x45.png", &["--canny", "300", "600"]);
+    let from_edges = run("edges.png", "photo_67x45_300_600.png", &[]);
+    assert_eq!(from_photo, from_edges);
+    let defaults = run("defaults.png", "photo_67x45.png", &["--canny"]);
+    assert_eq!(defaults, run("edges_default.png", "photo_67x45_100_200.png", &[]));
+    assert_ne!(defaults, from_photo);
+}

@@ -39,3 +39,5 @@ mod upscale;
 mod inpaint_crop;
 // Inpainting with ControlNets: parity with diffusers' ControlNet inpaint pipeline (4- and 9-channel UNets, crop), errors.
 mod inpaint_controlnet;
+// The Canny preprocessor: bit for bit cv2.Canny on goldens, through the engine, errors.
+mod canny;

@@ -91,9 +91,13 @@ struct GenerateArgs {
     /// ControlNet under <models-root>/controlnet (a folder holding model.onnx, or NAME.onnx).
     #[arg(long, requires = "control_image")]
     controlnet: Option<String>,
-    /// The control image for --controlnet (already preprocessed, e.g. an edge map).
+    /// The control image for --controlnet (already preprocessed, e.g. an edge map; or a photo with --canny).
     #[arg(long, requires = "controlnet")]
     control_image: Option<PathBuf>,
+    /// Make the control image from --control-image, a photo, with OpenCV's Canny: `--canny` for thresholds 100 and
+    /// 200, or `--canny LOW HIGH`.
+    #[arg(long, requires = "controlnet", num_args = 0..=2, value_names = ["LOW", "HIGH"])]
+    canny: Option<Vec<f64>>,
     /// ControlNet conditioning scale with --controlnet.
     #[arg(long, default_value_t = 1.0, requires = "controlnet")]
     controlnet_scale: f64,
@@ -215,7 +219,14 @@ fn generate(args: GenerateArgs) -> Result<String, String> {
             serde_json::json!({ "enabled": true, "factor": args.upscale_factor, "model": model });
     }
     if let (Some(model), Some(image)) = (&args.controlnet, &args.control_image) {
-        let unit = serde_json::json!({ "model_path": model, "control_image": image, "conditioning_scale": args.controlnet_scale });
+        let mut unit = serde_json::json!({ "model_path": model, "control_image": image, "conditioning_scale": args.controlnet_scale });
+        if let Some(thresholds) = &args.canny {
+            let mut preprocessor = serde_json::json!({ "type": "canny" });
+            for (key, value) in ["low_threshold", "high_threshold"].iter().zip(thresholds) {
+                preprocessor[*key] = serde_json::json!(value);
+            }
+            unit["preprocessor"] = preprocessor;
+        }
         data["controlnet"] = serde_json::json!({ "enabled": true, "models": [unit] });
     }
     if let Some(image) = &args.init_image {

@@ -1,6 +1,7 @@
 //! The engine's ControlNet units (`data.controlnet`): each unit's graph resolved under `models_root`, loaded once
 //! per file ([`super::file_models`]), and its control image read and sized for the run, before any image is
-//! generated: a missing model or an unreadable image fails the request at once. With `data.padding_mask_crop` each
+//! generated: a missing model or an unreadable image fails the request at once. A unit's `preprocessor` (Canny) runs
+//! on its control image as decoded, before anything else (`control_image`). With `data.padding_mask_crop` each
 //! control image is cut to the mask's area and "fill"-resized exactly as the init image is (diffusers'
 //! `StableDiffusionXLControlNetInpaintPipeline.prepare_control_image` with `crops_coords` and `resize_mode="fill"`).
 
@@ -8,9 +9,11 @@ use std::sync::Arc;
 
 use super::Engine;
 use crate::error::{Error, Result};
+use crate::image::canny::canny_rgb;
 use crate::image::mask_crop::{self, CropRegion};
+use crate::image::RgbImage;
 use crate::pipeline::controlnet::{self, ControlNet, ControlUnit};
-use crate::protocol::params::ControlNetRequest;
+use crate::protocol::params::{ControlNetRequest, Preprocessor};
 
 impl Engine {
     /// The units `requests` ask for, ready for `width` × `height` images, and the seconds spent loading graphs.
@@ -30,11 +33,11 @@ impl Engine {
             let (net, s): (Arc<ControlNet>, f64) =
                 self.controlnets.get_or_load(&path, || ControlNet::load(&self.runtime.env, &path, &self.sessions))?;
             seconds += s;
+            let image_field = format!("{}.control_image", request.field);
+            let image = control_image(request, &image_field)?;
             let unit = match crop {
-                None => ControlUnit::new(net, request, width, height)?,
+                None => ControlUnit::from_image(net, request, &image, width, height),
                 Some((region, source)) => {
-                    let image_field = format!("{}.control_image", request.field);
-                    let image = crate::image::source::load(&request.control_image, &image_field)?;
                     let cut = crop_control(&image, region, source, (width, height), &image_field)?;
                     ControlUnit::from_image(net, request, &cut, width, height)
                 }
@@ -45,17 +48,29 @@ impl Engine {
     }
 }
 
+/// The control image `request` sends, decoded, and run through its preprocessor if it names one: with
+/// `preprocessor: "canny"` the photo's edges as `cv2.Canny` finds them, stacked to three channels
+/// ([`crate::image::canny`]). The preprocessor sees the whole image as sent, before any crop or resize, as in
+/// diffusers' docs, where `cv2.Canny` runs on the user's image before the pipeline is called.
+fn control_image(request: &ControlNetRequest, field: &str) -> Result<RgbImage> {
+    let image = crate::image::source::load(&request.control_image, field)?;
+    Ok(match request.preprocessor {
+        None => image,
+        Some(Preprocessor::Canny { low_threshold, high_threshold }) => canny_rgb(&image, low_threshold, high_threshold),
+    })
+}
+
 /// `image` cut to `region` and resized to `width` × `height` as the init image is with `data.padding_mask_crop`
 /// ([`mask_crop::crop`], [`mask_crop::fill`]). diffusers cuts the control image at the init image's crop
 /// coordinates whatever its size; sdxlrt needs it to be the init image's size (`source`), so that those
 /// coordinates mean the same pixels, and refuses it otherwise, naming `field`.
 fn crop_control(
-    image: &crate::image::RgbImage,
+    image: &RgbImage,
     region: CropRegion,
     source: (u32, u32),
     (width, height): (u32, u32),
     field: &str,
-) -> Result<crate::image::RgbImage> {
+) -> Result<RgbImage> {
     if (image.width, image.height) != source {
         return Err(Error::field(
             field,

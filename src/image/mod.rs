@@ -1,8 +1,10 @@
 //! Decoded VAE output → RGB8 pixels → PNG/JPEG/WebP bytes → files written atomically; images read from a request
-//! (control images) and Pillow's Lanczos resize ([`lanczos`]); the crop and overlay of inpainting only the masked
-//! area ([`mask_crop`]); Pillow's Gaussian blur of a mask ([`blur`]).
+//! (control images), their Canny edges as OpenCV computes them ([`canny`]) and Pillow's Lanczos resize
+//! ([`lanczos`]); the crop and overlay of inpainting only the masked area ([`mask_crop`]); Pillow's Gaussian blur of
+//! a mask ([`blur`]).
 
 pub mod blur;
+pub mod canny;
 pub mod lanczos;
 pub mod mask_crop;
 pub mod source;

@@ -153,16 +153,9 @@ pub struct ControlUnit {
 }
 
 impl ControlUnit {
-    /// The unit `request` asks for, with `net` loaded, for `width` × `height` images: its control image read,
-    /// resized and scaled to [0, 1] (see the module docs).
-    pub fn new(net: Arc<ControlNet>, request: &ControlNetRequest, width: u32, height: u32) -> Result<Self> {
-        let field = format!("{}.control_image", request.field);
-        let image = crate::image::source::load(&request.control_image, &field)?;
-        Ok(Self::from_image(net, request, &image, width, height))
-    }
-
-    /// The unit `request` asks for with its control image already decoded (and, for inpainting only the mask's
-    /// area, already cut to it): `image` resized and scaled to [0, 1] (see the module docs).
+    /// The unit `request` asks for, with `net` loaded, for `width` × `height` images, its control image already
+    /// decoded and preprocessed (and, for inpainting only the mask's area, already cut to it; see
+    /// `engine::controlnets`): `image` resized and scaled to [0, 1] (see the module docs).
     pub fn from_image(
         net: Arc<ControlNet>,
         request: &ControlNetRequest,

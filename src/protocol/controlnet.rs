@@ -6,21 +6,27 @@
 //!   `data.lora`). `enabled` absent with units listed, or `true`: every unit applies.
 //! - `model_path` (required): a ControlNet under `<models_root>/controlnet/` (see [`crate::pipeline::controlnet`]).
 //! - `control_image` (required): the conditioning image as the ControlNet expects it (an edge map for a canny
-//!   ControlNet, a depth map for a depth one): a file path, a `data:image/…;base64,` URL or bare base64 data. It is
-//!   resized to the output size as diffusers does.
+//!   ControlNet, a depth map for a depth one), or the photo a `preprocessor` turns into one: a file path, a
+//!   `data:image/…;base64,` URL or bare base64 data. It is resized to the output size as diffusers does.
 //! - `conditioning_scale`: 0 to [`MAX_CONDITIONING_SCALE`], default 1 (diffusers' `controlnet_conditioning_scale`,
 //!   A1111's weight, ComfyUI's strength).
 //! - `guidance_start` / `guidance_end`: the fraction of the denoising steps where the unit starts and stops
 //!   applying, default 0 and 1 (diffusers' `control_guidance_start` / `control_guidance_end`, A1111's guidance
 //!   start / end, ComfyUI's start / end percent).
 //! - `type`: a label (`canny`, `depth`, …), echoed in the response metadata.
-//! - `preprocessor`: absent, `"none"` or `{"type": "none"}`; sdxlrt does not yet turn photos into control images
-//!   (canny, depth estimation), so any other preprocessor is refused rather than ignored.
+//! - `preprocessor`: absent, `"none"` or `{"type": "none"}`: `control_image` is used as sent. `"canny"` or
+//!   `{"type": "canny", "low_threshold": 100, "high_threshold": 200}` (`name` may stand for `type`; the thresholds
+//!   default to 100 and 200 as in diffusers' docs): `control_image` is a photo, and its edge map by OpenCV's
+//!   `cv2.Canny(image, low_threshold, high_threshold)` ([`crate::image::canny`]), stacked to three channels, is the
+//!   control image. Thresholds are gradient magnitudes `|dx| + |dy|` from 0 to [`MAX_CANNY_THRESHOLD`] (not
+//!   ComfyUI's 0–1 fractions) with `low_threshold <= high_threshold`; OpenCV swaps them otherwise, sdxlrt refuses.
+//!   Unknown keys in the object are warnings. Any other preprocessor (depth estimation, …) is not built in and is
+//!   refused rather than ignored.
 
 use serde_json::Value;
 
 use crate::error::{Error, Result};
-use crate::protocol::params::ControlNetRequest;
+use crate::protocol::params::{ControlNetRequest, Preprocessor};
 use crate::protocol::wire::{describe, WireControlNet};
 
 /// Largest accepted `conditioning_scale` (ComfyUI's strength goes to 10 as well).
@@ -94,7 +100,7 @@ pub fn controlnet_requests(
                 format!("must be below guidance_end ({guidance_start} >= {guidance_end})"),
             ));
         }
-        check_preprocessor(u.preprocessor.as_ref(), &format!("{path}.preprocessor"))?;
+        let preprocessor = preprocessor(u.preprocessor.as_ref(), &format!("{path}.preprocessor"), warnings)?;
         out.push(ControlNetRequest {
             model,
             kind: u.kind.clone().filter(|k| !k.trim().is_empty()),
@@ -102,6 +108,7 @@ pub fn controlnet_requests(
             conditioning_scale,
             guidance_start,
             guidance_end,
+            preprocessor,
             field: path,
         });
     }
@@ -112,14 +119,16 @@ pub fn controlnet_requests(
     Ok(out)
 }
 
-/// Accepts only "no preprocessor": absent, `""`, `"none"`, or an object whose `type`/`name` is one of those.
-fn check_preprocessor(value: Option<&Value>, field: &str) -> Result<()> {
-    let name = match value {
-        None | Some(Value::Null) => return Ok(()),
-        Some(Value::String(s)) => s.clone(),
+/// The preprocessor `value` asks for, or `None` for "no preprocessor": absent, `""`, `"none"`, or an object whose
+/// `type` (or `name`) is one of those, or an object of nulls. `"canny"` or `{"type": "canny", "low_threshold",
+/// "high_threshold"}` is [`Preprocessor::Canny`] (see [`canny`]); any other name is refused as not built in.
+fn preprocessor(value: Option<&Value>, field: &str, warnings: &mut Vec<String>) -> Result<Option<Preprocessor>> {
+    let (name, settings) = match value {
+        None | Some(Value::Null) => return Ok(None),
+        Some(Value::String(s)) => (s.as_str(), None),
         Some(Value::Object(map)) => match map.get("type").or_else(|| map.get("name")) {
-            None | Some(Value::Null) if map.values().all(Value::is_null) => return Ok(()),
-            Some(Value::String(s)) => s.clone(),
+            None | Some(Value::Null) if map.values().all(Value::is_null) => return Ok(None),
+            Some(Value::String(s)) => (s.as_str(), Some(map)),
             _ => {
                 return Err(Error::field(field, "expected a preprocessor name or an object with a string `type`"));
             }
@@ -129,21 +138,68 @@ fn check_preprocessor(value: Option<&Value>, field: &str) -> Result<()> {
         }
     };
     match name.trim().to_ascii_lowercase().as_str() {
-        "" | "none" => Ok(()),
+        "" | "none" => Ok(None),
+        "canny" => canny(settings, field, warnings).map(Some),
         _ => Err(Error::unsupported(
             field,
             format!(
-                "preprocessor {name:?} is not built in yet: send the control image already preprocessed (e.g. an \
-                 edge map for a canny ControlNet) and preprocessor \"none\""
+                "preprocessor {name:?} is not built in (the built-in one is \"canny\"): send the control image \
+                 already preprocessed (e.g. a depth map for a depth ControlNet) with preprocessor \"none\""
             ),
         )),
     }
+}
+
+/// Keys of a `{"type": "canny", …}` preprocessor object.
+const CANNY_KEYS: &[&str] = &["type", "name", "low_threshold", "high_threshold"];
+
+/// Largest accepted Canny threshold. The largest gradient `|dx| + |dy|` of an 8-bit image is 2040, so any threshold
+/// from there on finds no edges; larger numbers are most likely a mistake.
+pub const MAX_CANNY_THRESHOLD: f64 = 10_000.0;
+
+/// `cv2.Canny`'s thresholds from the preprocessor object `settings` (`None`: the bare name `"canny"`), default 100
+/// and 200 as diffusers' docs and ONNX Runtime's SDXL demo call it. Unknown keys are warnings, as elsewhere in the
+/// request. `low_threshold > high_threshold` is refused, where OpenCV would silently swap them.
+fn canny(
+    settings: Option<&serde_json::Map<String, Value>>,
+    field: &str,
+    warnings: &mut Vec<String>,
+) -> Result<Preprocessor> {
+    let number = |key: &str, default: f64| -> Result<f64> {
+        let path = format!("{field}.{key}");
+        match settings.and_then(|m| m.get(key)) {
+            None | Some(Value::Null) => Ok(default),
+            Some(Value::Number(n)) => match n.as_f64() {
+                Some(v) if v.is_finite() && (0.0..=MAX_CANNY_THRESHOLD).contains(&v) => Ok(v),
+                _ => Err(Error::field(
+                    path,
+                    format!("must be a gradient threshold from 0 to {MAX_CANNY_THRESHOLD}, got {n}"),
+                )),
+            },
+            Some(other) => Err(Error::field(path, format!("must be a number, got {}", describe(other)))),
+        }
+    };
+    let low_threshold = number("low_threshold", 100.0)?;
+    let high_threshold = number("high_threshold", 200.0)?;
+    if low_threshold > high_threshold {
+        return Err(Error::field(
+            format!("{field}.low_threshold"),
+            format!("must not exceed high_threshold ({low_threshold} > {high_threshold})"),
+        ));
+    }
+    if let Some(map) = settings {
+        for key in map.keys().filter(|k| !CANNY_KEYS.contains(&k.as_str())) {
+            warnings.push(format!("ignored unknown field {field}.{key}"));
+        }
+    }
+    Ok(Preprocessor::Canny { low_threshold, high_threshold })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::protocol::wire::WireControlNetUnit;
+    use serde_json::json;
 
     fn unit() -> WireControlNetUnit {
         WireControlNetUnit {
@@ -160,6 +216,10 @@ mod tests {
         let mut warnings = Vec::new();
         let cn = WireControlNet { enabled, models: Some(units) };
         (controlnet_requests(Some(&cn), &mut warnings), warnings)
+    }
+
+    fn canny(preprocessor: Value) -> WireControlNetUnit {
+        WireControlNetUnit { preprocessor: Some(preprocessor), ..unit() }
     }
 
     fn failing_field(u: WireControlNetUnit) -> (String, String) {
@@ -181,6 +241,7 @@ mod tests {
         assert_eq!((u.model.as_str(), u.control_image.as_str()), ("canny", "edges.png"));
         assert_eq!((u.conditioning_scale, u.guidance_start, u.guidance_end), (1.0, 0.0, 1.0));
         assert_eq!(u.kind, None);
+        assert_eq!(u.preprocessor, None);
         assert_eq!(u.field, "data.controlnet.models[0]");
     }
 
@@ -210,13 +271,28 @@ mod tests {
                 "guidance_start",
                 "below guidance_end",
             ),
-            (WireControlNetUnit { preprocessor: Some(Value::from("canny")), ..unit() }, "preprocessor", "not built in"),
+            (WireControlNetUnit { preprocessor: Some(Value::from("depth")), ..unit() }, "preprocessor", "not built in"),
             (
                 WireControlNetUnit { preprocessor: Some(serde_json::json!({"type": "depth_midas"})), ..unit() },
                 "preprocessor",
                 "not built in",
             ),
             (WireControlNetUnit { preprocessor: Some(Value::from(3)), ..unit() }, "preprocessor", "expected"),
+            (canny(json!({"type": "canny", "low_threshold": -1})), "preprocessor.low_threshold", "from 0 to 10000"),
+            (canny(json!({"type": "canny", "high_threshold": 1e5})), "preprocessor.high_threshold", "from 0 to 10000"),
+            (canny(json!({"type": "canny", "low_threshold": "100"})), "preprocessor.low_threshold", "must be a number"),
+            (
+                canny(json!({"name": "canny", "high_threshold": true})),
+                "preprocessor.high_threshold",
+                "must be a number",
+            ),
+            (
+                canny(json!({"type": "canny", "low_threshold": 300, "high_threshold": 200})),
+                "preprocessor.low_threshold",
+                "must not exceed high_threshold (300 > 200)",
+            ),
+            (canny(json!({"type": "canny", "low_threshold": 250})), "preprocessor.low_threshold", "(250 > 200)"),
+            (canny(json!({"low_threshold": 50})), "preprocessor", "string `type`"),
         ];
         for (u, key, needle) in cases {
             let (field, message) = failing_field(u);
@@ -241,5 +317,32 @@ mod tests {
             let u = WireControlNetUnit { preprocessor: Some(p.clone()), ..unit() };
             assert!(requests(None, vec![u]).0.is_ok(), "{p}");
         }
+    }
+
+    #[test]
+    fn canny_takes_diffusers_default_thresholds_or_the_requested_ones() {
+        let parsed = |p: Value| {
+            let (r, w) = requests(None, vec![canny(p)]);
+            (r.unwrap()[0].preprocessor, w)
+        };
+        let defaults = Some(Preprocessor::Canny { low_threshold: 100.0, high_threshold: 200.0 });
+        for p in [Value::from("canny"), Value::from(" Canny "), json!({"type": "canny"}), json!({"name": "CANNY"})] {
+            assert_eq!(parsed(p.clone()), (defaults, vec![]), "{p}");
+        }
+        let (p, w) = parsed(json!({"type": "canny", "low_threshold": 0, "high_threshold": 0, "blur": 3}));
+        assert_eq!(p, Some(Preprocessor::Canny { low_threshold: 0.0, high_threshold: 0.0 }));
+        assert_eq!(w, ["ignored unknown field data.controlnet.models[0].preprocessor.blur"]);
+        let (p, _) = parsed(json!({"type": "canny", "low_threshold": 50.5, "high_threshold": null}));
+        assert_eq!(p, Some(Preprocessor::Canny { low_threshold: 50.5, high_threshold: 200.0 }));
+        let (p, _) = parsed(json!({"type": "canny", "low_threshold": 300, "high_threshold": 600}));
+        assert_eq!(p, Some(Preprocessor::Canny { low_threshold: 300.0, high_threshold: 600.0 }));
+    }
+
+    #[test]
+    fn unknown_preprocessors_are_refused_naming_canny_as_the_built_in_one() {
+        let (field, message) = failing_field(canny(json!({"type": "openpose"})));
+        assert_eq!(field, "data.controlnet.models[0].preprocessor");
+        assert!(message.contains("\"openpose\" is not built in") && message.contains("\"canny\""), "{message}");
+        assert!(matches!(requests(None, vec![canny(Value::from("hed"))]).0, Err(Error::Unsupported { .. })));
     }
 }

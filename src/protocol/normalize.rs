@@ -1081,7 +1081,7 @@ mod tests {
         assert!(p.warnings.iter().any(|w| w.contains("1 ControlNet unit(s) ignored")), "{:?}", p.warnings);
         let p = parse_value(minimal(json!({"controlnet": {"models": [unit]}, "models": {"refiner": "r"}}))).unwrap();
         assert_eq!((p.params.controlnets.len(), p.params.refiner.as_deref()), (1, Some("r")));
-        let unit = json!({"model_path": "cn", "control_image": "e.png", "preprocessor": "canny"});
+        let unit = json!({"model_path": "cn", "control_image": "e.png", "preprocessor": "depth_midas"});
         let r = parse_value(minimal(json!({"controlnet": {"models": [unit]}})));
         assert_eq!(unsupported_field(r), "data.controlnet.models[0].preprocessor");
     }

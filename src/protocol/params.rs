@@ -133,8 +133,24 @@ pub struct ControlNetRequest {
     pub guidance_start: f64,
     /// `guidance_end`: the fraction of the steps after which the unit does not apply.
     pub guidance_end: f64,
+    /// `preprocessor`: what turns `control_image` into the ControlNet's input first; `None`: it is used as sent.
+    pub preprocessor: Option<Preprocessor>,
     /// The request field of the unit, for errors: `data.controlnet.models[i]`.
     pub field: String,
+}
+
+/// A built-in control-image preprocessor (`data.controlnet.models[i].preprocessor`), run on the control image as
+/// decoded, before it is cut or resized for the run.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Preprocessor {
+    /// OpenCV's `cv2.Canny(image, low_threshold, high_threshold)` on the RGB image, the edge map stacked to three
+    /// channels ([`crate::image::canny`]); finite, `0 <= low_threshold <= high_threshold`.
+    Canny {
+        /// Gradients at most this (floored) are never edges; default 100.
+        low_threshold: f64,
+        /// Gradients above this (floored) start edges; default 200.
+        high_threshold: f64,
+    },
 }
 
 /// `data.metadata.priority`: `low`, `normal` (default) or `high`.

@@ -179,6 +179,21 @@ pub struct ControlNetInfo {
     pub guidance_start: f64,
     /// The fraction of the steps where it stopped.
     pub guidance_end: f64,
+    /// The preprocessor that made the control image from the one sent; absent when it was used as sent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub preprocessor: Option<PreprocessorInfo>,
+}
+
+/// `metadata.controlnets[i].preprocessor`: the built-in preprocessor that ran, with its settings.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PreprocessorInfo {
+    /// Its name: `canny`.
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// Canny's low threshold.
+    pub low_threshold: f64,
+    /// Canny's high threshold.
+    pub high_threshold: f64,
 }
 
 impl From<&super::params::ControlNetRequest> for ControlNetInfo {
@@ -189,6 +204,11 @@ impl From<&super::params::ControlNetRequest> for ControlNetInfo {
             conditioning_scale: r.conditioning_scale,
             guidance_start: r.guidance_start,
             guidance_end: r.guidance_end,
+            preprocessor: r.preprocessor.map(|p| match p {
+                super::params::Preprocessor::Canny { low_threshold, high_threshold } => {
+                    PreprocessorInfo { kind: "canny".into(), low_threshold, high_threshold }
+                }
+            }),
         }
     }
 }

@@ -399,6 +399,52 @@ namespace SdxlRt.Tests
         }
 
         [Test]
+        public static void a_canny_preprocessor_is_sent_only_when_set_with_only_the_thresholds_given()
+        {
+            var r = new EnhancedSDXLRequest();
+            r.Conditioning.Prompt = "p";
+            var unit = new ControlNetConfiguration { Type = "canny", ModelPath = "cn", ControlImage = "photo.png" };
+            r.Conditioning.ControlNets.Add(unit);
+            string plain = new EnhancedRequestTransformer().ToJson(r, "id-0");
+            Assert.True(!plain.Contains("preprocessor"), "no preprocessor key when none is set: " + plain);
+            unit.Preprocessor = ControlNetPreprocessor.Canny();
+            string defaults = new EnhancedRequestTransformer().ToJson(r, "id-0");
+            Assert.True(defaults.Contains("\"preprocessor\":{\"type\":\"canny\"}"), "bare canny sent: " + defaults);
+            unit.Preprocessor = ControlNetPreprocessor.Canny(50.5, 150);
+            string json = new EnhancedRequestTransformer().ToJson(r, "id-0");
+            Assert.True(json.Contains("\"preprocessor\":{\"type\":\"canny\",\"low_threshold\":50.5,\"high_threshold\":150}"),
+                "thresholds sent: " + json);
+        }
+
+        [Test]
+        public static void a_photo_through_the_canny_preprocessor_gives_the_pixels_of_its_opencv_edge_map()
+        {
+            string canny = Path.Combine(Fixture.Fixtures, "controlnet", "canny");
+            Func<string, ControlNetPreprocessor, GeneratedImage> run = (image, preprocessor) =>
+            {
+                EnhancedSDXLRequest req = Fixture.FromGolden("cfg_neg");
+                req.Conditioning.ControlNets.Add(new ControlNetConfiguration
+                {
+                    ModelPath = "tiny-controlnet",
+                    ControlImage = Path.Combine(canny, image),
+                    Preprocessor = preprocessor,
+                });
+                EnhancedSDXLResponse r = Fixture.Engine.GenerateImagesAsync(req).GetAwaiter().GetResult();
+                Assert.True(r.Success, "success: " + r.Error);
+                return r.GeneratedImages[0];
+            };
+            GeneratedImage fromPhoto = run("photo_67x45.png", ControlNetPreprocessor.Canny(300, 600));
+            GeneratedImage fromEdges = run("photo_67x45_300_600.png", null);
+            Fixture.SamePixels(fromEdges.Pixels.Data, fromPhoto.Pixels.Data, "canny on the photo = cv2.Canny's edge map");
+            ControlNetPreprocessor ran = fromPhoto.Metadata.ControlNets[0].Preprocessor;
+            Assert.True(ran != null, "the metadata reports the preprocessor");
+            Assert.Equal("canny", ran.Type, "preprocessor type");
+            Assert.Equal(300.0, ran.LowThreshold.Value, "low threshold");
+            Assert.Equal(600.0, ran.HighThreshold.Value, "high threshold");
+            Assert.True(fromEdges.Metadata.ControlNets[0].Preprocessor == null, "no preprocessor reported when none ran");
+        }
+
+        [Test]
         public static void img2img_pixels_equal_the_rust_parity_golden_with_metadata_and_progress()
         {
             EnhancedSDXLRequest req = Fixture.FromGolden("img2img");

@@ -156,7 +156,8 @@ namespace SdxlRt
 
         /// <summary>
         /// <c>{"enabled": any units, "models": [{"type", "model_path", "control_image", "conditioning_scale"}]}</c>,
-        /// plus <c>guidance_start</c> / <c>guidance_end</c> when set; no units gives
+        /// plus <c>guidance_start</c> / <c>guidance_end</c> and <c>preprocessor</c> (<c>{"type", "low_threshold",
+        /// "high_threshold"}</c>, thresholds when set) when set; no units gives
         /// <c>{"enabled": false, "models": []}</c>.
         /// </summary>
         internal ControlNetContract TransformControlNetConfig(List<ControlNetConfiguration> controlNets)
@@ -174,6 +175,12 @@ namespace SdxlRt
                         ConditioningScale = cn.ConditioningScale,
                         GuidanceStart = cn.GuidanceStart,
                         GuidanceEnd = cn.GuidanceEnd,
+                        Preprocessor = cn.Preprocessor == null ? null : new PreprocessorContract
+                        {
+                            Type = cn.Preprocessor.Type,
+                            LowThreshold = cn.Preprocessor.LowThreshold,
+                            HighThreshold = cn.Preprocessor.HighThreshold,
+                        },
                     });
                 }
             }
@@ -307,6 +314,15 @@ namespace SdxlRt
         [DataMember(Name = "conditioning_scale", Order = 3)] public double ConditioningScale;
         [DataMember(Name = "guidance_start", Order = 4, EmitDefaultValue = false)] public double? GuidanceStart;
         [DataMember(Name = "guidance_end", Order = 5, EmitDefaultValue = false)] public double? GuidanceEnd;
+        [DataMember(Name = "preprocessor", Order = 6, EmitDefaultValue = false)] public PreprocessorContract Preprocessor;
+    }
+
+    [DataContract]
+    internal sealed class PreprocessorContract
+    {
+        [DataMember(Name = "type", Order = 0)] public string Type;
+        [DataMember(Name = "low_threshold", Order = 1, EmitDefaultValue = false)] public double? LowThreshold;
+        [DataMember(Name = "high_threshold", Order = 2, EmitDefaultValue = false)] public double? HighThreshold;
     }
 
     [DataContract]

@@ -124,10 +124,17 @@ namespace SdxlRt
         public string ModelPath { get; set; }
 
         /// <summary>
-        /// The control image, already preprocessed (an edge map for canny): a file path, a <c>data:image/...;base64,</c>
-        /// URL or base64 data. It is resized to the output size.
+        /// The control image, already preprocessed (an edge map for canny), or with <see cref="Preprocessor"/> the photo
+        /// it is made from: a file path, a <c>data:image/...;base64,</c> URL or base64 data. It is resized to the output
+        /// size.
         /// </summary>
         public string ControlImage { get; set; }
+
+        /// <summary>
+        /// What makes the control image from <see cref="ControlImage"/> first; null to use it as it is. The one built in
+        /// is <see cref="ControlNetPreprocessor.Canny"/>: OpenCV's <c>cv2.Canny</c> edge map of the photo.
+        /// </summary>
+        public ControlNetPreprocessor Preprocessor { get; set; }
 
         /// <summary>The conditioning scale (0-10).</summary>
         public double ConditioningScale { get; set; } = 1.0;
@@ -137,6 +144,28 @@ namespace SdxlRt
 
         /// <summary>The fraction of the steps after which the unit does not apply; null for 1.</summary>
         public double? GuidanceEnd { get; set; }
+    }
+
+    /// <summary>A ControlNet unit's preprocessor (<c>data.controlnet.models[i].preprocessor</c>).</summary>
+    public class ControlNetPreprocessor
+    {
+        /// <summary>Its name: <c>canny</c> (or <c>none</c>).</summary>
+        public string Type { get; set; }
+
+        /// <summary>Canny's low threshold, a gradient magnitude from 0 to 10000; null for 100.</summary>
+        public double? LowThreshold { get; set; }
+
+        /// <summary>Canny's high threshold, at least <see cref="LowThreshold"/>; null for 200.</summary>
+        public double? HighThreshold { get; set; }
+
+        /// <summary>
+        /// OpenCV's Canny edge detector (<c>cv2.Canny(image, low, high)</c>) with the given thresholds, or 100 and 200
+        /// as diffusers' docs use.
+        /// </summary>
+        public static ControlNetPreprocessor Canny(double? lowThreshold = null, double? highThreshold = null)
+        {
+            return new ControlNetPreprocessor { Type = "canny", LowThreshold = lowThreshold, HighThreshold = highThreshold };
+        }
     }
 
     /// <summary>The model suite.</summary>

@@ -219,6 +219,10 @@ namespace SdxlRt
         /// <summary>The fraction of the steps where it stopped.</summary>
         public double GuidanceEnd { get; set; }
 
+        /// <summary>The preprocessor that made the control image (type <c>canny</c> and its thresholds); null when the
+        /// control image was used as sent.</summary>
+        public ControlNetPreprocessor Preprocessor { get; set; }
+
         internal static List<ControlNetInfo> From(List<ControlNetInfoContract> units)
         {
             var list = new List<ControlNetInfo>();
@@ -233,6 +237,12 @@ namespace SdxlRt
                         ConditioningScale = u.ConditioningScale,
                         GuidanceStart = u.GuidanceStart,
                         GuidanceEnd = u.GuidanceEnd,
+                        Preprocessor = u.Preprocessor == null ? null : new ControlNetPreprocessor
+                        {
+                            Type = u.Preprocessor.Type,
+                            LowThreshold = u.Preprocessor.LowThreshold,
+                            HighThreshold = u.Preprocessor.HighThreshold,
+                        },
                     });
                 }
             }
@@ -445,6 +455,7 @@ namespace SdxlRt
         [DataMember(Name = "conditioning_scale")] public double ConditioningScale;
         [DataMember(Name = "guidance_start")] public double GuidanceStart;
         [DataMember(Name = "guidance_end")] public double GuidanceEnd;
+        [DataMember(Name = "preprocessor")] public PreprocessorContract Preprocessor;
     }
 
     [DataContract]
