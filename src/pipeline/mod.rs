@@ -12,6 +12,7 @@ pub mod encode;
 mod experts;
 pub mod inpaint;
 pub mod model_dir;
+pub mod prompt_chunks;
 mod start;
 pub mod text;
 pub mod upscale;
@@ -31,12 +32,13 @@ use self::experts::{stage_range, Expert};
 use self::inpaint::{Inpainting, UnetInput};
 use self::model_dir::ModelDir;
 use self::start::Origin;
-use self::text::{PromptEmbeds, TextEncoders};
+use self::text::{PromptEmbeds, TextEncoders, WeightedIds};
 use crate::error::{Error, Result};
 use crate::image::RgbImage;
 use crate::lora::formats::Component;
 use crate::lora::{AppliedLora, LoraReport, LoraSet};
 use crate::protocol::params::GenerateParams;
+use crate::protocol::prompt_syntax::{parse_attention, PromptSyntax};
 use crate::rng::BatchGenerators;
 use crate::runtime::onnx_proto::OnnxModel;
 use crate::runtime::{CancelToken, ModelSession, Placement, SessionConfig};
@@ -481,9 +483,16 @@ impl SdxlPipeline {
         cancel: &CancelToken,
         warnings: &mut Vec<String>,
     ) -> Result<(PromptEmbeds, Option<PromptEmbeds>)> {
+        if params.prompt_syntax == PromptSyntax::Weighted {
+            return self.weighted_conditioning(params, guided, cancel);
+        }
         let ids = self.text.tokenize_pair(&params.prompt, params.prompt_2.as_deref().unwrap_or(&params.prompt))?;
         if ids.truncated {
-            warnings.push("prompt is longer than 77 tokens and was truncated (as diffusers does)".into());
+            warnings.push(
+                "prompt is longer than 77 tokens and was truncated (as diffusers does; data.prompt_syntax \"weighted\" \
+                 encodes it whole)"
+                    .into(),
+            );
         }
         let cond = self.text.encode(&ids, cancel)?;
         if !guided {
@@ -501,6 +510,46 @@ impl SdxlPipeline {
             }
         };
         Ok((cond, Some(uncond)))
+    }
+
+    /// [`Self::conditioning`] for `data.prompt_syntax: "weighted"`: the four texts parsed with A1111's emphasis
+    /// syntax, chunked, weighted and encoded ([`TextEncoders::encode_weighted`]); the prompt and the negative prompt
+    /// padded with the empty prompt's chunks to the same number of chunks, so the guidance batch stacks. Without a
+    /// negative prompt and with `force_zeros_for_empty_prompt` the negative conditioning is zeros of the prompt's
+    /// shape, as diffusers makes it from given `prompt_embeds`.
+    fn weighted_conditioning(
+        &self,
+        params: &GenerateParams,
+        guided: bool,
+        cancel: &CancelToken,
+    ) -> Result<(PromptEmbeds, Option<PromptEmbeds>)> {
+        let parse = |field: &str, text: &str| parse_attention(field, text);
+        let tokenize = |fields: [&str; 2], text: &str, text_2: Option<&str>| -> Result<WeightedIds> {
+            let pieces = parse(fields[0], text)?;
+            let pieces_2 = match text_2 {
+                Some(t) => parse(fields[1], t)?,
+                None => pieces.clone(),
+            };
+            self.text.tokenize_weighted(&pieces, &pieces_2)
+        };
+        let cond_ids = tokenize(["data.prompt", "data.prompt_2"], &params.prompt, params.prompt_2.as_deref())?;
+        let zeros = params.negative_prompt.is_none() && self.dir.force_zeros_for_empty_prompt;
+        let negative = match guided && !zeros {
+            true => {
+                let text = params.negative_prompt.as_deref().unwrap_or("");
+                let fields = ["data.negative_prompt", "data.negative_prompt_2"];
+                Some(tokenize(fields, text, params.negative_prompt_2.as_deref())?)
+            }
+            false => None,
+        };
+        let chunks = cond_ids.chunk_count().max(negative.as_ref().map_or(0, WeightedIds::chunk_count));
+        let empty = self.text.empty_hidden(cancel)?;
+        let cond = self.text.encode_weighted(&cond_ids, chunks, &empty, cancel)?;
+        let uncond = match negative {
+            Some(ids) => self.text.encode_weighted(&ids, chunks, &empty, cancel)?,
+            None => cond.zeros_like(),
+        };
+        Ok((cond, guided.then_some(uncond)))
     }
 
     /// SDXL's micro-conditioning for an image of `height` × `width`, positive and negative rows: a base model's
