@@ -39,3 +39,6 @@ mod upscale;
 mod inpaint_crop;
 // Inpainting with ControlNets: parity with diffusers' ControlNet inpaint pipeline (4- and 9-channel UNets, crop), errors.
 mod inpaint_controlnet;
+// Weighted prompts (data.prompt_syntax "weighted"): A1111's emphasis syntax and long prompts, parity with compel +
+// diffusers; plain prompts unchanged.
+mod prompts;
