@@ -137,3 +137,24 @@ fn micro_conditioning_flags_reach_the_request_and_give_diffusers_image() {
     assert!(!bad.status.success());
     assert!(String::from_utf8_lossy(&bad.stderr).contains("1024x768"), "{}", String::from_utf8_lossy(&bad.stderr));
 }
+
+#[test]
+fn prompt_syntax_flag_reads_a1111_weights_and_gives_the_compel_diffusers_image() {
+    let g = crate::util::Golden::load("prompts_weights");
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("weighted.png");
+    let run = cli()
+        .args(["generate", "--prompt", &g.meta["prompt"], "--negative-prompt", &g.meta["negative_prompt"]])
+        .args(["--steps", &g.meta["steps"], "--seed", &g.meta["seed"], "--guidance-scale", &g.meta["guidance_scale"]])
+        .args(["--width", "64", "--height", "64", "--prompt-syntax", "weighted", "--out"])
+        .arg(&out)
+        .output()
+        .unwrap();
+    assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
+    let (worst, at) = crate::util::max_u8_diff(image::open(&out).unwrap().to_rgb8().as_raw(), &g.t("image_u8").u8);
+    assert!(worst <= 1, "the CLI's image differs from diffusers by {worst}/255 at byte {at}");
+    let bad =
+        cli().args(["generate", "--prompt", "x", "--prompt-syntax", "a1111", "--out"]).arg(&out).output().unwrap();
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("weighted"), "{}", String::from_utf8_lossy(&bad.stderr));
+}

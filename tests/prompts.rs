@@ -64,6 +64,12 @@ fn a_long_prompt_is_encoded_whole_in_five_chunks_and_matches_diffusers() {
     }
     let reply = check_case(&engine, "prompts_long", false);
     assert_eq!(reply["warnings"], serde_json::json!([]), "{reply}");
+    // The reply says how the prompt was read: 319 tokens (tokenizer/ of the tiny model), 5 chunks; the negative
+    // prompt's own tokens.
+    let info = &reply["data"]["generated_images"][0]["metadata"]["prompt"];
+    assert_eq!((info["syntax"].as_str(), info["chunks"].as_u64()), (Some("weighted"), Some(5)), "{info}");
+    assert!(info["tokens"].as_u64().unwrap() > 4 * 75, "{info}");
+    assert!(info["negative_tokens"].as_u64().unwrap() < 75, "{info}");
 }
 
 #[test]
@@ -85,6 +91,7 @@ fn break_starts_a_new_chunk_and_a_missing_negative_prompt_is_zeros_of_that_lengt
 #[test]
 fn plain_syntax_still_truncates_long_prompts_with_a_warning_as_diffusers_does() {
     let reply = check_case(&engine(), "long_prompt", false);
+    assert!(reply["data"]["generated_images"][0]["metadata"].get("prompt").is_none(), "{reply}");
     let warnings = reply["warnings"].to_string();
     assert!(warnings.contains("longer than 77 tokens and was truncated"), "{warnings}");
     assert!(warnings.contains("prompt_syntax"), "{warnings}");

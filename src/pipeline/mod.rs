@@ -39,6 +39,7 @@ use crate::lora::formats::Component;
 use crate::lora::{AppliedLora, LoraReport, LoraSet};
 use crate::protocol::params::GenerateParams;
 use crate::protocol::prompt_syntax::{parse_attention, PromptSyntax};
+use crate::protocol::response::PromptInfo;
 use crate::rng::BatchGenerators;
 use crate::runtime::onnx_proto::OnnxModel;
 use crate::runtime::{CancelToken, ModelSession, Placement, SessionConfig};
@@ -149,6 +150,8 @@ pub struct PipelineOutput {
     pub warnings: Vec<String>,
     /// The LoRAs merged into the weights, in request order.
     pub loras: Vec<AppliedLora>,
+    /// With `data.prompt_syntax: "weighted"`, the base model's prompt tokens and chunks.
+    pub prompt: Option<PromptInfo>,
 }
 
 /// A loaded SDXL model — a base model, with the LoRAs (if any) merged into its weights, or a refiner — and the VAE
@@ -475,16 +478,19 @@ impl SdxlPipeline {
     }
 
     /// Encode the prompt and, when guided, the negative prompt (zeros when there is none and the model says
-    /// `force_zeros_for_empty_prompt`).
+    /// `force_zeros_for_empty_prompt`). A weighted prompt's facts go to `info` unless an earlier stage put its own.
     fn conditioning(
         &self,
         params: &GenerateParams,
         guided: bool,
         cancel: &CancelToken,
         warnings: &mut Vec<String>,
+        info: &mut Option<PromptInfo>,
     ) -> Result<(PromptEmbeds, Option<PromptEmbeds>)> {
         if params.prompt_syntax == PromptSyntax::Weighted {
-            return self.weighted_conditioning(params, guided, cancel);
+            let (cond, uncond, facts) = self.weighted_conditioning(params, guided, cancel)?;
+            info.get_or_insert(facts);
+            return Ok((cond, uncond));
         }
         let ids = self.text.tokenize_pair(&params.prompt, params.prompt_2.as_deref().unwrap_or(&params.prompt))?;
         if ids.truncated {
@@ -522,7 +528,7 @@ impl SdxlPipeline {
         params: &GenerateParams,
         guided: bool,
         cancel: &CancelToken,
-    ) -> Result<(PromptEmbeds, Option<PromptEmbeds>)> {
+    ) -> Result<(PromptEmbeds, Option<PromptEmbeds>, PromptInfo)> {
         let parse = |field: &str, text: &str| parse_attention(field, text);
         let tokenize = |fields: [&str; 2], text: &str, text_2: Option<&str>| -> Result<WeightedIds> {
             let pieces = parse(fields[0], text)?;
@@ -542,6 +548,7 @@ impl SdxlPipeline {
             }
             false => None,
         };
+        let negative_tokens = negative.as_ref().map(WeightedIds::tokens);
         let chunks = cond_ids.chunk_count().max(negative.as_ref().map_or(0, WeightedIds::chunk_count));
         let empty = self.text.empty_hidden(cancel)?;
         let cond = self.text.encode_weighted(&cond_ids, chunks, &empty, cancel)?;
@@ -549,7 +556,13 @@ impl SdxlPipeline {
             Some(ids) => self.text.encode_weighted(&ids, chunks, &empty, cancel)?,
             None => cond.zeros_like(),
         };
-        Ok((cond, guided.then_some(uncond)))
+        let info = PromptInfo {
+            syntax: PromptSyntax::Weighted.name().into(),
+            tokens: cond_ids.tokens(),
+            negative_tokens,
+            chunks,
+        };
+        Ok((cond, guided.then_some(uncond), info))
     }
 
     /// SDXL's micro-conditioning for an image of `height` × `width`, positive and negative rows: a base model's
@@ -650,8 +663,9 @@ impl SdxlPipeline {
         self.report(ctx, &params.request_id, Stage::TextEncoding, 0, 1, 0, batch)?;
         let t0 = Instant::now();
         let mut conditions = Vec::with_capacity(stages.len());
+        let mut prompt_info = None;
         for stage in &stages {
-            conditions.push(stage.model.conditioning(params, guided, ctx.cancel, &mut warnings)?);
+            conditions.push(stage.model.conditioning(params, guided, ctx.cancel, &mut warnings, &mut prompt_info)?);
         }
         timings.text_encoding = t0.elapsed().as_secs_f64();
 
@@ -737,6 +751,7 @@ impl SdxlPipeline {
             height,
             warnings,
             loras: self.lora.applied.clone(),
+            prompt: prompt_info,
         })
     }
 
