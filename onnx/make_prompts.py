@@ -31,6 +31,9 @@ Goldens (tests/fixtures/goldens/<case>.safetensors):
   prompts_long      a 5-chunk prompt (319 tokens with the tiny model's 1000-token vocabulary) (one weighted piece in its last chunk), a short negative prompt (padded)
   prompts_weights   weights > 1 and < 1, nested brackets, an escaped bracket; negative "blurry"
   prompts_break     BREAK; no negative prompt (zeros of the 2-chunk shape)
+  prompts_refiner   the ensemble of experts with make_stages.py's tiny refiner (base to 0.8, then the refiner), the
+                    5-chunk prompt and a weighted negative prompt: the base's embeddings from the two-encoder compel, the
+                    refiner's from a compel of its text_encoder_2 alone (requires_pooled=True)
   prompts_embeds    text path only: prompt_embeds_<k> / pooled_prompt_embeds_<k> of EMBED_PROMPTS
 Tensors: latents_step_<i>, image, image_u8, prompt_embeds, pooled_prompt_embeds (and negative_* when given).
 Metadata: goldens.py's keys with prompt = the A1111 text, prompt_syntax "weighted", chunks; prompts_embeds: prompts
@@ -94,6 +97,18 @@ CASES = {
         chunks=2,
     ),
 }
+# The ensemble of experts (make_stages.py's run_refiner: base to 0.8, then the tiny refiner), each stage's encoders
+# given the weighted embeddings: the base's two, the refiner's text_encoder_2 through its own compel.
+REFINER_CASE = dict(
+    prompt=CASES["prompts_long"]["prompt"],
+    segments=CASES["prompts_long"]["segments"],
+    negative_prompt="blurry, (low quality:1.2)",
+    negative_segments=[[("blurry, ", 1.0), ("low quality", 1.0 * 1.2)]],
+    guidance_scale=5.0,
+    steps=10,
+    seed=24,
+    chunks=5,
+)
 # prompts_embeds: (A1111 text, segments) for the text path alone.
 EMBED_PROMPTS = [
     ("a photograph of an astronaut riding a horse", [[("a photograph of an astronaut riding a horse", 1.0)]]),
@@ -102,7 +117,7 @@ EMBED_PROMPTS = [
     (CASES["prompts_long"]["prompt"], CASES["prompts_long"]["segments"]),
     ("BREAK x BREAK", [[("", 1.0)], [("x", 1.0)]]),
 ]
-ALL_CASES = [*CASES, "prompts_embeds"]
+ALL_CASES = [*CASES, "prompts_refiner", "prompts_embeds"]
 
 
 def make_compel(pipe):
@@ -118,11 +133,32 @@ def make_compel(pipe):
     )
 
 
+def make_refiner_compel(refiner):
+    """compel for the refiner's one encoder (tokenizer_2 / text_encoder_2), pooled from it."""
+    from compel import Compel, ReturnedEmbeddingsType, SplitLongTextMode
+
+    return Compel(
+        tokenizer=refiner.tokenizer_2,
+        text_encoder=refiner.text_encoder_2,
+        returned_embeddings_type=ReturnedEmbeddingsType.PENULTIMATE_HIDDEN_STATES_NON_NORMALIZED,
+        requires_pooled=True,
+        truncate_long_prompts=False,
+        split_long_text_mode=SplitLongTextMode.BRUTAL,
+    )
+
+
+def providers_of(compel) -> list:
+    """compel's EmbeddingsProviders: both of an SDXL base's, or the refiner's one."""
+    cp = compel.conditioning_provider
+    return getattr(cp, "embedding_providers", [cp])
+
+
 def encode(compel, pipe, segments) -> tuple:
-    """(prompt_embeds [1, 77 n, 64], pooled [1, 32], chunk count) of `segments` (see the module docstring)."""
+    """(prompt_embeds [1, 77 n, D], pooled [1, 32], chunk count) of `segments` (see the module docstring); pooled
+    from the last provider's encoder (text_encoder_2)."""
     import torch
 
-    providers = compel.conditioning_provider.embedding_providers
+    providers = providers_of(compel)
     parts, first_ids = [], None
     with torch.no_grad():
         for seg in segments:
@@ -131,11 +167,11 @@ def encode(compel, pipe, segments) -> tuple:
             for k, p in enumerate(providers):
                 ids, w, mask = p.get_token_ids_and_expand_weights(texts, weights, device="cpu")
                 per_provider.append(p.build_weighted_embedding_tensor(ids, w, mask))
-                if k == 1 and first_ids is None:
+                if k == len(providers) - 1 and first_ids is None:
                     first_ids = ids[: p.max_token_count]
             parts.append(torch.cat(per_provider, dim=-1))
         embeds = torch.cat(parts, dim=1)
-        pooled = pipe.text_encoder_2(first_ids.unsqueeze(0), output_hidden_states=True).text_embeds
+        pooled = providers[-1].text_encoder(first_ids.unsqueeze(0), output_hidden_states=True).text_embeds
         if all(w >= 1 for seg in segments for _, w in seg):
             from compel.prompt_parser import Conjunction, FlattenedPrompt, Fragment
 
@@ -151,7 +187,7 @@ def encode(compel, pipe, segments) -> tuple:
 def empty_z(compel):
     import torch
 
-    return torch.cat([p.empty_z for p in compel.conditioning_provider.embedding_providers], dim=-1)
+    return torch.cat([p.empty_z for p in providers_of(compel)], dim=-1)
 
 
 def run(pipe, compel, name: str) -> tuple[dict, dict]:
@@ -234,6 +270,39 @@ def call_pipeline(pipe, p: dict, call: dict) -> dict:
     return t
 
 
+def padded_pair(compel, pipe, p: dict) -> dict:
+    """The prompt_embeds / pooled / negative arguments of case `p` for one pipeline, padded to the same length."""
+    from compel import Compel
+
+    pe, pp, _ = encode(compel, pipe, p["segments"])
+    ne, npool, _ = encode(compel, pipe, p["negative_segments"])
+    pe, ne = Compel._pad_conditioning_tensors_to_same_length([pe, ne], emptystring_conditioning=empty_z(compel))
+    return dict(prompt_embeds=pe, pooled_prompt_embeds=pp, negative_prompt_embeds=ne, negative_pooled_prompt_embeds=npool)
+
+
+def refiner_case(pipe, compel, refiner) -> tuple[dict, dict]:
+    import make_stages as stages
+
+    p = dict(REFINER_CASE, width=64, height=64, batch_size=1)
+    base_args = padded_pair(compel, pipe, p)
+    refiner_args = padded_pair(make_refiner_compel(refiner), refiner, p)
+    assert base_args["prompt_embeds"].shape[1] == 77 * p["chunks"] == refiner_args["prompt_embeds"].shape[1]
+    run = dict(width=64, height=64, batch_size=1, guidance_scale=p["guidance_scale"], steps=p["steps"], seed=p["seed"])
+    t, _ = stages.run_refiner(pipe, refiner, dict(run, prompt=None, negative_prompt=None), base_kwargs=base_args,
+                              refiner_kwargs=refiner_args)
+    plain, _ = stages.run_refiner(pipe, refiner, dict(run, prompt=p["prompt"], negative_prompt=p["negative_prompt"]))
+    worst = (t["image_u8"].int() - plain["image_u8"].int()).abs().max().item()
+    print(f"prompts_refiner: {p['chunks']} chunks; |image_u8 - plain diffusers|max {worst}/255", flush=True)
+    assert worst >= 5, worst
+    meta = {k: str(run[k]) for k in ("steps", "seed", "width", "height", "batch_size")}
+    meta.update(prompt=p["prompt"], negative_prompt=p["negative_prompt"], guidance_scale=repr(float(p["guidance_scale"])),
+                prompt_syntax="weighted", chunks=str(p["chunks"]), refiner="tiny-sdxl-refiner",
+                refiner_start=repr(stages.REFINER_START))
+    for k, v in base_args.items():
+        t[k] = v
+    return {k: v.detach().contiguous() for k, v in t.items()}, meta
+
+
 def embeds_case(pipe, compel) -> tuple[dict, dict]:
     t = {}
     for k, (_, segments) in enumerate(EMBED_PROMPTS):
@@ -247,7 +316,14 @@ def main() -> None:
     pipe = c.load_pipeline(args.model)
     compel = make_compel(pipe)
     for name in cases:
-        tensors, meta = embeds_case(pipe, compel) if name == "prompts_embeds" else run(pipe, compel, name)
+        if name == "prompts_refiner":
+            import make_stages as stages
+
+            tensors, meta = refiner_case(pipe, compel, stages.build_refiner(pipe))
+        elif name == "prompts_embeds":
+            tensors, meta = embeds_case(pipe, compel)
+        else:
+            tensors, meta = run(pipe, compel, name)
         c.write_golden(args.out / "goldens" / f"{name}.safetensors", tensors, meta)
 
 

@@ -89,6 +89,25 @@ fn break_starts_a_new_chunk_and_a_missing_negative_prompt_is_zeros_of_that_lengt
 }
 
 #[test]
+fn the_refiner_encodes_a_weighted_long_prompt_with_its_one_encoder_as_compel_does() {
+    let engine = engine();
+    let reply = check_case(&engine, "prompts_refiner", false);
+    let info = &reply["data"]["generated_images"][0]["metadata"]["prompt"];
+    assert_eq!(info["chunks"].as_u64(), Some(5), "{reply}");
+    // The refiner's conditioning alone: its text_encoder_2 chunks, the negative prompt padded to 5 chunks.
+    let g = Golden::load("prompts_refiner");
+    let refiner =
+        SdxlPipeline::load(&engine.runtime().env, &fixtures().join("tiny-sdxl-refiner"), &SessionConfig::default())
+            .unwrap();
+    for (key, text) in
+        [("refiner_prompt_embeds", &g.meta["prompt"]), ("refiner_negative_prompt_embeds", &g.meta["negative_prompt"])]
+    {
+        let e = encode(refiner.text_encoders(), text, Some(5));
+        assert_close!(flat(&e.embeds.into_dyn()), g.t(key).f32, 1e-5, 0.0, "{key}");
+    }
+}
+
+#[test]
 fn plain_syntax_still_truncates_long_prompts_with_a_warning_as_diffusers_does() {
     let reply = check_case(&engine(), "long_prompt", false);
     assert!(reply["data"]["generated_images"][0]["metadata"].get("prompt").is_none(), "{reply}");
