@@ -152,6 +152,12 @@ fn weighted_syntax_errors_name_their_field() {
         d["negative_prompt"] = serde_json::json!("(blurry:1.2.3)");
     });
     assert!(e.contains("data.negative_prompt") && e.contains("1.2.3"), "{e}");
+    // More than 20 chunks (1500 tokens) is an error naming the text.
+    let e = run(&|d| {
+        d["prompt_syntax"] = serde_json::json!("weighted");
+        d["negative_prompt_2"] = serde_json::json!(vec!["a"; 20 * 75 + 1].join(" "));
+    });
+    assert!(e.contains("data.negative_prompt_2") && e.contains("21 chunks"), "{e}");
     // Unbalanced brackets are no error (A1111 weights the rest, or reads a stray bracket as text).
     let e = run(&|d| {
         d["prompt_syntax"] = serde_json::json!("weighted");

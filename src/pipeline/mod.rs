@@ -536,7 +536,26 @@ impl SdxlPipeline {
                 Some(t) => parse(fields[1], t)?,
                 None => pieces.clone(),
             };
-            self.text.tokenize_weighted(&pieces, &pieces_2)
+            let ids = self.text.tokenize_weighted(&pieces, &pieces_2)?;
+            // tokenizer_2 reads `text_2` when given (a refiner's only tokenizer reads `text`).
+            let field_2 = if text_2.is_some() && ids.chunks_1.is_some() { fields[1] } else { fields[0] };
+            let counts = [(fields[0], ids.chunks_1.as_ref()), (field_2, Some(&ids.chunks_2))];
+            for (field, chunks) in counts.into_iter().filter_map(|(f, c)| Some((f, c?))) {
+                if chunks.ids.len() > prompt_chunks::MAX_CHUNKS {
+                    return Err(Error::field(
+                        field,
+                        format!(
+                            "{} tokens make {} chunks of 75; data.prompt_syntax \"weighted\" encodes at most {} \
+                             ({} tokens)",
+                            chunks.tokens,
+                            chunks.ids.len(),
+                            prompt_chunks::MAX_CHUNKS,
+                            prompt_chunks::MAX_CHUNKS * 75
+                        ),
+                    ));
+                }
+            }
+            Ok(ids)
         };
         let cond_ids = tokenize(["data.prompt", "data.prompt_2"], &params.prompt, params.prompt_2.as_deref())?;
         let zeros = params.negative_prompt.is_none() && self.dir.force_zeros_for_empty_prompt;

@@ -15,6 +15,10 @@ use crate::error::Result;
 use crate::protocol::prompt_syntax::Piece;
 use crate::tokenizer::ClipTokenizer;
 
+/// The most chunks a weighted text may take (1500 tokens): every chunk lengthens the sequence each UNet
+/// cross-attention reads, so a prompt of megabytes would exhaust memory; a longer text is an error naming its field.
+pub const MAX_CHUNKS: usize = 20;
+
 /// A prompt's chunks for one encoder.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Chunks {
