@@ -15,8 +15,9 @@
 # (inpaint_crop_blur too), mask_crop_ops and mask_blur_ops, make_inpaint_controlnet.py's inpaint*_controlnet*
 # (but inpaint_controlnet_refiner*), make_inpaint_refiner.py's inpaint_refiner*, inpaint9_refiner and
 # inpaint_controlnet_refiner*, make_micro_conditioning.py's
-# micro_conditioning*, and make_upscaler.py's upscale_x2.safetensors; controlnet/ holds make_controlnet.py's tiny
-# ControlNets and control images and make_canny.py's cv2.Canny goldens in controlnet/canny/)
+# micro_conditioning*, make_prompts.py's prompts_* (compel + diffusers) and make_upscaler.py's
+# upscale_x2.safetensors; controlnet/ holds make_controlnet.py's tiny ControlNets and control images and
+# make_canny.py's cv2.Canny goldens in controlnet/canny/)
 # The torch model is built in $SDXLRT_WORK (default ~/.cache/sdxlrt/work), outside the repository.
 #
 # Goldens come from torch CPU kernels, whose last bits depend on the CPU's vector ISA (see README.md), so
@@ -91,6 +92,8 @@ echo "== masks for inpainting only the masked area (inpaint/) and its diffusers 
 "$py" make_inpaint_crop.py --model "$model" --out "$out"
 echo "== diffusers goldens of the size micro-conditioning (goldens/micro_conditioning*)" >&2
 "$py" make_micro_conditioning.py --model "$model" --out "$out"
+echo "== compel + diffusers goldens of weighted and long prompts (goldens/prompts_*)" >&2
+"$py" make_prompts.py --model "$model" --out "$out"
 echo "== diffusers goldens of inpainting with ControlNets (goldens/inpaint*_controlnet*)" >&2
 "$py" make_inpaint_controlnet.py --model "$model" --out "$out"
 echo "== diffusers goldens of inpainting with the refiner (goldens/inpaint_refiner*, inpaint9_refiner)" >&2

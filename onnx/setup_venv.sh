@@ -20,4 +20,9 @@ if ! "$venv/bin/python" -c "import cv2" 2>/dev/null; then
     echo "installing OpenCV into $venv" >&2
     "$venv/bin/python" -m pip install "$(grep '^opencv-python-headless==' "$here/requirements.txt")" >&2
 fi
+# Pins added after a venv may have been made (compel for make_prompts.py): installed into an existing venv too,
+# without touching the packages it already has.
+if ! "$venv/bin/python" -c "import compel" 2>/dev/null; then
+    "$venv/bin/python" -m pip install --no-deps $(grep -E '^(compel|pyparsing)==' "$here/requirements.txt") >&2
+fi
 echo "$venv/bin/python"

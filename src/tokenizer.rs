@@ -129,6 +129,33 @@ impl ClipTokenizer {
         Ok(self.finish(encoding.get_ids()))
     }
 
+    /// The tokens of `text` without bos/eos, padding or truncation (what transformers gives for
+    /// `tokenizer(text, truncation=False)["input_ids"][1:-1]`): the unit compel and A1111 chunk long prompts from.
+    pub fn content_ids(&self, text: &str) -> Result<Vec<u32>> {
+        let encoding = catch_unwind(AssertUnwindSafe(|| self.tokenizer.encode_char_offsets(text, false)))
+            .map_err(|panic| Error::Internal(format!("tokenizer panicked: {}", panic_message(panic.as_ref()))))?
+            .map_err(|e| Error::Internal(format!("tokenizing the prompt failed: {e}")))?;
+        Ok(encoding.get_ids().to_vec())
+    }
+
+    /// One chunk of a long prompt as the encoder takes it: `bos`, `content` (at most `max_length - 2` tokens, else
+    /// an internal error), `eos`, then padding on the tokenizer's padding side — the ids [`Self::encode`] gives a text
+    /// of these tokens — and the index of the first content token in them.
+    pub fn chunk(&self, content: &[u32]) -> Result<(Vec<i64>, usize)> {
+        if content.len() > self.max_length - 2 {
+            return Err(Error::Internal(format!(
+                "a prompt chunk of {} tokens does not fit the {}-token window",
+                content.len(),
+                self.max_length
+            )));
+        }
+        let offset = match self.padding_side {
+            Side::Right => 1,
+            Side::Left => self.max_length - content.len() - 1,
+        };
+        Ok((self.finish(content).ids, offset))
+    }
+
     /// Turn the prompt's tokens into the padded model input, as `tokenizers` does for
     /// `truncation=True` (strategy longest_first, stride 0), the `RobertaProcessing` post-processor
     /// transformers installs for CLIP, and `padding="max_length"`.

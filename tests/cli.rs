@@ -163,3 +163,24 @@ fn the_canny_flag_makes_the_control_image_from_a_photo_as_cv2_canny_does() {
     assert_eq!(defaults, run("edges_default.png", "photo_67x45_100_200.png", &[]));
     assert_ne!(defaults, from_photo);
 }
+
+#[test]
+fn prompt_syntax_flag_reads_a1111_weights_and_gives_the_compel_diffusers_image() {
+    let g = crate::util::Golden::load("prompts_weights");
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("weighted.png");
+    let run = cli()
+        .args(["generate", "--prompt", &g.meta["prompt"], "--negative-prompt", &g.meta["negative_prompt"]])
+        .args(["--steps", &g.meta["steps"], "--seed", &g.meta["seed"], "--guidance-scale", &g.meta["guidance_scale"]])
+        .args(["--width", "64", "--height", "64", "--prompt-syntax", "weighted", "--out"])
+        .arg(&out)
+        .output()
+        .unwrap();
+    assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
+    let (worst, at) = crate::util::max_u8_diff(image::open(&out).unwrap().to_rgb8().as_raw(), &g.t("image_u8").u8);
+    assert!(worst <= 1, "the CLI's image differs from diffusers by {worst}/255 at byte {at}");
+    let bad =
+        cli().args(["generate", "--prompt", "x", "--prompt-syntax", "a1111", "--out"]).arg(&out).output().unwrap();
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("weighted"), "{}", String::from_utf8_lossy(&bad.stderr));
+}

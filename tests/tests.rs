@@ -41,3 +41,6 @@ mod inpaint_crop;
 mod inpaint_controlnet;
 // The Canny preprocessor: bit for bit cv2.Canny on goldens, through the engine, errors.
 mod canny;
+// Weighted prompts (data.prompt_syntax "weighted"): A1111's emphasis syntax and long prompts, parity with compel +
+// diffusers; plain prompts unchanged.
+mod prompts;

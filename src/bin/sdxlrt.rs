@@ -43,6 +43,10 @@ struct GenerateArgs {
     /// Negative prompt (omit for none: SDXL then zeroes the negative conditioning).
     #[arg(long)]
     negative_prompt: Option<String>,
+    /// How the prompts are read: "plain" (diffusers: the literal text, cut to 77 tokens) or "weighted" (A1111's
+    /// (word:1.3) / (word) / [word] / BREAK syntax, prompts of any length).
+    #[arg(long, value_parser = ["plain", "weighted"])]
+    prompt_syntax: Option<String>,
     /// Seed (torch-compatible: the same seed gives diffusers' noise).
     #[arg(long, default_value_t = 0)]
     seed: u64,
@@ -201,6 +205,9 @@ fn generate(args: GenerateArgs) -> Result<String, String> {
     ];
     for (key, value) in micro.into_iter().flatten() {
         data["dimensions"][key] = value;
+    }
+    if let Some(syntax) = &args.prompt_syntax {
+        data["prompt_syntax"] = serde_json::json!(syntax);
     }
     if let Some(s) = &args.scheduler {
         data["scheduler"] = serde_json::json!(s);

@@ -289,6 +289,7 @@ impl Engine {
                     loras: params.loras.iter().map(Into::into).collect(),
                     controlnets: params.controlnets.iter().map(Into::into).collect(),
                     upscale: upscale.as_ref().map(upscalers::PreparedUpscale::info),
+                    prompt: out.prompt.clone(),
                     init_image: init_source.as_ref().map(|source| InitImageInfo {
                         strength: params.strength,
                         denoising_steps: out.timings.denoising_steps,

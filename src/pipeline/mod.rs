@@ -12,6 +12,7 @@ pub mod encode;
 mod experts;
 pub mod inpaint;
 pub mod model_dir;
+pub mod prompt_chunks;
 mod start;
 pub mod text;
 pub mod upscale;
@@ -31,12 +32,14 @@ use self::experts::{stage_range, Expert};
 use self::inpaint::{Inpainting, UnetInput};
 use self::model_dir::ModelDir;
 use self::start::Origin;
-use self::text::{PromptEmbeds, TextEncoders};
+use self::text::{PromptEmbeds, TextEncoders, WeightedIds};
 use crate::error::{Error, Result};
 use crate::image::RgbImage;
 use crate::lora::formats::Component;
 use crate::lora::{AppliedLora, LoraReport, LoraSet};
 use crate::protocol::params::GenerateParams;
+use crate::protocol::prompt_syntax::{parse_attention, PromptSyntax};
+use crate::protocol::response::PromptInfo;
 use crate::rng::BatchGenerators;
 use crate::runtime::onnx_proto::OnnxModel;
 use crate::runtime::{CancelToken, ModelSession, Placement, SessionConfig};
@@ -147,6 +150,8 @@ pub struct PipelineOutput {
     pub warnings: Vec<String>,
     /// The LoRAs merged into the weights, in request order.
     pub loras: Vec<AppliedLora>,
+    /// With `data.prompt_syntax: "weighted"`, the base model's prompt tokens and chunks.
+    pub prompt: Option<PromptInfo>,
 }
 
 /// A loaded SDXL model — a base model, with the LoRAs (if any) merged into its weights, or a refiner — and the VAE
@@ -473,17 +478,27 @@ impl SdxlPipeline {
     }
 
     /// Encode the prompt and, when guided, the negative prompt (zeros when there is none and the model says
-    /// `force_zeros_for_empty_prompt`).
+    /// `force_zeros_for_empty_prompt`). A weighted prompt's facts go to `info` unless an earlier stage put its own.
     fn conditioning(
         &self,
         params: &GenerateParams,
         guided: bool,
         cancel: &CancelToken,
         warnings: &mut Vec<String>,
+        info: &mut Option<PromptInfo>,
     ) -> Result<(PromptEmbeds, Option<PromptEmbeds>)> {
+        if params.prompt_syntax == PromptSyntax::Weighted {
+            let (cond, uncond, facts) = self.weighted_conditioning(params, guided, cancel)?;
+            info.get_or_insert(facts);
+            return Ok((cond, uncond));
+        }
         let ids = self.text.tokenize_pair(&params.prompt, params.prompt_2.as_deref().unwrap_or(&params.prompt))?;
         if ids.truncated {
-            warnings.push("prompt is longer than 77 tokens and was truncated (as diffusers does)".into());
+            warnings.push(
+                "prompt is longer than 77 tokens and was truncated (as diffusers does; data.prompt_syntax \"weighted\" \
+                 encodes it whole)"
+                    .into(),
+            );
         }
         let cond = self.text.encode(&ids, cancel)?;
         if !guided {
@@ -501,6 +516,72 @@ impl SdxlPipeline {
             }
         };
         Ok((cond, Some(uncond)))
+    }
+
+    /// [`Self::conditioning`] for `data.prompt_syntax: "weighted"`: the four texts parsed with A1111's emphasis
+    /// syntax, chunked, weighted and encoded ([`TextEncoders::encode_weighted`]); the prompt and the negative prompt
+    /// padded with the empty prompt's chunks to the same number of chunks, so the guidance batch stacks. Without a
+    /// negative prompt and with `force_zeros_for_empty_prompt` the negative conditioning is zeros of the prompt's
+    /// shape, as diffusers makes it from given `prompt_embeds`.
+    fn weighted_conditioning(
+        &self,
+        params: &GenerateParams,
+        guided: bool,
+        cancel: &CancelToken,
+    ) -> Result<(PromptEmbeds, Option<PromptEmbeds>, PromptInfo)> {
+        let parse = |field: &str, text: &str| parse_attention(field, text);
+        let tokenize = |fields: [&str; 2], text: &str, text_2: Option<&str>| -> Result<WeightedIds> {
+            let pieces = parse(fields[0], text)?;
+            let pieces_2 = match text_2 {
+                Some(t) => parse(fields[1], t)?,
+                None => pieces.clone(),
+            };
+            let ids = self.text.tokenize_weighted(&pieces, &pieces_2)?;
+            // tokenizer_2 reads `text_2` when given (a refiner's only tokenizer reads `text`).
+            let field_2 = if text_2.is_some() && ids.chunks_1.is_some() { fields[1] } else { fields[0] };
+            let counts = [(fields[0], ids.chunks_1.as_ref()), (field_2, Some(&ids.chunks_2))];
+            for (field, chunks) in counts.into_iter().filter_map(|(f, c)| Some((f, c?))) {
+                if chunks.ids.len() > prompt_chunks::MAX_CHUNKS {
+                    return Err(Error::field(
+                        field,
+                        format!(
+                            "{} tokens make {} chunks of 75; data.prompt_syntax \"weighted\" encodes at most {} \
+                             ({} tokens)",
+                            chunks.tokens,
+                            chunks.ids.len(),
+                            prompt_chunks::MAX_CHUNKS,
+                            prompt_chunks::MAX_CHUNKS * 75
+                        ),
+                    ));
+                }
+            }
+            Ok(ids)
+        };
+        let cond_ids = tokenize(["data.prompt", "data.prompt_2"], &params.prompt, params.prompt_2.as_deref())?;
+        let zeros = params.negative_prompt.is_none() && self.dir.force_zeros_for_empty_prompt;
+        let negative = match guided && !zeros {
+            true => {
+                let text = params.negative_prompt.as_deref().unwrap_or("");
+                let fields = ["data.negative_prompt", "data.negative_prompt_2"];
+                Some(tokenize(fields, text, params.negative_prompt_2.as_deref())?)
+            }
+            false => None,
+        };
+        let negative_tokens = negative.as_ref().map(WeightedIds::tokens);
+        let chunks = cond_ids.chunk_count().max(negative.as_ref().map_or(0, WeightedIds::chunk_count));
+        let empty = self.text.empty_hidden(cancel)?;
+        let cond = self.text.encode_weighted(&cond_ids, chunks, &empty, cancel)?;
+        let uncond = match negative {
+            Some(ids) => self.text.encode_weighted(&ids, chunks, &empty, cancel)?,
+            None => cond.zeros_like(),
+        };
+        let info = PromptInfo {
+            syntax: PromptSyntax::Weighted.name().into(),
+            tokens: cond_ids.tokens(),
+            negative_tokens,
+            chunks,
+        };
+        Ok((cond, guided.then_some(uncond), info))
     }
 
     /// SDXL's micro-conditioning for an image of `height` × `width`, positive and negative rows: a base model's
@@ -601,8 +682,9 @@ impl SdxlPipeline {
         self.report(ctx, &params.request_id, Stage::TextEncoding, 0, 1, 0, batch)?;
         let t0 = Instant::now();
         let mut conditions = Vec::with_capacity(stages.len());
+        let mut prompt_info = None;
         for stage in &stages {
-            conditions.push(stage.model.conditioning(params, guided, ctx.cancel, &mut warnings)?);
+            conditions.push(stage.model.conditioning(params, guided, ctx.cancel, &mut warnings, &mut prompt_info)?);
         }
         timings.text_encoding = t0.elapsed().as_secs_f64();
 
@@ -688,6 +770,7 @@ impl SdxlPipeline {
             height,
             warnings,
             loras: self.lora.applied.clone(),
+            prompt: prompt_info,
         })
     }
 

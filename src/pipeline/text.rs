@@ -2,13 +2,23 @@
 //! `StableDiffusionXLPipeline.encode_prompt` builds it: the penultimate hidden states of both encoders concatenated
 //! on the last axis, and the pooled `text_embeds` of encoder 2. A refiner has only the second encoder: its
 //! conditioning is that encoder's alone.
+//!
+//! With `data.prompt_syntax: "weighted"` ([`TextEncoders::encode_weighted`]) a prompt is encoded in 77-token chunks
+//! ([`super::prompt_chunks`]), each through each encoder on its own, the hidden states joined along the sequence
+//! axis, and each token's weight `w` applied as ComfyUI (`comfy/sd1_clip.py`) and compel
+//! (`EmbeddingsProvider.build_weighted_embedding_tensor`) apply it: `z_empty + (z − z_empty) · w`, with `z_empty` the
+//! hidden states of the empty prompt at the same position; a token at weight 1 keeps `z` as it is. The pooled
+//! embedding is text_encoder_2's `text_embeds` of the first chunk, unweighted (compel's `get_pooled_embeddings`,
+//! which encodes the first 77 tokens; ComfyUI's first chunk).
 
 use std::sync::Arc;
 
-use ndarray::{concatenate, Array2, Array3, ArrayD, Axis, Ix2, Ix3};
+use ndarray::{concatenate, s, Array2, Array3, ArrayD, Axis, Ix2, Ix3};
 
 use super::model_dir::ModelDir;
+use super::prompt_chunks::{self, Chunks};
 use crate::error::{Error, Result};
+use crate::protocol::prompt_syntax::Piece;
 use crate::runtime::tensor::ids_value;
 use crate::runtime::{CancelToken, ModelSession, SessionConfig};
 use crate::tokenizer::ClipTokenizer;
@@ -38,6 +48,35 @@ pub struct PromptIds {
     pub ids_2: Vec<i64>,
     /// Whether either tokenizer dropped tokens past its 77-token window.
     pub truncated: bool,
+}
+
+/// A weighted prompt's chunks for both tokenizers ([`TextEncoders::tokenize_weighted`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct WeightedIds {
+    /// tokenizer/'s chunks; `None` for a refiner.
+    pub chunks_1: Option<Chunks>,
+    /// tokenizer_2/'s chunks.
+    pub chunks_2: Chunks,
+}
+
+impl WeightedIds {
+    /// The most chunks either encoder gets.
+    pub fn chunk_count(&self) -> usize {
+        self.chunks_1.as_ref().map_or(0, |c| c.ids.len()).max(self.chunks_2.ids.len())
+    }
+
+    /// The prompt's tokens (the most of either tokenizer), bos/eos/padding not counted.
+    pub fn tokens(&self) -> usize {
+        self.chunks_1.as_ref().map_or(0, |c| c.tokens).max(self.chunks_2.tokens)
+    }
+}
+
+/// The empty prompt's hidden states, `[1, 77, D]` per encoder ([`TextEncoders::empty_hidden`]): compel's and
+/// ComfyUI's `z_empty`, the anchor of the weights and the padding chunk.
+#[derive(Debug, Clone)]
+pub struct EmptyHidden {
+    first: Option<Array3<f32>>,
+    second: Array3<f32>,
 }
 
 /// The two tokenizers and text encoders of an SDXL model (a refiner: the second only).
@@ -129,6 +168,61 @@ impl TextEncoders {
         Ok(PromptIds { truncated: a.truncated || b.truncated, ids_1: a.ids, ids_2: b.ids })
     }
 
+    /// The chunks of the parsed prompts `pieces` for the first tokenizer and `pieces_2` for the second (a refiner
+    /// chunks `pieces`, as [`Self::tokenize_pair`] does).
+    pub fn tokenize_weighted(&self, pieces: &[Piece], pieces_2: &[Piece]) -> Result<WeightedIds> {
+        let Some(first) = &self.first else {
+            return Ok(WeightedIds { chunks_1: None, chunks_2: prompt_chunks::chunk(&self.tokenizer_2, pieces)? });
+        };
+        Ok(WeightedIds {
+            chunks_1: Some(prompt_chunks::chunk(&first.tokenizer, pieces)?),
+            chunks_2: prompt_chunks::chunk(&self.tokenizer_2, pieces_2)?,
+        })
+    }
+
+    /// The hidden states of the empty prompt (`bos eos` and padding) through each encoder.
+    pub fn empty_hidden(&self, cancel: &CancelToken) -> Result<EmptyHidden> {
+        let first = match &self.first {
+            Some(f) => {
+                let (ids, _) = f.tokenizer.chunk(&[])?;
+                Some(as3(run_encoder(&f.encoder, &ids, &[&f.hidden], cancel)?.remove(0), &f.encoder)?)
+            }
+            None => None,
+        };
+        let (ids, _) = self.tokenizer_2.chunk(&[])?;
+        let second = as3(run_encoder(&self.encoder_2, &ids, &[&self.hidden_2], cancel)?.remove(0), &self.encoder_2)?;
+        Ok(EmptyHidden { first, second })
+    }
+
+    /// Encode a weighted prompt as `chunks` chunks (at least [`WeightedIds::chunk_count`]): each encoder's chunks
+    /// one at a time, weighted, then `empty`'s hidden states for each chunk it lacks (compel's
+    /// `pad_conditioning_tensors_to_same_length`), joined along the sequence axis; the encoders joined on the last
+    /// axis. Pooled: text_encoder_2's `text_embeds` of its first chunk.
+    pub fn encode_weighted(
+        &self,
+        ids: &WeightedIds,
+        chunks: usize,
+        empty: &EmptyHidden,
+        cancel: &CancelToken,
+    ) -> Result<PromptEmbeds> {
+        let (h2, pooled) =
+            weighted_hidden(&self.encoder_2, &self.hidden_2, &ids.chunks_2, chunks, &empty.second, cancel)?;
+        let pooled = pooled
+            .ok_or_else(|| Error::Internal("a weighted prompt has no chunk".into()))?
+            .into_dimensionality::<Ix2>()
+            .map_err(|e| Error::model_invalid(self.encoder_2.path(), format!("text_embeds is not [B, P]: {e}")))?;
+        let embeds = match (&self.first, &ids.chunks_1, &empty.first) {
+            (Some(first), Some(chunks_1), Some(empty_1)) => {
+                let (h1, _) = weighted_hidden(&first.encoder, &first.hidden, chunks_1, chunks, empty_1, cancel)?;
+                concatenate(Axis(2), &[h1.view(), h2.view()])
+                    .map_err(|e| Error::Internal(format!("concatenating prompt embeddings: {e}")))?
+            }
+            (None, None, None) => h2,
+            _ => return Err(Error::Internal("weighted prompt ids do not fit the text encoders".into())),
+        };
+        Ok(PromptEmbeds { embeds, pooled })
+    }
+
     /// Encode one prompt.
     pub fn encode(&self, ids: &PromptIds, cancel: &CancelToken) -> Result<PromptEmbeds> {
         let h1 = match &self.first {
@@ -164,10 +258,81 @@ impl TextEncoders {
     }
 }
 
+/// `chunks` chunks of one encoder's hidden states `[1, 77 · chunks, D]` (its own chunks weighted with
+/// [`apply_weights`], then `empty` for the rest), and the pooled output `text_embeds` of its first chunk when the
+/// encoder has one (text_encoder_2).
+fn weighted_hidden(
+    session: &ModelSession,
+    hidden: &str,
+    ids: &Chunks,
+    chunks: usize,
+    empty: &Array3<f32>,
+    cancel: &CancelToken,
+) -> Result<(Array3<f32>, Option<ArrayD<f32>>)> {
+    let mut parts = Vec::with_capacity(chunks);
+    let mut pooled = None;
+    for k in 0..chunks {
+        let Some(chunk) = ids.ids.get(k) else {
+            parts.push(empty.clone());
+            continue;
+        };
+        let wants_pooled = k == 0 && session.has_output("text_embeds");
+        let wanted: &[&str] = if wants_pooled { &[hidden, "text_embeds"] } else { &[hidden] };
+        let mut out = run_encoder(session, chunk, wanted, cancel)?;
+        if wants_pooled {
+            pooled = out.pop();
+        }
+        let z = as3(out.remove(0), session)?;
+        if z.shape() != empty.shape() {
+            return Err(Error::model_invalid(
+                session.path(),
+                format!("a prompt chunk gives hidden states {:?}, the empty prompt {:?}", z.shape(), empty.shape()),
+            ));
+        }
+        parts.push(apply_weights(z, empty, &ids.weights[k]));
+    }
+    let views: Vec<_> = parts.iter().map(|p| p.view()).collect();
+    let joined = concatenate(Axis(1), &views).map_err(|e| Error::Internal(format!("joining prompt chunks: {e}")))?;
+    Ok((joined, pooled))
+}
+
+/// Each token's weight `w` on one chunk's hidden states `z` `[1, S, D]`: `empty + (z − empty) · w` in float32 at
+/// each position whose weight is not 1 (compel's `build_weighted_embedding_tensor`, whose `torch.where` keeps `z`
+/// where the weight is 1; ComfyUI's `encode_token_weights`).
+pub fn apply_weights(mut z: Array3<f32>, empty: &Array3<f32>, weights: &[f32]) -> Array3<f32> {
+    for (t, &w) in weights.iter().enumerate().filter(|(_, &w)| w != 1.0) {
+        z.slice_mut(s![0, t, ..]).zip_mut_with(&empty.slice(s![0, t, ..]), |v, &e| *v = e + (*v - e) * w);
+    }
+    z
+}
+
+/// `a` as `[B, S, D]` hidden states of `session`.
+fn as3(a: ArrayD<f32>, session: &ModelSession) -> Result<Array3<f32>> {
+    a.into_dimensionality::<Ix3>()
+        .map_err(|e| Error::model_invalid(session.path(), format!("hidden states are not [B, S, D]: {e}")))
+}
+
 fn run_encoder(session: &ModelSession, ids: &[i64], wanted: &[&str], cancel: &CancelToken) -> Result<Vec<ArrayD<f32>>> {
     let spec = session.input("input_ids")?;
     let array = ArrayD::from_shape_vec(vec![1, ids.len()], ids.to_vec())
         .map_err(|e| Error::Internal(format!("token id array: {e}")))?;
     let value = ids_value(array, spec.elem, "text encoder", "input_ids")?;
     session.run(vec![("input_ids".to_string(), value)], wanted, cancel)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn weights_interpolate_from_the_empty_prompt_and_weight_one_keeps_z_bit_for_bit() {
+        let z = Array3::from_shape_vec((1, 3, 2), vec![1.0, 2.0, 3.0, 4.0, 0.1, 0.7]).unwrap();
+        let empty = Array3::from_shape_vec((1, 3, 2), vec![0.5, 0.5, 1.0, -1.0, 0.3, 0.2]).unwrap();
+        let got = apply_weights(z.clone(), &empty, &[1.0, 1.5, 0.5]);
+        assert_eq!(got.slice(s![0, 0, ..]).to_vec(), [1.0, 2.0]);
+        assert_eq!(got.slice(s![0, 1, ..]).to_vec(), [1.0 + (3.0 - 1.0) * 1.5, -1.0 + (4.0f32 - -1.0) * 1.5]);
+        assert_eq!(got.slice(s![0, 2, ..]).to_vec(), [0.3 + (0.1f32 - 0.3) * 0.5, 0.2 + (0.7f32 - 0.2) * 0.5]);
+        // Weight 0 gives the empty prompt's states.
+        assert_eq!(apply_weights(z, &empty, &[0.0, 0.0, 0.0]), empty);
+    }
 }

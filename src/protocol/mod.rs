@@ -6,6 +6,7 @@
 pub mod controlnet;
 pub mod normalize;
 pub mod params;
+pub mod prompt_syntax;
 pub mod prompt_tags;
 pub mod response;
 pub mod upscale;

@@ -163,6 +163,23 @@ pub fn normalize(wire: &WireRequest, limits: &RequestLimits, warnings: &mut Vec<
             super::prompt_tags::refuse_in(field, text)?;
         }
     }
+    let prompt_syntax = match &d.prompt_syntax {
+        Some(name) => super::prompt_syntax::PromptSyntax::parse(name)?,
+        None => super::prompt_syntax::PromptSyntax::Plain,
+    };
+    if prompt_syntax == super::prompt_syntax::PromptSyntax::Weighted {
+        // Syntax errors surface here, naming the field, before any model loads.
+        for (field, text) in [
+            ("data.prompt", Some(&prompt)),
+            ("data.negative_prompt", d.negative_prompt.as_ref()),
+            ("data.prompt_2", d.prompt_2.as_ref()),
+            ("data.negative_prompt_2", d.negative_prompt_2.as_ref()),
+        ] {
+            if let Some(text) = text {
+                super::prompt_syntax::parse_attention(field, text)?;
+            }
+        }
+    }
     // diffusers: `prompt_2 or prompt` (an empty string falls back too).
     let second = |t: &Option<String>| t.clone().filter(|t| !t.is_empty());
     let model = resolve_model(d)?;
@@ -393,6 +410,7 @@ pub fn normalize(wire: &WireRequest, limits: &RequestLimits, warnings: &mut Vec<
         negative_prompt: d.negative_prompt.clone(),
         prompt_2: second(&d.prompt_2),
         negative_prompt_2: second(&d.negative_prompt_2),
+        prompt_syntax,
         model,
         refiner,
         refiner_switch_at,
@@ -739,6 +757,7 @@ mod tests {
             negative_prompt: None,
             prompt_2: None,
             negative_prompt_2: None,
+            prompt_syntax: crate::protocol::prompt_syntax::PromptSyntax::Plain,
             model: Some("cyberrealisticPony_v125".into()),
             refiner: None,
             refiner_switch_at: 0.8,
@@ -1224,6 +1243,25 @@ mod tests {
             let (field, message) = invalid_field(parse_value(minimal(json!({ "lora": lora }))));
             assert_eq!(field, path, "for {lora}");
             assert!(message.contains(hint), "{path}: {message}");
+        }
+    }
+
+    #[test]
+    fn prompt_syntax_defaults_to_plain_and_checks_weighted_prompts_early() {
+        use crate::protocol::prompt_syntax::PromptSyntax;
+        let syntax = |v: Value| parse_value(v).map(|p| p.params.prompt_syntax);
+        assert_eq!(syntax(json!({"prompt": "(a:1.2.3)"})).unwrap(), PromptSyntax::Plain);
+        assert_eq!(syntax(json!({"prompt": "x", "prompt_syntax": "plain"})).unwrap(), PromptSyntax::Plain);
+        assert_eq!(syntax(json!({"prompt": "(x:1.2)", "prompt_syntax": "weighted"})).unwrap(), PromptSyntax::Weighted);
+        let (field, message) = invalid_field(parse_value(json!({"prompt": "x", "prompt_syntax": "compel"})));
+        assert_eq!(field, "data.prompt_syntax", "{message}");
+        let (field, _) = invalid_field(parse_value(json!({"prompt": "x", "prompt_syntax": 1})));
+        assert_eq!(field, "data.prompt_syntax");
+        for key in ["prompt", "negative_prompt", "prompt_2", "negative_prompt_2"] {
+            let mut v = json!({"prompt": "x", "prompt_syntax": "weighted"});
+            v[key] = json!("(a:1.2.3)");
+            let (field, message) = invalid_field(parse_value(v));
+            assert_eq!(field, format!("data.{key}"), "{message}");
         }
     }
 

@@ -20,6 +20,9 @@ pub struct GenerateParams {
     /// negative_prompt`). Without a `negative_prompt` the negative conditioning is zeros whatever this says, as in
     /// diffusers (`force_zeros_for_empty_prompt` looks at `negative_prompt` only).
     pub negative_prompt_2: Option<String>,
+    /// How the four prompt texts are read (`data.prompt_syntax`): diffusers' plain text cut to 77 tokens (the
+    /// default), or A1111's emphasis syntax over prompts of any length ([`super::prompt_syntax`]).
+    pub prompt_syntax: super::prompt_syntax::PromptSyntax,
     /// Base model name: a folder under the engine's `models_root` (`data.models.base`, legacy `data.model_name`).
     /// `None` means the engine's default model.
     pub model: Option<String>,

@@ -91,6 +91,23 @@ pub struct ImageMetadata {
     /// The init image it started from (image-to-image); absent for text-to-image.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub init_image: Option<InitImageInfo>,
+    /// How the prompts were read with `data.prompt_syntax: "weighted"`; absent in the default plain mode.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prompt: Option<PromptInfo>,
+}
+
+/// `metadata.prompt`: a weighted prompt's size (`data.prompt_syntax: "weighted"`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PromptInfo {
+    /// `"weighted"`.
+    pub syntax: String,
+    /// The prompt's tokens (the more of the two tokenizers'), bos/eos/padding not counted.
+    pub tokens: usize,
+    /// The negative prompt's tokens; absent when there is none (or no guidance).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub negative_tokens: Option<usize>,
+    /// The 77-token chunks each text encoder ran for the prompt and the negative prompt (the base model's).
+    pub chunks: usize,
 }
 
 /// `metadata.init_image`: how image-to-image used `data.init_image` (the image itself is not echoed).
@@ -398,6 +415,7 @@ mod tests {
                 controlnets: Vec::new(),
                 upscale: None,
                 init_image: None,
+                prompt: None,
             },
         }
     }

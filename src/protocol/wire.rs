@@ -81,6 +81,10 @@ pub struct WireData {
     /// `negative_prompt_2`: the negative text for the second encoder.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub negative_prompt_2: Option<String>,
+    /// `prompt_syntax`: `"plain"` (default, diffusers' reading) or `"weighted"` (A1111's emphasis syntax and long
+    /// prompts; [`super::prompt_syntax`]).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub prompt_syntax: Option<String>,
     /// `init_image`: the image to start from (image-to-image): a file path, a `data:` URL or base64 image data.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub init_image: Option<String>,
@@ -383,6 +387,7 @@ const DATA_KEYS: &[&str] = &[
     "negative_prompt",
     "prompt_2",
     "negative_prompt_2",
+    "prompt_syntax",
     "init_image",
     "mask_image",
     "padding_mask_crop",
@@ -450,6 +455,7 @@ impl WireData {
             negative_prompt: obj.string("negative_prompt")?,
             prompt_2: obj.string("prompt_2")?,
             negative_prompt_2: obj.string("negative_prompt_2")?,
+            prompt_syntax: obj.string("prompt_syntax")?,
             init_image: obj.string("init_image")?,
             mask_image: obj.string("mask_image")?,
             padding_mask_crop: obj.int("padding_mask_crop")?,

@@ -265,6 +265,10 @@ impl Golden {
                 data[key] = serde_json::json!(text);
             }
         }
+        // onnx/make_prompts.py's cases: A1111's emphasis syntax and long prompts
+        if let Some(syntax) = self.meta.get("prompt_syntax") {
+            data["prompt_syntax"] = serde_json::json!(syntax);
+        }
         // onnx/make_stages.py's cases: a custom VAE, a refiner and its switch point, a scheduler for both
         for key in ["vae", "refiner"] {
             if let Some(name) = self.meta.get(key) {

@@ -216,6 +216,19 @@ namespace SdxlRt.Tests
         }
 
         [Test]
+        public static void the_prompt_syntax_is_sent_only_when_given()
+        {
+            var r = new EnhancedSDXLRequest();
+            r.Conditioning.Prompt = "a (red:1.3) cube";
+            r.Model.Base = "m";
+            string plain = new EnhancedRequestTransformer().ToJson(r, "id-0");
+            Assert.True(!plain.Contains("prompt_syntax"), "no prompt_syntax key when none is set: " + plain);
+            r.Conditioning.PromptSyntax = "weighted";
+            string json = new EnhancedRequestTransformer().ToJson(r, "id-0");
+            Assert.True(json.Contains("\"prompt_syntax\":\"weighted\""), "prompt_syntax sent: " + json);
+        }
+
+        [Test]
         public static void the_init_image_is_sent_only_when_given_and_keeps_the_seeds_routing()
         {
             var r = new EnhancedSDXLRequest();
@@ -316,7 +329,8 @@ namespace SdxlRt.Tests
                 "\"steps\":30,\"guidance_scale\":7.5,\"scheduler\":\"EulerDiscreteScheduler\",\"scheduler_options\":{\"x\":1}," +
                 "\"model_info\":{\"base_model\":\"sdxl\",\"refiner_model\":null,\"vae_model\":null}," +
                 "\"upscale\":{\"model\":\"4x\",\"factor\":3,\"model_scale\":4,\"passes\":1}," +
-                "\"init_image\":{\"strength\":0.6,\"denoising_steps\":18,\"source_width\":80,\"source_height\":60}}}]," +
+                "\"init_image\":{\"strength\":0.6,\"denoising_steps\":18,\"source_width\":80,\"source_height\":60}," +
+                "\"prompt\":{\"syntax\":\"weighted\",\"tokens\":160,\"negative_tokens\":3,\"chunks\":3}}}]," +
                 "\"processing_metrics\":{\"total_time\":2.5,\"inference_time\":2.0,\"text_encoding_time\":0.1," +
                 "\"denoising_time\":1.5,\"denoising_step_avg\":null,\"vae_decode_time\":0.3,\"encode_save_time\":0.1," +
                 "\"upscale_time\":0.25,\"vae_encode_time\":0.125," +
@@ -345,13 +359,20 @@ namespace SdxlRt.Tests
             Assert.Equal(80, init.SourceWidth, "init source width");
             Assert.Equal(60, init.SourceHeight, "init source height");
             Assert.Equal((double?)0.125, r.ProcessingMetrics.VaeEncodeTime, "vae encode time");
+            PromptInfo prompt = g.Metadata.Prompt;
+            Assert.True(prompt != null && prompt.Syntax == "weighted", "prompt metadata");
+            Assert.Equal(160, prompt.Tokens, "prompt tokens");
+            Assert.Equal((int?)3, prompt.NegativeTokens, "negative prompt tokens");
+            Assert.Equal(3, prompt.Chunks, "prompt chunks");
             string plain = json.Replace(",\"upscale\":{\"model\":\"4x\",\"factor\":3,\"model_scale\":4,\"passes\":1}", "")
                 .Replace(",\"init_image\":{\"strength\":0.6,\"denoising_steps\":18,\"source_width\":80,\"source_height\":60}", "")
-                .Replace("\"vae_encode_time\":0.125,", "");
+                .Replace("\"vae_encode_time\":0.125,", "")
+                .Replace(",\"prompt\":{\"syntax\":\"weighted\",\"tokens\":160,\"negative_tokens\":3,\"chunks\":3}", "");
             Assert.True(plain != json && !plain.Contains("init_image") && !plain.Contains("vae_encode"), "stripped: " + plain);
             EnhancedSDXLResponse t2i = EnhancedSDXLResponse.FromJson(plain);
             Assert.True(t2i.GeneratedImages[0].Metadata.Upscale == null, "no upscale");
             Assert.True(t2i.GeneratedImages[0].Metadata.InitImage == null, "no init image (text-to-image)");
+            Assert.True(t2i.GeneratedImages[0].Metadata.Prompt == null, "no prompt metadata (plain syntax)");
             Assert.Equal(null, t2i.ProcessingMetrics.VaeEncodeTime, "no vae_encode_time key");
         }
     }

@@ -61,6 +61,7 @@ namespace SdxlRt
                     NegativePrompt = cond.NegativePrompt,
                     Prompt2 = cond.Prompt2,
                     NegativePrompt2 = cond.NegativePrompt2,
+                    PromptSyntax = cond.PromptSyntax,
                     InitImage = cond.InitImage,
                     MaskImage = cond.MaskImage,
                     PaddingMaskCrop = cond.PaddingMaskCrop,
@@ -232,6 +233,7 @@ namespace SdxlRt
         [DataMember(Name = "mask_image", Order = 16, EmitDefaultValue = false)] public string MaskImage;
         [DataMember(Name = "padding_mask_crop", Order = 17, EmitDefaultValue = false)] public int? PaddingMaskCrop;
         [DataMember(Name = "mask_blur", Order = 18, EmitDefaultValue = false)] public double? MaskBlur;
+        [DataMember(Name = "prompt_syntax", Order = 19, EmitDefaultValue = false)] public string PromptSyntax;
     }
 
     [DataContract]

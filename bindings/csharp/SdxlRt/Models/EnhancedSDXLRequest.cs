@@ -54,6 +54,12 @@ namespace SdxlRt
         /// <see cref="NegativePrompt"/>.</summary>
         public string NegativePrompt2 { get; set; }
 
+        /// <summary>How the four prompt texts are read (<c>prompt_syntax</c>): null or <c>"plain"</c> is diffusers'
+        /// reading (the literal text, cut to 77 tokens); <c>"weighted"</c> reads A1111's emphasis syntax
+        /// (<c>(word:1.3)</c>, <c>(word)</c>, <c>[word]</c>, <c>BREAK</c>) and encodes prompts of any length in
+        /// 75-token chunks. Any other value is an error naming <c>data.prompt_syntax</c>.</summary>
+        public string PromptSyntax { get; set; }
+
         /// <summary>LoRA adapters, merged into the model's weights when its sessions are built (kohya, PEFT, LoCon,
         /// LoHa, LoKr, LyCORIS files; see the README's <c>lora</c> field).</summary>
         public List<LoRAConfiguration> LoRAs { get; set; } = new List<LoRAConfiguration>();

@@ -113,6 +113,7 @@ namespace SdxlRt
                     Upscale = UpscaleInfo.From(g.Metadata.Upscale),
                     ControlNets = ControlNetInfo.From(g.Metadata.ControlNets),
                     InitImage = InitImageInfo.From(g.Metadata.InitImage),
+                    Prompt = PromptInfo.From(g.Metadata.Prompt),
                 };
             }
             return img;
@@ -147,6 +148,35 @@ namespace SdxlRt
 
         /// <summary>How the init image was used (image-to-image); null for text-to-image.</summary>
         public InitImageInfo InitImage { get; set; }
+
+        /// <summary>How the prompts were read with <see cref="ConditioningConfiguration.PromptSyntax"/>
+        /// <c>"weighted"</c>; null in the default plain mode.</summary>
+        public PromptInfo Prompt { get; set; }
+    }
+
+    /// <summary>A weighted prompt's size (<c>metadata.prompt</c>).</summary>
+    public class PromptInfo
+    {
+        /// <summary><c>"weighted"</c>.</summary>
+        public string Syntax { get; set; }
+
+        /// <summary>The prompt's tokens (the more of the two tokenizers'), start/end/padding not counted.</summary>
+        public int Tokens { get; set; }
+
+        /// <summary>The negative prompt's tokens; null when there is none (or no guidance).</summary>
+        public int? NegativeTokens { get; set; }
+
+        /// <summary>The 77-token chunks each text encoder ran for the prompt and the negative prompt.</summary>
+        public int Chunks { get; set; }
+
+        internal static PromptInfo From(PromptInfoContract p)
+        {
+            if (p == null)
+            {
+                return null;
+            }
+            return new PromptInfo { Syntax = p.Syntax, Tokens = p.Tokens, NegativeTokens = p.NegativeTokens, Chunks = p.Chunks };
+        }
     }
 
     /// <summary>How image-to-image used <see cref="ConditioningConfiguration.InitImage"/> (the image is not echoed).</summary>
@@ -427,6 +457,16 @@ namespace SdxlRt
         [DataMember(Name = "upscale")] public UpscaleInfoContract Upscale;
         [DataMember(Name = "controlnets")] public List<ControlNetInfoContract> ControlNets;
         [DataMember(Name = "init_image")] public InitImageInfoContract InitImage;
+        [DataMember(Name = "prompt")] public PromptInfoContract Prompt;
+    }
+
+    [DataContract]
+    internal sealed class PromptInfoContract
+    {
+        [DataMember(Name = "syntax")] public string Syntax;
+        [DataMember(Name = "tokens")] public int Tokens;
+        [DataMember(Name = "negative_tokens")] public int? NegativeTokens;
+        [DataMember(Name = "chunks")] public int Chunks;
     }
 
     [DataContract]
