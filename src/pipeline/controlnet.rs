@@ -28,7 +28,7 @@
 //! With a mask the run is diffusers' `StableDiffusionXLControlNetInpaintPipeline`: the ControlNets get the 4
 //! scaled latent channels also when an inpainting UNet gets 9 (the latents, the mask, the masked image's latents),
 //! their windows count the evaluations left after `strength`, and a 4-channel UNet's latents are blended with the
-//! noised init image after every step as without ControlNets ([`super::denoise`]).
+//! noised init image after every step as without ControlNets ([`mod@super::denoise`]).
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
