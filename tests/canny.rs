@@ -178,7 +178,7 @@ fn with_padding_mask_crop_canny_runs_on_the_whole_photo_before_the_cut() {
     let edges = canny_rgb(&source::load(&init, "test").unwrap(), 100.0, 200.0);
     let dir = tempfile::tempdir().unwrap();
     let edges_path = dir.path().join("edges.png");
-    std::fs::write(&edges_path, edges.encode(sdxlrt::protocol::params::ImageFormat::Png, 95).unwrap()).unwrap();
+    std::fs::write(&edges_path, edges.encode(sdxlrt::protocol::params::ImageFormat::Png, 95, &[]).unwrap()).unwrap();
     let unit = &mut r["data"]["controlnet"]["models"][0];
     unit["control_image"] = init.clone().into();
     unit["preprocessor"] = "canny".into();

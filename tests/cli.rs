@@ -26,6 +26,34 @@ fn generate_writes_an_image_with_the_bundled_model() {
 }
 
 #[test]
+fn generated_pngs_carry_the_parameters_unless_no_embed_parameters() {
+    let dir = tempfile::tempdir().unwrap();
+    let text_of = |out: &std::path::Path| {
+        let reader = png::Decoder::new(std::io::BufReader::new(std::fs::File::open(out).unwrap())).read_info().unwrap();
+        reader.info().uncompressed_latin1_text.iter().map(|t| (t.keyword.clone(), t.text.clone())).collect::<Vec<_>>()
+    };
+    let run = |name: &str, extra: &[&str]| {
+        let out = dir.path().join(name);
+        let run = cli()
+            .args(["generate", "--prompt", "a lighthouse", "--seed", "3", "--steps", "2", "--scheduler", "Euler a"])
+            .args(extra)
+            .arg("--out")
+            .arg(&out)
+            .output()
+            .unwrap();
+        assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
+        out
+    };
+    let text = text_of(&run("with.png", &[]));
+    assert_eq!(text[0].0, "parameters");
+    assert!(
+        text[0].1.starts_with("a lighthouse\nSteps: 2, Sampler: Euler a, CFG scale: 5, Seed: 3, Size: 64x64"),
+        "{text:?}"
+    );
+    assert!(text_of(&run("without.png", &["--no-embed-parameters"])).is_empty());
+}
+
+#[test]
 fn refiner_vae_and_upscaler_flags_reach_the_request() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("refined.png");
@@ -154,7 +182,8 @@ fn the_canny_flag_makes_the_control_image_from_a_photo_as_cv2_canny_does() {
             .output()
             .unwrap();
         assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
-        std::fs::read(&out).unwrap()
+        // The pixels: the embedded parameters differ (one names the preprocessor that ran).
+        image::open(&out).unwrap().to_rgb8().into_raw()
     };
     let from_photo = run("photo.png", "photo_67x45.png", &["--canny", "300", "600"]);
     let from_edges = run("edges.png", "photo_67x45_300_600.png", &[]);

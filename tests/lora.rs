@@ -160,7 +160,8 @@ fn an_a1111_lora_tag_in_the_prompt_is_the_same_as_the_lora_field() {
     req["data"]["prompt"] = json!(format!("{prompt} <lora:kohya_a:1.5:0.5>"));
     let outcome = engine.generate(&req.to_string(), &mut Capture::default(), true);
     let by_tag: Value = serde_json::from_str(&outcome.response_json).unwrap();
-    let image = |r: &Value| r["data"]["generated_images"][0]["image_data"].as_str().unwrap().to_string();
+    let image =
+        |r: &Value| crate::util::pixels_of_image_data(r["data"]["generated_images"][0]["image_data"].as_str().unwrap());
     assert!(image(&by_tag) == image(&by_field), "the tag and the field give different images");
     assert_eq!(
         by_tag["data"]["generated_images"][0]["metadata"]["loras"],
@@ -397,11 +398,12 @@ fn ramp(seed: usize, n: usize) -> Vec<f32> {
     (0..n).map(|i| (((i * 7 + seed * 13) % 17) as f32 - 8.0) * 0.05).collect()
 }
 
-/// The image (base64 PNG) `generate` makes with `loras`, which must apply without a warning.
-fn image_of(root: &Path, loras: Value) -> String {
+/// The pixels of the image `generate` makes with `loras`, which must apply without a warning (the PNGs differ in
+/// their embedded parameters, which name the LoRAs).
+fn image_of(root: &Path, loras: Value) -> Vec<u8> {
     let resp = generate(root, loras);
     assert!(resp["warnings"].as_array().is_none_or(|w| w.is_empty()), "{}", resp["warnings"]);
-    resp["data"]["generated_images"][0]["image_data"].as_str().unwrap().to_string()
+    crate::util::pixels_of_image_data(resp["data"]["generated_images"][0]["image_data"].as_str().unwrap())
 }
 
 fn generate(root: &Path, loras: Value) -> Value {

@@ -44,3 +44,5 @@ mod canny;
 // Weighted prompts (data.prompt_syntax "weighted"): A1111's emphasis syntax and long prompts, parity with compel +
 // diffusers; plain prompts unchanged.
 mod prompts;
+// Generation parameters inside the encoded images: A1111's infotext (PNG chunks, JPEG/WebP EXIF), opt-out, pixels.
+mod pnginfo;

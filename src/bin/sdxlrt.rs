@@ -128,6 +128,10 @@ struct GenerateArgs {
     /// Replace --out if it exists.
     #[arg(long)]
     overwrite: bool,
+    /// Do not write the generation parameters (prompt, seed, sampler, ...) into the image file; by default they
+    /// are written as A1111 does (PNG text chunk `parameters`, JPEG/WebP EXIF UserComment).
+    #[arg(long)]
+    no_embed_parameters: bool,
     /// Path of libonnxruntime.so (else ORT_DYLIB_PATH, beside the library, the system).
     #[arg(long)]
     onnxruntime: Option<PathBuf>,
@@ -195,6 +199,9 @@ fn generate(args: GenerateArgs) -> Result<String, String> {
         "batch": { "size": args.batch },
         "output": { "format": format, "save_path": args.out, "overwrite": args.overwrite, "return_image_data": false },
     });
+    if args.no_embed_parameters {
+        data["output"]["embed_parameters"] = serde_json::json!(false);
+    }
     if args.width.is_some() || args.height.is_some() {
         data["dimensions"] = serde_json::json!({ "width": args.width, "height": args.height });
     }

@@ -30,6 +30,7 @@ use self::slots::Slots;
 use crate::error::{Error, Result};
 use crate::image::RgbImage;
 use crate::pipeline::{Progress, ProgressEvent, RunContext, SdxlPipeline, Stage};
+use crate::protocol::infotext::EmbeddedParameters;
 use crate::protocol::normalize::{parse_request, RequestLimits};
 use crate::protocol::params::GenerateParams;
 use crate::protocol::response::{
@@ -263,45 +264,50 @@ impl Engine {
                 cancel.cancel();
                 return Err(Error::Cancelled);
             }
-            let (image_path, image_data) = outputs::emit(image, i, &params.output, save_path.as_deref())?;
+            let metadata = ImageMetadata {
+                seed: image.seed,
+                steps: params.steps,
+                guidance_scale: params.guidance_scale,
+                scheduler: out.scheduler.get("name").and_then(|v| v.as_str()).unwrap_or("unknown").to_string(),
+                scheduler_options: out
+                    .scheduler
+                    .get("options")
+                    .and_then(|v| v.as_object())
+                    .filter(|m| !m.is_empty())
+                    .cloned(),
+                model_info: ModelInfo {
+                    base_model: Some(model_name.clone()),
+                    refiner_model: params.refiner.clone(),
+                    vae_model: params.vae.clone(),
+                },
+                loras: params.loras.iter().map(Into::into).collect(),
+                controlnets: params.controlnets.iter().map(Into::into).collect(),
+                upscale: upscale.as_ref().map(upscalers::PreparedUpscale::info),
+                prompt: out.prompt.clone(),
+                init_image: init_source.as_ref().map(|source| InitImageInfo {
+                    strength: params.strength,
+                    denoising_steps: out.timings.denoising_steps,
+                    source_width: source.image.width,
+                    source_height: source.image.height,
+                    mask_crop: region.map(|r| [r.x1, r.y1, r.x2, r.y2]),
+                    mask: prepared.as_ref().and_then(|p| p.init.mask.as_ref()).map(|mask| MaskInfo {
+                        blur: params.mask_blur.unwrap_or(0.0),
+                        redrawn_fraction: mask.iter().filter(|&&m| m >= 0.5).count() as f64 / mask.len() as f64,
+                    }),
+                }),
+            };
+            let wants_bytes = save_path.is_some() || params.output.return_image_data;
+            let parameters = (wants_bytes && params.output.embeds_parameters())
+                .then(|| EmbeddedParameters::new(params, &metadata, (width, height)));
+            let (image_path, image_data) =
+                outputs::emit(image, i, &params.output, save_path.as_deref(), parameters.as_ref(), warnings)?;
             generated.push(GeneratedImage {
                 image_path,
                 image_data,
                 format: params.output.format.as_str().into(),
                 width: image.width,
                 height: image.height,
-                metadata: ImageMetadata {
-                    seed: image.seed,
-                    steps: params.steps,
-                    guidance_scale: params.guidance_scale,
-                    scheduler: out.scheduler.get("name").and_then(|v| v.as_str()).unwrap_or("unknown").to_string(),
-                    scheduler_options: out
-                        .scheduler
-                        .get("options")
-                        .and_then(|v| v.as_object())
-                        .filter(|m| !m.is_empty())
-                        .cloned(),
-                    model_info: ModelInfo {
-                        base_model: Some(model_name.clone()),
-                        refiner_model: params.refiner.clone(),
-                        vae_model: params.vae.clone(),
-                    },
-                    loras: params.loras.iter().map(Into::into).collect(),
-                    controlnets: params.controlnets.iter().map(Into::into).collect(),
-                    upscale: upscale.as_ref().map(upscalers::PreparedUpscale::info),
-                    prompt: out.prompt.clone(),
-                    init_image: init_source.as_ref().map(|source| InitImageInfo {
-                        strength: params.strength,
-                        denoising_steps: out.timings.denoising_steps,
-                        source_width: source.image.width,
-                        source_height: source.image.height,
-                        mask_crop: region.map(|r| [r.x1, r.y1, r.x2, r.y2]),
-                        mask: prepared.as_ref().and_then(|p| p.init.mask.as_ref()).map(|mask| MaskInfo {
-                            blur: params.mask_blur.unwrap_or(0.0),
-                            redrawn_fraction: mask.iter().filter(|&&m| m >= 0.5).count() as f64 / mask.len() as f64,
-                        }),
-                    }),
-                },
+                metadata,
             });
         }
         peak.sample();

@@ -1,13 +1,16 @@
 //! Where images go: `save_path` resolution (confined to `output_root` when the engine has one), numbered names for
-//! batches, the no-clobber pre-check, encoding and base64.
+//! batches, the no-clobber pre-check, encoding (with the generation parameters, `data.output.embed_parameters`) and
+//! base64.
 
 use std::path::{Component, Path, PathBuf};
 
 use base64::Engine as _;
 
 use crate::error::{Error, Result};
-use crate::image::{write_atomic, RgbImage};
-use crate::protocol::params::OutputParams;
+use crate::image::metadata::TextChunk;
+use crate::image::{exif_fits, write_atomic, RgbImage};
+use crate::protocol::infotext::{EmbeddedParameters, PNG_KEY, RECORD_KEY};
+use crate::protocol::params::{ImageFormat, OutputParams};
 
 /// The file for image `index` of a batch: `save_path` itself for the first, `<stem>_<index>.<ext>` after.
 pub fn batch_path(path: &Path, index: usize) -> PathBuf {
@@ -66,17 +69,21 @@ pub fn check_outputs_free(save_path: Option<&Path>, overwrite: bool, count: usiz
     Ok(())
 }
 
-/// Encode image `index`, write it under `save_path` (if any) and return `(image_path, image_data base64)`.
+/// Encode image `index` with `parameters` in it (unless `data.output.embed_parameters` is false), write it under
+/// `save_path` (if any) and return `(image_path, image_data base64)`.
 pub fn emit(
     image: &RgbImage,
     index: usize,
     output: &OutputParams,
     save_path: Option<&Path>,
+    parameters: Option<&EmbeddedParameters>,
+    warnings: &mut Vec<String>,
 ) -> Result<(Option<String>, Option<String>)> {
     if save_path.is_none() && !output.return_image_data {
         return Ok((None, None));
     }
-    let bytes = image.encode(output.format, output.quality)?;
+    let text = text_chunks(output, parameters, warnings)?;
+    let bytes = image.encode(output.format, output.quality, &text)?;
     let mut image_path = None;
     if let Some(path) = save_path {
         let path = batch_path(path, index);
@@ -85,6 +92,36 @@ pub fn emit(
     }
     let data = output.return_image_data.then(|| base64::engine::general_purpose::STANDARD.encode(&bytes));
     Ok((image_path, data))
+}
+
+/// The chunks an image gets: A1111's infotext as `parameters`, then sdxlrt's record (PNG only; JPEG and WebP carry
+/// the infotext as their EXIF comment). Parameters too long for a JPEG's EXIF segment are an error naming
+/// `data.output.embed_parameters` when the request asked for them, else left out with a warning.
+fn text_chunks<'a>(
+    output: &OutputParams,
+    parameters: Option<&'a EmbeddedParameters>,
+    warnings: &mut Vec<String>,
+) -> Result<Vec<TextChunk<'a>>> {
+    let Some(p) = parameters.filter(|_| output.embeds_parameters()) else { return Ok(Vec::new()) };
+    if !exif_fits(output.format, &p.infotext) {
+        let why = format!(
+            "the generation parameters ({} characters) do not fit a JPEG's 64 KiB EXIF segment; use png or webp",
+            p.infotext.chars().count()
+        );
+        if output.embed_parameters == Some(true) {
+            return Err(Error::field("data.output.embed_parameters", why));
+        }
+        let warning = format!("data.output.embed_parameters: {why}; the image was written without them");
+        if !warnings.contains(&warning) {
+            warnings.push(warning);
+        }
+        return Ok(Vec::new());
+    }
+    let mut chunks = vec![TextChunk { keyword: PNG_KEY, text: &p.infotext }];
+    if output.format == ImageFormat::Png && !p.record.is_empty() {
+        chunks.push(TextChunk { keyword: RECORD_KEY, text: &p.record });
+    }
+    Ok(chunks)
 }
 
 #[cfg(test)]

@@ -1,4 +1,5 @@
-//! Decoded VAE output → RGB8 pixels → PNG/JPEG/WebP bytes → files written atomically; images read from a request
+//! Decoded VAE output → RGB8 pixels → PNG/JPEG/WebP bytes (with the generation parameters in them, [`metadata`]) →
+//! files written atomically; images read from a request
 //! (control images), their Canny edges as OpenCV computes them ([`canny`]) and Pillow's Lanczos resize
 //! ([`lanczos`]); the crop and overlay of inpainting only the masked area ([`mask_crop`]); Pillow's Gaussian blur of
 //! a mask ([`blur`]).
@@ -7,6 +8,7 @@ pub mod blur;
 pub mod canny;
 pub mod lanczos;
 pub mod mask_crop;
+pub mod metadata;
 pub mod source;
 
 use std::io::Write;
@@ -47,37 +49,76 @@ impl RgbImage {
         RgbImage { width: w as u32, height: h as u32, seed, data }
     }
 
-    /// Encode as `format` (`quality` applies to JPEG).
-    pub fn encode(&self, format: ImageFormat, quality: u8) -> Result<Vec<u8>> {
+    /// Encode as `format` (`quality` applies to JPEG), with `text` in it: PNG text chunks in order, or for JPEG and
+    /// WebP the first chunk's text as the EXIF `UserComment` ([`metadata`]; EXIF has one comment). The pixels are
+    /// encoded the same with or without text.
+    ///
+    /// Errors: [`Error::Output`] when encoding fails, or when the comment is too long for a JPEG EXIF segment
+    /// ([`metadata::MAX_JPEG_EXIF`]; check with [`exif_fits`] first).
+    pub fn encode(&self, format: ImageFormat, quality: u8, text: &[metadata::TextChunk<'_>]) -> Result<Vec<u8>> {
         use image::ImageEncoder;
         let mut out = Vec::new();
         let (w, h) = (self.width, self.height);
-        let res = match format {
-            ImageFormat::Png => image::codecs::png::PngEncoder::new(&mut out).write_image(
-                &self.data,
-                w,
-                h,
-                image::ExtendedColorType::Rgb8,
-            ),
-            ImageFormat::Jpeg => image::codecs::jpeg::JpegEncoder::new_with_quality(&mut out, quality).write_image(
-                &self.data,
-                w,
-                h,
-                image::ExtendedColorType::Rgb8,
-            ),
-            ImageFormat::Webp => image::codecs::webp::WebPEncoder::new_lossless(&mut out).write_image(
-                &self.data,
-                w,
-                h,
-                image::ExtendedColorType::Rgb8,
-            ),
-        };
-        res.map_err(|e| Error::Output {
+        let exif = text.first().map(|t| metadata::exif_user_comment(t.text));
+        let failed = |e: String| Error::Output {
             path: PathBuf::new(),
             message: format!("{} encoding failed: {e}", format.as_str()),
-        })?;
+        };
+        let res = match format {
+            ImageFormat::Png => return self.encode_png(text).map_err(|e| failed(e.to_string())),
+            ImageFormat::Jpeg => {
+                let mut encoder = image::codecs::jpeg::JpegEncoder::new_with_quality(&mut out, quality);
+                if let Some(exif) = exif {
+                    if exif.len() > metadata::MAX_JPEG_EXIF {
+                        return Err(failed(format!(
+                            "the parameters take {} bytes of EXIF; a JPEG segment holds {}",
+                            exif.len(),
+                            metadata::MAX_JPEG_EXIF
+                        )));
+                    }
+                    encoder.set_exif_metadata(exif).map_err(|e| failed(e.to_string()))?;
+                }
+                encoder.write_image(&self.data, w, h, image::ExtendedColorType::Rgb8)
+            }
+            ImageFormat::Webp => {
+                let mut encoder = image::codecs::webp::WebPEncoder::new_lossless(&mut out);
+                if let Some(exif) = exif {
+                    encoder.set_exif_metadata(exif).map_err(|e| failed(e.to_string()))?;
+                }
+                encoder.write_image(&self.data, w, h, image::ExtendedColorType::Rgb8)
+            }
+        };
+        res.map_err(|e| failed(e.to_string()))?;
         Ok(out)
     }
+
+    /// PNG through the `png` crate with the settings `image`'s `PngEncoder::new` uses (fast deflate, adaptive
+    /// filter), so the image data is the same bytes as before text chunks existed; the text chunks go before it.
+    fn encode_png(&self, text: &[metadata::TextChunk<'_>]) -> std::result::Result<Vec<u8>, png::EncodingError> {
+        let mut out = Vec::new();
+        let mut encoder = png::Encoder::new(&mut out, self.width, self.height);
+        encoder.set_color(png::ColorType::Rgb);
+        encoder.set_depth(png::BitDepth::Eight);
+        encoder.set_compression(png::Compression::Fast);
+        encoder.set_filter(png::Filter::Adaptive);
+        for chunk in text {
+            if metadata::is_latin1(chunk.text) {
+                encoder.add_text_chunk(chunk.keyword.to_string(), chunk.text.to_string())?;
+            } else {
+                encoder.add_itxt_chunk(chunk.keyword.to_string(), chunk.text.to_string())?;
+            }
+        }
+        let mut writer = encoder.write_header()?;
+        writer.write_image_data(&self.data)?;
+        writer.finish()?;
+        Ok(out)
+    }
+}
+
+/// Whether `text` fits the metadata `format` carries: a JPEG's EXIF segment is at most 64 KiB (about 32,000
+/// characters of comment); PNG and WebP have no practical limit.
+pub fn exif_fits(format: ImageFormat, text: &str) -> bool {
+    format != ImageFormat::Jpeg || metadata::exif_user_comment(text).len() <= metadata::MAX_JPEG_EXIF
 }
 
 /// diffusers: `image / 2 + 0.5`, `clamp(0, 1)`, `* 255`, numpy `round` (half to even), `astype(uint8)`.

@@ -651,7 +651,15 @@ fn output_params(d: &WireData, warnings: &mut Vec<String>) -> Result<OutputParam
     let return_image_data = o.return_image_data.unwrap_or(save_path.is_none());
     // `false` without a save_path is only useful with raw pixels (`sdxl_generate_images`); the engine checks that.
     let upscale = super::upscale::upscale_params(o.upscale.as_ref(), warnings)?;
-    Ok(OutputParams { format, quality, save_path, overwrite: o.overwrite.unwrap_or(false), return_image_data, upscale })
+    Ok(OutputParams {
+        format,
+        quality,
+        save_path,
+        overwrite: o.overwrite.unwrap_or(false),
+        return_image_data,
+        upscale,
+        embed_parameters: o.embed_parameters,
+    })
 }
 
 /// `"a", "b" or "c"`.
@@ -787,6 +795,7 @@ mod tests {
                 overwrite: false,
                 return_image_data: true,
                 upscale: None,
+                embed_parameters: None,
             },
             timeout_secs: Some(300.0),
             priority: Priority::Normal,
@@ -1338,6 +1347,20 @@ mod tests {
             parse_value(minimal(json!({"output": {"format": "Jpeg"}}))).unwrap().params.output.format,
             ImageFormat::Jpeg
         );
+    }
+
+    #[test]
+    fn embed_parameters_defaults_on_and_can_be_turned_off() {
+        let output = |v: Value| parse_value(minimal(json!({ "output": v }))).unwrap().params.output;
+        let default = output(json!({}));
+        assert_eq!(default.embed_parameters, None);
+        assert!(default.embeds_parameters(), "on by default, as A1111, ComfyUI and sd.cpp do");
+        assert!(output(json!({"embed_parameters": null})).embeds_parameters());
+        assert_eq!(output(json!({"embed_parameters": true})).embed_parameters, Some(true));
+        let off = output(json!({"embed_parameters": false}));
+        assert!(!off.embeds_parameters());
+        let err = parse_value(minimal(json!({"output": {"embed_parameters": "no"}}))).unwrap_err();
+        assert!(err.to_string().contains("data.output.embed_parameters"), "{err}");
     }
 
     #[test]

@@ -214,6 +214,18 @@ pub struct OutputParams {
     pub return_image_data: bool,
     /// Upscale every image before it is encoded (`upscale`); `None`: keep the generated size.
     pub upscale: Option<UpscaleParams>,
+    /// Write the generation parameters into the encoded image (`embed_parameters`), as A1111 does: a PNG `parameters`
+    /// text chunk (and an `sdxlrt` chunk with the full record), JPEG/WebP EXIF `UserComment`. `None` (absent or
+    /// null): yes, the default; `Some(true)`: yes, and a format that cannot carry them is an error naming the field;
+    /// `Some(false)`: no metadata in the file.
+    pub embed_parameters: Option<bool>,
+}
+
+impl OutputParams {
+    /// Whether the encoded images carry the generation parameters (on unless `embed_parameters` is false).
+    pub fn embeds_parameters(&self) -> bool {
+        self.embed_parameters != Some(false)
+    }
 }
 
 /// A validated `data.output.upscale` that asks for work (see [`super::upscale`] for the rules).

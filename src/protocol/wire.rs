@@ -334,6 +334,9 @@ pub struct WireOutput {
     /// `return_image_data`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub return_image_data: Option<bool>,
+    /// `embed_parameters`: write the generation parameters into the encoded image (default: yes).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub embed_parameters: Option<bool>,
 }
 
 /// `data.output.upscale` (the C# `UpscaleContract`), validated by [`crate::protocol::upscale`].
@@ -685,8 +688,12 @@ impl WireOutput {
             upscale: WireUpscale::decode(obj, warnings)?,
             overwrite: obj.boolean("overwrite")?,
             return_image_data: obj.boolean("return_image_data")?,
+            embed_parameters: obj.boolean("embed_parameters")?,
         };
-        obj.warn_unknown(&["format", "quality", "save_path", "upscale", "overwrite", "return_image_data"], warnings);
+        obj.warn_unknown(
+            &["format", "quality", "save_path", "upscale", "overwrite", "return_image_data", "embed_parameters"],
+            warnings,
+        );
         Ok(output)
     }
 }

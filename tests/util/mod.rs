@@ -439,3 +439,11 @@ pub fn check_case_on(engine: &sdxlrt::engine::Engine, model: &str, case: &str, p
     assert!(worst <= 1, "{case}: image differs from diffusers by {worst}/255 at byte {at}");
     serde_json::from_str(&outcome.response_json).unwrap()
 }
+
+/// The RGB8 pixels of a base64 encoded image (`image_data`): what to compare between requests, whose files differ in
+/// their embedded generation parameters.
+pub fn pixels_of_image_data(b64: &str) -> Vec<u8> {
+    use base64::Engine as _;
+    let bytes = base64::engine::general_purpose::STANDARD.decode(b64).expect("base64 image data");
+    image::load_from_memory(&bytes).expect("an encoded image").to_rgb8().into_raw()
+}

@@ -285,6 +285,7 @@ namespace SdxlRt.Tests
             r.Output.Quality = 80;
             r.Output.SavePath = "/tmp/out/a.jpg";
             r.Output.ReturnImageData = true;
+            r.Output.EmbedParameters = false;
             r.PostProcessing = new PostProcessingConfiguration { Upscale = new UpscaleConfiguration { Enabled = true, Factor = 4, Model = "RealESRGAN" } };
             r.Conditioning.ControlNets.Add(new ControlNetConfiguration { Type = "canny", ControlImage = "edges.png", ConditioningScale = 0.5, GuidanceEnd = 0.75 });
             string json = new EnhancedRequestTransformer().ToJson(r, "id-1");
@@ -299,7 +300,8 @@ namespace SdxlRt.Tests
                 "\"controlnet\":{\"enabled\":true,\"models\":[{\"type\":\"canny\",\"model_path\":null,\"control_image\":\"edges.png\"," +
                 "\"conditioning_scale\":0.5,\"guidance_end\":0.75}]}," +
                 "\"output\":{\"format\":\"jpeg\",\"quality\":80,\"save_path\":\"/tmp/out/a.jpg\"," +
-                "\"upscale\":{\"enabled\":true,\"factor\":4,\"model\":\"RealESRGAN\"},\"return_image_data\":true}," +
+                "\"upscale\":{\"enabled\":true,\"factor\":4,\"model\":\"RealESRGAN\"},\"return_image_data\":true," +
+                "\"embed_parameters\":false}," +
                 "\"batch\":{\"size\":2,\"parallel\":false}," +
                 "\"metadata\":{\"request_id\":\"id-1\",\"priority\":\"normal\",\"timeout\":300," +
                 "\"tags\":[\"enhanced_sdxl\",\"c_sharp_service\"]},\"init_image\":\"/srv/in/start.png\"}}";

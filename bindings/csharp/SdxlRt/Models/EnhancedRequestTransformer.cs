@@ -98,6 +98,7 @@ namespace SdxlRt
                         Upscale = TransformUpscaleConfig(request.PostProcessing),
                         Overwrite = output.Overwrite,
                         ReturnImageData = output.ReturnImageData,
+                        EmbedParameters = output.EmbedParameters,
                     },
                     Batch = new BatchContract { Size = hyper.BatchSize ?? 1, Parallel = false },
                     Metadata = new MetadataContract
@@ -337,6 +338,7 @@ namespace SdxlRt
         // Not in the seed: written only when the caller set them.
         [DataMember(Name = "overwrite", Order = 4, EmitDefaultValue = false)] public bool? Overwrite;
         [DataMember(Name = "return_image_data", Order = 5, EmitDefaultValue = false)] public bool? ReturnImageData;
+        [DataMember(Name = "embed_parameters", Order = 6, EmitDefaultValue = false)] public bool? EmbedParameters;
     }
 
     [DataContract]

@@ -274,6 +274,12 @@ namespace SdxlRt
 
         /// <summary>Whether an existing file at SavePath may be replaced; null for no. Sent only when set.</summary>
         public bool? Overwrite { get; set; }
+
+        /// <summary>Whether the generation parameters (prompt, seed, sampler, ...) are written into the image file, as
+        /// A1111 does (PNG text chunk <c>parameters</c>, JPEG/WebP EXIF UserComment): null for the engine's default (yes),
+        /// false to leave them out (the prompt is then not in the file). Sent only when set
+        /// (<c>data.output.embed_parameters</c>).</summary>
+        public bool? EmbedParameters { get; set; }
     }
 
     /// <summary>Post-processing steps.</summary>
