@@ -91,7 +91,9 @@ import _common as c
 import goldens
 import make_stages as stages
 
-UNITS = {"tiny-controlnet": 31, "tiny-controlnet-b": 32}  # folder name -> seed
+UNITS = {"tiny-controlnet": 31, "tiny-controlnet-b": 32, "tiny-controlnet-pool": 33}  # folder name -> seed
+# units whose config says global_pool_conditions (diffusers: spatially averaged residuals, guess mode when first)
+POOLED = {"tiny-controlnet-pool"}
 # Linear / Conv2d weights: normal, std 1/sqrt(fan_in) x gain; the zero-initialized output convolutions' gain:
 HEAD_GAIN = 1.0
 # the gain of the conditioning embedding's convolutions before conv_out (SiLU between them; at 1 the image's signal
@@ -134,22 +136,66 @@ CASES = {
     # make_stages.py's `refiner` (10 Euler steps, base denoising_end 0.8 -> tiny refiner denoising_start 0.8) with
     # the ControlNet on the base's 8 steps; the refiner gets none
     "controlnet_refiner": dict(stages.CASES["refiner"], **UNIT_A, conditioning_scales=(0.8,)),
+    # guess_mode=True: the ControlNet on the conditional half only (zeros for the unconditional one), its residuals
+    # x logspace(-1, 0, 7) x conditioning_scale
+    "controlnet_guess": dict(BASE_CASE, **UNIT_A, conditioning_scales=(0.8,), guess_mode=True),
+    "controlnet_guess_nocfg": dict(
+        BASE_CASE, **UNIT_A, conditioning_scales=(0.9,), negative_prompt=None, guidance_scale=1.0, guess_mode=True
+    ),
+    "controlnet_guess_multi": dict(
+        BASE_CASE,
+        controlnets=("tiny-controlnet", "tiny-controlnet-b"),
+        control_images=("control_64.png", "control_64_b.png"),
+        conditioning_scales=(0.7, 0.5),
+        guess_mode=True,
+    ),
+    "controlnet_guess_window": dict(
+        BASE_CASE,
+        **UNIT_A,
+        conditioning_scales=(1.0,),
+        scheduler="HeunDiscreteScheduler",
+        control_guidance_start=0.25,
+        control_guidance_end=0.75,
+        guess_mode=True,
+    ),
+    # global_pool_conditions: guess mode without asking (the first unit's config), residuals spatially averaged
+    "controlnet_pool": dict(
+        BASE_CASE, controlnets=("tiny-controlnet-pool",), control_images=("control_64_b.png",), conditioning_scales=(0.9,)
+    ),
+    # a pooled second unit: no guess mode (only the first unit's config counts), its [B,C,1,1] residuals broadcast
+    # onto the first unit's
+    "controlnet_pool_second": dict(
+        BASE_CASE,
+        controlnets=("tiny-controlnet", "tiny-controlnet-pool"),
+        control_images=("control_64.png", "control_64_b.png"),
+        conditioning_scales=(0.7, 1.0),
+    ),
 }
 # the keys of a case that describe its ControlNet units (not goldens.py's / make_stages.py's)
-UNIT_KEYS = ("controlnets", "control_images", "conditioning_scales", "control_guidance_start", "control_guidance_end")
+UNIT_KEYS = (
+    "controlnets",
+    "control_images",
+    "conditioning_scales",
+    "control_guidance_start",
+    "control_guidance_end",
+    "guess_mode",
+)
 
 
 # ---------------------------------------------------------------------------------------------------------------
 # models
 
 
-def build_controlnet(unet, seed: int):
-    """ControlNetModel.from_unet(unet) with every parameter re-drawn from torch.Generator().manual_seed(seed)."""
+def build_controlnet(unet, seed: int, pooled: bool = False):
+    """ControlNetModel.from_unet(unet) with every parameter re-drawn from torch.Generator().manual_seed(seed);
+    `pooled`: its config says global_pool_conditions (the parameters are the same)."""
     import torch
     from diffusers import ControlNetModel
     from torch import nn
 
     cn = ControlNetModel.from_unet(unet)
+    if pooled:
+        cn.register_to_config(global_pool_conditions=True)
     heads = {cn.controlnet_cond_embedding.conv_out, cn.controlnet_mid_block, *cn.controlnet_down_blocks}
     embedding = {cn.controlnet_cond_embedding.conv_in, *cn.controlnet_cond_embedding.blocks}
     g = torch.Generator("cpu").manual_seed(seed)
@@ -185,7 +231,7 @@ def export_units(base, out: Path, work: Path) -> dict:
 
     units = {}
     for name, seed in UNITS.items():
-        cn = build_controlnet(base.unet, seed)
+        cn = build_controlnet(base.unet, seed, pooled=name in POOLED)
         src = work / "controlnet-diffusers" / name
         shutil.rmtree(src, ignore_errors=True)
         cn.save_pretrained(str(src), safe_serialization=True)
@@ -369,6 +415,10 @@ def controlnet_case(base, units: dict, images: Path, name: str, refiner=None) ->
         control_guidance_start=p["control_guidance_start"],
         control_guidance_end=p["control_guidance_end"],
     )
+    if "guess_mode" in p:
+        call["guess_mode"] = p["guess_mode"]
+    # diffusers' ControlNet and ControlNet img2img pipelines: guess_mode or the first unit's global_pool_conditions
+    guess = bool(p.get("guess_mode")) or bool(nets[0].config.global_pool_conditions)
 
     preprocessed: list = []
     orig_preprocess = pipe.control_image_processor.preprocess
@@ -390,7 +440,7 @@ def controlnet_case(base, units: dict, images: Path, name: str, refiner=None) ->
             # (the ONNX check's); cloned: MultiControlNetModel adds the next unit's residuals in place
             if not calls[k] or (rec["scale"] != 0.0 and not any(r["scale"] != 0.0 for r in calls[k])):
                 rec["inputs"], rec["outputs"] = controlnet_io(a, rec["scale"], output)
-                assert not a.get("guess_mode") and a["return_dict"] is False
+                assert bool(a.get("guess_mode")) == guess and a["return_dict"] is False
             calls[k].append(rec)
 
         return hook
@@ -415,8 +465,9 @@ def controlnet_case(base, units: dict, images: Path, name: str, refiner=None) ->
     for k in range(K):
         image = preprocessed[k]
         assert image.shape == (1, 3, p["height"], p["width"]) and image.dtype == torch.float32
-        # prepare_image: repeat_interleave(batch) then, with CFG, the same images again for the negative half
-        fed = torch.cat([image.repeat_interleave(B, dim=0)] * (2 if cfg else 1))
+        # prepare_image: repeat_interleave(batch) then, with CFG (not in guess mode), the same images again for the
+        # negative half
+        fed = torch.cat([image.repeat_interleave(B, dim=0)] * (2 if cfg and not guess else 1))
         assert torch.equal(calls[k][0]["inputs"]["controlnet_cond"], fed), k
         tensors[f"control_image_{k}"] = image
     first = calls[0][0]["outputs"]
@@ -433,6 +484,8 @@ def controlnet_case(base, units: dict, images: Path, name: str, refiner=None) ->
     meta["control_guidance_end"] = json.dumps([float(p["control_guidance_end"])] * K)
     if "scheduler" in p:
         meta["scheduler"] = p["scheduler"]
+    if p.get("guess_mode"):
+        meta["guess_mode"] = "true"
     active = [next(r for r in u if r["scale"] != 0.0) for u in calls]
     return tensors, meta, [(r["inputs"], r["outputs"]) for r in active]
 
@@ -455,16 +508,27 @@ def image_difference(base, refiner, name: str, with_cn: dict) -> dict:
     }
 
 
-def check_onnx(folder: Path, name: str, unit: str, first: tuple) -> float:
-    """onnxruntime on the exported graph vs torch, on the inputs the pipeline gave one unit (`first`)."""
+def check_onnx(folder: Path, name: str, unit: str, first: tuple, guess: bool = False) -> float:
+    """onnxruntime on the exported graph vs torch, on the inputs the pipeline gave one unit (`first`). `guess`: torch
+    ran in guess mode; a unit without global_pool_conditions then scaled its residuals by
+    logspace(-1, 0, n) x conditioning_scale, which the graph (exported with guess_mode=False) does not: it gets
+    conditioning_scale 1 and its outputs are multiplied by those scales here, as sdxlrt does."""
     import numpy as np
     import onnxruntime as ort
+    import torch
 
     inputs, outputs = first
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = 2
     sess = ort.InferenceSession(str(folder / unit / "model.onnx"), opts, providers=["CPUExecutionProvider"])
-    got = sess.run(None, {k: v.numpy().astype(np.float32) for k, v in inputs.items()})
+    feed = {k: v.numpy().astype(np.float32) for k, v in inputs.items()}
+    pooled = json.loads((folder / unit / "config.json").read_text()).get("global_pool_conditions", False)
+    if guess and not pooled:
+        feed["conditioning_scale"] = np.array(1.0, dtype=np.float32)
+    got = sess.run(None, feed)
+    if guess and not pooled:
+        scales = (torch.logspace(-1, 0, len(got)) * float(inputs["conditioning_scale"])).numpy()
+        got = [g * s for g, s in zip(got, scales)]
     assert len(got) == len(outputs)
     worst = 0.0
     for g, w in zip(got, outputs):
@@ -486,8 +550,9 @@ def main() -> None:
     refiner = stages.build_refiner(base) if any("refiner" in CASES[s] for s in cases) else None
     for name in cases:
         tensors, meta, firsts = controlnet_case(base, units, folder, name, refiner)
+        guess = bool(CASES[name].get("guess_mode")) or CASES[name]["controlnets"][0] in POOLED
         for unit, first in zip(CASES[name]["controlnets"], firsts):
-            check_onnx(folder, name, unit, first)
+            check_onnx(folder, name, unit, first, guess)
         d = image_difference(base, refiner, name, tensors)
         shapes = ", ".join(f"{k}{list(tensors[k].shape)}" for k in sorted(tensors) if k.startswith(("cn_", "control")))
         print(f"{name}: {shapes}", flush=True)
@@ -498,7 +563,9 @@ def main() -> None:
             flush=True,
         )
         # the ControlNet must change the image clearly (a test that drops it must fail), without saturating it
-        assert mean >= (2.0 if name == "controlnet_window" else 10.0) and d["clipped_cn"] < 0.1, d
+        # (guess mode: the unconditional half gets no residuals and the down residuals 0.1x to 1x, so less)
+        low = name.endswith("window") or "guess" in name or "pool" in name
+        assert mean >= (2.0 if low else 10.0) and d["clipped_cn"] < 0.1, d
         c.write_golden(args.out / "goldens" / f"{name}.safetensors", tensors, meta)
 
 
