@@ -1,4 +1,4 @@
-"""Write the ControlNet fixtures: two tiny seeded SDXL ControlNets, control images, and their diffusers goldens.
+"""Write the ControlNet fixtures: three tiny seeded SDXL ControlNets, control images, and their diffusers goldens.
 
 Models (tests/fixtures/controlnet/<name>/: model.onnx + config.json, written by export_onnx.py's --controlnet export
 of the saved diffusers folder, so the inputs / outputs are those documented there):
@@ -16,6 +16,10 @@ of the saved diffusers folder, so the inputs / outputs are those documented ther
                        642,688 parameters; 6 down residuals + mid, at 64x64 (latents 8x8): [B,16,8,8] x3,
                        [B,16,4,4], [B,32,4,4] x2; mid [B,32,4,4]
   tiny-controlnet-b/   the same architecture, seed 32 (for multi-ControlNet)
+  tiny-controlnet-pool/ the same architecture, seed 33, its config saying global_pool_conditions (as the shuffle
+                       ControlNets'): ControlNetModel.forward averages its residuals over height and width, which the
+                       export keeps (ReduceMean: residuals [B,C,1,1]); diffusers' text-to-image and image-to-image
+                       ControlNet pipelines turn guess mode on when it is the first unit
 
 Control images (drawn with PIL / numpy, no random numbers), PNG RGB, in tests/fixtures/controlnet/:
 
@@ -54,6 +58,21 @@ width x height with Lanczos, / 255, no normalization).
                            controlnet_keep over the whole timestep list (10) before denoising_end cuts it
                            (pipeline_controlnet_sd_xl.py steps 7.1 and 8.1): a guidance window is relative to all 10.
 
+  controlnet_guess         controlnet with guess_mode=True: the ControlNet on the conditional half only (batch 1,
+                           control image not doubled), zeros for the unconditional half, residuals x
+                           torch.logspace(-1, 0, 7) x 0.8
+  controlnet_guess_nocfg   guess_mode=True, guidance_scale 1.0, no negative prompt, scale 0.9 (only the weights
+                           change); controlnet_batch2_nocfg's first image is the same request without guess mode
+  controlnet_guess_multi   controlnet_multi with guess_mode=True (one flag for both units)
+  controlnet_guess_window  controlnet_window with guess_mode=True (the window still applies)
+  controlnet_pool          tiny-controlnet-pool + control_64_b.png at 0.9, guess_mode not passed: the pipeline turns it
+                           on (nets[0].config.global_pool_conditions); the pooled unit's scale is not log-weighted
+  controlnet_pool_second   tiny-controlnet + control_64.png at 0.7 and tiny-controlnet-pool + control_64_b.png at 1.0:
+                           no guess mode (only the first unit's config counts); the pooled [B,C,1,1] residuals are
+                           broadcast onto the first unit's in MultiControlNetModel's sum
+  (guess_mode: metadata "guess_mode" = "true"; the checks below expect the ControlNet's inputs at batch B without
+  CFG doubling whenever the pipeline ran in guess mode)
+
 Extra tensors (float32):
   control_image_<k> [1,3,H,W]      unit k's preprocessed control image, as VaeImageProcessor.preprocess returned it
                                    (before prepare_image's repeat_interleave(batch) and the CFG concatenation)
@@ -74,7 +93,10 @@ Measured here: mean |image_u8 with ControlNet - the same request without| (print
   of Lanczos changes `controlnet_resized` by up to 7/255; a keep window off by one evaluation moves
   `controlnet_window`'s latents by 0.57 or more.
 The script checks each exported ONNX ControlNet against torch on the inputs the pipeline gave it (its first
-evaluation with a conditioning scale other than 0): max |diff| / max(1, max |torch|) <= 1e-4 (1.5e-6 here).
+evaluation with a conditioning scale other than 0): max |diff| / max(1, max |torch|) <= 1e-4 (1.9e-6 here); in guess
+mode an unpooled graph gets conditioning_scale 1 and its outputs are multiplied by logspace(-1, 0, 7) x the scale,
+as sdxlrt does. Guess-mode cases change the image by 4.9-22.9/255 (mean) against the same request without a
+ControlNet, the pooled ones by 13.6-28.9/255.
 
 Usage: python make_controlnet.py [--model DIR] [--out tests/fixtures] [--cases controlnet,...]
        (model: build_tiny.py's output)

@@ -41,6 +41,8 @@ starting latents are scheduler.add_noise(image_latents, noise, that list's first
   img2img_low_strength  Euler                            25     0.12      3 (81, 41, 1); 25 x 0.12 = 3.0 in float64,
                                                                           2.99999993 with 0.12 as a float32 (-> 2)
   img2img_controlnet    Euler + tiny-controlnet          5      0.8       4 (601, 401, 201, 1)
+  img2img_controlnet_guess  the same with guess_mode=True (the ControlNet on the conditional half only, residuals
+                        x logspace(-1, 0, 7) x 0.8; metadata guess_mode "true")
   img2img_refiner       Euler, then the tiny refiner     10     0.6       4 + 2 (501, 401, 301, 201 | 101, 1)
   img2img_refiner_full  Euler, then the tiny refiner     10     1.0       8 + 2 (901, …, 201 | 101, 1)
   img2img_refiner_base_no_step
