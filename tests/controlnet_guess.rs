@@ -82,6 +82,7 @@ fn the_guess_mode_goldens_differ_from_the_same_requests_without_it() {
         ("controlnet_guess_window", image("controlnet_window")),
         ("controlnet_guess_nocfg", image("controlnet_batch2_nocfg")),
         ("img2img_controlnet_guess", image("img2img_controlnet")),
+        ("inpaint_controlnet_guess", image("inpaint_controlnet")),
         ("controlnet_pool_second", image("controlnet_multi")),
     ];
     for (case, without) in pairs {
@@ -91,17 +92,16 @@ fn the_guess_mode_goldens_differ_from_the_same_requests_without_it() {
 }
 
 #[test]
-fn when_inpainting_a_pooled_first_controlnet_does_not_turn_guess_mode_on_and_a_warning_says_so() {
+fn guess_mode_when_inpainting_matches_diffusers_controlnet_inpaint_pipeline() {
+    let reply = check_case(&engine(), "inpaint_controlnet_guess", false);
+    assert_eq!(units(&reply)[0]["guess_mode"], true);
+}
+
+#[test]
+fn when_inpainting_a_pooled_first_controlnet_does_not_turn_guess_mode_on_as_in_diffusers_and_a_warning_says_so() {
     let engine = engine();
-    let g = Golden::load("inpaint_controlnet");
-    let mut request: serde_json::Value = serde_json::from_str(&g.request("tiny-sdxl", true)).unwrap();
-    request["data"]["controlnet"]["models"][0]["model_path"] = "tiny-controlnet-pool".into();
-    let run = |request: &serde_json::Value| {
-        let outcome = engine.generate(&request.to_string(), &mut NoProgress, true);
-        assert!(outcome.error.is_none(), "{}", outcome.response_json);
-        serde_json::from_str::<serde_json::Value>(&outcome.response_json).unwrap()
-    };
-    let reply = run(&request);
+    // diffusers' ControlNet inpaint pipeline: no `guess_mode or global_pool_conditions`
+    let reply = check_case(&engine, "inpaint_controlnet_pool", true);
     assert_eq!(units(&reply)[0].get("guess_mode"), None);
     assert_eq!(units(&reply)[0]["global_pool_conditions"], true);
     let warnings = reply["warnings"].as_array().unwrap();
@@ -109,8 +109,13 @@ fn when_inpainting_a_pooled_first_controlnet_does_not_turn_guess_mode_on_and_a_w
         warnings.iter().any(|w| w.as_str().unwrap().contains("does not turn guess mode on when inpainting")),
         "{warnings:?}"
     );
+    // Asked for, it is on (and nothing to warn about).
+    let mut request: serde_json::Value =
+        serde_json::from_str(&Golden::load("inpaint_controlnet_pool").request("tiny-sdxl", true)).unwrap();
     request["data"]["controlnet"]["guess_mode"] = true.into();
-    let reply = run(&request);
+    let outcome = engine.generate(&request.to_string(), &mut NoProgress, true);
+    assert!(outcome.error.is_none(), "{}", outcome.response_json);
+    let reply: serde_json::Value = serde_json::from_str(&outcome.response_json).unwrap();
     assert_eq!(units(&reply)[0]["guess_mode"], true);
     assert!(reply["warnings"].as_array().is_none_or(|w| w.iter().all(|w| !w.as_str().unwrap().contains("inpaint"))));
 }
