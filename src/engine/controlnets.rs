@@ -4,7 +4,7 @@
 //! on its control image as decoded, before anything else (`control_image`). With `data.padding_mask_crop` each
 //! control image is cut to the mask's area and "fill"-resized exactly as the init image is (diffusers'
 //! `StableDiffusionXLControlNetInpaintPipeline.prepare_control_image` with `crops_coords` and `resize_mode="fill"`).
-//! Guess mode is decided here, for all the units at once ([`guess_mode`]).
+//! Guess mode is decided here, for all the units at once (`guess_mode`).
 
 use std::sync::Arc;
 
