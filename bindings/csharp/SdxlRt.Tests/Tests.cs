@@ -436,7 +436,9 @@ namespace SdxlRt.Tests
             EnhancedSDXLResponse r = Fixture.Engine.GenerateImagesAsync(req).GetAwaiter().GetResult();
             Assert.True(r.Success, "success");
             GeneratedImage img = r.GeneratedImages[0];
-            Fixture.SamePixels(Fixture.GoldenPixels("controlnet_guess"), img.Pixels.Data, "controlnet_guess image_u8");
+            // within 1/255, the parity tolerance: ONNX Runtime's kernels are not torch's, and one pixel rounds the
+            // other way here (the Rust test allows the same)
+            Fixture.NearPixels(Fixture.GoldenPixels("controlnet_guess"), img.Pixels.Data, 1, "controlnet_guess image_u8");
             Assert.True(img.Metadata.ControlNets[0].GuessMode, "guess mode reported");
             Assert.True(!img.Metadata.ControlNets[0].GlobalPoolConditions, "not a pooled ControlNet");
             req.Conditioning.ControlNetGuessMode = false;
