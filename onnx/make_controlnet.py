@@ -1,4 +1,4 @@
-"""Write the ControlNet fixtures: two tiny seeded SDXL ControlNets, control images, and their diffusers goldens.
+"""Write the ControlNet fixtures: three tiny seeded SDXL ControlNets, control images, and their diffusers goldens.
 
 Models (tests/fixtures/controlnet/<name>/: model.onnx + config.json, written by export_onnx.py's --controlnet export
 of the saved diffusers folder, so the inputs / outputs are those documented there):
@@ -16,6 +16,10 @@ of the saved diffusers folder, so the inputs / outputs are those documented ther
                        642,688 parameters; 6 down residuals + mid, at 64x64 (latents 8x8): [B,16,8,8] x3,
                        [B,16,4,4], [B,32,4,4] x2; mid [B,32,4,4]
   tiny-controlnet-b/   the same architecture, seed 32 (for multi-ControlNet)
+  tiny-controlnet-pool/ the same architecture, seed 33, its config saying global_pool_conditions (as the shuffle
+                       ControlNets'): ControlNetModel.forward averages its residuals over height and width, which the
+                       export keeps (ReduceMean: residuals [B,C,1,1]); diffusers' text-to-image and image-to-image
+                       ControlNet pipelines turn guess mode on when it is the first unit
 
 Control images (drawn with PIL / numpy, no random numbers), PNG RGB, in tests/fixtures/controlnet/:
 
@@ -54,6 +58,21 @@ width x height with Lanczos, / 255, no normalization).
                            controlnet_keep over the whole timestep list (10) before denoising_end cuts it
                            (pipeline_controlnet_sd_xl.py steps 7.1 and 8.1): a guidance window is relative to all 10.
 
+  controlnet_guess         controlnet with guess_mode=True: the ControlNet on the conditional half only (batch 1,
+                           control image not doubled), zeros for the unconditional half, residuals x
+                           torch.logspace(-1, 0, 7) x 0.8
+  controlnet_guess_nocfg   guess_mode=True, guidance_scale 1.0, no negative prompt, scale 0.9 (only the weights
+                           change); controlnet_batch2_nocfg's first image is the same request without guess mode
+  controlnet_guess_multi   controlnet_multi with guess_mode=True (one flag for both units)
+  controlnet_guess_window  controlnet_window with guess_mode=True (the window still applies)
+  controlnet_pool          tiny-controlnet-pool + control_64_b.png at 0.9, guess_mode not passed: the pipeline turns it
+                           on (nets[0].config.global_pool_conditions); the pooled unit's scale is not log-weighted
+  controlnet_pool_second   tiny-controlnet + control_64.png at 0.7 and tiny-controlnet-pool + control_64_b.png at 1.0:
+                           no guess mode (only the first unit's config counts); the pooled [B,C,1,1] residuals are
+                           broadcast onto the first unit's in MultiControlNetModel's sum
+  (guess_mode: metadata "guess_mode" = "true"; the checks below expect the ControlNet's inputs at batch B without
+  CFG doubling whenever the pipeline ran in guess mode)
+
 Extra tensors (float32):
   control_image_<k> [1,3,H,W]      unit k's preprocessed control image, as VaeImageProcessor.preprocess returned it
                                    (before prepare_image's repeat_interleave(batch) and the CFG concatenation)
@@ -74,7 +93,10 @@ Measured here: mean |image_u8 with ControlNet - the same request without| (print
   of Lanczos changes `controlnet_resized` by up to 7/255; a keep window off by one evaluation moves
   `controlnet_window`'s latents by 0.57 or more.
 The script checks each exported ONNX ControlNet against torch on the inputs the pipeline gave it (its first
-evaluation with a conditioning scale other than 0): max |diff| / max(1, max |torch|) <= 1e-4 (1.5e-6 here).
+evaluation with a conditioning scale other than 0): max |diff| / max(1, max |torch|) <= 1e-4 (1.9e-6 here); in guess
+mode an unpooled graph gets conditioning_scale 1 and its outputs are multiplied by logspace(-1, 0, 7) x the scale,
+as sdxlrt does. Guess-mode cases change the image by 4.9-22.9/255 (mean) against the same request without a
+ControlNet, the pooled ones by 13.6-28.9/255.
 
 Usage: python make_controlnet.py [--model DIR] [--out tests/fixtures] [--cases controlnet,...]
        (model: build_tiny.py's output)
@@ -91,7 +113,9 @@ import _common as c
 import goldens
 import make_stages as stages
 
-UNITS = {"tiny-controlnet": 31, "tiny-controlnet-b": 32}  # folder name -> seed
+UNITS = {"tiny-controlnet": 31, "tiny-controlnet-b": 32, "tiny-controlnet-pool": 33}  # folder name -> seed
+# units whose config says global_pool_conditions (diffusers: spatially averaged residuals, guess mode when first)
+POOLED = {"tiny-controlnet-pool"}
 # Linear / Conv2d weights: normal, std 1/sqrt(fan_in) x gain; the zero-initialized output convolutions' gain:
 HEAD_GAIN = 1.0
 # the gain of the conditioning embedding's convolutions before conv_out (SiLU between them; at 1 the image's signal
@@ -134,22 +158,66 @@ CASES = {
     # make_stages.py's `refiner` (10 Euler steps, base denoising_end 0.8 -> tiny refiner denoising_start 0.8) with
     # the ControlNet on the base's 8 steps; the refiner gets none
     "controlnet_refiner": dict(stages.CASES["refiner"], **UNIT_A, conditioning_scales=(0.8,)),
+    # guess_mode=True: the ControlNet on the conditional half only (zeros for the unconditional one), its residuals
+    # x logspace(-1, 0, 7) x conditioning_scale
+    "controlnet_guess": dict(BASE_CASE, **UNIT_A, conditioning_scales=(0.8,), guess_mode=True),
+    "controlnet_guess_nocfg": dict(
+        BASE_CASE, **UNIT_A, conditioning_scales=(0.9,), negative_prompt=None, guidance_scale=1.0, guess_mode=True
+    ),
+    "controlnet_guess_multi": dict(
+        BASE_CASE,
+        controlnets=("tiny-controlnet", "tiny-controlnet-b"),
+        control_images=("control_64.png", "control_64_b.png"),
+        conditioning_scales=(0.7, 0.5),
+        guess_mode=True,
+    ),
+    "controlnet_guess_window": dict(
+        BASE_CASE,
+        **UNIT_A,
+        conditioning_scales=(1.0,),
+        scheduler="HeunDiscreteScheduler",
+        control_guidance_start=0.25,
+        control_guidance_end=0.75,
+        guess_mode=True,
+    ),
+    # global_pool_conditions: guess mode without asking (the first unit's config), residuals spatially averaged
+    "controlnet_pool": dict(
+        BASE_CASE, controlnets=("tiny-controlnet-pool",), control_images=("control_64_b.png",), conditioning_scales=(0.9,)
+    ),
+    # a pooled second unit: no guess mode (only the first unit's config counts), its [B,C,1,1] residuals broadcast
+    # onto the first unit's
+    "controlnet_pool_second": dict(
+        BASE_CASE,
+        controlnets=("tiny-controlnet", "tiny-controlnet-pool"),
+        control_images=("control_64.png", "control_64_b.png"),
+        conditioning_scales=(0.7, 1.0),
+    ),
 }
 # the keys of a case that describe its ControlNet units (not goldens.py's / make_stages.py's)
-UNIT_KEYS = ("controlnets", "control_images", "conditioning_scales", "control_guidance_start", "control_guidance_end")
+UNIT_KEYS = (
+    "controlnets",
+    "control_images",
+    "conditioning_scales",
+    "control_guidance_start",
+    "control_guidance_end",
+    "guess_mode",
+)
 
 
 # ---------------------------------------------------------------------------------------------------------------
 # models
 
 
-def build_controlnet(unet, seed: int):
-    """ControlNetModel.from_unet(unet) with every parameter re-drawn from torch.Generator().manual_seed(seed)."""
+def build_controlnet(unet, seed: int, pooled: bool = False):
+    """ControlNetModel.from_unet(unet) with every parameter re-drawn from torch.Generator().manual_seed(seed);
+    `pooled`: its config says global_pool_conditions (the parameters are the same)."""
     import torch
     from diffusers import ControlNetModel
     from torch import nn
 
     cn = ControlNetModel.from_unet(unet)
+    if pooled:
+        cn.register_to_config(global_pool_conditions=True)
     heads = {cn.controlnet_cond_embedding.conv_out, cn.controlnet_mid_block, *cn.controlnet_down_blocks}
     embedding = {cn.controlnet_cond_embedding.conv_in, *cn.controlnet_cond_embedding.blocks}
     g = torch.Generator("cpu").manual_seed(seed)
@@ -185,7 +253,7 @@ def export_units(base, out: Path, work: Path) -> dict:
 
     units = {}
     for name, seed in UNITS.items():
-        cn = build_controlnet(base.unet, seed)
+        cn = build_controlnet(base.unet, seed, pooled=name in POOLED)
         src = work / "controlnet-diffusers" / name
         shutil.rmtree(src, ignore_errors=True)
         cn.save_pretrained(str(src), safe_serialization=True)
@@ -369,6 +437,10 @@ def controlnet_case(base, units: dict, images: Path, name: str, refiner=None) ->
         control_guidance_start=p["control_guidance_start"],
         control_guidance_end=p["control_guidance_end"],
     )
+    if "guess_mode" in p:
+        call["guess_mode"] = p["guess_mode"]
+    # diffusers' ControlNet and ControlNet img2img pipelines: guess_mode or the first unit's global_pool_conditions
+    guess = bool(p.get("guess_mode")) or bool(nets[0].config.global_pool_conditions)
 
     preprocessed: list = []
     orig_preprocess = pipe.control_image_processor.preprocess
@@ -390,7 +462,7 @@ def controlnet_case(base, units: dict, images: Path, name: str, refiner=None) ->
             # (the ONNX check's); cloned: MultiControlNetModel adds the next unit's residuals in place
             if not calls[k] or (rec["scale"] != 0.0 and not any(r["scale"] != 0.0 for r in calls[k])):
                 rec["inputs"], rec["outputs"] = controlnet_io(a, rec["scale"], output)
-                assert not a.get("guess_mode") and a["return_dict"] is False
+                assert bool(a.get("guess_mode")) == guess and a["return_dict"] is False
             calls[k].append(rec)
 
         return hook
@@ -415,8 +487,9 @@ def controlnet_case(base, units: dict, images: Path, name: str, refiner=None) ->
     for k in range(K):
         image = preprocessed[k]
         assert image.shape == (1, 3, p["height"], p["width"]) and image.dtype == torch.float32
-        # prepare_image: repeat_interleave(batch) then, with CFG, the same images again for the negative half
-        fed = torch.cat([image.repeat_interleave(B, dim=0)] * (2 if cfg else 1))
+        # prepare_image: repeat_interleave(batch) then, with CFG (not in guess mode), the same images again for the
+        # negative half
+        fed = torch.cat([image.repeat_interleave(B, dim=0)] * (2 if cfg and not guess else 1))
         assert torch.equal(calls[k][0]["inputs"]["controlnet_cond"], fed), k
         tensors[f"control_image_{k}"] = image
     first = calls[0][0]["outputs"]
@@ -433,6 +506,8 @@ def controlnet_case(base, units: dict, images: Path, name: str, refiner=None) ->
     meta["control_guidance_end"] = json.dumps([float(p["control_guidance_end"])] * K)
     if "scheduler" in p:
         meta["scheduler"] = p["scheduler"]
+    if p.get("guess_mode"):
+        meta["guess_mode"] = "true"
     active = [next(r for r in u if r["scale"] != 0.0) for u in calls]
     return tensors, meta, [(r["inputs"], r["outputs"]) for r in active]
 
@@ -455,16 +530,27 @@ def image_difference(base, refiner, name: str, with_cn: dict) -> dict:
     }
 
 
-def check_onnx(folder: Path, name: str, unit: str, first: tuple) -> float:
-    """onnxruntime on the exported graph vs torch, on the inputs the pipeline gave one unit (`first`)."""
+def check_onnx(folder: Path, name: str, unit: str, first: tuple, guess: bool = False) -> float:
+    """onnxruntime on the exported graph vs torch, on the inputs the pipeline gave one unit (`first`). `guess`: torch
+    ran in guess mode; a unit without global_pool_conditions then scaled its residuals by
+    logspace(-1, 0, n) x conditioning_scale, which the graph (exported with guess_mode=False) does not: it gets
+    conditioning_scale 1 and its outputs are multiplied by those scales here, as sdxlrt does."""
     import numpy as np
     import onnxruntime as ort
+    import torch
 
     inputs, outputs = first
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = 2
     sess = ort.InferenceSession(str(folder / unit / "model.onnx"), opts, providers=["CPUExecutionProvider"])
-    got = sess.run(None, {k: v.numpy().astype(np.float32) for k, v in inputs.items()})
+    feed = {k: v.numpy().astype(np.float32) for k, v in inputs.items()}
+    pooled = json.loads((folder / unit / "config.json").read_text()).get("global_pool_conditions", False)
+    if guess and not pooled:
+        feed["conditioning_scale"] = np.array(1.0, dtype=np.float32)
+    got = sess.run(None, feed)
+    if guess and not pooled:
+        scales = (torch.logspace(-1, 0, len(got)) * float(inputs["conditioning_scale"])).numpy()
+        got = [g * s for g, s in zip(got, scales)]
     assert len(got) == len(outputs)
     worst = 0.0
     for g, w in zip(got, outputs):
@@ -486,8 +572,9 @@ def main() -> None:
     refiner = stages.build_refiner(base) if any("refiner" in CASES[s] for s in cases) else None
     for name in cases:
         tensors, meta, firsts = controlnet_case(base, units, folder, name, refiner)
+        guess = bool(CASES[name].get("guess_mode")) or CASES[name]["controlnets"][0] in POOLED
         for unit, first in zip(CASES[name]["controlnets"], firsts):
-            check_onnx(folder, name, unit, first)
+            check_onnx(folder, name, unit, first, guess)
         d = image_difference(base, refiner, name, tensors)
         shapes = ", ".join(f"{k}{list(tensors[k].shape)}" for k in sorted(tensors) if k.startswith(("cn_", "control")))
         print(f"{name}: {shapes}", flush=True)
@@ -498,7 +585,9 @@ def main() -> None:
             flush=True,
         )
         # the ControlNet must change the image clearly (a test that drops it must fail), without saturating it
-        assert mean >= (2.0 if name == "controlnet_window" else 10.0) and d["clipped_cn"] < 0.1, d
+        # (guess mode: the unconditional half gets no residuals and the down residuals 0.1x to 1x, so less)
+        low = name.endswith("window") or "guess" in name or "pool" in name
+        assert mean >= (2.0 if low else 10.0) and d["clipped_cn"] < 0.1, d
         c.write_golden(args.out / "goldens" / f"{name}.safetensors", tensors, meta)
 
 

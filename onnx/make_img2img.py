@@ -41,6 +41,8 @@ starting latents are scheduler.add_noise(image_latents, noise, that list's first
   img2img_low_strength  Euler                            25     0.12      3 (81, 41, 1); 25 x 0.12 = 3.0 in float64,
                                                                           2.99999993 with 0.12 as a float32 (-> 2)
   img2img_controlnet    Euler + tiny-controlnet          5      0.8       4 (601, 401, 201, 1)
+  img2img_controlnet_guess  the same with guess_mode=True (the ControlNet on the conditional half only, residuals
+                        x logspace(-1, 0, 7) x 0.8; metadata guess_mode "true")
   img2img_refiner       Euler, then the tiny refiner     10     0.6       4 + 2 (501, 401, 301, 201 | 101, 1)
   img2img_refiner_full  Euler, then the tiny refiner     10     1.0       8 + 2 (901, …, 201 | 101, 1)
   img2img_refiner_base_no_step
@@ -199,6 +201,18 @@ CASES = {
         conditioning_scales=(0.8,),
         control_guidance_start=0.3,
         control_guidance_end=1.0,
+    ),
+    # the same with guess_mode=True: the ControlNet on the conditional half only, residuals x logspace(-1, 0, 7)
+    "img2img_controlnet_guess": dict(
+        INIT_64,
+        steps=5,
+        strength=0.8,
+        controlnets=("tiny-controlnet",),
+        control_images=("control_64.png",),
+        conditioning_scales=(0.8,),
+        control_guidance_start=0.3,
+        control_guidance_end=1.0,
+        guess_mode=True,
     ),
     # ensemble of experts with img2img as the base: 10 steps x 0.6 = 6 evaluations, 4 before denoising_end 0.8
     "img2img_refiner": dict(INIT_64, steps=10, strength=0.6, refiner="tiny-sdxl-refiner"),
@@ -521,6 +535,8 @@ def run_case(pipes: dict, refiner, folder: Path, name: str, grey: bool = False) 
             control_guidance_start=p["control_guidance_start"],
             control_guidance_end=p["control_guidance_end"],
         )
+        if "guess_mode" in p:
+            call["guess_mode"] = p["guess_mode"]
     meta: dict = {}
     tiled = bool(p.get("vae_tiling"))
     if tiled:
@@ -613,6 +629,10 @@ def run_case(pipes: dict, refiner, folder: Path, name: str, grey: bool = False) 
         meta["conditioning_scales"] = json.dumps([float(s) for s in p["conditioning_scales"]])
         meta["control_guidance_start"] = json.dumps([float(p["control_guidance_start"])] * K)
         meta["control_guidance_end"] = json.dumps([float(p["control_guidance_end"])] * K)
+        if p.get("guess_mode"):
+            meta["guess_mode"] = "true"
+            # guess mode: the ControlNet saw the conditional half only (batch B, not 2B)
+            assert active["inputs"]["sample"].shape[0] == B, active["inputs"]["sample"].shape
 
     meta.update(case_meta(p))
     assert p.get("scheduler", EULER) == sched_cls.__name__, (p.get("scheduler"), sched_cls.__name__)
@@ -709,7 +729,7 @@ def main() -> None:
                   flush=True)
             assert float(diff.max()) > 0.1, float(diff.max())
         for first in firsts:
-            cn.check_onnx(args.out / "controlnet", name, "tiny-controlnet", first)
+            cn.check_onnx(args.out / "controlnet", name, "tiny-controlnet", first, bool(p.get("guess_mode")))
         mean, worst, lat = difference(tensors, grey)
         if "refiner" in p:
             n_evals = f"{len(tensors['base_timesteps'])} + {len(tensors['refiner_timesteps'])}"
@@ -731,7 +751,7 @@ def main() -> None:
             # and the ControlNet must matter: the same request on the img2img pipeline
             plain = dict(CASES[name])
             for k in cn.UNIT_KEYS:
-                del plain[k]
+                plain.pop(k, None)
             CASES[f"{name}/no-controlnet"] = plain
             try:
                 without, _, _ = run_case(pipes, refiner, args.out, f"{name}/no-controlnet")

@@ -23,7 +23,9 @@ below on every case):
     is_strength_max: noise x init_noise_sigma), prepare_mask_latents (the masked image's posterior, generator[0]),
     the draws per generator, the timesteps, the blend after every step with a 4-channel UNet, the 9-channel UNet's
     input, the time ids (H, W, 0, 0, H, W), the default strength 0.9999, apply_overlay with padding_mask_crop
-  (diffusers' guess_mode is not exercised: sdxlrt refuses guess-mode ControlNets, and a request cannot ask for it)
+  - guess_mode (inpaint_controlnet_guess): as in the text-to-image pipeline, but this pipeline has no
+    `guess_mode = guess_mode or global_pool_conditions` line: a pooled ControlNet (inpaint_controlnet_pool) is run
+    on both halves, its residuals only pooled
 
 Cases (base: make_inpaint.py's BASE, i.e. goldens.py's cfg_neg: prompt, negative "blurry, low quality", guidance 5,
 seed 0, init_64.png, mask_64.png, 64x64):
@@ -42,6 +44,9 @@ seed 0, init_64.png, mask_64.png, 64x64):
                                                                        (30, 1, 80, 51)), tiny-controlnet
                                                                        (control_80x60, 0.9, 0-1): the control image
                                                                        is cut to the region and "fill"-resized
+  inpaint_controlnet_guess      4-ch  Euler            5     0.8       inpaint_controlnet with guess_mode=True
+  inpaint_controlnet_pool       4-ch  Euler            5     0.8       tiny-controlnet-pool (control_64_b, 0.9,
+                                                                       0-1), guess_mode not passed: no guess mode
 
 Tensors per case (float32 unless noted): latents_step_0 .. latents_step_{L-1} (callback_on_step_end's latents, after
 the blend), image [B,H,W,3] and image_u8 uint8 (output_type "np"; the crop case: output_type "pil", only image_u8
@@ -97,6 +102,18 @@ CASES = {
         strength=0.8, controlnets=("tiny-controlnet",), control_images=("control_80x60.png",),
         conditioning_scales=(0.9,),
     ),
+    # guess_mode=True: the ControlNet on the conditional half only, residuals x logspace(-1, 0, 7) x scale
+    "inpaint_controlnet_guess": dict(
+        mi.BASE, steps=5, strength=0.8, **UNIT_A, conditioning_scales=(0.8,), control_guidance_start=(0.2,),
+        control_guidance_end=(0.8,), guess_mode=True,
+    ),
+    # a pooled (global_pool_conditions) ControlNet, guess_mode not asked: this pipeline, unlike the text-to-image and
+    # image-to-image ones, does not turn guess mode on for it (no `guess_mode or global_pool_conditions` line), so
+    # the ControlNet sees both halves and only pools its residuals
+    "inpaint_controlnet_pool": dict(
+        mi.BASE, steps=5, strength=0.8, controlnets=("tiny-controlnet-pool",), control_images=("control_64_b.png",),
+        conditioning_scales=(0.9,),
+    ),
 }
 
 
@@ -148,8 +165,8 @@ class Capture(mi.Capture):
                 rec = {"scale": float(a["conditioning_scale"]), "sample": a["sample"].clone(),
                        "timestep": float(a["timestep"]), "cond": a["controlnet_cond"].clone(),
                        "ehs": a["encoder_hidden_states"].clone(),
-                       "time_ids": a["added_cond_kwargs"]["time_ids"].clone()}
-                assert not a.get("guess_mode")
+                       "time_ids": a["added_cond_kwargs"]["time_ids"].clone(),
+                       "guess_mode": bool(a.get("guess_mode"))}
                 if rec["scale"] != 0.0 and not any(r["scale"] != 0.0 for r in self.cn_calls[k]):
                     rec["io"] = cn.controlnet_io(a, rec["scale"], output)
                 self.cn_calls[k].append(rec)
@@ -176,18 +193,22 @@ def controlnet_args(p: dict, controls: list) -> dict:
         controlnet_conditioning_scale=p["conditioning_scales"][0] if K == 1 else list(p["conditioning_scales"]),
         control_guidance_start=p["control_guidance_start"][0] if K == 1 else list(p["control_guidance_start"]),
         control_guidance_end=p["control_guidance_end"][0] if K == 1 else list(p["control_guidance_end"]),
+        **({"guess_mode": p["guess_mode"]} if "guess_mode" in p else {}),
     )
 
 
 def controlnet_meta(p: dict) -> dict:
     """The golden metadata of the ControlNet units of case parameters `p` (JSON lists, as the Rust tests read them)."""
-    return dict(
+    meta = dict(
         controlnets=json.dumps(list(p["controlnets"])),
         control_images=json.dumps(list(p["control_images"])),
         conditioning_scales=json.dumps([float(s) for s in p["conditioning_scales"]]),
         control_guidance_start=json.dumps([float(s) for s in p["control_guidance_start"]]),
         control_guidance_end=json.dumps([float(s) for s in p["control_guidance_end"]]),
     )
+    if p.get("guess_mode"):
+        meta["guess_mode"] = "true"
+    return meta
 
 
 def call_args(p: dict, image, mask, controls: list | None) -> dict:
@@ -231,7 +252,7 @@ def run_case(pipes: dict, nets: dict, folder: Path, name: str, with_controlnet: 
     units = [nets[n] for n in p["controlnets"]]
     K = len(units)
     if with_controlnet:
-        pipe = pipes[("controlnet", nine, K)]
+        pipe = pipes[("controlnet", nine, tuple(p["controlnets"]))]
     else:
         pipe = pipes[("plain", nine)]
         units = []
@@ -289,14 +310,18 @@ def run_case(pipes: dict, nets: dict, folder: Path, name: str, with_controlnet: 
             assert pre.shape == (1, 3, H, W)
             assert torch.equal(pre, expected_control(p, controls[k], mask)), (name, k)
             t[f"control_image_{k}"] = pre
+            # guess mode with CFG: the conditional half's rows only (this pipeline: guess_mode as asked, whatever
+            # the ControlNet's global_pool_conditions)
+            half = rows - B if p.get("guess_mode") and rows == 2 * B else 0
             for i, rec in enumerate(cap.cn_calls[k]):
+                assert rec["guess_mode"] == bool(p.get("guess_mode")), (name, k, i)
                 # the ControlNet gets the 4 scaled latent channels (the 9-channel UNet's first 4), the UNet's
                 # timestep, text conditioning and time ids, and the control image repeated to every row
-                assert torch.equal(rec["sample"], cap.samples[i][:, :4]), (name, k, i)
+                assert torch.equal(rec["sample"], cap.samples[i][half:, :4]), (name, k, i)
                 assert rec["timestep"] == evaluated[i]
-                assert torch.equal(rec["ehs"], cap.unet_kwargs[i]["ehs"])
-                assert torch.equal(rec["time_ids"], cap.unet[i]["time_ids"])
-                assert torch.equal(rec["cond"], pre.repeat(rows, 1, 1, 1)), (name, k, i)
+                assert torch.equal(rec["ehs"], cap.unet_kwargs[i]["ehs"][half:])
+                assert torch.equal(rec["time_ids"], cap.unet[i]["time_ids"][half:])
+                assert torch.equal(rec["cond"], pre.repeat(rows - half, 1, 1, 1)), (name, k, i)
             firsts.append(next(r["io"] for r in cap.cn_calls[k] if "io" in r))
         meta.update(controlnet_meta(p))
     del t["noise"]  # checked above (checked_draws); the tests need the latents, not the draws
@@ -311,23 +336,23 @@ def main() -> None:
                          ("inpaint", "mask_crop_80x60.png"), (mu.UNET_DIR, "unet")):
         assert (args.out / folder / name).exists(), f"{args.out / folder / name}: run the other make_*.py first"
     base = c.load_pipeline(args.model)
-    nets = {n: cn.build_controlnet(base.unet, seed) for n, seed in cn.UNITS.items()}
+    nets = {n: cn.build_controlnet(base.unet, seed, pooled=n in cn.POOLED) for n, seed in cn.UNITS.items()}
     unet9 = mu.build_inpaint_unet(base)
     pipes = {}
     for nine in (False, True):
         unet = {"unet": unet9} if nine else {}
         pipes[("plain", nine)] = i2i.img2img_pipeline(base, StableDiffusionXLInpaintPipeline, **unet)
-        for K in (1, 2):
-            # a list: the pipeline wraps it in a MultiControlNetModel
-            controlnet = nets["tiny-controlnet"] if K == 1 else list(nets.values())
-            pipes[("controlnet", nine, K)] = i2i.img2img_pipeline(
+        for units in {tuple(CASES[name]["controlnets"]) for name in cases}:
+            # more than one: a list, which the pipeline wraps in a MultiControlNetModel
+            controlnet = nets[units[0]] if len(units) == 1 else [nets[u] for u in units]
+            pipes[("controlnet", nine, units)] = i2i.img2img_pipeline(
                 base, StableDiffusionXLControlNetInpaintPipeline, controlnet=controlnet, **unet
             )
     for name in cases:
         p = case_params(name)
         tensors, meta, firsts = run_case(pipes, nets, args.out, name)
         for unit, first in zip(p["controlnets"], firsts):
-            cn.check_onnx(args.out / "controlnet", name, unit, first)
+            cn.check_onnx(args.out / "controlnet", name, unit, first, bool(p.get("guess_mode")))
         without, _, _ = run_case(pipes, nets, args.out, name, with_controlnet=False)
         assert "noised_latents" not in tensors or tensors["noised_latents"].equal(without["noised_latents"]), name
         mean, worst, lat = i2i.difference(tensors, without)

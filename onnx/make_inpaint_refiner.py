@@ -463,7 +463,7 @@ def main() -> None:
         "9": i2i.img2img_pipeline(model, StableDiffusionXLInpaintPipeline, unet=miu.build_inpaint_unet(model)),
         # a list: the pipeline wraps it in a MultiControlNetModel
         "cn1": i2i.img2img_pipeline(model, cn_pipeline, controlnet=nets["tiny-controlnet"]),
-        "cn2": i2i.img2img_pipeline(model, cn_pipeline, controlnet=list(nets.values())),
+        "cn2": i2i.img2img_pipeline(model, cn_pipeline, controlnet=[nets["tiny-controlnet"], nets["tiny-controlnet-b"]]),
     }
     for name in cases:
         tensors, meta, firsts = run_case(bases, refiner, args.out, name)

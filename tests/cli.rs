@@ -213,3 +213,22 @@ fn prompt_syntax_flag_reads_a1111_weights_and_gives_the_compel_diffusers_image()
     assert!(!bad.status.success());
     assert!(String::from_utf8_lossy(&bad.stderr).contains("weighted"), "{}", String::from_utf8_lossy(&bad.stderr));
 }
+
+#[test]
+fn the_guess_mode_flag_gives_diffusers_guess_mode_image() {
+    let g = crate::util::Golden::load("controlnet_guess");
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("guess.png");
+    let run = cli()
+        .args(["generate", "--prompt", &g.meta["prompt"], "--negative-prompt", &g.meta["negative_prompt"]])
+        .args(["--steps", &g.meta["steps"], "--seed", &g.meta["seed"], "--guidance-scale", &g.meta["guidance_scale"]])
+        .args(["--width", "64", "--height", "64", "--controlnet", "tiny-controlnet", "--control-image"])
+        .arg(crate::util::fixtures().join("controlnet/control_64.png"))
+        .args(["--controlnet-scale", "0.8", "--guess-mode", "--out"])
+        .arg(&out)
+        .output()
+        .unwrap();
+    assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
+    let (worst, at) = crate::util::max_u8_diff(image::open(&out).unwrap().to_rgb8().as_raw(), &g.t("image_u8").u8);
+    assert!(worst <= 1, "the CLI's image differs from diffusers by {worst}/255 at byte {at}");
+}

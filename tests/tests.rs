@@ -27,6 +27,8 @@ mod lora;
 mod stages;
 // ControlNet: the UNet's residual inputs, parity with diffusers' ControlNet pipeline, errors.
 mod controlnet;
+// ControlNet guess mode and pooled (global_pool_conditions) ControlNets: parity with diffusers' guess_mode.
+mod controlnet_guess;
 // Image-to-image: parity with diffusers' img2img pipeline (every scheduler, resize, batch, ControlNet, refiner), errors.
 mod img2img;
 // Inpainting: parity with diffusers' inpaint pipeline (schedulers, strength 1, batch, resized mask, 9-channel UNet), errors.

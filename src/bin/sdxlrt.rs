@@ -105,6 +105,10 @@ struct GenerateArgs {
     /// ControlNet conditioning scale with --controlnet.
     #[arg(long, default_value_t = 1.0, requires = "controlnet")]
     controlnet_scale: f64,
+    /// Run the ControlNet in diffusers' guess mode (data.controlnet.guess_mode): with guidance it sees only the
+    /// conditional half, and its residuals are weighted from 0.1 to 1 on a log scale.
+    #[arg(long, requires = "controlnet")]
+    guess_mode: bool,
     /// Image-to-image: start from this image (resized to --width x --height when given, else its own size).
     #[arg(long)]
     init_image: Option<PathBuf>,
@@ -242,6 +246,9 @@ fn generate(args: GenerateArgs) -> Result<String, String> {
             unit["preprocessor"] = preprocessor;
         }
         data["controlnet"] = serde_json::json!({ "enabled": true, "models": [unit] });
+        if args.guess_mode {
+            data["controlnet"]["guess_mode"] = true.into();
+        }
     }
     if let Some(image) = &args.init_image {
         data["init_image"] = serde_json::json!(image);

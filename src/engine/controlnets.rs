@@ -4,6 +4,7 @@
 //! on its control image as decoded, before anything else (`control_image`). With `data.padding_mask_crop` each
 //! control image is cut to the mask's area and "fill"-resized exactly as the init image is (diffusers'
 //! `StableDiffusionXLControlNetInpaintPipeline.prepare_control_image` with `crops_coords` and `resize_mode="fill"`).
+//! Guess mode is decided here, for all the units at once (`guess_mode`).
 
 use std::sync::Arc;
 
@@ -13,18 +14,20 @@ use crate::image::canny::canny_rgb;
 use crate::image::mask_crop::{self, CropRegion};
 use crate::image::RgbImage;
 use crate::pipeline::controlnet::{self, ControlNet, ControlUnit};
-use crate::protocol::params::{ControlNetRequest, Preprocessor};
+use crate::protocol::params::{ControlNetRequest, GenerateParams, Preprocessor};
 
 impl Engine {
-    /// The units `requests` ask for, ready for `width` × `height` images, and the seconds spent loading graphs.
-    /// `crop`: with `data.padding_mask_crop`, the region inpainted and the init image's size ([`crop_control`]).
+    /// The units `params` ask for, ready for `width` × `height` images, in guess mode or not ([`guess_mode`]), and
+    /// the seconds spent loading graphs. `crop`: with `data.padding_mask_crop`, the region inpainted and the init
+    /// image's size ([`crop_control`]).
     pub(super) fn prepare_controlnets(
         &self,
-        requests: &[ControlNetRequest],
-        width: u32,
-        height: u32,
+        params: &GenerateParams,
+        (width, height): (u32, u32),
         crop: Option<(CropRegion, (u32, u32))>,
+        warnings: &mut Vec<String>,
     ) -> Result<(Vec<ControlUnit>, f64)> {
+        let requests = &params.controlnets;
         let mut units = Vec::with_capacity(requests.len());
         let mut seconds = 0.0;
         for request in requests {
@@ -44,8 +47,30 @@ impl Engine {
             };
             units.push(unit);
         }
+        let guess = guess_mode(params, &units, warnings);
+        units.iter_mut().for_each(|u| u.set_guess_mode(guess));
         Ok((units, seconds))
     }
+}
+
+/// Whether `units` run in guess mode: `data.controlnet.guess_mode`, or a first unit whose config says
+/// `global_pool_conditions`, as diffusers' ControlNet text-to-image and image-to-image pipelines decide
+/// (`guess_mode or controlnet.nets[0].config.global_pool_conditions`). Its ControlNet inpaint pipeline has no such
+/// line, so with a mask only the request's flag counts, and a warning says so.
+fn guess_mode(params: &GenerateParams, units: &[ControlUnit], warnings: &mut Vec<String>) -> bool {
+    let pooled_first = units.first().is_some_and(|u| u.net().global_pool());
+    if params.controlnet_guess_mode || !pooled_first {
+        return params.controlnet_guess_mode;
+    }
+    if params.mask_image.is_some() {
+        warnings.push(format!(
+            "{}: this ControlNet has global_pool_conditions, but as in diffusers' ControlNet inpaint pipeline \
+             that does not turn guess mode on when inpainting; set data.controlnet.guess_mode to true for it",
+            units[0].field()
+        ));
+        return false;
+    }
+    true
 }
 
 /// The control image `request` sends, decoded, and run through its preprocessor if it names one: with

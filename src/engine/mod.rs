@@ -34,7 +34,7 @@ use crate::protocol::infotext::EmbeddedParameters;
 use crate::protocol::normalize::{parse_request, RequestLimits};
 use crate::protocol::params::GenerateParams;
 use crate::protocol::response::{
-    GeneratedImage, ImageMetadata, InitImageInfo, MaskInfo, ModelInfo, ProcessingMetrics, Response,
+    ControlNetInfo, GeneratedImage, ImageMetadata, InitImageInfo, MaskInfo, ModelInfo, ProcessingMetrics, Response,
 };
 use crate::runtime::optimized_cache::OptimizedCache;
 use crate::runtime::{ArenaPolicy, CancelToken, Device, SessionConfig};
@@ -229,7 +229,7 @@ impl Engine {
         };
         // With data.padding_mask_crop the control images are cut to the mask's area as the init image is.
         let crop = prepared.as_ref().and_then(|p| p.region).zip(source_size);
-        let (controlnets, controlnet_load_time) = self.prepare_controlnets(&params.controlnets, width, height, crop)?;
+        let (controlnets, controlnet_load_time) = self.prepare_controlnets(params, (width, height), crop, warnings)?;
         let vae_tiling = self.options.vae_tiling.unwrap_or(false);
         let mut ctx = RunContext { progress: &mut progress, cancel, started, vae_tiling };
         let init = prepared.as_ref().map(|p| &p.init);
@@ -281,7 +281,16 @@ impl Engine {
                     vae_model: params.vae.clone(),
                 },
                 loras: params.loras.iter().map(Into::into).collect(),
-                controlnets: params.controlnets.iter().map(Into::into).collect(),
+                controlnets: params
+                    .controlnets
+                    .iter()
+                    .zip(&controlnets)
+                    .map(|(request, unit)| ControlNetInfo {
+                        guess_mode: unit.guess_mode(),
+                        global_pool_conditions: unit.net().global_pool(),
+                        ..request.into()
+                    })
+                    .collect(),
                 upscale: upscale.as_ref().map(upscalers::PreparedUpscale::info),
                 prompt: out.prompt.clone(),
                 init_image: init_source.as_ref().map(|source| InitImageInfo {

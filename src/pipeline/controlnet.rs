@@ -14,7 +14,28 @@
 //! sdxlrt multiplies them, the same float32 product). Outputs: the down residuals in diffusers' order, then the
 //! middle block's (`down_block_res_sample_<i>` and `mid_block_res_sample` are put in that order whatever their
 //! declared order; a graph with other names is read in declared order). A `config.json` beside it saying
-//! `global_pool_conditions` (diffusers' guess mode) is refused.
+//! `global_pool_conditions` (the shuffle ControlNets) marks a pooled ControlNet (below).
+//!
+//! # Guess mode
+//!
+//! `data.controlnet.guess_mode`, diffusers' `guess_mode`, for all the units of a request. With classifier-free
+//! guidance the ControlNets run on the conditional half of the batch only (its latents, text conditioning, time ids
+//! and one control image per image) and the unconditional half gets zero residuals (`torch.cat([zeros_like(d),
+//! d])`); with or without guidance, a unit's residual `k` of `n` (the down residuals, then the middle block's) is
+//! multiplied by `logspace(-1, 0, n)[k] × conditioning_scale` in float32 ([`guess_mode_scales`], bit for bit
+//! `torch.logspace`), from 0.1 for the first skip connection to 1 for the middle block, instead of by the scale
+//! alone. A graph with a `conditioning_scale` input then gets 1 and sdxlrt multiplies (`r × 1` is `r`, so the
+//! products are diffusers'). The guidance windows apply as without guess mode.
+//!
+//! A pooled ControlNet (`global_pool_conditions`) always averages its residuals over height and width after
+//! scaling (`ControlNetModel.forward`'s `torch.mean(sample, dim=(2, 3), keepdim=True)`); a graph exported from it
+//! does that itself (its residuals come out `[N, C, 1, 1]`), and sdxlrt averages the residuals of one that does not.
+//! Pooled residuals keep their `[N, C, 1, 1]` shape: the sum over the units and the UNet's `Add` broadcast them
+//! over the skip connection, as torch does. Guess mode does not change a pooled unit's scale (diffusers:
+//! `guess_mode and not global_pool_conditions`). As in `StableDiffusionXLControlNetPipeline` and its img2img
+//! twin, guess mode is on when the request asks for it or when the *first* unit is pooled
+//! (`MultiControlNetModel`: `nets[0].config.global_pool_conditions`); `StableDiffusionXLControlNetInpaintPipeline`
+//! has no such line, so when inpainting only the request turns it on (the engine warns).
 //!
 //! # Control images
 //!
@@ -73,13 +94,15 @@ pub struct ControlNet {
     outputs: Vec<String>,
     /// Whether the graph takes `conditioning_scale`.
     scale_input: bool,
+    /// Whether its `config.json` says `global_pool_conditions` (see the module docs).
+    global_pool: bool,
 }
 
 impl ControlNet {
     /// Load the ControlNet graph at `path` with the engine's session settings and check its inputs and outputs.
     pub fn load(env: &ort::environment::Environment, path: &Path, config: &SessionConfig) -> Result<Self> {
         let invalid = |m: String| Error::model_invalid(path, m);
-        refuse_guess_mode(path)?;
+        let global_pool = global_pool_conditions(path)?;
         let session = ModelSession::load(env, path, "controlnet", config)?;
         for name in REQUIRED_INPUTS {
             if session.input(name).is_err() {
@@ -103,7 +126,13 @@ impl ControlNet {
             )));
         }
         let scale_input = session.input("conditioning_scale").is_ok();
-        Ok(ControlNet { session, outputs, scale_input })
+        Ok(ControlNet { session, outputs, scale_input, global_pool })
+    }
+
+    /// Whether its config says `global_pool_conditions`: its residuals are averaged over height and width, and as
+    /// a request's first unit it turns guess mode on (see the module docs).
+    pub fn global_pool(&self) -> bool {
+        self.global_pool
     }
 
     /// How many down residuals (skip connections) the graph returns.
@@ -117,25 +146,37 @@ impl ControlNet {
     }
 }
 
-/// Refuses a ControlNet whose `config.json` (beside a `model.onnx`, when there is one) says `global_pool_conditions`:
-/// diffusers runs those (e.g. the shuffle ControlNets) in guess mode — the ControlNet on the positive half only,
-/// its residuals weighted per block and pooled — which sdxlrt does not do yet.
-fn refuse_guess_mode(path: &Path) -> Result<()> {
+/// Whether the `config.json` beside a `model.onnx` (when there is one) says `global_pool_conditions` (diffusers'
+/// `ControlNetModel` config, e.g. the shuffle ControlNets'); a config that is not JSON is an error.
+fn global_pool_conditions(path: &Path) -> Result<bool> {
     if path.file_name().is_none_or(|f| f != "model.onnx") {
-        return Ok(()); // a bare `<name>.onnx` has no config of its own
+        return Ok(false); // a bare `<name>.onnx` has no config of its own
     }
     let config = path.with_file_name("config.json");
-    let Ok(text) = std::fs::read_to_string(&config) else { return Ok(()) };
+    let Ok(text) = std::fs::read_to_string(&config) else { return Ok(false) };
     let value: serde_json::Value = serde_json::from_str(&text)
         .map_err(|e| Error::model_invalid(&config, format!("the ControlNet's config.json is not JSON: {e}")))?;
-    if value.get("global_pool_conditions").and_then(serde_json::Value::as_bool) == Some(true) {
-        return Err(Error::model_invalid(
-            &config,
-            "this ControlNet has global_pool_conditions, which diffusers runs in guess mode; sdxlrt does not support \
-             guess mode yet",
-        ));
+    Ok(value.get("global_pool_conditions").and_then(serde_json::Value::as_bool) == Some(true))
+}
+
+/// diffusers' guess-mode scales for `n` residuals (the down residuals, then the middle block's) at conditioning
+/// scale `scale`: `torch.logspace(-1, 0, n) * scale` in float32, as `ControlNetModel.forward` computes them.
+/// torch's CPU `logspace` (ATen `RangeFactories.cpp`): `step = (end - start) / (n - 1)` in double, element `i`
+/// is `pow(10.0, start + step * i)` for the first half and `pow(10.0, end - step * (n - 1 - i))` for the rest,
+/// in double, rounded to float32; the product with the Python float `scale` is a float32 product.
+pub fn guess_mode_scales(n: usize, scale: f32) -> Vec<f32> {
+    let (start, end) = (-1.0f64, 0.0f64);
+    if n == 1 {
+        return vec![10f64.powf(start) as f32 * scale];
     }
-    Ok(())
+    let step = (end - start) / (n - 1) as f64;
+    let halfway = n / 2;
+    (0..n)
+        .map(|i| {
+            let exponent = if i < halfway { start + step * i as f64 } else { end - step * (n - 1 - i) as f64 };
+            10f64.powf(exponent) as f32 * scale
+        })
+        .collect()
 }
 
 /// One ControlNet unit of a request, ready to run: its graph, its control image as the UNet batch rows get it,
@@ -150,6 +191,8 @@ pub struct ControlUnit {
     end: f64,
     /// The request field of the unit (`data.controlnet.models[i]`).
     field: String,
+    /// Whether the run is in guess mode (the same for every unit of a request; see the module docs).
+    guess_mode: bool,
 }
 
 impl ControlUnit {
@@ -170,7 +213,18 @@ impl ControlUnit {
             start: request.guidance_start,
             end: request.guidance_end,
             field: request.field.clone(),
+            guess_mode: false,
         }
+    }
+
+    /// Run the unit in guess mode (diffusers' `guess_mode`, given to every unit of a request) or not.
+    pub fn set_guess_mode(&mut self, on: bool) {
+        self.guess_mode = on;
+    }
+
+    /// Whether the unit runs in guess mode.
+    pub fn guess_mode(&self) -> bool {
+        self.guess_mode
     }
 
     /// The graph.
@@ -212,14 +266,22 @@ pub fn control_tensor(image: &RgbImage, width: u32, height: u32) -> Array4<f32> 
 pub struct ControlRun<'u> {
     units: &'u [ControlUnit],
     bound: Vec<BoundGraph<'u>>,
-    /// Zero residuals of the loop's shapes, for evaluations where no unit applies.
+    /// Guess mode with guidance: the graphs see the conditional half of the batch only, and the unconditional
+    /// half gets zero residuals.
+    cond_half: bool,
+    /// Zero residuals of the shapes the units give, for evaluations where no unit applies.
     zeros: Option<Vec<ArrayD<f32>>>,
 }
 
 impl<'u> ControlRun<'u> {
-    /// Bind every unit's graph with the loop's conditioning `cond` (`rows` UNet batch rows) and control image.
-    pub fn bind(units: &'u [ControlUnit], cond: &UnetConditioning) -> Result<Self> {
-        let rows = cond.encoder_hidden_states.shape()[0];
+    /// Bind every unit's graph with the loop's conditioning `cond` (`[uncond, cond]` halves when `guided`) and
+    /// control image: all the UNet's rows, or in guess mode with guidance the conditional half's.
+    pub fn bind(units: &'u [ControlUnit], cond: &UnetConditioning, guided: bool) -> Result<Self> {
+        let cond_half = guided && units.first().is_some_and(|u| u.guess_mode);
+        let all = cond.encoder_hidden_states.shape()[0];
+        let first = if cond_half { all / 2 } else { 0 };
+        let half = |a: ArrayD<f32>| a.slice_axis(Axis(0), (first..all).into()).to_owned();
+        let rows = all - first;
         let mut bound = Vec::with_capacity(units.len());
         for unit in units {
             let session = &unit.net.session;
@@ -230,15 +292,15 @@ impl<'u> ControlRun<'u> {
             let images = ndarray::concatenate(Axis(0), &views)
                 .map_err(|e| Error::Internal(format!("control image batch: {e}")))?;
             let fixed = vec![
-                input("encoder_hidden_states", cond.encoder_hidden_states.clone().into_dyn())?,
-                input("text_embeds", cond.text_embeds.clone().into_dyn())?,
-                input("time_ids", cond.time_ids.clone().into_dyn())?,
+                input("encoder_hidden_states", half(cond.encoder_hidden_states.clone().into_dyn()))?,
+                input("text_embeds", half(cond.text_embeds.clone().into_dyn()))?,
+                input("time_ids", half(cond.time_ids.clone().into_dyn()))?,
                 input("controlnet_cond", images.into_dyn())?,
             ];
             let outputs: Vec<&str> = unit.net.outputs.iter().map(String::as_str).collect();
             bound.push(session.bind(fixed, &outputs)?);
         }
-        Ok(ControlRun { units, bound, zeros: None })
+        Ok(ControlRun { units, bound, cond_half, zeros: None })
     }
 
     /// The summed residuals of evaluation `i` of `n` on the UNet input `sample` at timestep `t`: the down
@@ -252,6 +314,15 @@ impl<'u> ControlRun<'u> {
         last: bool,
         cancel: &CancelToken,
     ) -> Result<Vec<ArrayD<f32>>> {
+        // diffusers' guess mode with guidance: `control_model_input` is the scaled latents alone, which are the
+        // CFG batch's second half
+        let sample = match self.cond_half {
+            true => {
+                let rows = sample.shape()[0];
+                sample.slice_axis(Axis(0), (rows / 2..rows).into()).to_owned()
+            }
+            false => sample.clone(),
+        };
         let rows = sample.shape()[0];
         let mut sum: Option<Vec<ArrayD<f32>>> = None;
         for (unit, graph) in self.units.iter().zip(self.bound.iter_mut()) {
@@ -259,7 +330,10 @@ impl<'u> ControlRun<'u> {
             if scale == 0.0 && (sum.is_some() || self.zeros.is_some()) {
                 continue;
             }
-            let session = &unit.net.session;
+            let net = &unit.net;
+            let session = &net.session;
+            // diffusers: `guess_mode and not global_pool_conditions` weights the residuals on a log scale
+            let per_residual = unit.guess_mode && !net.global_pool;
             let mut changing = vec![
                 (
                     "sample".to_string(),
@@ -267,32 +341,28 @@ impl<'u> ControlRun<'u> {
                 ),
                 ("timestep".to_string(), timestep_value(session, t, rows)?),
             ];
-            if unit.net.scale_input {
-                changing.push(("conditioning_scale".to_string(), scale_value(session, scale)?));
+            if net.scale_input {
+                let fed = if per_residual { 1.0 } else { scale };
+                changing.push(("conditioning_scale".to_string(), scale_value(session, fed)?));
             }
             let mut out = graph.run(changing, last, cancel)?;
-            if !unit.net.scale_input {
+            if per_residual {
+                // diffusers' `sample * scale` for each residual's own scale, in float32
+                let scales = guess_mode_scales(out.len(), scale);
+                out.iter_mut().zip(scales).for_each(|(r, s)| r.mapv_inplace(|v| v * s));
+            } else if !net.scale_input {
                 // diffusers' `sample * conditioning_scale`, in float32
                 out.iter_mut().for_each(|r| r.mapv_inplace(|v| v * scale));
             }
-            match &mut sum {
-                None => sum = Some(out),
-                Some(acc) => {
-                    for (a, r) in acc.iter_mut().zip(&out) {
-                        if a.shape() != r.shape() {
-                            return Err(Error::field(
-                                unit.field.as_str(),
-                                format!(
-                                    "this ControlNet's residuals have shape {:?} where the first unit's have {:?}",
-                                    r.shape(),
-                                    a.shape()
-                                ),
-                            ));
-                        }
-                        *a += r;
-                    }
-                }
+            if net.global_pool {
+                out = out.into_iter().map(spatial_mean).collect::<Result<_>>()?;
             }
+            sum = Some(match sum {
+                None => out,
+                Some(acc) => {
+                    acc.into_iter().zip(&out).map(|(a, r)| add_broadcast(a, r, &unit.field)).collect::<Result<_>>()?
+                }
+            });
         }
         let sum = match sum {
             Some(s) => s,
@@ -301,8 +371,72 @@ impl<'u> ControlRun<'u> {
         if self.zeros.is_none() {
             self.zeros = Some(sum.iter().map(|r| ArrayD::zeros(r.raw_dim())).collect());
         }
-        Ok(sum)
+        if !self.cond_half {
+            return Ok(sum);
+        }
+        // `torch.cat([torch.zeros_like(d), d])`: nothing for the unconditional half
+        sum.into_iter()
+            .map(|r| {
+                ndarray::concatenate(Axis(0), &[ArrayD::zeros(r.raw_dim()).view(), r.view()])
+                    .map_err(|e| Error::Internal(format!("guess-mode residuals: {e}")))
+            })
+            .collect()
     }
+}
+
+/// `r` averaged over its last two axes (height, width), keeping them as 1 (`torch.mean(r, dim=(2, 3),
+/// keepdim=True)`), summed in float64; a residual already `[N, C, 1, 1]` (a pooled graph's) is returned as it is.
+fn spatial_mean(r: ArrayD<f32>) -> Result<ArrayD<f32>> {
+    let shape = r.shape().to_vec();
+    let [n, c, h, w] = shape[..] else {
+        return Err(Error::Internal(format!("a ControlNet residual of shape {shape:?}, not [N, C, H, W]")));
+    };
+    if h * w == 1 {
+        return Ok(r);
+    }
+    let mut out = ArrayD::zeros(IxDyn(&[n, c, 1, 1]));
+    for ((b, ch), sum) in (0..n).flat_map(|b| (0..c).map(move |ch| (b, ch))).zip(out.iter_mut()) {
+        let plane = r.slice(ndarray::s![b, ch, .., ..]);
+        *sum = (plane.iter().map(|&v| f64::from(v)).sum::<f64>() / (h * w) as f64) as f32;
+    }
+    Ok(out)
+}
+
+/// `a + r` with torch's broadcasting (a pooled unit's `[N, C, 1, 1]` residual onto another's `[N, C, H, W]`), in
+/// float32; shapes that do not broadcast are an error naming the unit `field`.
+fn add_broadcast(mut a: ArrayD<f32>, r: &ArrayD<f32>, field: &str) -> Result<ArrayD<f32>> {
+    if a.shape() == r.shape() {
+        a += r;
+        return Ok(a);
+    }
+    let shape: Option<Vec<usize>> = (a.ndim() == r.ndim())
+        .then(|| {
+            a.shape()
+                .iter()
+                .zip(r.shape())
+                .map(|(&x, &y)| match (x, y) {
+                    _ if x == y => Some(x),
+                    (1, _) => Some(y),
+                    (_, 1) => Some(x),
+                    _ => None,
+                })
+                .collect()
+        })
+        .flatten();
+    let mismatch = || {
+        Error::field(
+            field,
+            format!(
+                "this ControlNet's residuals have shape {:?} where the units before it give {:?}",
+                r.shape(),
+                a.shape()
+            ),
+        )
+    };
+    let shape = IxDyn(&shape.ok_or_else(mismatch)?);
+    let mut out = a.broadcast(shape.clone()).ok_or_else(mismatch)?.to_owned();
+    out += &r.broadcast(shape).ok_or_else(mismatch)?;
+    Ok(out)
 }
 
 /// `conditioning_scale` shaped and typed as the graph declares it: a scalar or `[1]`.
@@ -343,17 +477,53 @@ mod tests {
     }
 
     #[test]
-    fn guess_mode_controlnets_are_refused_by_their_config() {
+    fn pooled_controlnets_are_known_by_their_config() {
         let dir = tempfile::tempdir().unwrap();
         let model = dir.path().join("model.onnx");
-        assert!(refuse_guess_mode(&model).is_ok(), "no config.json");
+        assert!(!global_pool_conditions(&model).unwrap(), "no config.json");
         std::fs::write(dir.path().join("config.json"), r#"{"global_pool_conditions": false}"#).unwrap();
-        assert!(refuse_guess_mode(&model).is_ok());
+        assert!(!global_pool_conditions(&model).unwrap());
         std::fs::write(dir.path().join("config.json"), r#"{"global_pool_conditions": true}"#).unwrap();
-        let e = refuse_guess_mode(&model).unwrap_err().to_string();
-        assert!(e.contains("guess mode"), "{e}");
+        assert!(global_pool_conditions(&model).unwrap());
+        assert!(!global_pool_conditions(&dir.path().join("other.onnx")).unwrap(), "a bare file has no config");
         std::fs::write(dir.path().join("config.json"), "{").unwrap();
-        assert!(refuse_guess_mode(&model).is_err());
+        assert!(global_pool_conditions(&model).is_err());
+    }
+
+    #[test]
+    fn guess_mode_scales_are_torch_logspace_times_the_scale_bit_for_bit() {
+        // torch 2.15 (the golden venv's): torch.logspace(-1, 0, n).numpy().view(np.uint32)
+        let bits = |n: usize, scale: f32| guess_mode_scales(n, scale).iter().map(|s| s.to_bits()).collect::<Vec<_>>();
+        // the tiny UNet's 6 skip connections + mid
+        let seven = [1036831949, 1041649018, 1046256950, 1050798235, 1055761980, 1060006184, 1065353216];
+        assert_eq!(bits(7, 1.0), seven);
+        // SDXL's 9 + mid
+        let ten = [
+            1036831949, 1040466227, 1042993217, 1046256950, 1049524112, 1052246230, 1055761980, 1058633677, 1061565989,
+            1065353216,
+        ];
+        assert_eq!(bits(10, 1.0), ten);
+        // smallest for the first skip connection, 1x the scale for the middle block, float32 products
+        let s = guess_mode_scales(7, 0.8);
+        assert_eq!(s[6], 0.8);
+        assert!(s.windows(2).all(|w| w[0] < w[1]), "{s:?}");
+        assert_eq!(s[0], f32::from_bits(seven[0]) * 0.8);
+        assert_eq!(guess_mode_scales(7, 0.0), [0.0; 7]);
+    }
+
+    #[test]
+    fn pooled_residuals_are_spatial_means_and_broadcast_when_summed() {
+        let r = ArrayD::from_shape_vec(IxDyn(&[1, 2, 2, 2]), vec![1.0, 2.0, 3.0, 4.0, -1.0, -1.0, 5.0, 5.0]).unwrap();
+        let pooled = spatial_mean(r.clone()).unwrap();
+        assert_eq!(pooled.shape(), [1, 2, 1, 1]);
+        assert_eq!(pooled.iter().copied().collect::<Vec<_>>(), [2.5, 2.0]);
+        assert_eq!(spatial_mean(pooled.clone()).unwrap(), pooled, "already pooled: unchanged");
+        let sum = add_broadcast(r.clone(), &pooled, "f").unwrap();
+        assert_eq!(sum.iter().copied().collect::<Vec<_>>(), [3.5, 4.5, 5.5, 6.5, 1.0, 1.0, 7.0, 7.0]);
+        assert_eq!(add_broadcast(pooled.clone(), &r, "f").unwrap(), sum);
+        let other = ArrayD::zeros(IxDyn(&[1, 3, 2, 2]));
+        let e = add_broadcast(r, &other, "data.controlnet.models[1]").unwrap_err();
+        assert!(matches!(e, Error::InvalidField { ref field, .. } if field == "data.controlnet.models[1]"), "{e}");
     }
 
     #[test]

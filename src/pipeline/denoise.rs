@@ -81,7 +81,7 @@ pub fn denoise(
     let sample_elem = ctx.unet.input("sample")?.elem;
     let mut control = match ctx.controlnets {
         [] => None,
-        units => Some(ControlRun::bind(units, cond)?),
+        units => Some(ControlRun::bind(units, cond, ctx.guided)?),
     };
     let residual_inputs: Vec<String> = match ctx.controlnets.first() {
         Some(unit) => {

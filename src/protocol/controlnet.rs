@@ -22,6 +22,8 @@
 //!   ComfyUI's 0–1 fractions) with `low_threshold <= high_threshold`; OpenCV swaps them otherwise, sdxlrt refuses.
 //!   Unknown keys in the object are warnings. Any other preprocessor (depth estimation, …) is not built in and is
 //!   refused rather than ignored.
+//! - `guess_mode` (on `data.controlnet`, not on a unit; default false): diffusers' `guess_mode`, which covers all
+//!   the units of a call ([`guess_mode`]). Without units that apply it is ignored with a warning.
 
 use serde_json::Value;
 
@@ -119,6 +121,21 @@ pub fn controlnet_requests(
     Ok(out)
 }
 
+/// `data.controlnet.guess_mode` for the units `units` that apply: false when absent, and ignored with a warning
+/// when no unit applies.
+pub fn guess_mode(
+    controlnet: Option<&WireControlNet>,
+    units: &[ControlNetRequest],
+    warnings: &mut Vec<String>,
+) -> bool {
+    let asked = controlnet.and_then(|cn| cn.guess_mode).unwrap_or(false);
+    if asked && units.is_empty() {
+        warnings.push("data.controlnet.guess_mode is ignored: no ControlNet unit applies".into());
+        return false;
+    }
+    asked
+}
+
 /// The preprocessor `value` asks for, or `None` for "no preprocessor": absent, `""`, `"none"`, or an object whose
 /// `type` (or `name`) is one of those, or an object of nulls. `"canny"` or `{"type": "canny", "low_threshold",
 /// "high_threshold"}` is [`Preprocessor::Canny`] (see [`canny`]); any other name is refused as not built in.
@@ -214,7 +231,7 @@ mod tests {
         units: Vec<WireControlNetUnit>,
     ) -> (Result<Vec<ControlNetRequest>>, Vec<String>) {
         let mut warnings = Vec::new();
-        let cn = WireControlNet { enabled, models: Some(units) };
+        let cn = WireControlNet { enabled, models: Some(units), guess_mode: None };
         (controlnet_requests(Some(&cn), &mut warnings), warnings)
     }
 
@@ -301,6 +318,27 @@ mod tests {
         }
         let (r, _) = requests(None, vec![unit(); MAX_CONTROLNETS + 1]);
         assert!(matches!(r, Err(Error::InvalidField { field, .. }) if field == "data.controlnet.models"));
+    }
+
+    #[test]
+    fn guess_mode_is_off_by_default_and_ignored_with_a_warning_without_units() {
+        let cn = |enabled: Option<bool>, units: Vec<WireControlNetUnit>, guess_mode: Option<bool>| WireControlNet {
+            enabled,
+            models: Some(units),
+            guess_mode,
+        };
+        let run = |wire: WireControlNet| {
+            let mut warnings = Vec::new();
+            let units = controlnet_requests(Some(&wire), &mut warnings).unwrap();
+            (guess_mode(Some(&wire), &units, &mut warnings), warnings)
+        };
+        assert_eq!(run(cn(None, vec![unit()], None)), (false, vec![]));
+        assert_eq!(run(cn(None, vec![unit()], Some(false))), (false, vec![]));
+        assert_eq!(run(cn(Some(true), vec![unit(), unit()], Some(true))), (true, vec![]));
+        let (on, w) = run(cn(Some(false), vec![unit()], Some(true)));
+        assert!(!on);
+        assert_eq!(w.last().unwrap(), "data.controlnet.guess_mode is ignored: no ControlNet unit applies");
+        assert!(!guess_mode(None, &[], &mut Vec::new()));
     }
 
     #[test]

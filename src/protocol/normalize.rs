@@ -342,6 +342,7 @@ pub fn normalize(wire: &WireRequest, limits: &RequestLimits, warnings: &mut Vec<
     }
 
     let controlnets = super::controlnet::controlnet_requests(d.controlnet.as_ref(), warnings)?;
+    let controlnet_guess_mode = super::controlnet::guess_mode(d.controlnet.as_ref(), &controlnets, warnings);
     let dims = d.dimensions.clone().unwrap_or_default();
     let width = merge("data.width", d.width, "data.dimensions.width", dims.width)?
         .map(|w| check_side("data.dimensions.width", w, limits.max_width))
@@ -435,6 +436,7 @@ pub fn normalize(wire: &WireRequest, limits: &RequestLimits, warnings: &mut Vec<
         priority,
         loras,
         controlnets,
+        controlnet_guess_mode,
     })
 }
 
@@ -801,6 +803,7 @@ mod tests {
             priority: Priority::Normal,
             loras: Vec::new(),
             controlnets: Vec::new(),
+            controlnet_guess_mode: false,
         };
         assert_eq!(p.params, expected);
 

@@ -94,6 +94,12 @@ pub struct GenerateParams {
     /// ControlNet units conditioning the base model (`data.controlnet.models`, when `data.controlnet.enabled` is
     /// not false), in order; their residuals are summed, as diffusers' `MultiControlNetModel` does.
     pub controlnets: Vec<ControlNetRequest>,
+    /// Run the ControlNets in diffusers' guess mode (`data.controlnet.guess_mode`, default false): with guidance
+    /// they see only the conditional half of the batch and the unconditional half gets no residuals, and each
+    /// unit's residuals are weighted from 0.1 (the first skip connection) to 1 (the middle block) on a log scale.
+    /// False when no ControlNet applies. A ControlNet whose config says `global_pool_conditions` also turns it on
+    /// as the first unit, except when inpainting (diffusers' pipelines; see [`crate::pipeline::controlnet`]).
+    pub controlnet_guess_mode: bool,
 }
 
 impl GenerateParams {

@@ -199,6 +199,14 @@ pub struct ControlNetInfo {
     /// The preprocessor that made the control image from the one sent; absent when it was used as sent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub preprocessor: Option<PreprocessorInfo>,
+    /// True when the unit ran in diffusers' guess mode (`data.controlnet.guess_mode`, or a first unit with
+    /// `global_pool_conditions`); absent otherwise.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub guess_mode: bool,
+    /// True when the ControlNet's config says `global_pool_conditions` (its residuals were averaged over the
+    /// image); absent otherwise.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub global_pool_conditions: bool,
 }
 
 /// `metadata.controlnets[i].preprocessor`: the built-in preprocessor that ran, with its settings.
@@ -226,6 +234,8 @@ impl From<&super::params::ControlNetRequest> for ControlNetInfo {
                     PreprocessorInfo { kind: "canny".into(), low_threshold, high_threshold }
                 }
             }),
+            guess_mode: false,
+            global_pool_conditions: false,
         }
     }
 }

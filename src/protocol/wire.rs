@@ -285,6 +285,9 @@ pub struct WireControlNet {
     /// `models`: the ControlNet units.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub models: Option<Vec<WireControlNetUnit>>,
+    /// `guess_mode`: diffusers' `guess_mode`, for all the units.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub guess_mode: Option<bool>,
 }
 
 /// One entry of `data.controlnet.models`.
@@ -639,7 +642,7 @@ impl WireControlNet {
         let path = parent.path_of("controlnet");
         match parent.get("controlnet") {
             None => Ok(None),
-            Some(Value::Bool(b)) => Ok(Some(WireControlNet { enabled: Some(*b), models: None })),
+            Some(Value::Bool(b)) => Ok(Some(WireControlNet { enabled: Some(*b), ..Default::default() })),
             Some(Value::Object(map)) => {
                 let obj = Obj { map, path };
                 let models = match obj.get("models") {
@@ -647,11 +650,12 @@ impl WireControlNet {
                     Some(Value::Array(items)) => Some(units(items, &obj.path_of("models"), warnings)?),
                     Some(other) => return Err(type_error(&obj.path_of("models"), "an array", other)),
                 };
-                let cn = WireControlNet { enabled: obj.boolean("enabled")?, models };
-                obj.warn_unknown(&["enabled", "models"], warnings);
+                let cn =
+                    WireControlNet { enabled: obj.boolean("enabled")?, models, guess_mode: obj.boolean("guess_mode")? };
+                obj.warn_unknown(&["enabled", "models", "guess_mode"], warnings);
                 Ok(Some(cn))
             }
-            Some(other) => Err(type_error(&path, "an object {\"enabled\", \"models\"}", other)),
+            Some(other) => Err(type_error(&path, "an object {\"enabled\", \"models\", \"guess_mode\"}", other)),
         }
     }
 }
@@ -1027,9 +1031,14 @@ mod tests {
     fn controlnet_forms() {
         let unit = |name: &str| WireControlNetUnit { model_path: Some(name.into()), ..Default::default() };
         let (r, _) = decode(json!({"prompt": "x", "controlnet": false}));
-        assert_eq!(r.unwrap().data.controlnet, Some(WireControlNet { enabled: Some(false), models: None }));
+        assert_eq!(r.unwrap().data.controlnet, Some(WireControlNet { enabled: Some(false), ..Default::default() }));
         let (r, _) = decode(json!({"prompt": "x", "controlnet": {"models": [{"model_path": "a"}]}}));
-        assert_eq!(r.unwrap().data.controlnet, Some(WireControlNet { enabled: None, models: Some(vec![unit("a")]) }));
+        assert_eq!(
+            r.unwrap().data.controlnet,
+            Some(WireControlNet { models: Some(vec![unit("a")]), ..Default::default() })
+        );
+        let (r, _) = decode(json!({"prompt": "x", "controlnet": {"guess_mode": true, "models": []}}));
+        assert_eq!(r.unwrap().data.controlnet.unwrap().guess_mode, Some(true));
         for (bad, field) in [
             (json!({"controlnet": "canny"}), "data.controlnet"),
             (json!({"controlnet": {"models": {}}}), "data.controlnet.models"),
@@ -1040,6 +1049,7 @@ mod tests {
                 "data.controlnet.models[0].conditioning_scale",
             ),
             (json!({"controlnet": {"enabled": "yes"}}), "data.controlnet.enabled"),
+            (json!({"controlnet": {"guess_mode": 1}}), "data.controlnet.guess_mode"),
         ] {
             match decode(bad).0 {
                 Err(Error::InvalidField { field: f, .. }) => assert_eq!(f, field),

@@ -310,6 +310,10 @@ impl Golden {
                 })
                 .collect();
             data["controlnet"] = serde_json::json!({ "enabled": true, "models": units });
+            // make_controlnet.py's / make_img2img.py's guess-mode cases
+            if let Some(guess) = self.meta.get("guess_mode") {
+                data["controlnet"]["guess_mode"] = serde_json::json!(guess == "true");
+            }
         }
         // onnx/make_img2img.py's cases: the init image and the strength
         if let Some(image) = self.meta.get("init_image") {

@@ -89,7 +89,7 @@ namespace SdxlRt
                     Scheduler = MapSchedulerType(sched.Type),
                     Models = new ModelsContract { Base = model.Base, Refiner = model.Refiner, Vae = model.Vae },
                     Lora = new LoraContract { Enabled = loras.Count > 0, Models = loras },
-                    Controlnet = TransformControlNetConfig(cond.ControlNets),
+                    Controlnet = TransformControlNetConfig(cond.ControlNets, cond.ControlNetGuessMode),
                     Output = new OutputContract
                     {
                         Format = output.Format != null ? output.Format.ToLowerInvariant() : "png",
@@ -159,10 +159,11 @@ namespace SdxlRt
         /// <summary>
         /// <c>{"enabled": any units, "models": [{"type", "model_path", "control_image", "conditioning_scale"}]}</c>,
         /// plus <c>guidance_start</c> / <c>guidance_end</c> and <c>preprocessor</c> (<c>{"type", "low_threshold",
-        /// "high_threshold"}</c>, thresholds when set) when set; no units gives
+        /// "high_threshold"}</c>, thresholds when set) when set, and <c>"guess_mode": true</c> when
+        /// <paramref name="guessMode"/> is set and there are units; no units gives
         /// <c>{"enabled": false, "models": []}</c>.
         /// </summary>
-        internal ControlNetContract TransformControlNetConfig(List<ControlNetConfiguration> controlNets)
+        internal ControlNetContract TransformControlNetConfig(List<ControlNetConfiguration> controlNets, bool guessMode = false)
         {
             var units = new List<ControlNetUnitContract>();
             if (controlNets != null)
@@ -186,7 +187,7 @@ namespace SdxlRt
                     });
                 }
             }
-            return new ControlNetContract { Enabled = units.Count > 0, Models = units };
+            return new ControlNetContract { Enabled = units.Count > 0, Models = units, GuessMode = guessMode && units.Count > 0 };
         }
 
         /// <summary><c>{"enabled", "factor", "model"}</c>; no upscaling gives <c>{"enabled": false, "factor": 2, "model": null}</c>.</summary>
@@ -306,6 +307,7 @@ namespace SdxlRt
     {
         [DataMember(Name = "enabled", Order = 0)] public bool Enabled;
         [DataMember(Name = "models", Order = 1)] public List<ControlNetUnitContract> Models;
+        [DataMember(Name = "guess_mode", Order = 2, EmitDefaultValue = false)] public bool GuessMode;
     }
 
     [DataContract]

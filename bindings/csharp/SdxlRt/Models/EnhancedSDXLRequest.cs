@@ -71,6 +71,14 @@ namespace SdxlRt
         public List<ControlNetConfiguration> ControlNets { get; set; } = new List<ControlNetConfiguration>();
 
         /// <summary>
+        /// Run the ControlNets in diffusers' guess mode (<c>data.controlnet.guess_mode</c>, for all the units): with
+        /// guidance they see only the conditional half of the batch, and each unit's residuals are weighted from 0.1
+        /// (first skip connection) to 1 (middle block) on a log scale. A first ControlNet whose config says
+        /// <c>global_pool_conditions</c> turns it on by itself (not when inpainting, as in diffusers). Default false.
+        /// </summary>
+        public bool ControlNetGuessMode { get; set; }
+
+        /// <summary>
         /// Image-to-image (diffusers' StableDiffusionXLImg2ImgPipeline): the image to start from, as a file path, a
         /// <c>data:image/...;base64,</c> URL or base64 image data (raise <see cref="SdxlEngineOptions.MaxRequestBytes"/>
         /// for large inline images); null for text-to-image. It is resized (Lanczos) to

@@ -253,6 +253,14 @@ namespace SdxlRt
         /// control image was used as sent.</summary>
         public ControlNetPreprocessor Preprocessor { get; set; }
 
+        /// <summary>True when the unit ran in diffusers' guess mode (<see cref="ConditioningConfiguration.ControlNetGuessMode"/>,
+        /// or a first ControlNet with <c>global_pool_conditions</c>).</summary>
+        public bool GuessMode { get; set; }
+
+        /// <summary>True when the ControlNet's config says <c>global_pool_conditions</c> (its residuals were averaged
+        /// over the image).</summary>
+        public bool GlobalPoolConditions { get; set; }
+
         internal static List<ControlNetInfo> From(List<ControlNetInfoContract> units)
         {
             var list = new List<ControlNetInfo>();
@@ -273,6 +281,8 @@ namespace SdxlRt
                             LowThreshold = u.Preprocessor.LowThreshold,
                             HighThreshold = u.Preprocessor.HighThreshold,
                         },
+                        GuessMode = u.GuessMode,
+                        GlobalPoolConditions = u.GlobalPoolConditions,
                     });
                 }
             }
@@ -496,6 +506,8 @@ namespace SdxlRt
         [DataMember(Name = "guidance_start")] public double GuidanceStart;
         [DataMember(Name = "guidance_end")] public double GuidanceEnd;
         [DataMember(Name = "preprocessor")] public PreprocessorContract Preprocessor;
+        [DataMember(Name = "guess_mode")] public bool GuessMode;
+        [DataMember(Name = "global_pool_conditions")] public bool GlobalPoolConditions;
     }
 
     [DataContract]
