@@ -4,6 +4,7 @@
 //! validated [`params::GenerateParams`], `response` builds the reply.
 
 pub mod controlnet;
+pub mod hires;
 pub mod normalize;
 pub mod params;
 pub mod prompt_syntax;
