@@ -44,3 +44,5 @@ mod canny;
 // Weighted prompts (data.prompt_syntax "weighted"): A1111's emphasis syntax and long prompts, parity with compel +
 // diffusers; plain prompts unchanged.
 mod prompts;
+// Hires fix (data.hires): parity with diffusers txt2img → upscale (latent, Lanczos, a model) → img2img, errors.
+mod hires;
