@@ -297,7 +297,8 @@ def main() -> None:
         shown = sorted(k for k in tensors if "latents_step_" not in k)
         print(f"{name}: {', '.join(f'{k}{list(tensors[k].shape)}' for k in shown)}", flush=True)
         print(f"  {name}: hires timesteps {tensors['hires_timesteps'].tolist()}", flush=True)
-        for label, kwargs, bar in (("not re-seeded", dict(reseed=False), 5), ("another upscale", dict(wrong_upscale=True), 2)):
+        checks = (("not re-seeded", dict(reseed=False), 5), ("another upscale", dict(wrong_upscale=True), 2))
+        for label, kwargs, bar in checks:
             if "wrong_upscale" in kwargs and CASES[name]["hires"]["upscaler"] not in ("latent", "lanczos"):
                 continue
             other, _ = run_case(base, i2i, args.out, name, **kwargs)
