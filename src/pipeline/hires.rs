@@ -242,6 +242,7 @@ mod tests {
     }
 
     // torch 2.15.0 CPU; the nearest modes as source indices (interpolating `arange(12)`).
+    #[allow(clippy::excessive_precision)] // torch's float32 values as Python prints them (round-trip exact)
     const TORCH_BILINEAR_5X6: [f32; 30] = [
         0.0,
         0.0714285746216774,
