@@ -71,6 +71,32 @@ fn refiner_vae_and_upscaler_flags_reach_the_request() {
     assert!(stdout.contains("tiny-sdxl-refiner") && stdout.contains("tiny-vae-b"), "{stdout}");
 }
 
+#[test]
+fn hires_flags_run_the_second_pass_as_the_golden() {
+    let g = crate::util::Golden::load("hires_lanczos");
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("hires.png");
+    let run = cli()
+        .args(["generate", "--prompt", &g.meta["prompt"], "--negative-prompt", &g.meta["negative_prompt"]])
+        .args(["--steps", &g.meta["steps"], "--guidance-scale", &g.meta["guidance_scale"], "--seed", &g.meta["seed"]])
+        .args(["--width", &g.meta["width"], "--height", &g.meta["height"]])
+        .args(["--hires-scale", "1.5", "--hires-upscaler", "lanczos", "--hires-strength", "0.6"])
+        .arg("--out")
+        .arg(&out)
+        .output()
+        .unwrap();
+    assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
+    let img = image::open(&out).unwrap().to_rgb8();
+    assert_eq!((img.width(), img.height()), (96, 96));
+    let (worst, at) = crate::util::max_u8_diff(img.as_raw(), &g.t("image_u8").u8);
+    assert!(worst <= 1, "differs from diffusers by {worst}/255 at byte {at}");
+    let stdout = String::from_utf8_lossy(&run.stdout);
+    assert!(stdout.contains("hires fix from 64x64 by lanczos"), "{stdout}");
+    let bad = cli().args(["generate", "--prompt", "x", "--hires-strength", "2"]).arg("--out").arg(&out).output();
+    let stderr = String::from_utf8_lossy(&bad.unwrap().stderr).into_owned();
+    assert!(stderr.contains("data.hires.strength"), "{stderr}");
+}
+
 /// The CLI run of an inpainting golden `g` (prompts, steps, seed, strength, init image, mask) with `extra` flags:
 /// the image it wrote.
 fn inpaint_golden(g: &crate::util::Golden, extra: &[&str]) -> image::RgbImage {

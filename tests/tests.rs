@@ -48,3 +48,5 @@ mod canny;
 mod prompts;
 // Generation parameters inside the encoded images: A1111's infotext (PNG chunks, JPEG/WebP EXIF), opt-out, pixels.
 mod pnginfo;
+// Hires fix (data.hires): parity with diffusers txt2img → upscale (latent, Lanczos, a model) → img2img, errors.
+mod hires;

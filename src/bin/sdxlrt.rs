@@ -123,6 +123,26 @@ struct GenerateArgs {
     /// mask_processor.blur; A1111's "mask blur", there 4 by default).
     #[arg(long, requires = "mask_image")]
     mask_blur: Option<f64>,
+    /// Hires fix (A1111's "Hires. fix"): after the first pass, upscale by this factor (1-8; sides rounded down to
+    /// multiples of 8) and redraw at that size with image-to-image.
+    #[arg(long, conflicts_with_all = ["hires_width", "hires_height"])]
+    hires_scale: Option<f64>,
+    /// Hires fix to this width (a multiple of 8; alone, the height keeps the aspect ratio).
+    #[arg(long)]
+    hires_width: Option<u32>,
+    /// Hires fix to this height (a multiple of 8).
+    #[arg(long)]
+    hires_height: Option<u32>,
+    /// Hires fix's upscaler: latent (default), latent-nearest, latent-nearest-exact, lanczos, or an upscaler model
+    /// under <models-root>/upscalers (name without .onnx). Alone it turns hires fix on at scale 2.
+    #[arg(long)]
+    hires_upscaler: Option<String>,
+    /// Hires fix's denoising strength (0-1; default 0.7).
+    #[arg(long)]
+    hires_strength: Option<f64>,
+    /// Hires fix's steps (default: --steps).
+    #[arg(long)]
+    hires_steps: Option<u32>,
     /// With --init-image: the share of the steps that run (0-1; int(steps x strength) steps).
     #[arg(long, default_value_t = 0.8, requires = "init_image")]
     strength: f64,
@@ -263,6 +283,24 @@ fn generate(args: GenerateArgs) -> Result<String, String> {
     if let Some(radius) = args.mask_blur {
         data["mask_blur"] = serde_json::json!(radius);
     }
+    let mut hires = serde_json::Map::new();
+    let hires_flags = [
+        ("scale", args.hires_scale.map(|v| serde_json::json!(v))),
+        ("width", args.hires_width.map(|v| serde_json::json!(v))),
+        ("height", args.hires_height.map(|v| serde_json::json!(v))),
+        ("upscaler", args.hires_upscaler.as_ref().map(|v| serde_json::json!(v))),
+        ("strength", args.hires_strength.map(|v| serde_json::json!(v))),
+        ("steps", args.hires_steps.map(|v| serde_json::json!(v))),
+    ];
+    for (key, value) in hires_flags {
+        if let Some(value) = value {
+            hires.insert(key.into(), value);
+        }
+    }
+    if !hires.is_empty() {
+        hires.insert("enabled".into(), serde_json::json!(true));
+        data["hires"] = serde_json::Value::Object(hires);
+    }
     let request = serde_json::json!({ "message_type": "inference_request", "request_id": "cli", "data": data });
 
     let options = CString::new(options.to_string()).map_err(|e| e.to_string())?;
@@ -322,6 +360,10 @@ fn main() -> ExitCode {
                     }
                     for unit in meta["controlnets"].as_array().into_iter().flatten() {
                         used.push(format!("controlnet {}", unit["model"].as_str().unwrap_or("?")));
+                    }
+                    if let Some(name) = meta["hires"]["upscaler"].as_str() {
+                        let (fw, fh) = (&meta["hires"]["first_pass_width"], &meta["hires"]["first_pass_height"]);
+                        used.push(format!("hires fix from {fw}x{fh} by {name}"));
                     }
                     if let Some(name) = meta["upscale"]["model"].as_str() {
                         used.push(format!("upscaled by {name}"));

@@ -63,6 +63,25 @@ impl Engine {
             }
             None => (Cow::Borrowed(&source.image), source.mask.as_ref().map(Cow::Borrowed)),
         };
+        let (encoder, encoder_load_seconds) = self.vae_encoder(pipeline, warnings)?;
+        let init = InitImage {
+            encoder,
+            pixels: encode::pixels(&image, width, height),
+            mask: mask.as_ref().map(|m| inpaint::mask_pixels(m, width, height)),
+        };
+        Ok(PreparedInit { init, region, encoder_load_seconds })
+    }
+}
+
+impl Engine {
+    /// The VAE encoder of `pipeline`'s VAE, loaded on first use (image-to-image, hires fix's pixel upscalers), and
+    /// the seconds its load took (0 when it was loaded). Before it loads, idle models are unloaded while memory use
+    /// plus its graph would pass the cache's threshold (reported in `warnings`, as for a model load).
+    pub(super) fn vae_encoder(
+        &self,
+        pipeline: &SdxlPipeline,
+        warnings: &mut Vec<String>,
+    ) -> Result<(std::sync::Arc<VaeEncoder>, f64)> {
         let started = Instant::now();
         let mut loaded = false;
         let encoder = pipeline.vae_encoder(|path| {
@@ -72,13 +91,7 @@ impl Engine {
             warnings.extend(evicted.iter().map(|m| super::cache::eviction_warning(m)));
             VaeEncoder::load(&self.runtime.env, path, &self.sessions)
         })?;
-        let encoder_load_seconds = if loaded { started.elapsed().as_secs_f64() } else { 0.0 };
-        let init = InitImage {
-            encoder,
-            pixels: encode::pixels(&image, width, height),
-            mask: mask.as_ref().map(|m| inpaint::mask_pixels(m, width, height)),
-        };
-        Ok(PreparedInit { init, region, encoder_load_seconds })
+        Ok((encoder, if loaded { started.elapsed().as_secs_f64() } else { 0.0 }))
     }
 }
 

@@ -5,6 +5,7 @@ pub mod cache;
 pub mod cancel;
 pub mod controlnets;
 pub mod file_models;
+mod hires;
 mod init_image;
 pub mod manage;
 pub mod memory;
@@ -218,8 +219,16 @@ impl Engine {
         let (width, height) =
             pipeline.image_size(params, source_size.filter(|_| params.padding_mask_crop.is_none()))?;
         self.limits.check_size(width, height)?;
-        // The images leave at the init image's size when the mask's area is inpainted and put back.
-        let (out_w, out_h) = source_size.filter(|_| params.padding_mask_crop.is_some()).unwrap_or((width, height));
+        let hires = match &params.hires {
+            Some(h) => Some(self.prepare_hires(h, &pipeline, (width, height), params.steps, warnings)?),
+            None => None,
+        };
+        // The images leave at the init image's size when the mask's area is inpainted and put back, at the second
+        // pass's size with hires fix.
+        let (out_w, out_h) = source_size
+            .filter(|_| params.padding_mask_crop.is_some())
+            .or(hires.as_ref().map(|h| (h.run.width, h.run.height)))
+            .unwrap_or((width, height));
         let upscale = params.output.upscale.as_ref().map(|u| self.prepare_upscale(u, out_w, out_h)).transpose()?;
         let prepared = match &init_source {
             Some(source) => {
@@ -233,7 +242,8 @@ impl Engine {
         let vae_tiling = self.options.vae_tiling.unwrap_or(false);
         let mut ctx = RunContext { progress: &mut progress, cancel, started, vae_tiling };
         let init = prepared.as_ref().map(|p| &p.init);
-        let mut out = pipeline.generate(params, &mut ctx, refiner.as_deref(), &controlnets, init)?;
+        let hires_run = hires.as_ref().map(|h| &h.run);
+        let mut out = pipeline.generate(params, &mut ctx, refiner.as_deref(), &controlnets, init, hires_run)?;
         let region = prepared.as_ref().and_then(|p| p.region);
         if let Some(source) = &init_source {
             out.images = init_image::put_back(source, region, std::mem::take(&mut out.images));
@@ -242,7 +252,7 @@ impl Engine {
         if let Some(u) = &upscale {
             out.images = self.upscale_images(u, std::mem::take(&mut out.images), &params.request_id, &mut ctx)?;
         }
-        let upscale_time = t_upscale.elapsed().as_secs_f64();
+        let upscale_time = t_upscale.elapsed().as_secs_f64() + out.hires.as_ref().map_or(0.0, |f| f.upscale_seconds);
         warnings.extend(out.warnings.iter().cloned());
 
         let t_save = Instant::now();
@@ -292,6 +302,10 @@ impl Engine {
                     })
                     .collect(),
                 upscale: upscale.as_ref().map(upscalers::PreparedUpscale::info),
+                hires: hires
+                    .as_ref()
+                    .zip(params.hires.as_ref())
+                    .map(|(prepared, request)| prepared.info(request, (width, height), out.hires.as_ref())),
                 prompt: out.prompt.clone(),
                 init_image: init_source.as_ref().map(|source| InitImageInfo {
                     strength: params.strength,
@@ -327,10 +341,15 @@ impl Engine {
             model_load_time: model_load_time
                 + controlnet_load_time
                 + prepared.as_ref().map_or(0.0, |p| p.encoder_load_seconds)
-                + upscale.as_ref().map_or(0.0, |u| u.load_seconds),
+                + upscale.as_ref().map_or(0.0, |u| u.load_seconds)
+                + hires.as_ref().map_or(0.0, |h| h.load_seconds),
             text_encoding_time: t.text_encoding,
             denoising_time: t.denoising,
-            denoising_step_avg: t.denoising / f64::from(t.denoising_steps.max(1) * params.batch_size.max(1)),
+            denoising_step_avg: t.denoising
+                / f64::from(
+                    (t.denoising_steps + out.hires.as_ref().map_or(0, |f| f.denoising_steps)).max(1)
+                        * params.batch_size.max(1),
+                ),
             vae_decode_time: t.vae_decode,
             vae_encode_time: t.vae_encode,
             encode_save_time: t_save.elapsed().as_secs_f64(),

@@ -10,6 +10,7 @@ pub mod decode;
 pub mod denoise;
 pub mod encode;
 mod experts;
+pub mod hires;
 pub mod inpaint;
 pub mod model_dir;
 pub mod prompt_chunks;
@@ -152,6 +153,8 @@ pub struct PipelineOutput {
     pub loras: Vec<AppliedLora>,
     /// With `data.prompt_syntax: "weighted"`, the base model's prompt tokens and chunks.
     pub prompt: Option<PromptInfo>,
+    /// With `data.hires`, what the second pass did.
+    pub hires: Option<hires::HiresFacts>,
 }
 
 /// A loaded SDXL model — a base model, with the LoRAs (if any) merged into its weights, or a refiner — and the VAE
@@ -619,6 +622,9 @@ impl SdxlPipeline {
     /// `denoising_start`): its standard UNet blends the handed-over latents, noised with fresh noise drawn from the
     /// chunk's generators after the base's draws (`start::handed_over`), into every step; a base that blends keeps
     /// the clean init image's latents after its last evaluation (the blend's last step is the stage's).
+    ///
+    /// With `hires` (`data.hires`; text-to-image only, no refiner or ControlNets) every batch chunk's latents go
+    /// through hires fix's second pass ([`hires`]) before they are decoded at the target size.
     pub fn generate(
         &self,
         params: &GenerateParams,
@@ -626,7 +632,14 @@ impl SdxlPipeline {
         refiner: Option<&SdxlPipeline>,
         controlnets: &[ControlUnit],
         init: Option<&InitImage>,
+        hires: Option<&hires::HiresRun>,
     ) -> Result<PipelineOutput> {
+        if hires.is_some() && (refiner.is_some() || !controlnets.is_empty() || init.is_some()) {
+            return Err(Error::unsupported(
+                "data.hires",
+                "cannot be combined with an init image, a refiner or ControlNets",
+            ));
+        }
         self.check_controlnets(controlnets)?;
         self.check_unet_inputs(refiner, init)?;
         let mut warnings = self.dir.warnings.clone();
@@ -696,6 +709,7 @@ impl SdxlPipeline {
         // The init image (and masked image) encoded once for the whole batch (diffusers encodes the same image per
         // generator).
         let origin = self.origin(init, params, (lh, lw), ctx, &mut timings)?;
+        let mut hires_facts = hires.map(|_| hires::HiresFacts::default());
         let mut images = Vec::with_capacity(batch as usize);
         let mut first = 0usize;
         while first < batch as usize {
@@ -749,7 +763,21 @@ impl SdxlPipeline {
                 timings.unet_evaluations += evals;
                 latents = Some(out);
             }
-            let latents = latents.expect("at least the base stage ran");
+            let mut latents = latents.expect("at least the base stage ran");
+            if let (Some(run), Some(facts)) = (hires, hires_facts.as_mut()) {
+                let (cond, uncond) = &conditions[0];
+                latents = self.hires_pass(
+                    latents,
+                    run,
+                    params,
+                    ctx,
+                    &stages[0],
+                    (cond, uncond.as_ref()),
+                    first,
+                    facts,
+                    &mut timings,
+                )?;
+            }
 
             let t2 = Instant::now();
             crate::runtime::heap::release_free_memory();
@@ -766,12 +794,70 @@ impl SdxlPipeline {
             images,
             timings,
             scheduler: stages[0].scheduler.describe(),
-            width,
-            height,
+            width: hires.map_or(width, |h| h.width),
+            height: hires.map_or(height, |h| h.height),
             warnings,
             loras: self.lora.applied.clone(),
             prompt: prompt_info,
+            hires: hires_facts,
         })
+    }
+
+    /// Hires fix's second pass over one batch chunk's first-pass `latents` (its first image `first`): the start
+    /// ([`Self::hires_start`]) from fresh generators seeded as the chunk's, then image-to-image at the target size
+    /// with the base's conditioning (`cond`, `uncond`), scheduler and the target size's time ids.
+    #[allow(clippy::too_many_arguments)]
+    fn hires_pass(
+        &self,
+        latents: ndarray::ArrayD<f32>,
+        run: &hires::HiresRun,
+        params: &GenerateParams,
+        ctx: &mut RunContext<'_>,
+        stage: &Expert<'_>,
+        (cond, uncond): (&PromptEmbeds, Option<&PromptEmbeds>),
+        first: usize,
+        facts: &mut hires::HiresFacts,
+        timings: &mut StageTimings,
+    ) -> Result<ndarray::ArrayD<f32>> {
+        let n = latents.shape()[0];
+        let batch = params.batch_size;
+        // A1111's hires pass: a new RNG with the same seeds.
+        let mut noise = BatchGenerators::new(params.seed.wrapping_add(first as u64), n);
+        let mut scheduler = stage.scheduler.build(run.steps as usize)?;
+        let denoising_steps = crate::protocol::normalize::img2img_steps(run.steps, run.strength);
+        let skipped = run.steps - denoising_steps;
+        let len = scheduler.timesteps().len();
+        let begin = (skipped as usize * scheduler.order()).min(len);
+        if begin > 0 {
+            scheduler.set_begin_index(begin);
+        }
+        let chunk = (params.seed, first, batch, params.request_id.as_str());
+        let start =
+            self.hires_start(latents, run, chunk, scheduler.as_ref(), begin, &mut noise, ctx, facts, timings)?;
+        ctx.progress.on_latents(first as u32, None, start.view());
+        let (ids, neg_ids) = self.time_ids(run.height, run.width, params);
+        let cond_n = unet_conditioning(cond, uncond, n, &ids, &neg_ids)?;
+        let t = Instant::now();
+        let mut dctx = DenoiseContext {
+            unet: &self.unet,
+            guidance_scale: params.guidance_scale,
+            guided: params.guidance_scale > 1.0,
+            cancel: ctx.cancel,
+            progress: &mut *ctx.progress,
+            request_id: &params.request_id,
+            image_index: first as u32,
+            batch_size: batch,
+            started: ctx.started,
+            steps: denoising_steps,
+            skipped_steps: skipped,
+            controlnets: &[],
+            inpaint: None,
+        };
+        let (out, evals) = denoise(start, &cond_n, scheduler.as_mut(), begin..len, &mut noise, &mut dctx)?;
+        timings.denoising += t.elapsed().as_secs_f64();
+        timings.unet_evaluations += evals;
+        facts.denoising_steps = denoising_steps;
+        Ok(out)
     }
 
     #[allow(clippy::too_many_arguments)]

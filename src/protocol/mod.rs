@@ -5,6 +5,7 @@
 
 pub mod controlnet;
 pub mod infotext;
+pub mod hires;
 pub mod normalize;
 pub mod params;
 pub mod prompt_syntax;

@@ -343,6 +343,24 @@ pub fn normalize(wire: &WireRequest, limits: &RequestLimits, warnings: &mut Vec<
 
     let controlnets = super::controlnet::controlnet_requests(d.controlnet.as_ref(), warnings)?;
     let controlnet_guess_mode = super::controlnet::guess_mode(d.controlnet.as_ref(), &controlnets, warnings);
+    let hires = super::hires::hires_params(d.hires.as_ref(), steps, limits.max_steps)?;
+    if hires.is_some() {
+        let other = if init_image.is_some() {
+            Some((
+                "data.init_image",
+                "hires fix is text-to-image's second pass; image-to-image already starts from an image",
+            ))
+        } else if refiner.is_some() {
+            Some(("data.models.refiner", "a refiner after the hires pass is not built"))
+        } else if !controlnets.is_empty() {
+            Some(("data.controlnet", "ControlNets in the hires pass are not built"))
+        } else {
+            None
+        };
+        if let Some((field, why)) = other {
+            return Err(Error::unsupported("data.hires", format!("cannot be combined with {field}: {why}")));
+        }
+    }
     let dims = d.dimensions.clone().unwrap_or_default();
     let width = merge("data.width", d.width, "data.dimensions.width", dims.width)?
         .map(|w| check_side("data.dimensions.width", w, limits.max_width))
@@ -437,6 +455,7 @@ pub fn normalize(wire: &WireRequest, limits: &RequestLimits, warnings: &mut Vec<
         loras,
         controlnets,
         controlnet_guess_mode,
+        hires,
     })
 }
 
@@ -804,6 +823,7 @@ mod tests {
             loras: Vec::new(),
             controlnets: Vec::new(),
             controlnet_guess_mode: false,
+            hires: None,
         };
         assert_eq!(p.params, expected);
 
@@ -1394,5 +1414,24 @@ mod tests {
     fn one_of_lists_values() {
         assert_eq!(one_of(&["a", "b", "c"]), r#""a", "b" or "c""#);
         assert_eq!(one_of(&["a"]), r#""a""#);
+    }
+
+    #[test]
+    fn hires_is_refused_with_an_init_image_a_refiner_or_controlnets() {
+        let unit = json!({"model_path": "c", "control_image": "e.png"});
+        for extra in [
+            json!({"init_image": "a.png"}),
+            json!({"init_image": "a.png", "mask_image": "m.png"}),
+            json!({"models": {"refiner": "r"}}),
+            json!({"controlnet": {"models": [unit]}}),
+        ] {
+            let mut request = minimal(extra.clone());
+            request["hires"] = json!({"enabled": true});
+            assert_eq!(unsupported_field(parse_value(request)), "data.hires", "{extra}");
+        }
+        // Disabled, it is not checked.
+        let mut request = minimal(json!({"init_image": "a.png"}));
+        request["hires"] = json!({"enabled": false, "scale": 2});
+        assert_eq!(parse_value(request).unwrap().params.hires, None);
     }
 }

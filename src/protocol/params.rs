@@ -100,6 +100,10 @@ pub struct GenerateParams {
     /// False when no ControlNet applies. A ControlNet whose config says `global_pool_conditions` also turns it on
     /// as the first unit, except when inpainting (diffusers' pipelines; see [`crate::pipeline::controlnet`]).
     pub controlnet_guess_mode: bool,
+    /// A1111's "Hires. fix" (`data.hires`, when `enabled` is not false): after the text-to-image pass, the latents
+    /// or the image are upscaled to a target size and an image-to-image pass redraws them there
+    /// ([`super::hires`]). `None`: one pass.
+    pub hires: Option<HiresParams>,
 }
 
 impl GenerateParams {
@@ -108,6 +112,59 @@ impl GenerateParams {
         use crate::protocol::normalize::{DEFAULT_AESTHETIC_SCORE, DEFAULT_NEGATIVE_AESTHETIC_SCORE};
         self.refiner_aesthetic_scores.unwrap_or((DEFAULT_AESTHETIC_SCORE, DEFAULT_NEGATIVE_AESTHETIC_SCORE))
     }
+}
+
+/// A validated `data.hires` that asks for a second pass (see [`super::hires`] for the rules).
+#[derive(Debug, Clone, PartialEq)]
+pub struct HiresParams {
+    /// The second pass's size: a factor of the first pass's size, or explicit sides.
+    pub target: HiresTarget,
+    /// How the first pass's result is brought to the target size.
+    pub upscaler: HiresUpscaler,
+    /// The second pass's denoising strength (`strength`, in [0, 1]; default
+    /// [`super::hires::DEFAULT_HIRES_STRENGTH`]): it runs the last `int(steps × strength)` of its `steps`.
+    pub strength: f64,
+    /// The second pass's `num_inference_steps` (`steps`); `None` (absent or 0): the first pass's.
+    pub steps: Option<u32>,
+}
+
+/// `data.hires`'s target size, resolved against the first pass's size by [`HiresParams::target_size`].
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum HiresTarget {
+    /// `scale`: `int(side × scale)` per side (A1111's `hr_scale`), rounded down to a multiple of 8.
+    Scale(f64),
+    /// `width` and/or `height` (A1111's `hr_resize_x` / `hr_resize_y`), multiples of 8; a missing side keeps the
+    /// first pass's aspect ratio (`given × other / side`, rounded down to a multiple of 8).
+    Size {
+        /// `width`.
+        width: Option<u32>,
+        /// `height`.
+        height: Option<u32>,
+    },
+}
+
+/// How `data.hires` upscales the first pass's result.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HiresUpscaler {
+    /// The latents themselves, interpolated as torch's `F.interpolate(mode, antialias=False)`; no VAE round trip
+    /// (A1111's "Latent" upscalers).
+    Latent(LatentInterpolation),
+    /// Decode, Pillow's Lanczos resize to the target, encode (A1111's "Lanczos").
+    Lanczos,
+    /// Decode, an ONNX super-resolution model (named as `data.output.upscale.model`), a Lanczos resize to the
+    /// target as needed, encode (A1111's model upscalers: R-ESRGAN, 4x-UltraSharp, …).
+    Model(String),
+}
+
+/// The interpolation of [`HiresUpscaler::Latent`]: torch's `F.interpolate` modes, `align_corners=False`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LatentInterpolation {
+    /// `mode="bilinear"` (A1111's "Latent", its default hires upscaler).
+    Bilinear,
+    /// `mode="nearest"` (A1111's "Latent (nearest)").
+    Nearest,
+    /// `mode="nearest-exact"` (A1111's "Latent (nearest-exact)", ComfyUI's default latent upscale).
+    NearestExact,
 }
 
 /// One validated `data.lora.models[i]` entry. The engine resolves `name` to a file (see [`crate::lora`]).

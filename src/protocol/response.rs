@@ -91,6 +91,9 @@ pub struct ImageMetadata {
     /// The init image it started from (image-to-image); absent for text-to-image.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub init_image: Option<InitImageInfo>,
+    /// With `data.hires`: the second pass.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hires: Option<HiresInfo>,
     /// How the prompts were read with `data.prompt_syntax: "weighted"`; absent in the default plain mode.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub prompt: Option<PromptInfo>,
@@ -151,6 +154,30 @@ pub struct UpscaleInfo {
     pub model_scale: u32,
     /// Runs of the model per image; a Lanczos resize followed when `model_scale ^ passes != factor`.
     pub passes: u32,
+}
+
+/// `metadata.hires`: what hires fix's second pass (`data.hires`) did.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct HiresInfo {
+    /// The second pass's (and the image's, before `data.output.upscale`) width.
+    pub width: u32,
+    /// The second pass's height.
+    pub height: u32,
+    /// The first (text-to-image) pass's width.
+    pub first_pass_width: u32,
+    /// The first pass's height.
+    pub first_pass_height: u32,
+    /// The upscaler: `latent`, `latent-nearest`, `latent-nearest-exact`, `lanczos` or the model's name.
+    pub upscaler: String,
+    /// The second pass's denoising strength.
+    pub strength: f64,
+    /// The second pass's `num_inference_steps`.
+    pub steps: u32,
+    /// The steps the second pass ran: `int(steps × strength)`.
+    pub denoising_steps: u32,
+    /// With an upscaler model: its runs per image (a Lanczos resize to the target followed when the size differed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model_passes: Option<u32>,
 }
 
 /// One entry of `metadata.loras`.
@@ -425,6 +452,7 @@ mod tests {
                 controlnets: Vec::new(),
                 upscale: None,
                 init_image: None,
+                hires: None,
                 prompt: None,
             },
         }

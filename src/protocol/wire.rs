@@ -30,7 +30,8 @@
 //!
 //! `data.controlnet` has the shape of the C# binding's `ControlNetContract` ([`WireControlNet`]; also a bare
 //! `true`/`false` for `enabled`). `data.output.upscale` has the shape of its
-//! `UpscaleContract` ([`WireUpscale`]).
+//! `UpscaleContract` ([`WireUpscale`]). `data.hires` has the shape of its `HiresContract` ([`WireHires`]; also a bare
+//! `true`/`false` for `enabled`).
 
 use serde::Serialize;
 use serde_json::{Map, Value};
@@ -120,6 +121,10 @@ pub struct WireData {
     /// `controlnet`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub controlnet: Option<WireControlNet>,
+    /// `hires`: A1111's "Hires. fix" (a second, image-to-image pass at a larger size), validated by
+    /// [`crate::protocol::hires`].
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub hires: Option<WireHires>,
     /// `output`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub output: Option<WireOutput>,
@@ -316,6 +321,32 @@ pub struct WireControlNetUnit {
     pub preprocessor: Option<Value>,
 }
 
+/// `data.hires` (the C# `HiresContract`), validated by [`crate::protocol::hires`].
+#[derive(Debug, Clone, PartialEq, Default, Serialize)]
+pub struct WireHires {
+    /// `enabled`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub enabled: Option<bool>,
+    /// `scale`: the target is this many times the first pass's width and height (A1111's `hr_scale`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub scale: Option<f64>,
+    /// `width`: the target width in pixels (A1111's `hr_resize_x`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub width: Option<i64>,
+    /// `height`: the target height in pixels (A1111's `hr_resize_y`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub height: Option<i64>,
+    /// `upscaler`: `latent`, `latent-nearest`, `latent-nearest-exact`, `lanczos` or an upscaler model's name.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub upscaler: Option<String>,
+    /// `strength`: the second pass's denoising strength (A1111's `denoising_strength`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub strength: Option<f64>,
+    /// `steps`: the second pass's `num_inference_steps` (A1111's `hr_second_pass_steps`; 0: the first pass's).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub steps: Option<i64>,
+}
+
 /// `data.output`.
 #[derive(Debug, Clone, PartialEq, Default, Serialize)]
 pub struct WireOutput {
@@ -405,6 +436,7 @@ const DATA_KEYS: &[&str] = &[
     "scheduler",
     "lora",
     "controlnet",
+    "hires",
     "output",
     "batch",
     "metadata",
@@ -476,6 +508,7 @@ impl WireData {
             scheduler: obj.get("scheduler").map(|v| WireScheduler::decode(v, &obj.path_of("scheduler"))).transpose()?,
             lora: obj.child("lora")?.map(|o| WireLora::decode(&o, warnings)).transpose()?,
             controlnet: WireControlNet::decode(obj, warnings)?,
+            hires: WireHires::decode(obj, warnings)?,
             output: obj.child("output")?.map(|o| WireOutput::decode(&o, warnings)).transpose()?,
             batch: obj.child("batch")?.map(|o| WireBatch::decode(&o, warnings)).transpose()?,
             metadata: obj.child("metadata")?.map(|o| WireMetadata::decode(&o, warnings)).transpose()?,
@@ -681,6 +714,39 @@ fn units(items: &[Value], base: &str, warnings: &mut Vec<String>) -> Result<Vec<
         u.warn_unknown(CONTROLNET_UNIT_KEYS, warnings);
     }
     Ok(units)
+}
+
+/// Keys of `data.hires`.
+const HIRES_KEYS: &[&str] = &["enabled", "scale", "width", "height", "upscaler", "strength", "steps"];
+
+impl WireHires {
+    /// `hires` of the `data` object `parent`: an object, or a bare `true`/`false` for `enabled`.
+    fn decode(parent: &Obj<'_>, warnings: &mut Vec<String>) -> Result<Option<Self>> {
+        let path = parent.path_of("hires");
+        match parent.get("hires") {
+            None => Ok(None),
+            Some(Value::Bool(b)) => Ok(Some(WireHires { enabled: Some(*b), ..Default::default() })),
+            Some(Value::Object(map)) => {
+                let obj = Obj { map, path };
+                let hires = WireHires {
+                    enabled: obj.boolean("enabled")?,
+                    scale: obj.float("scale")?,
+                    width: obj.int("width")?,
+                    height: obj.int("height")?,
+                    upscaler: obj.string("upscaler")?,
+                    strength: obj.float("strength")?,
+                    steps: obj.int("steps")?,
+                };
+                obj.warn_unknown(HIRES_KEYS, warnings);
+                Ok(Some(hires))
+            }
+            Some(other) => Err(type_error(
+                &path,
+                "an object {\"enabled\", \"scale\", \"upscaler\", \"strength\", \"steps\", ...} (or true/false)",
+                other,
+            )),
+        }
+    }
 }
 
 impl WireOutput {

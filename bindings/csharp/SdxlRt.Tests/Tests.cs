@@ -136,6 +136,20 @@ namespace SdxlRt.Tests
             {
                 r.Conditioning.MaskBlur = double.Parse(m["mask_blur"], culture);
             }
+            if (m.ContainsKey("hires"))
+            {
+                // onnx/make_hires.py's data.hires block
+                HiresContract h = Json.Deserialize<HiresContract>(m["hires"]);
+                r.Hires = new HiresConfiguration
+                {
+                    Scale = h.Scale,
+                    Width = h.Width,
+                    Height = h.Height,
+                    Upscaler = h.Upscaler,
+                    Strength = h.Strength,
+                    Steps = h.Steps,
+                };
+            }
             return r;
         }
 
@@ -226,6 +240,42 @@ namespace SdxlRt.Tests
             r.Conditioning.PromptSyntax = "weighted";
             string json = new EnhancedRequestTransformer().ToJson(r, "id-0");
             Assert.True(json.Contains("\"prompt_syntax\":\"weighted\""), "prompt_syntax sent: " + json);
+        }
+
+        [Test]
+        public static void hires_is_sent_only_when_given()
+        {
+            var r = new EnhancedSDXLRequest();
+            r.Conditioning.Prompt = "p";
+            r.Model.Base = "m";
+            var t = new EnhancedRequestTransformer();
+            string plain = t.ToJson(r, "id-0");
+            Assert.True(!plain.Contains("hires"), "no hires key when none is set: " + plain);
+            r.Hires = new HiresConfiguration { Scale = 1.5, Upscaler = "lanczos", Strength = 0.55 };
+            string json = t.ToJson(r, "id-0");
+            Assert.True(json.Contains("\"hires\":{\"enabled\":true,\"scale\":1.5,\"upscaler\":\"lanczos\",\"strength\":0.55}"),
+                "hires sent with only the keys set: " + json);
+        }
+
+        [Test]
+        public static void hires_gives_the_golden_pixels_and_says_what_the_second_pass_did()
+        {
+            EnhancedSDXLRequest req = Fixture.FromGolden("hires_latent");
+            Assert.Equal(1.5, req.Hires.Scale.Value, "the golden's scale");
+            EnhancedSDXLResponse r = Fixture.Engine.GenerateImagesAsync(req).GetAwaiter().GetResult();
+            Assert.True(r.Success, "success: " + r.Error);
+            GeneratedImage img = r.GeneratedImages[0];
+            Assert.Equal(96, img.Pixels.Width, "the second pass's width");
+            Fixture.NearPixels(Fixture.GoldenPixels("hires_latent"), img.Pixels.Data, 1, "hires_latent image_u8");
+            HiresInfo h = img.Metadata.Hires;
+            Assert.Equal("latent", h.Upscaler, "upscaler");
+            Assert.Equal(64, h.FirstPassWidth, "first pass width");
+            Assert.Equal(2, h.DenoisingSteps, "int(4 × 0.7) steps");
+            Assert.True(h.ModelPasses == null, "no model passes for a latent upscale");
+            req.Hires.Strength = 1.5;
+            var e = Assert.Throws<SdxlValidationException>(
+                () => Fixture.Engine.GenerateImagesAsync(req).GetAwaiter().GetResult(), "a strength over 1");
+            Assert.True(e.Message.Contains("data.hires.strength"), "message names the field: " + e.Message);
         }
 
         [Test]

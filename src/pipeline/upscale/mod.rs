@@ -175,6 +175,70 @@ impl Upscaler {
         Ok(crate::image::lanczos::resize(&upscaled, w, h))
     }
 
+    /// Upscale `image` to exactly `width` × `height` for hires fix (`data.hires.upscaler` naming a model), as
+    /// A1111's `images.resize_image` with an upscaler does: when the target is larger on some side, passes of the
+    /// model (each from 8-bit pixels) until the image is at least the target on both sides (a 1× model runs once),
+    /// then one Lanczos resize to the target when the size differs; a target no larger on either side is only
+    /// resized. Returns the image and the passes run. Errors name `data.hires.upscaler` when a pass would exceed
+    /// [`MAX_UPSCALED_PIXELS`].
+    pub fn upscale_to(
+        &self,
+        image: &RgbImage,
+        (width, height): (u32, u32),
+        tiling: Tiling,
+        ctx: &mut RunContext<'_>,
+        report: &ReportAs<'_>,
+    ) -> Result<(RgbImage, u32)> {
+        tiling.validate()?;
+        let passes = self.passes_to(image.width, image.height, (width, height))?;
+        let (mut w, mut h, mut total) = (image.width, image.height, 0);
+        for _ in 0..passes {
+            total += tiling.count(w, h);
+            (w, h) = (w * self.scale, h * self.scale);
+        }
+        let mut done = 0u32;
+        let mut current: Option<RgbImage> = None;
+        for _ in 0..passes {
+            let from = current.as_ref().unwrap_or(image);
+            let mut on_tile = |ctx: &mut RunContext<'_>| -> Result<()> {
+                done += 1;
+                report.send(ctx, done, total)
+            };
+            current = Some(self.pass(from, tiling, ctx, &mut on_tile)?);
+        }
+        let upscaled = current.unwrap_or_else(|| image.clone());
+        if (upscaled.width, upscaled.height) == (width, height) {
+            return Ok((upscaled, passes));
+        }
+        Ok((crate::image::lanczos::resize(&upscaled, width, height), passes))
+    }
+
+    /// The model passes [`Self::upscale_to`] runs from `width` × `height` to `target`, checked against
+    /// [`MAX_UPSCALED_PIXELS`].
+    pub fn passes_to(&self, width: u32, height: u32, (tw, th): (u32, u32)) -> Result<u32> {
+        if tw <= width && th <= height {
+            return Ok(0);
+        }
+        let (mut w, mut h, mut passes) = (u64::from(width), u64::from(height), 0u32);
+        loop {
+            passes += 1;
+            (w, h) = (w * u64::from(self.scale), h * u64::from(self.scale));
+            if w * h > MAX_UPSCALED_PIXELS {
+                return Err(Error::field(
+                    "data.hires.upscaler",
+                    format!(
+                        "{width}x{height} to {tw}x{th} with this ×{} model passes {w}x{h} pixels; at most \
+                         {MAX_UPSCALED_PIXELS} are allowed",
+                        self.scale
+                    ),
+                ));
+            }
+            if self.scale <= 1 || (w >= u64::from(tw) && h >= u64::from(th)) {
+                return Ok(passes);
+            }
+        }
+    }
+
     /// Windows over every pass of `plan`, for progress.
     fn tile_count(&self, image: &RgbImage, plan: UpscalePlan, tiling: Tiling) -> u32 {
         let (mut w, mut h, mut n) = (image.width, image.height, 0);

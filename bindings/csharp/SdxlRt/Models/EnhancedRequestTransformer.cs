@@ -62,6 +62,7 @@ namespace SdxlRt
                     Prompt2 = cond.Prompt2,
                     NegativePrompt2 = cond.NegativePrompt2,
                     PromptSyntax = cond.PromptSyntax,
+                    Hires = TransformHiresConfig(request.Hires),
                     InitImage = cond.InitImage,
                     MaskImage = cond.MaskImage,
                     PaddingMaskCrop = cond.PaddingMaskCrop,
@@ -190,6 +191,25 @@ namespace SdxlRt
             return new ControlNetContract { Enabled = units.Count > 0, Models = units, GuessMode = guessMode && units.Count > 0 };
         }
 
+        /// <summary><c>data.hires</c>, or null (not sent) for none.</summary>
+        internal HiresContract TransformHiresConfig(HiresConfiguration hires)
+        {
+            if (hires == null)
+            {
+                return null;
+            }
+            return new HiresContract
+            {
+                Enabled = hires.Enabled,
+                Scale = hires.Scale,
+                Width = hires.Width,
+                Height = hires.Height,
+                Upscaler = hires.Upscaler,
+                Strength = hires.Strength,
+                Steps = hires.Steps,
+            };
+        }
+
         /// <summary><c>{"enabled", "factor", "model"}</c>; no upscaling gives <c>{"enabled": false, "factor": 2, "model": null}</c>.</summary>
         internal UpscaleContract TransformUpscaleConfig(PostProcessingConfiguration post)
         {
@@ -236,6 +256,19 @@ namespace SdxlRt
         [DataMember(Name = "padding_mask_crop", Order = 17, EmitDefaultValue = false)] public int? PaddingMaskCrop;
         [DataMember(Name = "mask_blur", Order = 18, EmitDefaultValue = false)] public double? MaskBlur;
         [DataMember(Name = "prompt_syntax", Order = 19, EmitDefaultValue = false)] public string PromptSyntax;
+        [DataMember(Name = "hires", Order = 20, EmitDefaultValue = false)] public HiresContract Hires;
+    }
+
+    [DataContract]
+    internal sealed class HiresContract
+    {
+        [DataMember(Name = "enabled", Order = 0)] public bool Enabled;
+        [DataMember(Name = "scale", Order = 1, EmitDefaultValue = false)] public double? Scale;
+        [DataMember(Name = "width", Order = 2, EmitDefaultValue = false)] public int? Width;
+        [DataMember(Name = "height", Order = 3, EmitDefaultValue = false)] public int? Height;
+        [DataMember(Name = "upscaler", Order = 4, EmitDefaultValue = false)] public string Upscaler;
+        [DataMember(Name = "strength", Order = 5, EmitDefaultValue = false)] public double? Strength;
+        [DataMember(Name = "steps", Order = 6, EmitDefaultValue = false)] public int? Steps;
     }
 
     [DataContract]

@@ -26,6 +26,13 @@ namespace SdxlRt
         public PostProcessingConfiguration PostProcessing { get; set; }
 
         /// <summary>
+        /// Hires fix (<c>data.hires</c>, A1111's "Hires. fix"): after the image is drawn at its size, it is upscaled
+        /// and redrawn by image-to-image at the larger size, in the same request. Null (or not enabled) for one pass.
+        /// Not in the seed's JSON: sent only when set.
+        /// </summary>
+        public HiresConfiguration Hires { get; set; }
+
+        /// <summary>
         /// The request id (used for cancellation and echoed in the reply). Not part of the seed's object: the seed
         /// passes it to the transformer. Null: <see cref="SdxlEngine"/> makes a new GUID.
         /// </summary>
@@ -295,6 +302,35 @@ namespace SdxlRt
     {
         /// <summary>Upscaling after generation (<c>data.output.upscale</c>); null for none.</summary>
         public UpscaleConfiguration Upscale { get; set; }
+    }
+
+    /// <summary>Hires fix settings (<c>data.hires</c>); null properties send nothing and take the engine's default.</summary>
+    public class HiresConfiguration
+    {
+        /// <summary>Whether to run the second pass.</summary>
+        public bool Enabled { get; set; } = true;
+
+        /// <summary>The second pass's size as a factor of the first pass's (A1111's <c>hr_scale</c>, 1 to 8; each
+        /// side truncated, then rounded down to a multiple of 8); null with no Width/Height gives 2.</summary>
+        public double? Scale { get; set; }
+
+        /// <summary>The second pass's width in pixels (a multiple of 8; A1111's "resize width to"), instead of
+        /// <see cref="Scale"/>; alone, the height keeps the aspect ratio.</summary>
+        public int? Width { get; set; }
+
+        /// <summary>The second pass's height in pixels (a multiple of 8), instead of <see cref="Scale"/>.</summary>
+        public int? Height { get; set; }
+
+        /// <summary><c>latent</c> (null: the default, A1111's "Latent"), <c>latent-nearest</c>,
+        /// <c>latent-nearest-exact</c>, <c>lanczos</c>, or an ONNX upscaler model under the engine's
+        /// <c>models_root/upscalers/</c> by name (as <see cref="UpscaleConfiguration.Model"/>).</summary>
+        public string Upscaler { get; set; }
+
+        /// <summary>The second pass's denoising strength, 0 to 1; null gives 0.7 (A1111's).</summary>
+        public double? Strength { get; set; }
+
+        /// <summary>The second pass's steps (A1111's "hires steps"); null or 0: the first pass's.</summary>
+        public int? Steps { get; set; }
     }
 
     /// <summary>Upscaling settings.</summary>

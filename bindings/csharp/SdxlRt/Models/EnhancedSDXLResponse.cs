@@ -114,6 +114,7 @@ namespace SdxlRt
                     ControlNets = ControlNetInfo.From(g.Metadata.ControlNets),
                     InitImage = InitImageInfo.From(g.Metadata.InitImage),
                     Prompt = PromptInfo.From(g.Metadata.Prompt),
+                    Hires = HiresInfo.From(g.Metadata.Hires),
                 };
             }
             return img;
@@ -148,6 +149,9 @@ namespace SdxlRt
 
         /// <summary>How the init image was used (image-to-image); null for text-to-image.</summary>
         public InitImageInfo InitImage { get; set; }
+
+        /// <summary>What hires fix's second pass did (<see cref="EnhancedSDXLRequest.Hires"/>); null for one pass.</summary>
+        public HiresInfo Hires { get; set; }
 
         /// <summary>How the prompts were read with <see cref="ConditioningConfiguration.PromptSyntax"/>
         /// <c>"weighted"</c>; null in the default plain mode.</summary>
@@ -216,6 +220,57 @@ namespace SdxlRt
                 SourceHeight = i.SourceHeight,
                 MaskCrop = i.MaskCrop,
                 Mask = i.Mask == null ? null : new MaskInfo { Blur = i.Mask.Blur, RedrawnFraction = i.Mask.RedrawnFraction },
+            };
+        }
+    }
+
+    /// <summary>What hires fix's second pass did (<c>metadata.hires</c>).</summary>
+    public class HiresInfo
+    {
+        /// <summary>The second pass's width (the image's, before <see cref="UpscaleConfiguration"/>).</summary>
+        public int Width { get; set; }
+
+        /// <summary>The second pass's height.</summary>
+        public int Height { get; set; }
+
+        /// <summary>The first (text-to-image) pass's width.</summary>
+        public int FirstPassWidth { get; set; }
+
+        /// <summary>The first pass's height.</summary>
+        public int FirstPassHeight { get; set; }
+
+        /// <summary><c>latent</c>, <c>latent-nearest</c>, <c>latent-nearest-exact</c>, <c>lanczos</c> or the model's name.</summary>
+        public string Upscaler { get; set; }
+
+        /// <summary>The second pass's denoising strength.</summary>
+        public double Strength { get; set; }
+
+        /// <summary>The second pass's steps.</summary>
+        public int Steps { get; set; }
+
+        /// <summary>The steps it ran: <c>int(Steps × Strength)</c>.</summary>
+        public int DenoisingSteps { get; set; }
+
+        /// <summary>With an upscaler model: its runs per image; null otherwise.</summary>
+        public int? ModelPasses { get; set; }
+
+        internal static HiresInfo From(HiresInfoContract h)
+        {
+            if (h == null)
+            {
+                return null;
+            }
+            return new HiresInfo
+            {
+                Width = h.Width,
+                Height = h.Height,
+                FirstPassWidth = h.FirstPassWidth,
+                FirstPassHeight = h.FirstPassHeight,
+                Upscaler = h.Upscaler,
+                Strength = h.Strength,
+                Steps = h.Steps,
+                DenoisingSteps = h.DenoisingSteps,
+                ModelPasses = h.ModelPasses,
             };
         }
     }
@@ -468,6 +523,21 @@ namespace SdxlRt
         [DataMember(Name = "controlnets")] public List<ControlNetInfoContract> ControlNets;
         [DataMember(Name = "init_image")] public InitImageInfoContract InitImage;
         [DataMember(Name = "prompt")] public PromptInfoContract Prompt;
+        [DataMember(Name = "hires")] public HiresInfoContract Hires;
+    }
+
+    [DataContract]
+    internal sealed class HiresInfoContract
+    {
+        [DataMember(Name = "width")] public int Width;
+        [DataMember(Name = "height")] public int Height;
+        [DataMember(Name = "first_pass_width")] public int FirstPassWidth;
+        [DataMember(Name = "first_pass_height")] public int FirstPassHeight;
+        [DataMember(Name = "upscaler")] public string Upscaler;
+        [DataMember(Name = "strength")] public double Strength;
+        [DataMember(Name = "steps")] public int Steps;
+        [DataMember(Name = "denoising_steps")] public int DenoisingSteps;
+        [DataMember(Name = "model_passes")] public int? ModelPasses;
     }
 
     [DataContract]
