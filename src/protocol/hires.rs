@@ -146,6 +146,17 @@ impl HiresUpscaler {
             HiresUpscaler::Model(name) => name,
         }
     }
+
+    /// The name A1111's UI and infotext give it (`Hires upscaler`), which [`hires_params`] accepts back.
+    pub fn a1111_name(&self) -> &str {
+        match self {
+            HiresUpscaler::Latent(LatentInterpolation::Bilinear) => "Latent",
+            HiresUpscaler::Latent(LatentInterpolation::Nearest) => "Latent (nearest)",
+            HiresUpscaler::Latent(LatentInterpolation::NearestExact) => "Latent (nearest-exact)",
+            HiresUpscaler::Lanczos => "Lanczos",
+            HiresUpscaler::Model(name) => name,
+        }
+    }
 }
 
 impl HiresParams {

@@ -22,10 +22,13 @@
 //!   `<lora:name:te:unet>` when the weights differ), whether it came from a tag or from `data.lora.models`;
 //! - `Steps`, `Sampler` and `Schedule type` (the A1111 names of the scheduler that ran, [`a1111_sampler`]),
 //!   `CFG scale`, `Seed` (this image's), `Size` (the size the model generated, before upscaling or putting an
-//!   inpainted crop back), `Model`, `VAE` (a custom one), `Denoising strength` (image-to-image), `RNG: CPU` (the
+//!   inpainted crop back; with hires fix the first pass's), `Model`, `VAE` (a custom one), `Denoising strength`
+//!   (image-to-image, or the hires pass's), `RNG: CPU` (the
 //!   initial noise is torch's CPU generator's, A1111's "CPU" noise source);
 //! - then A1111's "extra generation parameters": `Refiner` and `Refiner switch at`, `Mask blur`, `Inpaint area` and
-//!   `Masked area padding`, `ControlNet i` (the sd-webui-controlnet extension's form), `Postprocess upscale by` and
+//!   `Masked area padding`, `ControlNet i` (the sd-webui-controlnet extension's form, `Guess Mode: True` in guess
+//!   mode), `Hires upscale` or `Hires resize`, `Hires steps` (when given) and `Hires upscaler` (A1111's display
+//!   names, which `data.hires.upscaler` accepts), `Postprocess upscale by` and
 //!   `Postprocess upscaler` (A1111's Extras tab), `Prompt 2` / `Negative prompt 2` (sdxlrt's; A1111 has no
 //!   second prompt) — features added later put theirs here, in `extra_params`;
 //! - `Version: sdxlrt <version>`.
@@ -37,7 +40,7 @@
 use serde::Serialize;
 use serde_json::{Map, Value};
 
-use super::params::{GenerateParams, MicroConditioning};
+use super::params::{GenerateParams, HiresTarget, MicroConditioning};
 use super::prompt_syntax::PromptSyntax;
 use super::response::{ImageMetadata, LoraInfo};
 
@@ -178,7 +181,14 @@ pub fn generation_params(
         ("Size", Some(format!("{width}x{height}"))),
         ("Model", meta.model_info.base_model.clone()),
         ("VAE", meta.model_info.vae_model.clone()),
-        ("Denoising strength", meta.init_image.as_ref().map(|i| i.strength.to_string())),
+        (
+            "Denoising strength",
+            meta.init_image
+                .as_ref()
+                .map(|i| i.strength)
+                .or(meta.hires.as_ref().map(|h| h.strength))
+                .map(|s| s.to_string()),
+        ),
         ("RNG", Some("CPU".into())),
     ];
     let mut pairs: Vec<(String, String)> =
@@ -189,9 +199,7 @@ pub fn generation_params(
 }
 
 /// A1111's `extra_generation_params`: the settings of optional features, written after the fixed fields and before
-/// `Version`. A new feature (a hires pass, ControlNet guess mode, …) adds its pairs here, in A1111's names where
-/// A1111 has them (hires fix: `Hires upscale`, `Hires steps`, `Hires upscaler`, `Denoising strength` stays the
-/// fixed field).
+/// `Version`, in A1111's (or sd-webui-controlnet's) names. A new feature adds its pairs here.
 fn extra_params(params: &GenerateParams, meta: &ImageMetadata) -> Vec<(String, String)> {
     let mut extra = Vec::new();
     let mut push = |key: &str, value: String| extra.push((key.to_string(), value));
@@ -221,7 +229,26 @@ fn extra_params(params: &GenerateParams, meta: &ImageMetadata) -> Vec<(String, S
         }
         parts.push(format!("Guidance Start: {}", unit.guidance_start));
         parts.push(format!("Guidance End: {}", unit.guidance_end));
+        if unit.guess_mode {
+            // The unit field sd-webui-controlnet wrote before its "Control Mode" replaced guess mode.
+            parts.push("Guess Mode: True".into());
+        }
         push(&format!("ControlNet {i}"), parts.join(", "));
+    }
+    // A1111's txt2img: `Hires upscale` (hr_scale) or `Hires resize` (`{hr_resize_x}x{hr_resize_y}`, 0 for a side
+    // left out), `Hires steps` only when set, `Hires upscaler` in A1111's display names; `Size` stays the first
+    // pass's and `Denoising strength` is the fixed field's.
+    if let Some(hires) = &params.hires {
+        match hires.target {
+            HiresTarget::Scale(scale) => push("Hires upscale", scale.to_string()),
+            HiresTarget::Size { width, height } => {
+                push("Hires resize", format!("{}x{}", width.unwrap_or(0), height.unwrap_or(0)))
+            }
+        }
+        if let Some(steps) = hires.steps {
+            push("Hires steps", steps.to_string());
+        }
+        push("Hires upscaler", hires.upscaler.a1111_name().to_string());
     }
     if let Some(p2) = params.prompt_2.as_deref().filter(|p| !p.is_empty()) {
         push("Prompt 2", p2.to_string());
@@ -314,7 +341,7 @@ mod tests {
 
     use crate::protocol::normalize::{parse_request, RequestLimits};
     use crate::protocol::response::{
-        ControlNetInfo, InitImageInfo, MaskInfo, ModelInfo, PreprocessorInfo, UpscaleInfo,
+        ControlNetInfo, HiresInfo, InitImageInfo, MaskInfo, ModelInfo, PreprocessorInfo, UpscaleInfo,
     };
 
     /// The validated request of `data`.
@@ -334,6 +361,7 @@ mod tests {
             loras: Vec::new(),
             controlnets: Vec::new(),
             upscale: None,
+            hires: None,
             init_image: None,
             prompt: None,
         }
@@ -422,6 +450,8 @@ mod tests {
                     low_threshold: 100.0,
                     high_threshold: 200.0,
                 }),
+                guess_mode: true,
+                global_pool_conditions: false,
             },
             ControlNetInfo {
                 model: "depth".into(),
@@ -430,6 +460,8 @@ mod tests {
                 guidance_start: 0.1,
                 guidance_end: 0.9,
                 preprocessor: None,
+                guess_mode: false,
+                global_pool_conditions: false,
             },
         ];
         assert_eq!(
@@ -438,11 +470,53 @@ mod tests {
                 "a robot <lora:detail:0.8:1> <lora:ink:0.5>\nSteps: 30, Sampler: DPM++ 2M, Schedule type: Karras, \
                  CFG scale: 5, Seed: 42, Size: 64x64, Model: sdxl-base, RNG: CPU, \
                  ControlNet 0: \"Module: canny, Model: canny-sdxl, Weight: 0.8, Threshold A: 100, Threshold B: 200, \
-                 Guidance Start: 0, Guidance End: 1\", \
+                 Guidance Start: 0, Guidance End: 1, Guess Mode: True\", \
                  ControlNet 1: \"Module: none, Model: depth, Weight: 1, Guidance Start: 0.1, Guidance End: 0.9\", {}",
                 version()
             )
         );
+    }
+
+    #[test]
+    fn hires_fix_writes_a1111s_hires_fields_and_its_denoising_strength() {
+        let mut m = meta();
+        m.hires = Some(HiresInfo {
+            width: 1536,
+            height: 1536,
+            first_pass_width: 1024,
+            first_pass_height: 1024,
+            upscaler: "latent".into(),
+            strength: 0.55,
+            steps: 20,
+            denoising_steps: 11,
+            model_passes: None,
+        });
+        let scaled = params(json!({"prompt": "x", "hires": {"scale": 1.5, "strength": 0.55, "steps": 20}}));
+        assert_eq!(
+            generation_params(&scaled, &m, (1024, 1024))
+                .into_iter()
+                .filter(|(k, _)| k.starts_with("Hires") || k == "Denoising strength" || k == "Size")
+                .collect::<Vec<_>>(),
+            [
+                ("Size", "1024x1024"),
+                ("Denoising strength", "0.55"),
+                ("Hires upscale", "1.5"),
+                ("Hires steps", "20"),
+                ("Hires upscaler", "Latent"),
+            ]
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+        );
+        let sized = params(json!({"prompt": "x", "hires": {"width": 1536, "upscaler": "latent-nearest-exact"}}));
+        let text = infotext(&sized, &m, (1024, 1024));
+        assert!(
+            text.contains("RNG: CPU, Hires resize: 1536x0, Hires upscaler: Latent (nearest-exact), Version"),
+            "no Hires steps when the first pass's are used: {text}"
+        );
+        for name in ["Latent", "Latent (nearest)", "Latent (nearest-exact)", "Lanczos"] {
+            let p = params(json!({"prompt": "x", "hires": {"upscaler": name}}));
+            let written = p.hires.as_ref().unwrap().upscaler.a1111_name();
+            assert_eq!(written, name, "A1111's name reads back as the same upscaler");
+        }
     }
 
     #[test]

@@ -4,8 +4,8 @@
 //! validated [`params::GenerateParams`], `response` builds the reply.
 
 pub mod controlnet;
-pub mod infotext;
 pub mod hires;
+pub mod infotext;
 pub mod normalize;
 pub mod params;
 pub mod prompt_syntax;
