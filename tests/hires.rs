@@ -9,7 +9,7 @@ use sdxlrt::engine::Engine;
 use sdxlrt::pipeline::{NoProgress, Progress, ProgressEvent, Stage};
 use serde_json::{json, Value};
 
-use crate::util::{fixtures, max_u8_diff, options_json, Golden, Sequence};
+use crate::util::{fixtures, max_u8_diff, options_json, Golden, Sequence, Stages};
 
 fn engine() -> Engine {
     Engine::new(Some(&options_json())).expect("engine")
@@ -167,16 +167,6 @@ fn the_reply_says_what_the_second_pass_did() {
     // 4 first-pass steps and int(4 × 0.7) = 2 second-pass steps, guided: one UNet evaluation each.
     assert_eq!(metrics["unet_evaluations"], 6, "{metrics}");
     assert_eq!(metrics["steps"], 4, "{metrics}");
-}
-
-#[derive(Default)]
-struct Stages(Vec<(Stage, u32, u32)>);
-
-impl Progress for Stages {
-    fn report(&mut self, event: &ProgressEvent<'_>) -> bool {
-        self.0.push((event.stage, event.step, event.total_steps));
-        true
-    }
 }
 
 #[test]

@@ -9,10 +9,10 @@ use sdxlrt::image::source;
 use sdxlrt::pipeline::encode::{image_latents, pixels, VaeEncoder};
 use sdxlrt::pipeline::model_dir::ModelDir;
 use sdxlrt::pipeline::vae_tiles::Tiling;
-use sdxlrt::pipeline::{NoProgress, Progress, ProgressEvent, Stage};
+use sdxlrt::pipeline::{NoProgress, Stage};
 use sdxlrt::runtime::{CancelToken, SessionConfig};
 
-use crate::util::{check_case, check_case_on, fixtures, max_u8_diff, options_json, Golden};
+use crate::util::{check_case, check_case_on, fixtures, max_u8_diff, options_json, Golden, Stages};
 
 fn engine() -> Engine {
     Engine::new(Some(&options_json())).expect("engine")
@@ -218,17 +218,6 @@ fn without_dimensions_the_init_images_size_rounded_down_is_used() {
     let reply: serde_json::Value = serde_json::from_str(&outcome.response_json).unwrap();
     let info = &reply["data"]["generated_images"][0]["metadata"]["init_image"];
     assert_eq!((info["source_width"].as_u64(), info["source_height"].as_u64()), (Some(80), Some(60)));
-}
-
-/// Records the stages and the denoising steps reported.
-#[derive(Default)]
-struct Stages(Vec<(Stage, u32, u32)>);
-
-impl Progress for Stages {
-    fn report(&mut self, event: &ProgressEvent<'_>) -> bool {
-        self.0.push((event.stage, event.step, event.total_steps));
-        true
-    }
 }
 
 #[test]

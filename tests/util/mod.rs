@@ -451,3 +451,14 @@ pub fn pixels_of_image_data(b64: &str) -> Vec<u8> {
     let bytes = base64::engine::general_purpose::STANDARD.decode(b64).expect("base64 image data");
     image::load_from_memory(&bytes).expect("an encoded image").to_rgb8().into_raw()
 }
+
+/// A progress sink that records every (stage, step, total steps) reported and never cancels.
+#[derive(Default)]
+pub struct Stages(pub Vec<(sdxlrt::pipeline::Stage, u32, u32)>);
+
+impl sdxlrt::pipeline::Progress for Stages {
+    fn report(&mut self, event: &sdxlrt::pipeline::ProgressEvent<'_>) -> bool {
+        self.0.push((event.stage, event.step, event.total_steps));
+        true
+    }
+}
