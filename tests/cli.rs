@@ -6,6 +6,20 @@ fn cli() -> Command {
     Command::new(env!("CARGO_BIN_EXE_sdxlrt"))
 }
 
+/// `sdxlrt generate` with a golden's prompt, negative prompt, steps, seed and guidance scale.
+fn generate_as(g: &crate::util::Golden) -> Command {
+    let mut command = cli();
+    command.args(["generate", "--prompt", &g.meta["prompt"], "--negative-prompt", &g.meta["negative_prompt"]]).args([
+        "--steps",
+        &g.meta["steps"],
+        "--seed",
+        &g.meta["seed"],
+        "--guidance-scale",
+        &g.meta["guidance_scale"],
+    ]);
+    command
+}
+
 #[test]
 fn generate_writes_an_image_with_the_bundled_model() {
     let dir = tempfile::tempdir().unwrap();
@@ -76,9 +90,7 @@ fn hires_flags_run_the_second_pass_as_the_golden() {
     let g = crate::util::Golden::load("hires_lanczos");
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("hires.png");
-    let run = cli()
-        .args(["generate", "--prompt", &g.meta["prompt"], "--negative-prompt", &g.meta["negative_prompt"]])
-        .args(["--steps", &g.meta["steps"], "--guidance-scale", &g.meta["guidance_scale"], "--seed", &g.meta["seed"]])
+    let run = generate_as(&g)
         .args(["--width", &g.meta["width"], "--height", &g.meta["height"]])
         .args(["--hires-scale", "1.5", "--hires-upscaler", "lanczos", "--hires-strength", "0.6"])
         .arg("--out")
@@ -176,9 +188,7 @@ fn micro_conditioning_flags_reach_the_request_and_give_diffusers_image() {
     let g = crate::util::Golden::load("micro_conditioning");
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("micro.png");
-    let run = cli()
-        .args(["generate", "--prompt", &g.meta["prompt"], "--negative-prompt", &g.meta["negative_prompt"]])
-        .args(["--steps", &g.meta["steps"], "--seed", &g.meta["seed"], "--guidance-scale", &g.meta["guidance_scale"]])
+    let run = generate_as(&g)
         .args(["--width", "64", "--height", "64", "--original-size", "1024x768", "--target-size", "1024x1024"])
         .args(["--crop-top-left", "32,16", "--out"])
         .arg(&out)
@@ -224,9 +234,7 @@ fn prompt_syntax_flag_reads_a1111_weights_and_gives_the_compel_diffusers_image()
     let g = crate::util::Golden::load("prompts_weights");
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("weighted.png");
-    let run = cli()
-        .args(["generate", "--prompt", &g.meta["prompt"], "--negative-prompt", &g.meta["negative_prompt"]])
-        .args(["--steps", &g.meta["steps"], "--seed", &g.meta["seed"], "--guidance-scale", &g.meta["guidance_scale"]])
+    let run = generate_as(&g)
         .args(["--width", "64", "--height", "64", "--prompt-syntax", "weighted", "--out"])
         .arg(&out)
         .output()
@@ -245,9 +253,7 @@ fn the_guess_mode_flag_gives_diffusers_guess_mode_image() {
     let g = crate::util::Golden::load("controlnet_guess");
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("guess.png");
-    let run = cli()
-        .args(["generate", "--prompt", &g.meta["prompt"], "--negative-prompt", &g.meta["negative_prompt"]])
-        .args(["--steps", &g.meta["steps"], "--seed", &g.meta["seed"], "--guidance-scale", &g.meta["guidance_scale"]])
+    let run = generate_as(&g)
         .args(["--width", "64", "--height", "64", "--controlnet", "tiny-controlnet", "--control-image"])
         .arg(crate::util::fixtures().join("controlnet/control_64.png"))
         .args(["--controlnet-scale", "0.8", "--guess-mode", "--out"])
