@@ -29,6 +29,12 @@ impl<'a> Expert<'a> {
     }
 }
 
+/// The first evaluation of `scheduler` that image-to-image runs when it skips `skipped` of its steps: diffusers'
+/// `get_timesteps`, `t_start · order`, at most the schedule's length.
+pub(super) fn img2img_begin(skipped: u32, scheduler: &dyn Scheduler) -> usize {
+    (skipped as usize * scheduler.order()).min(scheduler.timesteps().len())
+}
+
 /// The evaluations of `scheduler` that stage `k` of `stages` runs, when a refiner takes part: the base (k = 0)
 /// those at or above the cut-off timestep (diffusers' `denoising_end`), the refiner (k = 1) those below it, one more
 /// for a second-order scheduler with an even count (`denoising_start`, diffusers' `get_timesteps`). The cut-off is

@@ -29,7 +29,7 @@ use self::controlnet::ControlUnit;
 use self::decode::VaeDecoder;
 use self::denoise::{denoise, DenoiseContext, UnetConditioning};
 use self::encode::{InitImage, VaeEncoder};
-use self::experts::{stage_range, Expert};
+use self::experts::{img2img_begin, stage_range, Expert};
 use self::inpaint::{Inpainting, UnetInput};
 use self::model_dir::ModelDir;
 use self::start::Origin;
@@ -670,7 +670,7 @@ impl SdxlPipeline {
             let mut range =
                 stage_range(scheduler.as_ref(), train, k, &stages).unwrap_or(0..scheduler.timesteps().len());
             if k == 0 {
-                let begin = (skipped as usize * scheduler.order()).min(scheduler.timesteps().len());
+                let begin = img2img_begin(skipped, scheduler.as_ref());
                 range = begin..range.end.max(begin);
             }
             ranges.push(range);
@@ -827,7 +827,7 @@ impl SdxlPipeline {
         let denoising_steps = crate::protocol::normalize::img2img_steps(run.steps, run.strength);
         let skipped = run.steps - denoising_steps;
         let len = scheduler.timesteps().len();
-        let begin = (skipped as usize * scheduler.order()).min(len);
+        let begin = img2img_begin(skipped, scheduler.as_ref());
         if begin > 0 {
             scheduler.set_begin_index(begin);
         }
