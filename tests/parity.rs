@@ -343,3 +343,26 @@ fn size_micro_conditioning_matches_diffusers_in_each_pipeline() {
         assert_eq!(reply["warnings"], serde_json::json!([]), "{case}: {reply}");
     }
 }
+
+/// diffusers' `guidance_rescale` (`data.hyperparameters.guidance_rescale`) at every UNet evaluation, per image, in
+/// text-to-image (Euler; DPM++ 2M with a batch of 2; Heun's two evaluations per step), image-to-image, inpainting
+/// and the ensemble with the refiner (both calls rescaled): onnx/make_guidance_rescale.py's goldens, whose last
+/// latents are ≥ 0.01 from the same request's without it. The reply's metadata says what was applied.
+#[test]
+fn guidance_rescale_matches_diffusers_in_each_pipeline() {
+    let engine = engine();
+    for case in [
+        "guidance_rescale",
+        "guidance_rescale_batch2",
+        "guidance_rescale_heun",
+        "guidance_rescale_img2img",
+        "guidance_rescale_inpaint",
+        "guidance_rescale_refiner",
+    ] {
+        let reply = crate::util::check_case(&engine, case, false);
+        assert_eq!(reply["warnings"], serde_json::json!([]), "{case}: {reply}");
+        for image in reply["data"]["generated_images"].as_array().unwrap() {
+            assert_eq!(image["metadata"]["guidance_rescale"].as_f64(), Some(0.7), "{case}: {}", image["metadata"]);
+        }
+    }
+}

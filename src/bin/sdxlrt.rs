@@ -56,6 +56,10 @@ struct GenerateArgs {
     /// Classifier-free guidance scale.
     #[arg(long, default_value_t = 5.0)]
     guidance_scale: f32,
+    /// diffusers' guidance_rescale, 0 to 1 (data.hyperparameters.guidance_rescale; "CFG rescale"): pulls the
+    /// guided prediction back to the conditional one's spread, for zero-terminal-SNR / v-prediction models.
+    #[arg(long)]
+    guidance_rescale: Option<f64>,
     /// Width in pixels (default: the model's).
     #[arg(long)]
     width: Option<u32>,
@@ -225,6 +229,9 @@ fn generate(args: GenerateArgs) -> Result<String, String> {
     });
     if args.no_embed_parameters {
         data["output"]["embed_parameters"] = serde_json::json!(false);
+    }
+    if let Some(phi) = args.guidance_rescale {
+        data["hyperparameters"]["guidance_rescale"] = serde_json::json!(phi);
     }
     if args.width.is_some() || args.height.is_some() {
         data["dimensions"] = serde_json::json!({ "width": args.width, "height": args.height });

@@ -278,6 +278,7 @@ impl Engine {
                 seed: image.seed,
                 steps: params.steps,
                 guidance_scale: params.guidance_scale,
+                guidance_rescale: params.rescales_guidance().then_some(params.guidance_rescale),
                 scheduler: out.scheduler.get("name").and_then(|v| v.as_str()).unwrap_or("unknown").to_string(),
                 scheduler_options: out
                     .scheduler

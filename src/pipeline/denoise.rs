@@ -6,6 +6,7 @@
 use ndarray::{concatenate, Array2, Array3, ArrayD, Axis, IxDyn};
 
 use super::controlnet::{ControlRun, ControlUnit};
+use super::guidance;
 use super::inpaint::{self, Inpainting};
 use super::{Progress, ProgressEvent, Stage};
 use crate::error::{Error, Result};
@@ -32,6 +33,8 @@ pub struct DenoiseContext<'a> {
     pub unet: &'a ModelSession,
     /// Classifier-free guidance scale; CFG runs only when `guided`.
     pub guidance_scale: f32,
+    /// diffusers' `guidance_rescale` ([`super::guidance::rescale`]); 0 = off. Only when `guided`.
+    pub guidance_rescale: f32,
     /// Whether the conditioning holds an uncond half.
     pub guided: bool,
     /// Cancellation.
@@ -127,16 +130,9 @@ pub fn denoise(
         }
         let out =
             unet.run(changing, last, ctx.cancel)?.pop().ok_or_else(|| Error::Internal("no UNet output".into()))?;
-        let noise_pred = if ctx.guided {
-            let uncond = out.slice_axis(Axis(0), (0..batch).into());
-            let text = out.slice_axis(Axis(0), (batch..2 * batch).into());
-            let gs = ctx.guidance_scale;
-            // diffusers: noise_pred_uncond + guidance_scale * (noise_pred_text - noise_pred_uncond), in float32.
-            let mut pred = uncond.to_owned();
-            ndarray::Zip::from(&mut pred).and(&text).for_each(|u, &c| *u += gs * (c - *u));
-            pred
-        } else {
-            out
+        let noise_pred = match ctx.guided {
+            true => guidance::guide(&out, batch, ctx.guidance_scale, ctx.guidance_rescale),
+            false => out,
         };
         latents = scheduler.step(noise_pred.view(), i, latents.view(), noise)?;
         if let Some(Inpainting::Blend(blend)) = ctx.inpaint {

@@ -10,6 +10,7 @@ pub mod decode;
 pub mod denoise;
 pub mod encode;
 mod experts;
+pub mod guidance;
 pub mod hires;
 pub mod inpaint;
 pub mod model_dir;
@@ -746,6 +747,7 @@ impl SdxlPipeline {
                 let mut dctx = DenoiseContext {
                     unet: &stage.model.unet,
                     guidance_scale: params.guidance_scale,
+                    guidance_rescale: params.guidance_rescale,
                     guided,
                     cancel: ctx.cancel,
                     progress: &mut *ctx.progress,
@@ -841,6 +843,7 @@ impl SdxlPipeline {
         let mut dctx = DenoiseContext {
             unet: &self.unet,
             guidance_scale: params.guidance_scale,
+            guidance_rescale: params.guidance_rescale,
             guided: params.guidance_scale > 1.0,
             cancel: ctx.cancel,
             progress: &mut *ctx.progress,

@@ -203,6 +203,10 @@ pub fn generation_params(
 fn extra_params(params: &GenerateParams, meta: &ImageMetadata) -> Vec<(String, String)> {
     let mut extra = Vec::new();
     let mut push = |key: &str, value: String| extra.push((key.to_string(), value));
+    // The key A1111's CFG Rescale extension (and its forks) writes; A1111 has no built-in rescale.
+    if let Some(phi) = meta.guidance_rescale {
+        push("CFG Rescale", phi.to_string());
+    }
     if let Some(refiner) = &meta.model_info.refiner_model {
         push("Refiner", refiner.clone());
         push("Refiner switch at", params.refiner_switch_at.to_string());
@@ -355,6 +359,7 @@ mod tests {
             seed: 42,
             steps: 30,
             guidance_scale: 5.0,
+            guidance_rescale: None,
             scheduler: "DPMSolverMultistepScheduler".into(),
             scheduler_options: Some(options(json!({"use_karras_sigmas": true, "steps_offset": 1}))),
             model_info: ModelInfo { base_model: Some("sdxl-base".into()), ..Default::default() },
@@ -475,6 +480,16 @@ mod tests {
                 version()
             )
         );
+    }
+
+    #[test]
+    fn guidance_rescale_is_written_under_the_cfg_rescale_extensions_key_only_when_applied() {
+        let mut m = meta();
+        let p = params(json!({"prompt": "x", "hyperparameters": {"guidance_rescale": 0.7}}));
+        assert!(!infotext(&p, &m, (64, 64)).contains("CFG Rescale"));
+        m.guidance_rescale = Some(0.7);
+        let pairs = generation_params(&p, &m, (64, 64));
+        assert!(pairs.contains(&("CFG Rescale".to_string(), "0.7".to_string())), "{pairs:?}");
     }
 
     #[test]

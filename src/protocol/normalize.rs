@@ -234,6 +234,24 @@ pub fn normalize(wire: &WireRequest, limits: &RequestLimits, warnings: &mut Vec<
         }
     };
 
+    let guidance_rescale = match h.guidance_rescale {
+        None => 0.0,
+        Some(r) if (0.0..=1.0).contains(&r) => r as f32,
+        Some(r) => {
+            return Err(Error::field(
+                "data.hyperparameters.guidance_rescale",
+                format!("must be a number from 0 (off) to 1, got {r}"),
+            ))
+        }
+    };
+
+    if guidance_rescale > 0.0 && guidance_scale <= 1.0 {
+        warnings.push(format!(
+            "data.hyperparameters.guidance_rescale is ignored: it rescales guidance, and guidance_scale {guidance_scale} \
+             (at most 1) runs none"
+        ));
+    }
+
     let seed = merge("data.seed", d.seed, "data.hyperparameters.seed", h.seed)?;
     let seed = match seed {
         None | Some(-1) => random_seed(),
@@ -437,6 +455,7 @@ pub fn normalize(wire: &WireRequest, limits: &RequestLimits, warnings: &mut Vec<
         vae,
         steps,
         guidance_scale,
+        guidance_rescale,
         seed,
         init_image,
         mask_image,
@@ -794,6 +813,7 @@ mod tests {
             vae: None,
             steps: 30,
             guidance_scale: 7.0,
+            guidance_rescale: 0.0,
             seed: 12345,
             init_image: None,
             mask_image: None,
@@ -914,6 +934,21 @@ mod tests {
     }
 
     #[test]
+    fn guidance_rescale_defaults_to_off_and_without_guidance_is_ignored_with_a_warning() {
+        let l = RequestLimits::default();
+        let plain = parse_request(r#"{"prompt": "x"}"#, &l).unwrap();
+        assert_eq!((plain.params.guidance_rescale, plain.params.rescales_guidance()), (0.0, false));
+        let on = parse_request(r#"{"prompt": "x", "hyperparameters": {"guidance_rescale": 0.7}}"#, &l).unwrap();
+        assert_eq!((on.params.guidance_rescale, on.params.rescales_guidance()), (0.7, true));
+        assert_eq!(on.warnings, Vec::<String>::new());
+        let text = r#"{"prompt": "x", "hyperparameters": {"guidance_rescale": 0.7, "guidance_scale": 1}}"#;
+        let unguided = parse_request(text, &l).unwrap();
+        assert!(!unguided.params.rescales_guidance());
+        assert_eq!(unguided.warnings.len(), 1, "{:?}", unguided.warnings);
+        assert!(unguided.warnings[0].starts_with("data.hyperparameters.guidance_rescale is ignored"));
+    }
+
+    #[test]
     fn every_validation_error_names_its_field() {
         let l = RequestLimits::default();
         let cases: Vec<(Value, &str, &str)> = vec![
@@ -947,6 +982,16 @@ mod tests {
             (minimal(json!({"hyperparameters": {"seed": "42"}})), "data.hyperparameters.seed", "integer"),
             (minimal(json!({"hyperparameters": {"strength": 1.5}})), "data.hyperparameters.strength", "0 to 1"),
             (minimal(json!({"hyperparameters": {"strength": -0.1}})), "data.hyperparameters.strength", "0 to 1"),
+            (
+                minimal(json!({"hyperparameters": {"guidance_rescale": 1.2}})),
+                "data.hyperparameters.guidance_rescale",
+                "0 (off) to 1",
+            ),
+            (
+                minimal(json!({"hyperparameters": {"guidance_rescale": -0.1}})),
+                "data.hyperparameters.guidance_rescale",
+                "0 (off) to 1",
+            ),
             (minimal(json!({"init_image": " "})), "data.init_image", "empty"),
             (minimal(json!({"init_image": 7})), "data.init_image", "string"),
             (minimal(json!({"mask_image": "m.png"})), "data.mask_image", "needs data.init_image"),

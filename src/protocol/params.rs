@@ -46,6 +46,12 @@ pub struct GenerateParams {
     /// Classifier-free guidance scale (`data.hyperparameters.guidance_scale`, legacy flat `data.guidance_scale`).
     /// CFG runs when it is > 1, as in diffusers. Default 5.0.
     pub guidance_scale: f32,
+    /// How far the guided noise prediction is pulled back to the conditional prediction's standard deviation
+    /// (`data.hyperparameters.guidance_rescale`, in [0, 1], default 0 = off): diffusers' `guidance_rescale`
+    /// (`rescale_noise_cfg`, section 3.4 of "Common Diffusion Noise Schedules and Sample Steps are Flawed"), the
+    /// A1111 extension's and ComfyUI's "CFG rescale", meant for zero-terminal-SNR and v-prediction models, whose
+    /// images overexpose at high guidance. Only with guidance (CFG above 1).
+    pub guidance_rescale: f32,
     /// Seed of the first image; image `i` of a batch uses `seed + i`. Resolved here: a missing, null or -1 seed
     /// becomes a random one, reported back in the response metadata.
     pub seed: u64,
@@ -111,6 +117,11 @@ impl GenerateParams {
     pub fn aesthetic_scores(&self) -> (f32, f32) {
         use crate::protocol::normalize::{DEFAULT_AESTHETIC_SCORE, DEFAULT_NEGATIVE_AESTHETIC_SCORE};
         self.refiner_aesthetic_scores.unwrap_or((DEFAULT_AESTHETIC_SCORE, DEFAULT_NEGATIVE_AESTHETIC_SCORE))
+    }
+
+    /// Whether [`Self::guidance_rescale`] applies: non-zero, and guidance runs (diffusers rescales only under CFG).
+    pub fn rescales_guidance(&self) -> bool {
+        self.guidance_rescale > 0.0 && self.guidance_scale > 1.0
     }
 }
 

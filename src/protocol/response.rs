@@ -72,6 +72,9 @@ pub struct ImageMetadata {
     pub steps: u32,
     /// Guidance scale.
     pub guidance_scale: f32,
+    /// `data.hyperparameters.guidance_rescale` when it was applied (non-zero, with guidance); absent otherwise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub guidance_rescale: Option<f32>,
     /// The diffusers class name of the scheduler that ran.
     pub scheduler: String,
     /// The scheduler config keys that differ from the model's `scheduler_config.json`, if any.
@@ -445,6 +448,7 @@ mod tests {
                 seed: u64::MAX,
                 steps: 30,
                 guidance_scale: 7.5,
+                guidance_rescale: None,
                 scheduler: "EulerDiscreteScheduler".into(),
                 scheduler_options: None,
                 model_info: ModelInfo { base_model: Some("sdxl".into()), ..Default::default() },

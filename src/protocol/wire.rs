@@ -192,6 +192,9 @@ pub struct WireHyperparameters {
     /// `refiner_negative_aesthetic_score`: the refiner's negative aesthetic conditioning.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub refiner_negative_aesthetic_score: Option<f64>,
+    /// `guidance_rescale`: diffusers' rescale of the guided noise prediction (0 to 1).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub guidance_rescale: Option<f64>,
 }
 
 /// `data.dimensions`.
@@ -550,6 +553,7 @@ impl WireHyperparameters {
             refiner_switch_at: obj.float("refiner_switch_at")?,
             refiner_aesthetic_score: obj.float("refiner_aesthetic_score")?,
             refiner_negative_aesthetic_score: obj.float("refiner_negative_aesthetic_score")?,
+            guidance_rescale: obj.float("guidance_rescale")?,
         };
         let known = [
             "num_inference_steps",
@@ -559,6 +563,7 @@ impl WireHyperparameters {
             "refiner_switch_at",
             "refiner_aesthetic_score",
             "refiner_negative_aesthetic_score",
+            "guidance_rescale",
         ];
         obj.warn_unknown(&known, warnings);
         Ok(h)

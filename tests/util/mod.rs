@@ -289,6 +289,10 @@ impl Golden {
         if let Some(name) = self.meta.get("scheduler") {
             data["scheduler"] = serde_json::json!(name);
         }
+        // onnx/make_guidance_rescale.py's cases
+        if self.meta.contains_key("guidance_rescale") {
+            data["hyperparameters"]["guidance_rescale"] = serde_json::json!(self.meta::<f64>("guidance_rescale"));
+        }
         // onnx/make_micro_conditioning.py's cases: original_size, crops_coords_top_left, target_size
         if let Some(micro) = self.meta.get("micro_conditioning") {
             let micro: serde_json::Map<String, serde_json::Value> = serde_json::from_str(micro).unwrap();

@@ -136,6 +136,10 @@ namespace SdxlRt.Tests
             {
                 r.Conditioning.MaskBlur = double.Parse(m["mask_blur"], culture);
             }
+            if (m.ContainsKey("guidance_rescale"))
+            {
+                r.Scheduler.GuidanceRescale = double.Parse(m["guidance_rescale"], culture);
+            }
             if (m.ContainsKey("hires"))
             {
                 // onnx/make_hires.py's data.hires block
@@ -624,6 +628,23 @@ namespace SdxlRt.Tests
             Assert.True(r.Success, "success: " + r.Error);
             Fixture.NearPixels(Fixture.GoldenPixels("micro_conditioning"), r.GeneratedImages[0].Pixels.Data, 1,
                 "micro_conditioning image_u8");
+        }
+
+        [Test]
+        public static void guidance_rescale_is_sent_in_hyperparameters_and_gives_the_golden_pixels()
+        {
+            EnhancedSDXLRequest req = Fixture.FromGolden("guidance_rescale");
+            Assert.Equal((double?)0.7, req.Scheduler.GuidanceRescale, "the golden's rescale");
+            string json = new EnhancedRequestTransformer().ToJson(req, "rescale-json");
+            Assert.True(json.Contains("\"guidance_rescale\":0.7"), "guidance_rescale sent: " + json);
+            EnhancedSDXLResponse r = Fixture.Engine.GenerateImagesAsync(req).GetAwaiter().GetResult();
+            Assert.True(r.Success, "success: " + r.Error);
+            Fixture.NearPixels(Fixture.GoldenPixels("guidance_rescale"), r.GeneratedImages[0].Pixels.Data, 1,
+                "guidance_rescale image_u8");
+            Assert.Equal((double?)0.7, r.GeneratedImages[0].Metadata.GuidanceRescale, "metadata.guidance_rescale");
+            req.Scheduler.GuidanceRescale = null;
+            string plain = new EnhancedRequestTransformer().ToJson(req, "plain-json");
+            Assert.True(!plain.Contains("guidance_rescale"), "unset: not sent: " + plain);
         }
 
         [Test]

@@ -77,6 +77,7 @@ namespace SdxlRt
                         RefinerSwitchAt = model.RefinerSwitchAt,
                         RefinerAestheticScore = model.RefinerAestheticScore,
                         RefinerNegativeAestheticScore = model.RefinerNegativeAestheticScore,
+                        GuidanceRescale = sched.GuidanceRescale,
                     },
                     Dimensions = new DimensionsContract
                     {
@@ -282,6 +283,7 @@ namespace SdxlRt
         [DataMember(Name = "refiner_switch_at", Order = 4, EmitDefaultValue = false)] public double? RefinerSwitchAt;
         [DataMember(Name = "refiner_aesthetic_score", Order = 5, EmitDefaultValue = false)] public double? RefinerAestheticScore;
         [DataMember(Name = "refiner_negative_aesthetic_score", Order = 6, EmitDefaultValue = false)] public double? RefinerNegativeAestheticScore;
+        [DataMember(Name = "guidance_rescale", Order = 7, EmitDefaultValue = false)] public double? GuidanceRescale;
     }
 
     [DataContract]

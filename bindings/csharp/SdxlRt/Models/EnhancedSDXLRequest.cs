@@ -231,6 +231,13 @@ namespace SdxlRt
 
         /// <summary>Classifier-free guidance scale; null for the default (5.0).</summary>
         public double? GuidanceScale { get; set; }
+
+        /// <summary>
+        /// diffusers' <c>guidance_rescale</c> ("CFG rescale"), 0 to 1; null or 0 for none. Pulls the guided noise
+        /// prediction back toward the conditional prediction's spread, for zero-terminal-SNR and v-prediction models
+        /// that overexpose at high guidance (0.7 is the paper's value). Only with guidance (scale above 1).
+        /// </summary>
+        public double? GuidanceRescale { get; set; }
     }
 
     /// <summary>Seed, strength, size and batch.</summary>

@@ -108,6 +108,7 @@ namespace SdxlRt
                     Seed = g.Metadata.Seed,
                     Steps = g.Metadata.Steps,
                     GuidanceScale = g.Metadata.GuidanceScale,
+                    GuidanceRescale = g.Metadata.GuidanceRescale,
                     Scheduler = g.Metadata.Scheduler,
                     ModelInfo = new ModelInfo { BaseModel = mi.BaseModel, RefinerModel = mi.RefinerModel, VaeModel = mi.VaeModel },
                     Upscale = UpscaleInfo.From(g.Metadata.Upscale),
@@ -134,6 +135,9 @@ namespace SdxlRt
 
         /// <summary>Guidance scale.</summary>
         public double GuidanceScale { get; set; }
+
+        /// <summary>The guidance rescale applied (<see cref="SchedulerConfiguration.GuidanceRescale"/>); null when none was.</summary>
+        public double? GuidanceRescale { get; set; }
 
         /// <summary>The diffusers class name of the scheduler that ran.</summary>
         public string Scheduler { get; set; }
@@ -517,6 +521,7 @@ namespace SdxlRt
         [DataMember(Name = "seed")] public ulong Seed;
         [DataMember(Name = "steps")] public int Steps;
         [DataMember(Name = "guidance_scale")] public double GuidanceScale;
+        [DataMember(Name = "guidance_rescale")] public double? GuidanceRescale;
         [DataMember(Name = "scheduler")] public string Scheduler;
         [DataMember(Name = "model_info")] public ModelInfoContract ModelInfo;
         [DataMember(Name = "upscale")] public UpscaleInfoContract Upscale;
