@@ -57,7 +57,7 @@ fn prompt_embeddings_match_diffusers() {
     let cancel = sdxlrt::runtime::CancelToken::new();
     for case in CASES {
         let g = Golden::load(case);
-        let e = p.text_encoders().encode(&golden_ids(&p, &g, false), &cancel).unwrap();
+        let e = p.text_encoders().encode(&golden_ids(&p, &g, false), 0, &cancel).unwrap();
         assert_close!(
             e.embeds.iter().copied().collect::<Vec<_>>(),
             g.t("prompt_embeds").f32,
@@ -73,7 +73,7 @@ fn prompt_embeddings_match_diffusers() {
             "{case}: pooled"
         );
         if g.meta.contains_key("negative_prompt") {
-            let e = p.text_encoders().encode(&golden_ids(&p, &g, true), &cancel).unwrap();
+            let e = p.text_encoders().encode(&golden_ids(&p, &g, true), 0, &cancel).unwrap();
             assert_close!(
                 e.embeds.iter().copied().collect::<Vec<_>>(),
                 g.t("negative_prompt_embeds").f32,
@@ -365,4 +365,39 @@ fn guidance_rescale_matches_diffusers_in_each_pipeline() {
             assert_eq!(image["metadata"]["guidance_rescale"].as_f64(), Some(0.7), "{case}: {}", image["metadata"]);
         }
     }
+}
+
+/// `data.hyperparameters.clip_skip`: both encoders' hidden states from layer `-(clip_skip + 2)` for the prompt and
+/// the negative prompt (diffusers' `clip_skip`, with its negative-prompt path skipping too), in text-to-image (a
+/// batch of 2 too), image-to-image and the ensemble with the refiner: onnx/make_clip_skip.py's goldens, whose last
+/// latents are ≥ 0.01 from the same request's without clip_skip and from diffusers' prompt-only skip.
+#[test]
+fn clip_skip_matches_diffusers_on_both_guidance_halves() {
+    let engine = engine();
+    for case in ["clip_skip", "clip_skip_3_batch2", "clip_skip_img2img", "clip_skip_refiner"] {
+        let reply = crate::util::check_case(&engine, case, false);
+        assert_eq!(reply["warnings"], serde_json::json!([]), "{case}: {reply}");
+        let want = Golden::load(case).meta::<u64>("clip_skip");
+        for image in reply["data"]["generated_images"].as_array().unwrap() {
+            assert_eq!(image["metadata"]["clip_skip"].as_u64(), Some(want), "{case}: {}", image["metadata"]);
+        }
+    }
+}
+
+/// A clip_skip past the first layer of a model's encoder is an error naming the field and the layer count (the tiny
+/// encoders have 5 layers: clip_skip 4 reads their embeddings, 5 would read before them); the engine keeps working.
+#[test]
+fn clip_skip_beyond_the_encoders_layers_is_an_error_naming_the_field() {
+    let engine = engine();
+    let request = |skip: u32| {
+        serde_json::json!({"prompt": "x", "models": {"base": "tiny-sdxl"}, "dimensions": {"width": 64, "height": 64},
+            "hyperparameters": {"num_inference_steps": 1, "clip_skip": skip}})
+        .to_string()
+    };
+    let outcome = engine.generate(&request(5), &mut sdxlrt::pipeline::NoProgress, true);
+    let err = outcome.error.expect("clip_skip 5 on 5 layers");
+    let text = err.to_string();
+    assert!(text.contains("data.hyperparameters.clip_skip") && text.contains("5 layers allow at most 4"), "{text}");
+    let ok = engine.generate(&request(4), &mut sdxlrt::pipeline::NoProgress, true);
+    assert!(ok.error.is_none(), "{:?}", ok.error);
 }

@@ -88,7 +88,7 @@ fn the_refiner_conditions_on_its_one_encoder_as_diffusers_does() {
         // diffusers pairs [prompt, prompt_2] with the refiner's one encoder: it gets `prompt`, not `prompt_2`.
         let ids = text.tokenize_pair(prompt, "a different second prompt").unwrap();
         assert!(ids.ids_1.is_empty());
-        let e = text.encode(&ids, &cancel).unwrap();
+        let e = text.encode(&ids, 0, &cancel).unwrap();
         let embeds = e.embeds.iter().copied().collect::<Vec<_>>();
         assert_close!(embeds, g.t(&format!("{name}_prompt_embeds")).f32, 1e-5, 0.0, "{name} embeds");
         let pooled = e.pooled.iter().copied().collect::<Vec<_>>();

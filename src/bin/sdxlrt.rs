@@ -60,6 +60,10 @@ struct GenerateArgs {
     /// guided prediction back to the conditional one's spread, for zero-terminal-SNR / v-prediction models.
     #[arg(long)]
     guidance_rescale: Option<f64>,
+    /// Text-encoder layers skipped beyond SDXL's penultimate one (data.hyperparameters.clip_skip; diffusers'
+    /// clip_skip; A1111's "Clip skip 2" is SDXL's default, 0).
+    #[arg(long)]
+    clip_skip: Option<u32>,
     /// Width in pixels (default: the model's).
     #[arg(long)]
     width: Option<u32>,
@@ -232,6 +236,9 @@ fn generate(args: GenerateArgs) -> Result<String, String> {
     }
     if let Some(phi) = args.guidance_rescale {
         data["hyperparameters"]["guidance_rescale"] = serde_json::json!(phi);
+    }
+    if let Some(skip) = args.clip_skip {
+        data["hyperparameters"]["clip_skip"] = serde_json::json!(skip);
     }
     if args.width.is_some() || args.height.is_some() {
         data["dimensions"] = serde_json::json!({ "width": args.width, "height": args.height });

@@ -279,6 +279,7 @@ impl Engine {
                 steps: params.steps,
                 guidance_scale: params.guidance_scale,
                 guidance_rescale: params.rescales_guidance().then_some(params.guidance_rescale),
+                clip_skip: (params.clip_skip > 0).then_some(params.clip_skip),
                 scheduler: out.scheduler.get("name").and_then(|v| v.as_str()).unwrap_or("unknown").to_string(),
                 scheduler_options: out
                     .scheduler

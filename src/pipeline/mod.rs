@@ -504,7 +504,7 @@ impl SdxlPipeline {
                     .into(),
             );
         }
-        let cond = self.text.encode(&ids, cancel)?;
+        let cond = self.text.encode(&ids, params.clip_skip, cancel)?;
         if !guided {
             return Ok((cond, None));
         }
@@ -516,7 +516,7 @@ impl SdxlPipeline {
                 if ids.truncated {
                     warnings.push("negative_prompt is longer than 77 tokens and was truncated".into());
                 }
-                self.text.encode(&ids, cancel)?
+                self.text.encode(&ids, params.clip_skip, cancel)?
             }
         };
         Ok((cond, Some(uncond)))

@@ -98,13 +98,29 @@ struct FirstEncoder {
 
 /// `hidden_states.{n-2}`: the penultimate layer's output (SDXL's `hidden_states[-2]`).
 fn penultimate_output(session: &ModelSession) -> Result<String> {
-    let count =
+    skipped_output(session, 0)
+}
+
+/// `hidden_states[-(clip_skip + 2)]` of `session`'s `hidden_states.0` (the embeddings) … `hidden_states.n` (the
+/// last layer): diffusers' `clip_skip` for SDXL, 0 being the penultimate layer.
+fn skipped_output(session: &ModelSession, clip_skip: u32) -> Result<String> {
+    let last =
         session.outputs().iter().filter_map(|o| o.name.strip_prefix("hidden_states.")?.parse::<usize>().ok()).max();
-    match count {
-        Some(last) if last >= 1 => Ok(format!("hidden_states.{}", last - 1)),
-        _ => Err(Error::model_invalid(
+    let Some(last) = last.filter(|&n| n >= 1) else {
+        return Err(Error::model_invalid(
             session.path(),
             "text encoder exports no `hidden_states.N` outputs; re-export with output_hidden_states (onnx/export_onnx.py)",
+        ));
+    };
+    match (last - 1).checked_sub(clip_skip as usize) {
+        Some(layer) => Ok(format!("hidden_states.{layer}")),
+        None => Err(Error::field(
+            "data.hyperparameters.clip_skip",
+            format!(
+                "{clip_skip} is too many for the text encoder {}: its {last} layers allow at most {}",
+                session.path().display(),
+                last - 1
+            ),
         )),
     }
 }
@@ -223,13 +239,21 @@ impl TextEncoders {
         Ok(PromptEmbeds { embeds, pooled })
     }
 
-    /// Encode one prompt.
-    pub fn encode(&self, ids: &PromptIds, cancel: &CancelToken) -> Result<PromptEmbeds> {
+    /// Encode one prompt, its hidden states from layer `-(clip_skip + 2)` of each encoder (0: SDXL's penultimate).
+    pub fn encode(&self, ids: &PromptIds, clip_skip: u32, cancel: &CancelToken) -> Result<PromptEmbeds> {
+        let layer = |session: &ModelSession, penultimate: &str| match clip_skip {
+            0 => Ok(penultimate.to_string()),
+            skip => skipped_output(session, skip),
+        };
         let h1 = match &self.first {
-            Some(first) => Some((run_encoder(&first.encoder, &ids.ids_1, &[&first.hidden], cancel)?, first)),
+            Some(first) => {
+                let hidden = layer(&first.encoder, &first.hidden)?;
+                Some((run_encoder(&first.encoder, &ids.ids_1, &[&hidden], cancel)?, first))
+            }
             None => None,
         };
-        let mut out2 = run_encoder(&self.encoder_2, &ids.ids_2, &[&self.hidden_2, "text_embeds"], cancel)?;
+        let hidden_2 = layer(&self.encoder_2, &self.hidden_2)?;
+        let mut out2 = run_encoder(&self.encoder_2, &ids.ids_2, &[&hidden_2, "text_embeds"], cancel)?;
         let pooled = out2.pop().expect("two outputs requested");
         let h2 = out2.pop().expect("two outputs requested");
         let as3 = |a: ArrayD<f32>, s: &ModelSession| {

@@ -360,6 +360,7 @@ mod tests {
             steps: 30,
             guidance_scale: 5.0,
             guidance_rescale: None,
+            clip_skip: None,
             scheduler: "DPMSolverMultistepScheduler".into(),
             scheduler_options: Some(options(json!({"use_karras_sigmas": true, "steps_offset": 1}))),
             model_info: ModelInfo { base_model: Some("sdxl-base".into()), ..Default::default() },

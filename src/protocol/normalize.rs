@@ -30,6 +30,8 @@ pub const WORKER_TYPES: [&str; 2] = ["sdxl_worker", "enhanced_sdxl_worker"];
 pub const DEFAULT_STEPS: u32 = 50;
 /// Default `data.hyperparameters.guidance_scale` (diffusers' SDXL default).
 pub const DEFAULT_GUIDANCE_SCALE: f32 = 5.0;
+/// Largest accepted `clip_skip` (SDXL's CLIP ViT-L has 12 layers; a model's own count is checked when it runs).
+pub const MAX_CLIP_SKIP: i64 = 11;
 /// Largest accepted `guidance_scale`.
 pub const MAX_GUIDANCE_SCALE: f64 = 100.0;
 /// Default `data.hyperparameters.strength` (the seed's C# default).
@@ -252,6 +254,24 @@ pub fn normalize(wire: &WireRequest, limits: &RequestLimits, warnings: &mut Vec<
         ));
     }
 
+    let clip_skip = match h.clip_skip {
+        None | Some(0) => 0,
+        Some(_) if prompt_syntax == super::prompt_syntax::PromptSyntax::Weighted => {
+            return Err(Error::field(
+                "data.hyperparameters.clip_skip",
+                "is not built for data.prompt_syntax \"weighted\" yet (its reference, compel, reads only the \
+                 penultimate layer); use the plain syntax or leave clip_skip out",
+            ))
+        }
+        Some(c) if (1..=MAX_CLIP_SKIP).contains(&c) => c as u32,
+        Some(c) => {
+            return Err(Error::field(
+                "data.hyperparameters.clip_skip",
+                format!("must be an integer from 0 (SDXL's penultimate layer) to {MAX_CLIP_SKIP}, got {c}"),
+            ))
+        }
+    };
+
     let seed = merge("data.seed", d.seed, "data.hyperparameters.seed", h.seed)?;
     let seed = match seed {
         None | Some(-1) => random_seed(),
@@ -456,6 +476,7 @@ pub fn normalize(wire: &WireRequest, limits: &RequestLimits, warnings: &mut Vec<
         steps,
         guidance_scale,
         guidance_rescale,
+        clip_skip,
         seed,
         init_image,
         mask_image,
@@ -814,6 +835,7 @@ mod tests {
             steps: 30,
             guidance_scale: 7.0,
             guidance_rescale: 0.0,
+            clip_skip: 0,
             seed: 12345,
             init_image: None,
             mask_image: None,
@@ -986,6 +1008,17 @@ mod tests {
                 minimal(json!({"hyperparameters": {"guidance_rescale": 1.2}})),
                 "data.hyperparameters.guidance_rescale",
                 "0 (off) to 1",
+            ),
+            (
+                minimal(json!({"hyperparameters": {"clip_skip": 12}})),
+                "data.hyperparameters.clip_skip",
+                "0 (SDXL's penultimate layer) to 11",
+            ),
+            (minimal(json!({"hyperparameters": {"clip_skip": -1}})), "data.hyperparameters.clip_skip", "0 (SDXL"),
+            (
+                minimal(json!({"prompt_syntax": "weighted", "hyperparameters": {"clip_skip": 1}})),
+                "data.hyperparameters.clip_skip",
+                "not built for data.prompt_syntax",
             ),
             (
                 minimal(json!({"hyperparameters": {"guidance_rescale": -0.1}})),
@@ -1448,11 +1481,11 @@ mod tests {
     fn unknown_keys_warn_but_do_not_fail() {
         let v = seed_with(|d| {
             d.insert("style".into(), json!("cinematic"));
-            d["hyperparameters"]["clip_skip"] = json!(2);
+            d["hyperparameters"]["clip_cut"] = json!(2);
         });
         let mut w = parse_value(v).unwrap().warnings;
         w.sort();
-        assert_eq!(w, ["ignored unknown field data.hyperparameters.clip_skip", "ignored unknown field data.style"]);
+        assert_eq!(w, ["ignored unknown field data.hyperparameters.clip_cut", "ignored unknown field data.style"]);
     }
 
     #[test]

@@ -52,6 +52,13 @@ pub struct GenerateParams {
     /// A1111 extension's and ComfyUI's "CFG rescale", meant for zero-terminal-SNR and v-prediction models, whose
     /// images overexpose at high guidance. Only with guidance (CFG above 1).
     pub guidance_rescale: f32,
+    /// Text-encoder layers skipped beyond SDXL's penultimate one (`data.hyperparameters.clip_skip`, default 0):
+    /// both encoders' hidden states come from layer `-(clip_skip + 2)` (diffusers' `clip_skip`; ComfyUI's
+    /// `CLIPSetLastLayer` at `-(clip_skip + 2)`), for the prompt and the negative prompt alike (diffusers 0.42 skips
+    /// only the prompt's layers, which guidance then subtracts from another layer's; the fix proposed in its PR
+    /// #13796). A1111's "Clip skip 2" is SDXL's default, `clip_skip` 0. The pooled embedding stays the last
+    /// layer's projection. Plain prompt syntax only.
+    pub clip_skip: u32,
     /// Seed of the first image; image `i` of a batch uses `seed + i`. Resolved here: a missing, null or -1 seed
     /// becomes a random one, reported back in the response metadata.
     pub seed: u64,

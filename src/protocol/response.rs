@@ -75,6 +75,9 @@ pub struct ImageMetadata {
     /// `data.hyperparameters.guidance_rescale` when it was applied (non-zero, with guidance); absent otherwise.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub guidance_rescale: Option<f32>,
+    /// `data.hyperparameters.clip_skip` when it was not 0; absent otherwise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub clip_skip: Option<u32>,
     /// The diffusers class name of the scheduler that ran.
     pub scheduler: String,
     /// The scheduler config keys that differ from the model's `scheduler_config.json`, if any.
@@ -449,6 +452,7 @@ mod tests {
                 steps: 30,
                 guidance_scale: 7.5,
                 guidance_rescale: None,
+                clip_skip: None,
                 scheduler: "EulerDiscreteScheduler".into(),
                 scheduler_options: None,
                 model_info: ModelInfo { base_model: Some("sdxl".into()), ..Default::default() },

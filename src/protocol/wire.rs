@@ -195,6 +195,9 @@ pub struct WireHyperparameters {
     /// `guidance_rescale`: diffusers' rescale of the guided noise prediction (0 to 1).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub guidance_rescale: Option<f64>,
+    /// `clip_skip`: text-encoder layers skipped beyond SDXL's penultimate one (diffusers' `clip_skip`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub clip_skip: Option<i64>,
 }
 
 /// `data.dimensions`.
@@ -554,6 +557,7 @@ impl WireHyperparameters {
             refiner_aesthetic_score: obj.float("refiner_aesthetic_score")?,
             refiner_negative_aesthetic_score: obj.float("refiner_negative_aesthetic_score")?,
             guidance_rescale: obj.float("guidance_rescale")?,
+            clip_skip: obj.int("clip_skip")?,
         };
         let known = [
             "num_inference_steps",
@@ -564,6 +568,7 @@ impl WireHyperparameters {
             "refiner_aesthetic_score",
             "refiner_negative_aesthetic_score",
             "guidance_rescale",
+            "clip_skip",
         ];
         obj.warn_unknown(&known, warnings);
         Ok(h)

@@ -289,9 +289,12 @@ impl Golden {
         if let Some(name) = self.meta.get("scheduler") {
             data["scheduler"] = serde_json::json!(name);
         }
-        // onnx/make_guidance_rescale.py's cases
+        // onnx/make_guidance_rescale.py's and onnx/make_clip_skip.py's cases
         if self.meta.contains_key("guidance_rescale") {
             data["hyperparameters"]["guidance_rescale"] = serde_json::json!(self.meta::<f64>("guidance_rescale"));
+        }
+        if self.meta.contains_key("clip_skip") {
+            data["hyperparameters"]["clip_skip"] = serde_json::json!(self.meta::<u32>("clip_skip"));
         }
         // onnx/make_micro_conditioning.py's cases: original_size, crops_coords_top_left, target_size
         if let Some(micro) = self.meta.get("micro_conditioning") {

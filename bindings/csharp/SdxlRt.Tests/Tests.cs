@@ -140,6 +140,10 @@ namespace SdxlRt.Tests
             {
                 r.Scheduler.GuidanceRescale = double.Parse(m["guidance_rescale"], culture);
             }
+            if (m.ContainsKey("clip_skip"))
+            {
+                r.Conditioning.ClipSkip = int.Parse(m["clip_skip"]);
+            }
             if (m.ContainsKey("hires"))
             {
                 // onnx/make_hires.py's data.hires block
@@ -645,6 +649,19 @@ namespace SdxlRt.Tests
             req.Scheduler.GuidanceRescale = null;
             string plain = new EnhancedRequestTransformer().ToJson(req, "plain-json");
             Assert.True(!plain.Contains("guidance_rescale"), "unset: not sent: " + plain);
+        }
+
+        [Test]
+        public static void clip_skip_is_sent_in_hyperparameters_and_gives_the_golden_pixels()
+        {
+            EnhancedSDXLRequest req = Fixture.FromGolden("clip_skip");
+            Assert.Equal((int?)1, req.Conditioning.ClipSkip, "the golden's clip skip");
+            string json = new EnhancedRequestTransformer().ToJson(req, "clip-skip-json");
+            Assert.True(json.Contains("\"clip_skip\":1"), "clip_skip sent: " + json);
+            EnhancedSDXLResponse r = Fixture.Engine.GenerateImagesAsync(req).GetAwaiter().GetResult();
+            Assert.True(r.Success, "success: " + r.Error);
+            Fixture.NearPixels(Fixture.GoldenPixels("clip_skip"), r.GeneratedImages[0].Pixels.Data, 1, "clip_skip image_u8");
+            Assert.Equal((int?)1, r.GeneratedImages[0].Metadata.ClipSkip, "metadata.clip_skip");
         }
 
         [Test]

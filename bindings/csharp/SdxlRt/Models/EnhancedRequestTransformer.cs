@@ -78,6 +78,7 @@ namespace SdxlRt
                         RefinerAestheticScore = model.RefinerAestheticScore,
                         RefinerNegativeAestheticScore = model.RefinerNegativeAestheticScore,
                         GuidanceRescale = sched.GuidanceRescale,
+                        ClipSkip = cond.ClipSkip,
                     },
                     Dimensions = new DimensionsContract
                     {
@@ -284,6 +285,7 @@ namespace SdxlRt
         [DataMember(Name = "refiner_aesthetic_score", Order = 5, EmitDefaultValue = false)] public double? RefinerAestheticScore;
         [DataMember(Name = "refiner_negative_aesthetic_score", Order = 6, EmitDefaultValue = false)] public double? RefinerNegativeAestheticScore;
         [DataMember(Name = "guidance_rescale", Order = 7, EmitDefaultValue = false)] public double? GuidanceRescale;
+        [DataMember(Name = "clip_skip", Order = 8, EmitDefaultValue = false)] public int? ClipSkip;
     }
 
     [DataContract]

@@ -67,6 +67,11 @@ namespace SdxlRt
         /// 75-token chunks. Any other value is an error naming <c>data.prompt_syntax</c>.</summary>
         public string PromptSyntax { get; set; }
 
+        /// <summary>Text-encoder layers skipped beyond SDXL's penultimate one (<c>hyperparameters.clip_skip</c>,
+        /// diffusers' <c>clip_skip</c>), for the prompt and the negative prompt; null or 0 for SDXL's default. A1111's
+        /// "Clip skip 2" is that default. Plain prompt syntax only.</summary>
+        public int? ClipSkip { get; set; }
+
         /// <summary>LoRA adapters, merged into the model's weights when its sessions are built (kohya, PEFT, LoCon,
         /// LoHa, LoKr, LyCORIS files; see the README's <c>lora</c> field).</summary>
         public List<LoRAConfiguration> LoRAs { get; set; } = new List<LoRAConfiguration>();

@@ -109,6 +109,7 @@ namespace SdxlRt
                     Steps = g.Metadata.Steps,
                     GuidanceScale = g.Metadata.GuidanceScale,
                     GuidanceRescale = g.Metadata.GuidanceRescale,
+                    ClipSkip = g.Metadata.ClipSkip,
                     Scheduler = g.Metadata.Scheduler,
                     ModelInfo = new ModelInfo { BaseModel = mi.BaseModel, RefinerModel = mi.RefinerModel, VaeModel = mi.VaeModel },
                     Upscale = UpscaleInfo.From(g.Metadata.Upscale),
@@ -138,6 +139,9 @@ namespace SdxlRt
 
         /// <summary>The guidance rescale applied (<see cref="SchedulerConfiguration.GuidanceRescale"/>); null when none was.</summary>
         public double? GuidanceRescale { get; set; }
+
+        /// <summary>The clip skip applied (<see cref="ConditioningConfiguration.ClipSkip"/>); null for SDXL's default.</summary>
+        public int? ClipSkip { get; set; }
 
         /// <summary>The diffusers class name of the scheduler that ran.</summary>
         public string Scheduler { get; set; }
@@ -522,6 +526,7 @@ namespace SdxlRt
         [DataMember(Name = "steps")] public int Steps;
         [DataMember(Name = "guidance_scale")] public double GuidanceScale;
         [DataMember(Name = "guidance_rescale")] public double? GuidanceRescale;
+        [DataMember(Name = "clip_skip")] public int? ClipSkip;
         [DataMember(Name = "scheduler")] public string Scheduler;
         [DataMember(Name = "model_info")] public ModelInfoContract ModelInfo;
         [DataMember(Name = "upscale")] public UpscaleInfoContract Upscale;
