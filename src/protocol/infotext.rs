@@ -452,6 +452,7 @@ mod tests {
                 }),
                 guess_mode: true,
                 global_pool_conditions: false,
+                passes: Vec::new(),
             },
             ControlNetInfo {
                 model: "depth".into(),
@@ -462,6 +463,7 @@ mod tests {
                 preprocessor: None,
                 guess_mode: false,
                 global_pool_conditions: false,
+                passes: Vec::new(),
             },
         ];
         assert_eq!(
@@ -490,6 +492,7 @@ mod tests {
             steps: 20,
             denoising_steps: 11,
             model_passes: None,
+            controlnet: None,
         });
         let scaled = params(json!({"prompt": "x", "hires": {"scale": 1.5, "strength": 0.55, "steps": 20}}));
         assert_eq!(
