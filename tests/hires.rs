@@ -21,7 +21,7 @@ fn reply(engine: &Engine, request: &str) -> Value {
 
 /// The request of hires golden `g`: the first pass as goldens.py's cases, `data.hires` and the scheduler (with its
 /// options) from the golden's metadata.
-fn request(g: &Golden, parallel: bool) -> Value {
+pub(crate) fn request(g: &Golden, parallel: bool) -> Value {
     let mut request: Value = serde_json::from_str(&g.request("tiny-sdxl", parallel)).unwrap();
     request["data"]["hires"] = serde_json::from_str(&g.meta["hires"]).unwrap();
     if let Some(options) = g.meta.get("scheduler_options") {
@@ -34,7 +34,7 @@ fn request(g: &Golden, parallel: bool) -> Value {
 
 /// Run hires golden `case` (the batch as one tensor, or one image at a time) and check both passes against it;
 /// returns the reply.
-fn check_hires(engine: &Engine, case: &str, parallel: bool) -> Value {
+pub(crate) fn check_hires(engine: &Engine, case: &str, parallel: bool) -> Value {
     let g = Golden::load(case);
     let mut seen = Sequence::default();
     let outcome = engine.generate(&request(&g, parallel).to_string(), &mut seen, true);
