@@ -148,9 +148,21 @@ def onnx_upscale(folder: Path, image, size: tuple[int, int]):
     return img, passes
 
 
-def run_case(base, i2i, folder: Path, name: str, reseed: bool = True, wrong_upscale: bool = False) -> tuple[dict, dict]:
-    """Run case `name`; `reseed` False continues the first pass's generators (the "is re-seeding seen" check),
-    `wrong_upscale` swaps the upscale for another (nearest for bilinear; bilinear for Lanczos)."""
+def run_case(
+    base,
+    i2i,
+    folder: Path,
+    name: str,
+    reseed: bool = True,
+    wrong_upscale: bool = False,
+    cases: dict | None = None,
+    first_kwargs: dict | None = None,
+    second_kwargs: dict | None = None,
+) -> tuple[dict, dict]:
+    """Run case `name` (of `cases`, default CASES); `reseed` False continues the first pass's generators (the "is
+    re-seeding seen" check), `wrong_upscale` swaps the upscale for another (nearest for bilinear; bilinear for
+    Lanczos). `first_kwargs` / `second_kwargs`: further arguments of the two pipeline calls (make_hires_controlnet.py's
+    ControlNet units)."""
     import diffusers
     import numpy as np
     import torch
@@ -158,7 +170,7 @@ def run_case(base, i2i, folder: Path, name: str, reseed: bool = True, wrong_upsc
     from diffusers.utils.torch_utils import randn_tensor
     from PIL import Image
 
-    p = case_params(name)
+    p = {"width": 64, "height": 64, "batch_size": 1, **(CASES if cases is None else cases)[name]}
     h = p["hires"]
     B, H, W = p["batch_size"], p["height"], p["width"]
     W2, H2 = target_size(p)
@@ -202,6 +214,7 @@ def run_case(base, i2i, folder: Path, name: str, reseed: bool = True, wrong_upsc
                 generator=gens,
                 output_type="latent" if latent_mode else "pil",
                 callback_on_step_end=recorder(""),
+                **(first_kwargs or {}),
             ).images
     finally:
         base.scheduler = saved
@@ -246,6 +259,7 @@ def run_case(base, i2i, folder: Path, name: str, reseed: bool = True, wrong_upsc
                 generator=gens2,
                 output_type="np",
                 callback_on_step_end=recorder("hires_"),
+                **(second_kwargs or {}),
             ).images
     finally:
         hook.remove()

@@ -109,6 +109,38 @@ fn hires_flags_run_the_second_pass_as_the_golden() {
     assert!(stderr.contains("data.hires.strength"), "{stderr}");
 }
 
+#[test]
+fn hires_controlnet_flags_run_the_second_pass_as_the_golden() {
+    let g = crate::util::Golden::load("hires_controlnet_second");
+    let fixtures = crate::util::fixtures();
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("hires.png");
+    let run = generate_as(&g)
+        .args(["--width", &g.meta["width"], "--height", &g.meta["height"]])
+        .args(["--controlnet", "tiny-controlnet", "--controlnet-scale", "0.8", "--control-image"])
+        .arg(fixtures.join("controlnet/control_80x60.png"))
+        .args(["--hires-scale", "1.5", "--hires-controlnet", "High res only"])
+        .arg("--out")
+        .arg(&out)
+        .output()
+        .unwrap();
+    assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
+    let img = image::open(&out).unwrap().to_rgb8();
+    assert_eq!((img.width(), img.height()), (96, 96));
+    let (worst, at) = crate::util::max_u8_diff(img.as_raw(), &g.t("image_u8").u8);
+    assert!(worst <= 1, "differs from diffusers by {worst}/255 at byte {at}");
+    let bad = generate_as(&g)
+        .args(["--controlnet", "tiny-controlnet", "--control-image"])
+        .arg(fixtures.join("controlnet/control_80x60.png"))
+        .args(["--hires-controlnet", "sometimes"])
+        .arg("--out")
+        .arg(&out)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&bad.stderr).into_owned();
+    assert!(!bad.status.success() && stderr.contains("data.hires.controlnet"), "{stderr}");
+}
+
 /// The CLI run of an inpainting golden `g` (prompts, steps, seed, strength, init image, mask) with `extra` flags:
 /// the image it wrote.
 fn inpaint_golden(g: &crate::util::Golden, extra: &[&str]) -> image::RgbImage {

@@ -21,7 +21,7 @@ fn reply(engine: &Engine, request: &str) -> Value {
 
 /// The request of hires golden `g`: the first pass as goldens.py's cases, `data.hires` and the scheduler (with its
 /// options) from the golden's metadata.
-fn request(g: &Golden, parallel: bool) -> Value {
+pub(crate) fn request(g: &Golden, parallel: bool) -> Value {
     let mut request: Value = serde_json::from_str(&g.request("tiny-sdxl", parallel)).unwrap();
     request["data"]["hires"] = serde_json::from_str(&g.meta["hires"]).unwrap();
     if let Some(options) = g.meta.get("scheduler_options") {
@@ -34,7 +34,7 @@ fn request(g: &Golden, parallel: bool) -> Value {
 
 /// Run hires golden `case` (the batch as one tensor, or one image at a time) and check both passes against it;
 /// returns the reply.
-fn check_hires(engine: &Engine, case: &str, parallel: bool) -> Value {
+pub(crate) fn check_hires(engine: &Engine, case: &str, parallel: bool) -> Value {
     let g = Golden::load(case);
     let mut seen = Sequence::default();
     let outcome = engine.generate(&request(&g, parallel).to_string(), &mut seen, true);
@@ -44,18 +44,35 @@ fn check_hires(engine: &Engine, case: &str, parallel: bool) -> Value {
     for (chunk, steps) in &seen.steps {
         assert_eq!(steps.len(), first + second, "{case}: evaluations of the chunk at image {chunk}, both passes");
     }
+    let mut latents_diff = 0.0f32;
     for i in 0..first {
         let got: Vec<f32> = seen.steps.values().flat_map(|steps| steps[i].iter().copied()).collect();
         let want = &g.t(&format!("latents_step_{i}")).f32;
-        assert_close!(got, want, 1e-4, 1e-5, "{case} (parallel {parallel}): first pass, latents after evaluation {i}");
+        let d = assert_close!(
+            got,
+            want,
+            1e-4,
+            1e-5,
+            "{case} (parallel {parallel}): first pass, latents after evaluation {i}"
+        );
+        latents_diff = latents_diff.max(d);
     }
     // The starting latents the pipeline shows last are the second pass's: upscaled and noised.
     let got: Vec<f32> = seen.initial.values().flatten().copied().collect();
-    assert_close!(got, g.t("noised_latents").f32, 1e-4, 1e-5, "{case} (parallel {parallel}): second pass's start");
+    let d =
+        assert_close!(got, g.t("noised_latents").f32, 1e-4, 1e-5, "{case} (parallel {parallel}): second pass's start");
+    latents_diff = latents_diff.max(d);
     for i in 0..second {
         let got: Vec<f32> = seen.steps.values().flat_map(|steps| steps[first + i].iter().copied()).collect();
         let want = &g.t(&format!("hires_latents_step_{i}")).f32;
-        assert_close!(got, want, 1e-4, 1e-5, "{case} (parallel {parallel}): second pass, latents after evaluation {i}");
+        let d = assert_close!(
+            got,
+            want,
+            1e-4,
+            1e-5,
+            "{case} (parallel {parallel}): second pass, latents after evaluation {i}"
+        );
+        latents_diff = latents_diff.max(d);
     }
     let want = &g.t("image_u8");
     let got: Vec<u8> = outcome.images.iter().flat_map(|im| im.data.iter().copied()).collect();
@@ -63,6 +80,8 @@ fn check_hires(engine: &Engine, case: &str, parallel: bool) -> Value {
     assert_eq!((outcome.images[0].height as usize, outcome.images[0].width as usize), (want.shape[1], want.shape[2]));
     let (worst, at) = max_u8_diff(&got, &want.u8);
     assert!(worst <= 1, "{case}: image differs from diffusers by {worst}/255 at byte {at}");
+    // Shown with --nocapture: how close the run came.
+    eprintln!("{case} (parallel {parallel}): latents max |diff| {latents_diff:.2e}, image max {worst}/255");
     serde_json::from_str(&outcome.response_json).unwrap()
 }
 

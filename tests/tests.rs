@@ -50,3 +50,5 @@ mod prompts;
 mod pnginfo;
 // Hires fix (data.hires): parity with diffusers txt2img → upscale (latent, Lanczos, a model) → img2img, errors.
 mod hires;
+// Hires fix with ControlNet: parity with diffusers' ControlNet txt2img → upscale → ControlNet img2img, passes, errors.
+mod hires_controlnet;

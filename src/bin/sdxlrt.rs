@@ -151,6 +151,11 @@ struct GenerateArgs {
     /// Hires fix's steps (default: --steps).
     #[arg(long)]
     hires_steps: Option<u32>,
+    /// With --controlnet and hires fix: the passes the ControlNet conditions, both (default), first (the
+    /// text-to-image pass only) or second (the hires pass only); sd-webui-controlnet's "Both", "Low res only",
+    /// "High res only" work too. Alone it turns hires fix on at scale 2.
+    #[arg(long, requires = "controlnet")]
+    hires_controlnet: Option<String>,
     /// With --init-image: the share of the steps that run (0-1; int(steps x strength) steps).
     #[arg(long, default_value_t = 0.8, requires = "init_image")]
     strength: f64,
@@ -305,6 +310,7 @@ fn generate(args: GenerateArgs) -> Result<String, String> {
         ("upscaler", args.hires_upscaler.as_ref().map(|v| serde_json::json!(v))),
         ("strength", args.hires_strength.map(|v| serde_json::json!(v))),
         ("steps", args.hires_steps.map(|v| serde_json::json!(v))),
+        ("controlnet", args.hires_controlnet.as_ref().map(|v| serde_json::json!(v))),
     ];
     for (key, value) in hires_flags {
         if let Some(value) = value {

@@ -5,6 +5,11 @@
 //! control image is cut to the mask's area and "fill"-resized exactly as the init image is (diffusers'
 //! `StableDiffusionXLControlNetInpaintPipeline.prepare_control_image` with `crops_coords` and `resize_mode="fill"`).
 //! Guess mode is decided here, for all the units at once (`guess_mode`).
+//!
+//! With hires fix every unit is made twice from the one decoded, preprocessed control image: at the request's size
+//! for the first pass and at the target size for the second, each resized from that image (never the second
+//! from the first's resized copy), as sd-webui-controlnet's `get_control` makes its `control` and `hr_control` from
+//! one `detected_map`; `data.hires.controlnet` lets a unit sit one of the passes out.
 
 use std::sync::Arc;
 
@@ -19,16 +24,20 @@ use crate::protocol::params::{ControlNetRequest, GenerateParams, Preprocessor};
 impl Engine {
     /// The units `params` ask for, ready for `width` × `height` images, in guess mode or not ([`guess_mode`]), and
     /// the seconds spent loading graphs. `crop`: with `data.padding_mask_crop`, the region inpainted and the init
-    /// image's size ([`crop_control`]).
+    /// image's size ([`crop_control`]). With `hires_size` (hires fix's target) the units are also made for the
+    /// second pass, returned second (else empty), and `data.hires.controlnet` decides which pass each set
+    /// conditions ([`ControlUnit::set_active`]).
     pub(super) fn prepare_controlnets(
         &self,
         params: &GenerateParams,
         (width, height): (u32, u32),
         crop: Option<(CropRegion, (u32, u32))>,
+        hires_size: Option<(u32, u32)>,
         warnings: &mut Vec<String>,
-    ) -> Result<(Vec<ControlUnit>, f64)> {
+    ) -> Result<(Vec<ControlUnit>, Vec<ControlUnit>, f64)> {
         let requests = &params.controlnets;
         let mut units = Vec::with_capacity(requests.len());
+        let mut second = Vec::new();
         let mut seconds = 0.0;
         for request in requests {
             let field = format!("{}.model_path", request.field);
@@ -38,6 +47,10 @@ impl Engine {
             seconds += s;
             let image_field = format!("{}.control_image", request.field);
             let image = control_image(request, &image_field)?;
+            if let Some((tw, th)) = hires_size {
+                // hires fix refuses init images, so there is no crop: resized from the image as sent
+                second.push(ControlUnit::from_image(net.clone(), request, &image, tw, th));
+            }
             let unit = match crop {
                 None => ControlUnit::from_image(net, request, &image, width, height),
                 Some((region, source)) => {
@@ -48,8 +61,12 @@ impl Engine {
             units.push(unit);
         }
         let guess = guess_mode(params, &units, warnings);
-        units.iter_mut().for_each(|u| u.set_guess_mode(guess));
-        Ok((units, seconds))
+        units.iter_mut().chain(second.iter_mut()).for_each(|u| u.set_guess_mode(guess));
+        if let Some(passes) = params.hires.as_ref().map(|h| h.controlnet) {
+            units.iter_mut().for_each(|u| u.set_active(passes.in_first_pass()));
+            second.iter_mut().for_each(|u| u.set_active(passes.in_second_pass()));
+        }
+        Ok((units, second, seconds))
     }
 }
 

@@ -39,6 +39,7 @@ impl PreparedHires {
                 HiresUpscale::Pixels { model: Some(_), .. } => facts.map(|f| f.model_passes),
                 _ => None,
             },
+            controlnet: (!self.run.controlnets.is_empty()).then(|| request.controlnet.name().to_owned()),
         }
     }
 }
@@ -80,8 +81,15 @@ impl Engine {
                 HiresUpscale::Pixels { encoder, model: Some((upscaler, tiling)) }
             }
         };
-        let run =
-            HiresRun { width: tw, height: th, upscale, strength: hires.strength, steps: hires.steps.unwrap_or(steps) };
+        // The second pass's ControlNet units come with the others (`prepare_controlnets`).
+        let run = HiresRun {
+            width: tw,
+            height: th,
+            upscale,
+            strength: hires.strength,
+            steps: hires.steps.unwrap_or(steps),
+            controlnets: Vec::new(),
+        };
         Ok(PreparedHires { run, load_seconds })
     }
 }

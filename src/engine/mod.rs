@@ -219,7 +219,7 @@ impl Engine {
         let (width, height) =
             pipeline.image_size(params, source_size.filter(|_| params.padding_mask_crop.is_none()))?;
         self.limits.check_size(width, height)?;
-        let hires = match &params.hires {
+        let mut hires = match &params.hires {
             Some(h) => Some(self.prepare_hires(h, &pipeline, (width, height), params.steps, warnings)?),
             None => None,
         };
@@ -238,7 +238,12 @@ impl Engine {
         };
         // With data.padding_mask_crop the control images are cut to the mask's area as the init image is.
         let crop = prepared.as_ref().and_then(|p| p.region).zip(source_size);
-        let (controlnets, controlnet_load_time) = self.prepare_controlnets(params, (width, height), crop, warnings)?;
+        let hires_size = hires.as_ref().map(|h| (h.run.width, h.run.height));
+        let (controlnets, hires_controlnets, controlnet_load_time) =
+            self.prepare_controlnets(params, (width, height), crop, hires_size, warnings)?;
+        if let Some(h) = hires.as_mut() {
+            h.run.controlnets = hires_controlnets;
+        }
         let vae_tiling = self.options.vae_tiling.unwrap_or(false);
         let mut ctx = RunContext { progress: &mut progress, cancel, started, vae_tiling };
         let init = prepared.as_ref().map(|p| &p.init);
@@ -297,9 +302,18 @@ impl Engine {
                     .controlnets
                     .iter()
                     .zip(&controlnets)
-                    .map(|(request, unit)| ControlNetInfo {
+                    .enumerate()
+                    .map(|(k, (request, unit))| ControlNetInfo {
                         guess_mode: unit.guess_mode(),
                         global_pool_conditions: unit.net().global_pool(),
+                        passes: match &hires {
+                            Some(h) => [("first", unit), ("second", &h.run.controlnets[k])]
+                                .into_iter()
+                                .filter(|(_, u)| u.is_active())
+                                .map(|(pass, _)| pass.to_owned())
+                                .collect(),
+                            None => Vec::new(),
+                        },
                         ..request.into()
                     })
                     .collect(),

@@ -193,6 +193,9 @@ pub struct ControlUnit {
     field: String,
     /// Whether the run is in guess mode (the same for every unit of a request; see the module docs).
     guess_mode: bool,
+    /// False when the unit sits this denoising loop out (hires fix's `data.hires.controlnet`): scale 0 at every
+    /// evaluation, so the UNet gets zero residuals from it.
+    active: bool,
 }
 
 impl ControlUnit {
@@ -214,6 +217,7 @@ impl ControlUnit {
             end: request.guidance_end,
             field: request.field.clone(),
             guess_mode: false,
+            active: true,
         }
     }
 
@@ -225,6 +229,19 @@ impl ControlUnit {
     /// Whether the unit runs in guess mode.
     pub fn guess_mode(&self) -> bool {
         self.guess_mode
+    }
+
+    /// Let the unit condition its denoising loop (the default) or sit it out: a unit that sits out has scale 0
+    /// at every evaluation, so its residuals are zeros (the UNet, which has residual inputs, then computes what
+    /// it computes without them, to the bit). Hires fix's `data.hires.controlnet` uses it for the pass a unit
+    /// skips (sd-webui-controlnet's `disabled_by_hr_option`).
+    pub fn set_active(&mut self, on: bool) {
+        self.active = on;
+    }
+
+    /// Whether the unit conditions its denoising loop (see [`Self::set_active`]).
+    pub fn is_active(&self) -> bool {
+        self.active
     }
 
     /// The graph.
@@ -241,6 +258,9 @@ impl ControlUnit {
     /// `controlnet_conditioning_scale * controlnet_keep[i]`, where `keep` is 0 when `i / n < start` or
     /// `(i + 1) / n > end`, else 1.
     pub fn scale_at(&self, i: usize, n: usize) -> f32 {
+        if !self.active {
+            return 0.0;
+        }
         scale_in_window(self.scale, (self.start, self.end), i, n)
     }
 }

@@ -8,12 +8,19 @@
 //! noise comes from fresh generators seeded as the first pass's (A1111 makes a new `ImageRNG` with the same seeds
 //! for the hires pass): per image the posterior sample's draw (pixel paths), then `add_noise`'s, then any step
 //! noise.
+//!
+//! With ControlNet units ([`HiresRun::controlnets`]) the second pass is diffusers'
+//! `StableDiffusionXLControlNetImg2ImgPipeline` with `height` / `width` the target's: each unit's control image was
+//! resized to the target size from the image as sent (the engine's `controlnets.rs`), and its guidance window counts
+//! the evaluations the second pass runs after `strength` (that pipeline builds `controlnet_keep` over its cut
+//! timestep list), as image-to-image's does ([`mod@super::denoise`]).
 
 use std::sync::Arc;
 use std::time::Instant;
 
 use ndarray::{concatenate, Array4, ArrayD, Axis, IxDyn};
 
+use super::controlnet::ControlUnit;
 use super::encode::{self, VaeEncoder};
 use super::upscale::tiles::Tiling as UpscaleTiling;
 use super::upscale::{ReportAs, Upscaler};
@@ -35,6 +42,10 @@ pub struct HiresRun {
     pub strength: f64,
     /// The second pass's `num_inference_steps`.
     pub steps: u32,
+    /// The ControlNet units of the second pass, their control images at the target size (empty without
+    /// `data.controlnet`; a unit that sits the pass out, `data.hires.controlnet: "first"`, is
+    /// [`ControlUnit::is_active`] false).
+    pub controlnets: Vec<ControlUnit>,
 }
 
 /// How [`HiresRun`] upscales.

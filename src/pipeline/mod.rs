@@ -624,8 +624,10 @@ impl SdxlPipeline {
     /// chunk's generators after the base's draws (`start::handed_over`), into every step; a base that blends keeps
     /// the clean init image's latents after its last evaluation (the blend's last step is the stage's).
     ///
-    /// With `hires` (`data.hires`; text-to-image only, no refiner or ControlNets) every batch chunk's latents go
-    /// through hires fix's second pass ([`hires`]) before they are decoded at the target size.
+    /// With `hires` (`data.hires`; text-to-image only, no refiner) every batch chunk's latents go through hires
+    /// fix's second pass ([`hires`]) before they are decoded at the target size; `controlnets` then condition the
+    /// first pass and the run's own units ([`hires::HiresRun::controlnets`], their control images at the target
+    /// size) the second.
     pub fn generate(
         &self,
         params: &GenerateParams,
@@ -635,13 +637,13 @@ impl SdxlPipeline {
         init: Option<&InitImage>,
         hires: Option<&hires::HiresRun>,
     ) -> Result<PipelineOutput> {
-        if hires.is_some() && (refiner.is_some() || !controlnets.is_empty() || init.is_some()) {
-            return Err(Error::unsupported(
-                "data.hires",
-                "cannot be combined with an init image, a refiner or ControlNets",
-            ));
+        if hires.is_some() && (refiner.is_some() || init.is_some()) {
+            return Err(Error::unsupported("data.hires", "cannot be combined with an init image or a refiner"));
         }
         self.check_controlnets(controlnets)?;
+        if let Some(run) = hires {
+            self.check_controlnets(&run.controlnets)?;
+        }
         self.check_unet_inputs(refiner, init)?;
         let mut warnings = self.dir.warnings.clone();
         let names: Vec<&str> = params.loras.iter().map(|l| l.name.as_str()).collect();
@@ -807,7 +809,8 @@ impl SdxlPipeline {
 
     /// Hires fix's second pass over one batch chunk's first-pass `latents` (its first image `first`): the start
     /// ([`Self::hires_start`]) from fresh generators seeded as the chunk's, then image-to-image at the target size
-    /// with the base's conditioning (`cond`, `uncond`), scheduler and the target size's time ids.
+    /// with the base's conditioning (`cond`, `uncond`), scheduler, the target size's time ids and the run's
+    /// ControlNet units (windows over the evaluations left after `strength`).
     #[allow(clippy::too_many_arguments)]
     fn hires_pass(
         &self,
@@ -853,7 +856,7 @@ impl SdxlPipeline {
             started: ctx.started,
             steps: denoising_steps,
             skipped_steps: skipped,
-            controlnets: &[],
+            controlnets: &run.controlnets,
             inpaint: None,
         };
         let (out, evals) = denoise(start, &cond_n, scheduler.as_mut(), begin..len, &mut noise, &mut dctx)?;

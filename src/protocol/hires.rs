@@ -21,11 +21,21 @@
 //! - `strength` (A1111's denoising strength; 0–1, default [`DEFAULT_HIRES_STRENGTH`], A1111's UI default) and
 //!   `steps` (A1111's `hr_second_pass_steps`: 0 or absent = the first pass's steps): the second pass runs
 //!   `int(steps × strength)` steps, as image-to-image does; one that runs none is an error.
-//! - Refused with `data.init_image` (and so a mask), `data.models.refiner` and `data.controlnet` (not built).
+//! - `controlnet` (sd-webui-controlnet's `hr_option`, for all the request's `data.controlnet` units at once):
+//!   `both` (default, "Both"), `first` ("Low res only") or `second` ("High res only"), case-insensitive, A1111's
+//!   display names accepted. With ControlNet units the first pass is diffusers'
+//!   `StableDiffusionXLControlNetPipeline` at the request's size and the second its
+//!   `StableDiffusionXLControlNetImg2ImgPipeline` at the target size, each control image resized to that size from
+//!   the image as sent (after its preprocessor), not from the first pass's copy — sd-webui-controlnet's
+//!   `get_control` (`scripts/controlnet.py`) runs the preprocessor once and makes the low- and high-resolution
+//!   control images from that one map with `detectmap_proc(detected_map, …, h, w)` and `(…, hr_y, hr_x)`. A pass
+//!   a unit sits out gets no residuals from it (`ParamBase.disabled_by_hr_option` in `scripts/hook.py`). Without
+//!   units the key is ignored (with a warning).
+//! - Refused with `data.init_image` (and so a mask) and `data.models.refiner` (not built).
 
 use crate::error::{Error, Result};
 use crate::protocol::normalize::img2img_steps;
-use crate::protocol::params::{HiresParams, HiresTarget, HiresUpscaler, LatentInterpolation};
+use crate::protocol::params::{HiresControlNet, HiresParams, HiresTarget, HiresUpscaler, LatentInterpolation};
 use crate::protocol::wire::WireHires;
 
 /// `scale` when the request gives no target (A1111's `hr_scale` default).
@@ -35,6 +45,8 @@ pub const MAX_HIRES_SCALE: f64 = 8.0;
 /// `strength` when the request leaves it out: A1111's txt2img "Denoising strength" slider default (its API's
 /// `StableDiffusionProcessingTxt2Img.denoising_strength` defaults to 0.75).
 pub const DEFAULT_HIRES_STRENGTH: f64 = 0.7;
+/// The `controlnet` choices, as the request spells them (A1111's display names are accepted too).
+pub const HIRES_CONTROLNET_CHOICES: [&str; 3] = ["both", "first", "second"];
 /// The upscaler names built in, as the request spells them; anything else names an upscaler model.
 pub const BUILT_IN_UPSCALERS: [&str; 4] = ["latent", "latent-nearest", "latent-nearest-exact", "lanczos"];
 
@@ -47,7 +59,8 @@ pub fn hires_params(hires: Option<&WireHires>, steps: u32, max_steps: u32) -> Re
         || h.height.is_some()
         || h.upscaler.is_some()
         || h.strength.is_some()
-        || h.steps.is_some();
+        || h.steps.is_some()
+        || h.controlnet.is_some();
     if !h.enabled.unwrap_or(given) {
         return Ok(None);
     }
@@ -107,7 +120,51 @@ pub fn hires_params(hires: Option<&WireHires>, steps: u32, max_steps: u32) -> Re
             ),
         ));
     }
-    Ok(Some(HiresParams { target, upscaler, strength, steps: second_steps }))
+    let controlnet = match h.controlnet.as_deref() {
+        None => HiresControlNet::Both,
+        Some(name) => HiresControlNet::from_name(name).ok_or_else(|| {
+            Error::field(
+                "data.hires.controlnet",
+                format!(
+                    "{name:?} is not a choice: use \"both\" (both passes), \"first\" (the text-to-image pass only) or \
+                     \"second\" (the hires pass only); A1111's \"Both\", \"Low res only\" and \"High res only\" work too"
+                ),
+            )
+        })?,
+    };
+    Ok(Some(HiresParams { target, upscaler, strength, steps: second_steps, controlnet }))
+}
+
+impl HiresControlNet {
+    /// The choice `name` names (trimmed, case-insensitive): one of [`HIRES_CONTROLNET_CHOICES`] or A1111's
+    /// display name (sd-webui-controlnet's `HiResFixOption` values); `None` for anything else.
+    pub fn from_name(name: &str) -> Option<Self> {
+        match name.trim().to_ascii_lowercase().as_str() {
+            "both" => Some(HiresControlNet::Both),
+            "first" | "low res only" => Some(HiresControlNet::First),
+            "second" | "high res only" => Some(HiresControlNet::Second),
+            _ => None,
+        }
+    }
+
+    /// The name the reply's metadata gives it: `both`, `first` or `second`.
+    pub fn name(self) -> &'static str {
+        match self {
+            HiresControlNet::Both => "both",
+            HiresControlNet::First => "first",
+            HiresControlNet::Second => "second",
+        }
+    }
+
+    /// Whether the ControlNet units condition the first (text-to-image) pass.
+    pub fn in_first_pass(self) -> bool {
+        self != HiresControlNet::Second
+    }
+
+    /// Whether the ControlNet units condition the second (hires) pass.
+    pub fn in_second_pass(self) -> bool {
+        self != HiresControlNet::First
+    }
 }
 
 /// The upscaler `name` (case-insensitive for the built-in ones; A1111's display names are accepted too).
@@ -255,6 +312,26 @@ mod tests {
     }
 
     #[test]
+    fn controlnet_passes_are_both_by_default_and_accept_a1111s_names() {
+        assert_eq!(params(serde_json::json!(true)).unwrap().unwrap().controlnet, HiresControlNet::Both);
+        for (name, want) in [
+            ("both", HiresControlNet::Both),
+            ("Both", HiresControlNet::Both),
+            ("first", HiresControlNet::First),
+            ("Low res only", HiresControlNet::First),
+            (" SECOND ", HiresControlNet::Second),
+            ("High res only", HiresControlNet::Second),
+        ] {
+            let p = params(serde_json::json!({"controlnet": name})).unwrap().unwrap();
+            assert_eq!(p.controlnet, want, "{name}");
+            assert_eq!(HiresControlNet::from_name(want.name()), Some(want));
+        }
+        assert!(HiresControlNet::First.in_first_pass() && !HiresControlNet::First.in_second_pass());
+        assert!(!HiresControlNet::Second.in_first_pass() && HiresControlNet::Second.in_second_pass());
+        assert!(HiresControlNet::Both.in_first_pass() && HiresControlNet::Both.in_second_pass());
+    }
+
+    #[test]
     fn every_invalid_field_is_named() {
         for (v, field) in [
             (serde_json::json!({"scale": 0.5}), "data.hires.scale"),
@@ -271,6 +348,8 @@ mod tests {
             (serde_json::json!({"steps": 4, "strength": 0.2}), "data.hires.strength"),
             (serde_json::json!({"steps": -1}), "data.hires.steps"),
             (serde_json::json!({"steps": 501}), "data.hires.steps"),
+            (serde_json::json!({"controlnet": "both passes"}), "data.hires.controlnet"),
+            (serde_json::json!({"controlnet": ""}), "data.hires.controlnet"),
         ] {
             assert_eq!(field_of(params(v.clone())), field, "{v}");
         }
@@ -308,6 +387,7 @@ mod tests {
             (serde_json::json!({"steps": 2.5}), "data.hires.steps"),
             (serde_json::json!({"enabled": "yes"}), "data.hires.enabled"),
             (serde_json::json!({"upscaler": 4}), "data.hires.upscaler"),
+            (serde_json::json!({"controlnet": true}), "data.hires.controlnet"),
             (serde_json::json!([true]), "data.hires"),
             (serde_json::json!(2), "data.hires"),
         ] {

@@ -458,6 +458,7 @@ mod tests {
                 }),
                 guess_mode: true,
                 global_pool_conditions: false,
+                passes: Vec::new(),
             },
             ControlNetInfo {
                 model: "depth".into(),
@@ -468,6 +469,7 @@ mod tests {
                 preprocessor: None,
                 guess_mode: false,
                 global_pool_conditions: false,
+                passes: Vec::new(),
             },
         ];
         assert_eq!(
@@ -506,6 +508,7 @@ mod tests {
             steps: 20,
             denoising_steps: 11,
             model_passes: None,
+            controlnet: None,
         });
         let scaled = params(json!({"prompt": "x", "hires": {"scale": 1.5, "strength": 0.55, "steps": 20}}));
         assert_eq!(

@@ -390,13 +390,19 @@ pub fn normalize(wire: &WireRequest, limits: &RequestLimits, warnings: &mut Vec<
             ))
         } else if refiner.is_some() {
             Some(("data.models.refiner", "a refiner after the hires pass is not built"))
-        } else if !controlnets.is_empty() {
-            Some(("data.controlnet", "ControlNets in the hires pass are not built"))
         } else {
             None
         };
         if let Some((field, why)) = other {
             return Err(Error::unsupported("data.hires", format!("cannot be combined with {field}: {why}")));
+        }
+    }
+    if let Some(h) = &hires {
+        if controlnets.is_empty() && d.hires.as_ref().is_some_and(|w| w.controlnet.is_some()) {
+            warnings.push(format!(
+                "data.hires.controlnet ({}) is ignored: the request has no ControlNet units",
+                h.controlnet.name()
+            ));
         }
     }
     let dims = d.dimensions.clone().unwrap_or_default();
@@ -1495,13 +1501,13 @@ mod tests {
     }
 
     #[test]
-    fn hires_is_refused_with_an_init_image_a_refiner_or_controlnets() {
+    fn hires_is_refused_with_an_init_image_or_a_refiner() {
         let unit = json!({"model_path": "c", "control_image": "e.png"});
         for extra in [
             json!({"init_image": "a.png"}),
             json!({"init_image": "a.png", "mask_image": "m.png"}),
             json!({"models": {"refiner": "r"}}),
-            json!({"controlnet": {"models": [unit]}}),
+            json!({"models": {"refiner": "r"}, "controlnet": {"models": [unit]}}),
         ] {
             let mut request = minimal(extra.clone());
             request["hires"] = json!({"enabled": true});
@@ -1511,5 +1517,21 @@ mod tests {
         let mut request = minimal(json!({"init_image": "a.png"}));
         request["hires"] = json!({"enabled": false, "scale": 2});
         assert_eq!(parse_value(request).unwrap().params.hires, None);
+    }
+
+    #[test]
+    fn hires_takes_controlnet_units_and_warns_when_its_controlnet_choice_has_none() {
+        use crate::protocol::params::HiresControlNet;
+        let unit = json!({"model_path": "c", "control_image": "e.png"});
+        let mut request = minimal(json!({"controlnet": {"models": [unit]}}));
+        request["hires"] = json!({"controlnet": "High res only"});
+        let p = parse_value(request).unwrap();
+        assert_eq!((p.params.controlnets.len(), p.params.hires.unwrap().controlnet), (1, HiresControlNet::Second));
+        assert!(p.warnings.is_empty(), "{:?}", p.warnings);
+        let mut request = minimal(json!({}));
+        request["hires"] = json!({"controlnet": "first"});
+        let p = parse_value(request).unwrap();
+        assert!(p.params.hires.is_some());
+        assert_eq!(p.warnings, ["data.hires.controlnet (first) is ignored: the request has no ControlNet units"]);
     }
 }

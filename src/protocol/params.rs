@@ -144,6 +144,22 @@ pub struct HiresParams {
     pub strength: f64,
     /// The second pass's `num_inference_steps` (`steps`); `None` (absent or 0): the first pass's.
     pub steps: Option<u32>,
+    /// Which passes the request's ControlNet units condition (`controlnet`, default both).
+    pub controlnet: HiresControlNet,
+}
+
+/// `data.hires.controlnet`: the passes of hires fix that the request's ControlNet units condition, as
+/// sd-webui-controlnet's per-unit `hr_option` (`HiResFixOption`) chooses them for all the units of a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum HiresControlNet {
+    /// Both passes (`both`, "Both"; the default): the first at the request's size, the second with each control
+    /// image resized to the target size.
+    #[default]
+    Both,
+    /// The text-to-image pass only (`first`, "Low res only").
+    First,
+    /// The hires pass only (`second`, "High res only").
+    Second,
 }
 
 /// `data.hires`'s target size, resolved against the first pass's size by [`HiresParams::target_size`].

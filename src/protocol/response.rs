@@ -184,6 +184,10 @@ pub struct HiresInfo {
     /// With an upscaler model: its runs per image (a Lanczos resize to the target followed when the size differed).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub model_passes: Option<u32>,
+    /// With ControlNet units: the passes they conditioned (`data.hires.controlnet`): `both`, `first` or `second`;
+    /// absent without units.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub controlnet: Option<String>,
 }
 
 /// One entry of `metadata.loras`.
@@ -240,6 +244,10 @@ pub struct ControlNetInfo {
     /// image); absent otherwise.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub global_pool_conditions: bool,
+    /// With hires fix: the passes the unit conditioned, in order (`first`: text-to-image at the request's size,
+    /// `second`: the hires pass, its control image resized to the target size); absent without hires fix.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub passes: Vec<String>,
 }
 
 /// `metadata.controlnets[i].preprocessor`: the built-in preprocessor that ran, with its settings.
@@ -269,6 +277,7 @@ impl From<&super::params::ControlNetRequest> for ControlNetInfo {
             }),
             guess_mode: false,
             global_pool_conditions: false,
+            passes: Vec::new(),
         }
     }
 }

@@ -351,6 +351,10 @@ pub struct WireHires {
     /// `steps`: the second pass's `num_inference_steps` (A1111's `hr_second_pass_steps`; 0: the first pass's).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub steps: Option<i64>,
+    /// `controlnet`: which passes the request's ControlNet units condition, `both`, `first` or `second`
+    /// (sd-webui-controlnet's `hr_option`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub controlnet: Option<String>,
 }
 
 /// `data.output`.
@@ -727,7 +731,7 @@ fn units(items: &[Value], base: &str, warnings: &mut Vec<String>) -> Result<Vec<
 }
 
 /// Keys of `data.hires`.
-const HIRES_KEYS: &[&str] = &["enabled", "scale", "width", "height", "upscaler", "strength", "steps"];
+const HIRES_KEYS: &[&str] = &["enabled", "scale", "width", "height", "upscaler", "strength", "steps", "controlnet"];
 
 impl WireHires {
     /// `hires` of the `data` object `parent`: an object, or a bare `true`/`false` for `enabled`.
@@ -746,6 +750,7 @@ impl WireHires {
                     upscaler: obj.string("upscaler")?,
                     strength: obj.float("strength")?,
                     steps: obj.int("steps")?,
+                    controlnet: obj.string("controlnet")?,
                 };
                 obj.warn_unknown(HIRES_KEYS, warnings);
                 Ok(Some(hires))

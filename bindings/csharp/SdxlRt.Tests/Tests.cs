@@ -156,6 +156,7 @@ namespace SdxlRt.Tests
                     Upscaler = h.Upscaler,
                     Strength = h.Strength,
                     Steps = h.Steps,
+                    ControlNet = h.ControlNet,
                 };
             }
             return r;
@@ -263,6 +264,10 @@ namespace SdxlRt.Tests
             string json = t.ToJson(r, "id-0");
             Assert.True(json.Contains("\"hires\":{\"enabled\":true,\"scale\":1.5,\"upscaler\":\"lanczos\",\"strength\":0.55}"),
                 "hires sent with only the keys set: " + json);
+            r.Hires.ControlNet = "High res only";
+            json = t.ToJson(r, "id-0");
+            Assert.True(json.Contains("\"strength\":0.55,\"controlnet\":\"High res only\"}"),
+                "hires.controlnet sent as given: " + json);
         }
 
         [Test]

@@ -209,6 +209,7 @@ namespace SdxlRt
                 Upscaler = hires.Upscaler,
                 Strength = hires.Strength,
                 Steps = hires.Steps,
+                ControlNet = hires.ControlNet,
             };
         }
 
@@ -271,6 +272,7 @@ namespace SdxlRt
         [DataMember(Name = "upscaler", Order = 4, EmitDefaultValue = false)] public string Upscaler;
         [DataMember(Name = "strength", Order = 5, EmitDefaultValue = false)] public double? Strength;
         [DataMember(Name = "steps", Order = 6, EmitDefaultValue = false)] public int? Steps;
+        [DataMember(Name = "controlnet", Order = 7, EmitDefaultValue = false)] public string ControlNet;
     }
 
     [DataContract]

@@ -343,6 +343,12 @@ namespace SdxlRt
 
         /// <summary>The second pass's steps (A1111's "hires steps"); null or 0: the first pass's.</summary>
         public int? Steps { get; set; }
+
+        /// <summary>With ControlNet units (<see cref="ConditioningConfiguration"/>): the passes they condition,
+        /// <c>both</c> (null: the default), <c>first</c> (the text-to-image pass only) or <c>second</c> (the hires
+        /// pass only, each control image resized to the target size); sd-webui-controlnet's "Both", "Low res only"
+        /// and "High res only" work too.</summary>
+        public string ControlNet { get; set; }
     }
 
     /// <summary>Upscaling settings.</summary>

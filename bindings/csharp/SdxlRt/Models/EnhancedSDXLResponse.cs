@@ -262,6 +262,10 @@ namespace SdxlRt
         /// <summary>With an upscaler model: its runs per image; null otherwise.</summary>
         public int? ModelPasses { get; set; }
 
+        /// <summary>With ControlNet units: the passes they conditioned, <c>both</c>, <c>first</c> or
+        /// <c>second</c> (<see cref="HiresConfiguration.ControlNet"/>); null without units.</summary>
+        public string ControlNet { get; set; }
+
         internal static HiresInfo From(HiresInfoContract h)
         {
             if (h == null)
@@ -279,6 +283,7 @@ namespace SdxlRt
                 Steps = h.Steps,
                 DenoisingSteps = h.DenoisingSteps,
                 ModelPasses = h.ModelPasses,
+                ControlNet = h.ControlNet,
             };
         }
     }
@@ -324,6 +329,10 @@ namespace SdxlRt
         /// over the image).</summary>
         public bool GlobalPoolConditions { get; set; }
 
+        /// <summary>With hires fix: the passes the unit conditioned, in order (<c>first</c>, <c>second</c>); empty
+        /// without hires fix.</summary>
+        public List<string> Passes { get; set; } = new List<string>();
+
         internal static List<ControlNetInfo> From(List<ControlNetInfoContract> units)
         {
             var list = new List<ControlNetInfo>();
@@ -346,6 +355,7 @@ namespace SdxlRt
                         },
                         GuessMode = u.GuessMode,
                         GlobalPoolConditions = u.GlobalPoolConditions,
+                        Passes = u.Passes == null ? new List<string>() : new List<string>(u.Passes),
                     });
                 }
             }
@@ -548,6 +558,7 @@ namespace SdxlRt
         [DataMember(Name = "steps")] public int Steps;
         [DataMember(Name = "denoising_steps")] public int DenoisingSteps;
         [DataMember(Name = "model_passes")] public int? ModelPasses;
+        [DataMember(Name = "controlnet")] public string ControlNet;
     }
 
     [DataContract]
@@ -588,6 +599,7 @@ namespace SdxlRt
         [DataMember(Name = "preprocessor")] public PreprocessorContract Preprocessor;
         [DataMember(Name = "guess_mode")] public bool GuessMode;
         [DataMember(Name = "global_pool_conditions")] public bool GlobalPoolConditions;
+        [DataMember(Name = "passes")] public string[] Passes;
     }
 
     [DataContract]
