@@ -15,7 +15,7 @@
 # (inpaint_crop_blur too), mask_crop_ops and mask_blur_ops, make_inpaint_controlnet.py's inpaint*_controlnet*
 # (but inpaint_controlnet_refiner*), make_inpaint_refiner.py's inpaint_refiner*, inpaint9_refiner and
 # inpaint_controlnet_refiner*, make_micro_conditioning.py's
-# micro_conditioning*, make_prompts.py's prompts_* (compel + diffusers), make_hires.py's hires_* (make_hires_controlnet.py's
+# micro_conditioning*, make_guidance_rescale.py's guidance_rescale*, make_clip_skip.py's clip_skip*, make_prompts.py's prompts_* (compel + diffusers), make_hires.py's hires_* (make_hires_controlnet.py's
 # hires_controlnet_* among them) and make_upscaler.py's
 # upscale_x2.safetensors; controlnet/ holds make_controlnet.py's tiny ControlNets and control images and
 # make_canny.py's cv2.Canny goldens in controlnet/canny/)
@@ -93,6 +93,10 @@ echo "== masks for inpainting only the masked area (inpaint/) and its diffusers 
 "$py" make_inpaint_crop.py --model "$model" --out "$out"
 echo "== diffusers goldens of the size micro-conditioning (goldens/micro_conditioning*)" >&2
 "$py" make_micro_conditioning.py --model "$model" --out "$out"
+echo "== diffusers goldens of guidance_rescale (goldens/guidance_rescale*)" >&2
+"$py" make_guidance_rescale.py --model "$model" --out "$out"
+echo "== diffusers goldens of clip_skip on both guidance halves (goldens/clip_skip*)" >&2
+"$py" make_clip_skip.py --model "$model" --out "$out"
 echo "== compel + diffusers goldens of weighted and long prompts (goldens/prompts_*)" >&2
 "$py" make_prompts.py --model "$model" --out "$out"
 echo "== diffusers goldens of inpainting with ControlNets (goldens/inpaint*_controlnet*)" >&2
