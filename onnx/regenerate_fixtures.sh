@@ -14,9 +14,9 @@
 # make_inpaint.py's inpaint and inpaint_*, make_inpaint_unet.py's inpaint9*, make_inpaint_crop.py's inpaint_crop*
 # (inpaint_crop_blur too), mask_crop_ops and mask_blur_ops, make_inpaint_controlnet.py's inpaint*_controlnet*
 # (but inpaint_controlnet_refiner*), make_inpaint_refiner.py's inpaint_refiner*, inpaint9_refiner and
-# inpaint_controlnet_refiner*, make_micro_conditioning.py's
-# micro_conditioning*, make_guidance_rescale.py's guidance_rescale*, make_clip_skip.py's clip_skip*, make_prompts.py's prompts_* (compel + diffusers), make_hires.py's hires_* (make_hires_controlnet.py's
-# hires_controlnet_* among them) and make_upscaler.py's
+# inpaint_controlnet_refiner*, make_micro_conditioning.py's micro_conditioning*, make_guidance_rescale.py's
+# guidance_rescale*, make_clip_skip.py's clip_skip*, make_prompts.py's prompts_* (compel + diffusers),
+# make_hires.py's hires_* (make_hires_controlnet.py's hires_controlnet_* among them) and make_upscaler.py's
 # upscale_x2.safetensors; controlnet/ holds make_controlnet.py's tiny ControlNets and control images and
 # make_canny.py's cv2.Canny goldens in controlnet/canny/)
 # The torch model is built in $SDXLRT_WORK (default ~/.cache/sdxlrt/work), outside the repository.
