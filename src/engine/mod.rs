@@ -269,6 +269,7 @@ impl Engine {
                 batch_size: total,
                 elapsed_seconds: started.elapsed().as_secs_f64(),
                 request_id: &params.request_id,
+                preview: None,
             };
             if !progress.report(&event) {
                 cancel.cancel();
@@ -393,6 +394,7 @@ impl Engine {
             batch_size: params.batch_size,
             elapsed_seconds: started.elapsed().as_secs_f64(),
             request_id: &params.request_id,
+            preview: None,
         };
         if !progress.report(&event) {
             return Err(Error::Cancelled);

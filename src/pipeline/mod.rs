@@ -13,6 +13,7 @@ mod experts;
 pub mod hires;
 pub mod inpaint;
 pub mod model_dir;
+pub mod preview;
 pub mod prompt_chunks;
 mod start;
 pub mod text;
@@ -81,6 +82,9 @@ pub struct ProgressEvent<'a> {
     pub elapsed_seconds: f64,
     /// The request's id.
     pub request_id: &'a str,
+    /// A live preview of image `image_index` (`data.output.preview`): on denoising reports where one is due, else
+    /// `None`.
+    pub preview: Option<preview::PreviewImage<'a>>,
 }
 
 /// Receives progress; return false to cancel the run.
@@ -757,6 +761,9 @@ impl SdxlPipeline {
                     skipped_steps: skipped,
                     controlnets: if std::ptr::eq(stage.model, self) { controlnets } else { &[] },
                     inpaint: inpainting.as_ref(),
+                    // Every stage previews with the decoder of the final decode.
+                    preview: params.output.preview.map(|p| preview::Previewer::new(p, decoder, ctx.vae_tiling)),
+                    seed,
                 };
                 let (out, evals) = denoise(start, &cond_n, scheduler.as_mut(), range.clone(), &mut noise, &mut dctx)?;
                 timings.denoising += t1.elapsed().as_secs_f64();
@@ -852,6 +859,8 @@ impl SdxlPipeline {
             skipped_steps: skipped,
             controlnets: &[],
             inpaint: None,
+            preview: params.output.preview.map(|p| preview::Previewer::new(p, &self.vae, ctx.vae_tiling)),
+            seed: params.seed.wrapping_add(first as u64),
         };
         let (out, evals) = denoise(start, &cond_n, scheduler.as_mut(), begin..len, &mut noise, &mut dctx)?;
         timings.denoising += t.elapsed().as_secs_f64();
@@ -880,6 +889,7 @@ impl SdxlPipeline {
             batch_size: batch,
             elapsed_seconds: ctx.started.elapsed().as_secs_f64(),
             request_id,
+            preview: None,
         };
         if ctx.progress.report(&event) {
             Ok(())

@@ -106,4 +106,15 @@ pub trait Scheduler: Send {
     /// Which user-visible step (1-based) has completed after evaluation `index` (Heun/KDPM2 call the UNet twice per
     /// step).
     fn completed_steps(&self, index: usize) -> usize;
+    /// Start keeping the data prediction x₀ of every [`Scheduler::step`] for [`Scheduler::denoised`] (previews);
+    /// off by default, and then no step copies anything. Never changes a step's result.
+    fn keep_denoised(&mut self, keep: bool);
+    /// The x₀ estimate of the last [`Scheduler::step`] while [`Scheduler::keep_denoised`] is on, else `None`:
+    /// diffusers' `pred_original_sample` of that call where its step output has one (Euler, Euler a, DDIM, LMS,
+    /// Heun, KDPM2, KDPM2 a; for the two-evaluation ones, the evaluation just run: a completed Heun step reports its
+    /// corrector's x₀ at the step's end sigma), and the DPM-Solver family's data prediction of the model output
+    /// (`convert_model_output` with x₀ prediction, the value those schedulers keep in `model_outputs` for the
+    /// `dpmsolver++`/`predict_x0` variants; computed from ε the same way for the others), which diffusers computes
+    /// but does not return.
+    fn denoised(&self) -> Option<ArrayViewD<'_, f32>>;
 }
