@@ -15,8 +15,8 @@
 # (inpaint_crop_blur too), mask_crop_ops and mask_blur_ops, make_inpaint_controlnet.py's inpaint*_controlnet*
 # (but inpaint_controlnet_refiner*), make_inpaint_refiner.py's inpaint_refiner*, inpaint9_refiner and
 # inpaint_controlnet_refiner*, make_micro_conditioning.py's
-# micro_conditioning*, make_prompts.py's prompts_* (compel + diffusers), make_hires.py's hires_* and make_upscaler.py's
-# upscale_x2.safetensors; controlnet/ holds make_controlnet.py's tiny ControlNets and control images and
+# micro_conditioning*, make_prompts.py's prompts_* (compel + diffusers), make_hires.py's hires_*, make_preview.py's preview_* and
+# make_upscaler.py's upscale_x2.safetensors; controlnet/ holds make_controlnet.py's tiny ControlNets and control images and
 # make_canny.py's cv2.Canny goldens in controlnet/canny/)
 # The torch model is built in $SDXLRT_WORK (default ~/.cache/sdxlrt/work), outside the repository.
 #
@@ -102,6 +102,8 @@ echo "== upscaler fixtures (upscalers/) and torch + PIL goldens (goldens/upscale
 "$py" make_upscaler.py --out "$out"
 echo "== diffusers goldens of hires fix: txt2img, upscale, img2img (goldens/hires_*; needs upscalers/tiny-x2.onnx)" >&2
 "$py" make_hires.py --model "$model" --out "$out"
+echo "== diffusers goldens of live previews: per-step latents, x0 estimates, latent2rgb and VAE previews (goldens/preview_*)" >&2
+"$py" make_preview.py --model "$model" --out "$out"
 
 (cd "$out" && chmod -R a+rX "${owned[@]}")
 sums="$(mktemp)"

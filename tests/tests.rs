@@ -50,3 +50,5 @@ mod prompts;
 mod pnginfo;
 // Hires fix (data.hires): parity with diffusers txt2img → upscale (latent, Lanczos, a model) → img2img, errors.
 mod hires;
+// Live previews in the progress callback (data.output.preview): x0, latent2rgb and vae parity, interval, ABI.
+mod preview;

@@ -88,6 +88,9 @@ impl Progress for Sampling<'_> {
     fn on_latents(&mut self, image_index: u32, step: Option<usize>, latents: ndarray::ArrayViewD<'_, f32>) {
         self.inner.on_latents(image_index, step, latents);
     }
+    fn on_preview_latents(&mut self, image_index: u32, step: u32, latents: ndarray::ArrayViewD<'_, f32>) {
+        self.inner.on_preview_latents(image_index, step, latents);
+    }
 }
 
 impl Engine {

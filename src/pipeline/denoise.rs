@@ -9,8 +9,8 @@ use super::controlnet::{ControlRun, ControlUnit};
 use super::inpaint::{self, Inpainting};
 use super::preview::{PreviewImage, Previewer};
 use super::{Progress, ProgressEvent, Stage};
-use crate::protocol::params::PreviewSource;
 use crate::error::{Error, Result};
+use crate::protocol::params::PreviewSource;
 use crate::rng::NoiseSource;
 use crate::runtime::controlnet_inputs::{down_input, MID_INPUT};
 use crate::runtime::tensor::{float_value, Elem};
@@ -162,7 +162,12 @@ pub fn denoise(
 
 /// The denoising report of `step`: one report, or with a preview due, one per image of the batch, each with its
 /// image's preview (`image_index` tells them apart). A callback that asks to stop cancels the run.
-fn report_step(ctx: &mut DenoiseContext<'_>, step: u32, scheduler: &dyn Scheduler, latents: &ArrayD<f32>) -> Result<()> {
+fn report_step(
+    ctx: &mut DenoiseContext<'_>,
+    step: u32,
+    scheduler: &dyn Scheduler,
+    latents: &ArrayD<f32>,
+) -> Result<()> {
     let (steps, batch_size, started, request_id) = (ctx.steps, ctx.batch_size, ctx.started, ctx.request_id);
     fn event<'e>(
         (step, total_steps, batch_size, request_id): (u32, u32, u32, &'e str),
@@ -191,6 +196,7 @@ fn report_step(ctx: &mut DenoiseContext<'_>, step: u32, scheduler: &dyn Schedule
                     .denoised()
                     .ok_or_else(|| Error::Internal("preview: the scheduler kept no denoised estimate".into()))?,
             };
+            ctx.progress.on_preview_latents(ctx.image_index, step, shown.view());
             let mut go_on = true;
             for k in 0..shown.shape()[0] {
                 let seed = ctx.seed.wrapping_add(k as u64);

@@ -98,6 +98,13 @@ pub trait Progress {
     fn on_latents(&mut self, image_index: u32, step: Option<usize>, latents: ndarray::ArrayViewD<'_, f32>) {
         let _ = (image_index, step, latents);
     }
+
+    /// Sees the latents a due preview is made from (`data.output.preview`; the scheduler's x₀ estimate or the
+    /// latents after the step, per its `source`) for the batch starting at `image_index`, before the reports of
+    /// denoising step `step` (1-based). For parity tests; the default ignores them.
+    fn on_preview_latents(&mut self, image_index: u32, step: u32, latents: ndarray::ArrayViewD<'_, f32>) {
+        let _ = (image_index, step, latents);
+    }
 }
 
 /// A progress sink that ignores everything.

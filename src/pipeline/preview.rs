@@ -150,7 +150,10 @@ mod tests {
 
     #[test]
     fn latent2rgb_clamps_to_the_byte_range() {
-        let latent = Array3::<f32>::from_shape_fn((4, 1, 2), |(c, _, x)| if x == 0 { 10.0 } else { -10.0 } * [1.0, 0.0, 0.0, 0.0][c]);
+        let latent = Array3::<f32>::from_shape_fn(
+            (4, 1, 2),
+            |(c, _, x)| if x == 0 { 10.0 } else { -10.0 } * [1.0, 0.0, 0.0, 0.0][c],
+        );
         let mut out = Vec::new();
         latent2rgb(latent.view(), &mut out).unwrap();
         assert_eq!(out, vec![255, 255, 255, 0, 0, 0]);

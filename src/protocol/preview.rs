@@ -53,7 +53,9 @@ pub fn preview_params(preview: Option<&WirePreview>) -> Result<Option<PreviewPar
         Some(n) => {
             return Err(Error::field(
                 "data.output.preview.interval",
-                format!("must be an integer from 1 to {MAX_PREVIEW_INTERVAL} (denoising steps between previews), got {n}"),
+                format!(
+                    "must be an integer from 1 to {MAX_PREVIEW_INTERVAL} (denoising steps between previews), got {n}"
+                ),
             ))
         }
     };
@@ -83,7 +85,10 @@ mod tests {
     #[test]
     fn enabled_previews_default_to_latent2rgb_every_step_of_the_denoised_estimate() {
         let p = preview_params(Some(&wire(Some(true), None, None, None))).unwrap().unwrap();
-        assert_eq!(p, PreviewParams { method: PreviewMethod::Latent2Rgb, interval: 1, source: PreviewSource::Denoised });
+        assert_eq!(
+            p,
+            PreviewParams { method: PreviewMethod::Latent2Rgb, interval: 1, source: PreviewSource::Denoised }
+        );
     }
 
     #[test]

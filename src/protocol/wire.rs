@@ -782,7 +782,16 @@ impl WireOutput {
             preview: WirePreview::decode(obj, warnings)?,
         };
         obj.warn_unknown(
-            &["format", "quality", "save_path", "upscale", "overwrite", "return_image_data", "embed_parameters", "preview"],
+            &[
+                "format",
+                "quality",
+                "save_path",
+                "upscale",
+                "overwrite",
+                "return_image_data",
+                "embed_parameters",
+                "preview",
+            ],
             warnings,
         );
         Ok(output)
