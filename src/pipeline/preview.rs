@@ -86,7 +86,7 @@ impl<'a> Previewer<'a> {
 
     /// Whether the report of `step` (1-based) of `total` gets a preview: every `interval`-th step and the last.
     pub fn due(&self, step: u32, total: u32) -> bool {
-        step % self.params.interval == 0 || step == total
+        step.is_multiple_of(self.params.interval) || step == total
     }
 
     /// The preview of image `k` of `latents` (`[N, 4, h, w]`).
