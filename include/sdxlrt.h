@@ -233,6 +233,27 @@ typedef struct sdxl_progress {
    * The request's id (NUL-terminated UTF-8), valid during the callback.
    */
   const char *request_id;
+  /**
+   * A live preview (`data.output.preview`) of image `image_index` after this denoising step: `preview_len`
+   * bytes of RGB8, `preview_width × preview_height` pixels, rows top to bottom, stride `preview_width × 3`, no
+   * padding. NULL (and the three sizes 0) when this report has none: previews off, another stage, or a step
+   * between two `interval`s. Owned by sdxlrt and valid during the callback only; copy the bytes to keep them.
+   * With a batch denoised at once (`data.batch.parallel`), a step with a preview is reported once per image.
+   * The four preview fields come after `request_id`, so a reader of the older, shorter struct still works.
+   */
+  const uint8_t *preview_rgb;
+  /**
+   * The preview's width in pixels (`latent2rgb`: the image width / 8; `vae`: the image width); 0 without one.
+   */
+  uint32_t preview_width;
+  /**
+   * The preview's height in pixels; 0 without one.
+   */
+  uint32_t preview_height;
+  /**
+   * The bytes at `preview_rgb`: `preview_width × preview_height × 3`; 0 without one.
+   */
+  size_t preview_len;
 } sdxl_progress;
 
 /**

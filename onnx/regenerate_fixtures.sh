@@ -16,7 +16,8 @@
 # (but inpaint_controlnet_refiner*), make_inpaint_refiner.py's inpaint_refiner*, inpaint9_refiner and
 # inpaint_controlnet_refiner*, make_micro_conditioning.py's micro_conditioning*, make_guidance_rescale.py's
 # guidance_rescale*, make_clip_skip.py's clip_skip*, make_prompts.py's prompts_* (compel + diffusers),
-# make_hires.py's hires_* (make_hires_controlnet.py's hires_controlnet_* among them) and make_upscaler.py's
+# make_hires.py's hires_* (make_hires_controlnet.py's hires_controlnet_* among them), make_preview.py's preview_*
+# and make_upscaler.py's
 # upscale_x2.safetensors; controlnet/ holds make_controlnet.py's tiny ControlNets and control images and
 # make_canny.py's cv2.Canny goldens in controlnet/canny/)
 # The torch model is built in $SDXLRT_WORK (default ~/.cache/sdxlrt/work), outside the repository.
@@ -109,6 +110,8 @@ echo "== diffusers goldens of hires fix: txt2img, upscale, img2img (goldens/hire
 "$py" make_hires.py --model "$model" --out "$out"
 echo "== diffusers goldens of hires fix with ControlNet (goldens/hires_controlnet_*; needs controlnet/ and upscalers/)" >&2
 "$py" make_hires_controlnet.py --model "$model" --out "$out"
+echo "== diffusers goldens of live previews: per-step latents, x0 estimates, latent2rgb and VAE previews (goldens/preview_*)" >&2
+"$py" make_preview.py --model "$model" --out "$out"
 
 (cd "$out" && chmod -R a+rX "${owned[@]}")
 sums="$(mktemp)"

@@ -296,3 +296,47 @@ fn the_guess_mode_flag_gives_diffusers_guess_mode_image() {
     let (worst, at) = crate::util::max_u8_diff(image::open(&out).unwrap().to_rgb8().as_raw(), &g.t("image_u8").u8);
     assert!(worst <= 1, "the CLI's image differs from diffusers by {worst}/255 at byte {at}");
 }
+
+#[test]
+fn the_preview_dir_flag_writes_each_steps_preview_as_the_golden() {
+    let g = crate::util::Golden::load("preview_euler");
+    let dir = tempfile::tempdir().unwrap();
+    let (previews, out) = (dir.path().join("previews"), dir.path().join("image.png"));
+    let run = generate_as(&g)
+        .args(["--scheduler", &g.meta["scheduler"], "--preview-dir"])
+        .arg(&previews)
+        .arg("--out")
+        .arg(&out)
+        .output()
+        .unwrap();
+    assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
+    for step in 1..=4 {
+        let png = image::open(previews.join(format!("step_{step:03}.png"))).unwrap().to_rgb8();
+        assert_eq!((png.width(), png.height()), (8, 8));
+        let (worst, at) = crate::util::max_u8_diff(png.as_raw(), &g.t(&format!("l2r_denoised_{step}")).u8);
+        assert!(worst <= 1, "step {step}: {worst}/255 at byte {at}");
+    }
+    // vae previews every second step: steps 2 and 4, the last one the image itself.
+    let vae = dir.path().join("vae");
+    let run = generate_as(&g)
+        .args(["--scheduler", &g.meta["scheduler"], "--preview-method", "vae", "--preview-interval", "2"])
+        .arg("--preview-dir")
+        .arg(&vae)
+        .arg("--overwrite")
+        .arg("--out")
+        .arg(&out)
+        .output()
+        .unwrap();
+    assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
+    let mut names: Vec<String> =
+        std::fs::read_dir(&vae).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+    names.sort();
+    assert_eq!(names, ["step_001.png", "step_002.png"]);
+    let last = image::open(vae.join("step_002.png")).unwrap().to_rgb8();
+    assert_eq!(last.as_raw(), image::open(&out).unwrap().to_rgb8().as_raw(), "the last vae preview is the image");
+    assert!(max_diff(&last, &g.t("vae_denoised_4").u8) <= 1);
+}
+
+fn max_diff(img: &image::RgbImage, want: &[u8]) -> u8 {
+    crate::util::max_u8_diff(img.as_raw(), want).0
+}

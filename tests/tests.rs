@@ -52,3 +52,5 @@ mod pnginfo;
 mod hires;
 // Hires fix with ControlNet: parity with diffusers' ControlNet txt2img → upscale → ControlNet img2img, passes, errors.
 mod hires_controlnet;
+// Live previews in the progress callback (data.output.preview): x0, latent2rgb and vae parity, interval, ABI.
+mod preview;

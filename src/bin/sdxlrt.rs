@@ -169,6 +169,19 @@ struct GenerateArgs {
     /// are written as A1111 does (PNG text chunk `parameters`, JPEG/WebP EXIF UserComment).
     #[arg(long)]
     no_embed_parameters: bool,
+    /// Write live previews of the denoising into this folder (created if missing) as `step_NNN.png`
+    /// (`image_I_step_NNN.png` with a batch), numbered per image across every denoising pass.
+    #[arg(long)]
+    preview_dir: Option<PathBuf>,
+    /// With --preview-dir: latent2rgb (default; fast, 1/8 size) or vae (a full VAE decode per preview).
+    #[arg(long, requires = "preview_dir")]
+    preview_method: Option<String>,
+    /// With --preview-dir: a preview every this many steps (default 1; the last step always has one).
+    #[arg(long, requires = "preview_dir")]
+    preview_interval: Option<u32>,
+    /// With --preview-dir: preview the latents after each step instead of the step's estimate of the final image.
+    #[arg(long, requires = "preview_dir")]
+    preview_noisy: bool,
     /// Path of libonnxruntime.so (else ORT_DYLIB_PATH, beside the library, the system).
     #[arg(long)]
     onnxruntime: Option<PathBuf>,
@@ -189,9 +202,46 @@ fn last_error() -> String {
     unsafe { CStr::from_ptr(sdxlrt::ffi::boundary::sdxl_last_error()) }.to_string_lossy().into_owned()
 }
 
+/// What the progress callback updates: the bar, and the preview files.
+struct Watch {
+    bar: ProgressBar,
+    preview_dir: Option<PathBuf>,
+    /// Previews written so far, per image.
+    written: std::collections::BTreeMap<u32, u32>,
+    /// The first preview that could not be written (the run is cancelled).
+    failed: Option<String>,
+}
+
+impl Watch {
+    /// Write the preview of report `p`, if it has one, as the next `step_NNN.png` of its image.
+    fn save_preview(&mut self, p: &sdxl_progress) -> Result<(), String> {
+        let Some(dir) = &self.preview_dir else { return Ok(()) };
+        if p.preview_rgb.is_null() {
+            return Ok(());
+        }
+        // SAFETY: a non-null preview is preview_len bytes, valid during the callback.
+        let rgb = unsafe { std::slice::from_raw_parts(p.preview_rgb, p.preview_len) }.to_vec();
+        let n = self.written.entry(p.image_index).or_insert(0);
+        *n += 1;
+        let name = match p.batch_size {
+            1 => format!("step_{n:03}.png"),
+            _ => format!("image_{}_step_{n:03}.png", p.image_index + 1),
+        };
+        let path = dir.join(name);
+        let image = image::RgbImage::from_raw(p.preview_width, p.preview_height, rgb)
+            .ok_or_else(|| "a preview of the wrong size".to_string())?;
+        image.save(&path).map_err(|e| format!("writing the preview {}: {e}", path.display()))
+    }
+}
+
 unsafe extern "C" fn on_progress(user_data: *mut c_void, p: *const sdxl_progress) -> i32 {
-    // SAFETY: user_data is the &ProgressBar passed below; p is valid during the callback.
-    let (bar, p) = unsafe { (&*(user_data as *const ProgressBar), &*p) };
+    // SAFETY: user_data is the &mut Watch passed below; p is valid during the callback.
+    let (watch, p) = unsafe { (&mut *(user_data as *mut Watch), &*p) };
+    if let Err(e) = watch.save_preview(p) {
+        watch.failed = Some(e);
+        return 1;
+    }
+    let bar = &watch.bar;
     let stage = match p.stage {
         sdxl_stage::Loading => "loading",
         sdxl_stage::TextEncoding => "text",
@@ -244,6 +294,20 @@ fn generate(args: GenerateArgs) -> Result<String, String> {
     }
     if let Some(skip) = args.clip_skip {
         data["hyperparameters"]["clip_skip"] = serde_json::json!(skip);
+    }
+    if let Some(dir) = &args.preview_dir {
+        std::fs::create_dir_all(dir).map_err(|e| format!("--preview-dir {}: {e}", dir.display()))?;
+        let mut preview = serde_json::json!({ "enabled": true });
+        if let Some(method) = &args.preview_method {
+            preview["method"] = serde_json::json!(method);
+        }
+        if let Some(interval) = args.preview_interval {
+            preview["interval"] = serde_json::json!(interval);
+        }
+        if args.preview_noisy {
+            preview["source"] = serde_json::json!("noisy");
+        }
+        data["output"]["preview"] = preview;
     }
     if args.width.is_some() || args.height.is_some() {
         data["dimensions"] = serde_json::json!({ "width": args.width, "height": args.height });
@@ -329,7 +393,13 @@ fn generate(args: GenerateArgs) -> Result<String, String> {
     if sdxl_engine_create(options.as_ptr(), &mut engine) != sdxl_status::Ok {
         return Err(last_error());
     }
-    let bar = ProgressBar::new(u64::from(args.steps));
+    let mut watch = Watch {
+        bar: ProgressBar::new(u64::from(args.steps)),
+        preview_dir: args.preview_dir.clone(),
+        written: Default::default(),
+        failed: None,
+    };
+    let bar = &watch.bar;
     bar.set_style(
         ProgressStyle::with_template("{msg:22} [{bar:30}] {pos}/{len} {elapsed_precise}")
             .map_err(|e| e.to_string())?
@@ -340,10 +410,10 @@ fn generate(args: GenerateArgs) -> Result<String, String> {
         engine,
         request.as_ptr(),
         Some(on_progress),
-        &bar as *const ProgressBar as *mut c_void,
+        &mut watch as *mut Watch as *mut c_void,
         &mut response,
     );
-    bar.finish_and_clear();
+    watch.bar.finish_and_clear();
     let text = if response.is_null() {
         String::new()
     } else {
@@ -353,6 +423,9 @@ fn generate(args: GenerateArgs) -> Result<String, String> {
         s
     };
     sdxl_engine_free(engine);
+    if let Some(e) = watch.failed.take() {
+        return Err(e);
+    }
     if status == sdxl_status::Ok {
         Ok(text)
     } else if text.is_empty() {

@@ -88,6 +88,9 @@ impl Progress for Sampling<'_> {
     fn on_latents(&mut self, image_index: u32, step: Option<usize>, latents: ndarray::ArrayViewD<'_, f32>) {
         self.inner.on_latents(image_index, step, latents);
     }
+    fn on_preview_latents(&mut self, image_index: u32, step: u32, latents: ndarray::ArrayViewD<'_, f32>) {
+        self.inner.on_preview_latents(image_index, step, latents);
+    }
 }
 
 impl Engine {
@@ -274,6 +277,7 @@ impl Engine {
                 batch_size: total,
                 elapsed_seconds: started.elapsed().as_secs_f64(),
                 request_id: &params.request_id,
+                preview: None,
             };
             if !progress.report(&event) {
                 cancel.cancel();
@@ -409,6 +413,7 @@ impl Engine {
             batch_size: params.batch_size,
             elapsed_seconds: started.elapsed().as_secs_f64(),
             request_id: &params.request_id,
+            preview: None,
         };
         if !progress.report(&event) {
             return Err(Error::Cancelled);

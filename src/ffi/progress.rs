@@ -44,6 +44,19 @@ pub struct sdxl_progress {
     pub elapsed_seconds: f64,
     /// The request's id (NUL-terminated UTF-8), valid during the callback.
     pub request_id: *const c_char,
+    /// A live preview (`data.output.preview`) of image `image_index` after this denoising step: `preview_len`
+    /// bytes of RGB8, `preview_width × preview_height` pixels, rows top to bottom, stride `preview_width × 3`, no
+    /// padding. NULL (and the three sizes 0) when this report has none: previews off, another stage, or a step
+    /// between two `interval`s. Owned by sdxlrt and valid during the callback only; copy the bytes to keep them.
+    /// With a batch denoised at once (`data.batch.parallel`), a step with a preview is reported once per image.
+    /// The four preview fields come after `request_id`, so a reader of the older, shorter struct still works.
+    pub preview_rgb: *const u8,
+    /// The preview's width in pixels (`latent2rgb`: the image width / 8; `vae`: the image width); 0 without one.
+    pub preview_width: u32,
+    /// The preview's height in pixels; 0 without one.
+    pub preview_height: u32,
+    /// The bytes at `preview_rgb`: `preview_width × preview_height × 3`; 0 without one.
+    pub preview_len: usize,
 }
 
 /// Progress callback: called on the thread that called `sdxl_generate`, with the `user_data` given to that call.
@@ -80,6 +93,10 @@ impl Progress for CallbackProgress {
             Stage::Upscaling => sdxl_stage::Upscaling,
             Stage::ImageEncoding => sdxl_stage::ImageEncoding,
         };
+        let (preview_rgb, preview_width, preview_height, preview_len) = match &event.preview {
+            Some(p) => (p.rgb.as_ptr(), p.width, p.height, p.rgb.len()),
+            None => (std::ptr::null(), 0, 0, 0),
+        };
         let report = sdxl_progress {
             stage,
             step: event.step,
@@ -88,6 +105,10 @@ impl Progress for CallbackProgress {
             batch_size: event.batch_size,
             elapsed_seconds: event.elapsed_seconds,
             request_id: self.request_id.as_ptr(),
+            preview_rgb,
+            preview_width,
+            preview_height,
+            preview_len,
         };
         // SAFETY: the caller promised `cb` is callable with its `user_data`; `report` outlives the call.
         unsafe { cb(self.user_data, &report) == 0 }

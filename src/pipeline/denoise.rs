@@ -8,8 +8,10 @@ use ndarray::{concatenate, Array2, Array3, ArrayD, Axis, IxDyn};
 use super::controlnet::{ControlRun, ControlUnit};
 use super::guidance;
 use super::inpaint::{self, Inpainting};
+use super::preview::{PreviewImage, Previewer};
 use super::{Progress, ProgressEvent, Stage};
 use crate::error::{Error, Result};
+use crate::protocol::params::PreviewSource;
 use crate::rng::NoiseSource;
 use crate::runtime::controlnet_inputs::{down_input, MID_INPUT};
 use crate::runtime::tensor::{float_value, Elem};
@@ -59,6 +61,10 @@ pub struct DenoiseContext<'a> {
     /// Inpainting: the blend after every step (4-channel UNet) or the mask channels of every UNet call (9-channel
     /// inpainting UNet); `None` for none.
     pub inpaint: Option<&'a Inpainting>,
+    /// Live previews (`data.output.preview`) with the reports where one is due; `None`: none, and no preview work.
+    pub preview: Option<Previewer<'a>>,
+    /// The seed of image `image_index` (image `image_index + k` has `seed + k`): a `vae` preview's image seed.
+    pub seed: u64,
 }
 
 /// Run the evaluations `range` of `scheduler` (all of them, or a base model's first part and a refiner's rest) on
@@ -97,6 +103,8 @@ pub fn denoise(
         Some(Inpainting::Channels(channels)) => Some(channels.rows(if ctx.guided { 2 * batch } else { batch })?),
         _ => None,
     };
+    let keep_denoised = ctx.preview.as_ref().is_some_and(|p| p.params().source == PreviewSource::Denoised);
+    scheduler.keep_denoised(keep_denoised);
     let mut reported = 0;
     for (i, &t) in timesteps.iter().enumerate().skip(range.start).take(run.len()) {
         ctx.cancel.check()?;
@@ -142,22 +150,67 @@ pub fn denoise(
         let done = scheduler.completed_steps(i).saturating_sub(ctx.skipped_steps as usize);
         if done != reported {
             reported = done;
-            let event = ProgressEvent {
-                stage: Stage::Denoising,
-                step: done as u32,
-                total_steps: ctx.steps,
-                image_index: ctx.image_index,
-                batch_size: ctx.batch_size,
-                elapsed_seconds: ctx.started.elapsed().as_secs_f64(),
-                request_id: ctx.request_id,
-            };
-            if !ctx.progress.report(&event) {
-                ctx.cancel.cancel();
-                return Err(Error::Cancelled);
-            }
+            report_step(ctx, done as u32, &*scheduler, &latents)?;
         }
     }
     Ok((latents, run.len() as u32))
+}
+
+/// The denoising report of `step`: one report, or with a preview due, one per image of the batch, each with its
+/// image's preview (`image_index` tells them apart). A callback that asks to stop cancels the run.
+fn report_step(
+    ctx: &mut DenoiseContext<'_>,
+    step: u32,
+    scheduler: &dyn Scheduler,
+    latents: &ArrayD<f32>,
+) -> Result<()> {
+    let (steps, batch_size, started, request_id) = (ctx.steps, ctx.batch_size, ctx.started, ctx.request_id);
+    fn event<'e>(
+        (step, total_steps, batch_size, request_id): (u32, u32, u32, &'e str),
+        started: std::time::Instant,
+        image_index: u32,
+        preview: Option<PreviewImage<'e>>,
+    ) -> ProgressEvent<'e> {
+        ProgressEvent {
+            stage: Stage::Denoising,
+            step,
+            total_steps,
+            image_index,
+            batch_size,
+            elapsed_seconds: started.elapsed().as_secs_f64(),
+            request_id,
+            preview,
+        }
+    }
+    let facts = (step, steps, batch_size, request_id);
+    let go_on = match ctx.preview.as_mut().filter(|p| p.due(step, ctx.steps)) {
+        None => ctx.progress.report(&event(facts, started, ctx.image_index, None)),
+        Some(previewer) => {
+            let shown = match previewer.params().source {
+                PreviewSource::Noisy => latents.view(),
+                PreviewSource::Denoised => scheduler
+                    .denoised()
+                    .ok_or_else(|| Error::Internal("preview: the scheduler kept no denoised estimate".into()))?,
+            };
+            ctx.progress.on_preview_latents(ctx.image_index, step, shown.view());
+            let mut go_on = true;
+            for k in 0..shown.shape()[0] {
+                let seed = ctx.seed.wrapping_add(k as u64);
+                let image = previewer.render(shown.view(), k, seed, ctx.cancel)?;
+                if !ctx.progress.report(&event(facts, started, ctx.image_index + k as u32, Some(image))) {
+                    go_on = false;
+                    break;
+                }
+            }
+            go_on
+        }
+    };
+    if go_on {
+        Ok(())
+    } else {
+        ctx.cancel.cancel();
+        Err(Error::Cancelled)
+    }
 }
 
 /// The `timestep` input of the UNet or a ControlNet shaped and typed as the graph declares it: a scalar

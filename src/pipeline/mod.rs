@@ -14,6 +14,7 @@ pub mod guidance;
 pub mod hires;
 pub mod inpaint;
 pub mod model_dir;
+pub mod preview;
 pub mod prompt_chunks;
 mod start;
 pub mod text;
@@ -82,6 +83,9 @@ pub struct ProgressEvent<'a> {
     pub elapsed_seconds: f64,
     /// The request's id.
     pub request_id: &'a str,
+    /// A live preview of image `image_index` (`data.output.preview`): on denoising reports where one is due, else
+    /// `None`.
+    pub preview: Option<preview::PreviewImage<'a>>,
 }
 
 /// Receives progress; return false to cancel the run.
@@ -93,6 +97,13 @@ pub trait Progress {
     /// `init_noise_sigma`), `Some(i)` after scheduler step `i` (one per UNet evaluation). For previews and parity
     /// tests; the default ignores them.
     fn on_latents(&mut self, image_index: u32, step: Option<usize>, latents: ndarray::ArrayViewD<'_, f32>) {
+        let _ = (image_index, step, latents);
+    }
+
+    /// Sees the latents a due preview is made from (`data.output.preview`; the scheduler's x₀ estimate or the
+    /// latents after the step, per its `source`) for the batch starting at `image_index`, before the reports of
+    /// denoising step `step` (1-based). For parity tests; the default ignores them.
+    fn on_preview_latents(&mut self, image_index: u32, step: u32, latents: ndarray::ArrayViewD<'_, f32>) {
         let _ = (image_index, step, latents);
     }
 }
@@ -761,6 +772,9 @@ impl SdxlPipeline {
                     skipped_steps: skipped,
                     controlnets: if std::ptr::eq(stage.model, self) { controlnets } else { &[] },
                     inpaint: inpainting.as_ref(),
+                    // Every stage previews with the decoder of the final decode.
+                    preview: params.output.preview.map(|p| preview::Previewer::new(p, decoder, ctx.vae_tiling)),
+                    seed,
                 };
                 let (out, evals) = denoise(start, &cond_n, scheduler.as_mut(), range.clone(), &mut noise, &mut dctx)?;
                 timings.denoising += t1.elapsed().as_secs_f64();
@@ -858,6 +872,8 @@ impl SdxlPipeline {
             skipped_steps: skipped,
             controlnets: &run.controlnets,
             inpaint: None,
+            preview: params.output.preview.map(|p| preview::Previewer::new(p, &self.vae, ctx.vae_tiling)),
+            seed: params.seed.wrapping_add(first as u64),
         };
         let (out, evals) = denoise(start, &cond_n, scheduler.as_mut(), begin..len, &mut noise, &mut dctx)?;
         timings.denoising += t.elapsed().as_secs_f64();
@@ -886,6 +902,7 @@ impl SdxlPipeline {
             batch_size: batch,
             elapsed_seconds: ctx.started.elapsed().as_secs_f64(),
             request_id,
+            preview: None,
         };
         if ctx.progress.report(&event) {
             Ok(())

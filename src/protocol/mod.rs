@@ -8,6 +8,7 @@ pub mod hires;
 pub mod infotext;
 pub mod normalize;
 pub mod params;
+pub mod preview;
 pub mod prompt_syntax;
 pub mod prompt_tags;
 pub mod response;

@@ -718,6 +718,7 @@ fn output_params(d: &WireData, warnings: &mut Vec<String>) -> Result<OutputParam
     let return_image_data = o.return_image_data.unwrap_or(save_path.is_none());
     // `false` without a save_path is only useful with raw pixels (`sdxl_generate_images`); the engine checks that.
     let upscale = super::upscale::upscale_params(o.upscale.as_ref(), warnings)?;
+    let preview = super::preview::preview_params(o.preview.as_ref())?;
     Ok(OutputParams {
         format,
         quality,
@@ -726,6 +727,7 @@ fn output_params(d: &WireData, warnings: &mut Vec<String>) -> Result<OutputParam
         return_image_data,
         upscale,
         embed_parameters: o.embed_parameters,
+        preview,
     })
 }
 
@@ -865,6 +867,7 @@ mod tests {
                 return_image_data: true,
                 upscale: None,
                 embed_parameters: None,
+                preview: None,
             },
             timeout_secs: Some(300.0),
             priority: Priority::Normal,

@@ -316,12 +316,67 @@ pub struct OutputParams {
     /// null): yes, the default; `Some(true)`: yes, and a format that cannot carry them is an error naming the field;
     /// `Some(false)`: no metadata in the file.
     pub embed_parameters: Option<bool>,
+    /// Live previews in the progress callback (`preview`); `None`: none (the default).
+    pub preview: Option<PreviewParams>,
 }
 
 impl OutputParams {
     /// Whether the encoded images carry the generation parameters (on unless `embed_parameters` is false).
     pub fn embeds_parameters(&self) -> bool {
         self.embed_parameters != Some(false)
+    }
+}
+
+/// A validated `data.output.preview` that asks for previews (see [`super::preview`] for the rules).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PreviewParams {
+    /// `method`: how latents become pixels.
+    pub method: PreviewMethod,
+    /// `interval`: a preview after every `interval`-th denoising step (1 = every step), and always after a
+    /// denoising loop's last step.
+    pub interval: u32,
+    /// `source`: which latents are shown.
+    pub source: PreviewSource,
+}
+
+/// How `data.output.preview` turns latents into a picture.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PreviewMethod {
+    /// `latent2rgb` (default): ComfyUI's linear SDXL latent → RGB projection, one pixel per latent pixel (width/8 ×
+    /// height/8); nearly free.
+    Latent2Rgb,
+    /// `vae`: the pipeline's VAE decoder exactly as the final decode runs it, full size; costs one VAE decode per
+    /// preview.
+    Vae,
+}
+
+impl PreviewMethod {
+    /// The name the protocol uses.
+    pub fn name(self) -> &'static str {
+        match self {
+            PreviewMethod::Latent2Rgb => "latent2rgb",
+            PreviewMethod::Vae => "vae",
+        }
+    }
+}
+
+/// Which latents `data.output.preview` shows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PreviewSource {
+    /// `denoised` (default): the scheduler's estimate of the final latents at this step (diffusers'
+    /// `pred_original_sample`), what A1111, ComfyUI and stable-diffusion.cpp preview by default.
+    Denoised,
+    /// `noisy`: the latents after the step, as diffusers' `callback_on_step_end` sees them.
+    Noisy,
+}
+
+impl PreviewSource {
+    /// The name the protocol uses.
+    pub fn name(self) -> &'static str {
+        match self {
+            PreviewSource::Denoised => "denoised",
+            PreviewSource::Noisy => "noisy",
+        }
     }
 }
 

@@ -381,6 +381,26 @@ pub struct WireOutput {
     /// `embed_parameters`: write the generation parameters into the encoded image (default: yes).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub embed_parameters: Option<bool>,
+    /// `preview`: `{"enabled", "method", "interval", "source"}`; `true`/`false` alone read as `{"enabled": …}`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub preview: Option<WirePreview>,
+}
+
+/// `data.output.preview` (the C# `PreviewContract`), validated by [`crate::protocol::preview`].
+#[derive(Debug, Clone, PartialEq, Default, Serialize)]
+pub struct WirePreview {
+    /// `enabled`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub enabled: Option<bool>,
+    /// `method`: `latent2rgb` or `vae`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub method: Option<String>,
+    /// `interval`: a preview every this many denoising steps.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub interval: Option<i64>,
+    /// `source`: `denoised` or `noisy`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub source: Option<String>,
 }
 
 /// `data.output.upscale` (the C# `UpscaleContract`), validated by [`crate::protocol::upscale`].
@@ -774,9 +794,19 @@ impl WireOutput {
             overwrite: obj.boolean("overwrite")?,
             return_image_data: obj.boolean("return_image_data")?,
             embed_parameters: obj.boolean("embed_parameters")?,
+            preview: WirePreview::decode(obj, warnings)?,
         };
         obj.warn_unknown(
-            &["format", "quality", "save_path", "upscale", "overwrite", "return_image_data", "embed_parameters"],
+            &[
+                "format",
+                "quality",
+                "save_path",
+                "upscale",
+                "overwrite",
+                "return_image_data",
+                "embed_parameters",
+                "preview",
+            ],
             warnings,
         );
         Ok(output)
@@ -802,6 +832,32 @@ impl WireUpscale {
             Some(other) => Err(type_error(
                 &parent.path_of("upscale"),
                 "an object {\"enabled\", \"factor\", \"model\"} (or true/false)",
+                other,
+            )),
+        }
+    }
+}
+
+impl WirePreview {
+    /// `preview` of the `output` object `parent`: an object, or a bare `true`/`false` for `enabled`.
+    fn decode(parent: &Obj<'_>, warnings: &mut Vec<String>) -> Result<Option<Self>> {
+        match parent.get("preview") {
+            None => Ok(None),
+            Some(Value::Bool(b)) => Ok(Some(WirePreview { enabled: Some(*b), ..Default::default() })),
+            Some(Value::Object(map)) => {
+                let obj = Obj { map, path: parent.path_of("preview") };
+                let preview = WirePreview {
+                    enabled: obj.boolean("enabled")?,
+                    method: obj.string("method")?,
+                    interval: obj.int("interval")?,
+                    source: obj.string("source")?,
+                };
+                obj.warn_unknown(&["enabled", "method", "interval", "source"], warnings);
+                Ok(Some(preview))
+            }
+            Some(other) => Err(type_error(
+                &parent.path_of("preview"),
+                "an object {\"enabled\", \"method\", \"interval\", \"source\"} (or true/false)",
                 other,
             )),
         }

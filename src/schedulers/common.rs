@@ -810,6 +810,60 @@ macro_rules! sigma_grid_methods {
 }
 pub(crate) use sigma_grid_methods;
 
+/// The data prediction x₀ of a scheduler's last `step` (diffusers' `pred_original_sample`, or the DPM-Solver family's
+/// converted model output), kept for previews only while [`Denoised::keep`] is on: off, `record` does nothing; on,
+/// it copies into one buffer reused from step to step. Never feeds back into a step, so no scheduler's numbers move.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Denoised {
+    keep: bool,
+    last: Option<ndarray::ArrayD<f32>>,
+}
+
+impl Denoised {
+    /// Start (or stop, dropping the buffer) keeping the estimate.
+    pub(crate) fn keep(&mut self, on: bool) {
+        self.keep = on;
+        if !on {
+            self.last = None;
+        }
+    }
+
+    /// Whether estimates are kept (a scheduler that must compute x₀ just for previews asks first).
+    pub(crate) fn wanted(&self) -> bool {
+        self.keep
+    }
+
+    /// Keep `x0` as the last step's estimate when on.
+    pub(crate) fn record(&mut self, x0: &ndarray::ArrayD<f32>) {
+        if !self.keep {
+            return;
+        }
+        match &mut self.last {
+            Some(last) if last.shape() == x0.shape() => last.assign(x0),
+            slot => *slot = Some(x0.clone()),
+        }
+    }
+
+    /// The last recorded estimate.
+    pub(crate) fn get(&self) -> Option<ndarray::ArrayViewD<'_, f32>> {
+        self.last.as_ref().map(|a| a.view())
+    }
+}
+
+/// [`super::Scheduler::keep_denoised`] and [`super::Scheduler::denoised`] over a `denoised: Denoised` field.
+macro_rules! denoised_methods {
+    () => {
+        fn keep_denoised(&mut self, keep: bool) {
+            self.denoised.keep(keep);
+        }
+
+        fn denoised(&self) -> Option<ndarray::ArrayViewD<'_, f32>> {
+            self.denoised.get()
+        }
+    };
+}
+pub(crate) use denoised_methods;
+
 /// `a · original + b · noise` element by element in float32: every scheduler's `add_noise` (the sigma schedulers'
 /// `original + noise · σ` is `a = 1`, the same bits).
 pub(crate) fn noised(

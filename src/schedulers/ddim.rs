@@ -10,8 +10,9 @@
 use ndarray::{ArrayD, ArrayViewD, Axis, Zip};
 
 use super::common::{
-    add_scaled_noise, betas_f32, check_step_call, check_steps, option_field, parse_prediction_type, parse_spacing,
-    parse_training, rescale_zero_terminal_snr, torch_cumprod_f32, BetaSchedule, PredictionType, TimestepSpacing,
+    add_scaled_noise, betas_f32, check_step_call, check_steps, denoised_methods, option_field, parse_prediction_type,
+    parse_spacing, parse_training, rescale_zero_terminal_snr, torch_cumprod_f32, BetaSchedule, Denoised,
+    PredictionType, TimestepSpacing,
 };
 use super::{Scheduler, SchedulerConfig};
 use crate::error::{Error, Result};
@@ -181,6 +182,7 @@ impl DdimConfig {
             final_alpha_cumprod,
             num_inference_steps: n,
             begin_index: None,
+            denoised: Denoised::default(),
         })
     }
 }
@@ -195,6 +197,7 @@ pub struct DdimScheduler {
     final_alpha_cumprod: f32,
     num_inference_steps: usize,
     begin_index: Option<usize>,
+    denoised: Denoised,
 }
 
 impl DdimScheduler {
@@ -244,6 +247,8 @@ fn threshold_sample(x: &mut ArrayD<f32>, ratio: f64, max: f64) -> Result<()> {
 }
 
 impl Scheduler for DdimScheduler {
+    denoised_methods!();
+
     fn timesteps(&self) -> &[f32] {
         &self.timesteps_f32
     }
@@ -308,6 +313,7 @@ impl Scheduler for DdimScheduler {
             Bound::Clip(range) => pred_original.mapv_inplace(|x| x.max(-range).min(range)),
             Bound::None => {}
         }
+        self.denoised.record(&pred_original);
 
         // 5. compute variance: "sigma_t(η)" -> see formula (16)
         let variance = self.variance(alpha_prod_t, alpha_prod_t_prev);

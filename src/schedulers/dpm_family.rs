@@ -11,7 +11,7 @@ use ndarray::{ArrayD, ArrayViewD, IxDyn, Zip};
 use super::common::{
     check_sigma_bounds, convert_sigmas, exp_f32, ln_f32, np_arange_desc, np_linspace, option_field, parse_choice,
     parse_final_sigmas, parse_prediction_type, parse_sigma_conversion, parse_training, sigmas_to_timesteps,
-    BetaSchedule, FinalSigmas, PredictionType, SigmaConversion, TimestepSpacing, TrainingTables,
+    BetaSchedule, Denoised, FinalSigmas, PredictionType, SigmaConversion, TimestepSpacing, TrainingTables,
 };
 use super::SchedulerConfig;
 use crate::error::{Error, Result};
@@ -226,6 +226,28 @@ impl FamilyOptions {
                 }
                 None => eps,
             }
+        }
+    }
+
+    /// Records the x₀ of one evaluation in `denoised` (previews): `converted` itself when it is the data
+    /// prediction (`to_x0`), else `convert_model_output` with x₀ prediction, computed only when `denoised` keeps
+    /// estimates (so the ε variants pay nothing without previews).
+    pub(super) fn record_denoised(
+        &self,
+        denoised: &mut Denoised,
+        to_x0: bool,
+        converted: &ArrayD<f32>,
+        model_output: &ArrayViewD<'_, f32>,
+        sample: &ArrayD<f32>,
+        sigma: f32,
+    ) {
+        if !denoised.wanted() {
+            return;
+        }
+        if to_x0 {
+            denoised.record(converted);
+        } else {
+            denoised.record(&self.convert_model_output(true, model_output, sample, sigma));
         }
     }
 }

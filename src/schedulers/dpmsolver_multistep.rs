@@ -13,8 +13,8 @@
 use ndarray::{ArrayD, ArrayViewD};
 
 use super::common::{
-    check_steps, exp_f32, np_linspace, option_field, parse_spacing, sigmas_to_timesteps, BetaSchedule, FinalSigmas,
-    SigmaConversion, TimestepSpacing,
+    check_steps, denoised_methods, exp_f32, np_linspace, option_field, parse_spacing, sigmas_to_timesteps,
+    BetaSchedule, Denoised, FinalSigmas, SigmaConversion, TimestepSpacing,
 };
 use super::dpm_family::{
     check_variance_type, clipped_index, draw_noise, first_order_update, grid_scheduler_methods, lincomb, need_noise,
@@ -156,6 +156,7 @@ impl DpmMultistepConfig {
             model_outputs: History::new(f.solver_order),
             lower_order_nums: 0,
             grid,
+            denoised: Denoised::default(),
         })
     }
 }
@@ -169,6 +170,7 @@ pub struct DpmSolverMultistepScheduler {
     model_outputs: History,
     /// `self.lower_order_nums`: how many steps have run (capped at `solver_order`), for the warm-up.
     lower_order_nums: usize,
+    denoised: Denoised,
 }
 
 impl DpmSolverMultistepScheduler {
@@ -269,6 +271,7 @@ impl DpmSolverMultistepScheduler {
 
 impl Scheduler for DpmSolverMultistepScheduler {
     grid_scheduler_methods!();
+    denoised_methods!();
 
     /// Ports `DPMSolverMultistepScheduler.step`.
     fn step(
@@ -289,6 +292,15 @@ impl Scheduler for DpmSolverMultistepScheduler {
         let sample = sample.to_owned();
         let converted =
             c.family.convert_model_output(c.algorithm.predicts_x0(), &model_output, &sample, self.grid.sigmas[index]);
+        let sigma = self.grid.sigmas[index];
+        c.family.record_denoised(
+            &mut self.denoised,
+            c.algorithm.predicts_x0(),
+            &converted,
+            &model_output,
+            &sample,
+            sigma,
+        );
         self.model_outputs.push(converted);
         let noise = if c.algorithm.is_sde() { Some(draw_noise(noise, sample.shape())?) } else { None };
 

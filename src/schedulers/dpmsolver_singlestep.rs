@@ -10,7 +10,7 @@
 
 use ndarray::{ArrayD, ArrayViewD};
 
-use super::common::{check_steps, exp_f32, option_field, FinalSigmas, TimestepSpacing};
+use super::common::{check_steps, denoised_methods, exp_f32, option_field, Denoised, FinalSigmas, TimestepSpacing};
 use super::dpm_family::{
     check_variance_type, clipped_index, draw_noise, first_order_update, grid_scheduler_methods, lincomb, need_noise,
     parse_algorithm, parse_lambda_min_clipped, parse_solver_type, second_order_update, spaced_timesteps, zip2,
@@ -169,6 +169,7 @@ impl DpmSinglestepConfig {
             order_list,
             model_outputs: History::new(f.solver_order),
             base_sample: None,
+            denoised: Denoised::default(),
         })
     }
 }
@@ -184,6 +185,7 @@ pub struct DpmSolverSinglestepScheduler {
     model_outputs: History,
     /// `self.sample`: the base sample of the current singlestep group.
     base_sample: Option<ArrayD<f32>>,
+    denoised: Denoised,
 }
 
 impl DpmSolverSinglestepScheduler {
@@ -286,6 +288,7 @@ impl DpmSolverSinglestepScheduler {
 
 impl Scheduler for DpmSolverSinglestepScheduler {
     grid_scheduler_methods!();
+    denoised_methods!();
 
     /// Ports `DPMSolverSinglestepScheduler.step`.
     fn step(
@@ -300,6 +303,15 @@ impl Scheduler for DpmSolverSinglestepScheduler {
         let sample = sample.to_owned();
         let converted =
             c.family.convert_model_output(c.algorithm.predicts_x0(), &model_output, &sample, self.grid.sigmas[index]);
+        let sigma = self.grid.sigmas[index];
+        c.family.record_denoised(
+            &mut self.denoised,
+            c.algorithm.predicts_x0(),
+            &converted,
+            &model_output,
+            &sample,
+            sigma,
+        );
         self.model_outputs.push(converted);
         let noise = if c.algorithm.is_sde() { Some(draw_noise(noise, sample.shape())?) } else { None };
 

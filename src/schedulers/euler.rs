@@ -7,13 +7,13 @@
 
 use ndarray::{ArrayD, ArrayViewD};
 
-use super::common::sigma_grid_methods;
 use super::common::{
     check_sigma_bounds, check_steps, convert_sigmas, draw_noise, exp_f32, k_euler_update, k_pred_original_churned,
     ln_f32, option_field, parse_choice, parse_final_sigmas, parse_prediction_type, parse_sigma_conversion,
     parse_spacing, parse_training, sigmas_to_timesteps, spaced_timesteps, torch_linspace_f32, BetaSchedule,
     FinalSigmas, PredictionType, SigmaConversion, SigmaGrid, TimestepSpacing, TrainingTables,
 };
+use super::common::{denoised_methods, sigma_grid_methods, Denoised};
 use super::{Scheduler, SchedulerConfig};
 use crate::error::{Error, Result};
 use crate::rng::NoiseSource;
@@ -171,7 +171,11 @@ impl EulerConfig {
         }
 
         // init_noise_sigma: max(sigmas), or (max² + 1)^½ unless the spacing is linspace/trailing (float32).
-        Ok(EulerDiscreteScheduler { config: self.clone(), grid: SigmaGrid::new(timesteps, sigmas, self.spacing) })
+        Ok(EulerDiscreteScheduler {
+            config: self.clone(),
+            grid: SigmaGrid::new(timesteps, sigmas, self.spacing),
+            denoised: Denoised::default(),
+        })
     }
 }
 
@@ -180,10 +184,12 @@ impl EulerConfig {
 pub struct EulerDiscreteScheduler {
     config: EulerConfig,
     grid: SigmaGrid,
+    denoised: Denoised,
 }
 
 impl Scheduler for EulerDiscreteScheduler {
     sigma_grid_methods!(1);
+    denoised_methods!();
 
     fn step(
         &mut self,
@@ -216,6 +222,7 @@ impl Scheduler for EulerDiscreteScheduler {
 
         // 1. compute predicted original sample (x_0) from sigma-scaled predicted noise
         let pred_original = k_pred_original_churned(c.prediction_type, sigma_hat, sigma, model_output, sample.view());
+        self.denoised.record(&pred_original);
 
         // 2. Convert to an ODE derivative, then take the Euler step dt = σ_{i+1} − σ̂.
         let dt = sigma_next - sigma_hat;

@@ -9,7 +9,8 @@
 use ndarray::{ArrayD, ArrayViewD};
 
 use super::common::{
-    add_scaled_noise, k_euler_update, k_pred_original, sigma_grid_methods, KClassSpec, KSigmaConfig, SigmaGrid,
+    add_scaled_noise, denoised_methods, k_euler_update, k_pred_original, sigma_grid_methods, Denoised, KClassSpec,
+    KSigmaConfig, SigmaGrid,
 };
 use super::{Scheduler, SchedulerConfig};
 use crate::error::Result;
@@ -63,6 +64,7 @@ impl EulerAncestralConfig {
         Ok(EulerAncestralDiscreteScheduler {
             config: self.clone(),
             grid: SigmaGrid::new(grid.timesteps, grid.sigmas, self.k.spacing),
+            denoised: Denoised::default(),
         })
     }
 }
@@ -72,10 +74,12 @@ impl EulerAncestralConfig {
 pub struct EulerAncestralDiscreteScheduler {
     config: EulerAncestralConfig,
     grid: SigmaGrid,
+    denoised: Denoised,
 }
 
 impl Scheduler for EulerAncestralDiscreteScheduler {
     sigma_grid_methods!(1);
+    denoised_methods!();
 
     fn step(
         &mut self,
@@ -89,6 +93,7 @@ impl Scheduler for EulerAncestralDiscreteScheduler {
 
         // 1. compute predicted original sample (x_0) from sigma-scaled predicted noise
         let pred_original = k_pred_original(self.config.k.prediction_type, sigma, model_output.view(), sample.view());
+        self.denoised.record(&pred_original);
 
         // The ancestral split (float32 scalars, as the 0-d torch tensors):
         // σ_up = (σ_to² (σ_from² − σ_to²) / σ_from²)^½, σ_down = (σ_to² − σ_up²)^½.

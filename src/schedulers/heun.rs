@@ -10,8 +10,8 @@
 use ndarray::{ArrayD, ArrayViewD, Zip};
 
 use super::common::{
-    interleave_repeat, k_derivative, k_pred_original, k_scale_input, sigma_grid_methods, KClassSpec, KSigmaConfig,
-    SigmaGrid,
+    denoised_methods, interleave_repeat, k_derivative, k_pred_original, k_scale_input, sigma_grid_methods, Denoised,
+    KClassSpec, KSigmaConfig, SigmaGrid,
 };
 use super::{Scheduler, SchedulerConfig};
 use crate::error::{Error, Result};
@@ -89,6 +89,7 @@ impl HeunConfig {
             grid: SigmaGrid::new(timesteps, interleaved, self.k.spacing),
             num_inference_steps,
             first_order: None,
+            denoised: Denoised::default(),
         })
     }
 }
@@ -109,6 +110,7 @@ pub struct HeunDiscreteScheduler {
     num_inference_steps: usize,
     /// `Some` between the predictor and the corrector evaluation (`state_in_first_order` is `dt is None`).
     first_order: Option<Predictor>,
+    denoised: Denoised,
 }
 
 impl HeunDiscreteScheduler {
@@ -120,6 +122,7 @@ impl HeunDiscreteScheduler {
 
 impl Scheduler for HeunDiscreteScheduler {
     sigma_grid_methods!(2);
+    denoised_methods!();
 
     fn scale_model_input(&mut self, sample: ArrayViewD<'_, f32>, index: usize) -> ArrayD<f32> {
         k_scale_input(sample, self.grid.sigmas[index])
@@ -152,6 +155,7 @@ impl Scheduler for HeunDiscreteScheduler {
         if let Some(range) = self.config.clip {
             pred_original.mapv_inplace(|x| x.clamp(-range, range));
         }
+        self.denoised.record(&pred_original);
 
         // 2. Convert to an ODE derivative
         match self.first_order.take() {

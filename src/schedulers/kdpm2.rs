@@ -11,8 +11,9 @@
 use ndarray::{ArrayD, ArrayViewD};
 
 use super::common::{
-    exp_f32, interleave_repeat, k_euler_update, k_pred_original, k_scale_input, ln_f32, sigma_grid_methods,
-    sigma_to_t_f32, torch_lerp_f32, KClassSpec, KSigmaConfig, PredictionType, SigmaGrid, K_SIGMA_KEYS,
+    denoised_methods, exp_f32, interleave_repeat, k_euler_update, k_pred_original, k_scale_input, ln_f32,
+    sigma_grid_methods, sigma_to_t_f32, torch_lerp_f32, Denoised, KClassSpec, KSigmaConfig, PredictionType, SigmaGrid,
+    K_SIGMA_KEYS,
 };
 use super::{Scheduler, SchedulerConfig};
 use crate::error::{Error, Result};
@@ -82,9 +83,11 @@ pub(crate) struct Dpm2Sigmas {
 /// Ports the shared part of `KDPM2DiscreteScheduler.step` and `KDPM2AncestralDiscreteScheduler.step`: the first
 /// evaluation takes an Euler step to the midpoint and saves the sample; the second takes the midpoint derivative over
 /// the whole step from the saved sample. `sigmas(first_order)` looks up the evaluation's noise levels. Returns the
-/// next sample and whether this was the second (full-step) evaluation.
+/// next sample and whether this was the second (full-step) evaluation; `denoised` records the evaluation's x₀.
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn dpm2_step(
     stored_sample: &mut Option<ArrayD<f32>>,
+    denoised: &mut Denoised,
     class: &str,
     prediction_type: PredictionType,
     index: usize,
@@ -101,6 +104,7 @@ pub(crate) fn dpm2_step(
     // 1. compute predicted original sample (x_0) from sigma-scaled predicted noise
     let sigma_input = if first_order { sigma_hat } else { sigma_interpol };
     let pred_original = k_pred_original(prediction_type, sigma_input, model_output, sample.view());
+    denoised.record(&pred_original);
 
     match stored_sample.take() {
         None => {
@@ -152,6 +156,7 @@ impl Kdpm2Config {
             grid: SigmaGrid::new(timesteps, sigmas_all, self.k.spacing),
             sigmas_interpol: interleave_repeat(&interpol, true),
             stored_sample: None,
+            denoised: Denoised::default(),
         })
     }
 }
@@ -164,6 +169,7 @@ pub struct Kdpm2DiscreteScheduler {
     sigmas_interpol: Vec<f32>,
     /// `self.sample`: `Some` between the two evaluations of a step (`state_in_first_order` is `sample is None`).
     stored_sample: Option<ArrayD<f32>>,
+    denoised: Denoised,
 }
 
 impl Kdpm2DiscreteScheduler {
@@ -175,6 +181,7 @@ impl Kdpm2DiscreteScheduler {
 
 impl Scheduler for Kdpm2DiscreteScheduler {
     sigma_grid_methods!(2);
+    denoised_methods!();
 
     fn scale_model_input(&mut self, sample: ArrayViewD<'_, f32>, index: usize) -> ArrayD<f32> {
         let sigma = if self.stored_sample.is_none() { self.grid.sigmas[index] } else { self.sigmas_interpol[index] };
@@ -192,6 +199,7 @@ impl Scheduler for Kdpm2DiscreteScheduler {
         let (sigmas, interpol) = (&self.grid.sigmas, &self.sigmas_interpol);
         let (prev, _) = dpm2_step(
             &mut self.stored_sample,
+            &mut self.denoised,
             SPEC.class,
             self.config.k.prediction_type,
             index,

@@ -10,7 +10,8 @@
 use ndarray::{ArrayD, ArrayViewD};
 
 use super::common::{
-    add_scaled_noise, interleave_repeat, k_scale_input, sigma_grid_methods, KClassSpec, KSigmaConfig, SigmaGrid,
+    add_scaled_noise, denoised_methods, interleave_repeat, k_scale_input, sigma_grid_methods, Denoised, KClassSpec,
+    KSigmaConfig, SigmaGrid,
 };
 use super::kdpm2::{check_finite_grid, dpm2_step, interleave_midpoints, log_midpoint, Dpm2Sigmas};
 use super::{Scheduler, SchedulerConfig};
@@ -71,6 +72,7 @@ impl Kdpm2AncestralConfig {
             sigmas_up: interleave_repeat(&up, true),
             sigmas_down: interleave_repeat(&down, true),
             stored_sample: None,
+            denoised: Denoised::default(),
         })
     }
 }
@@ -86,10 +88,12 @@ pub struct Kdpm2AncestralDiscreteScheduler {
     sigmas_down: Vec<f32>,
     /// `self.sample`: `Some` between the two evaluations of a step.
     stored_sample: Option<ArrayD<f32>>,
+    denoised: Denoised,
 }
 
 impl Scheduler for Kdpm2AncestralDiscreteScheduler {
     sigma_grid_methods!(2);
+    denoised_methods!();
 
     fn scale_model_input(&mut self, sample: ArrayViewD<'_, f32>, index: usize) -> ArrayD<f32> {
         let sigma = if self.stored_sample.is_none() || index == 0 {
@@ -111,6 +115,7 @@ impl Scheduler for Kdpm2AncestralDiscreteScheduler {
         let (sigmas, interpol, down) = (&self.grid.sigmas, &self.sigmas_interpol, &self.sigmas_down);
         let (mut prev, second) = dpm2_step(
             &mut self.stored_sample,
+            &mut self.denoised,
             SPEC.class,
             self.config.k.prediction_type,
             index,

@@ -13,7 +13,8 @@ use std::collections::VecDeque;
 use ndarray::{ArrayD, ArrayViewD, Zip};
 
 use super::common::{
-    k_derivative, k_pred_original, sigma_grid_methods, KClassSpec, KSigmaConfig, SigmaGrid, K_SIGMA_KEYS,
+    denoised_methods, k_derivative, k_pred_original, sigma_grid_methods, Denoised, KClassSpec, KSigmaConfig, SigmaGrid,
+    K_SIGMA_KEYS,
 };
 use super::{Scheduler, SchedulerConfig};
 use crate::error::Result;
@@ -59,6 +60,7 @@ impl LmsConfig {
             config: self.clone(),
             grid: SigmaGrid::new(grid.timesteps, grid.sigmas, self.k.spacing),
             derivatives: VecDeque::with_capacity(LMS_ORDER + 1),
+            denoised: Denoised::default(),
         })
     }
 }
@@ -70,6 +72,7 @@ pub struct LmsDiscreteScheduler {
     grid: SigmaGrid,
     /// `self.derivatives`, oldest first.
     derivatives: VecDeque<ArrayD<f32>>,
+    denoised: Denoised,
 }
 
 impl LmsDiscreteScheduler {
@@ -99,6 +102,7 @@ impl LmsDiscreteScheduler {
 
 impl Scheduler for LmsDiscreteScheduler {
     sigma_grid_methods!(1);
+    denoised_methods!();
 
     fn step(
         &mut self,
@@ -112,6 +116,7 @@ impl Scheduler for LmsDiscreteScheduler {
 
         // 1. compute predicted original sample (x_0) from sigma-scaled predicted noise
         let pred_original = k_pred_original(self.config.k.prediction_type, sigma, model_output.view(), sample.view());
+        self.denoised.record(&pred_original);
 
         // 2. Convert to an ODE derivative and keep the last `order` of them.
         let derivative = k_derivative(sample.view(), &pred_original, sigma);

@@ -106,4 +106,86 @@ pub trait Scheduler: Send {
     /// Which user-visible step (1-based) has completed after evaluation `index` (Heun/KDPM2 call the UNet twice per
     /// step).
     fn completed_steps(&self, index: usize) -> usize;
+    /// Start keeping the data prediction x₀ of every [`Scheduler::step`] for [`Scheduler::denoised`] (previews);
+    /// off by default, and then no step copies anything. Never changes a step's result.
+    fn keep_denoised(&mut self, keep: bool);
+    /// The x₀ estimate of the last [`Scheduler::step`] while [`Scheduler::keep_denoised`] is on, else `None`:
+    /// diffusers' `pred_original_sample` of that call where its step output has one (Euler, Euler a, DDIM, LMS,
+    /// Heun, KDPM2, KDPM2 a; for the two-evaluation ones, the evaluation just run: a completed Heun step reports its
+    /// corrector's x₀ at the step's end sigma), and the DPM-Solver family's data prediction of the model output
+    /// (`convert_model_output` with x₀ prediction, the value those schedulers keep in `model_outputs` for the
+    /// `dpmsolver++`/`predict_x0` variants; computed from ε the same way for the others), which diffusers computes
+    /// but does not return.
+    fn denoised(&self) -> Option<ArrayViewD<'_, f32>>;
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::{json, Map, Value};
+
+    use super::testutil::{build, dummy_model, dummy_sample_deter, k_test_config};
+    use super::SchedulerClass;
+    use crate::rng::TorchGenerator;
+
+    /// Runs a 6-step loop of `class` with `overrides`, keeping x₀ or not; returns the samples and the x₀ after every
+    /// step.
+    fn run(class: &str, overrides: &Map<String, Value>, keep: bool) -> (Vec<Vec<f32>>, Vec<Option<Vec<f32>>>) {
+        let mut s = build(class, overrides, 6);
+        s.keep_denoised(keep);
+        let mut noise = TorchGenerator::new(3);
+        let mut sample = dummy_sample_deter() * s.init_noise_sigma();
+        let (mut samples, mut x0s) = (Vec::new(), Vec::new());
+        for i in 0..s.timesteps().len() {
+            let scaled = s.scale_model_input(sample.view(), i);
+            let out = dummy_model(&scaled, s.timesteps()[i]);
+            sample = s.step(out.view(), i, sample.view(), &mut noise).expect("step");
+            samples.push(sample.iter().copied().collect());
+            x0s.push(s.denoised().map(|d| d.iter().copied().collect()));
+        }
+        (samples, x0s)
+    }
+
+    #[test]
+    fn keeping_the_denoised_estimate_changes_no_step_and_is_off_by_default() {
+        let variants = [
+            json!({}),
+            json!({"algorithm_type": "dpmsolver"}),
+            json!({"algorithm_type": "sde-dpmsolver++"}),
+            json!({"predict_x0": false}),
+            json!({"prediction_type": "v_prediction"}),
+        ];
+        for class in SchedulerClass::ALL.map(SchedulerClass::class_name) {
+            for extra in &variants {
+                let overrides = k_test_config(extra.clone());
+                if super::resolve(Some(class), &overrides, &super::SchedulerConfig::default()).is_err() {
+                    continue; // an option this class does not take
+                }
+                let (plain, none) = run(class, &overrides, false);
+                let (kept, x0s) = run(class, &overrides, true);
+                assert_eq!(plain, kept, "{class} {extra}: samples must not move");
+                assert!(none.iter().all(Option::is_none), "{class} {extra}: nothing kept by default");
+                for (i, x0) in x0s.iter().enumerate() {
+                    let x0 = x0.as_ref().unwrap_or_else(|| panic!("{class} {extra}: no x0 after evaluation {i}"));
+                    assert_eq!(x0.len(), plain[i].len());
+                    assert!(x0.iter().all(|v| v.is_finite()), "{class} {extra}: x0 {i}");
+                }
+                // The estimate follows the steps (a stale buffer would repeat).
+                assert_ne!(x0s[0], x0s[1], "{class} {extra}");
+            }
+        }
+    }
+
+    /// For an ε model the x₀ estimate is `x − σ·ε` (sigma schedulers) — what every k-diffusion previewer shows.
+    #[test]
+    fn eulers_estimate_is_the_sample_minus_sigma_times_the_noise_prediction() {
+        let mut s = build("EulerDiscreteScheduler", &k_test_config(json!({})), 4);
+        s.keep_denoised(true);
+        let sample = dummy_sample_deter() * s.init_noise_sigma();
+        let eps = dummy_model(&s.scale_model_input(sample.view(), 0), s.timesteps()[0]);
+        s.step(eps.view(), 0, sample.view(), &mut TorchGenerator::new(0)).unwrap();
+        let sigma = s.sigmas()[0];
+        let want: Vec<f32> = sample.iter().zip(eps.iter()).map(|(&x, &e)| x - sigma * e).collect();
+        let got: Vec<f32> = s.denoised().unwrap().iter().copied().collect();
+        assert_eq!(got, want);
+    }
 }

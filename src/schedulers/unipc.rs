@@ -11,7 +11,8 @@
 use ndarray::{ArrayD, ArrayViewD, Zip};
 
 use super::common::{
-    check_steps, option_field, parse_choice, parse_spacing, FinalSigmas, SigmaConversion, TimestepSpacing,
+    check_steps, denoised_methods, option_field, parse_choice, parse_spacing, Denoised, FinalSigmas, SigmaConversion,
+    TimestepSpacing,
 };
 use super::dpm_family::{grid_scheduler_methods, spaced_timesteps, zip2, FamilyOptions, Grid, History};
 use super::{Scheduler, SchedulerConfig};
@@ -171,6 +172,7 @@ impl UniPcConfig {
             lower_order_nums: 0,
             last_sample: None,
             this_order: 1,
+            denoised: Denoised::default(),
         })
     }
 }
@@ -188,6 +190,7 @@ pub struct UniPcMultistepScheduler {
     last_sample: Option<ArrayD<f32>>,
     /// `self.this_order`: the previous predictor's order (the corrector's order).
     this_order: usize,
+    denoised: Denoised,
 }
 
 /// `hh`, `h_phi_1`, `B_h`, `R` and `b` of `multistep_uni_{p,c}_bh_update` for `order` given the `rks` (without
@@ -309,6 +312,7 @@ impl UniPcMultistepScheduler {
 
 impl Scheduler for UniPcMultistepScheduler {
     grid_scheduler_methods!();
+    denoised_methods!();
 
     /// Ports `UniPCMultistepScheduler.step` (deterministic: the noise source is never used).
     fn step(
@@ -328,6 +332,8 @@ impl Scheduler for UniPcMultistepScheduler {
             &sample,
             self.grid.sigmas[index],
         );
+        let (family, sigma) = (&self.config.family, self.grid.sigmas[index]);
+        family.record_denoised(&mut self.denoised, self.config.predict_x0, &converted, &model_output, &sample, sigma);
         if use_corrector {
             sample = self.corrector(index, &converted)?;
         }

@@ -445,6 +445,56 @@ namespace SdxlRt.Tests
     public static class EngineTests
     {
         [Test]
+        public static void previews_arrive_with_the_denoising_reports_and_the_last_vae_preview_is_the_image()
+        {
+            EnhancedSDXLRequest req = Fixture.Small(21, 4);
+            string plain = new EnhancedRequestTransformer().ToJson(req, "id-0");
+            Assert.True(!plain.Contains("preview"), "no preview key when none is set: " + plain);
+            req.Output.Preview = new PreviewConfiguration { Method = "vae" };
+            string json = new EnhancedRequestTransformer().ToJson(req, "id-0");
+            Assert.True(json.Contains("\"preview\":{\"enabled\":true,\"method\":\"vae\"}"), "preview sent: " + json);
+            var previews = new List<GenerationProgress>();
+            int reports = 0;
+            EnhancedSDXLResponse r = Fixture.Engine.GenerateImagesAsync(req, new SyncProgress(p =>
+            {
+                reports++;
+                if (p.Preview != null)
+                {
+                    previews.Add(p);
+                }
+            })).GetAwaiter().GetResult();
+            Assert.True(r.Success, "success: " + r.Error);
+            Assert.Equal(4, previews.Count, "one vae preview per step");
+            Assert.True(reports > previews.Count, "the other reports carry no preview");
+            GenerationProgress last = previews[previews.Count - 1];
+            Assert.Equal(SdxlStage.Denoising, last.Stage, "previews come with denoising reports");
+            Assert.Equal(4, last.Step, "the last step");
+            Assert.Equal(64, last.PreviewWidth, "vae: the image's width");
+            Assert.Equal(64, last.PreviewHeight, "vae: the image's height");
+            Fixture.SamePixels(r.GeneratedImages[0].Pixels.Data, last.Preview, "the last vae preview is the image");
+
+            req.Output.Preview = new PreviewConfiguration { Interval = 3 };
+            previews.Clear();
+            r = Fixture.Engine.GenerateImagesAsync(req, new SyncProgress(p =>
+            {
+                if (p.Preview != null)
+                {
+                    previews.Add(p);
+                }
+            })).GetAwaiter().GetResult();
+            Assert.True(r.Success, "success: " + r.Error);
+            Assert.Equal(2, previews.Count, "interval 3 of 4 steps: steps 3 and 4");
+            Assert.Equal(3, previews[0].Step, "the first at step 3");
+            Assert.Equal(8, previews[0].PreviewWidth, "latent2rgb: 1/8 of the width");
+            Assert.Equal(8 * 8 * 3, previews[0].Preview.Length, "RGB bytes");
+
+            req.Output.Preview = new PreviewConfiguration { Method = "taesd" };
+            var e = Assert.Throws<SdxlValidationException>(
+                () => Fixture.Engine.GenerateImagesAsync(req).GetAwaiter().GetResult(), "an unknown method");
+            Assert.True(e.Message.Contains("data.output.preview.method"), "message names the field: " + e.Message);
+        }
+
+        [Test]
         public static void generated_pixels_equal_the_rust_parity_golden()
         {
             EnhancedSDXLResponse r = Fixture.Engine.GenerateImagesAsync(Fixture.FromGolden("cfg_neg")).GetAwaiter().GetResult();

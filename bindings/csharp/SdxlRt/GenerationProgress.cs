@@ -36,6 +36,20 @@ namespace SdxlRt
         /// <summary>The request's id.</summary>
         public string RequestId { get; internal set; }
 
+        /// <summary>
+        /// A live preview of image <see cref="ImageIndex"/> after this denoising step, when the request asks for
+        /// previews (<see cref="OutputConfiguration.Preview"/>) and one is due; null otherwise. RGB, 3 bytes per pixel,
+        /// rows top to bottom, <see cref="PreviewWidth"/> × 3 bytes per row; copied from the native report, so it is
+        /// yours to keep.
+        /// </summary>
+        public byte[] Preview { get; internal set; }
+
+        /// <summary>The preview's width in pixels (0 without one).</summary>
+        public int PreviewWidth { get; internal set; }
+
+        /// <summary>The preview's height in pixels (0 without one).</summary>
+        public int PreviewHeight { get; internal set; }
+
         /// <inheritdoc />
         public override string ToString()
         {

@@ -201,6 +201,27 @@ namespace SdxlRt
         /// The request's id (NUL-terminated UTF-8), valid during the callback.
         /// </summary>
         public IntPtr request_id;
+        /// <summary>
+        /// A live preview (`data.output.preview`) of image `image_index` after this denoising step: `preview_len`
+        /// bytes of RGB8, `preview_width × preview_height` pixels, rows top to bottom, stride `preview_width × 3`, no
+        /// padding. NULL (and the three sizes 0) when this report has none: previews off, another stage, or a step
+        /// between two `interval`s. Owned by sdxlrt and valid during the callback only; copy the bytes to keep them.
+        /// With a batch denoised at once (`data.batch.parallel`), a step with a preview is reported once per image.
+        /// The four preview fields come after `request_id`, so a reader of the older, shorter struct still works.
+        /// </summary>
+        public IntPtr preview_rgb;
+        /// <summary>
+        /// The preview's width in pixels (`latent2rgb`: the image width / 8; `vae`: the image width); 0 without one.
+        /// </summary>
+        public uint preview_width;
+        /// <summary>
+        /// The preview's height in pixels; 0 without one.
+        /// </summary>
+        public uint preview_height;
+        /// <summary>
+        /// The bytes at `preview_rgb`: `preview_width × preview_height × 3`; 0 without one.
+        /// </summary>
+        public UIntPtr preview_len;
     }
 
     /// <summary>Raw P/Invoke declarations of the sdxlrt C ABI, one per function in the header.</summary>

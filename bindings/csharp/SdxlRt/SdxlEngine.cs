@@ -373,6 +373,12 @@ namespace SdxlRt
                 if (state.Progress != null)
                 {
                     var p = (SdxlProgress)Marshal.PtrToStructure(progressPtr, typeof(SdxlProgress));
+                    byte[] preview = null;
+                    if (p.preview_rgb != IntPtr.Zero)
+                    {
+                        preview = new byte[checked((int)p.preview_len.ToUInt64())];
+                        Marshal.Copy(p.preview_rgb, preview, 0, preview.Length);
+                    }
                     state.Progress.Report(new GenerationProgress
                     {
                         Stage = p.stage,
@@ -382,6 +388,9 @@ namespace SdxlRt
                         BatchSize = (int)p.batch_size,
                         ElapsedSeconds = p.elapsed_seconds,
                         RequestId = Interop.FromUtf8(p.request_id),
+                        Preview = preview,
+                        PreviewWidth = preview == null ? 0 : (int)p.preview_width,
+                        PreviewHeight = preview == null ? 0 : (int)p.preview_height,
                     });
                 }
                 return state.Token.IsCancellationRequested ? 1 : 0;

@@ -324,6 +324,7 @@ impl ReportAs<'_> {
             batch_size: self.batch_size,
             elapsed_seconds: ctx.started.elapsed().as_secs_f64(),
             request_id: self.request_id,
+            preview: None,
         };
         if ctx.progress.report(&event) {
             Ok(())

@@ -102,6 +102,13 @@ namespace SdxlRt
                         Overwrite = output.Overwrite,
                         ReturnImageData = output.ReturnImageData,
                         EmbedParameters = output.EmbedParameters,
+                        Preview = output.Preview == null ? null : new PreviewContract
+                        {
+                            Enabled = output.Preview.Enabled,
+                            Method = output.Preview.Method,
+                            Interval = output.Preview.Interval,
+                            Source = output.Preview.Source,
+                        },
                     },
                     Batch = new BatchContract { Size = hyper.BatchSize ?? 1, Parallel = false },
                     Metadata = new MetadataContract
@@ -380,6 +387,16 @@ namespace SdxlRt
         [DataMember(Name = "overwrite", Order = 4, EmitDefaultValue = false)] public bool? Overwrite;
         [DataMember(Name = "return_image_data", Order = 5, EmitDefaultValue = false)] public bool? ReturnImageData;
         [DataMember(Name = "embed_parameters", Order = 6, EmitDefaultValue = false)] public bool? EmbedParameters;
+        [DataMember(Name = "preview", Order = 7, EmitDefaultValue = false)] public PreviewContract Preview;
+    }
+
+    [DataContract]
+    internal sealed class PreviewContract
+    {
+        [DataMember(Name = "enabled", Order = 0)] public bool Enabled;
+        [DataMember(Name = "method", Order = 1, EmitDefaultValue = false)] public string Method;
+        [DataMember(Name = "interval", Order = 2, EmitDefaultValue = false)] public int? Interval;
+        [DataMember(Name = "source", Order = 3, EmitDefaultValue = false)] public string Source;
     }
 
     [DataContract]

@@ -307,6 +307,29 @@ namespace SdxlRt
         /// false to leave them out (the prompt is then not in the file). Sent only when set
         /// (<c>data.output.embed_parameters</c>).</summary>
         public bool? EmbedParameters { get; set; }
+
+        /// <summary>Live previews in the progress reports (<c>data.output.preview</c>): each denoising report where one
+        /// is due carries <see cref="GenerationProgress.Preview"/>. Null for none (sent only when set).</summary>
+        public PreviewConfiguration Preview { get; set; }
+    }
+
+    /// <summary>Live preview settings (<c>data.output.preview</c>).</summary>
+    public class PreviewConfiguration
+    {
+        /// <summary>Whether denoising reports carry previews.</summary>
+        public bool Enabled { get; set; } = true;
+
+        /// <summary><c>latent2rgb</c> (null: the default; a fast linear projection of the latents, 1/8 of the image's
+        /// width and height) or <c>vae</c> (a full VAE decode per preview, the image's size; costly).</summary>
+        public string Method { get; set; }
+
+        /// <summary>A preview every this many denoising steps, 1 to 10000 (null: 1); the last step always has
+        /// one.</summary>
+        public int? Interval { get; set; }
+
+        /// <summary><c>denoised</c> (null: the default; the step's estimate of the final image) or <c>noisy</c>
+        /// (the latents after the step).</summary>
+        public string Source { get; set; }
     }
 
     /// <summary>Post-processing steps.</summary>
