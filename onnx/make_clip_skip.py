@@ -90,18 +90,7 @@ def run(pipes: dict, folder, name: str, skip: int | None, fixed: bool = True) ->
     kwargs = dict(clip_skip=skip)
     wrapped = [pipes["base"], pipes["img2img"], pipes["refiner"]] if fixed else []
     with both_halves(wrapped):
-        if "refiner" in p:
-            t, meta = stages.run_refiner(
-                pipes["base"], pipes["refiner"], p, base_kwargs=kwargs, refiner_kwargs=kwargs
-            )
-        elif "init_image" in p:
-            image = i2i.init_image(folder / "img2img", p)
-            t = i2i.call_pipeline(pipes["img2img"], p, dict(image=image, strength=p["strength"], **kwargs))
-            meta = i2i.case_meta(p)
-        else:
-            t = i2i.call_pipeline(pipes["base"], p, dict(width=p["width"], height=p["height"], **kwargs))
-            meta = {k: v for k, v in i2i.case_meta(dict(p, init_image="", strength=0.0)).items()
-                    if k not in ("init_image", "strength")}
+        t, meta = i2i.call_case(pipes, folder, p, kwargs)
     meta["clip_skip"] = str(CASES[name]["clip_skip"])
     return {k: v.detach().contiguous() for k, v in t.items()}, meta
 

@@ -54,21 +54,13 @@ def run(pipes: dict, folder, name: str, phi: float) -> tuple[dict, dict]:
     """Case `name` with guidance_rescale=`phi`; returns (tensors, metadata)."""
     p = CASES[name]
     kwargs = dict(guidance_rescale=phi)
-    if "refiner" in p:
-        t, meta = stages.run_refiner(pipes["base"], pipes["refiner"], p, base_kwargs=kwargs, refiner_kwargs=kwargs)
-    elif "mask_image" in p:
+    if "mask_image" in p:
         image = inp.cn.load_image(folder / "img2img" / p["init_image"])
         mask = inp.load_mask(folder / "inpaint" / p["mask_image"])
         t = i2i.call_pipeline(pipes["inpaint"], p, inp.call_args(p, image, mask, **kwargs))
         meta = dict(i2i.case_meta(p), mask_image=p["mask_image"])
-    elif "init_image" in p:
-        image = i2i.init_image(folder / "img2img", p)
-        t = i2i.call_pipeline(pipes["img2img"], p, dict(image=image, strength=p["strength"], **kwargs))
-        meta = i2i.case_meta(p)
     else:
-        t = i2i.call_pipeline(pipes["base"], p, dict(width=p["width"], height=p["height"], **kwargs))
-        meta = {k: v for k, v in i2i.case_meta(dict(p, init_image="", strength=0.0)).items()
-                if k not in ("init_image", "strength")}
+        t, meta = i2i.call_case(pipes, folder, p, kwargs)
     meta["guidance_rescale"] = repr(PHI)
     return {k: v.detach().contiguous() for k, v in t.items()}, meta
 

@@ -326,7 +326,8 @@ def case_params(name: str, cases: dict | None = None) -> dict:
 
 
 def case_meta(p: dict) -> dict:
-    """The metadata of case parameters `p`: goldens.py's keys, init_image, strength, scheduler (when not Euler)."""
+    """The metadata of case parameters `p`: goldens.py's keys, init_image and strength (when `p` has an init image),
+    scheduler (when not Euler)."""
     meta = dict(
         prompt=p["prompt"],
         negative_prompt=p["negative_prompt"],
@@ -336,9 +337,9 @@ def case_meta(p: dict) -> dict:
         width=str(p["width"]),
         height=str(p["height"]),
         batch_size=str(p["batch_size"]),
-        init_image=p["init_image"],
-        strength=repr(float(p["strength"])),
     )
+    if "init_image" in p:
+        meta.update(init_image=p["init_image"], strength=repr(float(p["strength"])))
     if "scheduler" in p:
         meta["scheduler"] = p["scheduler"]
     if p.get("vae_tiling"):
@@ -346,6 +347,19 @@ def case_meta(p: dict) -> dict:
     if "model" in p:
         meta["model"] = p["model"]
     return meta
+
+
+def call_case(pipes: dict, folder: Path, p: dict, kwargs: dict) -> tuple[dict, dict]:
+    """Case parameters `p` with the further call arguments `kwargs`, on the pipeline its keys ask for: make_stages.py's
+    ensemble of experts (`p["refiner"]`; `kwargs` to both calls) on pipes["base"] and pipes["refiner"],
+    image-to-image (`p["init_image"]`, from `folder`/img2img) on pipes["img2img"], else text-to-image on
+    pipes["base"]. Returns (tensors, metadata)."""
+    if "refiner" in p:
+        return stages.run_refiner(pipes["base"], pipes["refiner"], p, base_kwargs=kwargs, refiner_kwargs=kwargs)
+    if "init_image" in p:
+        image = init_image(folder / "img2img", p)
+        return call_pipeline(pipes["img2img"], p, dict(image=image, strength=p["strength"], **kwargs)), case_meta(p)
+    return call_pipeline(pipes["base"], p, dict(width=p["width"], height=p["height"], **kwargs)), case_meta(p)
 
 
 def call_pipeline(pipe, p: dict, call: dict, output_type: str = "np") -> dict:

@@ -73,20 +73,11 @@ def run(pipes: dict, folder, name: str, micro: bool = True) -> tuple[dict, dict]
         lambda mod, args, kw: calls.append(kw["added_cond_kwargs"]["time_ids"].clone()), with_kwargs=True
     )
     try:
-        if "refiner" in p:
-            t, meta = stages.run_refiner(pipes["base"], pipes["refiner"], p, base_kwargs=kwargs, refiner_kwargs=kwargs)
-            want = [[*ORIGINAL, *CROP, 6.0], [*ORIGINAL, 0, 0, 2.5]] if micro else None
-            if want is not None:
-                assert t["refiner_add_time_ids"][0].tolist() == want[0], t["refiner_add_time_ids"]
-                assert t["refiner_add_neg_time_ids"][0].tolist() == want[1], t["refiner_add_neg_time_ids"]
-        elif "init_image" in p:
-            image = i2i.init_image(folder / "img2img", p)
-            t = i2i.call_pipeline(pipes["img2img"], p, dict(image=image, strength=p["strength"], **kwargs))
-            meta = i2i.case_meta(p)
-        else:
-            t = i2i.call_pipeline(pipes["base"], p, dict(width=p["width"], height=p["height"], **kwargs))
-            meta = {k: v for k, v in i2i.case_meta(dict(p, init_image="", strength=0.0)).items()
-                    if k not in ("init_image", "strength")}
+        t, meta = i2i.call_case(pipes, folder, p, kwargs)
+        if "refiner" in p and micro:
+            want = [[*ORIGINAL, *CROP, 6.0], [*ORIGINAL, 0, 0, 2.5]]
+            assert t["refiner_add_time_ids"][0].tolist() == want[0], t["refiner_add_time_ids"]
+            assert t["refiner_add_neg_time_ids"][0].tolist() == want[1], t["refiner_add_neg_time_ids"]
     finally:
         hook.remove()
     tid = calls[0]

@@ -51,6 +51,7 @@ from pathlib import Path
 
 import _common as c
 import goldens
+import make_img2img as i2i
 
 BASE_CASE = dict(goldens.CASES["cfg_neg"], steps=4)
 CASES = {
@@ -170,17 +171,7 @@ def run_case(pipe, name: str) -> tuple[dict, dict]:
     t["image_u8"] = torch.from_numpy((image * 255).round().astype(np.uint8))
     if p.get("vae"):
         assert torch.equal(t[f"vae_noisy_{p['steps']}"], t["image_u8"]), name
-    meta = dict(
-        prompt=p["prompt"],
-        negative_prompt=p["negative_prompt"],
-        guidance_scale=repr(float(p["guidance_scale"])),
-        steps=str(p["steps"]),
-        seed=str(p["seed"]),
-        width=str(p["width"]),
-        height=str(p["height"]),
-        batch_size=str(B),
-        scheduler=p["scheduler"],
-    )
+    meta = i2i.case_meta(p)
     return {k: v.detach().contiguous() for k, v in t.items()}, meta
 
 

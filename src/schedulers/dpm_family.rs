@@ -229,26 +229,25 @@ impl FamilyOptions {
         }
     }
 
-    /// Records the x₀ of one evaluation in `denoised` (previews): `converted` itself when it is the data
-    /// prediction (`to_x0`), else `convert_model_output` with x₀ prediction, computed only when `denoised` keeps
-    /// estimates (so the ε variants pay nothing without previews).
-    pub(super) fn record_denoised(
+    /// `convert_model_output` of one evaluation, its x₀ recorded in `denoised` on the way (previews): the converted
+    /// output itself when it is the data prediction (`to_x0`), else `convert_model_output` with x₀ prediction,
+    /// computed only when `denoised` keeps estimates (so the ε variants pay nothing without previews).
+    pub(super) fn convert_and_record(
         &self,
         denoised: &mut Denoised,
         to_x0: bool,
-        converted: &ArrayD<f32>,
         model_output: &ArrayViewD<'_, f32>,
         sample: &ArrayD<f32>,
         sigma: f32,
-    ) {
-        if !denoised.wanted() {
-            return;
+    ) -> ArrayD<f32> {
+        let converted = self.convert_model_output(to_x0, model_output, sample, sigma);
+        if denoised.wanted() {
+            match to_x0 {
+                true => denoised.record(&converted),
+                false => denoised.record(&self.convert_model_output(true, model_output, sample, sigma)),
+            }
         }
-        if to_x0 {
-            denoised.record(converted);
-        } else {
-            denoised.record(&self.convert_model_output(true, model_output, sample, sigma));
-        }
+        converted
     }
 }
 

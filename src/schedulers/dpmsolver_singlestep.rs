@@ -301,17 +301,9 @@ impl Scheduler for DpmSolverSinglestepScheduler {
         self.grid.check_step(index, model_output.shape(), sample.shape(), "DPMSolverSinglestepScheduler")?;
         let c = &self.config;
         let sample = sample.to_owned();
-        let converted =
-            c.family.convert_model_output(c.algorithm.predicts_x0(), &model_output, &sample, self.grid.sigmas[index]);
         let sigma = self.grid.sigmas[index];
-        c.family.record_denoised(
-            &mut self.denoised,
-            c.algorithm.predicts_x0(),
-            &converted,
-            &model_output,
-            &sample,
-            sigma,
-        );
+        let converted =
+            c.family.convert_and_record(&mut self.denoised, c.algorithm.predicts_x0(), &model_output, &sample, sigma);
         self.model_outputs.push(converted);
         let noise = if c.algorithm.is_sde() { Some(draw_noise(noise, sample.shape())?) } else { None };
 

@@ -326,14 +326,9 @@ impl Scheduler for UniPcMultistepScheduler {
         let mut sample = sample.to_owned();
         let use_corrector =
             index > 0 && !self.config.disable_corrector.contains(&(index - 1)) && self.last_sample.is_some();
-        let converted = self.config.family.convert_model_output(
-            self.config.predict_x0,
-            &model_output,
-            &sample,
-            self.grid.sigmas[index],
-        );
         let (family, sigma) = (&self.config.family, self.grid.sigmas[index]);
-        family.record_denoised(&mut self.denoised, self.config.predict_x0, &converted, &model_output, &sample, sigma);
+        let converted =
+            family.convert_and_record(&mut self.denoised, self.config.predict_x0, &model_output, &sample, sigma);
         if use_corrector {
             sample = self.corrector(index, &converted)?;
         }
