@@ -340,3 +340,23 @@ fn the_preview_dir_flag_writes_each_steps_preview_as_the_golden() {
 fn max_diff(img: &image::RgbImage, want: &[u8]) -> u8 {
     crate::util::max_u8_diff(img.as_raw(), want).0
 }
+
+/// `--guidance-rescale` and `--clip-skip` reach data.hyperparameters: each golden's pixels (diffusers' guidance_rescale
+/// 0.7; clip_skip 1 on both guidance halves), and a bad value is an error naming the field.
+#[test]
+fn guidance_rescale_and_clip_skip_flags_give_their_goldens() {
+    let dir = tempfile::tempdir().unwrap();
+    for (case, flag) in [("guidance_rescale", "--guidance-rescale"), ("clip_skip", "--clip-skip")] {
+        let g = crate::util::Golden::load(case);
+        let out = dir.path().join(format!("{case}.png"));
+        let run = generate_as(&g).args([flag, &g.meta[case]]).arg("--out").arg(&out).output().unwrap();
+        assert!(run.status.success(), "{case}: {}", String::from_utf8_lossy(&run.stderr));
+        let img = image::open(&out).unwrap().to_rgb8();
+        let (worst, at) = crate::util::max_u8_diff(img.as_raw(), &g.t("image_u8").u8);
+        assert!(worst <= 1, "{case}: differs from diffusers by {worst}/255 at byte {at}");
+    }
+    let out = dir.path().join("bad.png");
+    let bad = cli().args(["generate", "--prompt", "x", "--guidance-rescale", "1.5", "--out"]).arg(&out).output();
+    let stderr = String::from_utf8_lossy(&bad.unwrap().stderr).into_owned();
+    assert!(stderr.contains("data.hyperparameters.guidance_rescale"), "{stderr}");
+}
