@@ -20,6 +20,14 @@ fn generate_as(g: &crate::util::Golden) -> Command {
     command
 }
 
+/// The PNG the CLI wrote at `path`, checked against the golden's image within ±1/255 (diffusers' rounding).
+fn assert_like_golden(path: &std::path::Path, g: &crate::util::Golden, what: &str) -> image::RgbImage {
+    let img = image::open(path).unwrap().to_rgb8();
+    let (worst, at) = crate::util::max_u8_diff(img.as_raw(), &g.t("image_u8").u8);
+    assert!(worst <= 1, "{what}: the CLI's image differs from diffusers by {worst}/255 at byte {at}");
+    img
+}
+
 #[test]
 fn generate_writes_an_image_with_the_bundled_model() {
     let dir = tempfile::tempdir().unwrap();
@@ -98,10 +106,8 @@ fn hires_flags_run_the_second_pass_as_the_golden() {
         .output()
         .unwrap();
     assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
-    let img = image::open(&out).unwrap().to_rgb8();
+    let img = assert_like_golden(&out, &g, "hires");
     assert_eq!((img.width(), img.height()), (96, 96));
-    let (worst, at) = crate::util::max_u8_diff(img.as_raw(), &g.t("image_u8").u8);
-    assert!(worst <= 1, "differs from diffusers by {worst}/255 at byte {at}");
     let stdout = String::from_utf8_lossy(&run.stdout);
     assert!(stdout.contains("hires fix from 64x64 by lanczos"), "{stdout}");
     let bad = cli().args(["generate", "--prompt", "x", "--hires-strength", "2"]).arg("--out").arg(&out).output();
@@ -125,10 +131,8 @@ fn hires_controlnet_flags_run_the_second_pass_as_the_golden() {
         .output()
         .unwrap();
     assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
-    let img = image::open(&out).unwrap().to_rgb8();
+    let img = assert_like_golden(&out, &g, "hires");
     assert_eq!((img.width(), img.height()), (96, 96));
-    let (worst, at) = crate::util::max_u8_diff(img.as_raw(), &g.t("image_u8").u8);
-    assert!(worst <= 1, "differs from diffusers by {worst}/255 at byte {at}");
     let bad = generate_as(&g)
         .args(["--controlnet", "tiny-controlnet", "--control-image"])
         .arg(fixtures.join("controlnet/control_80x60.png"))
@@ -227,8 +231,7 @@ fn micro_conditioning_flags_reach_the_request_and_give_diffusers_image() {
         .output()
         .unwrap();
     assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
-    let (worst, at) = crate::util::max_u8_diff(image::open(&out).unwrap().to_rgb8().as_raw(), &g.t("image_u8").u8);
-    assert!(worst <= 1, "the CLI's image differs from diffusers by {worst}/255 at byte {at}");
+    assert_like_golden(&out, &g, &g.name);
     let bad = cli().args(["generate", "--prompt", "x", "--original-size", "1024", "--out"]).arg(&out).output().unwrap();
     assert!(!bad.status.success());
     assert!(String::from_utf8_lossy(&bad.stderr).contains("1024x768"), "{}", String::from_utf8_lossy(&bad.stderr));
@@ -272,8 +275,7 @@ fn prompt_syntax_flag_reads_a1111_weights_and_gives_the_compel_diffusers_image()
         .output()
         .unwrap();
     assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
-    let (worst, at) = crate::util::max_u8_diff(image::open(&out).unwrap().to_rgb8().as_raw(), &g.t("image_u8").u8);
-    assert!(worst <= 1, "the CLI's image differs from diffusers by {worst}/255 at byte {at}");
+    assert_like_golden(&out, &g, &g.name);
     let bad =
         cli().args(["generate", "--prompt", "x", "--prompt-syntax", "a1111", "--out"]).arg(&out).output().unwrap();
     assert!(!bad.status.success());
@@ -293,8 +295,7 @@ fn the_guess_mode_flag_gives_diffusers_guess_mode_image() {
         .output()
         .unwrap();
     assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
-    let (worst, at) = crate::util::max_u8_diff(image::open(&out).unwrap().to_rgb8().as_raw(), &g.t("image_u8").u8);
-    assert!(worst <= 1, "the CLI's image differs from diffusers by {worst}/255 at byte {at}");
+    assert_like_golden(&out, &g, &g.name);
 }
 
 #[test]
@@ -351,9 +352,7 @@ fn guidance_rescale_and_clip_skip_flags_give_their_goldens() {
         let out = dir.path().join(format!("{case}.png"));
         let run = generate_as(&g).args([flag, &g.meta[case]]).arg("--out").arg(&out).output().unwrap();
         assert!(run.status.success(), "{case}: {}", String::from_utf8_lossy(&run.stderr));
-        let img = image::open(&out).unwrap().to_rgb8();
-        let (worst, at) = crate::util::max_u8_diff(img.as_raw(), &g.t("image_u8").u8);
-        assert!(worst <= 1, "{case}: differs from diffusers by {worst}/255 at byte {at}");
+        assert_like_golden(&out, &g, case);
     }
     let out = dir.path().join("bad.png");
     let bad = cli().args(["generate", "--prompt", "x", "--guidance-rescale", "1.5", "--out"]).arg(&out).output();
