@@ -8,7 +8,7 @@
 //! time (user + sys), GFLOP of the ΔW products per CPU-second, and a "memory pass" (one read and one write of every
 //! base byte on every core: the memory-traffic floor). Random data generation is not timed; weights are generated
 //! and merged in batches of about 1 GiB to keep memory bounded. `SDXLRT_BENCH_PARTS=text_encoder` limits the run to
-//! some parts; `SDXLRT_BENCH_MICRO=out,cols,reps,rank` times one weight on one thread instead.
+//! some parts; `SDXLRT_BENCH_MICRO=out,cols,reps,rank[,copies]` times one weight (or copies) on one thread instead.
 //! `SDXLRT_BENCH_FACTORS=bf16` makes the LoRA's factors bfloat16 values (a LoRA saved in bf16, which CPUs with
 //! AVX512_BF16 merge with the pair kernel), instead of float16 values (a LoRA saved in fp16, the default).
 //!
@@ -206,23 +206,33 @@ fn bench(name: &str, shapes: &[(usize, usize)], threads: usize, rng: &mut Rng) -
     t
 }
 
-/// `SDXLRT_BENCH_MICRO=out,cols,reps,rank`: one float16 weight merged `reps` times on this thread (kernel speed
-/// without the thread pool; a small weight stays in cache).
+/// `SDXLRT_BENCH_MICRO=out,cols,reps,rank[,copies]`: one float16 weight merged `reps` times on this thread (kernel
+/// speed without the thread pool; a small weight stays in cache), or `copies` weights with their own factors, each
+/// merged `reps` times in turn (the weights and factors come from memory, as in the full run).
 fn micro(spec: &str, rng: &mut Rng) {
-    let v: Vec<usize> =
-        spec.split(',').map(|x| x.trim().parse().expect("SDXLRT_BENCH_MICRO=out,cols,reps,rank")).collect();
-    let [out, cols, reps, rank] = v[..] else { panic!("SDXLRT_BENCH_MICRO=out,cols,reps,rank") };
-    let down = Mat { shape: vec![rank, cols], data: factor(rng, rank * cols) };
-    let up = Mat { shape: vec![out, rank], data: factor(rng, out * rank) };
-    let mut base = encode_floats(&rng.fill(out * cols, 0.05), DT_FLOAT16);
-    let patch = Patch::LoRa { down, up };
+    let usage = "SDXLRT_BENCH_MICRO=out,cols,reps,rank[,copies]";
+    let v: Vec<usize> = spec.split(',').map(|x| x.trim().parse().expect(usage)).collect();
+    let (out, cols, reps, rank) = match v[..] {
+        [out, cols, reps, rank, ..] => (out, cols, reps, rank),
+        _ => panic!("{usage}"),
+    };
+    let copies = v.get(4).copied().unwrap_or(1);
+    let mut jobs: Vec<(Vec<u8>, Patch)> = (0..copies)
+        .map(|_| {
+            let down = Mat { shape: vec![rank, cols], data: factor(rng, rank * cols) };
+            let up = Mat { shape: vec![out, rank], data: factor(rng, out * rank) };
+            (encode_floats(&rng.fill(out * cols, 0.05), DT_FLOAT16), Patch::LoRa { down, up })
+        })
+        .collect();
     let start = thread_cpu();
     for _ in 0..reps {
-        merge::apply_in_place(&mut base, DT_FLOAT16, out, cols, Layout::Torch, &[(&patch, 0.01)]).expect("merge");
+        for (base, patch) in &mut jobs {
+            merge::apply_in_place(base, DT_FLOAT16, out, cols, Layout::Torch, &[(patch, 0.01)]).expect("merge");
+        }
     }
     let cpu = (thread_cpu() - start).as_secs_f64();
-    let gflop = 2.0 * rank as f64 * (out * cols * reps) as f64 / 1e9;
-    println!("micro {out}x{cols} rank {rank} x{reps}: {:.1} GFLOP per CPU-second", gflop / cpu);
+    let gflop = 2.0 * rank as f64 * (out * cols * reps * copies) as f64 / 1e9;
+    println!("micro {out}x{cols} rank {rank} x{reps} x{copies}: {:.1} GFLOP per CPU-second", gflop / cpu);
 }
 
 fn main() {

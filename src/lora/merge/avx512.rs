@@ -162,6 +162,11 @@ unsafe fn run<S: Store, const BF: bool>(base: *mut u8, m: usize, n: usize, terms
     let mut j0 = 0;
     while j0 < n {
         let j1 = n.min(j0 + chunk);
+        // The first row group's `a` rows and first tiles, while `b` is repacked (the tiles ask for the rest).
+        prefetch_a::<BF>(terms, &a_pairs, 0);
+        for r in 0..TILE_ROWS {
+            prefetch(base.wrapping_add((r * n + j0) * S::SIZE), PREFETCH_TILES * TILE_COLS * S::SIZE);
+        }
         let strip_count = (j1 - j0).div_ceil(TILE_COLS);
         let mut off = 0;
         for ((t, o), &k) in terms.iter().zip(offsets.iter_mut()).zip(&rows) {
@@ -205,6 +210,26 @@ unsafe fn run<S: Store, const BF: bool>(base: *mut u8, m: usize, n: usize, terms
     PANEL.set(panel);
 }
 
+/// Asks for the cache lines of the `bytes` bytes at `p`. Prefetching never faults, so `p` may run past the end.
+#[inline(always)]
+unsafe fn prefetch(p: *const u8, bytes: usize) {
+    for line in 0..bytes.div_ceil(64) {
+        _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(64 * line) as *const i8);
+    }
+}
+
+/// Asks for every term's `a` rows (paired rows for a bf16 term of a `BF` run) of the row group at `i`.
+#[inline(always)]
+unsafe fn prefetch_a<const BF: bool>(terms: &[Term<'_>], a_pairs: &[Vec<u32>], i: usize) {
+    for (t, pairs) in terms.iter().zip(a_pairs) {
+        let (k, a) = match BF && t.bf16 {
+            true => (t.k / 2, pairs.as_ptr().cast::<u8>()),
+            false => (t.k, t.a.as_ptr().cast::<u8>()),
+        };
+        prefetch(a.wrapping_add(i * k * 4), TILE_ROWS * k * 4);
+    }
+}
+
 /// The repacked `b` of the current column chunk: term t's strip s starts at `offsets[t] + s · rows[t] ·
 /// TILE_COLS`; `a_pairs[t]` is a bf16 term's paired `a` (empty for the others).
 struct Panel<'o> {
@@ -245,10 +270,12 @@ unsafe fn strips<S: Store, const R: usize, const BF: bool>(
     terms: &[Term<'_>],
     panel: &Panel<'_>,
 ) {
+    // The next row group's rows of every `a` are first read by its first tile: ask for them now.
+    prefetch_a::<BF>(terms, panel.a_pairs, i + R);
     let mut j = j0;
     let mut strip = 0;
     while j + TILE_COLS <= j1 {
-        tile::<S, R, TILE_V, BF>(base, n, i, j, 0xFFFF, terms, panel, strip);
+        tile::<S, R, TILE_V, BF>(base, n, i, j, (j0, j1), 0xFFFF, terms, panel, strip);
         j += TILE_COLS;
         strip += 1;
     }
@@ -258,12 +285,12 @@ unsafe fn strips<S: Store, const R: usize, const BF: bool>(
         // 1..=16 columns in the last vector.
         let mask = ((1u32 << (w - 16 * (vectors - 1))) - 1) as __mmask16;
         match vectors {
-            1 => tile::<S, R, 1, BF>(base, n, i, j, mask, terms, panel, strip),
-            2 => tile::<S, R, 2, BF>(base, n, i, j, mask, terms, panel, strip),
-            3 => tile::<S, R, 3, BF>(base, n, i, j, mask, terms, panel, strip),
-            4 => tile::<S, R, 4, BF>(base, n, i, j, mask, terms, panel, strip),
-            5 => tile::<S, R, 5, BF>(base, n, i, j, mask, terms, panel, strip),
-            _ => tile::<S, R, 6, BF>(base, n, i, j, mask, terms, panel, strip),
+            1 => tile::<S, R, 1, BF>(base, n, i, j, (j0, j1), mask, terms, panel, strip),
+            2 => tile::<S, R, 2, BF>(base, n, i, j, (j0, j1), mask, terms, panel, strip),
+            3 => tile::<S, R, 3, BF>(base, n, i, j, (j0, j1), mask, terms, panel, strip),
+            4 => tile::<S, R, 4, BF>(base, n, i, j, (j0, j1), mask, terms, panel, strip),
+            5 => tile::<S, R, 5, BF>(base, n, i, j, (j0, j1), mask, terms, panel, strip),
+            _ => tile::<S, R, 6, BF>(base, n, i, j, (j0, j1), mask, terms, panel, strip),
         }
     }
 }
@@ -278,6 +305,7 @@ unsafe fn tile<S: Store, const R: usize, const V: usize, const BF: bool>(
     n: usize,
     i: usize,
     j: usize,
+    (j0, j1): (usize, usize),
     last_mask: __mmask16,
     terms: &[Term<'_>],
     panel: &Panel<'_>,
@@ -285,12 +313,12 @@ unsafe fn tile<S: Store, const R: usize, const V: usize, const BF: bool>(
 ) {
     // The stored weight is read once, after this tile's products: ask for the lines of the tile PREFETCH_TILES
     // further along now, so that its epilogue does not wait on memory (the rows are too many streams for the
-    // hardware prefetcher). Prefetching never faults, so the address may run past the end.
+    // hardware prefetcher). Near the end of the chunk that tile is at the start of the next row group. Prefetching
+    // never faults, so the address may run past the end.
+    let ahead = j + PREFETCH_TILES * TILE_COLS;
+    let (pi, pj) = if ahead < j1 { (i, ahead) } else { (i + R, j0 + (ahead - j1)) };
     for r in 0..R {
-        let row = base.wrapping_add(((i + r) * n + j + PREFETCH_TILES * TILE_COLS) * S::SIZE);
-        for line in 0..(TILE_COLS * S::SIZE).div_ceil(64) {
-            _mm_prefetch::<_MM_HINT_T0>(row.wrapping_add(64 * line) as *const i8);
-        }
+        prefetch(base.wrapping_add(((pi + r) * n + pj) * S::SIZE), TILE_COLS * S::SIZE);
     }
     if let [t] = terms {
         // One term (the usual case): straight from registers into the weight.
