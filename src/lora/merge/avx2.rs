@@ -5,7 +5,7 @@
 
 use std::arch::x86_64::*;
 
-use super::Term;
+use super::{prefetch, Term};
 use crate::runtime::onnx_proto::{DT_BFLOAT16, DT_FLOAT16};
 
 /// Whether the CPU has what [`apply`] is compiled for.
@@ -108,6 +108,13 @@ unsafe fn run<S: Store>(base: *mut u8, m: usize, n: usize, terms: &[Term<'_>]) {
     let mut j0 = 0;
     while j0 < n {
         let j1 = n.min(j0 + chunk);
+        // The first row group's `a` rows and first tiles, while `b` is repacked (the tiles ask for the rest).
+        for t in terms {
+            prefetch(t.a.as_ptr().cast(), TILE_ROWS * t.k * 4);
+        }
+        for r in 0..TILE_ROWS {
+            prefetch(base.wrapping_add((r * n + j0) * S::SIZE), PREFETCH_TILES * TILE_COLS * S::SIZE);
+        }
         let strip_count = (j1 - j0).div_ceil(TILE_COLS);
         let mut off = 0;
         for (t, o) in terms.iter().zip(offsets.iter_mut()) {
@@ -159,15 +166,19 @@ unsafe fn strips<S: Store, const R: usize>(
     terms: &[Term<'_>],
     panel: &Panel<'_>,
 ) {
+    // The next row group's rows of every `a` are first read by its first tile: ask for them now.
+    for t in terms {
+        prefetch(t.a.as_ptr().cast::<u8>().wrapping_add((i + R) * t.k * 4), TILE_ROWS * t.k * 4);
+    }
     let mut j = j0;
     let mut strip = 0;
     while j + TILE_COLS <= j1 {
-        tile::<S, R>(base, n, i, j, TILE_COLS, terms, panel, strip);
+        tile::<S, R>(base, n, i, (j, j0, j1), TILE_COLS, terms, panel, strip);
         j += TILE_COLS;
         strip += 1;
     }
     if j < j1 {
-        tile::<S, R>(base, n, i, j, j1 - j, terms, panel, strip);
+        tile::<S, R>(base, n, i, (j, j0, j1), j1 - j, terms, panel, strip);
     }
 }
 
@@ -180,7 +191,7 @@ unsafe fn tile<S: Store, const R: usize>(
     base: *mut u8,
     n: usize,
     i: usize,
-    j: usize,
+    (j, j0, j1): (usize, usize, usize),
     width: usize,
     terms: &[Term<'_>],
     panel: &Panel<'_>,
@@ -188,13 +199,12 @@ unsafe fn tile<S: Store, const R: usize>(
 ) {
     // The stored weight is read once, after this tile's products: ask for its lines PREFETCH_TILES tiles ahead
     // now, so that the epilogue does not wait on memory (the rows are too many streams for the hardware
-    // prefetcher). Prefetching never faults, so the address may run past the end.
+    // prefetcher). Near the end of the chunk that tile is at the start of the next row group. Prefetching never
+    // faults, so the address may run past the end.
+    let ahead = j + PREFETCH_TILES * TILE_COLS;
+    let (pi, pj) = if ahead < j1 { (i, ahead) } else { (i + R, j0 + (ahead - j1)) };
     for r in 0..R {
-        let row = base.wrapping_add(((i + r) * n + j + PREFETCH_TILES * TILE_COLS) * S::SIZE);
-        _mm_prefetch::<_MM_HINT_T0>(row as *const i8);
-        if TILE_COLS * S::SIZE > 64 {
-            _mm_prefetch::<_MM_HINT_T0>(row.wrapping_add(64) as *const i8);
-        }
+        prefetch(base.wrapping_add(((pi + r) * n + pj) * S::SIZE), TILE_COLS * S::SIZE);
     }
     // The first term adds to zero; with one term (the usual case) `d` never leaves the registers.
     let mut d = scaled::<R>(&terms[0], i, panel.data.add(panel.offsets[0] + strip * terms[0].k * TILE_COLS), None);

@@ -16,7 +16,7 @@
 
 use std::arch::x86_64::*;
 
-use super::Term;
+use super::{prefetch, Term};
 use crate::runtime::onnx_proto::{DT_BFLOAT16, DT_FLOAT16};
 
 /// Whether the CPU has what [`apply`] is compiled for.
@@ -208,14 +208,6 @@ unsafe fn run<S: Store, const BF: bool>(base: *mut u8, m: usize, n: usize, terms
         j0 = j1;
     }
     PANEL.set(panel);
-}
-
-/// Asks for the cache lines of the `bytes` bytes at `p`. Prefetching never faults, so `p` may run past the end.
-#[inline(always)]
-unsafe fn prefetch(p: *const u8, bytes: usize) {
-    for line in 0..bytes.div_ceil(64) {
-        _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(64 * line) as *const i8);
-    }
 }
 
 /// Asks for every term's `a` rows (paired rows for a bf16 term of a `BF` run) of the row group at `i`.

@@ -594,6 +594,20 @@ pub fn add_delta_in_place(base: &mut [u8], data_type: i32, delta: &[f32], out: u
 #[cfg(target_arch = "x86_64")]
 mod avx2;
 
+/// Asks for the cache lines of the `bytes` bytes at `p` (`PREFETCHT0`), for the x86 kernels.
+///
+/// # Safety
+/// None beyond the caller's: prefetching never faults, so `p` may lie past the end of an allocation (use
+/// `wrapping_add` to make it).
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+unsafe fn prefetch(p: *const u8, bytes: usize) {
+    use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
+    for line in 0..bytes.div_ceil(64) {
+        _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(64 * line) as *const i8);
+    }
+}
+
 #[cfg(target_arch = "x86_64")]
 mod avx512;
 
