@@ -15,8 +15,9 @@
 //! Measured 2026-11-27 on the 2-core Zen 4 VM (AVX-512), idle, median of 3: wall 1.11 s, CPU 2.14 s, 87 GFLOP per
 //! CPU-second (before the fused in-place kernel: 16.9 s wall, 31.9 s CPU). The goal (≤ 1 s on 2 cores) is
 //! not met: 187 GFLOP at the measured FMA peak of two cores (~225 GFLOP/s) alone takes ~0.83 s. With bf16 factors
-//! (2026-12-02, `SDXLRT_BENCH_FACTORS=bf16`, the AVX512_BF16 pair kernel): wall 0.69–0.79 s. Details and the
-//! breakdown: docs/benchmarks.md, "LoRA merge".
+//! (2026-12-02, `SDXLRT_BENCH_FACTORS=bf16`, the AVX512_BF16 pair kernel): wall 0.69–0.79 s. With the prefetch
+//! across row groups (2026-12-03, interleaved A/B on a VM running 10–20 % slow that day): median 1.238 → 1.057 s
+//! and 1.28 → 1.24 s, best 1.011 s. Details and the breakdown: docs/benchmarks.md, "LoRA merge".
 
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
