@@ -45,7 +45,7 @@ cp "$CS_OUT/lib/SdxlRt.dll" target/release/libsdxlrt.so "$BIN/"
 # the binding's own lookup is what the tests exercise.
 cp "$ORT_LIB" "$BIN/"
 DATA="$CS_OUT/test-data"
-for case in cfg_neg controlnet controlnet_guess img2img inpaint inpaint_crop inpaint_crop_blur micro_conditioning hires_latent guidance_rescale clip_skip; do
+for case in cfg_neg controlnet controlnet_guess img2img inpaint inpaint_crop inpaint_crop_blur micro_conditioning hires_latent hires_controlnet_second guidance_rescale clip_skip; do
     python3 "$CS_DIR/tools/golden_to_raw.py" "tests/fixtures/goldens/$case.safetensors" "$DATA"
 done
 

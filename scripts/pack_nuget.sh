@@ -63,7 +63,7 @@ PKG_DIR="$(python3 "$CS_DIR/tools/nupkg.py" consumer "$PKG" --ort-lib "$ORT_LIB"
     --ort-version "$ORT_VERSION" --app-dir "$APP" --gp "$GP")"
 cs_build_tests "$PKG_DIR/lib/netstandard2.0/SdxlRt.dll" "$APP"
 DATA="$CS_OUT/test-data"
-for case in cfg_neg controlnet controlnet_guess img2img inpaint inpaint_crop inpaint_crop_blur micro_conditioning hires_latent guidance_rescale clip_skip; do
+for case in cfg_neg controlnet controlnet_guess img2img inpaint inpaint_crop inpaint_crop_blur micro_conditioning hires_latent hires_controlnet_second guidance_rescale clip_skip; do
     python3 "$CS_DIR/tools/golden_to_raw.py" "tests/fixtures/goldens/$case.safetensors" "$DATA"
 done
 cs_log "consumer run on .NET 8 from the extracted package"

@@ -292,6 +292,26 @@ namespace SdxlRt.Tests
         }
 
         [Test]
+        public static void hires_with_a_controlnet_in_the_second_pass_gives_the_golden_pixels_and_says_so()
+        {
+            EnhancedSDXLRequest req = Fixture.FromGolden("hires_controlnet_second");
+            Assert.Equal("second", req.Hires.ControlNet, "the golden's hires.controlnet");
+            req.Conditioning.ControlNets.Add(new ControlNetConfiguration
+            {
+                ModelPath = "tiny-controlnet",
+                ControlImage = Path.Combine(Fixture.Fixtures, "controlnet", "control_80x60.png"),
+                ConditioningScale = 0.8,
+            });
+            EnhancedSDXLResponse r = Fixture.Engine.GenerateImagesAsync(req).GetAwaiter().GetResult();
+            Assert.True(r.Success, "success: " + r.Error);
+            GeneratedImage img = r.GeneratedImages[0];
+            Fixture.NearPixels(Fixture.GoldenPixels("hires_controlnet_second"), img.Pixels.Data, 1, "hires_controlnet_second image_u8");
+            Assert.Equal("second", img.Metadata.Hires.ControlNet, "metadata.hires.controlnet");
+            Assert.Equal(1, img.Metadata.ControlNets[0].Passes.Count, "one pass conditioned");
+            Assert.Equal("second", img.Metadata.ControlNets[0].Passes[0], "the second pass");
+        }
+
+        [Test]
         public static void the_init_image_is_sent_only_when_given_and_keeps_the_seeds_routing()
         {
             var r = new EnhancedSDXLRequest();
