@@ -16,8 +16,10 @@
 //! CPU-second (before the fused in-place kernel: 16.9 s wall, 31.9 s CPU). The issue's goal (≤ 1 s on 2 cores) is
 //! not met: 187 GFLOP at the measured FMA peak of two cores (~225 GFLOP/s) alone takes ~0.83 s. With bf16 factors
 //! (2026-12-02, `SDXLRT_BENCH_FACTORS=bf16`, the AVX512_BF16 pair kernel): wall 0.69–0.79 s. With the prefetch
-//! across row groups (2026-12-03, interleaved A/B on a VM running 10–20 % slow that day): median 1.238 → 1.057 s
-//! and 1.28 → 1.24 s, best 1.011 s. Details and the breakdown: docs/benchmarks.md, "LoRA merge".
+//! across row groups (2026-12-03, interleaved A/B, the kernel 10–20 % below its earlier rates that day): median
+//! 1.238 → 1.057 s and 1.28 → 1.24 s, best 1.011 s. It also prints one core's FMA peak measured in the same run and
+//! the share of it the merge reached (76–78 % that day). Details and the breakdown: docs/benchmarks.md, "LoRA
+//! merge".
 
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -273,4 +275,76 @@ fn main() {
         total.memory.as_secs_f64(),
         4.0 * total.params as f64 / 1e9 / total.memory.as_secs_f64()
     );
+    // This VM's speed drifts by 10-20 % within an hour: the peak measured in the same run says what a wall time means.
+    if let Some(peak) = fma_peak() {
+        println!(
+            "{:>15}: {peak:.1} GFLOP/s per core (f32 FMA, this run); the merge ran at {:.0} % of it per CPU-second, and \
+             {gflop:.1} GFLOP on {threads} such cores take at least {:.3} s",
+            "FMA peak",
+            100.0 * gflop / total.cpu.as_secs_f64() / peak,
+            gflop / (peak * threads as f64)
+        );
+    }
+}
+
+/// One core's f32 FMA rate (GFLOP/s): 12 independent chains of 512-bit (else 256-bit) FMAs for ~0.1 s, the best of
+/// 3; `None` without FMA.
+fn fma_peak() -> Option<f64> {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use std::arch::x86_64::*;
+        // 12 chains, indexed, with an empty asm statement per round (as measured to keep them in registers).
+        #[target_feature(enable = "avx512f")]
+        #[inline(never)]
+        unsafe fn chains512(n: usize) -> f32 {
+            let (x, y) = (_mm512_set1_ps(0.999_999), _mm512_set1_ps(1e-7));
+            let mut acc = [_mm512_set1_ps(1.0); 12];
+            for _ in 0..n {
+                for a in &mut acc {
+                    *a = _mm512_fmadd_ps(*a, x, y);
+                }
+                std::arch::asm!("", options(nomem, nostack));
+            }
+            acc.iter().map(|a| _mm512_reduce_add_ps(*a)).sum()
+        }
+        #[target_feature(enable = "avx2,fma")]
+        #[inline(never)]
+        unsafe fn chains256(n: usize) -> f32 {
+            let (x, y) = (_mm256_set1_ps(0.999_999), _mm256_set1_ps(1e-7));
+            let mut acc = [_mm256_set1_ps(1.0); 12];
+            for _ in 0..n {
+                for a in &mut acc {
+                    *a = _mm256_fmadd_ps(*a, x, y);
+                }
+                std::arch::asm!("", options(nomem, nostack));
+            }
+            let mut lanes = [0f32; 8];
+            acc.iter()
+                .map(|a| {
+                    _mm256_storeu_ps(lanes.as_mut_ptr(), *a);
+                    lanes.iter().sum::<f32>()
+                })
+                .sum()
+        }
+        let (flop_per_iter, run): (f64, fn(usize) -> f32) = if is_x86_feature_detected!("avx512f") {
+            // SAFETY: the CPU has AVX-512F (checked).
+            (12.0 * 32.0, |n| unsafe { chains512(n) })
+        } else if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
+            // SAFETY: the CPU has AVX2 and FMA (checked).
+            (12.0 * 16.0, |n| unsafe { chains256(n) })
+        } else {
+            return None;
+        };
+        let n = 30_000_000;
+        let best = (0..3)
+            .map(|_| {
+                let start = thread_cpu();
+                std::hint::black_box(run(std::hint::black_box(n)));
+                (thread_cpu() - start).as_secs_f64()
+            })
+            .fold(f64::INFINITY, f64::min);
+        Some(flop_per_iter * n as f64 / best / 1e9)
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    None
 }
