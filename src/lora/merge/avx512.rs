@@ -16,7 +16,7 @@
 
 use std::arch::x86_64::*;
 
-use super::{prefetch, Term};
+use super::{prefetch, prefetch_ahead, Term};
 use crate::runtime::onnx_proto::{DT_BFLOAT16, DT_FLOAT16};
 
 /// Whether the CPU has what [`apply`] is compiled for.
@@ -307,11 +307,7 @@ unsafe fn tile<S: Store, const R: usize, const V: usize, const BF: bool>(
     // further along now, so that its epilogue does not wait on memory (the rows are too many streams for the
     // hardware prefetcher). Near the end of the chunk that tile is at the start of the next row group. Prefetching
     // never faults, so the address may run past the end.
-    let ahead = j + PREFETCH_TILES * TILE_COLS;
-    let (pi, pj) = if ahead < j1 { (i, ahead) } else { (i + R, j0 + (ahead - j1)) };
-    for r in 0..R {
-        prefetch(base.wrapping_add(((pi + r) * n + pj) * S::SIZE), TILE_COLS * S::SIZE);
-    }
+    prefetch_ahead(base, (n, S::SIZE), (i, R), (j, j0, j1), PREFETCH_TILES * TILE_COLS, TILE_COLS * S::SIZE);
     if let [t] = terms {
         // One term (the usual case): straight from registers into the weight.
         let acc = panel.products::<R, V, BF>(t, 0, i, strip);

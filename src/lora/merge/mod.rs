@@ -608,6 +608,30 @@ unsafe fn prefetch(p: *const u8, bytes: usize) {
     }
 }
 
+/// Asks for the stored weight's lines that a tile walk over the column chunk `j0..j1` reaches `ahead` columns after
+/// the tile at column `j` of rows `i..i + rows`: further along the same rows, or, past the chunk's end, as far into
+/// the next row group (rows `i + rows..`, from `j0`). The weight has `n` values of `size` bytes per row; `bytes` per
+/// row are asked for.
+///
+/// # Safety
+/// As [`prefetch`]: none beyond the caller's.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+unsafe fn prefetch_ahead(
+    base: *const u8,
+    (n, size): (usize, usize),
+    (i, rows): (usize, usize),
+    (j, j0, j1): (usize, usize, usize),
+    ahead: usize,
+    bytes: usize,
+) {
+    let to = j + ahead;
+    let (pi, pj) = if to < j1 { (i, to) } else { (i + rows, j0 + (to - j1)) };
+    for r in 0..rows {
+        prefetch(base.wrapping_add(((pi + r) * n + pj) * size), bytes);
+    }
+}
+
 #[cfg(target_arch = "x86_64")]
 mod avx512;
 
