@@ -614,7 +614,8 @@ fn lycoris_norm_modules_change_the_norm_layers_as_editing_their_values_does() {
     }
     let dir = temp_root(&[("norms.safetensors", safetensors_file(&tensors))]);
     copy_dir(&fixtures().join("tiny-sdxl-folded"), &dir.path().join("tiny-sdxl-folded"));
-    // tiny-sdxl with the changes written into its UNet at weight 0.6, as the merge computes them (f32).
+    // tiny-sdxl with the changes written into its UNet at weight 0.6, as the merge computes them (f32, one fused
+    // multiply-add per value).
     let weight = 0.6f32;
     copy_dir(&fixtures().join("tiny-sdxl"), &dir.path().join("edited"));
     let unet_path = dir.path().join("edited/unet/model.onnx");
@@ -625,7 +626,7 @@ fn lycoris_norm_modules_change_the_norm_layers_as_editing_their_values_does() {
             let index = unet.initializer_index(&format!("{module}.{part}")).unwrap();
             let change = ramp(2 * i + 1 + j, *c);
             let new: Vec<f32> =
-                unet.read_f32(index).unwrap().iter().zip(&change).map(|(w, d)| w + weight * d).collect();
+                unet.read_f32(index).unwrap().iter().zip(&change).map(|(w, d)| weight.mul_add(*d, *w)).collect();
             edit.replace
                 .insert(index, sdxlrt::runtime::onnx_proto::encode_floats(&new, unet.initializers[index].data_type));
         }

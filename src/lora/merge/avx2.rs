@@ -1,6 +1,6 @@
 //! The x86-64 fast path (AVX2 + FMA + F16C): register tiles of up to 6 rows × 16 columns (12 ymm accumulators),
 //! fed a column chunk of `b` at a time (repacked so that a tile reads one contiguous run, and small enough to stay in
-//! L2), with the add into the stored weight fused into each tile's epilogue. For CPUs without AVX-512 (most desktop
+//! L2), with the update of the stored weight fused into each tile's epilogue. For CPUs without AVX-512 (most desktop
 //! ones before Zen 4).
 
 use std::arch::x86_64::*;
@@ -182,9 +182,9 @@ unsafe fn strips<S: Store, const R: usize>(
     }
 }
 
-/// One R × 16 tile (`width` ≤ 16 columns of it exist): per term, Σ_p a[i + r, p] · b[p, j..] as a chain of
-/// fused multiply-adds from zero, then `d = fma(s, acc, d_prev)` (d_prev = 0 for the first term), and after the
-/// last term `w = w + d`, rounded to the stored type.
+/// One R × 16 tile (`width` ≤ 16 columns of it exist): the stored weight decoded to f32, then per term, in order,
+/// `w = fma(s, acc, w)` with acc = Σ_p a[i + r, p] · b[p, j..] a chain of fused multiply-adds from zero, and `w`
+/// rounded back to the stored type once.
 #[allow(clippy::too_many_arguments)]
 #[inline(always)]
 unsafe fn tile<S: Store, const R: usize>(
@@ -197,54 +197,70 @@ unsafe fn tile<S: Store, const R: usize>(
     panel: &Panel<'_>,
     strip: usize,
 ) {
-    // The stored weight is read once, after this tile's products: ask for its lines PREFETCH_TILES tiles ahead
-    // now, so that the epilogue does not wait on memory (the rows are too many streams for the hardware
+    // The stored weight is read once, after the first term's products: ask for its lines PREFETCH_TILES tiles
+    // ahead now, so that the epilogue does not wait on memory (the rows are too many streams for the hardware
     // prefetcher). Near the end of the chunk that tile is at the start of the next row group. Prefetching never
     // faults, so the address may run past the end.
     prefetch_ahead(base, (n, S::SIZE), (i, R), (j, j0, j1), PREFETCH_TILES * TILE_COLS, TILE_COLS * S::SIZE);
-    // The first term adds to zero; with one term (the usual case) `d` never leaves the registers.
-    let mut d = scaled::<R>(&terms[0], i, panel.data.add(panel.offsets[0] + strip * terms[0].k * TILE_COLS), None);
-    for (ti, t) in terms.iter().enumerate().skip(1) {
-        d = scaled::<R>(t, i, panel.data.add(panel.offsets[ti] + strip * t.k * TILE_COLS), Some(&d));
-    }
-    for (r, row) in d.iter().enumerate() {
+    // A partial tile goes through a stack copy of its columns (zero-padded; a full tile does not touch it).
+    let mut partial = std::mem::MaybeUninit::<[[u8; TILE_COLS * 4]; R]>::uninit();
+    let rows: [*mut u8; R] = std::array::from_fn(|r| {
         let p = base.add(((i + r) * n + j) * S::SIZE);
         if width == TILE_COLS {
-            for (v, dv) in row.iter().enumerate() {
-                let q = p.add(8 * v * S::SIZE);
-                S::store(q, _mm256_add_ps(S::load(q), *dv));
-            }
-        } else {
-            // A partial tile goes through a stack copy of its columns.
-            let mut tmp = [0u8; TILE_COLS * 4];
-            std::ptr::copy_nonoverlapping(p, tmp.as_mut_ptr(), width * S::SIZE);
-            for (v, dv) in row.iter().enumerate() {
-                let q = tmp.as_mut_ptr().add(8 * v * S::SIZE);
-                S::store(q, _mm256_add_ps(S::load(q), *dv));
-            }
-            std::ptr::copy_nonoverlapping(tmp.as_ptr(), p, width * S::SIZE);
+            return p;
+        }
+        let copy = partial.as_mut_ptr().cast::<u8>().add(r * TILE_COLS * 4);
+        std::ptr::write_bytes(copy, 0, TILE_COLS * 4);
+        std::ptr::copy_nonoverlapping(p, copy, width * S::SIZE);
+        copy
+    });
+    // With one term (the usual case) the running values never leave the registers.
+    let mut w = scaled::<S, R>(
+        &terms[0],
+        i,
+        panel.data.add(panel.offsets[0] + strip * terms[0].k * TILE_COLS),
+        Prev::Stored(&rows),
+    );
+    for (ti, t) in terms.iter().enumerate().skip(1) {
+        w = scaled::<S, R>(t, i, panel.data.add(panel.offsets[ti] + strip * t.k * TILE_COLS), Prev::Sum(&w));
+    }
+    for (r, (row, &p)) in w.iter().zip(&rows).enumerate() {
+        for (v, x) in row.iter().enumerate() {
+            S::store(p.add(8 * v * S::SIZE), *x);
+        }
+        if width < TILE_COLS {
+            std::ptr::copy_nonoverlapping(p, base.add(((i + r) * n + j) * S::SIZE), width * S::SIZE);
         }
     }
 }
 
-/// `fma(s, products, prev)` (prev = 0 when `None`) for one term.
+/// What a term's scaled products are added to: the stored weight (its rows' first columns), or the sum so far.
+enum Prev<'a, const R: usize> {
+    Stored(&'a [*mut u8; R]),
+    Sum(&'a [[__m256; TILE_V]; R]),
+}
+
+/// `fma(s, products, prev)` for one term.
 #[inline(always)]
-unsafe fn scaled<const R: usize>(
+unsafe fn scaled<S: Store, const R: usize>(
     t: &Term<'_>,
     i: usize,
     b: *const f32,
-    prev: Option<&[[__m256; TILE_V]; R]>,
+    prev: Prev<'_, R>,
 ) -> [[__m256; TILE_V]; R] {
     let acc = products::<R>(t, i, b);
     let s = _mm256_set1_ps(t.s);
-    let mut d = [[_mm256_setzero_ps(); TILE_V]; R];
+    let mut w = [[_mm256_setzero_ps(); TILE_V]; R];
     for r in 0..R {
         for v in 0..TILE_V {
-            let p = prev.map_or(_mm256_setzero_ps(), |p| p[r][v]);
-            d[r][v] = _mm256_fmadd_ps(s, acc[r][v], p);
+            let p = match prev {
+                Prev::Stored(rows) => S::load(rows[r].add(8 * v * S::SIZE)),
+                Prev::Sum(sum) => sum[r][v],
+            };
+            w[r][v] = _mm256_fmadd_ps(s, acc[r][v], p);
         }
     }
-    d
+    w
 }
 
 /// Σ_p a[i + r, p] · b[p, ..] for the tile's R rows and 16 columns, `b` the term's packed strip.

@@ -1,6 +1,6 @@
 //! The AVX-512 path: register tiles of up to 6 rows × 64 columns (24 zmm accumulators; 6 × 64 measured a little
 //! faster than 8 × 48 and 4 × 96 on Zen 4), fed a column chunk of `b` at a time so that the chunk stays in L2, with
-//! the add into the stored weight fused into each tile's epilogue. On Zen 4 it does ~35 % more per CPU-second than
+//! the update of the stored weight fused into each tile's epilogue. On Zen 4 it does ~35 % more per CPU-second than
 //! the AVX2 kernel (fewer instructions per FMA, 32 registers).
 //!
 //! Terms whose factors are all exact bfloat16 values (a LoRA file stored in bf16) and whose rank is even run on CPUs
@@ -287,9 +287,9 @@ unsafe fn strips<S: Store, const R: usize, const BF: bool>(
     }
 }
 
-/// One R × 16V tile: per term, Σ_p a[i + r, p] · b[p, j..] as a chain of fused multiply-adds from zero, then
-/// `d = fma(s, acc, d_prev)` (d_prev = 0 for the first term, a stack tile between terms), and after the last
-/// term `w = w + d`, rounded to the stored type. `last_mask` selects the columns of the last vector.
+/// One R × 16V tile: the stored weight decoded to f32, then per term, in order, `w = fma(s, acc, w)` with acc =
+/// Σ_p a[i + r, p] · b[p, j..] a chain of fused multiply-adds from zero, and `w` rounded back to the stored type
+/// once. `last_mask` selects the columns of the last vector.
 #[allow(clippy::too_many_arguments)]
 #[inline(always)]
 unsafe fn tile<S: Store, const R: usize, const V: usize, const BF: bool>(
@@ -303,49 +303,40 @@ unsafe fn tile<S: Store, const R: usize, const V: usize, const BF: bool>(
     panel: &Panel<'_>,
     strip: usize,
 ) {
-    // The stored weight is read once, after this tile's products: ask for the lines of the tile PREFETCH_TILES
-    // further along now, so that its epilogue does not wait on memory (the rows are too many streams for the
-    // hardware prefetcher). Near the end of the chunk that tile is at the start of the next row group. Prefetching
-    // never faults, so the address may run past the end.
+    // The stored weight is read once, after the first term's products: ask for the lines of the tile
+    // PREFETCH_TILES further along now, so that its epilogue does not wait on memory (the rows are too many streams
+    // for the hardware prefetcher). Near the end of the chunk that tile is at the start of the next row group.
+    // Prefetching never faults, so the address may run past the end.
     prefetch_ahead(base, (n, S::SIZE), (i, R), (j, j0, j1), PREFETCH_TILES * TILE_COLS, TILE_COLS * S::SIZE);
+    let mask = |v: usize| if v + 1 == V { last_mask } else { 0xFFFF };
+    let at = |r: usize, v: usize| (i + r) * n + j + 16 * v;
     if let [t] = terms {
         // One term (the usual case): straight from registers into the weight.
         let acc = panel.products::<R, V, BF>(t, 0, i, strip);
         let s = _mm512_set1_ps(t.s);
         for (r, row) in acc.iter().enumerate() {
             for (v, x) in row.iter().enumerate() {
-                let d = _mm512_fmadd_ps(s, *x, _mm512_setzero_ps());
-                let mask = if v + 1 == V { last_mask } else { 0xFFFF };
-                let e = (i + r) * n + j + 16 * v;
-                S::store(base, e, mask, _mm512_add_ps(S::load(base, e, mask), d));
+                let (e, mask) = (at(r, v), mask(v));
+                S::store(base, e, mask, _mm512_fmadd_ps(s, *x, S::load(base, e, mask)));
             }
         }
         return;
     }
-    let zero = [[_mm512_setzero_ps(); V]; R];
-    let last = terms.len() - 1;
-    // Several terms: the partial sums wait in `partial`.
-    let mut partial = zero;
+    // Several terms: the running values wait in `w`.
+    let mut w = [[_mm512_setzero_ps(); V]; R];
     for (ti, t) in terms.iter().enumerate() {
         let acc = panel.products::<R, V, BF>(t, ti, i, strip);
         let s = _mm512_set1_ps(t.s);
-        let prev = if ti == 0 { &zero } else { &partial };
-        let mut d = zero;
         for r in 0..R {
             for v in 0..V {
-                d[r][v] = _mm512_fmadd_ps(s, acc[r][v], prev[r][v]);
+                let prev = if ti == 0 { S::load(base, at(r, v), mask(v)) } else { w[r][v] };
+                w[r][v] = _mm512_fmadd_ps(s, acc[r][v], prev);
             }
         }
-        if ti < last {
-            partial = d;
-            continue;
-        }
-        for (r, row) in d.iter().enumerate() {
-            for (v, dv) in row.iter().enumerate() {
-                let mask = if v + 1 == V { last_mask } else { 0xFFFF };
-                let e = (i + r) * n + j + 16 * v;
-                S::store(base, e, mask, _mm512_add_ps(S::load(base, e, mask), *dv));
-            }
+    }
+    for (r, row) in w.iter().enumerate() {
+        for (v, x) in row.iter().enumerate() {
+            S::store(base, at(r, v), mask(v), *x);
         }
     }
 }

@@ -8,7 +8,9 @@
 
 use super::formats::{DoraAxis, DoraRule, Factor, Magnitude, Mat, Patch};
 use super::keymap::Layout;
-use crate::runtime::onnx_proto::{decode_floats, encode_floats, float_elem_size, DT_BFLOAT16, DT_FLOAT16};
+use crate::runtime::onnx_proto::{
+    decode_floats, decode_floats_into, encode_floats, encode_floats_into, float_elem_size,
+};
 
 /// `out [m, n] += s · a [m, k] · b [k, n]`.
 ///
@@ -147,14 +149,16 @@ pub fn alpha_scale(patch: &Patch, alpha: Option<f32>) -> f32 {
     }
 }
 
-/// Add `scale · ΔW` (shape [`delta_shape`]) to `acc`, a `[out, cols]` f32 buffer.
+/// Add `scale · ΔW` (shape [`delta_shape`]) to `acc`, a `[out, cols]` f32 buffer: each value becomes
+/// `fma(scale, ΔW value, acc value)`, as in [`matmul_acc`] (so a full `diff` and the LoRA factors `diff` · identity
+/// change a weight alike, to the bit).
 pub fn accumulate(patch: &Patch, scale: f32, acc: &mut [f32]) {
     match patch {
         Patch::LoRa { down, up } => matmul_acc(&up.data, &down.data, up.rows(), down.rows(), down.cols(), scale, acc),
         Patch::LoHa { w1a, w1b, w2a, w2b } => {
             let (x, y) = (product(w1a, w1b), product(w2a, w2b));
             for ((o, a), b) in acc.iter_mut().zip(&x).zip(&y) {
-                *o += scale * a * b;
+                *o = scale.mul_add(a * b, *o);
             }
         }
         Patch::LoKr { w1, w2 } => {
@@ -167,59 +171,32 @@ pub fn accumulate(patch: &Patch, scale: f32, acc: &mut [f32]) {
                     for k in 0..c {
                         let row = &mut acc[(i * c + k) * cols + j * d..(i * c + k) * cols + (j + 1) * d];
                         for (o, &v) in row.iter_mut().zip(&y[k * d..(k + 1) * d]) {
-                            *o += f * v;
+                            *o = f.mul_add(v, *o);
                         }
                     }
                 }
             }
         }
-        Patch::Full { diff } => acc.iter_mut().zip(&diff.data).for_each(|(o, d)| *o += scale * d),
+        Patch::Full { diff } => acc.iter_mut().zip(&diff.data).for_each(|(o, d)| *o = scale.mul_add(*d, *o)),
     }
 }
 
-/// `base += delta` where `delta` is `[out, cols]` in torch layout and `base` is stored in `layout`.
-pub fn add_delta(base: &mut [f32], delta: &[f32], out: usize, cols: usize, layout: Layout) {
+/// `base` (little-endian `data_type` values stored in `layout`) as f32 in torch layout `[out, cols]`.
+fn decode_torch(base: &[u8], data_type: i32, out: usize, cols: usize, layout: Layout) -> Vec<f32> {
+    let stored = decode_floats(base, data_type);
     match layout {
-        Layout::Torch => base.iter_mut().zip(delta).for_each(|(b, d)| *b += d),
-        Layout::Transposed => {
-            for o in 0..out {
-                for c in 0..cols {
-                    base[c * out + o] += delta[o * cols + c];
-                }
-            }
-        }
+        Layout::Torch => stored,
+        Layout::Transposed => transpose(&stored, cols, out),
     }
 }
 
-/// `base + delta` as little-endian bytes of `data_type`, from `base` in that type and layout: decoded, added and
-/// encoded a block at a time (no full-size f32 copy of the weight).
-pub fn add_delta_encoded(
-    base: &[u8],
-    data_type: i32,
-    delta: &[f32],
-    out: usize,
-    cols: usize,
-    layout: Layout,
-) -> Vec<u8> {
-    const BLOCK: usize = 4096;
-    let size = base.len() / delta.len().max(1);
-    let mut result = Vec::with_capacity(base.len());
-    for (b, raw) in base.chunks(BLOCK * size).enumerate() {
-        let mut values = decode_floats(raw, data_type);
-        let first = b * BLOCK;
-        match layout {
-            Layout::Torch => values.iter_mut().zip(&delta[first..]).for_each(|(v, d)| *v += d),
-            Layout::Transposed => {
-                // base is [cols, out]: element e is (c = e / out, o = e % out).
-                for (k, v) in values.iter_mut().enumerate() {
-                    let e = first + k;
-                    *v += delta[(e % out) * cols + e / out];
-                }
-            }
-        }
-        result.extend_from_slice(&encode_floats(&values, data_type));
-    }
-    result
+/// [`decode_torch`] backwards: `values` (`[out, cols]`) rounded to `data_type` and written over `base`.
+fn encode_torch(values: &[f32], base: &mut [u8], data_type: i32, out: usize, cols: usize, layout: Layout) {
+    let stored = match layout {
+        Layout::Torch => encode_floats(values, data_type),
+        Layout::Transposed => encode_floats(&transpose(values, out, cols), data_type),
+    };
+    base.copy_from_slice(&stored);
 }
 
 /// One term of [`apply_dora`].
@@ -267,20 +244,14 @@ pub fn apply_dora(
             return Err(format!("a DoRA magnitude of {} values does not fit {want} {what} channels", m.values.len()));
         }
     }
-    let stored = decode_floats(base, data_type);
-    let w0 = match layout {
-        Layout::Torch => stored,
-        Layout::Transposed => transpose(&stored, cols, out),
-    };
+    let w0 = decode_torch(base, data_type, out, cols, layout);
     let mut w = w0.clone();
     let mut delta = vec![0f32; out * cols];
     for t in terms {
         delta.fill(0.0);
         match t.magnitude {
-            None => {
-                accumulate(t.patch, t.alpha_scale * t.weight, &mut delta);
-                w.iter_mut().zip(&delta).for_each(|(x, d)| *x += d);
-            }
+            // As `apply_in_place` merges it.
+            None => accumulate(t.patch, t.alpha_scale * t.weight, &mut w),
             Some(Magnitude { values: m, rule: DoraRule::Peft }) => {
                 accumulate(t.patch, t.alpha_scale * t.weight, &mut delta);
                 let rows = w.chunks_exact_mut(cols).zip(delta.chunks_exact(cols)).zip(w0.chunks_exact(cols));
@@ -316,11 +287,7 @@ pub fn apply_dora(
             }
         }
     }
-    let stored = match layout {
-        Layout::Torch => w,
-        Layout::Transposed => transpose(&w, out, cols),
-    };
-    base.copy_from_slice(&encode_floats(&stored, data_type));
+    encode_torch(&w, base, data_type, out, cols, layout);
     Ok(())
 }
 
@@ -378,11 +345,13 @@ enum Path {
 /// `base += Σ scale · ΔW(patch)` over `terms`, in place: `base` holds little-endian `data_type` values
 /// (float32, float16 or bfloat16) of a weight whose ΔW is `[out, cols]`, stored in `layout`.
 ///
-/// The result equals, to the bit, [`accumulate`] of every term into a zeroed f32 buffer (in order) followed by
-/// [`add_delta_encoded`] — that is the reference and still the path for LoHa and LoKr terms. Plain LoRA / LoCon
-/// terms never materialize ΔW: the stored weight is walked in tiles (6 rows × 64 columns on AVX-512 CPUs, 6 × 16 on
-/// AVX2 ones, whose accumulators stay in registers; 8-row blocks with a reused per-thread f32 buffer elsewhere), each
-/// tile's `up · down` is summed in f32 and added to the decoded weight, which is rounded back and stored in place.
+/// The result equals, to the bit, the reference and still the path for LoHa and LoKr terms: the weight decoded to
+/// f32, [`accumulate`] of every term into it (in order), rounded back to `data_type` once. For a LoRA term each
+/// value becomes `fma(scale, Σ_p up[o, p] · down[p, c], w)`, the sum a chain of fused multiply-adds from 0 in p
+/// order. Plain LoRA / LoCon terms never materialize ΔW: the stored weight is walked in tiles (6 rows × 64 columns
+/// on AVX-512 CPUs, 6 × 16 on AVX2 ones, whose accumulators stay in registers; 8-row blocks with a reused
+/// per-thread f32 buffer elsewhere), and each tile's `up · down`, summed in f32, goes into the decoded weight by
+/// that one fused multiply-add, rounded back and stored in place.
 /// Errors (instead of touching `base`) when its length or a factor's shape does not fit `[out, cols]`.
 pub fn apply_in_place(
     base: &mut [u8],
@@ -444,12 +413,12 @@ fn apply_with(
         return Ok(());
     }
     if !terms.iter().all(|(p, _)| matches!(p, Patch::LoRa { .. })) {
-        // The reference: the full ΔW in f32, then added.
-        let mut delta = vec![0f32; out * cols];
+        // The reference: the weight in f32, every term's scale · ΔW added in order, rounded back once.
+        let mut values = decode_torch(base, data_type, out, cols, layout);
         for (patch, scale) in terms {
-            accumulate(patch, *scale, &mut delta);
+            accumulate(patch, *scale, &mut values);
         }
-        add_delta_in_place(base, data_type, &delta, out, cols, layout);
+        encode_torch(&values, base, data_type, out, cols, layout);
         return Ok(());
     }
     // Storage orientation: torch [out, cols] = up · down; transposed [cols, out] = downᵀ · upᵀ (the same products,
@@ -507,8 +476,8 @@ thread_local! {
     static SCRATCH: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
-/// `BLOCK_ROWS` rows at a time: their ΔW (every term, [`matmul_acc`]) in a reused f32 buffer, then added to the
-/// decoded rows, which are encoded back in place.
+/// `BLOCK_ROWS` rows at a time: decoded into a reused f32 buffer, every term added ([`matmul_acc`]), encoded back
+/// in place.
 fn portable_apply(base: &mut [u8], data_type: i32, m: usize, n: usize, terms: &[Term<'_>], scalar: bool) {
     let size = base.len() / (m * n);
     SCRATCH.with(|cell| {
@@ -520,7 +489,8 @@ fn portable_apply(base: &mut [u8], data_type: i32, m: usize, n: usize, terms: &[
         while i < m {
             let rows = BLOCK_ROWS.min(m - i);
             let block = &mut scratch[..rows * n];
-            block.fill(0.0);
+            let raw = &mut base[i * n * size..(i + rows) * n * size];
+            decode_floats_into(raw, data_type, block);
             for t in terms {
                 let a = &t.a[i * t.k..(i + rows) * t.k];
                 if scalar {
@@ -529,66 +499,10 @@ fn portable_apply(base: &mut [u8], data_type: i32, m: usize, n: usize, terms: &[
                     matmul_acc(a, &t.b, rows, t.k, n, t.s, block);
                 }
             }
-            add_encoded(&mut base[i * n * size..(i + rows) * n * size], data_type, block);
+            encode_floats_into(block, data_type, raw);
             i += rows;
         }
     });
-}
-
-/// `raw` (little-endian `data_type` values) `+= delta`, element by element, in place.
-fn add_encoded(raw: &mut [u8], data_type: i32, delta: &[f32]) {
-    use half::slice::HalfFloatSliceExt;
-    const CHUNK: usize = 64;
-    match data_type {
-        DT_FLOAT16 => {
-            let mut h = [half::f16::ZERO; CHUNK];
-            let mut f = [0f32; CHUNK];
-            for (bytes, d) in raw.chunks_mut(2 * CHUNK).zip(delta.chunks(CHUNK)) {
-                let len = d.len();
-                for (x, c) in h.iter_mut().zip(bytes.chunks_exact(2)) {
-                    *x = half::f16::from_le_bytes([c[0], c[1]]);
-                }
-                h[..len].convert_to_f32_slice(&mut f[..len]);
-                for (v, d) in f.iter_mut().zip(d) {
-                    *v += d;
-                }
-                h[..len].convert_from_f32_slice(&f[..len]);
-                for (x, c) in h.iter().zip(bytes.chunks_exact_mut(2)) {
-                    c.copy_from_slice(&x.to_le_bytes());
-                }
-            }
-        }
-        DT_BFLOAT16 => {
-            for (c, d) in raw.chunks_exact_mut(2).zip(delta) {
-                let v = half::bf16::from_le_bytes([c[0], c[1]]).to_f32() + d;
-                c.copy_from_slice(&half::bf16::from_f32(v).to_le_bytes());
-            }
-        }
-        _ => {
-            for (c, d) in raw.chunks_exact_mut(4).zip(delta) {
-                let v = f32::from_le_bytes([c[0], c[1], c[2], c[3]]) + d;
-                c.copy_from_slice(&v.to_le_bytes());
-            }
-        }
-    }
-}
-
-/// [`add_delta_encoded`] in place: `base` (bytes of `data_type` in `layout`) `+= delta` (`[out, cols]`).
-pub fn add_delta_in_place(base: &mut [u8], data_type: i32, delta: &[f32], out: usize, cols: usize, layout: Layout) {
-    match layout {
-        Layout::Torch => add_encoded(base, data_type, delta),
-        Layout::Transposed => {
-            // base is [cols, out]: add row c of Δᵀ, gathered into a reused buffer.
-            let size = base.len() / delta.len().max(1);
-            let mut row = vec![0f32; out];
-            for (c, raw) in base.chunks_mut(out * size).enumerate().take(cols) {
-                for (o, r) in row.iter_mut().enumerate() {
-                    *r = delta[o * cols + c];
-                }
-                add_encoded(raw, data_type, &row);
-            }
-        }
-    }
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -831,13 +745,15 @@ mod tests {
         v.iter().map(|x| x.to_bits()).collect()
     }
 
-    /// The reference: every term's ΔW accumulated into a zeroed f32 buffer, then added blockwise.
+    /// The reference: the weight decoded to f32, every term's ΔW accumulated into it in order, rounded back once.
     fn reference(base: &[u8], dt: i32, out: usize, cols: usize, layout: Layout, terms: &[(&Patch, f32)]) -> Vec<u8> {
-        let mut delta = vec![0f32; out * cols];
+        let mut values = decode_torch(base, dt, out, cols, layout);
         for (p, s) in terms {
-            accumulate(p, *s, &mut delta);
+            accumulate(p, *s, &mut values);
         }
-        add_delta_encoded(base, dt, &delta, out, cols, layout)
+        let mut merged = base.to_vec();
+        encode_torch(&values, &mut merged, dt, out, cols, layout);
+        merged
     }
 
     fn lora(out: usize, cols: usize, rank: usize, seed: u32) -> Patch {
@@ -922,7 +838,8 @@ mod tests {
         for path in [Path::Auto, Path::Avx2, Path::Portable, Path::Scalar] {
             let mut got = raw.clone();
             apply_with(&mut got, DT_FLOAT16, out, cols, Layout::Torch, &[(&zero, -1.0)], path).unwrap();
-            assert_eq!(got, reference(&raw, DT_FLOAT16, out, cols, Layout::Torch, &[(&zero, -1.0)]));
+            // Each value becomes fma(-1, +0, w) = w + (-0): w itself, -0.0 included.
+            assert_eq!(got, raw, "{path:?}");
         }
     }
 
@@ -932,12 +849,19 @@ mod tests {
         let loha =
             Patch::LoHa { w1a: mat(&[6, 2], 1), w1b: mat(&[2, 4], 2), w2a: mat(&[6, 2], 3), w2b: mat(&[2, 4], 4) };
         let plain = lora(6, 4, 3, 5);
-        let raw = encode_floats(&mat(&[6, 4], 6).data, DT_FLOAT16);
+        let Patch::LoHa { w1a, w1b, w2a, w2b } = &loha else { unreachable!() };
+        let Patch::LoRa { down, up } = &plain else { unreachable!() };
+        let (x, y, z) = (naive(w1a, w1b), naive(w2a, w2b), naive(up, down));
+        let w: Vec<f32> = mat(&[6, 4], 6).data.iter().map(|v| half::f16::from_f32(*v).to_f32()).collect();
         for layout in [Layout::Torch, Layout::Transposed] {
-            let terms = [(&plain, 0.5), (&loha, -1.0)];
-            let mut got = raw.clone();
-            apply_in_place(&mut got, DT_FLOAT16, 6, 4, layout, &terms).unwrap();
-            assert_eq!(got, reference(&raw, DT_FLOAT16, 6, 4, layout, &terms));
+            let stored = if layout == Layout::Torch { w.clone() } else { transpose(&w, 6, 4) };
+            let mut got = encode_floats(&stored, DT_FLOAT16);
+            apply_in_place(&mut got, DT_FLOAT16, 6, 4, layout, &[(&plain, 0.5), (&loha, -1.0)]).unwrap();
+            let got = decode_torch(&got, DT_FLOAT16, 6, 4, layout);
+            for e in 0..24 {
+                let want = w[e] + 0.5 * z[e] - x[e] * y[e];
+                assert!((got[e] - want).abs() <= 1e-3 * want.abs().max(1.0), "{layout:?} [{e}]: {} vs {want}", got[e]);
+            }
         }
     }
 
@@ -957,26 +881,16 @@ mod tests {
     }
 
     #[test]
-    fn transposed_layout_adds_the_transpose() {
-        let mut base = vec![0f32; 6]; // [in 3, out 2]
-        add_delta(&mut base, &[1.0, 2.0, 3.0, 4.0, 5.0, 6.0], 2, 3, Layout::Transposed);
-        assert_eq!(base, [1.0, 4.0, 2.0, 5.0, 3.0, 6.0]);
-        // The blockwise encoded version agrees, in every float type and across block boundaries.
-        use crate::runtime::onnx_proto::{DT_BFLOAT16, DT_FLOAT, DT_FLOAT16};
-        let (out, cols) = (70, 130);
-        let delta: Vec<f32> = mat(&[out, cols], 9).data;
-        let base: Vec<f32> = mat(&[out, cols], 10).data;
-        for dt in [DT_FLOAT, DT_FLOAT16, DT_BFLOAT16] {
-            for layout in [Layout::Torch, Layout::Transposed] {
-                let raw = encode_floats(&base, dt);
-                let mut want = decode_floats(&raw, dt);
-                add_delta(&mut want, &delta, out, cols, layout);
-                let got = add_delta_encoded(&raw, dt, &delta, out, cols, layout);
-                assert_eq!(got, encode_floats(&want, dt), "{dt} {layout:?}");
-                let mut in_place = raw.clone();
-                add_delta_in_place(&mut in_place, dt, &delta, out, cols, layout);
-                assert_eq!(in_place, got, "{dt} {layout:?} in place");
-            }
+    fn transposed_weights_are_read_and_written_as_their_transpose() {
+        use crate::runtime::onnx_proto::{DT_FLOAT, DT_FLOAT16};
+        let stored = [1.0f32, 4.0, 2.0, 5.0, 3.0, 6.0]; // [in 3, out 2]
+        for dt in [DT_FLOAT, DT_FLOAT16] {
+            let raw = encode_floats(&stored, dt);
+            let torch = decode_torch(&raw, dt, 2, 3, Layout::Transposed);
+            assert_eq!(torch, [1.0, 2.0, 3.0, 4.0, 5.0, 6.0], "[out 2, in 3]");
+            let mut back = vec![0u8; raw.len()];
+            encode_torch(&torch, &mut back, dt, 2, 3, Layout::Transposed);
+            assert_eq!(back, raw);
         }
     }
 }

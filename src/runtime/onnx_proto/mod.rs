@@ -584,30 +584,71 @@ impl OnnxModel {
 
 /// Little-endian float32/float16/bfloat16 bytes → f32 (hardware conversions where the CPU has them).
 pub fn decode_floats(raw: &[u8], data_type: i32) -> Vec<f32> {
+    let mut values = vec![0f32; raw.len() / float_elem_size(data_type).unwrap_or(4)];
+    decode_floats_into(raw, data_type, &mut values);
+    values
+}
+
+/// [`decode_floats`] into `values` (as many as both hold).
+pub fn decode_floats_into(raw: &[u8], data_type: i32, values: &mut [f32]) {
     use half::slice::HalfFloatSliceExt;
+    const CHUNK: usize = 64;
     match data_type {
         DT_FLOAT16 => {
-            let bits: Vec<half::f16> = raw.chunks_exact(2).map(|c| half::f16::from_le_bytes([c[0], c[1]])).collect();
-            let mut out = vec![0f32; bits.len()];
-            bits.convert_to_f32_slice(&mut out);
-            out
+            let mut h = [half::f16::ZERO; CHUNK];
+            for (bytes, v) in raw.chunks(2 * CHUNK).zip(values.chunks_mut(CHUNK)) {
+                let len = v.len().min(bytes.len() / 2);
+                for (x, c) in h.iter_mut().zip(bytes.chunks_exact(2)) {
+                    *x = half::f16::from_le_bytes([c[0], c[1]]);
+                }
+                h[..len].convert_to_f32_slice(&mut v[..len]);
+            }
         }
-        DT_BFLOAT16 => raw.chunks_exact(2).map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32()).collect(),
-        _ => raw.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect(),
+        DT_BFLOAT16 => {
+            for (v, c) in values.iter_mut().zip(raw.chunks_exact(2)) {
+                *v = half::bf16::from_le_bytes([c[0], c[1]]).to_f32();
+            }
+        }
+        _ => {
+            for (v, c) in values.iter_mut().zip(raw.chunks_exact(4)) {
+                *v = f32::from_le_bytes([c[0], c[1], c[2], c[3]]);
+            }
+        }
     }
 }
 
 /// f32 → little-endian bytes of `data_type` (float32, float16 or bfloat16; round to nearest even).
 pub fn encode_floats(values: &[f32], data_type: i32) -> Vec<u8> {
+    let mut raw = vec![0u8; values.len() * float_elem_size(data_type).unwrap_or(4)];
+    encode_floats_into(values, data_type, &mut raw);
+    raw
+}
+
+/// [`encode_floats`] over `raw` (as many values as both hold).
+pub fn encode_floats_into(values: &[f32], data_type: i32, raw: &mut [u8]) {
     use half::slice::HalfFloatSliceExt;
+    const CHUNK: usize = 64;
     match data_type {
         DT_FLOAT16 => {
-            let mut bits = vec![half::f16::ZERO; values.len()];
-            bits.convert_from_f32_slice(values);
-            bits.iter().flat_map(|h| h.to_le_bytes()).collect()
+            let mut h = [half::f16::ZERO; CHUNK];
+            for (bytes, v) in raw.chunks_mut(2 * CHUNK).zip(values.chunks(CHUNK)) {
+                let len = v.len().min(bytes.len() / 2);
+                h[..len].convert_from_f32_slice(&v[..len]);
+                for (x, c) in h.iter().zip(bytes.chunks_exact_mut(2)) {
+                    c.copy_from_slice(&x.to_le_bytes());
+                }
+            }
         }
-        DT_BFLOAT16 => values.iter().flat_map(|&v| half::bf16::from_f32(v).to_le_bytes()).collect(),
-        _ => values.iter().flat_map(|v| v.to_le_bytes()).collect(),
+        DT_BFLOAT16 => {
+            for (c, v) in raw.chunks_exact_mut(2).zip(values) {
+                c.copy_from_slice(&half::bf16::from_f32(*v).to_le_bytes());
+            }
+        }
+        _ => {
+            for (c, v) in raw.chunks_exact_mut(4).zip(values) {
+                c.copy_from_slice(&v.to_le_bytes());
+            }
+        }
     }
 }
 
