@@ -20,7 +20,7 @@
 //! 1.238 → 1.057 s and 1.28 → 1.24 s, best 1.011 s. It also prints one core's FMA peak measured in the same run and
 //! the share of it the merge reached (76–78 % that day). With each value updated by one fused multiply-add
 //! (2026-12-03, the VM in its fast phase, 6 interleaved runs): median 0.968 → 0.955 s, 82–86 % of the FMA peak;
-//! 1.04–1.15 s in the VM's slow phases. Details and the breakdown: docs/benchmarks.md, "LoRA merge".
+//! 1.04–1.21 s in the VM's slow phases. Details and the breakdown: docs/benchmarks.md, "LoRA merge".
 
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
