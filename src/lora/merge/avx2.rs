@@ -214,15 +214,18 @@ unsafe fn tile<S: Store, const R: usize>(
         std::ptr::copy_nonoverlapping(p, copy, width * S::SIZE);
         copy
     });
-    // With one term (the usual case) the running values never leave the registers.
-    let mut w = scaled::<S, R>(
-        &terms[0],
-        i,
-        panel.data.add(panel.offsets[0] + strip * terms[0].k * TILE_COLS),
-        Prev::Stored(&rows),
-    );
-    for (ti, t) in terms.iter().enumerate().skip(1) {
-        w = scaled::<S, R>(t, i, panel.data.add(panel.offsets[ti] + strip * t.k * TILE_COLS), Prev::Sum(&w));
+    // The running values; with one term (the usual case) they never leave the registers. The stored weight is
+    // loaded after the first term's products, when the accumulators free the registers.
+    let mut w = [[_mm256_setzero_ps(); TILE_V]; R];
+    for (ti, t) in terms.iter().enumerate() {
+        let acc = products::<R>(t, i, panel.data.add(panel.offsets[ti] + strip * t.k * TILE_COLS));
+        let s = _mm256_set1_ps(t.s);
+        for r in 0..R {
+            for v in 0..TILE_V {
+                let prev = if ti == 0 { S::load(rows[r].add(8 * v * S::SIZE)) } else { w[r][v] };
+                w[r][v] = _mm256_fmadd_ps(s, acc[r][v], prev);
+            }
+        }
     }
     for (r, (row, &p)) in w.iter().zip(&rows).enumerate() {
         for (v, x) in row.iter().enumerate() {
@@ -232,35 +235,6 @@ unsafe fn tile<S: Store, const R: usize>(
             std::ptr::copy_nonoverlapping(p, base.add(((i + r) * n + j) * S::SIZE), width * S::SIZE);
         }
     }
-}
-
-/// What a term's scaled products are added to: the stored weight (its rows' first columns), or the sum so far.
-enum Prev<'a, const R: usize> {
-    Stored(&'a [*mut u8; R]),
-    Sum(&'a [[__m256; TILE_V]; R]),
-}
-
-/// `fma(s, products, prev)` for one term.
-#[inline(always)]
-unsafe fn scaled<S: Store, const R: usize>(
-    t: &Term<'_>,
-    i: usize,
-    b: *const f32,
-    prev: Prev<'_, R>,
-) -> [[__m256; TILE_V]; R] {
-    let acc = products::<R>(t, i, b);
-    let s = _mm256_set1_ps(t.s);
-    let mut w = [[_mm256_setzero_ps(); TILE_V]; R];
-    for r in 0..R {
-        for v in 0..TILE_V {
-            let p = match prev {
-                Prev::Stored(rows) => S::load(rows[r].add(8 * v * S::SIZE)),
-                Prev::Sum(sum) => sum[r][v],
-            };
-            w[r][v] = _mm256_fmadd_ps(s, acc[r][v], p);
-        }
-    }
-    w
 }
 
 /// Σ_p a[i + r, p] · b[p, ..] for the tile's R rows and 16 columns, `b` the term's packed strip.

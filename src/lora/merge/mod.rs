@@ -413,12 +413,7 @@ fn apply_with(
         return Ok(());
     }
     if !terms.iter().all(|(p, _)| matches!(p, Patch::LoRa { .. })) {
-        // The reference: the weight in f32, every term's scale · ΔW added in order, rounded back once.
-        let mut values = decode_torch(base, data_type, out, cols, layout);
-        for (patch, scale) in terms {
-            accumulate(patch, *scale, &mut values);
-        }
-        encode_torch(&values, base, data_type, out, cols, layout);
+        reference_apply(base, data_type, out, cols, layout, terms);
         return Ok(());
     }
     // Storage orientation: torch [out, cols] = up · down; transposed [cols, out] = downᵀ · upᵀ (the same products,
@@ -466,6 +461,16 @@ fn apply_with(
     }
     portable_apply(base, data_type, m, n, &lora_terms, path == Path::Scalar);
     Ok(())
+}
+
+/// The reference: the weight decoded to f32, every term's scale · ΔW added in order ([`accumulate`]), rounded back
+/// once. What every LoRA path must equal to the bit; the path for LoHa, LoKr and full terms.
+fn reference_apply(base: &mut [u8], data_type: i32, out: usize, cols: usize, layout: Layout, terms: &[(&Patch, f32)]) {
+    let mut values = decode_torch(base, data_type, out, cols, layout);
+    for (patch, scale) in terms {
+        accumulate(patch, *scale, &mut values);
+    }
+    encode_torch(&values, base, data_type, out, cols, layout);
 }
 
 /// Rows per block of the portable path.
@@ -745,14 +750,10 @@ mod tests {
         v.iter().map(|x| x.to_bits()).collect()
     }
 
-    /// The reference: the weight decoded to f32, every term's ΔW accumulated into it in order, rounded back once.
+    /// [`reference_apply`] on a copy.
     fn reference(base: &[u8], dt: i32, out: usize, cols: usize, layout: Layout, terms: &[(&Patch, f32)]) -> Vec<u8> {
-        let mut values = decode_torch(base, dt, out, cols, layout);
-        for (p, s) in terms {
-            accumulate(p, *s, &mut values);
-        }
         let mut merged = base.to_vec();
-        encode_torch(&values, &mut merged, dt, out, cols, layout);
+        reference_apply(&mut merged, dt, out, cols, layout, terms);
         merged
     }
 
